@@ -1,0 +1,41 @@
+"""The `unet` command: `unet <job> [options]`, one module per job under `jobs/`."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+JOBS: dict[str, str] = {
+    "prepare": "labelled cases (NIfTI, DICOM, 2D images) -> Parquet slice shards, split by case",
+    "train": "data-parallel U-Net training with Ray Train over the shards -> model bundle",
+    "segment": "bulk segmentation of DICOM / NIfTI archives with Ray Data -> NIfTI + Parquet",
+    "evaluate": "Dice, IoU and HD95 of predicted masks against ground truth",
+    "demo": "the whole product on a synthetic CT archive, on this machine",
+    "bench": "benchmarks measured side by side (train, segment, io)",
+    "submit": "submit any job to a Ray cluster through the Jobs API",
+}
+
+
+def usage() -> str:
+    width = max(map(len, JOBS))
+    lines = ["usage: unet <job> [options]    (unet <job> --help for a job's options)", "", "jobs:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in JOBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    job, rest = argv[0], argv[1:]
+    if job not in JOBS:
+        print(f"unet: unknown job {job!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    module = importlib.import_module(f"jobs.{job}")
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

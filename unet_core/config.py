@@ -1,0 +1,189 @@
+"""Typed configuration: one home for every default.
+
+The driver builds these dataclasses, sends `to_dict(cfg)` to Ray workers, and each worker rebuilds
+them with `from_dict`, so a misspelt key fails at once and a default lives in exactly one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from unet_core.errors import ConfigError
+
+T = TypeVar("T")
+
+# Named CT windows as (lower HU, upper HU): level -/+ width/2.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (-160.0, 240.0),  # L 40 / W 400, soft tissue
+    "liver": (-25.0, 175.0),  # L 75 / W 200
+    "lung": (-1350.0, 150.0),  # L -600 / W 1500
+    "bone": (-500.0, 1300.0),  # L 400 / W 1800
+    "brain": (0.0, 80.0),  # L 40 / W 80
+    "wide": (-1024.0, 1024.0),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net. Defaults reproduce the seed network exactly (31,031,685 parameters at 256x256x1)."""
+
+    input_size: int = 256
+    input_channels: int = 1
+    num_classes: int = 1  # 1: sigmoid foreground; K >= 2: softmax over labels 0..K-1
+    base_filters: int = 64
+    depth: int = 4  # number of 2x2 poolings
+    dropout: float = 0.5  # after the two deepest levels, as in the seed
+    batch_norm: bool = False
+    upsampling: str = "upsample_conv"  # "upsample_conv" (seed 1) | "transpose" (seed 2)
+    head_conv_filters: int = 2  # the seed's extra 3x3 conv before the 1x1 head; 0 disables
+
+    def __post_init__(self) -> None:
+        if self.upsampling not in ("upsample_conv", "transpose"):
+            raise ConfigError(
+                f"upsampling must be 'upsample_conv' or 'transpose', got {self.upsampling!r}"
+            )
+        if self.depth < 1 or self.base_filters < 1 or self.input_channels < 1:
+            raise ConfigError("depth, base_filters and input_channels must be positive")
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.input_size % (2**self.depth):
+            raise ConfigError(
+                f"input size {self.input_size} is not divisible by 2**depth = {2**self.depth} "
+                f"(depth {self.depth}); choose a multiple of {2**self.depth}"
+            )
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How voxels become model input. Stored in the model bundle so inference cannot disagree."""
+
+    modality: str = "CT"  # "CT": window in HU; "uint8" / "uint16": the seed's normalisation
+    window: str | None = "abdomen"  # a name in CT_WINDOWS, or None to use window_lower/upper
+    window_lower: float | None = None
+    window_upper: float | None = None
+    input_size: int = 256
+    context_slices: int = 0  # neighbouring slices each side fed as extra channels
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("CT", "uint8", "uint16"):
+            raise ConfigError(f"modality must be CT, uint8 or uint16, got {self.modality!r}")
+        if self.modality == "CT":
+            lower, upper = self.window_bounds()
+            if not lower < upper:
+                raise ConfigError(f"window lower {lower} must be below upper {upper}")
+        if self.context_slices < 0:
+            raise ConfigError("context_slices must be >= 0")
+
+    def window_bounds(self) -> tuple[float, float]:
+        if self.window_lower is not None and self.window_upper is not None:
+            return float(self.window_lower), float(self.window_upper)
+        if self.window is None:
+            raise ConfigError("give a window name or both window_lower and window_upper")
+        if self.window not in CT_WINDOWS:
+            raise ConfigError(f"unknown window {self.window!r}; known: {sorted(CT_WINDOWS)}")
+        return CT_WINDOWS[self.window]
+
+    @property
+    def channels(self) -> int:
+        return 1 + 2 * self.context_slices
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The seed's ImageDataGenerator parameters, as TensorFlow ops (see unet_core/augment.py)."""
+
+    enabled: bool = True
+    rotation_degrees: float = 20.0
+    width_shift: float = 0.1  # fraction of width
+    height_shift: float = 0.1
+    # Keras' ImageDataGenerator read shear_range in degrees; kept so the seed's 0.1 means the same.
+    shear_degrees: float = 0.1
+    zoom: float = 0.1  # zoom factors drawn from [1 - zoom, 1 + zoom], x and y independently
+    horizontal_flip: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The seed's recipe is the default."""
+
+    batch_size: int = 16  # per worker; global batch = batch_size x workers
+    epochs: int = 100
+    learning_rate: float = 1e-3
+    loss: str = "bce"  # "bce" | "bce_dice" | "dice" (multi-class: "cce" | "cce_dice" | "dice")
+    early_stopping_patience: int = 15
+    reduce_lr_patience: int = 10
+    reduce_lr_factor: float = 0.2
+    min_learning_rate: float = 1e-7
+    seed: int = 0
+    precision: str = "float32"  # "float32" | "mixed_float16" | "mixed_bfloat16"
+    xla: bool = False
+    steps_per_epoch: int | None = None  # None: one pass over this worker's shard
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+            raise ConfigError(f"unknown precision {self.precision!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ConfigError("batch_size and epochs must be positive")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Safety budgets for untrusted input. Every number can be raised on the command line."""
+
+    max_volume_bytes: int = 2 * 1024**3  # decoded voxels (float32) of one volume
+    max_file_bytes: int = 1024**3  # one stored object
+    max_decompressed_bytes: int = 2 * 1024**3  # gzip / zip expansion of one member
+    max_zip_members: int = 100_000
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+    """Rebuild a config dataclass; unknown keys raise ConfigError naming them and the known ones."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        target = _dataclass_in(hints[name])
+        kwargs[name] = from_dict(target, value) if target and isinstance(value, dict) else value
+    return cls(**kwargs)  # type: ignore[call-arg]
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint  # type: ignore[return-value]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg  # type: ignore[return-value]
+    return None
+
+
+__all__ = [
+    "CT_WINDOWS",
+    "AugmentConfig",
+    "Limits",
+    "ModelConfig",
+    "PreprocessConfig",
+    "TrainConfig",
+    "from_dict",
+    "to_dict",
+    "to_json",
+]

@@ -1,7 +1,62 @@
-"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1), a local Ray instance."""
+"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1) and storage roots.
+
+Every storage test runs against both a local directory and the S3 endpoint (`store` fixture).
+"""
 from __future__ import annotations
 
 import os
+import uuid
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free loopback port; the AWS variables point at it for the session.
+    Ray instances started later inherit them."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing-key-id", AWS_SECRET_ACCESS_KEY="testing-secret-key",
+        AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1",
+    )
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> str:
+    """A writable root URI: a local folder, or a fresh bucket on the S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/root"
+
+
+def put(uri: str, data: bytes) -> str:
+    from unet_core.io import storage
+
+    storage.write_bytes(uri, data)
+    return uri

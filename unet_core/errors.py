@@ -28,6 +28,12 @@ class NotDicomError(InputError):
     reason = "not_dicom"
 
 
+class UnreadableFileError(InputError):
+    """Not a format this project reads (junk, an unknown image type)."""
+
+    reason = "unreadable"
+
+
 class TruncatedFileError(InputError):
     reason = "truncated"
 

@@ -1,0 +1,74 @@
+"""Zip exports, and `read_volume` over S3 prefixes and in-memory bytes."""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import put
+from dicom_factory import write_series
+from unet_core.config import Limits
+from unet_core.errors import ResourceLimitError, StorageError, UnreadableFileError
+from unet_core.io import archive, read_object, read_volume, storage
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_dicom_series_from_a_prefix(store, tmp_path):
+    paths, hu, _ = write_series(tmp_path / "s", noise=False)
+    for p in paths:
+        put(storage.join(store, "series", os.path.basename(p)), open(p, "rb").read())
+    vol = read_volume(storage.join(store, "series"))
+    np.testing.assert_array_equal(vol.voxels, hu)
+    assert all(s.startswith(store) for s in vol.sources)
+
+
+def test_missing_source(store):
+    with pytest.raises(StorageError, match="no such object or prefix"):
+        read_volume(storage.join(store, "absent/"))
+    with pytest.raises(StorageError, match=r"absent\.nii\.gz: object not found"):
+        read_volume(storage.join(store, "absent.nii.gz"))
+
+
+def test_volume_from_bytes():
+    from pydicom.data import get_testdata_file
+
+    vol = read_volume(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    assert vol.shape == (128, 128, 1)
+
+
+def test_zip_members_read_in_memory(store, tmp_path):
+    paths, hu, _ = write_series(tmp_path / "s", noise=False)
+    entries = {f"export/DICOM/{os.path.basename(p)}": open(p, "rb").read() for p in paths}
+    entries["../../evil.dcm"] = b"x"
+    entries["/abs/path.dcm"] = b"y"
+    uri = put(storage.join(store, "export.zip"), _zip(entries))
+    members = archive.list_members(storage.read_bytes(uri), uri)
+    refused = {m.name: m.error for m in members if m.error}
+    assert set(refused) == {"../../evil.dcm", "/abs/path.dcm"}
+    assert all("escapes the archive folder" in e for e in refused.values())
+    good = [m.uri for m in members if not m.error]
+    assert good[0].startswith(uri + "!/export/DICOM/")
+    vol = read_volume(good)
+    np.testing.assert_array_equal(vol.voxels, hu)
+    with pytest.raises(UnreadableFileError, match=r"evil\.dcm: member path escapes"):
+        read_object(f"{uri}!/../../evil.dcm")
+
+
+def test_zip_limits(tmp_path):
+    data = _zip({"big.bin": b"\0" * 2_000_000, "a": b"", "b": b""})
+    members = archive.list_members(data, "x.zip", Limits(max_decompressed_bytes=1_000_000))
+    assert "expands to 2000000 bytes" in [m for m in members if m.name == "big.bin"][0].error
+    with pytest.raises(ResourceLimitError, match="3 members exceed the limit of 2"):
+        archive.list_members(data, "x.zip", Limits(max_zip_members=2))
+    with pytest.raises(ResourceLimitError, match=r"x\.zip!/big\.bin: expands beyond the limit"):
+        archive.read_member(data, "x.zip", "big.bin", Limits(max_decompressed_bytes=1_000_000))

@@ -1,0 +1,247 @@
+"""DICOM reading: series assembly, real files from pydicom's test data, and bad input."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicom_factory import PHANTOM, edit, write_series
+from unet_core.errors import (
+    AmbiguousSourceError, EmptyFileError, NoPixelDataError, NonImageObjectError, NotDicomError,
+    ResourceLimitError, SeriesGeometryError, TruncatedFileError, UnsupportedPixelDataError,
+)
+from unet_core.config import Limits
+from unet_core.io import read_volume
+from unet_core.io.dicom import group_series, scan_header
+from unet_core.synthetic import SeriesSpec, grid_world
+
+
+def test_series_in_shuffled_order_is_sorted_by_position_not_instance_number(tmp_path):
+    spec = SeriesSpec(rows=32, columns=32, n_slices=8, descending=True)
+    paths, hu, _ = write_series(tmp_path / "s", spec, noise=False)
+    # InstanceNumber disagrees with position on purpose: reverse them.
+    for p in paths:
+        edit(p, lambda ds: setattr(ds, "InstanceNumber", 100 - int(ds.InstanceNumber)))
+    vol = read_volume(list(reversed(paths)))
+    np.testing.assert_array_equal(vol.voxels, hu)
+    expected, _ = PHANTOM.sample(grid_world(vol.affine, vol.shape))
+    np.testing.assert_array_equal(vol.voxels, np.round(expected))
+    assert vol.volume_id.startswith("dcm-") and vol.modality == "CT"
+    assert vol.spacing == pytest.approx((6.0, 6.0, 8.0))
+    assert "PatientName" not in vol.metadata and "PHANTOM" not in repr(vol.metadata)
+
+
+def test_prefix_with_one_series_and_keep_phi(tmp_path):
+    write_series(tmp_path / "s")
+    assert read_volume(str(tmp_path / "s")).shape == (32, 32, 8)
+    assert read_volume(str(tmp_path / "s"), keep_phi=True).metadata["PatientName"] == "PHANTOM^SYNTHETIC"
+
+
+def test_rescale_slope_and_intercept_per_slice(tmp_path):
+    paths, hu, _ = write_series(tmp_path / "s", noise=False)
+
+    def halve(ds):
+        arr = ds.pixel_array.astype(np.int32)
+        ds.PixelData = (arr // 2).astype(np.uint16).tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept = "2", "-1024"
+
+    edit(paths[3], halve)
+    vol = read_volume(paths)
+    k = int(np.argsort([float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in paths])[3])
+    np.testing.assert_allclose(vol.voxels[:, :, k], (np.floor((hu[:, :, k] + 1024) / 2) * 2 - 1024))
+    np.testing.assert_array_equal(np.delete(vol.voxels, k, axis=2), np.delete(hu, k, axis=2))
+
+
+def test_prefix_with_two_series_lists_them(tmp_path):
+    write_series(tmp_path / "both" / "a")
+    write_series(tmp_path / "both" / "b")
+    with pytest.raises(AmbiguousSourceError, match=r"holds 2 series: .* \(8 slices\), .* \(8 slices\)"):
+        read_volume(str(tmp_path / "both"))
+
+
+def test_localizer_is_split_from_its_series(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+    scout, _, _ = write_series(tmp_path / "scout", SeriesSpec(orientation="coronal", rows=32, columns=32, n_slices=1))
+    uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+    edit(scout[0], lambda ds: setattr(ds, "SeriesInstanceUID", uid))
+    headers = [scan_header(open(p, "rb").read(), p) for p in paths + scout]
+    groups, aside = group_series(headers)
+    assert sorted(g.n_slices for g in groups) == [1, 8] and not aside
+    assert len({g.volume_id for g in groups}) == 2
+    with pytest.raises(SeriesGeometryError, match="mixes image sizes or orientations"):
+        read_volume(paths + scout)
+
+
+def test_mixed_sizes(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+    other, _, _ = write_series(tmp_path / "o", SeriesSpec(rows=16, columns=16, n_slices=2))
+    uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+    for p in other:
+        edit(p, lambda ds: setattr(ds, "SeriesInstanceUID", uid))
+    with pytest.raises(SeriesGeometryError, match=r"mixes image sizes or orientations: 32x32 .*16x16"):
+        read_volume(paths + other)
+
+
+def test_missing_slice(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+    with pytest.raises(SeriesGeometryError, match=r"missing slice\(s\): gap of 16.000 mm .* step is 8.000 mm"):
+        read_volume(paths[:4] + paths[5:])
+
+
+def test_duplicate_positions(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+    shutil.copy(paths[2], tmp_path / "s" / "copy.dcm")
+    edit(str(tmp_path / "s" / "copy.dcm"), lambda ds: setattr(ds, "SOPInstanceUID", pydicom.uid.generate_uid()))
+    with pytest.raises(SeriesGeometryError, match=r"1 duplicate slice position\(s\)"):
+        read_volume(str(tmp_path / "s"))
+
+
+def test_gantry_tilt_is_refused_with_the_angle(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+
+    def tilt(ds):
+        z = float(ds.ImagePositionPatient[2])
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], f"{float(ds.ImagePositionPatient[1]) + 0.2 * z:.4f}", f"{z:.4f}"]
+
+    for p in paths:
+        edit(p, tilt)
+    with pytest.raises(SeriesGeometryError, match=r"gantry tilt of 11\.\d\d degrees"):
+        read_volume(paths)
+
+
+def test_header_scan_from_a_prefix(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+    data = open(paths[0], "rb").read()
+    full = scan_header(data, paths[0])
+    partial = scan_header(data[:4096], paths[0], size=len(data))
+    assert full.kind == partial.kind == "image" and full == partial
+    assert scan_header(data[:200], paths[0], size=len(data)) is None  # ask for more bytes
+
+
+# ---- real files from pydicom's test data -----------------------------------------------------
+def test_enhanced_multiframe_ct():
+    path = get_testdata_file("eCT_Supplemental.dcm")
+    vol = read_volume([path])
+    assert vol.shape == (512, 512, 2) and vol.modality == "CT"
+    ds = pydicom.dcmread(path)
+    raw = ds.pixel_array.astype(np.float32)
+    item = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    hu = raw * float(item.RescaleSlope) + float(item.RescaleIntercept)
+    iop = np.array(ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])  # (0, 0, -1): this file's slices run towards the feet
+    along = [np.array(f.PlanePositionSequence[0].ImagePositionPatient, float) @ normal
+             for f in ds.PerFrameFunctionalGroupsSequence]
+    assert along[1] < along[0]
+    for k, frame in enumerate(np.argsort(along)):
+        np.testing.assert_array_equal(vol.voxels[:, :, k], hu[frame].T)
+
+
+@pytest.mark.parametrize(
+    "compressed",
+    ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm",
+     "MR_small_implicit.dcm"],
+)
+def test_compressed_transfer_syntaxes_decode_to_the_uncompressed_values(compressed):
+    ref = read_volume([get_testdata_file("MR_small.dcm")])
+    vol = read_volume([get_testdata_file(compressed)])
+    np.testing.assert_array_equal(vol.voxels, ref.voxels)
+    np.testing.assert_allclose(vol.affine, ref.affine)
+
+
+def test_real_ct_slice_geometry():
+    path = get_testdata_file("CT_small.dcm")
+    vol = read_volume([path])
+    ds = pydicom.dcmread(path)
+    # Voxel (0, 0, 0) sits at ImagePositionPatient, in RAS.
+    lps = np.array([float(v) for v in ds.ImagePositionPatient])
+    np.testing.assert_allclose(vol.affine[:3, 3], lps * [-1, -1, 1])
+    np.testing.assert_array_equal(vol.voxels[:, :, 0], ds.pixel_array.T * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+
+
+# ---- bad input --------------------------------------------------------------------------------
+def test_empty_file(tmp_path):
+    (tmp_path / "e.dcm").write_bytes(b"")
+    with pytest.raises(EmptyFileError, match=r"e\.dcm: empty file"):
+        read_volume([str(tmp_path / "e.dcm")])
+
+
+def test_junk_bytes(tmp_path):
+    (tmp_path / "junk.dcm").write_bytes(os.urandom(3000))
+    with pytest.raises(NotDicomError, match=r"junk\.dcm: not a DICOM file"):
+        read_volume([str(tmp_path / "junk.dcm")])
+
+
+def test_truncated_dicom(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+    data = open(paths[0], "rb").read()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 700])
+    with pytest.raises(TruncatedFileError, match=r"cut\.dcm: .*truncated"):
+        read_volume([str(tmp_path / "cut.dcm")])
+    (tmp_path / "cut2.dcm").write_bytes(data[:300])
+    with pytest.raises(TruncatedFileError, match=r"cut2\.dcm"):
+        read_volume([str(tmp_path / "cut2.dcm")])
+
+
+def test_pydicom_truncated_mr():
+    with pytest.raises(TruncatedFileError, match="MR_truncated.dcm"):
+        read_volume([get_testdata_file("MR_truncated.dcm")])
+
+
+def test_no_pixel_data(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+    edit(paths[0], lambda ds: delattr(ds, "PixelData"))
+    with pytest.raises(NoPixelDataError, match=r"IM00001\.dcm: no pixel data"):
+        read_volume([paths[0]])
+
+
+@pytest.mark.parametrize(
+    "name, what",
+    [("reportsi.dcm", "Basic Text SR Storage"), ("liver.dcm", "Segmentation Storage"),
+     ("rtplan.dcm", "RT Plan Storage"), ("rtstruct.dcm", "RT Structure Set Storage")],
+)
+def test_non_image_objects(name, what):
+    with pytest.raises(NonImageObjectError, match=rf"{name}: {what} \(.*\) is not an image to segment"):
+        read_volume([get_testdata_file(name)])
+
+
+def test_per_volume_budget(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+    with pytest.raises(ResourceLimitError, match=r"8 slices of 32x32 need 32768 bytes, above the per-volume budget"):
+        read_volume(paths, limits=Limits(max_volume_bytes=32767))
+
+
+def test_compressed_without_decoder_names_syntax_and_extra(tmp_path):
+    """A real run with the codecs uninstalled for that interpreter: their imports are blocked."""
+    code = (
+        "import sys\n"
+        "for m in ('pylibjpeg','openjpeg','libjpeg','rle','gdcm','pylibjpeg_rle'): sys.modules[m] = None\n"
+        "from pydicom.data import get_testdata_file\n"
+        "from unet_core.io import read_volume\n"
+        "from unet_core.errors import UnsupportedPixelDataError\n"
+        "try:\n"
+        "    read_volume([get_testdata_file('MR_small_jpeg_ls_lossless.dcm')])\n"
+        "except UnsupportedPixelDataError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ERR" in out.stdout, out.stderr[-2000:]
+    assert "JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)" in out.stdout
+    assert "pip install 'unet-ray[codecs]'" in out.stdout
+
+
+def test_undecodable_syntax_even_with_codecs(tmp_path):
+    paths, _, _ = write_series(tmp_path / "s")
+
+    def mpeg(ds):
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG4HP41
+        ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+
+    edit(paths[0], mpeg)
+    with pytest.raises(UnsupportedPixelDataError, match=r"MPEG-4 .* no decoder for it is installed"):
+        read_volume([paths[0]])

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import put
+from unet_core.errors import ResourceLimitError, StorageError
+from unet_core.io import storage
+
+
+def test_write_read_list(store):
+    put(storage.join(store, "a/x.bin"), b"x" * 10)
+    put(storage.join(store, "a/deeper/y.bin"), b"yy")
+    put(storage.join(store, "b.bin"), b"")
+    entries = storage.list_files(store)
+    names = [e.uri[len(store):] for e in entries]
+    assert names == ["/a/deeper/y.bin", "/a/x.bin", "/b.bin"]
+    assert [e.size for e in entries] == [2, 10, 0]
+    assert storage.read_bytes(storage.join(store, "a/x.bin")) == b"x" * 10
+    assert storage.read_range(storage.join(store, "a/x.bin"), 8, 100) == b"xx"
+    assert storage.exists(storage.join(store, "b.bin"))
+    assert not storage.exists(storage.join(store, "c.bin"))
+    # A single object lists itself.
+    assert [e.uri for e in storage.list_files(storage.join(store, "b.bin"))] == [storage.join(store, "b.bin")]
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(store):
+    uri = storage.join(store, "obj.bin")
+    put(uri, b"first")
+    put(uri, b"second")
+    assert storage.read_bytes(uri) == b"second"
+    assert [e.uri for e in storage.list_files(store)] == [uri]
+    if not storage.is_s3(store):
+        assert os.listdir(store) == ["obj.bin"]
+
+
+def test_missing_object_and_prefix(store):
+    with pytest.raises(StorageError, match=r"nope\.bin: object not found"):
+        storage.read_bytes(storage.join(store, "nope.bin"))
+    with pytest.raises(StorageError, match="no such object or prefix"):
+        storage.list_files(storage.join(store, "nowhere/"))
+
+
+def test_size_limit_refuses_before_reading(store):
+    uri = put(storage.join(store, "big.bin"), b"0" * 1000)
+    with pytest.raises(ResourceLimitError, match=r"big\.bin: 1000 bytes exceeds the per-file limit of 999"):
+        storage.read_bytes(uri, max_bytes=999)
+
+
+def test_bad_uris():
+    with pytest.raises(StorageError, match="unsupported URI scheme"):
+        storage.resolve("gs://bucket/key")
+    with pytest.raises(StorageError, match="not a valid s3:// URI"):
+        storage.resolve("s3://")
+
+
+def test_file_uri(tmp_path):
+    (tmp_path / "f.bin").write_bytes(b"abc")
+    assert storage.read_bytes(f"file://{tmp_path}/f.bin") == b"abc"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_moto(port: int, env: dict) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+def test_forbidden_object_names_it_and_says_what_to_check(monkeypatch):
+    """A real 403: moto enforces authentication after its first two actions, and our key is not
+    an IAM user there."""
+    import boto3
+
+    port = _free_port()
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="2")
+    proc = _start_moto(port, env)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNUSER00000")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret-value")
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="locked")
+        s3.put_object(Bucket="locked", Key="scan.dcm", Body=b"x")
+        storage._s3_filesystem.cache_clear()
+        with pytest.raises(StorageError, match=r"s3://locked/scan\.dcm: access denied \(read\); check the credentials") as info:
+            storage.read_bytes("s3://locked/scan.dcm")
+        assert "not-a-real-secret-value" not in str(info.value)
+    finally:
+        proc.kill()
+        storage._s3_filesystem.cache_clear()
+
+
+def test_transient_outage_is_retried(monkeypatch, s3_bucket, s3_server):
+    """The endpoint refuses every connection when the write starts and recovers a second later;
+    then it fails a third of all connections. Both are retried to success."""
+    import threading
+
+    from faultproxy import FaultProxy
+
+    target = int(s3_server.rsplit(":", 1)[1])
+    with FaultProxy(target, seed=1) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        storage._s3_filesystem.cache_clear()
+        try:
+            proxy.down = True
+            timer = threading.Timer(1.0, lambda: setattr(proxy, "down", False))
+            timer.start()
+            storage.write_bytes(f"s3://{s3_bucket}/back.bin", b"made it")
+            timer.join()
+            assert proxy.failed >= 1
+            proxy.fail_ratio = 0.33
+            for i in range(10):
+                storage.write_bytes(f"s3://{s3_bucket}/flaky-{i}.bin", bytes([i]) * 100)
+            assert [storage.read_bytes(f"s3://{s3_bucket}/flaky-{i}.bin") for i in range(10)] == [
+                bytes([i]) * 100 for i in range(10)
+            ]
+            assert storage.read_bytes(f"s3://{s3_bucket}/back.bin") == b"made it"
+            assert proxy.failed > 3
+        finally:
+            storage._s3_filesystem.cache_clear()
+
+
+def test_persistent_outage_becomes_a_storage_error(monkeypatch, s3_bucket, s3_server):
+    from faultproxy import FaultProxy
+
+    target = int(s3_server.rsplit(":", 1)[1])
+    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)
+    with FaultProxy(target) as proxy:
+        proxy.down = True
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        storage._s3_filesystem.cache_clear()
+        try:
+            with pytest.raises(StorageError, match=rf"s3://{s3_bucket}/x.bin: read failed"):
+                storage.read_bytes(f"s3://{s3_bucket}/x.bin")
+        finally:
+            storage._s3_filesystem.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["mask.nii.gz", "export.zip", "table.parquet", "x.bz2"])
+def test_bytes_are_stored_as_given_whatever_the_name(store, name):
+    """pyarrow would gzip a *.gz stream on its own; stored bytes must be exactly ours."""
+    data = os.urandom(5000)
+    uri = put(storage.join(store, name), data)
+    assert storage.read_bytes(uri) == data
+    assert storage.list_files(uri)[0].size == 5000

@@ -1,0 +1,65 @@
+"""Volume I/O: `read_volume(source)` for NIfTI, DICOM series and bytes, local or `s3://`.
+
+Orientation is settled here (see `orientation.py`) and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from unet_core.config import Limits
+from unet_core.errors import EmptyFileError, StorageError
+from unet_core.io import archive, storage
+from unet_core.io.dicom import read_series, scan_header, single_series
+from unet_core.io.nifti import is_nifti_name, mask_to_nifti_bytes, read_nifti
+from unet_core.volume import Volume
+
+__all__ = ["Volume", "mask_to_nifti_bytes", "read_object", "read_volume"]
+
+
+def read_object(uri: str, limits: Limits | None = None) -> bytes:
+    """Bytes of a stored object or of a zip member (`archive.zip!/path`)."""
+    limits = limits or Limits()
+    container, member = archive.split_member(uri)
+    data = storage.read_bytes(container, max_bytes=limits.max_file_bytes)
+    return data if member is None else archive.read_member(data, container, member, limits)
+
+
+def _looks_like_nifti(data: bytes) -> bool:
+    if data[:2] == b"\x1f\x8b":
+        return True
+    return len(data) >= 348 and data[344:347] in (b"n+1", b"ni1", b"n+2")
+
+
+def read_volume(
+    source: str | bytes | Sequence[str], limits: Limits | None = None, keep_phi: bool = False
+) -> Volume:
+    """One Volume from a NIfTI file, a DICOM series (list of files, or a prefix holding exactly
+    one series), a single multi-frame DICOM object, or in-memory bytes of either format."""
+    limits = limits or Limits()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise EmptyFileError("<bytes>: empty input (0 bytes)")
+        if _looks_like_nifti(data):
+            return read_nifti(data, "<bytes>", limits)
+        return _read_dicom({"<bytes>": data}, "<bytes>", limits, keep_phi)
+    if isinstance(source, str):
+        if is_nifti_name(source):
+            return read_nifti(read_object(source, limits), source, limits)
+        uris = [e.uri for e in storage.list_files(source)]
+        name = source
+    else:
+        uris, name = list(source), f"{len(source)} DICOM files"
+    if not uris:
+        raise StorageError(f"{name}: no files", uri=str(name))
+    blobs = {}
+    for uri in uris:
+        blobs[uri] = read_object(uri, limits)
+    return _read_dicom(blobs, name, limits, keep_phi)
+
+
+def _read_dicom(blobs: dict[str, bytes], name: str, limits: Limits, keep_phi: bool) -> Volume:
+    # Complete bytes always give a header (None only comes back for a prefix).
+    headers = [scan_header(data, uri) for uri, data in blobs.items()]
+    group = single_series(headers, name)
+    return read_series(group, [blobs[u] for u in group.uris], limits, keep_phi)

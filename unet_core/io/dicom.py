@@ -1,0 +1,455 @@
+"""DICOM (pydicom 3, from bytes): header scan, series grouping, volume assembly.
+
+A bulk scan reads headers only (`stop_before_pixels`, and usually just the first kilobytes of
+each object); pixels are decoded once a series is complete. Non-image objects (SR, SEG, RTSTRUCT,
+presentation states, key objects, ...) and images without patient geometry are set aside with a
+reason. Series are split by orientation and image size, so a localizer never lands in a volume.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from unet_core.config import Limits
+from unet_core.errors import (
+    AmbiguousSourceError,
+    EmptyFileError,
+    InputError,
+    NoPixelDataError,
+    NonImageObjectError,
+    NotDicomError,
+    ResourceLimitError,
+    SeriesGeometryError,
+    TruncatedFileError,
+    UnsupportedPixelDataError,
+)
+from unet_core.io.dicom_geometry import orientation_key, series_geometry
+from unet_core.volume import Volume, short_hash
+
+HEADER_PREFIX_BYTES = 64 * 1024
+_PIXEL_GROUP = 0x7FE0
+CODECS_HINT = "install the codecs extra: pip install 'unet-ray[codecs]'"
+
+# SOP class UID prefixes of objects that carry no cross-sectional image to segment.
+NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.": "structured report or key object selection",
+    "1.2.840.10008.5.1.4.1.1.66": "segmentation, registration or raw data object",
+    "1.2.840.10008.5.1.4.1.1.481.": "radiotherapy object",
+    "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
+    "1.2.840.10008.5.1.4.1.1.9.": "waveform",
+    "1.2.840.10008.5.1.4.1.1.91.": "real-world value mapping",
+}
+ENHANCED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR",
+}
+PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
+
+
+@dataclass
+class DicomHeader:
+    """What a header scan learns about one object. `kind` is "image", "non_image" or "error";
+    `reason` says why when it is not an image. Flat and small: one row of the series index."""
+
+    uri: str
+    size: int
+    kind: str = "image"
+    reason: str = ""
+    error_type: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    series_uid: str = ""
+    study_uid: str = ""
+    modality: str = ""
+    transfer_syntax: str = ""
+    rows: int = 0
+    columns: int = 0
+    frames: int = 1
+    orientation: tuple[float, ...] | None = None
+    position: tuple[float, float, float] | None = None
+    pixel_spacing: tuple[float, float] | None = None
+    slice_thickness: float | None = None
+    instance_number: int | None = None
+
+    @property
+    def enhanced(self) -> bool:
+        return self.sop_class_uid in ENHANCED_SOP_CLASSES or self.frames > 1
+
+    def row(self) -> dict:
+        d = asdict(self)
+        for key in ("orientation", "position", "pixel_spacing"):
+            d[key] = list(d[key]) if d[key] is not None else None
+        return d
+
+
+def _parse(data: bytes, uri: str, stop_before_pixels: bool) -> tuple[pydicom.Dataset, int]:
+    """Dataset and the offset where parsing stopped. Raises NotDicomError / EmptyFileError."""
+    if not data:
+        raise EmptyFileError(f"{uri}: empty file (0 bytes)", uri=uri)
+    fp = io.BytesIO(data)
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=not has_preamble)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+            if has_preamble:
+                raise TruncatedFileError(f"{uri}: DICOM header cannot be parsed ({exc}); the file is truncated or corrupt", uri=uri) from exc
+            raise NotDicomError(f"{uri}: not a DICOM file (no 'DICM' prefix and no parseable dataset)", uri=uri) from exc
+    if not has_preamble:
+        uid = str(ds.get("SOPClassUID", "") or "")
+        if not (uid and all(p.isdigit() for p in uid.split("."))):
+            raise NotDicomError(f"{uri}: not a DICOM file (no 'DICM' prefix and no SOP Class UID)", uri=uri)
+    if fp.tell() >= len(data) and _cut_short(ds):
+        raise TruncatedFileError(f"{uri}: DICOM data ends inside an element (file truncated)", uri=uri)
+    return ds, fp.tell()
+
+
+def _cut_short(ds: pydicom.Dataset) -> bool:
+    """True when parsing hit the end of the bytes mid-element, or before the dataset began."""
+    meta_class = getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID") if hasattr(ds, "file_meta") else None
+    if meta_class and len(ds) == 0:
+        return True
+    if len(ds) == 0:
+        return False
+    last = ds._dict[list(ds._dict)[-1]]  # raw, not yet converted: its declared length is kept
+    length = getattr(last, "length", None)
+    value = getattr(last, "value", None)
+    return length not in (None, 0xFFFFFFFF) and value is not None and len(value) < length
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and np.all(np.isfinite(out)) else None
+
+
+def _frame_item(ds: pydicom.Dataset, frame: int, sequence: str):
+    """A functional group item for `frame`: per-frame first, then shared."""
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        seq = ds.get(groups)
+        if not seq:
+            continue
+        item = seq[frame] if groups.startswith("PerFrame") else seq[0]
+        if sequence in item and item[sequence].value:
+            return item[sequence].value[0]
+    return None
+
+
+def _geometry_fields(ds: pydicom.Dataset, frame: int = 0) -> tuple:
+    """(orientation, position, pixel_spacing, thickness) from classic or enhanced attributes."""
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+    position = _floats(ds.get("ImagePositionPatient"), 3)
+    spacing = _floats(ds.get("PixelSpacing"), 2)
+    thickness = ds.get("SliceThickness")
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        item = _frame_item(ds, frame, "PlaneOrientationSequence")
+        orientation = _floats(item.get("ImageOrientationPatient"), 6) if item else orientation
+        item = _frame_item(ds, frame, "PlanePositionSequence")
+        position = _floats(item.get("ImagePositionPatient"), 3) if item else position
+        item = _frame_item(ds, frame, "PixelMeasuresSequence")
+        if item:
+            spacing = _floats(item.get("PixelSpacing"), 2) or spacing
+            thickness = item.get("SliceThickness", thickness)
+    try:
+        thickness = float(thickness) if thickness not in (None, "") else None
+    except (TypeError, ValueError):
+        thickness = None
+    return orientation, position, spacing, thickness
+
+
+def _non_image_reason(sop_class: str) -> str | None:
+    for prefix, label in NON_IMAGE_SOP_CLASSES.items():
+        if sop_class.startswith(prefix):
+            return f"{UID(sop_class).name or sop_class} ({label}) is not an image to segment"
+    return None
+
+
+def header_from_dataset(ds: pydicom.Dataset, uri: str, size: int, has_pixels: bool) -> DicomHeader:
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    orientation, position, spacing, thickness = _geometry_fields(ds)
+    try:
+        instance = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None
+    except (TypeError, ValueError):
+        instance = None
+    h = DicomHeader(
+        uri=uri, size=size, sop_class_uid=sop_class,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        modality=str(ds.get("Modality", "") or ""),
+        transfer_syntax=str(ts or ""),
+        rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0), frames=frames,
+        orientation=orientation, position=position, pixel_spacing=spacing,
+        slice_thickness=thickness, instance_number=instance,
+    )
+    reason = _non_image_reason(sop_class)
+    if reason:
+        h.kind, h.reason, h.error_type = "non_image", reason, NonImageObjectError.reason
+    elif not has_pixels:
+        h.kind, h.reason, h.error_type = "non_image", "no pixel data", NoPixelDataError.reason
+    elif int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        h.kind, h.error_type = "error", UnsupportedPixelDataError.reason
+        h.reason = f"colour image ({ds.get('SamplesPerPixel')} samples per pixel) is not supported"
+    elif not h.series_uid:
+        h.kind, h.reason, h.error_type = "error", "no SeriesInstanceUID", SeriesGeometryError.reason
+    elif orientation is None or position is None or spacing is None:
+        h.kind, h.error_type = "non_image", SeriesGeometryError.reason
+        h.reason = (f"{UID(sop_class).name or 'image'} without patient geometry "
+                    "(ImagePositionPatient / ImageOrientationPatient / PixelSpacing): not a cross-sectional slice")
+    return h
+
+
+def scan_header(data: bytes, uri: str, size: int | None = None) -> DicomHeader | None:
+    """Scan one object's header from its bytes, or from a prefix of them.
+
+    Returns None when `data` is a prefix that ended before the header did (read the whole object
+    and call again). Bad input comes back as a header of kind "error" naming the problem; this
+    never raises for file content."""
+    size = len(data) if size is None else size
+    complete = len(data) >= size
+    try:
+        ds, stop = _parse(data, uri, stop_before_pixels=True)
+    except InputError as exc:
+        if not complete and not isinstance(exc, EmptyFileError):
+            return None
+        return DicomHeader(uri=uri, size=size, kind="error", reason=str(exc), error_type=exc.reason)
+    tag = data[stop:stop + 4]
+    at_pixels = len(tag) == 4 and (
+        int.from_bytes(tag[:2], "little") == _PIXEL_GROUP or int.from_bytes(tag[:2], "big") == _PIXEL_GROUP
+    )
+    if not at_pixels and not complete:
+        return None
+    return header_from_dataset(ds, uri, size, has_pixels=at_pixels)
+
+
+# ---- grouping ---------------------------------------------------------------------------------
+@dataclass
+class SeriesGroup:
+    """Image objects forming one volume."""
+
+    volume_id: str
+    series_uid: str
+    headers: list[DicomHeader]
+
+    @property
+    def uris(self) -> list[str]:
+        return [h.uri for h in self.headers]
+
+    @property
+    def n_slices(self) -> int:
+        return sum(h.frames for h in self.headers)
+
+
+def group_series(headers: Iterable[DicomHeader]) -> tuple[list[SeriesGroup], list[DicomHeader]]:
+    """Group image headers into volumes: by SeriesInstanceUID, split by orientation and image
+    size; each multi-frame object is a volume of its own. Returns (groups, set-aside headers)."""
+    groups: dict[tuple, list[DicomHeader]] = {}
+    aside: list[DicomHeader] = []
+    for h in headers:
+        if h.kind != "image":
+            aside.append(h)
+            continue
+        if h.enhanced:
+            key: tuple = (h.series_uid, "frames", h.sop_instance_uid or h.uri)
+        else:
+            key = (h.series_uid, orientation_key(h.orientation), h.rows, h.columns)
+        groups.setdefault(key, []).append(h)
+    out = [
+        SeriesGroup(volume_id="dcm-" + short_hash(*map(str, key)), series_uid=key[0],
+                    headers=sorted(members, key=lambda h: h.uri))
+        for key, members in groups.items()
+    ]
+    return sorted(out, key=lambda g: (g.series_uid, -g.n_slices, g.volume_id)), aside
+
+
+def single_series(headers: Sequence[DicomHeader], name: str) -> SeriesGroup:
+    """The one volume a source must hold; clear errors for none, several series, or a series
+    that mixes orientations / sizes."""
+    groups, aside = group_series(headers)
+    if not groups:
+        if len(aside) == 1:
+            raise header_error(aside[0])
+        reasons = sorted({f"{h.uri}: {h.reason}" for h in aside})[:5]
+        first = next((h for h in aside if h.kind == "error"), aside[0] if aside else None)
+        cls = ERROR_TYPES.get(first.error_type, InputError) if first else InputError
+        raise cls(f"{name}: no image series found; " + "; ".join(reasons), uri=name)
+    series = sorted({g.series_uid for g in groups})
+    if len(series) > 1:
+        listing = ", ".join(f"{g.series_uid} ({g.n_slices} slices)" for g in groups)
+        raise AmbiguousSourceError(
+            f"{name}: holds {len(series)} series: {listing}; give one series (a list of files or a "
+            "prefix per series) or use `unet segment`, which splits archives itself", uri=name,
+        )
+    if len(groups) > 1:
+        parts = ", ".join(
+            f"{g.headers[0].rows}x{g.headers[0].columns} {orientation_key(g.headers[0].orientation)} ({g.n_slices} slices)"
+            for g in groups
+        )
+        raise SeriesGeometryError(
+            f"{name}: series {series[0]} mixes image sizes or orientations: {parts}; localizers or "
+            "reformats must be separate volumes", uri=name,
+        )
+    return groups[0]
+
+
+ERROR_TYPES = {cls.reason: cls for cls in (
+    EmptyFileError, NotDicomError, TruncatedFileError, NoPixelDataError, NonImageObjectError,
+    UnsupportedPixelDataError, SeriesGeometryError, ResourceLimitError,
+)}
+
+
+def header_error(h: DicomHeader) -> InputError:
+    """The domain exception a set-aside header stands for, naming its object."""
+    message = h.reason if h.uri in h.reason else f"{h.uri}: {h.reason}"
+    return ERROR_TYPES.get(h.error_type, InputError)(message, uri=h.uri)
+
+
+# ---- pixels -----------------------------------------------------------------------------------
+def _decoder_available(ts: UID) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(ts).is_available)
+    except NotImplementedError:
+        return False
+
+
+def decode_frames(data: bytes, uri: str) -> tuple[pydicom.Dataset, np.ndarray]:
+    """(dataset, raw stored values as (frames, rows, cols)) for one object."""
+    ds, _ = _parse(data, uri, stop_before_pixels=False)
+    if "PixelData" not in ds:
+        raise NoPixelDataError(f"{uri}: DICOM object has no pixel data", uri=uri)
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (
+            pydicom.uid.ImplicitVRLittleEndian if implicit
+            else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+        )
+    ts = UID(meta.TransferSyntaxUID)
+    if ts.is_compressed and not _decoder_available(ts):
+        raise UnsupportedPixelDataError(
+            f"{uri}: pixel data is compressed as {ts.name} ({ts}) and no decoder for it is "
+            f"installed; {CODECS_HINT}", uri=uri,
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not ts.is_compressed:
+        expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1)) * (int(ds.BitsAllocated) // 8)
+        if len(ds.PixelData) < expected:
+            raise TruncatedFileError(
+                f"{uri}: pixel data is truncated: {len(ds.PixelData)} of {expected} bytes", uri=uri
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+        text = str(exc)
+        if any(w in text.lower() for w in ("less than expected", "truncat", "end of", "insufficient")) or isinstance(exc, EOFError):
+            raise TruncatedFileError(f"{uri}: pixel data is truncated ({text})", uri=uri) from exc
+        raise UnsupportedPixelDataError(f"{uri}: pixel data in {ts.name} cannot be decoded: {text}", uri=uri) from exc
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    if pixels.ndim != 3 or pixels.shape[0] != frames:
+        raise UnsupportedPixelDataError(
+            f"{uri}: decoded pixels have shape {pixels.shape}, expected ({frames}, rows, columns) "
+            "of one sample per pixel", uri=uri,
+        )
+    return ds, pixels
+
+
+def _rescale(ds: pydicom.Dataset, frame: int) -> tuple[float, float]:
+    item = _frame_item(ds, frame, "PixelValueTransformationSequence")
+    source = item if item is not None and "RescaleSlope" in item else ds
+    try:
+        slope = float(source.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        slope, intercept = 1.0, 0.0
+    return slope, intercept
+
+
+def _metadata(ds: pydicom.Dataset, group: SeriesGroup, keep_phi: bool) -> dict:
+    meta = {
+        "series_uid": group.series_uid,
+        "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        "n_files": len(group.headers),
+        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
+        "manufacturer": str(ds.get("Manufacturer", "") or ""),
+        "body_part": str(ds.get("BodyPartExamined", "") or ""),
+        "sform_code": 1,
+        "qform_code": 1,
+    }
+    if keep_phi:
+        for key in PHI_KEYWORDS:
+            meta[key] = str(ds.get(key, "") or "")
+    return meta
+
+
+def read_series(
+    group: SeriesGroup, blobs: Sequence[bytes], limits: Limits | None = None, keep_phi: bool = False
+) -> Volume:
+    """Decode a grouped series (one blob per header, same order) into a Volume in HU."""
+    limits = limits or Limits()
+    first = group.headers[0]
+    need = group.n_slices * first.rows * first.columns * 4
+    if need > limits.max_volume_bytes:
+        raise ResourceLimitError(
+            f"series {group.series_uid}: {group.n_slices} slices of {first.rows}x{first.columns} need "
+            f"{need} bytes, above the per-volume budget of {limits.max_volume_bytes} "
+            "(raise --max-volume-bytes)", uri=first.uri,
+        )
+    planes, positions, orientations, spacings = [], [], [], []
+    first_orientation = None
+    ds = None
+    for header, blob in zip(group.headers, blobs):
+        ds, pixels = decode_frames(blob, header.uri)
+        for f in range(pixels.shape[0]):
+            orientation, position, spacing, _ = _geometry_fields(ds, f)
+            if orientation is None or position is None or spacing is None:
+                raise SeriesGeometryError(f"{header.uri}: frame {f} has no plane position / orientation", uri=header.uri)
+            slope, intercept = _rescale(ds, f)
+            plane = pixels[f].astype(np.float32)
+            if slope != 1.0 or intercept != 0.0:
+                plane = plane * np.float32(slope) + np.float32(intercept)
+            planes.append(plane)
+            positions.append(position)
+            orientations.append(orientation_key(orientation))
+            first_orientation = first_orientation or orientation
+            spacings.append(spacing)
+    if len(set(orientations)) > 1:
+        raise SeriesGeometryError(f"{first.uri}: frames of series {group.series_uid} mix orientations", uri=first.uri)
+    if len({tuple(np.round(s, 4)) for s in spacings}) > 1:
+        raise SeriesGeometryError(f"{first.uri}: slices of series {group.series_uid} mix pixel spacings", uri=first.uri)
+    if len({p.shape for p in planes}) > 1:
+        raise SeriesGeometryError(f"{first.uri}: slices of series {group.series_uid} mix image sizes", uri=first.uri)
+    geometry = series_geometry(
+        first_orientation, np.array(positions), spacings[0], f"series {group.series_uid}",
+        single_slice_thickness=first.slice_thickness,
+    )
+    # (rows, cols) planes become (col i, row j) and stack along k in position order.
+    voxels = np.stack([planes[i].T for i in geometry.order], axis=-1)
+    return Volume(
+        voxels=np.ascontiguousarray(voxels), affine=geometry.affine, volume_id=group.volume_id,
+        modality=first.modality or "OT", sources=tuple(group.uris),
+        metadata=_metadata(ds, group, keep_phi),
+    )

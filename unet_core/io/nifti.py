@@ -1,0 +1,126 @@
+"""NIfTI-1/2 (nibabel) from bytes, and the mask writer.
+
+Gzip is expanded in steps with a hard limit, and the header's declared size is checked against
+the per-volume budget before any voxel is read, so a small `.nii.gz` cannot expand into all memory.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+
+import nibabel as nib
+import numpy as np
+
+from unet_core.config import Limits
+from unet_core.errors import EmptyFileError, InvalidVolumeError, ResourceLimitError, TruncatedFileError
+from unet_core.volume import Volume, sanitise, short_hash
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti_name(uri: str) -> bool:
+    return uri.lower().endswith(NIFTI_SUFFIXES)
+
+
+def gunzip_limited(data: bytes, limit: int, uri: str, stop_after: int | None = None) -> bytes:
+    """Expand gzip `data`; more than `limit` bytes raises ResourceLimitError. With `stop_after`,
+    return once that many bytes are out (a header peek)."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out, total, view = [], 0, memoryview(data)
+    chunk = 1 << 20
+    try:
+        for start in range(0, len(data), chunk):
+            piece = d.decompress(view[start:start + chunk], limit + 1 - total)
+            total += len(piece)
+            out.append(piece)
+            while d.unconsumed_tail and total <= limit:
+                piece = d.decompress(d.unconsumed_tail, limit + 1 - total)
+                total += len(piece)
+                out.append(piece)
+            if total > limit:
+                raise ResourceLimitError(
+                    f"{uri}: gzip expands beyond the limit of {limit} bytes (raise --max-decompressed-bytes)", uri=uri
+                )
+            if stop_after is not None and total >= stop_after:
+                return b"".join(out)
+    except zlib.error as exc:
+        raise TruncatedFileError(f"{uri}: corrupt gzip stream ({exc})", uri=uri) from exc
+    if not d.eof and stop_after is None:
+        raise TruncatedFileError(f"{uri}: gzip stream ends early (file truncated)", uri=uri)
+    return b"".join(out)
+
+
+def _header(raw: bytes, uri: str):
+    if len(raw) < 348:
+        raise TruncatedFileError(f"{uri}: {len(raw)} bytes is too short for a NIfTI header", uri=uri)
+    size = int.from_bytes(raw[:4], "little")
+    cls = nib.Nifti2Header if size == 540 or int.from_bytes(raw[:4], "big") == 540 else nib.Nifti1Header
+    try:
+        hdr = cls.from_fileobj(io.BytesIO(raw[: cls.sizeof_hdr]), check=True)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises HeaderDataError and friends
+        raise InvalidVolumeError(f"{uri}: not a valid NIfTI header ({exc})", uri=uri) from exc
+    return hdr
+
+
+def read_nifti(data: bytes, uri: str, limits: Limits | None = None, volume_id: str | None = None) -> Volume:
+    """A NIfTI file's bytes -> Volume (3D, or 4D with a single volume)."""
+    limits = limits or Limits()
+    if not data:
+        raise EmptyFileError(f"{uri}: empty file (0 bytes)", uri=uri)
+    gz = data[:2] == b"\x1f\x8b"
+    head = gunzip_limited(data, limits.max_decompressed_bytes, uri, stop_after=544) if gz else data
+    hdr = _header(head, uri)
+    dims = [int(x) for x in hdr["dim"][1 : int(hdr["dim"][0]) + 1]]
+    if len(dims) == 4 and dims[3] == 1:
+        dims = dims[:3]
+    if len(dims) != 3:
+        raise InvalidVolumeError(
+            f"{uri}: a {len(dims)}D image of shape {tuple(dims)}; expected 3D (or 4D with one volume)", uri=uri
+        )
+    if min(dims) < 1:
+        raise InvalidVolumeError(f"{uri}: shape {tuple(dims)} has an empty axis", uri=uri)
+    need = int(np.prod(dims)) * 4
+    if need > limits.max_volume_bytes:
+        raise ResourceLimitError(
+            f"{uri}: declared shape {tuple(dims)} needs {need} bytes, above the per-volume budget of "
+            f"{limits.max_volume_bytes} (raise --max-volume-bytes)", uri=uri,
+        )
+    expected = int(hdr.get_data_offset()) + int(np.prod(dims)) * hdr.get_data_dtype().itemsize
+    raw = gunzip_limited(data, min(limits.max_decompressed_bytes, expected + 1024), uri) if gz else data
+    if len(raw) < expected:
+        raise TruncatedFileError(f"{uri}: {len(raw)} bytes where the header declares {expected} (truncated)", uri=uri)
+    cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+    try:
+        img = cls.from_bytes(raw)
+        voxels = np.asarray(img.get_fdata(dtype=np.float32)).reshape(dims)
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidVolumeError(f"{uri}: NIfTI data cannot be read ({exc})", uri=uri) from exc
+    bad = int(np.count_nonzero(~np.isfinite(voxels)))
+    if bad:
+        raise InvalidVolumeError(f"{uri}: {bad} voxels are NaN or infinite", uri=uri)
+    sform_code, qform_code = int(img.header["sform_code"]), int(img.header["qform_code"])
+    stem = uri.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".gz", ".nii"):
+        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
+    case_id = sanitise(stem)
+    return Volume(
+        voxels=np.ascontiguousarray(voxels), affine=np.asarray(img.affine, dtype=np.float64),
+        volume_id=volume_id or f"nii-{case_id}-{short_hash(uri, length=8)}",
+        modality="CT", sources=(uri,),
+        metadata={"case_id": case_id, "sform_code": sform_code, "qform_code": qform_code,
+                  "no_orientation": sform_code == 0 and qform_code == 0},
+    )
+
+
+def mask_to_nifti_bytes(labels: np.ndarray, volume: Volume) -> bytes:
+    """uint8 labels on the volume's exact grid, with its affine, as gzipped NIfTI-1 bytes."""
+    if labels.shape != volume.shape:
+        raise InvalidVolumeError(f"mask shape {labels.shape} differs from volume {volume.volume_id} shape {volume.shape}")
+    img = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), volume.affine)
+    img.set_sform(volume.affine, code=int(volume.metadata.get("sform_code", 1) or 1))
+    img.set_qform(volume.affine, code=int(volume.metadata.get("qform_code", 1) or 1))
+    img.header.set_data_dtype(np.uint8)
+    img.header["descrip"] = b"unet-ray mask"
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0)

@@ -1,0 +1,226 @@
+"""Object storage: `s3://bucket/key`, `file://path` and plain local paths, as pyarrow filesystems.
+
+S3 settings come from the standard AWS variables and the default credential chain (environment,
+shared config, instance / pod roles). `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` points at MinIO,
+Ceph or another on-premise store. Credentials are never logged or put in error messages.
+
+Writes never expose a half-written object: callers hand complete bytes to `write_bytes`; locally
+they go to a temporary file in the same folder and are renamed over the target; on S3 a single
+PUT (or a multipart upload) is only visible once complete. Transient errors (connection refused,
+throttling, 5xx) are retried with exponential backoff; missing and forbidden objects are not.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from unet_core.errors import InputError, ResourceLimitError, StorageError
+
+T = TypeVar("T")
+
+RETRY_ATTEMPTS = int(os.environ.get("UNET_STORAGE_RETRIES", "6"))
+RETRY_BASE_SECONDS = 0.25
+_TRANSIENT_MARKERS = (
+    "connect", "connection", "timed out", "timeout", "network", "throttl", "slow_down",
+    "slowdown", "service_unavailable", "serviceunavailable", "internal_failure", "internalerror",
+    "request_time_too_skewed", "503", "500", "502", "504", "broken pipe", "reset by peer",
+    "curlcode", "unable to connect", "temporarily",
+)
+_FORBIDDEN_MARKERS = ("access_denied", "accessdenied", "forbidden", "403", "invalidaccesskeyid",
+                      "signaturedoesnotmatch", "expired")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    uri: str
+    size: int
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def _local_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        return urlparse(uri).path
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    kwargs: dict = {
+        "region": region,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+        "connect_timeout": 5.0,
+        "request_timeout": 60.0,
+    }
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a URI or local path."""
+    if is_s3(uri):
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        path = uri[len("s3://"):].rstrip("/")
+        if not path or path.startswith("/"):
+            raise StorageError(f"{uri!r} is not a valid s3:// URI (expected s3://bucket/key)", uri=uri)
+        return _s3_filesystem(s3_endpoint(), region), path
+    if "://" in uri and not uri.startswith("file://"):
+        raise StorageError(f"unsupported URI scheme in {uri!r}; use s3://, file:// or a path", uri=uri)
+    return pafs.LocalFileSystem(), _local_path(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/', keeping the scheme."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _classify(exc: BaseException, uri: str, action: str) -> BaseException:
+    if isinstance(exc, InputError):
+        return exc
+    text = str(exc).lower()
+    if isinstance(exc, FileNotFoundError) or "no_such_key" in text or "nosuchkey" in text or "not found" in text:
+        return StorageError(f"{uri}: object not found ({action})", uri=uri)
+    if "no_such_bucket" in text or "nosuchbucket" in text:
+        return StorageError(f"{uri}: bucket does not exist ({action})", uri=uri)
+    if any(m in text for m in _FORBIDDEN_MARKERS):
+        return StorageError(
+            f"{uri}: access denied ({action}); check the credentials (AWS_ACCESS_KEY_ID / role) and "
+            "the bucket policy", uri=uri,
+        )
+    return StorageError(f"{uri}: {action} failed: {exc}", uri=uri)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    text = str(exc).lower()
+    if any(m in text for m in _FORBIDDEN_MARKERS) or "no_such" in text or "nosuch" in text:
+        return False
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError)) and any(
+        m in text for m in _TRANSIENT_MARKERS
+    )
+
+
+def with_retry(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None) -> T:
+    """Run `fn`, retrying transient storage errors with jittered exponential backoff."""
+    attempts = attempts or RETRY_ATTEMPTS
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt + 1 < attempts and _is_transient(exc):
+                time.sleep(RETRY_BASE_SECONDS * 2**attempt * (0.5 + random.random()))
+                continue
+            raise _classify(exc, uri, action) from exc
+    raise AssertionError("unreachable")
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The whole object. With `max_bytes`, an object larger than that is refused unread."""
+    fs, path = resolve(uri)
+
+    def _read() -> bytes:
+        with fs.open_input_file(path) as f:
+            size = f.size()
+            if max_bytes is not None and size > max_bytes:
+                raise ResourceLimitError(
+                    f"{uri}: {size} bytes exceeds the per-file limit of {max_bytes} bytes "
+                    "(raise --max-file-bytes to allow it)", uri=uri,
+                )
+            return f.read()
+
+    return with_retry(_read, uri, "read")
+
+
+def read_range(uri: str, start: int, length: int) -> bytes:
+    """`length` bytes from `start` (fewer at the end of the object): a header without the pixels."""
+    fs, path = resolve(uri)
+
+    def _read() -> bytes:
+        with fs.open_input_file(path) as f:
+            return f.read_at(min(length, max(f.size() - start, 0)), start)
+
+    return with_retry(_read, uri, "read")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Publish `data` at `uri` atomically (see the module docstring)."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return
+
+    def _write() -> None:
+        # compression=None: pyarrow would otherwise gzip anything named *.gz a second time.
+        with fs.open_output_stream(path, compression=None) as f:
+            f.write(data)
+
+    with_retry(_write, uri, "write")
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    info = with_retry(lambda: fs.get_file_info(path), uri, "stat")
+    return info.type == pafs.FileType.File
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    try:
+        with_retry(lambda: fs.delete_file(path), uri, "delete")
+    except StorageError:
+        pass
+
+
+def list_files(prefix: str) -> list[FileEntry]:
+    """Every object below `prefix` (recursive), sorted by URI; a single object lists itself.
+    Hidden temporaries (`.tmp-*`) are skipped."""
+    fs, path = resolve(prefix)
+    info = with_retry(lambda: fs.get_file_info(path), prefix, "stat")
+    scheme = "s3://" if is_s3(prefix) else ""
+    if info.type == pafs.FileType.File:
+        return [FileEntry(prefix, info.size)]
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    infos = with_retry(lambda: fs.get_file_info(selector), prefix, "list")
+    entries = [
+        FileEntry(scheme + i.path, i.size)
+        for i in infos
+        if i.type == pafs.FileType.File and not i.base_name.startswith(".tmp-")
+    ]
+    if not entries and info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{prefix}: no such object or prefix", uri=prefix)
+    return sorted(entries, key=lambda e: e.uri)

@@ -1,0 +1,54 @@
+"""The Volume contract: every reader returns one, every writer takes one."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Volume:
+    """A 3D image.
+
+    voxels:    (i, j, k) float32. CT voxels are Hounsfield units (RescaleSlope/Intercept applied).
+               For DICOM, i runs along a row (column index), j down the columns (row index) and k
+               through the slices in order of position along the slice normal.
+    affine:    (4, 4) float64 mapping (i, j, k, 1) to RAS+ millimetres (nibabel's convention).
+    volume_id: stable, sanitised identifier, safe as an object name.
+    sources:   the URIs the volume was read from.
+    metadata:  small, de-identified (no names, IDs or birth dates unless asked for).
+    """
+
+    voxels: np.ndarray
+    affine: np.ndarray
+    volume_id: str
+    modality: str = "CT"
+    sources: tuple[str, ...] = ()
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.voxels.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along i, j, k (column norms of the affine)."""
+        return tuple(float(x) for x in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+
+def sanitise(text: str, max_len: int = 64) -> str:
+    """A string safe as one path component: [A-Za-z0-9._-], no leading dots, bounded length."""
+    cleaned = _SAFE.sub("_", text).strip("._-")[:max_len]
+    return cleaned or "unnamed"
+
+
+def short_hash(*parts: str, length: int = 16) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:length]

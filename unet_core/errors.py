@@ -10,6 +10,10 @@ class ConfigError(UnetError, ValueError):
     """A configuration value is wrong (unknown key, impossible size, bad window)."""
 
 
+class JobError(UnetError):
+    """A distributed job failed as a whole (training crashed beyond its retries, ...)."""
+
+
 class InputError(UnetError):
     """An input object cannot be used. `.uri` names it; `.reason` is a short machine-readable code."""
 

@@ -232,3 +232,22 @@ def nifti_case(phantom: Phantom, affine: np.ndarray, shape: tuple[int, int, int]
     lab.set_sform(affine, code=1)
     lab.set_qform(affine, code=1)
     return gzip.compress(img.to_bytes(), mtime=0), gzip.compress(lab.to_bytes(), mtime=0)
+
+
+def write_training_set(uri: str, n_cases: int, size: int = 64, n_slices: int = 16, seed: int = 0,
+                       spacing: tuple[float, float, float] = (6.0, 6.0, 10.0)) -> list[str]:
+    """Write `n_cases` labelled NIfTI cases as images/<case>.nii.gz and masks/<case>.nii.gz
+    (labels 0..3, see the module docstring). Returns the case ids."""
+    from unet_core.io import storage
+
+    ids = []
+    for n in range(n_cases):
+        case = f"case_{n:03d}"
+        affine = np.diag([*spacing, 1.0])
+        affine[:3, 3] = -np.array(spacing) * (np.array([size, size, n_slices]) - 1) / 2
+        affine[2, 3] -= 30.0  # centre the stack on the target organ
+        img, lab = nifti_case(Phantom.random(seed * 1000 + n), affine, (size, size, n_slices), seed=seed * 1000 + n)
+        storage.write_bytes(storage.join(uri, "images", f"{case}.nii.gz"), img)
+        storage.write_bytes(storage.join(uri, "masks", f"{case}.nii.gz"), lab)
+        ids.append(case)
+    return ids

@@ -224,3 +224,17 @@ def list_files(prefix: str) -> list[FileEntry]:
     if not entries and info.type == pafs.FileType.NotFound:
         raise StorageError(f"{prefix}: no such object or prefix", uri=prefix)
     return sorted(entries, key=lambda e: e.uri)
+
+
+def delete_tree(uri: str) -> None:
+    """Remove every object below a prefix (and the local folder)."""
+    fs, path = resolve(uri)
+    info = with_retry(lambda: fs.get_file_info(path), uri, "stat")
+    if info.type == pafs.FileType.NotFound:
+        return
+    if info.type == pafs.FileType.File:
+        with_retry(lambda: fs.delete_file(path), uri, "delete")
+        return
+    with_retry(lambda: fs.delete_dir_contents(path, missing_dir_ok=True), uri, "delete")
+    if isinstance(fs, pafs.LocalFileSystem):
+        with_retry(lambda: fs.delete_dir(path), uri, "delete")

@@ -1,0 +1,120 @@
+"""Helpers every job shares: connecting to Ray, common options, loading config files."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from unet_core.config import Limits
+from unet_core.errors import UnetError
+
+log = logging.getLogger("unet")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr,
+    )
+
+
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address", default=None,
+        help="Ray cluster to attach to: 'auto', 'ray://HEAD:10001' or HEAD:6379. Default: RAY_ADDRESS if set, "
+             "else a local Ray instance started in this process",
+    )
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs of the local Ray instance (default: this machine's); ignored with --address")
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    d = Limits()
+    g = parser.add_argument_group("safety limits for untrusted input")
+    g.add_argument("--max-volume-bytes", type=int, default=d.max_volume_bytes, help="decoded voxels of one volume")
+    g.add_argument("--max-file-bytes", type=int, default=d.max_file_bytes, help="one stored object")
+    g.add_argument("--max-decompressed-bytes", type=int, default=d.max_decompressed_bytes,
+                   help="gzip / zip expansion of one member")
+    g.add_argument("--max-zip-members", type=int, default=d.max_zip_members)
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(max_volume_bytes=args.max_volume_bytes, max_file_bytes=args.max_file_bytes,
+                  max_decompressed_bytes=args.max_decompressed_bytes, max_zip_members=args.max_zip_members)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Attach to a cluster when an address is given (or RAY_ADDRESS is set); otherwise start a
+    single-node Ray in this process (DESIGN fact 4: this is what "local mode" means)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Workers must not see a GPU that the driver's TensorFlow would grab by default.
+    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+                 logging_level=logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty() or bool(os.environ.get("UNET_PROGRESS"))
+
+
+def load_config_file(path: str | None) -> dict[str, Any]:
+    """A JSON or YAML file of option values (keys as the long option names, '-' or '_')."""
+    if not path:
+        return {}
+    from unet_core.io import storage
+
+    text = storage.read_bytes(path).decode()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise UnetError(f"{path}: a config file must hold a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse argv; values from `--config FILE` become defaults, so the command line still wins.
+    An unknown key in the file is an error naming it."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    values = load_config_file(known.config)
+    dests = {a.dest for a in parser._actions}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        parser.error(f"unknown keys in {known.config}: {unknown}")
+    parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def run_main(fn, argv) -> int:
+    """Run a job body; domain errors become one clear line and exit status 2, not a traceback."""
+    try:
+        return int(fn(argv) or 0)
+    except UnetError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; completed work is kept, re-run the same command to resume")
+        return 130
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,176 @@
+"""`unet prepare`: labelled cases -> Parquet shards of 2D slices, split train / val by case.
+
+A Ray Data job, parallel across cases and bounded in memory: each case is read, cut into
+slices and streamed to Parquet (`<output>/slices/split=train|val/`). Each case also records a
+small summary (`<output>/cases/<case>.json`); a case that cannot be used (grids disagree, bad
+file) is reported there with its reason and the rest go on. `manifest.json` is written last.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+
+from jobs.common import (Timer, add_limit_args, add_ray_args, init_ray, limits_from, log, parse_with_config,
+                         run_main, setup_logging)
+from unet_core.config import CT_WINDOWS, PreprocessConfig, from_dict, to_dict
+from unet_core.errors import ConfigError, InputError, UnetError
+from unet_core.io import storage
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unet prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("input (a manifest, or two prefixes paired by case name)")
+    src.add_argument("--manifest", help="CSV with header case_id,image,mask")
+    src.add_argument("--images", help="prefix of images: NIfTI files, DICOM folders (one per case) or PNG/TIFF")
+    src.add_argument("--masks", help="prefix of masks: NIfTI files on the image grid, or PNG/TIFF")
+    p.add_argument("--output", required=True, help="where the shards go (local path or s3://)")
+    p.add_argument("--config", help="JSON/YAML file of option values")
+    pre = p.add_argument_group("preprocessing (stored in the manifest and the model bundle)")
+    pre.add_argument("--modality", choices=["CT", "uint8", "uint16"], default="CT")
+    pre.add_argument("--window", default="abdomen", help=f"named CT window: {', '.join(CT_WINDOWS)}")
+    pre.add_argument("--window-lower", type=float, default=None, help="HU; with --window-upper overrides --window")
+    pre.add_argument("--window-upper", type=float, default=None)
+    pre.add_argument("--input-size", type=int, default=256)
+    pre.add_argument("--context-slices", type=int, default=0, help="neighbouring slices each side as channels")
+    pre.add_argument("--labels", action="store_true", help="keep multi-class labels 0..K (default: binary mask > 0)")
+    sp = p.add_argument_group("split and balance")
+    sp.add_argument("--val-fraction", type=float, default=0.2)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--empty-slice-ratio", type=float, default=None,
+                    help="keep at most R empty slices per foreground slice of a case (default: keep all)")
+    p.add_argument("--rows-per-shard", type=int, default=256, help="slices per Parquet file (about)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared output")
+    add_ray_args(p)
+    add_limit_args(p)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def process_case(row: dict, cfg: dict) -> list[dict]:
+    """Ray Data flat_map body: one case -> its slice rows. Writes the case summary as a side
+    effect (idempotent, so task retries are harmless)."""
+    from unet_core.config import Limits
+    from unet_core.training.cases import Case, load_case, load_case_2d
+    from unet_core.training.shards import case_slices, image2d_rows
+
+    case = Case(row["case_id"], row["image"], row["mask"])
+    pre = from_dict(PreprocessConfig, cfg["preprocess"])
+    limits = from_dict(Limits, cfg["limits"])
+    summary = {"case_id": case.case_id, "image": case.image, "mask": case.mask, "split": row["split"],
+               "status": "ok", "error": "", "n_slices": 0, "n_foreground_slices": 0}
+    rows: list[dict] = []
+    try:
+        if case.kind == "2d":
+            pixels, bits, mask = load_case_2d(case)
+            rows = image2d_rows(pixels, bits, mask, case.case_id, row["split"], pre)
+        else:
+            image, mask = load_case(case, limits)
+            summary["shape"], summary["spacing"] = list(image.shape), list(image.spacing)
+            rows = list(case_slices(image, mask, case.case_id, row["split"], pre, cfg["empty_slice_ratio"],
+                                    cfg["seed"], binary=not cfg["labels"]))
+    except InputError as exc:
+        summary.update(status="error", error=str(exc), error_type=exc.reason)
+        rows = []
+    summary["n_slices"] = len(rows)
+    summary["n_foreground_slices"] = sum(r["foreground"] > 0 for r in rows)
+    storage.write_bytes(storage.join(cfg["output"], "cases", f"{case.case_id}.json"), json.dumps(summary).encode())
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_with_config(build_parser(), argv)
+    setup_logging(args.verbose)
+    from unet_core.training.cases import discover_cases, read_manifest
+    from unet_core.training.shards import split_cases
+
+    if not args.manifest and not (args.images and args.masks):
+        raise ConfigError("give --manifest, or both --images and --masks")
+    pre = PreprocessConfig(modality=args.modality, window=args.window, window_lower=args.window_lower,
+                           window_upper=args.window_upper, input_size=args.input_size,
+                           context_slices=args.context_slices)
+    out = args.output.rstrip("/")
+    if storage.exists(storage.join(out, MANIFEST)) or _has_files(out):
+        if not args.overwrite:
+            raise ConfigError(f"{out} already holds prepared data; pass --overwrite to replace it")
+        storage.delete_tree(out)
+
+    found = read_manifest(args.manifest) if args.manifest else discover_cases(args.images, args.masks)
+    for uri in found.unpaired_images:
+        log.warning("unpaired image (no mask with its case id): %s", uri)
+    for uri in found.unpaired_masks:
+        log.warning("unpaired mask (no image with its case id): %s", uri)
+    if not found.cases:
+        raise InputError("no image/mask pairs found; check --images/--masks or the manifest")
+    splits = split_cases([c.case_id for c in found.cases], args.val_fraction, args.seed)
+    items = [{"case_id": c.case_id, "image": c.image, "mask": c.mask, "split": splits[c.case_id]} for c in found.cases]
+    log.info("preparing %d cases (%d train, %d val) into %s", len(items),
+             sum(s == "train" for s in splits.values()), sum(s == "val" for s in splits.values()), out)
+
+    init_ray(args.address, args.num_cpus)
+    import ray
+
+    from unet_core.config import to_dict as cfg_dict
+
+    cfg = {"preprocess": to_dict(pre), "limits": cfg_dict(limits_from(args)), "output": out,
+           "empty_slice_ratio": args.empty_slice_ratio, "seed": args.seed, "labels": args.labels}
+    timer = Timer()
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.flat_map(process_case, fn_kwargs={"cfg": cfg})
+    fs, path = storage.resolve(storage.join(out, "slices"))
+    ds.write_parquet(path, filesystem=fs, partition_cols=["split"], min_rows_per_file=args.rows_per_shard,
+                     compression="zstd")
+
+    summaries = [json.loads(storage.read_bytes(storage.join(out, "cases", f"{c['case_id']}.json"))) for c in items]
+    ok = [s for s in summaries if s["status"] == "ok" and s["n_slices"] > 0]
+    errors = [s for s in summaries if s["status"] != "ok"]
+    counts = {split: sum(s["n_slices"] for s in ok if s["split"] == split) for split in ("train", "val")}
+    manifest = {
+        "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "preprocess": to_dict(pre), "binary": not args.labels, "val_fraction": args.val_fraction, "seed": args.seed,
+        "empty_slice_ratio": args.empty_slice_ratio, "counts": counts,
+        "cases": {split: sorted(s["case_id"] for s in ok if s["split"] == split) for split in ("train", "val")},
+        "errors": [{"case_id": s["case_id"], "error": s["error"]} for s in errors],
+        "unpaired": {"images": found.unpaired_images, "masks": found.unpaired_masks},
+    }
+    manifest["identity"] = hashlib.sha256(json.dumps(
+        {k: manifest[k] for k in ("preprocess", "binary", "cases", "counts", "seed")}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=2).encode())
+
+    print(f"prepared {len(ok)} of {len(items)} cases in {timer.seconds:.1f}s: "
+          f"{counts['train']} train slices ({len(manifest['cases']['train'])} cases), "
+          f"{counts['val']} val slices ({len(manifest['cases']['val'])} cases) -> {out}")
+    for e in errors:
+        print(f"  case {e['case_id']}: {e['error']}")
+    if not counts["train"]:
+        raise InputError("no training slices were produced; see the case errors above")
+    return 1 if errors else 0
+
+
+def _has_files(uri: str) -> bool:
+    try:
+        return bool(storage.list_files(uri))
+    except UnetError:
+        return False
+
+
+def read_prepared(uri: str) -> dict:
+    """The manifest of a prepared dataset, with a clear error when it is missing."""
+    m = storage.join(uri, MANIFEST)
+    if not storage.exists(m):
+        raise InputError(f"{uri}: no {MANIFEST}; run `unet prepare --output {uri}` first (or it did not finish)", uri=uri)
+    return json.loads(storage.read_bytes(m))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

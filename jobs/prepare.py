@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--window-upper", type=float, default=None)
     pre.add_argument("--input-size", type=int, default=256)
     pre.add_argument("--context-slices", type=int, default=0, help="neighbouring slices each side as channels")
-    pre.add_argument("--labels", action="store_true", help="keep multi-class labels 0..K (default: binary mask > 0)")
+    pre.add_argument("--labels", action="store_true", help="keep multi-class labels 0..K (default: a binary mask)")
+    pre.add_argument("--foreground-labels", default=None,
+                     help="comma-separated mask labels that form the binary foreground (default: every non-zero label)")
     sp = p.add_argument_group("split and balance")
     sp.add_argument("--val-fraction", type=float, default=0.2)
     sp.add_argument("--seed", type=int, default=0)
@@ -73,7 +75,8 @@ def process_case(row: dict, cfg: dict) -> list[dict]:
             image, mask = load_case(case, limits)
             summary["shape"], summary["spacing"] = list(image.shape), list(image.spacing)
             rows = list(case_slices(image, mask, case.case_id, row["split"], pre, cfg["empty_slice_ratio"],
-                                    cfg["seed"], binary=not cfg["labels"]))
+                                    cfg["seed"], binary=not cfg["labels"],
+                                    foreground_labels=tuple(cfg["foreground_labels"] or ()) or None))
     except InputError as exc:
         summary.update(status="error", error=str(exc), error_type=exc.reason)
         rows = []
@@ -116,13 +119,18 @@ def _main(argv: list[str]) -> int:
     log.info("preparing %d cases (%d train, %d val) into %s", len(items),
              sum(s == "train" for s in splits.values()), sum(s == "val" for s in splits.values()), out)
 
+    try:
+        foreground = [int(v) for v in args.foreground_labels.split(",")] if args.foreground_labels else None
+    except ValueError as exc:
+        raise ConfigError(f"--foreground-labels must be integers separated by commas, got {args.foreground_labels!r}") from exc
     init_ray(args.address, args.num_cpus)
     import ray
 
     from unet_core.config import to_dict as cfg_dict
 
     cfg = {"preprocess": to_dict(pre), "limits": cfg_dict(limits_from(args)), "output": out,
-           "empty_slice_ratio": args.empty_slice_ratio, "seed": args.seed, "labels": args.labels}
+           "empty_slice_ratio": args.empty_slice_ratio, "seed": args.seed, "labels": args.labels,
+           "foreground_labels": foreground}
     timer = Timer()
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(process_case, fn_kwargs={"cfg": cfg})
@@ -136,7 +144,8 @@ def _main(argv: list[str]) -> int:
     counts = {split: sum(s["n_slices"] for s in ok if s["split"] == split) for split in ("train", "val")}
     manifest = {
         "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "preprocess": to_dict(pre), "binary": not args.labels, "val_fraction": args.val_fraction, "seed": args.seed,
+        "preprocess": to_dict(pre), "binary": not args.labels, "foreground_labels": foreground,
+        "val_fraction": args.val_fraction, "seed": args.seed,
         "empty_slice_ratio": args.empty_slice_ratio, "counts": counts,
         "cases": {split: sorted(s["case_id"] for s in ok if s["split"] == split) for split in ("train", "val")},
         "errors": [{"case_id": s["case_id"], "error": s["error"]} for s in errors],

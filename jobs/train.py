@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-worker", type=float, default=0)
     s.add_argument("--cpus-per-worker", type=float, default=1)
     s.add_argument("--memory-per-worker", type=float, default=None, help="GiB reserved per worker")
+    s.add_argument("--cache-gb-per-worker", type=float, default=2.0,
+                   help="keep a worker's decoded shard in memory after the first epoch when it fits (0: stream every epoch)")
     s.add_argument("--max-failures", type=int, default=2, help="worker failures survived by restarting from the last checkpoint")
     r = p.add_argument_group("recipe (the seed's by default)")
     r.add_argument("--epochs", type=int, default=d.epochs)
@@ -138,7 +140,8 @@ def _main(argv: list[str]) -> int:
     loop_config = {
         "model": to_dict(model_cfg), "train": to_dict(train_cfg), "augment": to_dict(augment_cfg),
         "steps_per_epoch": steps, "val_batch_size": val_batch, "val_steps": val_steps,
-        "cpus_per_worker": args.cpus_per_worker, "initial_weights": args.initial_weights,
+        "cpus_per_worker": args.cpus_per_worker, "cache_gb_per_worker": args.cache_gb_per_worker,
+        "initial_weights": args.initial_weights,
         "transfer": args.transfer, "freeze_encoder": args.freeze_encoder,
     }
     trainer = TensorflowTrainer(
@@ -203,7 +206,7 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
                     tensorboard[os.path.join("tensorboard", os.path.relpath(path, tb))] = f.read()
     cb = state["callbacks"]
     history = [h for h in cb["history"]]
-    best = max(history, key=lambda h: h["val_dice"])
+    best = max(history, key=lambda h: h["val_dice_hard"])
     training = {**meta, "history": history, "events": state.get("events", []), "best_epoch": cb["best_epoch"],
                 "best_val_dice": cb["best_value"], "best_metrics": best, "stopped_early": cb["stopped_early"],
                 "slices_per_second": float(sum(h["slices_per_second"] for h in history) / len(history))}

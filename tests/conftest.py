@@ -60,3 +60,27 @@ def put(uri: str, data: bytes) -> str:
 
     storage.write_bytes(uri, data)
     return uri
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One local Ray instance for the session, started after the S3 variables are set so that
+    its workers inherit them. 3 logical CPUs: two training workers plus Ray Data."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def training_set(s3_server, tmp_path_factory) -> str:
+    """Six labelled phantom cases (64 x 64 x 16 NIfTI) in S3."""
+    import boto3
+
+    from unet_core.synthetic import write_training_set
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="training-set")
+    write_training_set("s3://training-set/raw", 6, size=64, n_slices=16, seed=0)
+    return "s3://training-set/raw"

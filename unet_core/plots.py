@@ -13,10 +13,10 @@ def training_curves_png(history: list[dict], title: str = "training") -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [h for h in history if "epoch" in h and "val_dice" in h]
+    rows = [h for h in history if "epoch" in h and "val_dice_hard" in h]
     epochs = [h["epoch"] + 1 for h in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "dice", "Dice")):
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "dice_hard", "Dice")):
         for prefix, style in (("train_", "-"), ("val_", "--")):
             values = [h.get(prefix + key) for h in rows]
             if any(v is not None for v in values):
@@ -30,10 +30,10 @@ def training_curves_png(history: list[dict], title: str = "training") -> bytes:
         if lrs[i] is not None and lrs[i - 1] is not None and lrs[i] < lrs[i - 1]:
             for ax in axes:
                 ax.axvline(epochs[i], color="grey", lw=0.8, ls=":")
-    best = max(rows, key=lambda h: h["val_dice"], default=None)
+    best = max(rows, key=lambda h: h["val_dice_hard"], default=None)
     if best:
         axes[1].axvline(best["epoch"] + 1, color="green", lw=0.8)
-        axes[1].set_title(f"best val Dice {best['val_dice']:.3f} at epoch {best['epoch'] + 1}")
+        axes[1].set_title(f"best val Dice {best['val_dice_hard']:.3f} at epoch {best['epoch'] + 1}")
     fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -22,7 +22,9 @@ def _conv_block(x, filters: int, name: str, batch_norm: bool):
     for n in (1, 2):
         if batch_norm:
             x = layers.Conv2D(filters, 3, use_bias=False, name=f"{name}_conv{n}", **_CONV)(x)
-            x = layers.BatchNormalization(name=f"{name}_bn{n}")(x)
+            # Synchronised across replicas: identical statistics on every worker (and better
+            # estimates from small per-worker batches); a plain BatchNormalization outside tf.distribute.
+            x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn{n}")(x)
             x = layers.Activation("relu", name=f"{name}_relu{n}")(x)
         else:
             x = layers.Conv2D(filters, 3, activation="relu", name=f"{name}_conv{n}", **_CONV)(x)

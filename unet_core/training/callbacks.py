@@ -1,6 +1,7 @@
 """The seed's callbacks as one serialisable state machine, run identically on every worker.
 
-- checkpoint on best validation Dice (mode max),
+- checkpoint on best validation Dice (mode max) at the bundle's threshold (`val_dice_hard`: the
+  Dice of what inference will deliver; the seed's soft `dice_coef` is still reported as `val_dice`),
 - early stopping after `early_stopping_patience` epochs without improvement, restoring the best
   weights (Keras' `EarlyStopping(restore_best_weights=True)`),
 - learning rate x `reduce_lr_factor` after `reduce_lr_patience` epochs without improvement of at
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from unet_core.config import TrainConfig
 
-MONITOR = "val_dice"
+MONITOR = "val_dice_hard"
 PLATEAU_MIN_DELTA = 1e-4
 
 

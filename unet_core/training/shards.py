@@ -57,15 +57,19 @@ def check_pair(image: Volume, mask: Volume, case_id: str, atol_mm: float = 1e-3)
 def case_slices(
     image: Volume, mask: Volume, case_id: str, split: str, cfg: PreprocessConfig,
     empty_slice_ratio: float | None = None, seed: int = 0, binary: bool = True,
+    foreground_labels: tuple[int, ...] | None = None,
 ) -> Iterator[dict]:
     """Yield the shard rows of one case. With `empty_slice_ratio = r`, keep at most r empty
-    slices per foreground slice (chosen with a seed), as nnU-Net-style foreground oversampling."""
+    slices per foreground slice (chosen with a seed), as nnU-Net-style foreground oversampling.
+    Binary masks are `labels in foreground_labels` (default: any non-zero label)."""
     check_pair(image, mask, case_id)
     vox, _ = to_canonical(image.voxels, image.affine)
     lab, _ = to_canonical(mask.voxels, mask.affine)
     lab = lab.astype(np.uint8)
     if binary:
-        lab = (lab > 0).astype(np.uint8)
+        # Foreground: the chosen labels of a multi-label mask, or every non-zero label.
+        fg_mask = np.isin(lab, foreground_labels) if foreground_labels else lab > 0
+        lab = fg_mask.astype(np.uint8)
     spacing = np.linalg.norm(to_canonical(image.voxels[..., :1], image.affine)[1][:3, :2], axis=0)
     slices = np.moveaxis(vox, 2, 0)  # (k, i, j)
     masks = np.moveaxis(lab, 2, 0)

@@ -33,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unet: unknown job {job!r}\n\n{usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    module = importlib.import_module(f"jobs.{job}")
+    try:
+        module = importlib.import_module(f"jobs.{job}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"jobs.{job}":
+            raise
+        print(f"unet: the {job!r} job is not part of this version yet (see README, Status)", file=sys.stderr)
+        return 2
     return int(module.main(rest) or 0)
 
 

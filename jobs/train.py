@@ -127,11 +127,21 @@ def _main(argv: list[str]) -> int:
     from jobs.train_worker import train_loop_per_worker
 
     fs, data_path = storage.resolve(storage.join(args.data, "slices"))
-    read_args = {"filesystem": fs, "ray_remote_args": {"num_cpus": 0.25}}
+    read_args = {"filesystem": fs, "num_cpus": 0.25}
     train_ds = ray.data.read_parquet(f"{data_path}/split=train", **read_args).randomize_block_order(seed=args.seed)
     val_ds = ray.data.read_parquet(f"{data_path}/split=val", **read_args)
 
-    resources = {"CPU": args.cpus_per_worker}
+    # The workers must leave Ray Data a whole CPU or its tasks never start (the run hangs in
+    # SplitCoordinator.get; half a CPU was seen to hang too). The reservation is logical:
+    # TensorFlow still uses --cpus-per-worker threads.
+    total_cpus = float(ray.cluster_resources().get("CPU", 0))
+    reserve = args.cpus_per_worker
+    if args.workers * reserve > total_cpus - 1.0:
+        reserve = (total_cpus - 1.0) / args.workers
+        if reserve <= 0:
+            raise ConfigError(f"{args.workers} workers do not fit a Ray cluster with {total_cpus:g} CPUs")
+        log.info("reserving %.2f CPUs per worker (of %g) so that Ray Data keeps CPU for input", reserve, total_cpus)
+    resources = {"CPU": reserve}
     if args.gpus_per_worker:
         resources["GPU"] = args.gpus_per_worker
     if args.memory_per_worker:

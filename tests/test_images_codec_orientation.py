@@ -88,3 +88,17 @@ def test_canonical_roundtrip(perm, flips):
     cijk = np.round(np.linalg.solve(can_affine[:3, :3], world - can_affine[:3, 3])).astype(int)
     assert can[tuple(cijk)] == vox[tuple(ijk)]
     np.testing.assert_array_equal(from_canonical(can, affine, vox.shape), vox)
+
+
+@pytest.mark.parametrize("perm", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
+def test_canonical_grid_matches_to_canonical(perm):
+    from unet_core.io.orientation import canonical_grid
+
+    affine = np.eye(4)
+    affine[:3, :3] = np.eye(3)[:, perm] * np.array([-1.0, 1.0, -2.0])
+    affine[:3, 3] = [5, -3, 7]
+    vox = np.zeros((4, 5, 6))
+    can, can_affine = to_canonical(vox, affine)
+    shape, aff = canonical_grid(affine, vox.shape)
+    assert shape == can.shape
+    np.testing.assert_allclose(aff, can_affine)

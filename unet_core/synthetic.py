@@ -251,3 +251,89 @@ def write_training_set(uri: str, n_cases: int, size: int = 64, n_slices: int = 1
         storage.write_bytes(storage.join(uri, "masks", f"{case}.nii.gz"), lab)
         ids.append(case)
     return ids
+
+
+# Geometry of `write_training_set` phantoms: axial 64 x 64 at 6 mm, 10 mm apart, centred at z = -30.
+DEMO_CENTER = (0.0, 0.0, -30.0)
+DEMO_SERIES = {
+    "axial": SeriesSpec(orientation="axial", rows=64, columns=64, n_slices=16, slice_step=10.0, center=DEMO_CENTER),
+    "axial_desc_flipped": SeriesSpec(orientation="axial", rows=64, columns=64, n_slices=16, slice_step=10.0,
+                                     descending=True, flip_rows=True, center=DEMO_CENTER),
+    "coronal": SeriesSpec(orientation="coronal", rows=16, columns=64, n_slices=64, pixel_spacing=(10.0, 6.0),
+                          slice_step=6.0, center=DEMO_CENTER),
+    "sagittal": SeriesSpec(orientation="sagittal", rows=16, columns=64, n_slices=64, pixel_spacing=(10.0, 6.0),
+                           slice_step=6.0, center=DEMO_CENTER),
+}
+
+
+@dataclass
+class DemoArchive:
+    root: str
+    truth: str
+    good_volumes: int
+    bad_objects: list[str]
+
+
+def write_demo_archive(root: str, truth: str, seed: int = 100, n_nifti: int = 2,
+                       patient_name: str = "DOE^JANE", patient_id: str = "MRN12345") -> DemoArchive:
+    """A small hospital-like archive under `root` with ground truth under `truth`:
+    DICOM series in four orientations and slice orders (study folders), a zip export of another
+    series (with a member whose path escapes the archive), NIfTI volumes, a structured report,
+    and junk (random bytes named .dcm, an empty file, a text file, a truncated DICOM, a truncated
+    .nii.gz). Truth masks (target organ = 1) are named `<volume_id>.nii.gz` for DICOM series and
+    `<case>.nii.gz` for NIfTI volumes."""
+    import gzip as _gzip
+    import zipfile
+
+    import nibabel as nib
+
+    from unet_core.io import storage
+    from unet_core.io.dicom import group_series, scan_header
+
+    def truth_bytes(labels: np.ndarray, affine: np.ndarray) -> bytes:
+        img = nib.Nifti1Image((labels == TARGET).astype(np.uint8), affine)
+        img.set_sform(affine, code=1)
+        img.set_qform(affine, code=1)
+        return _gzip.compress(img.to_bytes(), mtime=0)
+
+    def volume_id(files: list[tuple[str, bytes]]) -> str:
+        groups, _ = group_series([scan_header(d, f) for f, d in files])
+        return groups[0].volume_id
+
+    for n, (name, spec) in enumerate(DEMO_SERIES.items()):
+        files, _, labels = dicom_series(Phantom.random(seed + n), spec, seed=seed + n, patient_name=patient_name,
+                                        patient_id=patient_id, series_description=f"{name} series")
+        for fname, data in files:
+            storage.write_bytes(storage.join(root, "dicom", f"study_{n % 2}", name, fname), data)
+        storage.write_bytes(storage.join(truth, f"{volume_id(files)}.nii.gz"), truth_bytes(labels, series_grid(spec)[0]))
+    files, _, labels = dicom_series(Phantom.random(seed + 10), DEMO_SERIES["axial"], seed=seed + 10,
+                                    patient_name=patient_name, patient_id=patient_id)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for fname, data in files:
+            zf.writestr(f"EXPORT/DICOM/{fname}", data)
+        zf.writestr("../outside.dcm", files[0][1])
+    storage.write_bytes(storage.join(root, "exports", "export.zip"), buf.getvalue())
+    storage.write_bytes(storage.join(truth, f"{volume_id(files)}.nii.gz"), truth_bytes(labels, series_grid(DEMO_SERIES["axial"])[0]))
+    image = b""
+    for n in range(n_nifti):
+        affine = np.diag([6.0, 6.0, 10.0, 1.0])
+        affine[:3, 3] = [-189.0, -189.0, -105.0]
+        image, label = nifti_case(Phantom.random(seed + 20 + n), affine, (64, 64, 16), seed=seed + 20 + n)
+        storage.write_bytes(storage.join(root, "nifti", f"patient_{n}.nii.gz"), image)
+        lab = nib.Nifti1Image.from_bytes(_gzip.decompress(label))
+        storage.write_bytes(storage.join(truth, f"patient_{n}.nii.gz"), truth_bytes(np.asarray(lab.dataobj), affine))
+    bad = {
+        "junk/random.dcm": np.random.default_rng(seed).bytes(5000),
+        "junk/empty.dcm": b"",
+        "junk/notes.txt": b"not an image",
+        "junk/truncated.dcm": files[0][1][:-900],
+        "junk/broken.nii.gz": image[: len(image) // 3],
+    }
+    for path, data in bad.items():
+        storage.write_bytes(storage.join(root, path), data)
+    from pydicom.data import get_testdata_file
+
+    with open(get_testdata_file("reportsi.dcm"), "rb") as f:
+        storage.write_bytes(storage.join(root, "dicom", "study_0", "report.dcm"), f.read())
+    return DemoArchive(root, truth, len(DEMO_SERIES) + 1 + n_nifti, sorted(bad))

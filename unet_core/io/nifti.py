@@ -23,6 +23,18 @@ def is_nifti_name(uri: str) -> bool:
     return uri.lower().endswith(NIFTI_SUFFIXES)
 
 
+def nifti_case_id(uri: str) -> str:
+    stem = uri.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".gz", ".nii"):
+        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
+    return sanitise(stem)
+
+
+def nifti_volume_id(uri: str) -> str:
+    """Stable, sanitised id of a NIfTI source: its file stem plus a hash of the full URI."""
+    return f"nii-{nifti_case_id(uri)}-{short_hash(uri, length=8)}"
+
+
 def gunzip_limited(data: bytes, limit: int, uri: str, stop_after: int | None = None) -> bytes:
     """Expand gzip `data`; more than `limit` bytes raises ResourceLimitError. With `stop_after`,
     return once that many bytes are out (a header peek)."""
@@ -100,13 +112,10 @@ def read_nifti(data: bytes, uri: str, limits: Limits | None = None, volume_id: s
     if bad:
         raise InvalidVolumeError(f"{uri}: {bad} voxels are NaN or infinite", uri=uri)
     sform_code, qform_code = int(img.header["sform_code"]), int(img.header["qform_code"])
-    stem = uri.rstrip("/").rsplit("/", 1)[-1]
-    for suffix in (".gz", ".nii"):
-        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
-    case_id = sanitise(stem)
+    case_id = nifti_case_id(uri)
     return Volume(
         voxels=np.ascontiguousarray(voxels), affine=np.asarray(img.affine, dtype=np.float64),
-        volume_id=volume_id or f"nii-{case_id}-{short_hash(uri, length=8)}",
+        volume_id=volume_id or nifti_volume_id(uri),
         modality="CT", sources=(uri,),
         metadata={"case_id": case_id, "sform_code": sform_code, "qform_code": qform_code,
                   "no_orientation": sform_code == 0 and qform_code == 0},

@@ -52,6 +52,13 @@ def to_canonical(voxels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
     return out, new_affine
 
 
+def canonical_grid(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """(shape, affine) of the canonical grid of a source grid, without touching voxels."""
+    ornt = canonical_ornt(affine)
+    new_shape = tuple(int(shape[int(i)]) for i in np.argsort(ornt[:, 0]))
+    return new_shape, affine @ nio.inv_ornt_aff(ornt, shape[:3])
+
+
 def from_canonical(canonical: np.ndarray, source_affine: np.ndarray, source_shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of `to_canonical` for an array computed on the canonical grid of a source with
     this affine and shape: returns it on the source grid."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from unet_core.config import PreprocessConfig
 from unet_core.errors import InvalidVolumeError
-from unet_core.io.orientation import to_canonical
+from unet_core.io.orientation import canonical_grid, to_canonical
 from unet_core.preprocessing import resize_nearest, slices_to_model_input
 from unet_core.volume import Volume
 
@@ -70,7 +70,7 @@ def case_slices(
         # Foreground: the chosen labels of a multi-label mask, or every non-zero label.
         fg_mask = np.isin(lab, foreground_labels) if foreground_labels else lab > 0
         lab = fg_mask.astype(np.uint8)
-    spacing = np.linalg.norm(to_canonical(image.voxels[..., :1], image.affine)[1][:3, :2], axis=0)
+    spacing = np.linalg.norm(canonical_grid(image.affine, image.shape)[1][:3, :2], axis=0)
     slices = np.moveaxis(vox, 2, 0)  # (k, i, j)
     masks = np.moveaxis(lab, 2, 0)
     fg = masks.reshape(len(masks), -1).mean(axis=1)

@@ -1,0 +1,180 @@
+"""`unet bench segment`: the bulk segmentation pipeline against its own stages and a naive loop.
+
+On one archive of DICOM CT series (written here) and one model bundle:
+  end-to-end      `unet segment` (Ray Data): slices/s of the pipeline (after the header scan)
+  stages alone    decode, model and write, each timed by itself in one process on the same data
+  naive loop      the seed's way: one file at a time, one `model.predict` per slice, then write
+It prints orchestration efficiency = (sum of the stage times alone) / (end-to-end time), the
+speed-up over the naive loop, and the peak memory summed over all Ray processes for the archive
+and for one 4x larger.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+
+
+def _write_archive(root: str, n_series: int, rows: int, slices: int) -> None:
+    from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
+
+    spec = SeriesSpec(rows=rows, columns=rows, n_slices=slices, pixel_spacing=(384 / rows, 384 / rows), slice_step=5.0,
+                      center=(0.0, 0.0, -30.0))
+    for s in range(n_series):
+        for name, data in dicom_series(Phantom.random(s), spec, seed=s)[0]:
+            path = os.path.join(root, f"series_{s:03d}", name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+
+
+def _bundle(path: str, size: int, filters: int) -> None:
+    import keras
+
+    from unet_core.bundle import BundleInfo, save_bundle
+    from unet_core.config import ModelConfig, PreprocessConfig
+    from unet_core.model import build_unet
+
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(input_size=size, base_filters=filters)
+    save_bundle(path, build_unet(cfg), BundleInfo(preprocess=PreprocessConfig(input_size=size), model=cfg,
+                                                  label_names=["background", "target"], name="bench"))
+
+
+class RayMemorySampler:
+    """Peak of the summed resident memory of the driver and every Ray process, sampled."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = 0
+            for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+                try:
+                    cmd = " ".join(p.info["cmdline"] or [])
+                    if p.info["pid"] == me or "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd:
+                        total += p.info["memory_info"].rss
+                except Exception:  # noqa: BLE001 - processes come and go
+                    continue
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _stages_alone(archive: str, bundle: str, scratch: str) -> dict:
+    from unet_core.bundle import read_info
+    from unet_core.inference import PostProcess, SlicePredictor, finish_volume, prepare_volume
+    from unet_core.io import mask_to_nifti_bytes, storage
+    from unet_core.io.dicom import group_series, read_series, scan_header
+
+    info = read_info(bundle)
+    headers = [scan_header(open(e.uri, "rb").read(), e.uri) for e in storage.list_files(archive)]
+    groups, _ = group_series(headers)
+    t = time.perf_counter()
+    volumes = []
+    for g in groups:
+        v = read_series(g, [open(u, "rb").read() for u in g.uris])
+        volumes.append((v, prepare_volume(v, info.preprocess)))
+    decode = time.perf_counter() - t
+    predictor = SlicePredictor(bundle, batch_size=16)
+    predictor.predict(volumes[0][1][:16])  # trace once, as the actor does on its first call
+    t = time.perf_counter()
+    probs = [predictor.predict(x) for _, x in volumes]
+    model = time.perf_counter() - t
+    t = time.perf_counter()
+    for (v, _), prob in zip(volumes, probs):
+        labels = finish_volume(prob, v, info.threshold, PostProcess())
+        storage.write_bytes(os.path.join(scratch, f"{v.volume_id}.nii.gz"), mask_to_nifti_bytes(labels, v))
+    write = time.perf_counter() - t
+    return {"decode_s": decode, "model_s": model, "write_s": write, "slices": sum(v.shape[2] for v, _ in volumes)}
+
+
+def _naive_loop(archive: str, bundle: str, scratch: str) -> dict:
+    """The seed's way: a file at a time, `model.predict` per slice."""
+    from unet_core.bundle import load_bundle
+    from unet_core.inference import prepare_volume
+    from unet_core.io import mask_to_nifti_bytes, read_volume, storage
+    from unet_core.io.orientation import from_canonical
+    from unet_core.preprocessing import probabilities_to_grid, probabilities_to_labels
+
+    model, info = load_bundle(bundle)
+    folders = sorted({os.path.dirname(e.uri) for e in storage.list_files(archive)})
+    t, n = time.perf_counter(), 0
+    for folder in folders:
+        v = read_volume(folder)
+        x = prepare_volume(v, info.preprocess)
+        from unet_core.io.orientation import canonical_grid
+
+        shape, _ = canonical_grid(v.affine, v.shape)
+        labels = np.zeros(shape, np.uint8)
+        for k in range(len(x)):
+            prob = model.predict(x[k:k + 1].astype(np.float32), verbose=0)
+            labels[:, :, k] = probabilities_to_labels(probabilities_to_grid(prob, shape[:2]), info.threshold)[0]
+        storage.write_bytes(os.path.join(scratch, f"{v.volume_id}.nii.gz"),
+                            mask_to_nifti_bytes(from_canonical(labels, v.affine, v.shape), v))
+        n += len(x)
+    seconds = time.perf_counter() - t
+    return {"slices": n, "seconds": seconds, "slices_per_s": n / seconds}
+
+
+def _end_to_end(archive: str, bundle: str, out: str, concurrency: int) -> dict:
+    from jobs import segment
+
+    with RayMemorySampler() as mem:
+        segment.main(["--input", archive, "--model", bundle, "--output", out, "--overwrite",
+                      "--concurrency", str(concurrency), "--batch-size", "16"])
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    return {**summary, "peak_ray_rss_bytes": mem.peak}
+
+
+def bench_segment(args, work: str) -> dict:
+    from jobs.common import init_ray
+
+    series, rows, slices, size, filters = 6, 256, 32, 256, 16
+    small, large = os.path.join(work, "archive"), os.path.join(work, "archive4x")
+    _write_archive(small, series, rows, slices)
+    _write_archive(large, 4 * series, rows, slices)
+    bundle = os.path.join(work, "bundle")
+    _bundle(bundle, size, filters)
+    init_ray(args.address, args.num_cpus)
+
+    e2e = _end_to_end(small, bundle, os.path.join(work, "out"), concurrency=1)
+    e2e_large = _end_to_end(large, bundle, os.path.join(work, "out4x"), concurrency=1)
+    alone = _stages_alone(small, bundle, os.path.join(work, "scratch"))
+    naive = _naive_loop(small, bundle, os.path.join(work, "scratch-naive"))
+
+    stage_sum = alone["decode_s"] + alone["model_s"] + alone["write_s"]
+    out = {
+        "archive": f"{series} CT series of {slices} x {rows}x{rows} slices; model {filters} base filters at {size}",
+        "end_to_end_slices_per_s": e2e["slices_per_second"], "end_to_end_pipeline_s": e2e["pipeline_seconds"],
+        **{f"alone_{k}": v for k, v in alone.items()}, "stage_sum_s": stage_sum,
+        "orchestration_efficiency": stage_sum / e2e["pipeline_seconds"],
+        "naive_slices_per_s": naive["slices_per_s"], "speedup_over_naive": e2e["slices_per_second"] / naive["slices_per_s"],
+        "peak_rss_gib": e2e["peak_ray_rss_bytes"] / 1024**3, "peak_rss_4x_gib": e2e_large["peak_ray_rss_bytes"] / 1024**3,
+        "memory_growth_4x": e2e_large["peak_ray_rss_bytes"] / e2e["peak_ray_rss_bytes"],
+        "end_to_end_4x_slices_per_s": e2e_large["slices_per_second"],
+    }
+    print(f"segment ({out['archive']}):")
+    print(f"  end to end (Ray Data)      {out['end_to_end_slices_per_s']:7.1f} slices/s  ({e2e['pipeline_seconds']:.1f}s pipeline)")
+    print(f"  stages alone, one process  decode {alone['decode_s']:.1f}s + model {alone['model_s']:.1f}s + write "
+          f"{alone['write_s']:.1f}s = {stage_sum:.1f}s")
+    print(f"  orchestration efficiency   {out['orchestration_efficiency']:.2f}  (target >= 0.85)")
+    print(f"  naive loop (seed's way)    {naive['slices_per_s']:7.1f} slices/s; speed-up {out['speedup_over_naive']:.2f}x (target >= 2)")
+    print(f"  peak memory, all Ray processes: {out['peak_rss_gib']:.2f} GiB; 4x archive {out['peak_rss_4x_gib']:.2f} GiB; "
+          f"growth {out['memory_growth_4x']:.2f}x (target < 1.25)")
+    return out

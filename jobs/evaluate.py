@@ -1,0 +1,124 @@
+"""`unet evaluate --pred OUTPUT --truth URI`: Dice, IoU and HD95 (mm) per volume.
+
+Predictions are the masks listed in OUTPUT/volumes.parquet (from `unet segment`). Each is paired
+with a ground-truth NIfTI under --truth named `<volume_id>.nii.gz` or `<case_id>.nii.gz` (the
+NIfTI source's stem), or by an explicit `--pairs` CSV (volume_id,truth). The truth must lie on the
+prediction's voxel grid. Results go to OUTPUT/evaluation.parquet (or --output) and to the screen.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+
+from jobs.common import Timer, add_ray_args, init_ray, log, parse_with_config, run_main, setup_logging
+from unet_core.errors import ConfigError, InputError
+from unet_core.io import storage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unet evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pred", required=True, help="output prefix of `unet segment`")
+    p.add_argument("--truth", required=True, help="prefix of ground-truth NIfTI masks")
+    p.add_argument("--pairs", default=None, help="CSV volume_id,truth overriding name matching")
+    p.add_argument("--truth-labels", default=None, help="comma-separated truth labels that form the foreground (default: non-zero)")
+    p.add_argument("--output", default=None, help="evaluation table (default: <pred>/evaluation.parquet)")
+    p.add_argument("--config", help="JSON/YAML file of option values")
+    add_ray_args(p)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def evaluate_pair(item: dict, cfg: dict) -> dict:
+    import numpy as np
+
+    from unet_core.evaluation import evaluate_masks
+    from unet_core.io import read_volume
+
+    out = {"volume_id": item["volume_id"], "truth": item["truth"], "mask_uri": item["mask_uri"], "status": "ok", "error": "",
+           "dice": float("nan"), "iou": float("nan"), "hd95_mm": float("nan"), "pred_voxels": 0, "truth_voxels": 0}
+    try:
+        pred = read_volume(item["mask_uri"])
+        truth = read_volume(item["truth"])
+        if pred.shape != truth.shape or not np.allclose(pred.affine, truth.affine, atol=1e-3):
+            raise InputError(f"{item['truth']}: grid {truth.shape} does not match the prediction's {pred.shape} "
+                             "(or their affines differ)", uri=item["truth"])
+        labels = cfg["truth_labels"]
+        t = np.isin(truth.voxels, labels) if labels else truth.voxels > 0
+        out.update(evaluate_masks(pred.voxels > 0, t, pred.spacing))
+    except InputError as exc:
+        out.update(status="error", error=str(exc))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    args = parse_with_config(build_parser(), argv)
+    setup_logging(args.verbose)
+    table_uri = storage.join(args.pred, "volumes.parquet")
+    if not storage.exists(table_uri):
+        raise InputError(f"{args.pred}: no volumes.parquet; run `unet segment --output {args.pred}` first", uri=args.pred)
+    volumes = [r for r in pq.read_table(io.BytesIO(storage.read_bytes(table_uri))).to_pylist() if r["status"] == "ok"]
+    truth_files = {storage.basename(e.uri): e.uri for e in storage.list_files(args.truth)}
+    explicit = {}
+    if args.pairs:
+        for row in csv.DictReader(io.StringIO(storage.read_bytes(args.pairs).decode())):
+            explicit[row["volume_id"]] = row["truth"]
+    items, unmatched = [], []
+    for v in volumes:
+        case = json.loads(v["metadata"] or "{}").get("case_id")
+        names = [f"{v['volume_id']}.nii.gz", f"{v['volume_id']}.nii"] + ([f"{case}.nii.gz", f"{case}.nii"] if case else [])
+        truth = explicit.get(v["volume_id"]) or next((truth_files[n] for n in names if n in truth_files), None)
+        if truth:
+            items.append({"volume_id": v["volume_id"], "truth": truth, "mask_uri": v["mask_uri"]})
+        else:
+            unmatched.append(v["volume_id"])
+    for vid in unmatched:
+        log.warning("no ground truth for %s", vid)
+    if not items:
+        raise InputError(f"no prediction under {args.pred} pairs with a truth mask under {args.truth}")
+    try:
+        labels = [int(x) for x in args.truth_labels.split(",")] if args.truth_labels else None
+    except ValueError as exc:
+        raise ConfigError(f"--truth-labels must be integers, got {args.truth_labels!r}") from exc
+
+    init_ray(args.address, args.num_cpus)
+    import ray
+
+    timer = Timer()
+    rows = ray.data.from_items(items, override_num_blocks=len(items)).map(
+        evaluate_pair, fn_kwargs={"cfg": {"truth_labels": labels}}).take_all()
+    rows.sort(key=lambda r: r["volume_id"])
+    out_uri = args.output or storage.join(args.pred, "evaluation.parquet")
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf, compression="zstd")
+    storage.write_bytes(out_uri, buf.getvalue())
+
+    import math
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    width = max(len(r["volume_id"]) for r in rows)
+    print(f"{'volume':<{width}}  {'Dice':>6}  {'IoU':>6}  {'HD95 mm':>8}")
+    for r in rows:
+        if r["status"] == "ok":
+            print(f"{r['volume_id']:<{width}}  {r['dice']:6.3f}  {r['iou']:6.3f}  {r['hd95_mm']:8.2f}")
+        else:
+            print(f"{r['volume_id']:<{width}}  error: {r['error']}")
+    if ok:
+        mean = {k: sum(r[k] for r in ok) / len(ok) for k in ("dice", "iou")}
+        hd = [r["hd95_mm"] for r in ok if not math.isnan(r["hd95_mm"])]
+        print(f"{'mean of ' + str(len(ok)):<{width}}  {mean['dice']:6.3f}  {mean['iou']:6.3f}  "
+              f"{(sum(hd) / len(hd)) if hd else float('nan'):8.2f}   ({len(unmatched)} without truth; {timer.seconds:.1f}s) -> {out_uri}")
+    return 0 if len(ok) == len(rows) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

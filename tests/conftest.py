@@ -76,13 +76,13 @@ def ray_local(s3_server):
 
 @pytest.fixture(scope="session")
 def training_set(s3_server, tmp_path_factory) -> str:
-    """Six labelled phantom cases (64 x 64 x 16 NIfTI) in S3."""
+    """Ten labelled phantom cases (64 x 64 x 16 NIfTI) in S3."""
     import boto3
 
     from unet_core.synthetic import write_training_set
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="training-set")
-    write_training_set("s3://training-set/raw", 6, size=64, n_slices=16, seed=0)
+    write_training_set("s3://training-set/raw", 10, size=64, n_slices=16, seed=0)
     return "s3://training-set/raw"
 
 
@@ -118,5 +118,5 @@ def trained_bundle(prepared, work_bucket) -> str:
     from jobs import train
 
     output = f"s3://{work_bucket}/models/phantom"
-    assert train.main(["--data", prepared, "--output", output, "--workers", "2", "--epochs", "24", *SMALL_MODEL]) == 0
+    assert train.main(["--data", prepared, "--output", output, "--workers", "2", "--epochs", "30", *SMALL_MODEL]) == 0
     return output

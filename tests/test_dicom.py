@@ -78,6 +78,18 @@ def test_localizer_is_split_from_its_series(tmp_path):
         read_volume(paths + scout)
 
 
+def test_duplicate_instances_keep_the_largest_copy(tmp_path):
+    paths, hu, _ = write_series(tmp_path / "s", noise=False)
+    data = open(paths[2], "rb").read()
+    (tmp_path / "s" / "copy_cut.dcm").write_bytes(data[:-500])
+    headers = [scan_header(open(p, "rb").read(), p) for p in sorted(map(str, (tmp_path / "s").iterdir()))]
+    groups, aside = group_series(headers)
+    assert len(groups) == 1 and groups[0].n_slices == 8
+    assert [h.uri.endswith("copy_cut.dcm") for h in aside] == [True]
+    assert aside[0].error_type == "duplicate_instance" and "IM00003.dcm" in aside[0].reason
+    np.testing.assert_array_equal(read_volume(str(tmp_path / "s")).voxels, hu)
+
+
 def test_mixed_sizes(tmp_path):
     paths, _, _ = write_series(tmp_path / "s")
     other, _, _ = write_series(tmp_path / "o", SeriesSpec(rows=16, columns=16, n_slices=2))

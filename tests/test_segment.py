@@ -69,6 +69,8 @@ def test_junk_is_in_the_table_with_reasons(first_run):
     assert by_source["truncated.dcm"]["status"] == "error" and "truncated" in by_source["truncated.dcm"]["error"]
     assert by_source["broken.nii.gz"]["error_type"] == "truncated"
     assert by_source["report.dcm"]["status"] == "skipped"
+    assert by_source["resent_copy_truncated.dcm"]["status"] == "skipped"
+    assert "duplicate copy of SOP instance" in by_source["resent_copy_truncated.dcm"]["error"]
     outside = [r for r in _table(out) if r["source"].endswith("!/../outside.dcm")]
     assert outside and "escapes the archive folder" in outside[0]["error"]
 
@@ -96,13 +98,45 @@ def test_rerun_skips_and_overwrite_redoes(archive, first_run, trained_bundle):
     root, _, n_good = archive
     out, _ = first_run
     before = {r["volume_id"]: r["finished"] for r in _table(out) if r["status"] == "ok"}
+    failed_volumes = [r for r in _table(out) if r["status"] == "error" and not r["volume_id"].startswith("obj-")]
+    assert {storage.basename(r["source"]) for r in failed_volumes} == {"broken.nii.gz", "truncated.dcm"}
     assert segment.main(["--input", root, "--model", trained_bundle, "--output", out]) == segment.EXIT_SOME_FAILED
     summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
     assert summary["volumes_ok"] == n_good
-    assert summary["segmented_now"] == 1  # only the broken NIfTI volume is retried
+    assert summary["segmented_now"] == len(failed_volumes)  # only failed volumes are retried
     rows = _table(out)
     assert len({r["volume_id"] for r in rows}) == len(rows)  # nothing duplicated
     assert {r["volume_id"]: r["finished"] for r in rows if r["status"] == "ok"} == before
     assert segment.main(["--input", root, "--model", trained_bundle, "--output", out, "--overwrite"]) == segment.EXIT_SOME_FAILED
     summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
-    assert summary["segmented_now"] == n_good + 1
+    assert summary["segmented_now"] == n_good + len(failed_volumes)
+
+
+def test_multiclass_bundle_gives_label_maps(tmp_path, ray_local):
+    """A user's own softmax model with four labels, packaged as a bundle: masks are label maps and
+    per-slice masks use the uint8 encoding. The model is a 1x1 convolution whose label steps up
+    with windowed intensity (air 0, soft tissue 1, organ 2, bone 3), so the expected labels are known."""
+    import keras
+
+    from unet_core.bundle import package_model
+    from unet_core.config import PreprocessConfig
+    from unet_core.synthetic import Phantom, nifti_case
+
+    model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(4, 1, activation="softmax", name="head")])
+    model.get_layer("head").set_weights([np.array([0.0, 100.0, 200.0, 300.0], np.float32).reshape(1, 1, 1, 4),
+                                         np.array([0.0, -30.0, -90.0, -180.0], np.float32)])
+    model.save(tmp_path / "mine.keras")
+    bundle = str(tmp_path / "multi")
+    package_model(str(tmp_path / "mine.keras"), bundle, PreprocessConfig(input_size=32),
+                  label_names=["background", "tissue", "organ", "bone"])
+    image, _ = nifti_case(Phantom.random(1), np.diag([12.0, 12.0, 20.0, 1.0]), (32, 32, 8))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "case.nii.gz").write_bytes(image)
+    out = str(tmp_path / "out")
+    assert segment.main(["--input", str(tmp_path / "in"), "--model", bundle, "--output", out]) == 0
+    row = _table(out)[0]
+    mask = np.asarray(nib.load(row["mask_uri"]).dataobj)
+    assert mask.dtype == np.uint8 and {0, 1, 2} <= set(np.unique(mask)) <= {0, 1, 2, 3}
+    slices = pq.read_table(row["slices_uri"]).to_pylist()
+    assert "uint8" in {s["mask_encoding"] for s in slices}
+    np.testing.assert_array_equal(np.stack([decode_mask(s) for s in slices], axis=-1), mask)

@@ -14,9 +14,9 @@ from unet_core.preprocessing import slices_to_model_input
 
 def test_prepare_splits_by_case_and_writes_a_manifest(prepared):
     m = prepare.read_prepared(prepared)
-    assert set(m["cases"]["train"]) | set(m["cases"]["val"]) == {f"case_{i:03d}" for i in range(6)}
+    assert set(m["cases"]["train"]) | set(m["cases"]["val"]) == {f"case_{i:03d}" for i in range(10)}
     assert not set(m["cases"]["train"]) & set(m["cases"]["val"])
-    assert len(m["cases"]["val"]) == 1 and m["counts"] == {"train": 80, "val": 16}
+    assert len(m["cases"]["val"]) == 2 and m["counts"] == {"train": 128, "val": 32}
     assert m["preprocess"]["window"] == "abdomen" and m["preprocess"]["input_size"] == 64
     files = [e.uri for e in storage.list_files(prepared)]
     assert any("/slices/split=train/" in u and u.endswith(".parquet") for u in files)
@@ -31,7 +31,7 @@ def test_train_two_workers_to_s3(prepared, trained_bundle):
     output = trained_bundle
     model, info = load_bundle(output)
     history = info.training["history"]
-    assert len(history) == 24
+    assert len(history) == 30
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]  # the loss falls
     assert info.training["best_val_dice"] > 0.6  # an easy phantom is learned
     assert all(h["replica_weight_spread"] == 0.0 for h in history)  # replicas stay identical

@@ -280,7 +280,7 @@ def write_demo_archive(root: str, truth: str, seed: int = 100, n_nifti: int = 2,
     DICOM series in four orientations and slice orders (study folders), a zip export of another
     series (with a member whose path escapes the archive), NIfTI volumes, a structured report,
     and junk (random bytes named .dcm, an empty file, a text file, a truncated DICOM, a truncated
-    .nii.gz). Truth masks (target organ = 1) are named `<volume_id>.nii.gz` for DICOM series and
+    re-sent copy of an instance that is also in the zip, a truncated .nii.gz). Truth masks (target organ = 1) are named `<volume_id>.nii.gz` for DICOM series and
     `<case>.nii.gz` for NIfTI volumes."""
     import gzip as _gzip
     import zipfile
@@ -323,11 +323,13 @@ def write_demo_archive(root: str, truth: str, seed: int = 100, n_nifti: int = 2,
         storage.write_bytes(storage.join(root, "nifti", f"patient_{n}.nii.gz"), image)
         lab = nib.Nifti1Image.from_bytes(_gzip.decompress(label))
         storage.write_bytes(storage.join(truth, f"patient_{n}.nii.gz"), truth_bytes(np.asarray(lab.dataobj), affine))
+    lone, _, _ = dicom_series(Phantom.random(seed + 30), SeriesSpec(rows=32, columns=32, n_slices=1), seed=seed + 30)
     bad = {
         "junk/random.dcm": np.random.default_rng(seed).bytes(5000),
         "junk/empty.dcm": b"",
         "junk/notes.txt": b"not an image",
-        "junk/truncated.dcm": files[0][1][:-900],
+        "junk/truncated.dcm": lone[0][1][:-900],
+        "junk/resent_copy_truncated.dcm": files[0][1][:-900],  # a cut re-send of a zipped instance
         "junk/broken.nii.gz": image[: len(image) // 3],
     }
     for path, data in bad.items():

@@ -261,9 +261,21 @@ class SeriesGroup:
 
 def group_series(headers: Iterable[DicomHeader]) -> tuple[list[SeriesGroup], list[DicomHeader]]:
     """Group image headers into volumes: by SeriesInstanceUID, split by orientation and image
-    size; each multi-frame object is a volume of its own. Returns (groups, set-aside headers)."""
+    size; each multi-frame object is a volume of its own. Copies of one SOP instance (re-sends)
+    keep the largest file; the others are set aside. Returns (groups, set-aside headers)."""
     groups: dict[tuple, list[DicomHeader]] = {}
     aside: list[DicomHeader] = []
+    kept: dict[str, DicomHeader] = {}
+    for h in headers:
+        if h.kind == "image" and h.sop_instance_uid:
+            other = kept.get(h.sop_instance_uid)
+            if other is not None:
+                small, big = sorted((other, h), key=lambda x: (x.size, x.uri))
+                kept[h.sop_instance_uid] = big
+                small.kind, small.error_type = "non_image", "duplicate_instance"
+                small.reason = f"duplicate copy of SOP instance {h.sop_instance_uid} (kept {big.uri})"
+                continue
+            kept[h.sop_instance_uid] = h
     for h in headers:
         if h.kind != "image":
             aside.append(h)

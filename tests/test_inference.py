@@ -1,0 +1,96 @@
+"""The inference pieces as plain Python, with no Ray running."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_core.bundle import BundleInfo, load_bundle, package_model, save_bundle
+from unet_core.config import ModelConfig, PreprocessConfig
+from unet_core.errors import ConfigError, InputError
+from unet_core.evaluation import dice, evaluate_masks, hausdorff95, iou
+from unet_core.inference import PostProcess, SlicePredictor, finish_volume, postprocess, prepare_volume, volume_stats
+from unet_core.model import build_unet
+from unet_core.volume import Volume
+
+CFG = ModelConfig(input_size=32, base_filters=4, depth=2)
+PRE = PreprocessConfig(input_size=32)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("b") / "bundle")
+    save_bundle(path, build_unet(CFG), BundleInfo(preprocess=PRE, model=CFG, label_names=["background", "organ"]))
+    return path
+
+
+def test_predictor_is_a_callable_on_plain_dicts(bundle):
+    predictor = SlicePredictor(bundle, batch_size=4)
+    x = np.random.default_rng(0).random((7, 32, 32, 1)).astype(np.float16)
+    out = predictor({"volume_id": ["a", "b"], "x": [x, x[:2]]})
+    assert [p.shape for p in out["prob"]] == [(7, 32, 32, 1), (2, 32, 32, 1)]
+    np.testing.assert_allclose(out["prob"][1], out["prob"][0][:2], atol=1e-3)  # padding does not leak
+    model, _ = load_bundle(bundle)
+    np.testing.assert_allclose(out["prob"][0], model.predict(x.astype(np.float32), verbose=0), atol=2e-3)
+
+
+@pytest.mark.parametrize("perm, flips", [((0, 1, 2), (1, 1, 1)), ((2, 0, 1), (-1, 1, 1)), ((1, 2, 0), (1, -1, -1))])
+def test_finish_volume_returns_exactly_to_the_source_grid(perm, flips):
+    affine = np.eye(4)
+    affine[:3, :3] = np.eye(3)[:, perm] * np.array(flips, float) * 2.0
+    shape = (20, 24, 12)
+    volume = Volume(np.zeros(shape, np.float32), affine, "v")
+    truth = np.zeros(shape, np.uint8)
+    truth[3:15, 5:20, 2:9] = 1
+    # Probabilities of the truth on the canonical grid at the model's size, as a model would give.
+    from unet_core.io.orientation import to_canonical
+    from unet_core.preprocessing import resize_nearest
+
+    canonical, _ = to_canonical(truth, affine)
+    prob = resize_nearest(np.moveaxis(canonical, 2, 0), (32, 32)).astype(np.float16)[..., None]
+    labels = finish_volume(prob, volume, 0.5, PostProcess())
+    assert labels.shape == shape
+    assert dice(labels, truth) > 0.95
+    assert prepare_volume(volume, PRE).shape == (canonical.shape[2], 32, 32, 1)
+
+
+def test_postprocess_largest_component_and_holes():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:12, 2:12, 2:12] = 1
+    labels[5:8, 5:8, 5:8] = 0  # a hole
+    labels[15:17, 15:17, 15:17] = 1  # a speck
+    out = postprocess(labels, PostProcess(largest_component=True, fill_holes=True))
+    assert out[16, 16, 16] == 0 and out[6, 6, 6] == 1 and out.sum() == 1000
+
+
+def test_volume_stats():
+    vol = Volume(np.full((4, 4, 4), 50.0, np.float32), np.diag([2.0, 2.0, 2.5, 1.0]), "v")
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[:2] = 1
+    s = volume_stats(labels, vol)
+    assert s["mask_voxels"] == 32 and s["mask_volume_ml"] == pytest.approx(32 * 10 / 1000) and s["mean_hu_in_mask"] == 50
+
+
+def test_metrics_on_known_shapes():
+    a = np.zeros((30, 30, 30), bool)
+    b = np.zeros_like(a)
+    a[5:15, 5:15, 5:15] = True
+    b[7:17, 5:15, 5:15] = True  # shifted by 2 voxels along i
+    assert dice(a, b) == pytest.approx(2 * 800 / 2000)
+    assert iou(a, b) == pytest.approx(800 / 1200)
+    assert hausdorff95(a, b, (1.0, 1.0, 1.0)) == pytest.approx(2.0)
+    assert hausdorff95(a, b, (3.0, 1.0, 1.0)) == pytest.approx(6.0)  # spacing in mm
+    empty = np.zeros_like(a)
+    assert evaluate_masks(empty, empty, (1, 1, 1))["dice"] == 1.0
+    assert np.isnan(evaluate_masks(a, empty, (1, 1, 1))["hd95_mm"])
+
+
+def test_bundle_checks_and_packaging(tmp_path, bundle):
+    with pytest.raises(ConfigError, match=r"does not fit the bundle's preprocessing"):
+        save_bundle(str(tmp_path / "x"), build_unet(CFG), BundleInfo(preprocess=PreprocessConfig(input_size=64)))
+    with pytest.raises(InputError, match="not a model bundle"):
+        load_bundle(str(tmp_path))
+    model, _ = load_bundle(bundle)
+    model.save(tmp_path / "mine.keras")
+    info = package_model(str(tmp_path / "mine.keras"), str(tmp_path / "mine"), PRE, threshold=0.4)
+    loaded, info2 = load_bundle(str(tmp_path / "mine"))
+    assert info2.threshold == 0.4 and info2.model is None and info2.label_names == ["background", "foreground"]

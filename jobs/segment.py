@@ -165,11 +165,9 @@ class PredictActor:
 def finish_and_write(row: dict, cfg: dict) -> dict:
     """Labels on the source grid, outputs written, then the completion record (last)."""
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from unet_core.inference import PostProcess, finish_volume, qc_montage_png, volume_stats
-    from unet_core.io.mask_codec import MASK_FIELDS, encode_mask
+    from unet_core.io.mask_codec import slices_table_bytes
     from unet_core.io.nifti import mask_to_nifti_bytes
     from unet_core.volume import Volume
 
@@ -190,12 +188,8 @@ def finish_and_write(row: dict, cfg: dict) -> dict:
             record.update(volume_stats(labels, volume))
             mask_uri = storage.join(out_uri, "masks", f"{vid}.nii.gz")
             storage.write_bytes(mask_uri, mask_to_nifti_bytes(labels, volume))
-            slices = [{"volume_id": vid, "slice_index": k, **encode_mask(labels[:, :, k])} for k in range(labels.shape[2])]
-            schema = pa.schema([pa.field("volume_id", pa.string()), pa.field("slice_index", pa.int32()), *MASK_FIELDS])
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(slices, schema=schema), buf, compression="zstd")
             slices_uri = storage.join(out_uri, "slices", f"{vid}.parquet")
-            storage.write_bytes(slices_uri, buf.getvalue())
+            storage.write_bytes(slices_uri, slices_table_bytes(vid, labels))
             record.update(mask_uri=mask_uri, slices_uri=slices_uri)
             if cfg["qc"]:
                 qc_uri = storage.join(out_uri, "qc", f"{vid}.png")

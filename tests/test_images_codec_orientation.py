@@ -102,3 +102,12 @@ def test_canonical_grid_matches_to_canonical(perm):
     shape, aff = canonical_grid(affine, vox.shape)
     assert shape == can.shape
     np.testing.assert_allclose(aff, can_affine)
+
+
+def test_slices_table_roundtrip():
+    from unet_core.io.mask_codec import slices_table_bytes
+
+    labels = (np.random.default_rng(3).random((9, 7, 5)) > 0.5).astype(np.uint8)
+    rows = pq.read_table(io.BytesIO(slices_table_bytes("vol-1", labels))).to_pylist()
+    assert [r["slice_index"] for r in rows] == list(range(5)) and {r["volume_id"] for r in rows} == {"vol-1"}
+    np.testing.assert_array_equal(np.stack([decode_mask(r) for r in rows], axis=-1), labels)

@@ -48,3 +48,17 @@ def decode_mask(row: Mapping) -> np.ndarray:
     if enc == "uint8":
         return buf.reshape(h, w).copy()
     raise ValueError(f"unknown mask encoding {enc!r}")
+
+
+def slices_table_bytes(volume_id: str, labels: np.ndarray) -> bytes:
+    """The per-slice Parquet table of a (i, j, k) label volume: one row per slice k with
+    `volume_id`, `slice_index` and the four mask columns, zstd-compressed."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    rows = [{"volume_id": volume_id, "slice_index": k, **encode_mask(labels[:, :, k])} for k in range(labels.shape[2])]
+    schema = pa.schema([pa.field("volume_id", pa.string()), pa.field("slice_index", pa.int32()), *MASK_FIELDS])
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    return buf.getvalue()

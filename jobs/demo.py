@@ -69,6 +69,7 @@ def _main(argv: list[str]) -> int:
 
     volumes = pq.read_table(io.BytesIO(storage.read_bytes(j("segmented", "volumes.parquet")))).to_pylist()
     scores = {r["volume_id"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(j("segmented", "evaluation.parquet")))).to_pylist()}
+    write_pictures(j("segmented"), j("pictures"), scores)
     summary = json.loads(storage.read_bytes(j("segmented", "summary.json")))
     print("\nvolume                        source                                      status   Dice   volume ml")
     for r in volumes:
@@ -81,9 +82,29 @@ def _main(argv: list[str]) -> int:
           f"{summary['slices_per_second']:.1f} slices/s; {summary['volumes_failed']} bad objects reported with reasons; "
           f"{timer.seconds:.0f}s in all")
     print(f"outputs: model bundle and training curves {j('model')}/ (curves.png); masks {j('segmented', 'masks')}/; "
-          f"QC montages {j('segmented', 'qc')}/; tables {j('segmented', 'volumes.parquet')}, "
+          f"montages with predicted (red) and true (green) outlines {j('pictures')}/; tables {j('segmented', 'volumes.parquet')}, "
           f"{j('segmented', 'evaluation.parquet')}")
     return 0 if seg_rc in (0, segment.EXIT_SOME_FAILED) else seg_rc
+
+
+def write_pictures(segmented: str, pictures: str, scores: dict) -> None:
+    """Per volume: a montage of slices with the predicted and the true outline."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from unet_core.inference import qc_montage_png
+    from unet_core.io import read_volume
+
+    index = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(segmented, "series_index.parquet")))).to_pylist()
+    for vid, score in scores.items():
+        if score["status"] != "ok":
+            continue
+        uris = [r["uri"] for r in index if r["volume_id"] == vid]
+        source = read_volume(uris[0] if uris[0].endswith((".nii", ".nii.gz")) else uris)
+        labels = read_volume(score["mask_uri"]).voxels.astype(np.uint8)
+        truth = read_volume(score["truth"]).voxels > 0
+        png = qc_montage_png(source, labels, truth, title=f"{vid}  Dice {score['dice']:.3f}")
+        storage.write_bytes(storage.join(pictures, f"{vid}.png"), png)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,12 @@ def test_slices_table_roundtrip():
     rows = pq.read_table(io.BytesIO(slices_table_bytes("vol-1", labels))).to_pylist()
     assert [r["slice_index"] for r in rows] == list(range(5)) and {r["volume_id"] for r in rows} == {"vol-1"}
     np.testing.assert_array_equal(np.stack([decode_mask(r) for r in rows], axis=-1), labels)
+
+
+def test_display_slice_is_radiological():
+    from unet_core.plots import display_slice
+
+    plane = np.zeros((5, 4))  # canonical [i (towards patient's right), j (towards anterior)]
+    plane[4, 3] = 1  # right-anterior corner
+    shown = display_slice(plane)
+    assert shown.shape == (4, 5) and shown[0, 0] == 1  # top (anterior), viewer's left (patient's right)

@@ -44,5 +44,5 @@ def training_curves_png(history: list[dict], title: str = "training") -> bytes:
 
 def display_slice(plane: np.ndarray) -> np.ndarray:
     """A canonical (R, A) slice indexed [i, j] -> a radiological view [row, col]: anterior at the
-    top, patient's right on the viewer's left."""
-    return np.asarray(plane)[:, ::-1].T
+    top, the patient's right (+i in RAS) on the viewer's left."""
+    return np.asarray(plane)[::-1, ::-1].T

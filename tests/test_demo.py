@@ -1,0 +1,29 @@
+"""`unet demo` in a reduced form (fewer cases and epochs): every output is present and complete."""
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+
+from jobs import demo
+from unet_core.io import storage
+
+
+def test_reduced_demo_writes_everything(tmp_path, ray_local, capsys):
+    out = str(tmp_path / "demo")
+    assert demo.main(["--output", out, "--cases", "6", "--epochs", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean Dice" in printed and "[5/5] unet evaluate" in printed
+    files = {e.uri[len(out) + 1:] for e in storage.list_files(out)}
+    assert {"model/bundle.json", "model/model.keras", "model/curves.png", "prepared/manifest.json",
+            "segmented/volumes.parquet", "segmented/evaluation.parquet", "segmented/series_index.parquet",
+            "segmented/summary.json"} <= files
+    volumes = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/segmented/volumes.parquet"))).to_pylist()
+    ok = [v for v in volumes if v["status"] == "ok"]
+    assert len(ok) == 7 and all(v["error"] for v in volumes if v["status"] != "ok")
+    scores = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/segmented/evaluation.parquet"))).to_pylist()
+    assert len(scores) == 7 and all(0.0 <= s["dice"] <= 1.0 for s in scores)
+    assert {f"pictures/{v['volume_id']}.png" for v in ok} <= files
+    assert {f"segmented/qc/{v['volume_id']}.png" for v in ok} <= files
+    assert json.loads(storage.read_bytes(f"{out}/segmented/summary.json"))["volumes_ok"] == 7

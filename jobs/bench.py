@@ -133,7 +133,6 @@ def bench_train(args, work: str) -> dict:
 
     # (b) the seed's way: one process, arrays in memory, model.fit.
     import keras
-    import tensorflow as tf
 
     from unet_core.config import ModelConfig
     from unet_core.model import build_unet
@@ -158,7 +157,6 @@ def bench_train(args, work: str) -> dict:
 
     model.fit(x, y, batch_size=args.train_batch, epochs=args.train_epochs, shuffle=True, verbose=0, callbacks=[EpochTimer()])
     plain = float(np.mean([n / t for t in times[1:]]))
-    del tf
     out = {"slices": n, "size": args.train_size, "base_filters": args.train_filters, "batch": args.train_batch,
            "plain_keras_slices_per_s": plain, **{f"{k}_{m}": v for k, r in runs.items() for m, v in r.items()}}
     out["ratio_cached"] = runs["ray_cached"]["steady_slices_per_s"] / plain

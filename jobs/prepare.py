@@ -126,9 +126,7 @@ def _main(argv: list[str]) -> int:
     init_ray(args.address, args.num_cpus)
     import ray
 
-    from unet_core.config import to_dict as cfg_dict
-
-    cfg = {"preprocess": to_dict(pre), "limits": cfg_dict(limits_from(args)), "output": out,
+    cfg = {"preprocess": to_dict(pre), "limits": to_dict(limits_from(args)), "output": out,
            "empty_slice_ratio": args.empty_slice_ratio, "seed": args.seed, "labels": args.labels,
            "foreground_labels": foreground}
     timer = Timer()

@@ -27,7 +27,7 @@ import time
 from jobs.common import (Timer, add_limit_args, add_ray_args, init_ray, limits_from, log, parse_with_config,
                          run_main, setup_logging)
 from unet_core.config import to_dict
-from unet_core.errors import ConfigError, InputError
+from unet_core.errors import InputError
 from unet_core.io import storage
 
 EXIT_SOME_FAILED = 3

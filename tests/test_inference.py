@@ -91,6 +91,6 @@ def test_bundle_checks_and_packaging(tmp_path, bundle):
         load_bundle(str(tmp_path))
     model, _ = load_bundle(bundle)
     model.save(tmp_path / "mine.keras")
-    info = package_model(str(tmp_path / "mine.keras"), str(tmp_path / "mine"), PRE, threshold=0.4)
+    package_model(str(tmp_path / "mine.keras"), str(tmp_path / "mine"), PRE, threshold=0.4)
     loaded, info2 = load_bundle(str(tmp_path / "mine"))
     assert info2.threshold == 0.4 and info2.model is None and info2.label_names == ["background", "foreground"]

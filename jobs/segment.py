@@ -29,6 +29,7 @@ from jobs.common import (Timer, add_limit_args, add_ray_args, init_ray, limits_f
 from unet_core.config import to_dict
 from unet_core.errors import InputError
 from unet_core.io import storage
+from unet_core.volume import short_hash
 
 EXIT_SOME_FAILED = 3
 
@@ -222,7 +223,7 @@ def record_schema():
     return pa.schema([pa.field(n, getattr(pa, t)()) for n, t in RECORD_SCHEMA_FIELDS])
 
 
-def _table_bytes(rows: list[dict], schema) -> bytes:
+def _table_bytes(rows: list[dict], schema=None) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -368,16 +369,10 @@ def plan_volumes(headers: list[dict]) -> tuple[list[dict], list[dict], list[dict
         index += [{**h.row(), "format": "dicom", "volume_id": g.volume_id} for h in g.headers]
     for h in aside:
         index.append({**h.row(), "format": "dicom", "volume_id": ""})
-        refused.append({"volume_id": "obj-" + _hash(h.uri), "source": h.uri, "format": "dicom", "series_uid": h.series_uid,
+        refused.append({"volume_id": "obj-" + short_hash(h.uri), "source": h.uri, "format": "dicom", "series_uid": h.series_uid,
                         "status": "skipped" if h.kind == "non_image" else "error", "error": h.reason,
                         "error_type": h.error_type})
     return volumes, index, refused
-
-
-def _hash(text: str) -> str:
-    from unet_core.volume import short_hash
-
-    return short_hash(text)
 
 
 def _common_prefix(uris: list[str]) -> str:
@@ -390,16 +385,9 @@ def _common_prefix(uris: list[str]) -> str:
 
 
 def _index_bytes(rows: list[dict]) -> bytes:
-    import pyarrow as pa
-
     keep = ["uri", "size", "format", "kind", "reason", "error_type", "volume_id", "sop_class_uid", "series_uid",
             "study_uid", "modality", "transfer_syntax", "rows", "columns", "frames", "instance_number"]
-    table = pa.Table.from_pylist([{k: r.get(k) for k in keep} for r in rows])
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+    return _table_bytes([{k: r.get(k) for k in keep} for r in rows], schema=None)
 
 
 def consolidate(out: str, refused: list[dict], cfg: dict) -> list[dict]:

@@ -215,7 +215,7 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
                 with open(path, "rb") as f:
                     tensorboard[os.path.join("tensorboard", os.path.relpath(path, tb))] = f.read()
     cb = state["callbacks"]
-    history = [h for h in cb["history"]]
+    history = cb["history"]
     best = max(history, key=lambda h: h["val_dice_hard"])
     training = {**meta, "history": history, "events": state.get("events", []), "best_epoch": cb["best_epoch"],
                 "best_val_dice": cb["best_value"], "best_metrics": best, "stopped_early": cb["stopped_early"],

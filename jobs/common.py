@@ -55,11 +55,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    # Workers must not see a GPU that the driver's TensorFlow would grab by default.
-    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        # No runtime_env here: a job submitted through the Jobs API already has one (its working
+        # dir, env vars), and Ray refuses a driver that sets the same fields again.
+        ray.init(address=address, log_to_driver=True)
     else:
+        env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
                  logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()

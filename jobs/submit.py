@@ -1,0 +1,335 @@
+"""`unet submit`: run any job on a Ray cluster through the Ray Jobs API.
+
+    unet submit [--address http://HEAD:8265] [--wait | --no-wait] -- <job> <job options>
+    unet submit --status ID | --logs ID | --stop ID
+
+The job's arguments are checked here first (a typo fails in a second, not after an upload). The
+project's code travels as the job's working directory (or as Python modules when installed as a
+package); its dependencies come from the cluster image (cluster/Dockerfile, the default), from
+this project's pinned requirements (`--packages pinned`) or from a container image (`--image`).
+With --wait (the default) the job's logs stream here and `unet submit` exits with the job's own
+exit status (so `segment`'s 3 for "some volumes failed" comes through), 1 when the job failed
+without one (e.g. its environment could not be built), 4 when it was stopped.
+
+Token authentication (clusters started with RAY_AUTH_MODE=token): the token is read from
+RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, and sent as a bearer
+header. It is never printed, and never passed on to the job's environment.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from jobs.common import log, run_main, setup_logging
+from unet_core.errors import JobError
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+EXIT_FAILED_WITHOUT_CODE = 1
+EXIT_STOPPED = 4
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# Non-secret settings that a job on the cluster needs to see the same storage as this shell.
+FORWARDED_BY_DEFAULT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WORKING_DIR_EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "build", "dist", ".pytest_cache",
+                        ".ruff_cache", "demo-output", "*.runs", "**/*.nii.gz", "**/*.dcm", "**/*.parquet"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unet submit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", default=None,
+                   help="the cluster's Jobs API, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, or RAY_ADDRESS "
+                        f"when it is an http address, else {DEFAULT_ADDRESS})")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--wait", dest="wait", action="store_true", default=True,
+                      help="stream the job's logs and exit with its outcome (default)")
+    wait.add_argument("--no-wait", dest="wait", action="store_false", help="print the submission ID and return")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after this many seconds "
+                                                              "(the job keeps running)")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--status", metavar="ID", help="print a submitted job's status and exit with its outcome")
+    act.add_argument("--logs", metavar="ID", help="print a submitted job's logs so far")
+    act.add_argument("--stop", metavar="ID", help="stop a submitted job")
+    env = p.add_argument_group("the job's environment")
+    env.add_argument("--packages", choices=["image", "pinned"], default="image",
+                     help="image: the cluster's image has the dependencies (cluster/Dockerfile); pinned: install "
+                          "this project's pinned requirements into the job's runtime environment")
+    env.add_argument("--image", default=None, help="run the job in this container image (Ray's image_uri runtime env)")
+    env.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                     help="set an environment variable for the job; NAME alone forwards this shell's value. "
+                          f"Forwarded when set: {', '.join(FORWARDED_BY_DEFAULT)}")
+    env.add_argument("--working-dir", default=None,
+                     help=f"the code to upload (default: this project, {PROJECT_ROOT})")
+    res = p.add_argument_group("resources of the job's driver (the entrypoint)")
+    res.add_argument("--entrypoint-num-cpus", type=float, default=None)
+    res.add_argument("--entrypoint-num-gpus", type=float, default=None)
+    res.add_argument("--entrypoint-memory", type=int, default=None, help="bytes")
+    p.add_argument("--submission-id", default=None, help="a name for the job (unique on the cluster)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("job", nargs=argparse.REMAINDER, help="-- <job> <options>, e.g. -- segment --input s3://...")
+    return p
+
+
+# ---- connecting --------------------------------------------------------------------------------
+def resolve_address(address: str | None) -> str:
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        env = os.environ.get("RAY_ADDRESS", "")
+        address = env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+    if "://" not in address:
+        address = f"http://{address}"
+    if not address.startswith(("http://", "https://")):
+        raise JobError(f"--address {address!r}: the Jobs API is an http(s) address such as http://HEAD:8265 "
+                       "(ray:// and GCS addresses are for `--address` of the jobs themselves)")
+    return address.rstrip("/")
+
+
+def read_token() -> tuple[str | None, str]:
+    """The cluster token and where it came from, looked up where Ray itself looks (DESIGN fact 5)."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token, "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as exc:
+            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token file ({exc.strerror})") from None
+        if not token:
+            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
+        return token, path
+    default = Path("~/.ray/auth_token").expanduser()
+    if default.is_file():
+        return default.read_text().strip() or None, str(default)
+    return None, ""
+
+
+TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token (or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in "
+              "~/.ray/auth_token); on KubeRay it is in the cluster's Secret, see cluster/README.md")
+
+
+def connect(address: str):
+    """A JobSubmissionClient, or a JobError that says what is wrong and what to do."""
+    import requests
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    token, source = read_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except AuthenticationError as exc:
+        raise auth_error(address, exc, source if token else None) from None
+    except (ConnectionError, requests.exceptions.RequestException) as exc:
+        raise JobError(f"cannot reach the Ray Jobs API at {address}: {first_line(exc)}. Is the head running, and is "
+                       "its dashboard port (8265) reachable from here (e.g. `kubectl port-forward "
+                       "svc/<cluster>-head-svc 8265:8265`)? Pass --address or set RAY_API_SERVER_ADDRESS") from None
+
+
+def auth_error(address: str, exc: Exception, source: str | None) -> JobError:
+    text = str(exc)
+    if source and ("403" in text or "Forbidden" in text or "invalid" in text.lower()):
+        return JobError(f"the cluster at {address} rejected the token from {source}: it is not the token the cluster "
+                        f"was started with; {TOKEN_HELP}")
+    return JobError(f"the cluster at {address} requires an authentication token and none was found; {TOKEN_HELP}")
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def call(address: str, token_used: bool, fn, *a, **kw):
+    """One Jobs API call with the same clear errors as `connect`."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return fn(*a, **kw)
+    except AuthenticationError as exc:
+        raise auth_error(address, exc, "the token in use" if token_used else None) from None
+    except (ConnectionError, requests.exceptions.RequestException) as exc:
+        raise JobError(f"lost the Ray Jobs API at {address}: {first_line(exc)}") from None
+    except RuntimeError as exc:  # the SDK's way of saying "HTTP error" (e.g. no such job)
+        raise JobError(f"{address}: {first_line(exc)}") from None
+
+
+# ---- what is submitted ---------------------------------------------------------------------------
+def check_job_args(job_argv: list[str]) -> None:
+    """Parse the job's options with the job's own parser before anything is uploaded."""
+    import importlib
+
+    from jobs.cli import JOBS
+
+    if not job_argv:
+        raise JobError("nothing to submit: give the job after `--`, e.g. `unet submit -- segment --input ... "
+                       "--model ... --output ...`")
+    job, rest = job_argv[0], job_argv[1:]
+    if job not in JOBS or job == "submit":
+        raise JobError(f"{job!r} is not a job that can be submitted; one of: "
+                       f"{', '.join(j for j in JOBS if j != 'submit')}")
+    if "--config" in rest or any(a.startswith("--config=") for a in rest):
+        log.info("the job reads --config on the cluster; its options are checked there")
+        return
+    parser = importlib.import_module(f"jobs.{job}").build_parser()
+    parser.prog = f"unet submit -- {job}"
+    parser.parse_args(rest)  # exits 2 with the job's usage on a bad option, before any upload
+
+
+def entrypoint(job_argv: list[str]) -> str:
+    return shlex.join(["python", "-m", "jobs.cli", *job_argv])
+
+
+def pinned_requirements() -> list[str]:
+    """The project's own dependency pins, minus Ray (the cluster's Ray must not be replaced)."""
+    import tomllib
+
+    deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [d for d in deps if not d.replace(" ", "").lower().startswith("ray[") and d.split("=")[0] != "ray"]
+
+
+def job_env(pairs: list[str]) -> dict[str, str]:
+    env = {k: os.environ[k] for k in FORWARDED_BY_DEFAULT if os.environ.get(k)}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not name.isidentifier():
+            raise JobError(f"--env {pair!r}: expected NAME or NAME=VALUE")
+        if not sep:
+            if name not in os.environ:
+                raise JobError(f"--env {name}: not set in this shell")
+            value = os.environ[name]
+        if name == "RAY_AUTH_TOKEN":
+            raise JobError("--env RAY_AUTH_TOKEN: the cluster's processes already hold the token; it is not passed on")
+        if name in SECRET_NAMES:
+            log.warning("--env %s: the value is visible to anyone who can read the job's runtime environment on the "
+                        "cluster's dashboard; prefer IAM roles / service accounts (cluster/README.md)", name)
+        env[name] = value
+    return env
+
+
+def runtime_env(args: argparse.Namespace) -> dict:
+    renv: dict = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", **job_env(args.env)}}
+    code = Path(args.working_dir).resolve() if args.working_dir else PROJECT_ROOT
+    if (code / "jobs" / "cli.py").is_file() and (code / "unet_core").is_dir():
+        renv["working_dir"] = str(code)
+        renv["excludes"] = WORKING_DIR_EXCLUDES
+    elif args.working_dir:
+        raise JobError(f"--working-dir {code}: not this project (no jobs/cli.py and unet_core/ there)")
+    else:  # installed as a package: ship exactly its two packages
+        import jobs
+        import unet_core
+
+        renv["py_modules"] = [str(Path(jobs.__file__).parent), str(Path(unet_core.__file__).parent)]
+    if args.packages == "pinned":
+        renv["pip"] = {"packages": pinned_requirements(), "pip_check": False}
+    if args.image:
+        renv["image_uri"] = args.image
+    return renv
+
+
+# ---- following a job ------------------------------------------------------------------------------
+def stream_logs(client, job_id: str) -> bool:
+    """Print the job's log lines as they come; False if streaming is not possible (then poll)."""
+    async def follow() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(follow())
+        return True
+    except Exception as exc:  # websocket refused by a proxy, dropped connection, ...
+        log.warning("log streaming stopped (%s); polling the job's status instead", first_line(exc))
+        return False
+
+
+def wait_for(client, address: str, job_id: str, timeout: float | None, token_used: bool) -> int:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    streamed = timeout is None and stream_logs(client, job_id)
+    printed = 0
+    while True:
+        status = str(call(address, token_used, client.get_job_status, job_id).value)
+        if not streamed and status in TERMINAL:
+            logs = call(address, token_used, client.get_job_logs, job_id)
+            sys.stdout.write(logs[printed:])
+            printed = len(logs)
+        if status in TERMINAL:
+            return outcome(call(address, token_used, client.get_job_info, job_id))
+        if deadline is not None and time.monotonic() > deadline:
+            log.error("job %s still %s after %.0f s; it keeps running. Follow it with "
+                      "`unet submit --status %s`, stop it with `unet submit --stop %s`", job_id, status, timeout,
+                      job_id, job_id)
+            return EXIT_FAILED_WITHOUT_CODE
+        time.sleep(1.0)
+
+
+def outcome(info) -> int:
+    status = str(info.status.value)
+    code = info.driver_exit_code
+    if status == "SUCCEEDED":
+        log.info("job %s SUCCEEDED", info.submission_id)
+        return 0
+    if status == "STOPPED":
+        log.error("job %s was STOPPED", info.submission_id)
+        return EXIT_STOPPED
+    if status == "FAILED":
+        message = (info.message or "").splitlines()[0] if info.message else ""
+        log.error("job %s FAILED%s: %s", info.submission_id, f" with exit status {code}" if code else "", message)
+        return code if code else EXIT_FAILED_WITHOUT_CODE
+    log.info("job %s is %s", info.submission_id, status)
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    job_argv = args.job[1:] if args.job[:1] == ["--"] else args.job
+    address = resolve_address(args.address)
+    if not (args.status or args.logs or args.stop):
+        check_job_args(job_argv)
+    elif job_argv:
+        raise JobError("--status / --logs / --stop take a submission ID and no job")
+    client = connect(address)
+    token_used = bool(client._headers.get("Authorization"))
+    if args.status:
+        info = call(address, token_used, client.get_job_info, args.status)
+        print(f"{info.submission_id}: {info.status.value}  entrypoint: {info.entrypoint}")
+        if info.message:
+            print(info.message.splitlines()[0])
+        return outcome(info) if str(info.status.value) in TERMINAL else 0
+    if args.logs:
+        sys.stdout.write(call(address, token_used, client.get_job_logs, args.logs))
+        return 0
+    if args.stop:
+        stopped = call(address, token_used, client.stop_job, args.stop)
+        log.info("job %s: %s", args.stop, "stop requested" if stopped else "already finished")
+        return 0
+    renv = runtime_env(args)
+    log.info("submitting to %s: %s (code: %s; env: %s)", address, entrypoint(job_argv),
+             renv.get("working_dir") or ", ".join(renv.get("py_modules", [])), ", ".join(sorted(renv["env_vars"])))
+    job_id = call(address, token_used, client.submit_job, entrypoint=entrypoint(job_argv), runtime_env=renv,
+                  submission_id=args.submission_id, metadata={"unet_job": job_argv[0]},
+                  entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus,
+                  entrypoint_memory=args.entrypoint_memory)
+    log.info("submitted %s", job_id)
+    if not args.wait:
+        print(job_id)
+        log.info("follow it with `unet submit --status %s` or `unet submit --logs %s`; stop it with "
+                 "`unet submit --stop %s`", job_id, job_id, job_id)
+        return 0
+    try:
+        return wait_for(client, address, job_id, args.timeout, token_used)
+    except KeyboardInterrupt:
+        log.error("stopped following job %s; it keeps running on the cluster (`unet submit --stop %s` stops it)",
+                  job_id, job_id)
+        return 130
+
+
+def main(argv: list[str]) -> int:
+    return run_main(run, argv)

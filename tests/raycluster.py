@@ -1,0 +1,117 @@
+"""A real Ray head on loopback for tests: `ray start --head --block` on free ports, optionally with
+token authentication, stopped (with every process it started) when the block exits, even on failure.
+
+`ray stop` is not used: it would also stop the test session's own local Ray instance.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+PORT_OPTIONS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
+                "--node-manager-port", "--object-manager-port")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Head:
+    dashboard: str  # http://127.0.0.1:PORT, the Jobs API
+    gcs: str
+    temp_dir: str
+    env: dict[str, str]  # the environment the head runs with (its PATH finds this venv's python)
+
+
+def _processes_of(temp_dir: str) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@contextlib.contextmanager
+def ray_head(token: str | None = None, num_cpus: int = 2, env: dict[str, str] | None = None):
+    """Yield a Head; the cluster runs with RAY_AUTH_MODE=token when a token is given."""
+    import psutil
+
+    temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS))))
+    head_env = dict(os.environ if env is None else env)
+    head_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{head_env.get('PATH', '')}"
+    head_env.pop("RAY_ADDRESS", None)
+    head_env["RAY_USAGE_STATS_ENABLED"] = "0"
+    if token:
+        head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--dashboard-host", "127.0.0.1", "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", temp_dir,
+           "--disable-usage-stats"]
+    for option, port in ports.items():
+        cmd += [option, str(port)]
+    log_path = Path(temp_dir) / "ray-start.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = Head(dashboard=f"http://127.0.0.1:{ports['--dashboard-port']}",
+                gcs=f"127.0.0.1:{ports['--port']}", temp_dir=temp_dir, env=head_env)
+    try:
+        _wait_ready(head, proc, log_path)
+        yield head
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        # Anything the head started outside its process group (workers, agents) goes too.
+        left = _processes_of(temp_dir)
+        for p in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(left, timeout=10)
+        log.close()
+
+
+def _wait_ready(head: Head, proc: subprocess.Popen, log_path: Path, timeout: float = 90) -> None:
+    """The Jobs API answers (any HTTP status: 401 is an answer when auth is on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{head.dashboard}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the Ray head did not answer at {head.dashboard} within {timeout:.0f} s:\n"
+                       f"{log_path.read_text()[-3000:]}")

@@ -1,0 +1,188 @@
+"""`unet submit` against a real Ray head on loopback (`ray start --head`) with token authentication:
+a segment job over a tiny archive in S3 (moto) runs to SUCCEEDED with its outputs written; a job
+that ends with failed volumes passes its exit status through; --no-wait / --status / --stop; no
+token, a wrong token and an unreachable cluster each give one clear line and a non-zero exit."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import submit
+from tests.raycluster import free_ports, ray_head
+from unet_core.io import read_volume, storage
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = secrets.token_hex(16)
+
+
+def unet_submit(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", "submit", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def client_env(tmp_home: Path, token: str | None) -> dict[str, str]:
+    """This shell: no token file in HOME, the token (if any) in RAY_AUTH_TOKEN, no RAY_AUTH_MODE."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(tmp_home)
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    return env
+
+
+@pytest.fixture(scope="module")
+def head(s3_server):
+    """A token-protected head. Like a cluster with an IAM role, it holds the storage credentials
+    itself; the S3 endpoint reaches the job only through `unet submit` forwarding AWS_ENDPOINT_URL."""
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    with ray_head(token=TOKEN, num_cpus=2, env=env) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def tiny(s3_server, work_bucket):
+    """Two small DICOM series and a NIfTI volume in S3, and an untrained 8-filter bundle."""
+    import keras
+
+    from unet_core.bundle import BundleInfo, save_bundle
+    from unet_core.config import ModelConfig, PreprocessConfig
+    from unet_core.model import build_unet
+    from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
+
+    root = f"s3://{work_bucket}/submit-archive"
+    for s, orientation in enumerate(["axial", "coronal"]):
+        for name, data in dicom_series(Phantom.random(s), SeriesSpec(orientation=orientation, n_slices=8), seed=s)[0]:
+            storage.write_bytes(f"{root}/series{s}/{name}", data)
+    image, _ = nifti_case(Phantom.random(5), np.diag([4.0, 4.0, 6.0, 1.0]), (48, 48, 8), seed=5)
+    storage.write_bytes(f"{root}/nifti/case5.nii.gz", image)
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(input_size=64, base_filters=8, depth=3)
+    bundle = f"s3://{work_bucket}/submit-bundle"
+    save_bundle(bundle, build_unet(cfg), BundleInfo(preprocess=PreprocessConfig(input_size=64), model=cfg,
+                                                    label_names=["background", "target"], name="tiny"))
+    return root, bundle
+
+
+def _volumes(out: str) -> list[dict]:
+    return pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/volumes.parquet"))).to_pylist()
+
+
+def test_segment_job_runs_on_the_cluster_with_the_token(head, tiny, work_bucket, tmp_path):
+    root, bundle = tiny
+    out = f"s3://{work_bucket}/submit-out"
+    r = unet_submit("--address", head.dashboard, "--", "segment", "--input", root, "--model", bundle,
+                    "--output", out, "--batch-size", "4", env=client_env(tmp_path, TOKEN))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "SUCCEEDED" in r.stderr
+    assert "segmented 3 volumes" in r.stdout  # the job's own log, streamed here
+    assert TOKEN not in r.stdout + r.stderr
+    rows = _volumes(out)
+    assert sorted(r["status"] for r in rows) == ["ok"] * 3
+    for row in rows:
+        mask = nib.Nifti1Image.from_bytes(gzip.decompress(storage.read_bytes(row["mask_uri"])))
+        source = read_volume(row["source"])  # a NIfTI object, or the prefix of one series
+        assert mask.shape == source.shape
+        np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)
+
+
+def test_failed_volumes_pass_the_exit_status_through_no_wait_and_status(head, tiny, work_bucket, tmp_path):
+    root, bundle = tiny
+    storage.write_bytes(f"{root}-junk/broken.dcm", b"not a DICOM file at all" * 10)
+    out = f"s3://{work_bucket}/submit-junk-out"
+    env = client_env(tmp_path, TOKEN)
+    r = unet_submit("--address", head.dashboard, "--no-wait", "--", "segment", "--input", f"{root}/series0",
+                    f"{root}-junk", "--model", bundle, "--output", out, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    job_id = r.stdout.strip().splitlines()[-1]
+    assert job_id.startswith("raysubmit_")
+    deadline = time.monotonic() + 240
+    while True:
+        status = unet_submit("--address", head.dashboard, "--status", job_id, env=env)
+        if "SUCCEEDED" in status.stdout or "FAILED" in status.stdout or time.monotonic() > deadline:
+            break
+        assert status.returncode == 0, status.stderr
+        time.sleep(2)
+    assert "FAILED" in status.stdout
+    assert status.returncode == 3  # segment's "some volumes failed", from the job itself
+    rows = {r["status"]: r for r in _volumes(out)}
+    assert set(rows) == {"ok", "error"} and "broken.dcm" in rows["error"]["source"]
+    logs = unet_submit("--address", head.dashboard, "--logs", job_id, env=env)
+    assert logs.returncode == 0 and "1 ok, 1 failed" in logs.stdout
+
+
+def test_stop(head, tiny, work_bucket, tmp_path):
+    root, bundle = tiny
+    env = client_env(tmp_path, TOKEN)
+    r = unet_submit("--address", head.dashboard, "--no-wait", "--", "segment", "--input", root, "--model", bundle,
+                    "--output", f"s3://{work_bucket}/submit-stopped", env=env)
+    job_id = r.stdout.strip().splitlines()[-1]
+    assert unet_submit("--address", head.dashboard, "--stop", job_id, env=env).returncode == 0
+    deadline = time.monotonic() + 60
+    while "STOPPED" not in (s := unet_submit("--address", head.dashboard, "--status", job_id, env=env)).stdout:
+        assert time.monotonic() < deadline, s.stdout + s.stderr
+        time.sleep(1)
+    assert s.returncode == submit.EXIT_STOPPED
+
+
+def test_without_the_token_says_what_to_do(head, tiny, tmp_path):
+    root, bundle = tiny
+    r = unet_submit("--address", head.dashboard, "--", "segment", "--input", root, "--model", bundle,
+                    "--output", str(tmp_path / "never"), env=client_env(tmp_path, None))
+    assert r.returncode == 2
+    assert "requires an authentication token" in r.stderr and "RAY_AUTH_TOKEN" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_wrong_token_is_rejected_clearly(head, tiny, tmp_path):
+    root, bundle = tiny
+    wrong = "0" * 32
+    r = unet_submit("--address", head.dashboard, "--status", "raysubmit_nothing", env=client_env(tmp_path, wrong))
+    assert r.returncode == 2 and "rejected the token from RAY_AUTH_TOKEN" in r.stderr
+    assert wrong not in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
+def test_unreachable_cluster_is_one_clear_line(tmp_path):
+    (port,) = free_ports(1)
+    r = unet_submit("--address", f"http://127.0.0.1:{port}", "--", "evaluate", "--pred", "a", "--truth", "b",
+                    env=client_env(tmp_path, None), timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot reach the Ray Jobs API at http://127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_job_options_are_checked_before_anything_is_sent(tmp_path):
+    (port,) = free_ports(1)  # nothing listens there: the check must fail first
+    env = client_env(tmp_path, None)
+    bad = unet_submit("--address", f"http://127.0.0.1:{port}", "--", "segment", "--input", "a", "--model", "m", "--output", "o",
+                      "--bogus",
+                      env=env, timeout=120)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+    assert "usage: unet submit -- segment" in bad.stderr
+    nojob = unet_submit("--address", f"http://127.0.0.1:{port}", "--", "frobnicate", env=env, timeout=120)
+    assert nojob.returncode == 2 and "'frobnicate' is not a job that can be submitted" in nojob.stderr
+
+
+def test_runtime_env_ships_the_project_and_forwards_only_what_it_should(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.local:9000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-forward")
+    args = submit.build_parser().parse_args(["--packages", "pinned", "--env", "MY_SETTING=1", "--", "train"])
+    renv = submit.runtime_env(args)
+    assert renv["working_dir"] == str(ROOT) and ".venv" in renv["excludes"]
+    assert renv["env_vars"]["AWS_ENDPOINT_URL"] == "http://minio.local:9000" and renv["env_vars"]["MY_SETTING"] == "1"
+    assert "AWS_SECRET_ACCESS_KEY" not in renv["env_vars"]
+    pins = renv["pip"]["packages"]
+    assert any(p.startswith("tensorflow==") for p in pins) and not any(p.startswith("ray") for p in pins)
+    with pytest.raises(submit.JobError, match="not passed on"):
+        submit.job_env(["RAY_AUTH_TOKEN=x"])
+    assert submit.entrypoint(["segment", "--input", "s3://b/with space"]) == \
+        "python -m jobs.cli segment --input 's3://b/with space'"

@@ -47,6 +47,14 @@ def limits_from(args: argparse.Namespace) -> Limits:
                   max_decompressed_bytes=args.max_decompressed_bytes, max_zip_members=args.max_zip_members)
 
 
+# Non-secret settings a job on a cluster needs in order to see the same storage as this shell.
+FORWARDED_STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def forwarded_storage_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_STORAGE_ENV if os.environ.get(k)}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to a cluster when an address is given (or RAY_ADDRESS is set); otherwise start a
     single-node Ray in this process (DESIGN fact 4: this is what "local mode" means)."""
@@ -56,9 +64,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        # No runtime_env here: a job submitted through the Jobs API already has one (its working
-        # dir, env vars), and Ray refuses a driver that sets the same fields again.
-        ray.init(address=address, log_to_driver=True)
+        # A job submitted through the Jobs API already has its runtime env (working dir, the
+        # variables `unet submit` forwarded) and Ray refuses a driver that sets them again. A
+        # driver started here passes on where storage is, so that the cluster's workers read the
+        # same S3 endpoint as this shell (credentials are the cluster's own).
+        renv = None if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else {"env_vars": forwarded_storage_env()}
+        ray.init(address=address, log_to_driver=True, runtime_env=renv)
     else:
         env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},

@@ -25,15 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.common import log, run_main, setup_logging
+from jobs.common import FORWARDED_STORAGE_ENV, forwarded_storage_env, log, run_main, setup_logging
 from unet_core.errors import JobError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXIT_FAILED_WITHOUT_CODE = 1
 EXIT_STOPPED = 4
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-# Non-secret settings that a job on the cluster needs to see the same storage as this shell.
-FORWARDED_BY_DEFAULT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKING_DIR_EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "build", "dist", ".pytest_cache",
@@ -63,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--image", default=None, help="run the job in this container image (Ray's image_uri runtime env)")
     env.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                      help="set an environment variable for the job; NAME alone forwards this shell's value. "
-                          f"Forwarded when set: {', '.join(FORWARDED_BY_DEFAULT)}")
+                          f"Forwarded when set: {', '.join(FORWARDED_STORAGE_ENV)}")
     env.add_argument("--working-dir", default=None,
                      help=f"the code to upload (default: this project, {PROJECT_ROOT})")
     res = p.add_argument_group("resources of the job's driver (the entrypoint)")
@@ -195,7 +193,7 @@ def pinned_requirements() -> list[str]:
 
 
 def job_env(pairs: list[str]) -> dict[str, str]:
-    env = {k: os.environ[k] for k in FORWARDED_BY_DEFAULT if os.environ.get(k)}
+    env = forwarded_storage_env()
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not name.isidentifier():

@@ -186,3 +186,17 @@ def test_runtime_env_ships_the_project_and_forwards_only_what_it_should(monkeypa
         submit.job_env(["RAY_AUTH_TOKEN=x"])
     assert submit.entrypoint(["segment", "--input", "s3://b/with space"]) == \
         "python -m jobs.cli segment --input 's3://b/with space'"
+
+
+def test_a_job_attaches_to_an_existing_cluster_with_address(head, tiny, work_bucket, tmp_path):
+    """`--address HOST:PORT` runs the driver here and the work on the cluster (no Jobs API)."""
+    root, bundle = tiny
+    env = client_env(tmp_path, TOKEN)
+    env["RAY_AUTH_MODE"] = "token"  # a driver joining a token cluster needs both (DESIGN fact 5)
+    out = f"s3://{work_bucket}/attached-out"
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "segment", "--address", head.gcs, "--input", f"{root}/nifti",
+                        "--model", bundle, "--output", out], cwd=ROOT, env=env, text=True, capture_output=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in r.stderr  # not a new local instance
+    assert [row["status"] for row in _volumes(out)] == ["ok"]

@@ -267,6 +267,8 @@ def _main(argv: list[str]) -> int:
     info = read_info(args.model)
     threshold = args.threshold if args.threshold is not None else info.threshold
     out = args.output.rstrip("/")
+    if swept := storage.sweep_temporaries(out):
+        log.info("removed %d unfinished temporary files of an interrupted run under %s", swept, out)
     if args.overwrite:
         for folder in ("volumes", "masks", "slices", "qc"):
             storage.delete_tree(storage.join(out, folder))

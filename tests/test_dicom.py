@@ -208,7 +208,7 @@ def test_pydicom_truncated_mr():
 def test_no_pixel_data(tmp_path):
     paths, _, _ = write_series(tmp_path / "s")
     edit(paths[0], lambda ds: delattr(ds, "PixelData"))
-    with pytest.raises(NoPixelDataError, match=r"IM00001\.dcm: no pixel data"):
+    with pytest.raises(NoPixelDataError, match=r"IM00001\.dcm: CT Image Storage without pixel data"):
         read_volume([paths[0]])
 
 

@@ -45,8 +45,8 @@ class Volume:
 
 
 def sanitise(text: str, max_len: int = 64) -> str:
-    """A string safe as one path component: [A-Za-z0-9._-], no leading dots, bounded length."""
-    cleaned = _SAFE.sub("_", text).strip("._-")[:max_len]
+    """A string safe as one path component: [A-Za-z0-9._-], no leading dots, no "..", bounded length."""
+    cleaned = re.sub(r"\.{2,}", "_", _SAFE.sub("_", text)).strip("._-")[:max_len]
     return cleaned or "unnamed"
 
 

@@ -205,7 +205,8 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size: int, has_pixels: bo
     if reason:
         h.kind, h.reason, h.error_type = "non_image", reason, NonImageObjectError.reason
     elif not has_pixels:
-        h.kind, h.reason, h.error_type = "non_image", "no pixel data", NoPixelDataError.reason
+        h.kind, h.error_type = "error", NoPixelDataError.reason
+        h.reason = f"{UID(sop_class).name or 'image object'} without pixel data (no PixelData element)"
     elif int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         h.kind, h.error_type = "error", UnsupportedPixelDataError.reason
         h.reason = f"colour image ({ds.get('SamplesPerPixel')} samples per pixel) is not supported"

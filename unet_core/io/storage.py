@@ -11,6 +11,7 @@ throttling, 5xx) are retried with exponential backoff; missing and forbidden obj
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -224,6 +225,22 @@ def list_files(prefix: str) -> list[FileEntry]:
     if not entries and info.type == pafs.FileType.NotFound:
         raise StorageError(f"{prefix}: no such object or prefix", uri=prefix)
     return sorted(entries, key=lambda e: e.uri)
+
+
+def sweep_temporaries(prefix: str) -> int:
+    """Remove `.tmp-*` files that a killed writer left below a local prefix (object stores never
+    show an unfinished upload, so there is nothing to sweep there). Returns how many went."""
+    fs, path = resolve(prefix)
+    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(path):
+        return 0
+    swept = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    swept += 1
+    return swept
 
 
 def delete_tree(uri: str) -> None:

@@ -202,7 +202,11 @@ def finish_and_write(row: dict, cfg: dict) -> dict:
             record.update(status="error", error=f"{row['source']}: {type(exc).__name__}: {exc}", error_type="internal")
     record["write_seconds"] = time.perf_counter() - t
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    write_record(out_uri, record)
+    try:
+        write_record(out_uri, record)
+    except InputError as exc:  # the output store failed past its retries: not complete, redo next run
+        record.update(status="error", error=f"{row['source']}: the result could not be recorded: {exc}",
+                      error_type=exc.reason, mask_uri="", slices_uri="", qc_uri="")
     return record
 
 
@@ -324,7 +328,7 @@ def _main(argv: list[str]) -> int:
     pipeline_seconds = t_pipeline.seconds
 
     # 4. The per-volume table: every recorded volume, plus the objects that formed no volume.
-    table = consolidate(out, refused, cfg)
+    table = consolidate(out, refused, cfg, [r for r in records if "could not be recorded" in (r["error"] or "")])
     failed = [r for r in table if r["status"] == "error"]
     ok = [r for r in table if r["status"] == "ok"]
     summary = {"volumes_ok": len(ok), "volumes_failed": len(failed),
@@ -392,14 +396,18 @@ def _index_bytes(rows: list[dict]) -> bytes:
     return _table_bytes([{k: r.get(k) for k in keep} for r in rows], schema=None)
 
 
-def consolidate(out: str, refused: list[dict], cfg: dict) -> list[dict]:
-    """volumes.parquet: one row per recorded volume (latest record wins) plus refused objects."""
+def consolidate(out: str, refused: list[dict], cfg: dict, unrecorded: list[dict] = ()) -> list[dict]:
+    """volumes.parquet: one row per recorded volume (latest record wins), this run's volumes whose
+    record could not be written, and the refused objects."""
     import pyarrow.parquet as pq
 
     rows = {}
     for status in ("error", "ok"):  # ok last: it wins over an older error record of the same volume
         for vid, uri in _recorded(out, status).items():
             rows[vid] = pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()[0]
+    for r in unrecorded:
+        if rows.get(r["volume_id"], {}).get("status") != "ok":
+            rows[r["volume_id"]] = r
     defaults = {n: (0 if t.startswith("int") else None if t.startswith("float") else "") for n, t in RECORD_SCHEMA_FIELDS}
     for r in refused:
         rows.setdefault(r["volume_id"], {**defaults, **r, "model": cfg["model_name"], "model_identity": cfg["model_identity"],

@@ -11,8 +11,10 @@ import threading
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, fail_ratio: float = 0.0, seed: int = 0):
+    def __init__(self, target_port: int, fail_ratio: float = 0.0, seed: int = 0, poison: bytes | None = None):
         self.target_port = target_port
+        self.poison = poison  # a request whose bytes contain this is cut off, every time
+        self.poisoned = 0
         self.fail_ratio = fail_ratio
         self.down = False
         self.failed = 0
@@ -64,9 +66,13 @@ class FaultProxy:
             client.close()
             return
 
-        def pipe(src, dst):
+        def pipe(src, dst, inspect=False):
             try:
                 while data := src.recv(65536):
+                    if inspect and self.poison and self.poison in data.split(b"\r\n", 1)[0]:  # the request line
+                        with self._lock:
+                            self.poisoned += 1
+                        break
                     dst.sendall(data)
             except OSError:
                 pass
@@ -78,4 +84,4 @@ class FaultProxy:
                         pass
 
         threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
-        pipe(client, upstream)
+        pipe(client, upstream, inspect=True)

@@ -93,14 +93,3 @@ def test_dockerfile_starts_from_the_pinned_official_ray_gpu_image():
     assert f"ray.__version__ == '{ray_pin()}'" in text
     assert ".venv" in (CLUSTER / "Dockerfile.dockerignore").read_text().split()
 
-
-def test_commands_shown_in_cluster_readme_parse():
-    text = (CLUSTER / "README.md").read_text()
-    commands = [c.replace("\\\n", " ") for c in re.findall(r"^(unet (?:[^\n]*\\\n)*[^\n]*)", text, flags=re.M)]
-    assert len(commands) >= 5
-    for command in commands:
-        argv = shlex.split(command.split("#")[0].replace("...", "x"))
-        sub = importlib.import_module("jobs.submit").build_parser().parse_args(argv[1:])
-        job = sub.job[1:] if sub.job[:1] == ["--"] else sub.job
-        if job:
-            parse_unet_command(shlex.join(["unet", *job]))

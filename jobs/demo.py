@@ -5,7 +5,7 @@
 2. `unet prepare` -> `unet train` (2 Ray Train workers on CPU, a small U-Net) ->
    `unet segment --qc` over the archive -> `unet evaluate` against the truth;
 3. prints a table of volumes, Dice, speed and where every output went.
-Outputs go under --output (local by default; `--output s3://bucket/demo` for a real bucket).
+Outputs go under --output (local by default; `--storage s3://bucket/demo` for a real bucket).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from unet_core.io import storage
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unet demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="demo-output", help="where everything goes (local path or s3://)")
+    p.add_argument("--output", "--storage", dest="output", default="demo-output",
+                   help="where everything goes: a local folder, or s3://bucket/prefix for a real bucket")
     p.add_argument("--cases", type=int, default=12, help="labelled training cases")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--workers", type=int, default=2)

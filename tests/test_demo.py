@@ -1,4 +1,5 @@
-"""`unet demo` in a reduced form (fewer cases and epochs): every output is present and complete."""
+"""`unet demo` in a reduced form (fewer cases and epochs) into a bucket on the S3 test server:
+every output is present and complete. (`make demo` runs the full form into a local folder.)"""
 from __future__ import annotations
 
 import io
@@ -10,9 +11,9 @@ from jobs import demo
 from unet_core.io import storage
 
 
-def test_reduced_demo_writes_everything(tmp_path, ray_local, capsys):
-    out = str(tmp_path / "demo")
-    assert demo.main(["--output", out, "--cases", "6", "--epochs", "6"]) == 0
+def test_reduced_demo_writes_everything(work_bucket, ray_local, capsys):
+    out = f"s3://{work_bucket}/demo"
+    assert demo.main(["--storage", out, "--cases", "6", "--epochs", "6"]) == 0
     printed = capsys.readouterr().out
     assert "mean Dice" in printed and "[5/5] unet evaluate" in printed
     files = {e.uri[len(out) + 1:] for e in storage.list_files(out)}

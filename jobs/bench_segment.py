@@ -151,7 +151,9 @@ def bench_segment(args, work: str) -> dict:
     _write_archive(large, 4 * series, rows, slices)
     bundle = os.path.join(work, "bundle")
     _bundle(bundle, size, filters)
-    init_ray(args.address, args.num_cpus)
+    from jobs.segment import local_cpus
+
+    init_ray(args.address, args.num_cpus or local_cpus(1, 0))
 
     e2e = _end_to_end(small, bundle, os.path.join(work, "out"), concurrency=1)
     e2e_large = _end_to_end(large, bundle, os.path.join(work, "out4x"), concurrency=1)

@@ -1,8 +1,10 @@
 """`unet segment`: bulk segmentation of DICOM / NIfTI archives with Ray Data.
 
+    predictor actors start loading (one model per actor; --concurrency, --num-gpus) ->
     scan (CPU tasks: headers only, zip members too) -> group into volumes (driver) ->
-    decode + preprocess (CPU tasks) -> predict (actor pool, model loaded once per actor) ->
-    threshold, optional largest component / hole filling, back to the source grid, write (CPU tasks)
+    per volume, one CPU task: decode + preprocess -> predict on a predictor actor (only the model
+    input and the probabilities travel) -> threshold, optional largest component / hole filling,
+    back to the source grid -> write
 
 Each row of the pipeline is one volume, so memory is bounded by Ray Data's backpressure whatever
 the archive size. Outputs under --output:
@@ -27,7 +29,7 @@ import time
 from jobs.common import (Timer, add_limit_args, add_ray_args, init_ray, limits_from, log, parse_with_config,
                          run_main, setup_logging)
 from unet_core.config import to_dict
-from unet_core.errors import InputError
+from unet_core.errors import InputError, JobError
 from unet_core.io import storage
 from unet_core.volume import short_hash
 
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="slices per model call")
     p.add_argument("--concurrency", type=int, default=1, help="predictor actors")
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs per predictor actor")
-    p.add_argument("--decode-concurrency", type=int, default=None, help="at most this many decode tasks at once")
+    p.add_argument("--decode-concurrency", type=int, default=None,
+                   help="at most this many volumes in flight (decoding, waiting for a predictor, writing)")
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_float16", "mixed_bfloat16"])
     p.add_argument("--xla", action="store_true")
     p.add_argument("--threshold", type=float, default=None, help="override the bundle's threshold")
@@ -144,23 +147,52 @@ def decode_volume(item: dict, cfg: dict) -> dict:
     return out
 
 
-class PredictActor:
-    """The predictor pool's actor: one model per actor, loaded once."""
+class PredictorServer:
+    """A predictor actor: one model per actor, loaded and traced once. The pool is started before
+    the archive is scanned, so loading TensorFlow and the model overlaps the scan."""
 
     def __init__(self, bundle_uri: str, batch_size: int, precision: str, xla: bool):
         from unet_core.inference import SlicePredictor
 
         self.predictor = SlicePredictor(bundle_uri, batch_size, precision, xla)
+        self.predictor.warm_up()
 
-    def __call__(self, row: dict) -> dict:
-        t = time.perf_counter()
+    def ready(self) -> bool:
+        return True
+
+    def predict(self, x) -> tuple:
         before = self.predictor.model_seconds
-        out = dict(row)
-        x = out.pop("x")
-        out["prob"] = self.predictor.predict(x) if x is not None and len(x) else None
-        out["predict_seconds"] = time.perf_counter() - t
-        out["model_seconds"] = self.predictor.model_seconds - before
-        return out
+        prob = self.predictor.predict(x)
+        return prob, self.predictor.model_seconds - before
+
+
+def local_cpus(concurrency: int, num_gpus: float) -> int:
+    """Logical CPUs of a local Ray instance: the machine's cores for decoding and writing, plus one
+    per CPU predictor actor (whose reservation would otherwise starve the CPU tasks)."""
+    import os
+
+    return (os.cpu_count() or 1) + (0 if num_gpus else concurrency)
+
+
+def segment_volume(item: dict, cfg: dict, servers: list) -> dict:
+    """One volume through the pipeline in a CPU task: decode and preprocess here, predict on the
+    volume's predictor actor (only the model input and the probabilities travel), then threshold,
+    post-process and write here. The decoded voxels never leave this worker."""
+    import ray
+
+    row = decode_volume(item, cfg)
+    row["prob"], row["predict_seconds"], row["model_seconds"] = None, 0.0, 0.0
+    x = row.pop("x", None)
+    if row["status"] == "ok" and x is not None and len(x):
+        t = time.perf_counter()
+        server = servers[int(short_hash(item["volume_id"]), 16) % len(servers)]
+        try:
+            row["prob"], row["model_seconds"] = ray.get(server.predict.remote(x))
+        except ray.exceptions.RayError as exc:  # the model failed on this input, or its actor for good
+            row.update(status="error", error=f"{item['source']}: prediction failed: {str(exc).splitlines()[-1]}",
+                       error_type="internal")
+        row["predict_seconds"] = time.perf_counter() - t
+    return finish_and_write(row, cfg)
 
 
 def finish_and_write(row: dict, cfg: dict) -> dict:
@@ -282,7 +314,7 @@ def _main(argv: list[str]) -> int:
     entries = [e for e in entries if not e.uri.startswith(out + "/")]
     if not entries:
         raise InputError(f"no objects under {args.input}")
-    init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus or local_cpus(args.concurrency, args.num_gpus))
     import ray
 
     limits = limits_from(args)
@@ -292,11 +324,20 @@ def _main(argv: list[str]) -> int:
            "modality": "CT" if info.preprocess.modality == "CT" else None}
     timer = Timer()
 
+    # The predictor actors load while the archive is scanned. Restarted if their process dies
+    # (a call in flight is retried on the new actor).
+    server_cls = ray.remote(PredictorServer).options(num_gpus=args.num_gpus, num_cpus=0 if args.num_gpus else 1,
+                                                     max_restarts=-1, max_task_retries=-1)
+    servers = [server_cls.remote(args.model, args.batch_size, args.precision, args.xla)
+               for _ in range(args.concurrency)]
+
     # 1. Distributed header scan.
     log.info("scanning %d objects under %s", len(entries), ", ".join(args.input))
     scan = ray.data.from_items([{"uri": e.uri, "size": e.size} for e in entries],
                                override_num_blocks=min(len(entries), 200))
-    headers = scan.map_batches(scan_batch, fn_kwargs={"cfg": cfg}, batch_size=64).take_all()
+    # Leave the predictors' CPUs free so that they load during the scan instead of after it.
+    scan_slots = max(1, int(ray.cluster_resources().get("CPU", 1)) - (0 if args.num_gpus else args.concurrency))
+    headers = scan.map_batches(scan_batch, fn_kwargs={"cfg": cfg}, batch_size=64, concurrency=scan_slots).take_all()
     volumes, index_rows, refused = plan_volumes(headers)
     storage.write_bytes(storage.join(out, "series_index.parquet"), _index_bytes(index_rows))
     scan_seconds = timer.seconds
@@ -310,16 +351,14 @@ def _main(argv: list[str]) -> int:
     # 3. Decode -> predict -> finish and write, streaming.
     n_slices, t_pipeline, records = 0, Timer(), []
     if todo:
+        try:  # a bundle that cannot serve fails the job here, not each volume
+            ray.get([s.ready.remote() for s in servers])
+        except ray.exceptions.RayError as exc:
+            raise JobError(f"{args.model}: the model cannot be loaded on a predictor: "
+                           f"{str(exc).strip().splitlines()[-1]}") from None
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        # ray_remote_args_fn keeps Ray Data from fusing decoding into the predictor actors: decode
-        # tasks then overlap with prediction instead of running inside the actor's loop.
-        ds = ds.map(decode_volume, fn_kwargs={"cfg": cfg}, concurrency=args.decode_concurrency,
-                    ray_remote_args_fn=lambda: {"num_cpus": 1})
-        ds = ds.map(PredictActor, concurrency=args.concurrency, num_gpus=args.num_gpus,
-                    num_cpus=0 if args.num_gpus else 1,
-                    fn_constructor_kwargs={"bundle_uri": args.model, "batch_size": args.batch_size,
-                                           "precision": args.precision, "xla": args.xla})
-        ds = ds.map(finish_and_write, fn_kwargs={"cfg": cfg}, num_cpus=1)
+        ds = ds.map(segment_volume, fn_kwargs={"cfg": cfg, "servers": servers}, num_cpus=1,
+                    concurrency=args.decode_concurrency)
         for record in ds.iter_rows():
             records.append(record)
             n_slices += int(record["n_slices"] or 0)

@@ -154,7 +154,7 @@ def test_segment_survives_a_killed_predictor_worker(archive, bundle, reference, 
     out = str(tmp_path / "out")
     proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4")
     _wait_for(lambda: _done(out) >= 1, 300, "the first volume", proc)
-    (actor,) = _wait_for(lambda: _processes("PredictActor", proc.pid), 60, "the predictor actor", proc)
+    (actor,) = _wait_for(lambda: _processes("PredictorServer", proc.pid), 60, "the predictor actor", proc)
     assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
     actor.kill()
     rc, log = _finish(proc)

@@ -188,6 +188,7 @@ def test_runtime_env_ships_the_project_and_forwards_only_what_it_should(monkeypa
         "python -m jobs.cli segment --input 's3://b/with space'"
 
 
+@pytest.mark.slow
 def test_a_job_attaches_to_an_existing_cluster_with_address(head, tiny, work_bucket, tmp_path):
     """`--address HOST:PORT` runs the driver here and the work on the cluster (no Jobs API)."""
     root, bundle = tiny

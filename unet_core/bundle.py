@@ -7,7 +7,7 @@
     curves.png      training curves, when the bundle came from `unet train`
 
 `unet segment` reads preprocessing from the bundle, so training and inference cannot disagree.
-Package your own Keras model with `package_model` (or `unet bundle`).
+Package your own Keras model with `package_model`.
 """
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-
-import keras
+from typing import TYPE_CHECKING
 
 from unet_core.config import ModelConfig, PreprocessConfig, from_dict
 from unet_core.errors import ConfigError, InputError
 from unet_core.io import storage
+
+if TYPE_CHECKING:  # Keras is imported where a model is loaded or saved: reading a bundle's
+    import keras   # description (every decode task does) must not pay for TensorFlow.
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -71,7 +73,8 @@ def read_info(uri: str) -> BundleInfo:
     info_uri = storage.join(uri, INFO_FILE)
     if not storage.exists(info_uri):
         raise InputError(f"{uri}: not a model bundle (no {INFO_FILE}); train one with `unet train` or "
-                         "package a Keras model with `unet bundle`", uri=uri)
+                         "package a Keras model with unet_core.bundle.package_model (README: Bring your own "
+                         "Keras model)", uri=uri)
     return BundleInfo.from_json(storage.read_bytes(info_uri).decode(), uri)
 
 
@@ -83,6 +86,8 @@ def load_bundle(uri: str) -> tuple[keras.Model, BundleInfo]:
         with open(path, "wb") as f:
             f.write(data)
         try:
+            import keras
+
             model = keras.saving.load_model(path, compile=False)
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{uri}: {MODEL_FILE} cannot be loaded ({exc})", uri=uri) from exc

@@ -47,6 +47,13 @@ class SlicePredictor:
         self._predict = tf.function(lambda x: self.model(x, training=False), jit_compile=xla)
         self.model_seconds = 0.0
 
+    def warm_up(self) -> None:
+        """Trace the compiled function once on zeros, before the first real volume arrives."""
+        _, height, width, channels = self.model.input_shape
+        size = self.info.preprocess.input_size
+        self.predict(np.zeros((1, height or size, width or size, channels), np.float32))
+        self.model_seconds = 0.0
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 

@@ -236,9 +236,10 @@ def finish_and_write(row: dict, cfg: dict) -> dict:
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         write_record(out_uri, record)
+        record["recorded"] = True
     except InputError as exc:  # the output store failed past its retries: not complete, redo next run
         record.update(status="error", error=f"{row['source']}: the result could not be recorded: {exc}",
-                      error_type=exc.reason, mask_uri="", slices_uri="", qc_uri="")
+                      error_type=exc.reason, mask_uri="", slices_uri="", qc_uri="", recorded=False)
     return record
 
 
@@ -367,7 +368,7 @@ def _main(argv: list[str]) -> int:
     pipeline_seconds = t_pipeline.seconds
 
     # 4. The per-volume table: every recorded volume, plus the objects that formed no volume.
-    table = consolidate(out, refused, cfg, [r for r in records if "could not be recorded" in (r["error"] or "")])
+    table = consolidate(out, refused, cfg, [r for r in records if not r["recorded"]])
     failed = [r for r in table if r["status"] == "error"]
     ok = [r for r in table if r["status"] == "ok"]
     summary = {"volumes_ok": len(ok), "volumes_failed": len(failed),

@@ -175,3 +175,20 @@ def test_the_phi_search_finds_identifiers_when_they_are_kept(tmp_path, s3_server
     texts = _phi_run(tmp_path, s3_server, work_bucket, trained_bundle, "kept", keep_phi=True)
     assert _found(texts, PATIENT_ID) and _found(texts, BIRTH_DATE)
     assert not _found(texts, SECRET_KEY) and not _found(texts, RAY_TOKEN)
+
+
+def test_a_record_that_cannot_be_written_is_an_error_row_not_a_crash(tmp_path):
+    """The output store refuses the completion record: that volume is an error of this run's table
+    (not recorded complete, so the next run redoes it), and the job goes on."""
+    blocked = tmp_path / "out"
+    blocked.mkdir()
+    (blocked / "volumes").write_bytes(b"a file where the records folder should be")
+    cfg = {"output": str(blocked), "model_name": "m", "model_identity": "0" * 16}
+    row = {"volume_id": "dcm-0123", "source": "s3://archive/series/", "format": "dicom", "series_uid": "1.2",
+           "status": "error", "error": "s3://archive/series/: truncated", "error_type": "truncated"}
+    record = segment.finish_and_write(row, cfg)
+    assert record["recorded"] is False and record["status"] == "error" and record["error_type"] == "storage"
+    assert "could not be recorded" in record["error"] and "volumes/error/dcm-0123.parquet" in record["error"]
+    blocked.joinpath("volumes").unlink()
+    (r,) = segment.consolidate(str(blocked), [], cfg, [record])
+    assert r["volume_id"] == "dcm-0123" and r["status"] == "error"

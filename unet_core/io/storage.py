@@ -173,15 +173,20 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        except OSError as exc:  # a file where a folder should be, no permission, disk full, ...
+            raise _classify(exc, uri, "write") from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise _classify(exc, uri, "write") from exc
             raise
         return
 

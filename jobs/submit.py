@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.common import FORWARDED_STORAGE_ENV, forwarded_storage_env, log, run_main, setup_logging
@@ -112,8 +113,31 @@ TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token (or RAY_AUTH_TOKEN_PATH
               "~/.ray/auth_token); on KubeRay it is in the cluster's Secret, see cluster/README.md")
 
 
-def connect(address: str):
-    """A JobSubmissionClient, or a JobError that says what is wrong and what to do."""
+@dataclass
+class Cluster:
+    """A Jobs API client and what is needed to explain its failures."""
+
+    client: object
+    address: str
+    token_source: str | None  # where the token came from; None when none was sent
+
+    def call(self, fn, *a, **kw):
+        """One Jobs API call with the same clear errors as `connect`."""
+        import requests
+        from ray.exceptions import AuthenticationError
+
+        try:
+            return fn(*a, **kw)
+        except AuthenticationError as exc:
+            raise auth_error(self.address, exc, self.token_source) from None
+        except (ConnectionError, requests.exceptions.RequestException) as exc:
+            raise JobError(f"lost the Ray Jobs API at {self.address}: {first_line(exc)}") from None
+        except RuntimeError as exc:  # the SDK's way of saying "HTTP error" (e.g. no such job)
+            raise JobError(f"{self.address}: {first_line(exc)}") from None
+
+
+def connect(address: str) -> Cluster:
+    """A client of the cluster's Jobs API, or a JobError that says what is wrong and what to do."""
     import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
@@ -121,7 +145,7 @@ def connect(address: str):
     token, source = read_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address, headers=headers)
+        return Cluster(JobSubmissionClient(address, headers=headers), address, source if token else None)
     except AuthenticationError as exc:
         raise auth_error(address, exc, source if token else None) from None
     except (ConnectionError, requests.exceptions.RequestException) as exc:
@@ -141,21 +165,6 @@ def auth_error(address: str, exc: Exception, source: str | None) -> JobError:
 def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
-
-
-def call(address: str, token_used: bool, fn, *a, **kw):
-    """One Jobs API call with the same clear errors as `connect`."""
-    import requests
-    from ray.exceptions import AuthenticationError
-
-    try:
-        return fn(*a, **kw)
-    except AuthenticationError as exc:
-        raise auth_error(address, exc, "the token in use" if token_used else None) from None
-    except (ConnectionError, requests.exceptions.RequestException) as exc:
-        raise JobError(f"lost the Ray Jobs API at {address}: {first_line(exc)}") from None
-    except RuntimeError as exc:  # the SDK's way of saying "HTTP error" (e.g. no such job)
-        raise JobError(f"{address}: {first_line(exc)}") from None
 
 
 # ---- what is submitted ---------------------------------------------------------------------------
@@ -247,18 +256,16 @@ def stream_logs(client, job_id: str) -> bool:
         return False
 
 
-def wait_for(client, address: str, job_id: str, timeout: float | None, token_used: bool) -> int:
+def wait_for(cluster: Cluster, job_id: str, timeout: float | None) -> int:
+    client = cluster.client
     deadline = None if timeout is None else time.monotonic() + timeout
     streamed = timeout is None and stream_logs(client, job_id)
-    printed = 0
     while True:
-        status = str(call(address, token_used, client.get_job_status, job_id).value)
+        status = str(cluster.call(client.get_job_status, job_id).value)
         if not streamed and status in TERMINAL:
-            logs = call(address, token_used, client.get_job_logs, job_id)
-            sys.stdout.write(logs[printed:])
-            printed = len(logs)
+            sys.stdout.write(cluster.call(client.get_job_logs, job_id))
         if status in TERMINAL:
-            return outcome(call(address, token_used, client.get_job_info, job_id))
+            return outcome(cluster.call(client.get_job_info, job_id))
         if deadline is not None and time.monotonic() > deadline:
             log.error("job %s still %s after %.0f s; it keeps running. Follow it with "
                       "`unet submit --status %s`, stop it with `unet submit --stop %s`", job_id, status, timeout,
@@ -293,25 +300,25 @@ def run(argv: list[str]) -> int:
         check_job_args(job_argv)
     elif job_argv:
         raise JobError("--status / --logs / --stop take a submission ID and no job")
-    client = connect(address)
-    token_used = bool(client._headers.get("Authorization"))
+    cluster = connect(address)
+    client = cluster.client
     if args.status:
-        info = call(address, token_used, client.get_job_info, args.status)
+        info = cluster.call(client.get_job_info, args.status)
         print(f"{info.submission_id}: {info.status.value}  entrypoint: {info.entrypoint}")
         if info.message:
             print(info.message.splitlines()[0])
         return outcome(info) if str(info.status.value) in TERMINAL else 0
     if args.logs:
-        sys.stdout.write(call(address, token_used, client.get_job_logs, args.logs))
+        sys.stdout.write(cluster.call(client.get_job_logs, args.logs))
         return 0
     if args.stop:
-        stopped = call(address, token_used, client.stop_job, args.stop)
+        stopped = cluster.call(client.stop_job, args.stop)
         log.info("job %s: %s", args.stop, "stop requested" if stopped else "already finished")
         return 0
     renv = runtime_env(args)
     log.info("submitting to %s: %s (code: %s; env: %s)", address, entrypoint(job_argv),
              renv.get("working_dir") or ", ".join(renv.get("py_modules", [])), ", ".join(sorted(renv["env_vars"])))
-    job_id = call(address, token_used, client.submit_job, entrypoint=entrypoint(job_argv), runtime_env=renv,
+    job_id = cluster.call(client.submit_job, entrypoint=entrypoint(job_argv), runtime_env=renv,
                   submission_id=args.submission_id, metadata={"unet_job": job_argv[0]},
                   entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus,
                   entrypoint_memory=args.entrypoint_memory)
@@ -322,7 +329,7 @@ def run(argv: list[str]) -> int:
                  "`unet submit --stop %s`", job_id, job_id, job_id)
         return 0
     try:
-        return wait_for(client, address, job_id, args.timeout, token_used)
+        return wait_for(cluster, job_id, args.timeout)
     except KeyboardInterrupt:
         log.error("stopped following job %s; it keeps running on the cluster (`unet submit --stop %s` stops it)",
                   job_id, job_id)

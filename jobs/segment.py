@@ -1,7 +1,7 @@
 """`unet segment`: bulk segmentation of DICOM / NIfTI archives with Ray Data.
 
-    predictor actors start loading (one model per actor; --concurrency, --num-gpus) ->
-    scan (CPU tasks: headers only, zip members too) -> group into volumes (driver) ->
+    predictor actors start loading (one model per actor; --concurrency, --num-gpus) while the
+    inputs are listed and scanned (CPU tasks: headers only, zip members too) -> group into volumes ->
     per volume, one CPU task: decode + preprocess -> predict on a predictor actor (only the model
     input and the probabilities travel) -> threshold, optional largest component / hole filling,
     back to the source grid -> write
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="predictor actors")
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs per predictor actor")
     p.add_argument("--decode-concurrency", type=int, default=None,
-                   help="at most this many volumes in flight (decoding, waiting for a predictor, writing)")
+                   help="at most this many volumes in flight (decoding, waiting for a predictor, writing); "
+                        "default: the local instance's CPUs not held by predictors; on a cluster, no cap")
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_float16", "mixed_bfloat16"])
     p.add_argument("--xla", action="store_true")
     p.add_argument("--threshold", type=float, default=None, help="override the bundle's threshold")
@@ -164,6 +165,28 @@ class PredictorServer:
         before = self.predictor.model_seconds
         prob = self.predictor.predict(x)
         return prob, self.predictor.model_seconds - before
+
+
+SCAN_OBJECTS_PER_BLOCK, MAX_SCAN_BLOCKS = 256, 4000
+
+
+def scan_blocks(n_objects: int, slots: int) -> int:
+    """Blocks of the header scan: every scan slot busy twice over, else blocks of about 256 objects.
+    A header costs about a millisecond and a scan task some 10-25 ms of scheduling and start-up, so
+    blocks of a few objects would spend more time on tasks than on headers."""
+    return max(1, min(n_objects, MAX_SCAN_BLOCKS, max(2 * slots, -(-n_objects // SCAN_OBJECTS_PER_BLOCK))))
+
+
+def volume_slots(args, task_slots: int, n_volumes: int) -> int | None:
+    """Volumes in flight. On the local instance, its CPUs not held by predictors: a volume task
+    waiting on its predictor releases its CPU, and Ray would start (and later reap) one more worker
+    process per waiting task, on the same cores. On a cluster, no cap unless asked for, so that an
+    autoscaler can add CPU nodes for decoding."""
+    import os
+
+    if args.decode_concurrency:
+        return min(args.decode_concurrency, n_volumes)
+    return None if (args.address or os.environ.get("RAY_ADDRESS")) else min(task_slots, n_volumes)
 
 
 def local_cpus(concurrency: int, num_gpus: float) -> int:
@@ -304,6 +327,17 @@ def _main(argv: list[str]) -> int:
     info = read_info(args.model)
     threshold = args.threshold if args.threshold is not None else info.threshold
     out = args.output.rstrip("/")
+    init_ray(args.address, args.num_cpus or local_cpus(args.concurrency, args.num_gpus))
+    import ray
+
+    timer = Timer()
+    # The predictor actors load while the inputs are listed and scanned. Restarted if their
+    # process dies (a call in flight is retried on the new actor).
+    server_cls = ray.remote(PredictorServer).options(num_gpus=args.num_gpus, num_cpus=0 if args.num_gpus else 1,
+                                                     max_restarts=-1, max_task_retries=-1)
+    servers = [server_cls.remote(args.model, args.batch_size, args.precision, args.xla)
+               for _ in range(args.concurrency)]
+
     if swept := storage.sweep_temporaries(out):
         log.info("removed %d unfinished temporary files of an interrupted run under %s", swept, out)
     if args.overwrite:
@@ -315,30 +349,21 @@ def _main(argv: list[str]) -> int:
     entries = [e for e in entries if not e.uri.startswith(out + "/")]
     if not entries:
         raise InputError(f"no objects under {args.input}")
-    init_ray(args.address, args.num_cpus or local_cpus(args.concurrency, args.num_gpus))
-    import ray
-
     limits = limits_from(args)
     cfg = {"limits": to_dict(limits), "bundle_info": info.to_json(), "keep_phi": args.keep_phi, "output": out,
            "threshold": threshold, "post": {"largest_component": args.largest_component, "fill_holes": args.fill_holes},
            "qc": args.qc, "model_name": info.name, "model_identity": bundle_identity(args.model),
            "modality": "CT" if info.preprocess.modality == "CT" else None}
-    timer = Timer()
-
-    # The predictor actors load while the archive is scanned. Restarted if their process dies
-    # (a call in flight is retried on the new actor).
-    server_cls = ray.remote(PredictorServer).options(num_gpus=args.num_gpus, num_cpus=0 if args.num_gpus else 1,
-                                                     max_restarts=-1, max_task_retries=-1)
-    servers = [server_cls.remote(args.model, args.batch_size, args.precision, args.xla)
-               for _ in range(args.concurrency)]
 
     # 1. Distributed header scan.
     log.info("scanning %d objects under %s", len(entries), ", ".join(args.input))
-    scan = ray.data.from_items([{"uri": e.uri, "size": e.size} for e in entries],
-                               override_num_blocks=min(len(entries), 200))
-    # Leave the predictors' CPUs free so that they load during the scan instead of after it.
-    scan_slots = max(1, int(ray.cluster_resources().get("CPU", 1)) - (0 if args.num_gpus else args.concurrency))
-    headers = scan.map_batches(scan_batch, fn_kwargs={"cfg": cfg}, batch_size=64, concurrency=scan_slots).take_all()
+    # CPU slots not held by predictors: scan tasks use only those, so the predictors load during
+    # the scan instead of after it.
+    task_slots = max(1, int(ray.cluster_resources().get("CPU", 1)) - (0 if args.num_gpus else args.concurrency))
+    n_blocks = scan_blocks(len(entries), task_slots)
+    scan = ray.data.from_items([{"uri": e.uri, "size": e.size} for e in entries], override_num_blocks=n_blocks)
+    headers = scan.map_batches(scan_batch, fn_kwargs={"cfg": cfg}, batch_size=64,
+                               compute=ray.data.TaskPoolStrategy(size=min(task_slots, n_blocks))).take_all()
     volumes, index_rows, refused = plan_volumes(headers)
     storage.write_bytes(storage.join(out, "series_index.parquet"), _index_bytes(index_rows))
     scan_seconds = timer.seconds
@@ -350,21 +375,26 @@ def _main(argv: list[str]) -> int:
              len(volumes), len(volumes) - len(todo), len(todo), len(refused))
 
     # 3. Decode -> predict -> finish and write, streaming.
-    n_slices, t_pipeline, records = 0, Timer(), []
-    if todo:
-        try:  # a bundle that cannot serve fails the job here, not each volume
-            ray.get([s.ready.remote() for s in servers])
-        except ray.exceptions.RayError as exc:
-            raise JobError(f"{args.model}: the model cannot be loaded on a predictor: "
-                           f"{str(exc).strip().splitlines()[-1]}") from None
-        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds = ds.map(segment_volume, fn_kwargs={"cfg": cfg, "servers": servers}, num_cpus=1,
-                    concurrency=args.decode_concurrency)
-        for record in ds.iter_rows():
-            records.append(record)
-            n_slices += int(record["n_slices"] or 0)
-            if len(records) % 10 == 0 or len(records) == len(todo):
-                log.info("volumes done: %d/%d", len(records), len(todo))
+    n_slices, t_pipeline, records, predictor_wait = 0, Timer(), [], 0.0
+    try:
+        if todo:
+            try:  # a bundle that cannot serve fails the job here, not each volume
+                ray.get([s.ready.remote() for s in servers])
+            except ray.exceptions.RayError as exc:
+                raise JobError(f"{args.model}: the model cannot be loaded on a predictor: "
+                               f"{str(exc).strip().splitlines()[-1]}") from None
+            predictor_wait = t_pipeline.seconds  # start-up the scan did not hide
+            ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+            ds = ds.map(segment_volume, fn_kwargs={"cfg": cfg, "servers": servers}, num_cpus=1,
+                        compute=ray.data.TaskPoolStrategy(size=volume_slots(args, task_slots, len(todo))))
+            for record in ds.iter_rows():
+                records.append(record)
+                n_slices += int(record["n_slices"] or 0)
+                if len(records) % 10 == 0 or len(records) == len(todo):
+                    log.info("volumes done: %d/%d", len(records), len(todo))
+    finally:  # the predictors go now, not whenever their handles are collected
+        for server in servers:
+            ray.kill(server)
     pipeline_seconds = t_pipeline.seconds
 
     # 4. The per-volume table: every recorded volume, plus the objects that formed no volume.
@@ -374,8 +404,8 @@ def _main(argv: list[str]) -> int:
     summary = {"volumes_ok": len(ok), "volumes_failed": len(failed),
                "objects_skipped": sum(r["status"] == "skipped" for r in table), "segmented_now": len(records),
                "slices_now": n_slices, "slices_per_second": n_slices / max(pipeline_seconds, 1e-9),
-               "scan_seconds": scan_seconds, "pipeline_seconds": pipeline_seconds, "total_seconds": timer.seconds,
-               "model": info.name, "output": out}
+               "scan_seconds": scan_seconds, "predictor_wait_seconds": predictor_wait,
+               "pipeline_seconds": pipeline_seconds, "total_seconds": timer.seconds, "model": info.name, "output": out}
     storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
     print(f"segmented {len(records)} volumes ({n_slices} slices, {summary['slices_per_second']:.1f} slices/s) in "
           f"{timer.seconds:.0f}s; {len(ok)} ok, {len(failed)} failed, {summary['objects_skipped']} objects skipped -> {out}")

@@ -16,6 +16,7 @@ from unet_core.io import read_volume, storage
 from unet_core.io.mask_codec import decode_mask
 from unet_core.synthetic import write_demo_archive
 
+
 @pytest.fixture(scope="module")
 def archive(work_bucket):
     """(archive prefix, truth prefix, good volume count): see `write_demo_archive`."""
@@ -140,3 +141,22 @@ def test_multiclass_bundle_gives_label_maps(tmp_path, ray_local):
     slices = pq.read_table(row["slices_uri"]).to_pylist()
     assert "uint8" in {s["mask_encoding"] for s in slices}
     np.testing.assert_array_equal(np.stack([decode_mask(s) for s in slices], axis=-1), mask)
+
+
+def test_scan_blocks_and_volume_slots(monkeypatch):
+    """Scan blocks keep every slot busy without tasks of a few objects; volumes in flight are
+    capped by the local instance's free CPUs, and not at all on a cluster (the autoscaler decides)."""
+    assert segment.scan_blocks(1, 2) == 1
+    assert segment.scan_blocks(384, 2) == 4  # slots busy twice over
+    assert segment.scan_blocks(1536, 2) == 6  # blocks of 256
+    assert segment.scan_blocks(10_000_000, 8) == segment.MAX_SCAN_BLOCKS
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = segment.build_parser().parse_args(["--input", "x", "--model", "m", "--output", "o"])
+    assert segment.volume_slots(args, 2, 100) == 2 and segment.volume_slots(args, 2, 1) == 1
+    args.address = "auto"
+    assert segment.volume_slots(args, 2, 100) is None
+    args.decode_concurrency = 5
+    assert segment.volume_slots(args, 2, 100) == 5
+    args.address = None
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    assert segment.volume_slots(segment.build_parser().parse_args(["--input", "x", "--model", "m", "--output", "o"]), 2, 100) is None

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-epochs", type=int, default=4)
     t.add_argument("--train-batch", type=int, default=8)
     s = p.add_argument_group("segment")
-    s.add_argument("--seg-series", type=int, default=8, help="CT series of 256x256 slices in the archive (x4 for the large one)")
+    s.add_argument("--seg-series", type=int, default=32, help="CT series of 256x256 slices in the archive (x4 for the large one)")
     s.add_argument("--seg-slices", type=int, default=48)
     s.add_argument("--seg-size", type=int, default=128, help="model input size")
     s.add_argument("--seg-filters", type=int, default=16)

@@ -32,6 +32,19 @@ def first_run(archive, trained_bundle, work_bucket):
     return out, rc
 
 
+def _no_predictor_process_within(seconds: float) -> bool:
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any("PredictorServer" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def _table(out):
     return pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/volumes.parquet"))).to_pylist()
 
@@ -105,6 +118,9 @@ def test_rerun_skips_and_overwrite_redoes(archive, first_run, trained_bundle):
     summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
     assert summary["volumes_ok"] == n_good
     assert summary["segmented_now"] == len(failed_volumes)  # only failed volumes are retried
+    assert 0 <= summary["predictor_wait_seconds"] <= summary["pipeline_seconds"]
+    assert summary["scan_seconds"] + summary["pipeline_seconds"] <= summary["total_seconds"]
+    assert _no_predictor_process_within(10.0)  # the job's predictors went with it
     rows = _table(out)
     assert len({r["volume_id"] for r in rows}) == len(rows)  # nothing duplicated
     assert {r["volume_id"]: r["finished"] for r in rows if r["status"] == "ok"} == before

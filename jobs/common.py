@@ -55,6 +55,11 @@ def forwarded_storage_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_STORAGE_ENV if os.environ.get(k)}
 
 
+def cluster_address(address: str | None = None) -> str | None:
+    """The cluster a job attaches to: --address, else RAY_ADDRESS; None means a local instance."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to a cluster when an address is given (or RAY_ADDRESS is set); otherwise start a
     single-node Ray in this process (DESIGN fact 4: this is what "local mode" means)."""
@@ -62,7 +67,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster_address(address)
     if address:
         # A job submitted through the Jobs API already has its runtime env (working dir, the
         # variables `unet submit` forwarded) and Ray refuses a driver that sets them again. A

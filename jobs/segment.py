@@ -26,8 +26,8 @@ import json
 import sys
 import time
 
-from jobs.common import (Timer, add_limit_args, add_ray_args, init_ray, limits_from, log, parse_with_config,
-                         run_main, setup_logging)
+from jobs.common import (Timer, add_limit_args, add_ray_args, cluster_address, init_ray, limits_from, log,
+                         parse_with_config, run_main, setup_logging)
 from unet_core.config import to_dict
 from unet_core.errors import InputError, JobError
 from unet_core.io import storage
@@ -182,11 +182,9 @@ def volume_slots(args, task_slots: int, n_volumes: int) -> int | None:
     waiting on its predictor releases its CPU, and Ray would start (and later reap) one more worker
     process per waiting task, on the same cores. On a cluster, no cap unless asked for, so that an
     autoscaler can add CPU nodes for decoding."""
-    import os
-
     if args.decode_concurrency:
         return min(args.decode_concurrency, n_volumes)
-    return None if (args.address or os.environ.get("RAY_ADDRESS")) else min(task_slots, n_volumes)
+    return None if cluster_address(args.address) else min(task_slots, n_volumes)
 
 
 def local_cpus(concurrency: int, num_gpus: float) -> int:

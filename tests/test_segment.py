@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import evaluate, segment
+from jobs.bench_segment import no_predictor_left
 from unet_core.io import read_volume, storage
 from unet_core.io.mask_codec import decode_mask
 from unet_core.synthetic import write_demo_archive
@@ -30,19 +31,6 @@ def first_run(archive, trained_bundle, work_bucket):
     out = f"s3://{work_bucket}/segmented"
     rc = segment.main(["--input", root, "--model", trained_bundle, "--output", out, "--qc", "--batch-size", "8"])
     return out, rc
-
-
-def _no_predictor_process_within(seconds: float) -> bool:
-    import time
-
-    import psutil
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not any("PredictorServer" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _table(out):
@@ -120,7 +108,7 @@ def test_rerun_skips_and_overwrite_redoes(archive, first_run, trained_bundle):
     assert summary["segmented_now"] == len(failed_volumes)  # only failed volumes are retried
     assert 0 <= summary["predictor_wait_seconds"] <= summary["pipeline_seconds"]
     assert summary["scan_seconds"] + summary["pipeline_seconds"] <= summary["total_seconds"]
-    assert _no_predictor_process_within(10.0)  # the job's predictors went with it
+    assert no_predictor_left(timeout=10.0)  # the job's predictors went with it
     rows = _table(out)
     assert len({r["volume_id"] for r in rows}) == len(rows)  # nothing duplicated
     assert {r["volume_id"]: r["finished"] for r in rows if r["status"] == "ok"} == before

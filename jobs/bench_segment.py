@@ -169,21 +169,9 @@ def _naive_loop(archive: str, bundle: str, scratch: str) -> dict:
     return {"slices": n, "seconds": seconds, "slices_per_s": n / seconds}
 
 
-def no_predictor_left(timeout: float = 30.0) -> bool:
-    """Wait until no predictor process of an earlier run is left (so that a run's memory peak is its
-    own); False if one still is after `timeout` seconds."""
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any("PredictorServer" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _end_to_end(archive: str, bundle: str, out: str, concurrency: int) -> dict:
     from jobs import segment
+    from jobs.predictors import no_predictor_left
 
     no_predictor_left()
     with RayMemorySampler() as mem:

@@ -16,6 +16,7 @@ import sys
 
 from jobs.common import Timer, add_ray_args, init_ray, run_main, setup_logging
 from unet_core.io import storage
+from unet_core.segmentation.tables import read_series_index, read_volume_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,7 @@ def _main(argv: list[str]) -> int:
     print("[5/5] unet evaluate")
     evaluate.main(["--pred", j("segmented"), "--truth", demo.truth, *ray_args])
 
-    volumes = pq.read_table(io.BytesIO(storage.read_bytes(j("segmented", "volumes.parquet")))).to_pylist()
+    volumes = sorted(read_volume_table(j("segmented")), key=lambda r: (r["status"] != "ok", r["volume_id"]))
     scores = {r["volume_id"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(j("segmented", "evaluation.parquet")))).to_pylist()}
     write_pictures(j("segmented"), j("pictures"), scores)
     summary = json.loads(storage.read_bytes(j("segmented", "summary.json")))
@@ -83,7 +84,7 @@ def _main(argv: list[str]) -> int:
           f"{summary['slices_per_second']:.1f} slices/s; {summary['volumes_failed']} bad objects reported with reasons; "
           f"{timer.seconds:.0f}s in all")
     print(f"outputs: model bundle and training curves {j('model')}/ (curves.png); masks {j('segmented', 'masks')}/; "
-          f"montages with predicted (red) and true (green) outlines {j('pictures')}/; tables {j('segmented', 'volumes.parquet')}, "
+          f"montages with predicted (red) and true (green) outlines {j('pictures')}/; tables {j('segmented', 'volumes')}/, "
           f"{j('segmented', 'evaluation.parquet')}")
     return 0 if seg_rc in (0, segment.EXIT_SOME_FAILED) else seg_rc
 
@@ -91,12 +92,11 @@ def _main(argv: list[str]) -> int:
 def write_pictures(segmented: str, pictures: str, scores: dict) -> None:
     """Per volume: a montage of slices with the predicted and the true outline."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     from unet_core.inference import qc_montage_png
     from unet_core.io import read_volume
 
-    index = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(segmented, "series_index.parquet")))).to_pylist()
+    index = read_series_index(segmented)
     for vid, score in scores.items():
         if score["status"] != "ok":
             continue

@@ -1,6 +1,6 @@
 """`unet evaluate --pred OUTPUT --truth URI`: Dice, IoU and HD95 (mm) per volume.
 
-Predictions are the masks listed in OUTPUT/volumes.parquet (from `unet segment`). Each is paired
+Predictions are the masks listed in the volume table OUTPUT/volumes/ (from `unet segment`). Each is paired
 with a ground-truth NIfTI under --truth named `<volume_id>.nii.gz` or `<case_id>.nii.gz` (the
 NIfTI source's stem), or by an explicit `--pairs` CSV (volume_id,truth). The truth must lie on the
 prediction's voxel grid. Results go to OUTPUT/evaluation.parquet (or --output) and to the screen.
@@ -63,10 +63,13 @@ def _main(argv: list[str]) -> int:
 
     args = parse_with_config(build_parser(), argv)
     setup_logging(args.verbose)
-    table_uri = storage.join(args.pred, "volumes.parquet")
-    if not storage.exists(table_uri):
-        raise InputError(f"{args.pred}: no volumes.parquet; run `unet segment --output {args.pred}` first", uri=args.pred)
-    volumes = [r for r in pq.read_table(io.BytesIO(storage.read_bytes(table_uri))).to_pylist() if r["status"] == "ok"]
+    from unet_core.segmentation.tables import read_volume_table
+
+    table = read_volume_table(args.pred)
+    if not table:
+        raise InputError(f"{args.pred}: no volume table (volumes/); run `unet segment --output {args.pred}` first",
+                         uri=args.pred)
+    volumes = [r for r in table if r["status"] == "ok"]
     truth_files = {storage.basename(e.uri): e.uri for e in storage.list_files(args.truth)}
     explicit = {}
     if args.pairs:

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from jobs import demo
 from unet_core.io import storage
+from unet_core.segmentation.tables import read_volume_table
 
 
 def test_reduced_demo_writes_everything(work_bucket, ray_local, capsys):
@@ -18,9 +19,10 @@ def test_reduced_demo_writes_everything(work_bucket, ray_local, capsys):
     assert "mean Dice" in printed and "[5/5] unet evaluate" in printed
     files = {e.uri[len(out) + 1:] for e in storage.list_files(out)}
     assert {"model/bundle.json", "model/model.keras", "model/curves.png", "prepared/manifest.json",
-            "segmented/volumes.parquet", "segmented/evaluation.parquet", "segmented/series_index.parquet",
-            "segmented/summary.json"} <= files
-    volumes = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/segmented/volumes.parquet"))).to_pylist()
+            "segmented/evaluation.parquet", "segmented/layout.json", "segmented/summary.json"} <= files
+    assert any(f.startswith("segmented/volumes/part-") for f in files)
+    assert any(f.startswith("segmented/series_index/part-") for f in files)
+    volumes = read_volume_table(f"{out}/segmented")
     ok = [v for v in volumes if v["status"] == "ok"]
     assert len(ok) == 7 and all(v["error"] for v in volumes if v["status"] != "ok")
     scores = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/segmented/evaluation.parquet"))).to_pylist()

@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import SMALL_MODEL
 from unet_core.io import storage
+from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
 
 pytestmark = pytest.mark.slow
@@ -95,15 +96,15 @@ def _mask(uri: str) -> np.ndarray:
 
 def _check_complete(out: str, reference: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Every volume once in every output, nothing partial; masks equal the reference's."""
-    rows = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/volumes.parquet"))).to_pylist()
+    rows = read_volume_table(out)
     ids = [r["volume_id"] for r in rows]
     assert len(ids) == len(set(ids)) == N_SERIES + N_NIFTI, ids
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
     names = {folder: sorted(storage.basename(e.uri) for e in storage.list_files(f"{out}/{folder}"))
-             for folder in ("masks", "slices", "volumes/ok")}
+             for folder in ("masks", "slices", "records/ok")}
     assert names["masks"] == sorted(f"{i}.nii.gz" for i in ids)
     assert names["slices"] == sorted(f"{i}.parquet" for i in ids)
-    assert names["volumes/ok"] == sorted(f"{i}.parquet" for i in ids)
+    assert names["records/ok"] == sorted(f"{i}.parquet" for i in ids)
     leftovers = [p for p in Path(out).rglob("*") if p.name.startswith(".tmp-")] if not storage.is_s3(out) else []
     assert not leftovers, leftovers
     masks = {}
@@ -203,7 +204,7 @@ def test_s3_outage_is_retried_and_a_persistent_failure_is_one_volume_error(archi
         rc, log = _finish(proc)
         assert proxy.failed > 0 and proxy.poisoned > 0
     assert rc == 3, log[-4000:]  # the poisoned volume failed; every other one is written
-    rows = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/volumes.parquet"))).to_pylist()
+    rows = read_volume_table(out)
     (bad,) = [r for r in rows if r["status"] != "ok"]
     assert bad["source"].endswith("case1.nii.gz") and bad["error_type"] == "storage", bad
     ok = [r for r in rows if r["status"] == "ok"]
@@ -214,7 +215,7 @@ def test_s3_outage_is_retried_and_a_persistent_failure_is_one_volume_error(archi
 
 def _count(out: str) -> int:
     try:
-        return len(storage.list_files(f"{out}/volumes/ok"))
+        return len(storage.list_files(f"{out}/records/ok"))
     except Exception:  # noqa: BLE001 - not there yet, or the endpoint is down on purpose
         return 0
 

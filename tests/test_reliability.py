@@ -19,6 +19,7 @@ import pytest
 from jobs import segment
 from tests.badinput import SPLIT, write_bad, write_good
 from unet_core.io import storage
+from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ BOMB_BUDGET = 64 << 20
 
 
 def _rows(out: str) -> list[dict]:
-    return pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/volumes.parquet"))).to_pylist()
+    return read_volume_table(out)
 
 
 def _mask(uri: str) -> np.ndarray:
@@ -181,17 +182,27 @@ def test_the_phi_search_finds_identifiers_when_they_are_kept(tmp_path, s3_server
 
 
 def test_a_record_that_cannot_be_written_is_an_error_row_not_a_crash(tmp_path):
-    """The output store refuses the completion record: that volume is an error of this run's table
-    (not recorded complete, so the next run redoes it), and the job goes on."""
+    """The output store refuses the completion record: that volume is an error row of this run's
+    table (not recorded complete, so the next run redoes it), and the job goes on."""
+    from unet_core.segmentation.records import NOT_RECORDED, Action, Format, PlannedVolume, Status, VolumeRecord
+    from unet_core.segmentation.settings import SegmentSettings
+    from unet_core.segmentation.stages import finish_and_write
+    from unet_core.segmentation.tables import write_part
+
     blocked = tmp_path / "out"
     blocked.mkdir()
-    (blocked / "volumes").write_bytes(b"a file where the records folder should be")
-    cfg = {"output": str(blocked), "model_name": "m", "model_identity": "0" * 16}
-    row = {"volume_id": "dcm-0123", "source": "s3://archive/series/", "format": "dicom", "series_uid": "1.2",
-           "status": "error", "error": "s3://archive/series/: truncated", "error_type": "truncated"}
-    record = segment.finish_and_write(row, cfg)
-    assert record["recorded"] is False and record["status"] == "error" and record["error_type"] == "storage"
-    assert "could not be recorded" in record["error"] and "volumes/error/dcm-0123.parquet" in record["error"]
-    blocked.joinpath("volumes").unlink()
-    (r,) = segment.consolidate(str(blocked), [], cfg, [record])
-    assert r["volume_id"] == "dcm-0123" and r["status"] == "error"
+    (blocked / "records").write_bytes(b"a file where the records folder should be")
+    s = SegmentSettings(output=str(blocked), bundle_info="{}", model_name="m", model_identity="0" * 16, threshold=0.5)
+    rec = VolumeRecord(volume_id="dcm-0123", source="s3://archive/series/", format="dicom", series_uid="1.2",
+                       status=Status.ERROR, error="s3://archive/series/: truncated", error_type="truncated",
+                       fingerprint="f" * 16)
+    rec, how = finish_and_write(rec, None, None, s)
+    assert how == "unrecorded" and rec.status == Status.ERROR and rec.error_type == NOT_RECORDED
+    assert "could not be recorded" in rec.error and "records/error/dcm-0123.parquet" in rec.error
+    blocked.joinpath("records").unlink()
+    planned = PlannedVolume(volume_id="dcm-0123", bucket=0, action=Action.SEGMENT, fingerprint="f" * 16,
+                            format=Format.DICOM, source="s3://archive/series/", series_uid="1.2", members="[]", record="")
+    counts = write_part(0, [planned], s)
+    (r,) = read_volume_table(str(blocked))
+    assert r["volume_id"] == "dcm-0123" and r["status"] == "error" and r["error_type"] == NOT_RECORDED
+    assert counts.by_error_type == {NOT_RECORDED: 1} and counts.parts_written == 1

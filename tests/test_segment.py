@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import evaluate, segment
-from jobs.bench_segment import no_predictor_left
+from jobs.predictors import no_predictor_left
 from unet_core.io import read_volume, storage
 from unet_core.io.mask_codec import decode_mask
+from unet_core.segmentation.tables import read_series_index, read_volume_table
 from unet_core.synthetic import write_demo_archive
 
 
@@ -34,7 +35,7 @@ def first_run(archive, trained_bundle, work_bucket):
 
 
 def _table(out):
-    return pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/volumes.parquet"))).to_pylist()
+    return read_volume_table(out)
 
 
 def test_every_good_volume_has_a_mask_on_its_source_grid(archive, first_run):
@@ -44,7 +45,7 @@ def test_every_good_volume_has_a_mask_on_its_source_grid(archive, first_run):
     rows = _table(out)
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == n_good
-    index = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/series_index.parquet"))).to_pylist()
+    index = read_series_index(out)
     for r in ok:
         uris = [i["uri"] for i in index if i["volume_id"] == r["volume_id"]]
         source = read_volume(uris[0] if r["format"] == "nifti" else uris)
@@ -147,13 +148,9 @@ def test_multiclass_bundle_gives_label_maps(tmp_path, ray_local):
     np.testing.assert_array_equal(np.stack([decode_mask(s) for s in slices], axis=-1), mask)
 
 
-def test_scan_blocks_and_volume_slots(monkeypatch):
-    """Scan blocks keep every slot busy without tasks of a few objects; volumes in flight are
-    capped by the local instance's free CPUs, and not at all on a cluster (the autoscaler decides)."""
-    assert segment.scan_blocks(1, 2) == 1
-    assert segment.scan_blocks(384, 2) == 4  # slots busy twice over
-    assert segment.scan_blocks(1536, 2) == 6  # blocks of 256
-    assert segment.scan_blocks(10_000_000, 8) == segment.MAX_SCAN_BLOCKS
+def test_volume_slots(monkeypatch):
+    """Volumes in flight are capped by the local instance's free CPUs, and not at all on a cluster
+    (the autoscaler decides)."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     args = segment.build_parser().parse_args(["--input", "x", "--model", "m", "--output", "o"])
     assert segment.volume_slots(args, 2, 100) == 2 and segment.volume_slots(args, 2, 1) == 1
@@ -164,3 +161,7 @@ def test_scan_blocks_and_volume_slots(monkeypatch):
     args.address = None
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
     assert segment.volume_slots(segment.build_parser().parse_args(["--input", "x", "--model", "m", "--output", "o"]), 2, 100) is None
+    assert segment.predictor_counts(segment.build_parser().parse_args(
+        ["--input", "x", "--model", "m", "--output", "o", "--min-predictors", "2", "--max-predictors", "6"])) == (2, 6)
+    assert segment.predictor_counts(segment.build_parser().parse_args(
+        ["--input", "x", "--model", "m", "--output", "o", "--concurrency", "3"])) == (3, 3)

@@ -5,7 +5,6 @@ token, a wrong token and an unreachable cluster each give one clear line and a n
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import secrets
 import subprocess
@@ -15,12 +14,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from jobs import submit
 from tests.raycluster import free_ports, ray_head
 from unet_core.io import read_volume, storage
+from unet_core.segmentation.tables import read_volume_table
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = secrets.token_hex(16)
@@ -74,7 +73,7 @@ def tiny(s3_server, work_bucket):
 
 
 def _volumes(out: str) -> list[dict]:
-    return pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/volumes.parquet"))).to_pylist()
+    return read_volume_table(out)
 
 
 def test_segment_job_runs_on_the_cluster_with_the_token(head, tiny, work_bucket, tmp_path):

@@ -260,6 +260,18 @@ class SeriesGroup:
         return sum(h.frames for h in self.headers)
 
 
+def volume_key(h: DicomHeader) -> tuple:
+    """What makes image objects one volume: the series, split by orientation and image size; a
+    multi-frame object is a volume of its own."""
+    if h.enhanced:
+        return (h.series_uid, "frames", h.sop_instance_uid or h.uri)
+    return (h.series_uid, orientation_key(h.orientation), h.rows, h.columns)
+
+
+def volume_id_of(key: tuple) -> str:
+    return "dcm-" + short_hash(*map(str, key))
+
+
 def group_series(headers: Iterable[DicomHeader]) -> tuple[list[SeriesGroup], list[DicomHeader]]:
     """Group image headers into volumes: by SeriesInstanceUID, split by orientation and image
     size; each multi-frame object is a volume of its own. Copies of one SOP instance (re-sends)
@@ -281,14 +293,9 @@ def group_series(headers: Iterable[DicomHeader]) -> tuple[list[SeriesGroup], lis
         if h.kind != "image":
             aside.append(h)
             continue
-        if h.enhanced:
-            key: tuple = (h.series_uid, "frames", h.sop_instance_uid or h.uri)
-        else:
-            key = (h.series_uid, orientation_key(h.orientation), h.rows, h.columns)
-        groups.setdefault(key, []).append(h)
+        groups.setdefault(volume_key(h), []).append(h)
     out = [
-        SeriesGroup(volume_id="dcm-" + short_hash(*map(str, key)), series_uid=key[0],
-                    headers=sorted(members, key=lambda h: h.uri))
+        SeriesGroup(volume_id=volume_id_of(key), series_uid=key[0], headers=sorted(members, key=lambda h: h.uri))
         for key, members in groups.items()
     ]
     return sorted(out, key=lambda g: (g.series_uid, -g.n_slices, g.volume_id)), aside

@@ -1,0 +1,148 @@
+"""Predictor actors for `unet segment`, and the pool that hands them out least-busy first.
+
+    PredictorServer  one model per actor, loaded and traced once (GPU per actor with --num-gpus)
+    PredictorPool    a threaded actor: least-busy routing, growth from --min-predictors up to
+                     --max-predictors while every predictor is busy, idle predictors above the
+                     minimum retired; Ray restarts a predictor whose process died
+    predict_with(pool, attempts)  the callable a volume task passes to the domain's
+                     segment_volume: a call that fails, or kills its predictor, is retried on a
+                     (restarted) predictor up to `attempts` times, then raises PredictionFailed
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+IDLE_RETIRE_SECONDS = 60.0
+
+
+class PredictorServer:
+    def __init__(self, bundle_uri: str, batch_size: int, precision: str, xla: bool):
+        from unet_core.inference import SlicePredictor
+
+        self.predictor = SlicePredictor(bundle_uri, batch_size, precision, xla)
+        self.predictor.warm_up()
+
+    def ready(self) -> bool:
+        return True
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        before = self.predictor.model_seconds
+        prob = self.predictor.predict(x)
+        return prob, self.predictor.model_seconds - before
+
+
+class PredictorPool:
+    def __init__(self, bundle_uri: str, batch_size: int, precision: str, xla: bool, min_size: int, max_size: int,
+                 num_gpus: float):
+        import ray
+
+        self._cls = ray.remote(PredictorServer).options(
+            num_gpus=num_gpus, num_cpus=0 if num_gpus else 1,
+            max_restarts=-1,  # a predictor whose process died comes back for the next volume
+            max_task_retries=0)  # a call in flight is not replayed blindly: predict_with decides
+        self._args = (bundle_uri, batch_size, precision, xla)
+        self._min, self._max = min_size, max(min_size, max_size)
+        self._lock = threading.Lock()
+        self._servers = [self._cls.remote(*self._args) for _ in range(min_size)]
+        self._busy = [0] * min_size
+        self._last_used = [time.monotonic()] * min_size
+        self.started = min_size
+
+    def ready(self) -> int:
+        """Block until the first `min_size` predictors have loaded; raises if the model cannot load."""
+        import ray
+
+        ray.get([s.ready.remote() for s in self._servers])
+        return len(self._servers)
+
+    def acquire(self) -> tuple[int, object]:
+        with self._lock:
+            self._retire_idle()
+            live = [i for i, s in enumerate(self._servers) if s is not None]
+            i = min(live, key=lambda k: self._busy[k])
+            if self._busy[i] > 0 and len(live) < self._max:
+                self._servers.append(self._cls.remote(*self._args))
+                self._busy.append(0)
+                self._last_used.append(time.monotonic())
+                self.started += 1
+                i = len(self._servers) - 1
+            self._busy[i] += 1
+            self._last_used[i] = time.monotonic()
+            return i, self._servers[i]
+
+    def release(self, i: int) -> None:
+        with self._lock:
+            self._busy[i] -= 1
+            self._last_used[i] = time.monotonic()
+
+    def _retire_idle(self) -> None:
+        import ray
+
+        now = time.monotonic()
+        live = [i for i, s in enumerate(self._servers) if s is not None]
+        for i in live[self._min:]:
+            if self._busy[i] == 0 and now - self._last_used[i] > IDLE_RETIRE_SECONDS:
+                ray.kill(self._servers[i])
+                self._servers[i] = None
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"predictors_started": self.started, "predictors_live": sum(s is not None for s in self._servers)}
+
+    def shutdown(self) -> None:
+        import ray
+
+        with self._lock:
+            for s in self._servers:
+                if s is not None:
+                    ray.kill(s)
+            self._servers = [None] * len(self._servers)
+
+
+def start_pool(bundle_uri: str, batch_size: int, precision: str, xla: bool, min_size: int, max_size: int,
+               num_gpus: float):
+    import ray
+
+    # num_cpus=0: routing is bookkeeping; max_concurrency: `ready` blocks while `acquire` answers.
+    return ray.remote(PredictorPool).options(num_cpus=0, max_concurrency=64).remote(
+        bundle_uri, batch_size, precision, xla, min_size, max_size, num_gpus)
+
+
+def predict_with(pool, attempts: int):
+    def predict(x: np.ndarray) -> tuple[np.ndarray, float, int]:
+        import ray
+
+        from unet_core.segmentation.stages import PredictionFailed
+
+        last = ""
+        for attempt in range(1, attempts + 1):
+            i, server = ray.get(pool.acquire.remote())
+            try:
+                prob, seconds = ray.get(server.predict.remote(x))
+                return prob, seconds, attempt
+            except ray.exceptions.RayError as exc:  # the model raised, or its process died
+                lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+                last = lines[-1] if lines else type(exc).__name__
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    last = f"the predictor process died ({type(exc).__name__})"
+            finally:
+                pool.release.remote(i)
+        raise PredictionFailed(f"{last} (after {attempts} attempts)", attempts)
+
+    return predict
+
+
+def no_predictor_left(timeout: float = 30.0) -> bool:
+    """Wait until no predictor process of an earlier run is left (so that a run's memory peak is its
+    own); False if one still is after `timeout` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any("PredictorServer" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+            return True
+        time.sleep(0.2)
+    return False

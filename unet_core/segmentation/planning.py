@@ -1,0 +1,286 @@
+"""Planning a segment run without holding the archive anywhere whole.
+
+    fan_out(inputs)            -> listing units (prefixes), expanded one level at a time
+    scan_partition(units, ...) -> ObjectRow of every object of one listing partition: the previous
+                                  run's row where the object is unchanged, a header scan where not
+    fragments_of(rows)         -> the partition's pieces of volumes, keyed by volume id
+    merge_bucket(fragments)    -> PlannedVolume per volume of one bucket: segment, carry, set aside
+
+A series split across listing partitions (a flat or hashed layout) arrives as several fragments of
+one volume id; `merge_bucket` sees all of them, because the bucket is a function of the volume id.
+The change rule: a volume is segmented again when its fingerprint (the URIs, sizes and versions of
+its members) or the model differs from its last ok row; otherwise that row is carried over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, fields, replace
+from typing import Iterable, Iterator
+
+from unet_core.config import Limits
+from unet_core.errors import InputError
+from unet_core.io import archive, listing, storage
+from unet_core.io.dicom import HEADER_PREFIX_BYTES, DicomHeader, group_series, scan_header, volume_id_of, volume_key
+from unet_core.io.nifti import is_nifti_name, nifti_volume_id
+from unet_core.segmentation.layout import MAX_FANOUT_DEPTH, TARGET_UNITS, bucket_of
+from unet_core.segmentation.records import (
+    INTERNAL, Action, Format, Fragment, ObjectKind, ObjectRow, PlannedVolume, Status, VolumeRecord, members_from_json,
+    members_json,
+)
+from unet_core.segmentation.settings import SegmentSettings
+from unet_core.volume import short_hash
+
+# Error types of a scan that say nothing about the object itself: scanned again next run.
+TRANSIENT_SCAN_ERRORS = ("storage", INTERNAL)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A listing unit: every object below `prefix` (recursive) or directly in it."""
+
+    prefix: str
+    recursive: bool
+
+    @property
+    def key(self) -> str:
+        return ("R " if self.recursive else "L ") + self.prefix
+
+
+def fan_out(inputs: list[str], depth: int | None = None, follow_symlinks: bool = False) -> tuple[list[Unit], int]:
+    """Expand the inputs level by level into listing units: until there are TARGET_UNITS of them
+    (or MAX_FANOUT_DEPTH levels) on a first run, to exactly `depth` levels on a re-run, so that a
+    re-run finds the same units. A folder larger than one listing page is not expanded (listing it
+    would mean listing all of it here): it becomes one unit. Returns (units, depth reached)."""
+    roots = listing.real_roots(inputs)
+    units: list[Unit] = []
+    current, level = [p if storage.is_s3(p) or not os.path.isdir(storage.resolve(p)[1]) else p.rstrip("/") + "/"
+                      for p in inputs], 0
+    while current:
+        stop = level == depth if depth is not None else (len(units) + len(current) >= TARGET_UNITS or level == MAX_FANOUT_DEPTH)
+        if stop:
+            units += [Unit(p, True) for p in current]
+            break
+        nxt: list[str] = []
+        for prefix in current:
+            lv = listing.list_level(prefix, follow_symlinks, roots=roots)
+            if lv.is_object:
+                units.append(Unit(prefix, False))
+            elif not lv.complete:
+                units.append(Unit(prefix, True))
+            else:
+                if lv.has_objects:
+                    units.append(Unit(prefix, False))
+                nxt += lv.dirs
+        current, level = nxt, level + 1
+    return units, level if depth is None else depth
+
+
+# ---- the scan -----------------------------------------------------------------------------------
+def _row(entry: listing.ObjectEntry, **kw) -> ObjectRow:
+    return ObjectRow(uri=kw.pop("uri", entry.uri), object_uri=entry.uri, object_size=entry.size,
+                     object_version=entry.version, size=kw.pop("size", entry.size), **kw)
+
+
+def _error_row(entry: listing.ObjectEntry, fmt: Format, exc: Exception, uri: str | None = None) -> ObjectRow:
+    if isinstance(exc, InputError):
+        reason, error_type = str(exc), exc.reason
+    else:
+        reason, error_type = f"{uri or entry.uri}: {type(exc).__name__}: {exc}", INTERNAL
+    return _row(entry, uri=uri or entry.uri, format=fmt, kind=ObjectKind.ERROR, reason=reason, error_type=error_type)
+
+
+def _dicom_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | None, limits: Limits) -> ObjectRow:
+    if data is None:
+        data = storage.read_range(uri, 0, HEADER_PREFIX_BYTES) if size > HEADER_PREFIX_BYTES else storage.read_bytes(uri)
+    h = scan_header(data, uri, size)
+    if h is None:  # the header runs past the prefix
+        h = scan_header(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri)
+    d = h.row()
+    d["kind"] = ObjectKind(d["kind"])
+    return _row(entry, format=Format.DICOM, **d)
+
+
+def scan_object(entry: listing.ObjectEntry, limits: Limits) -> list[ObjectRow]:
+    """The rows of one listed object: a NIfTI file as it is (its header is read on decode), a DICOM
+    object's header, a zip's members. Never raises: whatever goes wrong becomes an error row."""
+    if is_nifti_name(entry.uri):
+        return [_row(entry, format=Format.NIFTI)]
+    if not archive.is_zip_name(entry.uri):
+        try:
+            return [_dicom_row(entry, entry.uri, entry.size, None, limits)]
+        except Exception as exc:  # noqa: BLE001 - one object never stops the scan
+            return [_error_row(entry, Format.DICOM, exc)]
+    try:
+        data = storage.read_bytes(entry.uri, max_bytes=limits.max_file_bytes)
+        members = archive.list_members(data, entry.uri, limits)
+    except Exception as exc:  # noqa: BLE001
+        return [_error_row(entry, Format.ZIP, exc)]
+    rows = []
+    for m in members:
+        if m.error:
+            rows.append(_row(entry, uri=m.uri, size=m.size, format=Format.DICOM, kind=ObjectKind.ERROR, reason=m.error,
+                             error_type="unsafe_archive_member"))
+            continue
+        try:
+            member = archive.read_member(data, entry.uri, m.name, limits)
+            if is_nifti_name(m.uri):
+                rows.append(_row(entry, uri=m.uri, size=len(member), format=Format.NIFTI))
+            else:
+                rows.append(_dicom_row(entry, m.uri, len(member), member, limits))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(_error_row(entry, Format.DICOM, exc, uri=m.uri))
+    return rows
+
+
+def assign_volume(row: ObjectRow) -> ObjectRow:
+    """The volume an object's header places it in: a DICOM image by series key, a NIfTI file by
+    itself; an object set aside is a row of its own ("obj-...")."""
+    if row.kind != ObjectKind.IMAGE:
+        vid = "obj-" + short_hash(row.uri)
+    elif row.format == Format.NIFTI:
+        vid = nifti_volume_id(row.uri)
+    else:
+        vid = volume_id_of(volume_key(to_header(row)))
+    return replace(row, volume_id=vid)
+
+
+_HEADER_FIELDS = [f.name for f in fields(DicomHeader)]
+
+
+def to_header(row: ObjectRow) -> DicomHeader:
+    d = {k: getattr(row, k) for k in _HEADER_FIELDS}
+    d["kind"] = row.kind.value
+    return DicomHeader(**d)
+
+
+@dataclass
+class ScanCounts:
+    listed: int = 0  # stored objects listed
+    reused: int = 0  # their rows taken from the last run (unchanged)
+    scanned: int = 0  # headers read now
+
+    def add(self, other: "ScanCounts") -> None:
+        self.listed, self.reused, self.scanned = (self.listed + other.listed, self.reused + other.reused,
+                                                  self.scanned + other.scanned)
+
+
+def _unchanged(previous: list[ObjectRow], entry: listing.ObjectEntry) -> bool:
+    p = previous[0]
+    return (bool(entry.version) and entry.version != "dangling" and p.object_size == entry.size
+            and p.object_version == entry.version and not any(r.error_type in TRANSIENT_SCAN_ERRORS for r in previous))
+
+
+def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits: Limits, follow_symlinks: bool,
+                   roots: tuple[str, ...], exclude: str | None = None) -> tuple[list[ObjectRow], ScanCounts]:
+    """Every object of a listing partition as ObjectRows with their volume ids. An object whose
+    URI, size and version equal the last run's keeps that run's rows (no read); the others are
+    scanned. Objects below `exclude` (the output prefix) are not listed."""
+    before: dict[str, list[ObjectRow]] = defaultdict(list)
+    for r in previous:
+        before[r.object_uri].append(r)
+    rows: list[ObjectRow] = []
+    counts = ScanCounts()
+    excluded = exclude.rstrip("/") + "/" if exclude else None
+    for entry in _entries(units, follow_symlinks, roots):
+        if excluded and entry.uri.startswith(excluded):
+            continue
+        counts.listed += 1
+        old = before.get(entry.uri)
+        if old and _unchanged(old, entry):
+            rows += old
+            counts.reused += 1
+        else:
+            rows += [assign_volume(r) for r in scan_object(entry, limits)]
+            counts.scanned += 1
+    return rows, counts
+
+
+def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...]) -> Iterator[listing.ObjectEntry]:
+    for unit in units:
+        try:
+            yield from listing.iter_objects(unit.prefix, unit.recursive, follow_symlinks, roots)
+        except InputError:
+            if unit.recursive:  # a folder removed since the fan-out listed it
+                continue
+            raise
+
+
+def fragments_of(rows: list[ObjectRow], buckets: int) -> list[Fragment]:
+    by_volume: dict[str, list[ObjectRow]] = defaultdict(list)
+    for r in rows:
+        by_volume[r.volume_id].append(r)
+    return [Fragment(volume_id=vid, bucket=bucket_of(vid, buckets), members=members_json(members))
+            for vid, members in sorted(by_volume.items())]
+
+
+# ---- merging and the change rule -----------------------------------------------------------------
+def fingerprint(members: Iterable[ObjectRow]) -> str:
+    """Identity of a volume's inputs: its members' URIs, sizes and versions."""
+    h = hashlib.sha256()
+    for uri, size, version in sorted({(m.uri, m.object_size, m.object_version) for m in members}):
+        h.update(f"{uri}\x1f{size}\x1f{version}\x1e".encode())
+    return h.hexdigest()[:16]
+
+
+def set_aside_record(row: ObjectRow, s: SegmentSettings) -> VolumeRecord:
+    return VolumeRecord(volume_id=row.volume_id if row.volume_id.startswith("obj-") else "obj-" + short_hash(row.uri),
+                        source=row.uri, format=row.format.value, series_uid=row.series_uid,
+                        status=Status.SKIPPED if row.kind == ObjectKind.NON_IMAGE else Status.ERROR,
+                        error=row.reason, error_type=row.error_type, fingerprint=fingerprint([row]), n_objects=1,
+                        model=s.model_name, model_identity=s.model_identity)
+
+
+def _set_aside(row: ObjectRow, s: SegmentSettings) -> PlannedVolume:
+    rec = set_aside_record(row, s)
+    return PlannedVolume(volume_id=rec.volume_id, bucket=bucket_of(rec.volume_id, s.buckets), action=Action.SET_ASIDE,
+                         fingerprint=rec.fingerprint, format=row.format, source=row.uri, series_uid=row.series_uid,
+                         members="[]", record=json.dumps(rec.to_row()))
+
+
+def _common_prefix(uris: list[str]) -> str:
+    if len(uris) == 1:
+        return uris[0]
+    prefix = os.path.commonprefix(uris)
+    return prefix[: prefix.rfind("/") + 1] if "/" in prefix else prefix
+
+
+def _plan(vid: str, members: list[ObjectRow], fmt: Format, source: str, series_uid: str,
+          previous: dict[str, dict], s: SegmentSettings) -> PlannedVolume:
+    fp = fingerprint(members)
+    prev = previous.get(vid)
+    carry = (prev is not None and prev["status"] == Status.OK.value and prev["fingerprint"] == fp
+             and prev["model_identity"] == s.model_identity)
+    return PlannedVolume(volume_id=vid, bucket=bucket_of(vid, s.buckets), action=Action.CARRY if carry else Action.SEGMENT,
+                         fingerprint=fp, format=fmt, source=source, series_uid=series_uid,
+                         members="[]" if carry else members_json(members), record=json.dumps(prev) if carry else "")
+
+
+def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: SegmentSettings) -> list[PlannedVolume]:
+    """The fragments of one bucket's volumes, merged, deduplicated and planned. `previous` maps a
+    volume id to its row in the last run's volume table (same bucket)."""
+    by_volume: dict[str, list[ObjectRow]] = defaultdict(list)
+    for f in fragments:
+        by_volume[f.volume_id] += members_from_json(f.members)
+    out: list[PlannedVolume] = []
+    for vid, members in sorted(by_volume.items()):
+        first = members[0]
+        if first.kind != ObjectKind.IMAGE:
+            out += [_set_aside(m, s) for m in members]
+            continue
+        if first.format == Format.NIFTI:
+            out.append(_plan(vid, members[:1], Format.NIFTI, first.uri, "", previous, s))
+            out += [_set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type="duplicate_instance",
+                                       reason=f"{m.uri}: listed twice"), s) for m in members[1:]]
+            continue
+        by_uri = {m.uri: m for m in members}
+        groups, aside = group_series([to_header(m) for m in by_uri.values()])
+        for h in aside:  # copies of one SOP instance: the largest is kept
+            out.append(_set_aside(replace(by_uri[h.uri], kind=ObjectKind(h.kind), reason=h.reason,
+                                          error_type=h.error_type, volume_id=""), s))
+        for g in groups:
+            kept = [by_uri[u] for u in g.uris]
+            out.append(_plan(vid, kept, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s))
+    return out

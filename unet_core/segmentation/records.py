@@ -1,0 +1,226 @@
+"""Rows that cross a stage of the segment pipeline, as dataclasses with one `to_row`/`from_row`
+and a Parquet schema derived from their fields in one place (`arrow_schema`).
+
+    ObjectRow     one stored object (or zip member): listing facts + header; a row of series_index
+    Fragment      part of one volume found in one listing partition; merged across partitions
+    PlannedVolume one volume (or one object set aside) after planning: what to do with it
+    VolumeRecord  one row of the volume table; also the per-volume completion record
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import json
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+R = TypeVar("R", bound="Record")
+
+
+class Status(str, enum.Enum):
+    OK = "ok"
+    ERROR = "error"
+    SKIPPED = "skipped"  # an object that is not an image to segment (a report, a duplicate copy, ...)
+
+
+class Action(str, enum.Enum):
+    SEGMENT = "segment"  # new or changed: decode, predict, write
+    CARRY = "carry"  # complete and unchanged since the last run: its row is carried over
+    SET_ASIDE = "set_aside"  # an object that forms no volume: its row is written, nothing else
+
+
+class ObjectKind(str, enum.Enum):
+    IMAGE = "image"
+    NON_IMAGE = "non_image"
+    ERROR = "error"
+
+
+class Format(str, enum.Enum):
+    DICOM = "dicom"
+    NIFTI = "nifti"
+    ZIP = "zip"
+
+
+# Error types that are not an input's own (InputError.reason covers those).
+PREDICTION = "prediction"  # the model failed on this volume, or killed its process, every attempt
+INTERNAL = "internal"  # an unexpected exception: a bug, reported per item instead of stopping the job
+NOT_RECORDED = "not_recorded"  # the completion record could not be written; redone next run
+
+
+def _arrow_type(hint: Any):
+    import pyarrow as pa
+
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _arrow_type(inner)
+    if typing.get_origin(hint) in (tuple, list):
+        return pa.list_(pa.float64())
+    return {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}[hint]
+
+
+class Record:
+    """Mixin: `to_row()` gives plain Python values (enums as their value, tuples as lists);
+    `from_row()` rebuilds the dataclass and refuses unknown keys; `arrow_schema()` is the one
+    Parquet schema of the type."""
+
+    _schema: ClassVar[Any] = None
+
+    def to_row(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_row(cls: type[R], row: dict) -> R:
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(row) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        kwargs = {}
+        for name, value in row.items():
+            hint = hints[name]
+            if value is not None and typing.get_origin(hint) in (tuple, types.UnionType, typing.Union):
+                args = [a for a in typing.get_args(hint) if a is not type(None)]
+                if args and typing.get_origin(args[0]) is tuple:
+                    value = tuple(float(x) for x in value)
+            elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+                value = hint(value)
+            kwargs[name] = value
+        return cls(**kwargs)  # type: ignore[call-arg]
+
+    @classmethod
+    def arrow_schema(cls):
+        import pyarrow as pa
+
+        if cls.__dict__.get("_schema") is None:
+            hints = typing.get_type_hints(cls)
+            fields = []
+            for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+                hint = hints[f.name]
+                if isinstance(hint, type) and issubclass(hint, enum.Enum):
+                    hint = str
+                fields.append(pa.field(f.name, _arrow_type(hint)))
+            cls._schema = pa.schema(fields)
+        return cls._schema
+
+
+@dataclass
+class ObjectRow(Record):
+    """One stored object or zip member. `object_*` describe what was listed (a zip for its
+    members); `version` is the ETag or mtime the change rule compares."""
+
+    uri: str
+    object_uri: str
+    object_size: int
+    object_version: str
+    size: int
+    format: Format
+    kind: ObjectKind = ObjectKind.IMAGE
+    reason: str = ""
+    error_type: str = ""
+    volume_id: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    series_uid: str = ""
+    study_uid: str = ""
+    modality: str = ""
+    transfer_syntax: str = ""
+    rows: int = 0
+    columns: int = 0
+    frames: int = 1
+    orientation: tuple[float, ...] | None = None
+    position: tuple[float, ...] | None = None
+    pixel_spacing: tuple[float, ...] | None = None
+    slice_thickness: float | None = None
+    instance_number: int | None = None
+
+
+@dataclass
+class Fragment(Record):
+    """The members of one volume (or one set-aside object) found in one listing partition.
+    `members` is the JSON list of their ObjectRow rows; `bucket` routes it to the merge task that
+    also holds the volume's previous table row."""
+
+    volume_id: str
+    bucket: int
+    members: str
+
+
+@dataclass
+class PlannedVolume(Record):
+    volume_id: str
+    bucket: int
+    action: Action
+    fingerprint: str
+    format: Format
+    source: str
+    series_uid: str
+    members: str  # JSON list of ObjectRow rows, in volume order (SEGMENT only; else "[]")
+    record: str  # JSON of the VolumeRecord (CARRY, SET_ASIDE); "" for SEGMENT
+
+
+@dataclass
+class VolumeRecord(Record):
+    """One row of the volume table, and the per-volume completion record (written last)."""
+
+    volume_id: str
+    source: str
+    format: str
+    series_uid: str
+    status: Status
+    error: str = ""
+    error_type: str = ""
+    fingerprint: str = ""
+    n_objects: int = 0
+    mask_uri: str = ""
+    slices_uri: str = ""
+    qc_uri: str = ""
+    n_slices: int = 0
+    mask_voxels: int = 0
+    mask_volume_ml: float = 0.0
+    mean_hu_in_mask: float | None = None
+    modality: str = ""
+    model: str = ""
+    model_identity: str = ""
+    decode_seconds: float = 0.0
+    predict_seconds: float = 0.0
+    model_seconds: float = 0.0
+    write_seconds: float = 0.0
+    attempts: int = 0
+    metadata: str = "{}"
+    finished: str = ""
+
+
+def table_bytes(cls: type[Record], rows: list[dict]) -> bytes:
+    """Parquet bytes (zstd) of rows of one record type, in its schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=cls.arrow_schema()), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def rows_from_bytes(data: bytes) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(data)).to_pylist()
+
+
+def members_json(rows: list[ObjectRow]) -> str:
+    return json.dumps([r.to_row() for r in rows], separators=(",", ":"))
+
+
+def members_from_json(text: str) -> list[ObjectRow]:
+    return [ObjectRow.from_row(r) for r in json.loads(text)]
+
+
+__all__ = ["INTERNAL", "NOT_RECORDED", "PREDICTION", "Action", "Format", "Fragment", "ObjectKind", "ObjectRow",
+           "PlannedVolume", "Record", "Status", "VolumeRecord", "members_from_json", "members_json",
+           "rows_from_bytes", "table_bytes"]

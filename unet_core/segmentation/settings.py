@@ -1,0 +1,34 @@
+"""Everything a segment worker needs, as one typed object: the driver builds it once, sends
+`to_dict(settings)` to the workers, and each worker rebuilds it with `from_dict` (a misspelt key
+fails at once; defaults live here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unet_core.config import Limits
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    output: str  # output prefix (local or s3://), without a trailing "/"
+    bundle_info: str  # the bundle's bundle.json text: preprocessing, labels, threshold
+    model_name: str
+    model_identity: str
+    threshold: float
+    modality: str | None = None  # a volume of another modality is refused (None: any)
+    limits: Limits = field(default_factory=Limits)
+    largest_component: bool = False
+    fill_holes: bool = False
+    qc: bool = False
+    keep_phi: bool = False
+    follow_symlinks: bool = False
+    resume: bool = True  # a planned volume first looks for this fingerprint's completion record
+    prediction_attempts: int = 3  # a volume whose prediction fails this often becomes an error row
+    partitions: int = 1  # listing partitions (stable across runs: see layout.py)
+    buckets: int = 1  # volume-table parts (stable across runs)
+
+    def __post_init__(self) -> None:
+        from unet_core.errors import ConfigError
+
+        if self.prediction_attempts < 1 or self.partitions < 1 or self.buckets < 1:
+            raise ConfigError("prediction_attempts, partitions and buckets must be >= 1")

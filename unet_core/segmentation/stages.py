@@ -1,0 +1,170 @@
+"""The per-volume stage bodies, plain functions of typed rows (Ray only maps them):
+
+    segment_volume(planned, settings, predict) -> VolumeRecord, written with its outputs
+        decode_volume   read + preprocess (the voxels stay in the calling process)
+        predict         a callable supplied by the caller: model input -> probabilities
+        finish_and_write  labels on the source grid, outputs, then the completion record (last)
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from unet_core.errors import InputError
+from unet_core.io import storage
+from unet_core.segmentation.layout import record_uri
+from unet_core.segmentation.records import (
+    INTERNAL, NOT_RECORDED, PREDICTION, Format, PlannedVolume, Status, VolumeRecord, members_from_json,
+    rows_from_bytes, table_bytes,
+)
+from unet_core.segmentation.settings import SegmentSettings
+from unet_core.volume import Volume
+
+
+class PredictionFailed(Exception):
+    """The model failed on this volume (or killed its process) on every attempt."""
+
+    def __init__(self, message: str, attempts: int):
+        super().__init__(message)
+        self.attempts = attempts
+
+
+# predict(x) -> (probabilities, model seconds, attempts); raises PredictionFailed
+Predict = Callable[[np.ndarray], tuple[np.ndarray, float, int]]
+
+
+@dataclass
+class Decoded:
+    volume: Volume | None
+    x: np.ndarray | None
+    error: InputError | None
+    seconds: float
+
+
+def _internal(source: str, exc: BaseException) -> InputError:
+    err = InputError(f"{source}: {type(exc).__name__}: {exc}", uri=source)
+    err.reason = INTERNAL
+    return err
+
+
+def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
+    """Read one planned volume and make its model input; bad input comes back as `error`."""
+    from unet_core.bundle import BundleInfo
+    from unet_core.inference import prepare_volume
+    from unet_core.io import read_object
+    from unet_core.io.dicom import SeriesGroup, read_series
+    from unet_core.io.nifti import read_nifti
+    from unet_core.segmentation.planning import to_header
+
+    t = time.perf_counter()
+    try:
+        info = BundleInfo.from_json(s.bundle_info)
+        if planned.format == Format.NIFTI:
+            volume = read_nifti(read_object(planned.source, s.limits), planned.source, s.limits,
+                                volume_id=planned.volume_id)
+        else:
+            headers = [to_header(m) for m in members_from_json(planned.members)]
+            group = SeriesGroup(planned.volume_id, planned.series_uid, headers)
+            volume = read_series(group, [read_object(u, s.limits) for u in group.uris], s.limits, s.keep_phi)
+            if s.modality and volume.modality not in (s.modality, "OT"):
+                raise InputError(f"{planned.source}: modality {volume.modality} does not match the model's "
+                                 f"{s.modality}", uri=planned.source)
+        return Decoded(volume, prepare_volume(volume, info.preprocess), None, time.perf_counter() - t)
+    except InputError as exc:
+        return Decoded(None, None, exc, time.perf_counter() - t)
+    except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the job
+        return Decoded(None, None, _internal(planned.source, exc), time.perf_counter() - t)
+
+
+def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
+    return VolumeRecord(volume_id=planned.volume_id, source=planned.source, format=planned.format.value,
+                        series_uid=planned.series_uid, fingerprint=planned.fingerprint,
+                        n_objects=len(json.loads(planned.members)), model=s.model_name,
+                        model_identity=s.model_identity, **kw)
+
+
+def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, str]:
+    """One volume through decode -> predict -> finish -> write. Returns (record, how): how is
+    "done" (segmented now), "resumed" (a record of this fingerprint was already there) or
+    "unrecorded" (the completion record could not be written; redone next run)."""
+    if s.resume:
+        found = read_record(s.output, planned.volume_id, planned.fingerprint, ok_only=True)
+        if found is not None and found.model_identity == s.model_identity:
+            return found, "resumed"
+    d = decode_volume(planned, s)
+    rec = _record(planned, s, status=Status.OK, decode_seconds=d.seconds)
+    prob = None
+    if d.error is not None:
+        rec = replace(rec, status=Status.ERROR, error=str(d.error), error_type=d.error.reason)
+    elif d.x is not None and len(d.x):
+        t = time.perf_counter()
+        try:
+            prob, rec.model_seconds, rec.attempts = predict(d.x)
+        except PredictionFailed as exc:
+            rec = replace(rec, status=Status.ERROR, error=f"{planned.source}: prediction failed: {exc}",
+                          error_type=PREDICTION, attempts=exc.attempts)
+        rec.predict_seconds = time.perf_counter() - t
+    return finish_and_write(rec, d.volume, prob, s)
+
+
+def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray | None,
+                     s: SegmentSettings) -> tuple[VolumeRecord, str]:
+    """Labels on the source grid, outputs written, then the completion record (last)."""
+    from unet_core.inference import PostProcess, finish_volume, qc_montage_png, volume_stats
+    from unet_core.io.mask_codec import slices_table_bytes
+    from unet_core.io.nifti import mask_to_nifti_bytes
+
+    t = time.perf_counter()
+    vid = rec.volume_id
+    if rec.status == Status.OK and volume is not None:
+        try:
+            labels = finish_volume(np.asarray(prob), volume, s.threshold, PostProcess(s.largest_component, s.fill_holes))
+            stats = volume_stats(labels, volume)
+            mask_uri = storage.join(s.output, "masks", f"{vid}.nii.gz")
+            storage.write_bytes(mask_uri, mask_to_nifti_bytes(labels, volume))
+            slices_uri = storage.join(s.output, "slices", f"{vid}.parquet")
+            storage.write_bytes(slices_uri, slices_table_bytes(vid, labels))
+            rec = replace(rec, mask_uri=mask_uri, slices_uri=slices_uri, modality=volume.modality,
+                          metadata=json.dumps(volume.metadata, default=str), **stats)
+            if s.qc:
+                qc_uri = storage.join(s.output, "qc", f"{vid}.png")
+                storage.write_bytes(qc_uri, qc_montage_png(volume, labels, title=vid))
+                rec.qc_uri = qc_uri
+        except InputError as exc:
+            rec = replace(rec, status=Status.ERROR, error=str(exc), error_type=exc.reason)
+        except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the job
+            rec = replace(rec, status=Status.ERROR, error=f"{rec.source}: {type(exc).__name__}: {exc}",
+                          error_type=INTERNAL)
+    rec.write_seconds = time.perf_counter() - t
+    rec.finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        write_record(s.output, rec)
+    except InputError as exc:  # the output store failed past its retries: not complete, redo next run
+        return replace(rec, status=Status.ERROR, error=f"{rec.source}: the result could not be recorded: {exc}",
+                       error_type=NOT_RECORDED, mask_uri="", slices_uri="", qc_uri=""), "unrecorded"
+    return rec, "done"
+
+
+def write_record(out: str, rec: VolumeRecord) -> None:
+    """Publish a volume's completion record; an ok record replaces an earlier error record."""
+    status = Status.OK.value if rec.status == Status.OK else Status.ERROR.value
+    storage.write_bytes(record_uri(out, status, rec.volume_id), table_bytes(VolumeRecord, [rec.to_row()]))
+    if status == Status.OK.value:
+        storage.delete(record_uri(out, Status.ERROR.value, rec.volume_id))
+
+
+def read_record(out: str, volume_id: str, fingerprint: str, ok_only: bool = False) -> VolumeRecord | None:
+    """This fingerprint's completion record of a volume (ok first, then error), if there is one."""
+    for status in (Status.OK.value,) if ok_only else (Status.OK.value, Status.ERROR.value):
+        try:
+            rows = rows_from_bytes(storage.read_bytes(record_uri(out, status, volume_id)))
+        except InputError:
+            continue
+        rec = VolumeRecord.from_row({k: v for k, v in rows[0].items() if k in VolumeRecord.__dataclass_fields__})
+        if rec.fingerprint == fingerprint:
+            return rec
+    return None

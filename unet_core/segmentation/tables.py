@@ -1,0 +1,110 @@
+"""The volume table, one part per bucket, from a bucket's planned volumes and the completion
+records this run wrote; and the counts a job summary needs (never rows)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+from unet_core.errors import InputError
+from unet_core.io import storage
+from unet_core.segmentation.layout import volume_part_uri
+from unet_core.segmentation.records import (
+    NOT_RECORDED, Action, PlannedVolume, Status, VolumeRecord, rows_from_bytes, table_bytes,
+)
+from unet_core.segmentation.settings import SegmentSettings
+from unet_core.segmentation.stages import read_record
+
+MAX_FAILURES_SHOWN = 20
+
+
+@dataclass
+class TableCounts:
+    """What a volume-table part adds to a job's summary."""
+
+    by_status: Counter = field(default_factory=Counter)
+    by_error_type: Counter = field(default_factory=Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (volume id, error), a few
+    parts_written: int = 0
+
+    def add(self, other: "TableCounts") -> None:
+        self.by_status.update(other.by_status)
+        self.by_error_type.update(other.by_error_type)
+        self.failures = (self.failures + other.failures)[:MAX_FAILURES_SHOWN]
+        self.parts_written += other.parts_written
+
+    def to_json(self) -> str:
+        return json.dumps({"by_status": self.by_status, "by_error_type": self.by_error_type,
+                           "failures": self.failures, "parts_written": self.parts_written})
+
+    @classmethod
+    def from_json(cls, text: str) -> "TableCounts":
+        d = json.loads(text)
+        return cls(Counter(d["by_status"]), Counter(d["by_error_type"]), [tuple(x) for x in d["failures"]],
+                   d["parts_written"])
+
+
+def read_part(out: str, bucket: int) -> list[dict]:
+    """The last run's rows of one volume-table part ([] when there is none)."""
+    uri = volume_part_uri(out, bucket)
+    try:
+        return rows_from_bytes(storage.read_bytes(uri))
+    except InputError:
+        return []
+
+
+def _row_of(p: PlannedVolume, s: SegmentSettings) -> dict:
+    if p.action != Action.SEGMENT:
+        return json.loads(p.record)
+    rec = read_record(s.output, p.volume_id, p.fingerprint)
+    if rec is None:
+        rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format.value, series_uid=p.series_uid,
+                           status=Status.ERROR, fingerprint=p.fingerprint, model=s.model_name,
+                           model_identity=s.model_identity, error_type=NOT_RECORDED,
+                           error=f"{p.source}: no completion record was written for this volume (the output store "
+                                 "failed, or the run stopped first); the next run redoes it")
+    return rec.to_row()
+
+
+def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> TableCounts:
+    """Write the volume-table part of `bucket` (ok rows first, then by volume id); a part whose
+    rows are all carried over unchanged is left as it is."""
+    rows = sorted((_row_of(p, s) for p in planned), key=lambda r: (r["status"] != Status.OK.value, r["volume_id"]))
+    counts = TableCounts()
+    for r in rows:
+        counts.by_status[r["status"]] += 1
+        if r["status"] == Status.ERROR.value:
+            counts.by_error_type[r["error_type"] or "error"] += 1
+            if len(counts.failures) < MAX_FAILURES_SHOWN:
+                counts.failures.append((r["volume_id"], r["error"]))
+    previous = read_part(s.output, bucket)
+    unchanged = (all(p.action != Action.SEGMENT for p in planned) and
+                 [(r["volume_id"], r["fingerprint"]) for r in previous] == [(r["volume_id"], r["fingerprint"]) for r in rows])
+    if not unchanged:
+        if rows or previous:
+            storage.write_bytes(volume_part_uri(s.output, bucket), table_bytes(VolumeRecord, rows))
+            counts.parts_written = 1
+    return counts
+
+
+def read_table_folder(uri: str) -> list[dict]:
+    """Every row of a Parquet dataset folder (local or s3://), part by part: for tests, the demo
+    and small outputs. Large outputs are read with any Parquet engine (`pyarrow.dataset`, DuckDB,
+    Spark) pointed at the folder."""
+    rows: list[dict] = []
+    try:
+        entries = storage.list_files(uri)
+    except InputError:
+        return rows
+    for e in entries:
+        if e.uri.endswith(".parquet"):
+            rows += rows_from_bytes(storage.read_bytes(e.uri))
+    return rows
+
+
+def read_volume_table(out: str) -> list[dict]:
+    return read_table_folder(storage.join(out, "volumes"))
+
+
+def read_series_index(out: str) -> list[dict]:
+    return read_table_folder(storage.join(out, "series_index"))

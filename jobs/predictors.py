@@ -5,8 +5,11 @@
                      --max-predictors while every predictor is busy, idle predictors above the
                      minimum retired; Ray restarts a predictor whose process died
     predict_with(pool, attempts)  the callable a volume task passes to the domain's
-                     segment_volume: a call that fails, or kills its predictor, is retried on a
-                     (restarted) predictor up to `attempts` times, then raises PredictionFailed
+                     segment_volume: a call that fails, or kills its predictor, is retried up to
+                     `attempts` times in all, then raises PredictionFailed. Retries hold a predictor
+                     alone: a volume that kills its predictor takes no other volume's attempts
+                     with it (those in flight with it succeed on their own retry). Waiting for a
+                     predictor that Ray is restarting is not an attempt.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import time
 import numpy as np
 
 IDLE_RETIRE_SECONDS = 60.0
+EXCLUSIVE = 1 << 20  # the busy count of a predictor lent to one caller alone
+RESTART_WAIT_SECONDS = 600.0  # a predictor that does not come back in this time fails the call
 
 
 class PredictorServer:
@@ -58,11 +63,20 @@ class PredictorPool:
         ray.get([s.ready.remote() for s in self._servers])
         return len(self._servers)
 
-    def acquire(self) -> tuple[int, object]:
+    def acquire(self, exclusive: bool = False) -> tuple[int, object] | None:
+        """The least busy predictor (a new one while all are busy and the pool may grow); with
+        `exclusive`, an idle one lent to this caller alone. None: none fits now, ask again."""
         with self._lock:
             self._retire_idle()
             live = [i for i, s in enumerate(self._servers) if s is not None]
             i = min(live, key=lambda k: self._busy[k])
+            if exclusive:
+                if self._busy[i] > 0:
+                    return None
+                self._busy[i] = EXCLUSIVE
+                return i, self._servers[i]
+            if self._busy[i] >= EXCLUSIVE:
+                return None
             if self._busy[i] > 0 and len(live) < self._max:
                 self._servers.append(self._cls.remote(*self._args))
                 self._busy.append(0)
@@ -75,7 +89,7 @@ class PredictorPool:
 
     def release(self, i: int) -> None:
         with self._lock:
-            self._busy[i] -= 1
+            self._busy[i] = 0 if self._busy[i] >= EXCLUSIVE else self._busy[i] - 1
             self._last_used[i] = time.monotonic()
 
     def _retire_idle(self) -> None:
@@ -111,23 +125,50 @@ def start_pool(bundle_uri: str, batch_size: int, precision: str, xla: bool, min_
         bundle_uri, batch_size, precision, xla, min_size, max_size, num_gpus)
 
 
+def _lease(pool, exclusive: bool):
+    import ray
+
+    while (got := ray.get(pool.acquire.remote(exclusive))) is None:
+        time.sleep(0.05)
+    return got
+
+
+def _wait_until_up(server) -> None:
+    """Until a predictor that Ray is restarting answers again (its model loaded)."""
+    import ray
+
+    deadline = time.monotonic() + RESTART_WAIT_SECONDS
+    while True:
+        try:
+            ray.get(server.ready.remote())
+            return
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def predict_with(pool, attempts: int):
     def predict(x: np.ndarray) -> tuple[np.ndarray, float, int]:
         import ray
 
         from unet_core.segmentation.stages import PredictionFailed
 
-        last = ""
-        for attempt in range(1, attempts + 1):
-            i, server = ray.get(pool.acquire.remote())
+        last, attempt = "", 0
+        while attempt < attempts:
+            i, server = _lease(pool, exclusive=attempt > 0)
             try:
+                _wait_until_up(server)
+                attempt += 1
                 prob, seconds = ray.get(server.predict.remote(x))
                 return prob, seconds, attempt
-            except ray.exceptions.RayError as exc:  # the model raised, or its process died
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                # It answered just before: the process died during this call (alone on it, from
+                # the second attempt on, so then it was this volume).
+                last = f"the predictor process died ({type(exc).__name__})"
+            except ray.exceptions.RayError as exc:  # the model raised
                 lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
                 last = lines[-1] if lines else type(exc).__name__
-                if isinstance(exc, ray.exceptions.RayActorError):
-                    last = f"the predictor process died ({type(exc).__name__})"
             finally:
                 pool.release.remote(i)
         raise PredictionFailed(f"{last} (after {attempts} attempts)", attempts)

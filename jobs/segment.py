@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from jobs.common import (Timer, add_limit_args, add_ray_args, cluster_address, init_ray, limits_from, log,
@@ -36,6 +37,9 @@ from unet_core.segmentation.settings import SegmentSettings
 
 EXIT_SOME_FAILED = 3
 SCAN_PARTITIONS_PER_BLOCK = 8  # listing partitions a scan task takes on: tasks of a few ms each cost more than they do
+SCAN_COUNTS = ("listed", "reused", "scanned")
+INLINE_RESULT_BYTES = 1024
+VOLUMES_PER_TASK = 8  # on large runs: Ray keeps ~24 KB of driver memory and spends ~12 ms per task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,19 +109,32 @@ def scan_partitions(batch: dict, settings: dict, roots: list[str]) -> dict:
 
 
 def merge_bucket(group, settings: dict):
-    """All fragments of one volume bucket -> its planned volumes."""
+    """All fragments of one volume bucket -> its plan (kept in storage) and one summary row. The
+    counts rows of the scan arrive as bucket -1 and are summed into a summary row of their own."""
     import pyarrow as pa
 
     from unet_core.segmentation import planning
-    from unet_core.segmentation.records import Fragment, PlannedVolume
-    from unet_core.segmentation.tables import read_part
+    from unet_core.segmentation.records import Fragment
+    from unet_core.segmentation.tables import TableCounts, read_part, settle_bucket
 
     s = from_dict(SegmentSettings, settings)
     bucket = int(group["bucket"][0].as_py())
+    if bucket < 0:
+        sums = {k: int(pa.compute.sum(group[k]).as_py() or 0) for k in SCAN_COUNTS}
+        return pa.Table.from_pylist([{"bucket": -1, "todo": 0, "counts": TableCounts().to_json(), **sums}])
     frags = [Fragment(v, bucket, m) for v, m in zip(group["volume_id"].to_pylist(), group["members"].to_pylist())]
     previous = {r["volume_id"]: r for r in read_part(s.output, bucket)}
-    planned = planning.merge_bucket(frags, previous, s)
-    return pa.Table.from_pylist([p.to_row() for p in planned], schema=PlannedVolume.arrow_schema())
+    counts, todo = settle_bucket(bucket, planning.merge_bucket(frags, previous, s), s)
+    return pa.Table.from_pylist([{"bucket": bucket, "todo": todo, "counts": counts.to_json(),
+                                  **dict.fromkeys(SCAN_COUNTS, 0)}])
+
+
+def plan_to_segment(row: dict, settings: dict) -> list[dict]:
+    from unet_core.segmentation.records import Action
+    from unet_core.segmentation.tables import read_plan
+
+    s = from_dict(SegmentSettings, settings)
+    return [p.to_row() for p in read_plan(s.output, int(row["bucket"]), Action.SEGMENT)]
 
 
 def segment_row(row: dict, settings: dict, pool) -> dict:
@@ -130,16 +147,10 @@ def segment_row(row: dict, settings: dict, pool) -> dict:
     return {"status": rec.status.value, "error_type": rec.error_type, "n_slices": rec.n_slices, "how": how}
 
 
-def write_table_part(group, settings: dict):
-    import pyarrow as pa
+def finish_bucket(row: dict, settings: dict) -> dict:
+    from unet_core.segmentation.tables import finish_bucket as finish
 
-    from unet_core.segmentation.records import PlannedVolume
-    from unet_core.segmentation.tables import write_part
-
-    s = from_dict(SegmentSettings, settings)
-    planned = [PlannedVolume.from_row(r) for r in group.to_pylist()]
-    counts = write_part(int(planned[0].bucket), planned, s)
-    return pa.table({"bucket": [planned[0].bucket], "counts": [counts.to_json()]})
+    return {"bucket": row["bucket"], "counts": finish(int(row["bucket"]), from_dict(SegmentSettings, settings)).to_json()}
 
 
 # ---- sizes of the local instance ------------------------------------------------------------------
@@ -153,11 +164,16 @@ def volume_slots(args, task_slots: int, n_volumes: int) -> int | None:
     return None if cluster_address(args.address) else min(task_slots, n_volumes)
 
 
+def segment_blocks(n_volumes: int, slots: int) -> int:
+    """Tasks of the segment stage: one volume each while there are few (every slot busy four
+    times over), else VOLUMES_PER_TASK volumes each, so that neither the driver's memory nor the
+    scheduling cost grows by a task per volume."""
+    return max(1, min(n_volumes, max(4 * slots, -(-n_volumes // VOLUMES_PER_TASK))))
+
+
 def local_cpus(predictors: int, num_gpus: float) -> int:
     """Logical CPUs of a local Ray instance: the machine's cores for decoding and writing, plus one
     per CPU predictor actor (whose reservation would otherwise starve the CPU tasks)."""
-    import os
-
     return (os.cpu_count() or 1) + (0 if num_gpus else predictors)
 
 
@@ -183,12 +199,13 @@ def _main(argv: list[str]) -> int:
     info = read_info(args.model)
     out = args.output.rstrip("/")
     low, high = predictor_counts(args)
+    # Task results under this size are returned into the driver's own memory instead of the object
+    # store; the shuffle's many small blocks would then grow the driver with the archive
+    # (docs/design.md, "Driver memory"). Read by the processes of a local instance; a cluster sets
+    # it on its nodes (cluster/).
+    os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
     init_ray(args.address, args.num_cpus or local_cpus(low, args.num_gpus))
     import ray
-    from ray.data.expressions import col
-
-    from unet_core.segmentation.records import Action
-
     timer = Timer()
     if swept := storage.sweep_temporaries(out):
         log.info("removed %d unfinished temporary files of an interrupted run under %s", swept, out)
@@ -200,6 +217,7 @@ def _main(argv: list[str]) -> int:
     if layout is None:
         for folder in lay.OUTPUT_FOLDERS if args.overwrite else ("series_index", "volumes"):
             storage.delete_tree(storage.join(out, folder))
+    storage.delete_tree(storage.join(out, "plan"))  # the plans of an interrupted run
 
     pool = None
     if layout is None:  # a first run: the predictors load while the archive is listed and scanned
@@ -229,24 +247,32 @@ def _main(argv: list[str]) -> int:
     parts = [{"partition": p, "units": json.dumps(by_partition.get(p, []))} for p in range(layout.partitions)]
     del units, by_partition
     log.info("listing %d units in %d partitions under %s", n_units, layout.partitions, ", ".join(inputs))
+    log.debug("fanned out; driver RSS %s", _rss_mib())
     n_blocks = max(1, min(len(parts), max(2 * task_slots, -(-len(parts) // SCAN_PARTITIONS_PER_BLOCK))))
-    fragments = ray.data.from_items(parts, override_num_blocks=n_blocks).map_batches(
-        scan_partitions, fn_kwargs={"settings": cfg, "roots": list(listing.real_roots(list(inputs)))}, batch_size=1,
-        compute=ray.data.TaskPoolStrategy(size=min(task_slots, n_blocks))).materialize()
+    # The task-based sort shuffle: on small inputs the hash shuffle's aggregator actors cost seconds
+    # to start (docs/design.md, "Why this shape").
+    ray.data.DataContext.get_current().shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    summaries = (ray.data.from_items(parts, override_num_blocks=n_blocks)
+                 .map_batches(scan_partitions, fn_kwargs={"settings": cfg, "roots": list(listing.real_roots(list(inputs)))},
+                              batch_size=1, compute=ray.data.TaskPoolStrategy(size=min(task_slots, n_blocks)))
+                 .groupby("bucket", num_partitions=max(1, min(layout.buckets, 2 * task_slots)))
+                 .map_groups(merge_bucket, fn_kwargs={"settings": cfg}, batch_format="pyarrow"))
     del parts
-    scan = dict.fromkeys(("listed", "reused", "scanned"), 0)
-    for b in (fragments.filter(expr=col("bucket") < 0).select_columns(list(scan))
-              .iter_batches(batch_format="numpy", batch_size=4096)):
-        for k in scan:
-            scan[k] += int(b[k].sum())
+    from unet_core.segmentation.tables import TableCounts
+
+    scan, totals, seen, pending = dict.fromkeys(SCAN_COUNTS, 0), TableCounts(), set(), []
+    for r in summaries.iter_rows():  # one row per bucket: bounded by the layout, not the archive
+        for k in SCAN_COUNTS:
+            scan[k] += int(r[k])
+        if r["bucket"] >= 0:
+            seen.add(int(r["bucket"]))
+            totals.add(TableCounts.from_json(r["counts"]))
+            if r["todo"]:
+                pending.append((int(r["bucket"]), int(r["todo"])))
     if not scan["listed"]:
         raise InputError(f"no objects under {', '.join(inputs)}")
-    shuffle_parts = max(1, min(layout.buckets, 2 * task_slots))
-    planned = (fragments.filter(expr=col("bucket") >= 0)
-               .groupby("bucket", num_partitions=shuffle_parts).map_groups(merge_bucket, fn_kwargs={"settings": cfg}, batch_format="pyarrow")
-               .materialize())
-    del fragments
-    n_todo = planned.filter(expr=col("action") == Action.SEGMENT.value).count()
+    log.debug("planned; driver RSS %s", _rss_mib())
+    n_todo = sum(n for _, n in pending)
     scan_seconds = timer.seconds
     log.info("%d objects listed (%d headers read, %d unchanged); %d volumes to segment",
              scan["listed"], scan["scanned"], scan["reused"], n_todo)
@@ -263,7 +289,11 @@ def _main(argv: list[str]) -> int:
                 raise JobError(f"{args.model}: the model cannot be loaded on a predictor: "
                                f"{str(exc).strip().splitlines()[-1]}") from None
             predictor_wait = t_pipeline.seconds  # start-up the scan did not hide
-            todo = planned.filter(expr=col("action") == Action.SEGMENT.value).repartition(n_todo)
+            buckets = [{"bucket": b} for b, _ in pending]
+            todo = (ray.data.from_items(buckets, override_num_blocks=len(buckets))
+                    .flat_map(plan_to_segment, fn_kwargs={"settings": cfg})
+                    .repartition(segment_blocks(n_todo, volume_slots(args, task_slots, n_todo) or
+                                                int(ray.cluster_resources().get("CPU", 1)))))
             records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": pool}, num_cpus=1,
                                compute=ray.data.TaskPoolStrategy(size=volume_slots(args, task_slots, n_todo)))
             for r in records.iter_rows():
@@ -279,15 +309,14 @@ def _main(argv: list[str]) -> int:
             ray.get(pool.shutdown.remote())
             ray.kill(pool)
     pipeline_seconds = t_pipeline.seconds
+    log.debug("segmented; driver RSS %s", _rss_mib())
 
-    # 3. The volume table, part by part; parts of buckets that no longer hold a volume go.
-    from unet_core.segmentation.tables import TableCounts
-
-    totals, seen = TableCounts(), set()
-    for r in planned.groupby("bucket", num_partitions=shuffle_parts).map_groups(write_table_part, fn_kwargs={"settings": cfg},
-                                                  batch_format="pyarrow").iter_rows():
-        totals.add(TableCounts.from_json(r["counts"]))
-        seen.add(int(r["bucket"]))
+    # 3. Table parts of the buckets that had volumes to segment; parts of buckets that no longer
+    # hold a volume go.
+    if pending:
+        for r in ray.data.from_items([{"bucket": b} for b, _ in pending]).map(
+                finish_bucket, fn_kwargs={"settings": cfg}).iter_rows():
+            totals.add(TableCounts.from_json(r["counts"]))
     for b in set(range(layout.buckets)) - seen:
         storage.delete(lay.volume_part_uri(out, b))
     ok, failed = totals.by_status.get("ok", 0), totals.by_status.get("error", 0)
@@ -302,6 +331,8 @@ def _main(argv: list[str]) -> int:
     print(f"segmented {done['segmented']} volumes ({done['slices']} slices, {summary['slices_per_second']:.1f} slices/s) "
           f"in {timer.seconds:.0f}s; {ok} ok, {failed} failed, {summary['objects_skipped']} objects skipped; "
           f"{scan['listed']} objects listed, {scan['scanned']} headers read -> {out}")
+    if done["resumed"]:
+        print(f"  {done['resumed']} already complete (recorded by an interrupted run; not redone)")
     for vid, error in totals.failures:
         print(f"  failed: {vid}: {error}")
     if failed > len(totals.failures):
@@ -309,6 +340,13 @@ def _main(argv: list[str]) -> int:
     if totals.by_error_type:
         print("  failures by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.by_error_type.items())))
     return EXIT_SOME_FAILED if failed else 0
+
+
+def _rss_mib() -> str:
+    import psutil
+
+    m = psutil.Process().memory_full_info()
+    return f"{m.rss / 2**20:.0f} MiB (unique {m.uss / 2**20:.0f}, shared {m.shared / 2**20:.0f})"
 
 
 def _start_pool(args, low: int, high: int):

@@ -1,7 +1,8 @@
 """A TCP proxy on 127.0.0.1 that fails connections on purpose, for storage fault tests.
 
 While `down` is set, or for a `fail_ratio` share of connections (seeded), it closes the client
-connection at once (curl sees an empty reply); otherwise it forwards bytes both ways.
+connection at once (curl sees an empty reply); otherwise it forwards bytes both ways. `requests`
+logs the request line ("GET /bucket/key?...") of every request forwarded.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class FaultProxy:
         self.down = False
         self.failed = 0
         self.forwarded = 0
+        self.requests: list[str] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._sock = socket.socket()
@@ -69,6 +71,9 @@ class FaultProxy:
         def pipe(src, dst, inspect=False):
             try:
                 while data := src.recv(65536):
+                    if inspect and data[:8].split(b" ", 1)[0] in (b"GET", b"PUT", b"HEAD", b"POST", b"DELETE"):
+                        with self._lock:
+                            self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
                     if inspect and self.poison and self.poison in data.split(b"\r\n", 1)[0]:  # the request line
                         with self._lock:
                             self.poisoned += 1

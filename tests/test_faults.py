@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,29 +25,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import SMALL_MODEL
+from tests.jobrun import finish, job_env, start_unet
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 N_SERIES, N_NIFTI = 8, 2
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(extra)
-    return env
-
-
-def _unet(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env or _env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+_env, _unet, _finish = job_env, start_unet, finish
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +133,7 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
 
 
 def _done(out: str) -> int:
-    folder = Path(out) / "volumes" / "ok"
+    folder = Path(out) / "records" / "ok"
     return len(list(folder.glob("*.parquet"))) if folder.is_dir() else 0
 
 

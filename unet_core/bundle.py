@@ -38,6 +38,9 @@ class BundleInfo:
     training: dict = field(default_factory=dict)
     name: str = "unet"
     format_version: int = FORMAT_VERSION
+    # Python modules that register a user model's custom Keras objects
+    # (`keras.saving.register_keras_serializable`); imported before the model is loaded.
+    keras_modules: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -80,6 +83,14 @@ def read_info(uri: str) -> BundleInfo:
 
 def load_bundle(uri: str) -> tuple[keras.Model, BundleInfo]:
     info = read_info(uri)
+    import importlib
+
+    for module in info.keras_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"{uri}: the bundle needs the module {module!r} for its custom layers, and it cannot "
+                              f"be imported ({exc}); install it on every node (or put it on PYTHONPATH)") from exc
     data = storage.read_bytes(storage.join(uri, MODEL_FILE))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, MODEL_FILE)
@@ -120,14 +131,20 @@ def _check_model_fits(model: keras.Model, info: BundleInfo) -> None:
 
 
 def package_model(keras_file: str, uri: str, preprocess: PreprocessConfig, threshold: float = 0.5,
-                  label_names: list[str] | None = None, name: str = "user-model") -> BundleInfo:
-    """Turn a user's own `.keras` model (input (s, s, C), sigmoid or softmax output) into a bundle."""
+                  label_names: list[str] | None = None, name: str = "user-model",
+                  keras_modules: list[str] | None = None) -> BundleInfo:
+    """Turn a user's own `.keras` model (input (s, s, C), sigmoid or softmax output) into a bundle.
+    `keras_modules` name the modules that register its custom layers, if it has any."""
+    import importlib
+
     from unet_core.model.pretrained import load_model_file
 
+    for module in keras_modules or []:
+        importlib.import_module(module)
     model = load_model_file(keras_file)
     k = model.output_shape[-1]
     labels = label_names or (["background", "foreground"] if k == 1 else [f"label_{i}" for i in range(k)])
     info = BundleInfo(preprocess=preprocess, model=None, threshold=threshold, label_names=labels, name=name,
-                      training={"source": os.path.basename(keras_file)})
+                      training={"source": os.path.basename(keras_file)}, keras_modules=list(keras_modules or []))
     save_bundle(uri, model, info)
     return info

@@ -5,6 +5,8 @@ the last one without holding it anywhere whole.
     <output>/series_index/part-PPPPP.parquet  ObjectRow of every object of listing partition P:
                                           the manifest a re-run joins its listing against
     <output>/volumes/part-BBBBB.parquet   VolumeRecord of every volume of bucket B: the volume table
+    <output>/plan/part-BBBBB.parquet      PlannedVolume of a bucket with volumes to segment, while a
+                                          run is under way (removed when its table part is written)
     <output>/records/ok|error/<volume_id>.parquet  completion records, the unit of exactly-once
     <output>/masks|slices|qc/<volume_id>.*  per-volume outputs
     <output>/summary.json
@@ -70,11 +72,15 @@ def volume_part_uri(out: str, bucket: int) -> str:
     return storage.join(out, "volumes", f"part-{bucket:05d}.parquet")
 
 
+def plan_part_uri(out: str, bucket: int) -> str:
+    return storage.join(out, "plan", f"part-{bucket:05d}.parquet")
+
+
 def record_uri(out: str, status: str, volume_id: str) -> str:
     return storage.join(out, "records", status, f"{volume_id}.parquet")
 
 
-OUTPUT_FOLDERS = ("series_index", "volumes", "records", "masks", "slices", "qc")
+OUTPUT_FOLDERS = ("series_index", "volumes", "plan", "records", "masks", "slices", "qc")
 
 
 def read_layout(out: str) -> Layout | None:

@@ -58,6 +58,18 @@ def fan_out(inputs: list[str], depth: int | None = None, follow_symlinks: bool =
     units: list[Unit] = []
     current, level = [p if storage.is_s3(p) or not os.path.isdir(storage.resolve(p)[1]) else p.rstrip("/") + "/"
                       for p in inputs], 0
+    seen: set[str] = set()  # real paths of local prefixes: a linked folder is expanded once
+
+    def first_time(prefix: str) -> bool:
+        if storage.is_s3(prefix):
+            return True
+        real = os.path.realpath(storage.resolve(prefix)[1])
+        if real in seen:
+            return False
+        seen.add(real)
+        return True
+
+    current = [p for p in current if first_time(p)]
     while current:
         stop = level == depth if depth is not None else (len(units) + len(current) >= TARGET_UNITS or level == MAX_FANOUT_DEPTH)
         if stop:
@@ -73,7 +85,7 @@ def fan_out(inputs: list[str], depth: int | None = None, follow_symlinks: bool =
             else:
                 if lv.has_objects:
                     units.append(Unit(prefix, False))
-                nxt += lv.dirs
+                nxt += [d for d in lv.dirs if first_time(d)]
         current, level = nxt, level + 1
     return units, level if depth is None else depth
 
@@ -98,9 +110,8 @@ def _dicom_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | No
     h = scan_header(data, uri, size)
     if h is None:  # the header runs past the prefix
         h = scan_header(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri)
-    d = h.row()
-    d["kind"] = ObjectKind(d["kind"])
-    return _row(entry, format=Format.DICOM, **d)
+    return ObjectRow.from_row({**h.row(), "object_uri": entry.uri, "object_size": entry.size,
+                               "object_version": entry.version, "format": Format.DICOM.value})
 
 
 def scan_object(entry: listing.ObjectEntry, limits: Limits) -> list[ObjectRow]:

@@ -61,37 +61,49 @@ def _arrow_type(hint: Any):
     return {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}[hint]
 
 
+def _converter(hint: Any):
+    """How a Parquet / JSON value becomes the field's Python value (None: as it is)."""
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if args and typing.get_origin(args[0]) is tuple:
+            return lambda v: None if v is None else tuple(float(x) for x in v)
+    return None
+
+
 class Record:
     """Mixin: `to_row()` gives plain Python values (enums as their value, tuples as lists);
     `from_row()` rebuilds the dataclass and refuses unknown keys; `arrow_schema()` is the one
-    Parquet schema of the type."""
+    Parquet schema of the type. Field facts are worked out once per class."""
 
     _schema: ClassVar[Any] = None
+    _fields: ClassVar[dict[str, Any] | None] = None
+
+    @classmethod
+    def _field_converters(cls) -> dict[str, Any]:
+        if cls.__dict__.get("_fields") is None:
+            hints = typing.get_type_hints(cls)
+            cls._fields = {f.name: _converter(hints[f.name]) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls._fields  # type: ignore[return-value]
 
     def to_row(self) -> dict:
         out = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            v = getattr(self, f.name)
-            out[f.name] = v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
+        for name in self._field_converters():
+            v = getattr(self, name)
+            out[name] = v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
         return out
 
     @classmethod
     def from_row(cls: type[R], row: dict) -> R:
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = set(row) - names
+        fields = cls._field_converters()
+        unknown = set(row) - set(fields)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
         kwargs = {}
         for name, value in row.items():
-            hint = hints[name]
-            if value is not None and typing.get_origin(hint) in (tuple, types.UnionType, typing.Union):
-                args = [a for a in typing.get_args(hint) if a is not type(None)]
-                if args and typing.get_origin(args[0]) is tuple:
-                    value = tuple(float(x) for x in value)
-            elif isinstance(hint, type) and issubclass(hint, enum.Enum):
-                value = hint(value)
-            kwargs[name] = value
+            convert = fields[name]
+            kwargs[name] = convert(value) if convert is not None and value is not None else value
         return cls(**kwargs)  # type: ignore[call-arg]
 
     @classmethod

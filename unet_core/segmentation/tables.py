@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from unet_core.errors import InputError
 from unet_core.io import storage
-from unet_core.segmentation.layout import volume_part_uri
+from unet_core.segmentation.layout import plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
     NOT_RECORDED, Action, PlannedVolume, Status, VolumeRecord, rows_from_bytes, table_bytes,
 )
@@ -84,6 +84,30 @@ def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) ->
         if rows or previous:
             storage.write_bytes(volume_part_uri(s.output, bucket), table_bytes(VolumeRecord, rows))
             counts.parts_written = 1
+    return counts
+
+
+def settle_bucket(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> tuple[TableCounts, int]:
+    """After planning: a bucket with nothing to segment gets its table part now; one with volumes
+    to segment keeps its plan (in storage, not in any process) until `finish_bucket`. Returns
+    (counts so far, volumes to segment)."""
+    todo = sum(p.action == Action.SEGMENT for p in planned)
+    if not todo:
+        return write_part(bucket, planned, s), 0
+    storage.write_bytes(plan_part_uri(s.output, bucket), table_bytes(PlannedVolume, [p.to_row() for p in planned]))
+    return TableCounts(), todo
+
+
+def read_plan(out: str, bucket: int, action: Action | None = None) -> list[PlannedVolume]:
+    rows = rows_from_bytes(storage.read_bytes(plan_part_uri(out, bucket)))
+    return [p for p in map(PlannedVolume.from_row, rows) if action is None or p.action == action]
+
+
+def finish_bucket(bucket: int, s: SegmentSettings) -> TableCounts:
+    """The table part of a bucket whose volumes were segmented: from its plan and the completion
+    records they wrote. The plan goes once the part is written."""
+    counts = write_part(bucket, read_plan(s.output, bucket), s)
+    storage.delete(plan_part_uri(s.output, bucket))
     return counts
 
 

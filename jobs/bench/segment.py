@@ -15,71 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 
 import numpy as np
 
-
-def _write_archive(root: str, n_series: int, rows: int, slices: int) -> None:
-    from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
-
-    spec = SeriesSpec(rows=rows, columns=rows, n_slices=slices, pixel_spacing=(384 / rows, 384 / rows), slice_step=5.0,
-                      center=(0.0, 0.0, -30.0))
-    for s in range(n_series):
-        for name, data in dicom_series(Phantom.random(s), spec, seed=s)[0]:
-            path = os.path.join(root, f"series_{s:03d}", name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
-
-
-def _bundle(path: str, size: int, filters: int) -> None:
-    import keras
-
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import ModelConfig, PreprocessConfig
-    from unet_core.model import build_unet
-
-    keras.utils.set_random_seed(0)
-    cfg = ModelConfig(input_size=size, base_filters=filters)
-    save_bundle(path, build_unet(cfg), BundleInfo(preprocess=PreprocessConfig(input_size=size), model=cfg,
-                                                  label_names=["background", "target"], name="bench"))
-
-
-class RayMemorySampler:
-    """Peak of the summed resident memory of the driver and every Ray process, sampled."""
-
-    def __init__(self, interval: float = 0.1):
-        self.interval, self.peak, self.parts, self._stop = interval, 0, {}, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        me = os.getpid()
-        while not self._stop.is_set():
-            parts: dict[str, int] = {}
-            for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-                try:
-                    cmd = " ".join(p.info["cmdline"] or [])
-                    if p.info["pid"] == me or "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd:
-                        kind = ("driver" if p.info["pid"] == me else "predictors" if "PredictorServer" in cmd
-                                else "task workers, Ray's actors" if cmd.startswith("ray::") else "Ray's services")
-                        parts[kind] = parts.get(kind, 0) + p.info["memory_info"].rss
-                except Exception:  # noqa: BLE001 - processes come and go
-                    continue
-            if sum(parts.values()) > self.peak:
-                self.peak, self.parts = sum(parts.values()), parts
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+from jobs.bench.common import RayMemorySampler, make_bundle, write_ct_archive
 
 
 def _model_stage(bundle: str, inputs: str, outputs: str) -> None:
@@ -127,7 +67,7 @@ def _stages_alone(archive: str, bundle: str, scratch: str) -> dict:
     decode = time.perf_counter() - t
     inputs, outputs = os.path.join(scratch, "inputs.npz"), os.path.join(scratch, "probs.npz")
     np.savez(inputs, **{f"v{k:06d}": x for k, (_, x) in enumerate(volumes)})
-    run = subprocess.run([sys.executable, "-c", "import sys; from jobs.bench_segment import _model_stage; "
+    run = subprocess.run([sys.executable, "-c", "import sys; from jobs.bench.segment import _model_stage; "
                           "_model_stage(*sys.argv[1:])", bundle, inputs, outputs],
                          check=True, capture_output=True, text=True)
     model = json.loads(run.stdout.strip().splitlines()[-1])
@@ -189,16 +129,16 @@ def _efficiency(e2e: dict, alone: dict) -> float:
     return sum(alone[k] for k in STAGES) / e2e["total_seconds"]
 
 
-def bench_segment(args, work: str) -> dict:
+def run(args, work: str) -> dict:
     from jobs.common import init_ray
 
     series, rows, slices = args.seg_series, 256, args.seg_slices
     size, filters = args.seg_size, args.seg_filters
     small, large = os.path.join(work, "archive"), os.path.join(work, "archive4x")
-    _write_archive(small, series, rows, slices)
-    _write_archive(large, 4 * series, rows, slices)
+    write_ct_archive(small, series, rows, slices)
+    write_ct_archive(large, 4 * series, rows, slices)
     bundle = os.path.join(work, "bundle")
-    _bundle(bundle, size, filters)
+    make_bundle(bundle, size, filters)
     from jobs.segment import local_cpus
 
     init_ray(args.address, args.num_cpus or local_cpus(1, 0))

@@ -1,0 +1,67 @@
+"""`unet bench`: benchmarks measured side by side in one run, printed as ratios. One module each:
+
+    unet bench io       header-scan objects/s and full-decode slices/s on one core (DICOM CT series)
+    unet bench train    (a) the full Ray Train pipeline with one worker vs (b) a plain single-process
+                        Keras `model.fit` over in-memory arrays (the seed's way), same data and model
+    unet bench segment  `unet segment` end to end against its stages alone and a naive loop
+    unet bench scale    `unet segment` on archives of N and 10N small objects: driver memory, time
+                        per object, re-runs with nothing new and with 1% new series
+    unet bench all      io, train and segment (scale writes 220,000 files: run it by itself)
+
+Nothing here is asserted in tests: results go to docs/benchmarks.md with the command.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import tempfile
+
+from jobs.common import add_ray_args, run_main, setup_logging
+
+BENCHES = ("io", "train", "segment", "scale")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unet bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("which", choices=[*BENCHES, "all"])
+    p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    g = p.add_argument_group("io")
+    g.add_argument("--io-series", type=int, default=4)
+    g.add_argument("--io-slices", type=int, default=64, help="slices per series (512 x 512)")
+    t = p.add_argument_group("train")
+    t.add_argument("--train-cases", type=int, default=8)
+    t.add_argument("--train-size", type=int, default=128)
+    t.add_argument("--train-slices", type=int, default=32, help="slices per case")
+    t.add_argument("--train-filters", type=int, default=16)
+    t.add_argument("--train-epochs", type=int, default=4)
+    t.add_argument("--train-batch", type=int, default=8)
+    s = p.add_argument_group("segment")
+    s.add_argument("--seg-series", type=int, default=32, help="CT series of 256x256 slices in the archive (x4 for the large one)")
+    s.add_argument("--seg-slices", type=int, default=48)
+    s.add_argument("--seg-size", type=int, default=128, help="model input size")
+    s.add_argument("--seg-filters", type=int, default=16)
+    c = p.add_argument_group("scale")
+    c.add_argument("--scale-objects", type=int, default=20_000, help="objects of the small archive (the large one has 10x)")
+    c.add_argument("--scale-series-slices", type=int, default=50, help="objects (32x32 slices) per series")
+    c.add_argument("--scale-factor", type=int, default=10)
+    add_ray_args(p)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    work = args.workdir or tempfile.mkdtemp(prefix="unet-bench-")
+    which = ["io", "train", "segment"] if args.which == "all" else [args.which]
+    results = {name: importlib.import_module(f"jobs.bench.{name}").run(args, os.path.join(work, name)) for name in which}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0

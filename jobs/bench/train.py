@@ -1,0 +1,74 @@
+"""`unet bench train`: the full Ray Train pipeline with one worker against a plain single-process
+Keras `model.fit` over in-memory arrays (the seed's way), same data and model."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+def run(args, work: str) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from jobs import prepare, train
+    from unet_core.synthetic import write_training_set
+
+    raw, prepared, bundle = (os.path.join(work, d) for d in ("raw", "prepared", "bundle"))
+    write_training_set(raw, args.train_cases, size=args.train_size, n_slices=args.train_slices, seed=1)
+    prepare.main(["--images", f"{raw}/images", "--masks", f"{raw}/masks", "--output", prepared, "--overwrite",
+                  "--input-size", str(args.train_size), "--foreground-labels", "1", "--val-fraction", "0.125"])
+    common = ["--base-filters", str(args.train_filters), "--batch-size", str(args.train_batch), "--epochs",
+              str(args.train_epochs), "--no-augment", "--early-stopping-patience", "1000"]
+    if args.address:
+        common += ["--address", args.address]
+    runs = {}
+    for label, extra in (("ray_cached", []), ("ray_streaming", ["--cache-gb-per-worker", "0"])):
+        out = os.path.join(bundle, label)
+        t = time.perf_counter()
+        train.main(["--data", prepared, "--output", out, "--workers", "1", "--cpus-per-worker", str(os.cpu_count()),
+                    *common, *extra])
+        wall = time.perf_counter() - t
+        history = json.load(open(os.path.join(out, "history.json")))
+        steady = history[1:]
+        runs[label] = {"steady_slices_per_s": float(np.mean([h["slices_per_second"] for h in steady])),
+                       "first_epoch_s": history[0]["epoch_seconds"], "wall_s": wall}
+
+    # (b) the seed's way: one process, arrays in memory, model.fit.
+    import keras
+
+    from unet_core.config import ModelConfig
+    from unet_core.model import build_unet
+    from unet_core.model.losses import bce_loss
+    from unet_core.training.shards import decode_rows
+
+    table = pq.read_table(os.path.join(prepared, "slices", "split=train")).to_pydict()
+    x, y = decode_rows(np.array(table["image"], object), np.array(table["mask"], object), args.train_size, 1)
+    n = (len(x) // args.train_batch) * args.train_batch
+    x, y = x[:n], y[:n]
+    keras.utils.set_random_seed(0)
+    model = build_unet(ModelConfig(input_size=args.train_size, base_filters=args.train_filters))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=bce_loss)
+    times = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    model.fit(x, y, batch_size=args.train_batch, epochs=args.train_epochs, shuffle=True, verbose=0, callbacks=[EpochTimer()])
+    plain = float(np.mean([n / t for t in times[1:]]))
+    out = {"slices": n, "size": args.train_size, "base_filters": args.train_filters, "batch": args.train_batch,
+           "plain_keras_slices_per_s": plain, **{f"{k}_{m}": v for k, r in runs.items() for m, v in r.items()}}
+    out["ratio_cached"] = runs["ray_cached"]["steady_slices_per_s"] / plain
+    out["ratio_streaming"] = runs["ray_streaming"]["steady_slices_per_s"] / plain
+    print(f"train ({n} slices of {args.train_size}x{args.train_size}, {args.train_filters} base filters, batch "
+          f"{args.train_batch}, steady-state epochs 2..{args.train_epochs}):")
+    print(f"  (a) Ray Train, 1 worker, shard cached   {runs['ray_cached']['steady_slices_per_s']:7.1f} slices/s")
+    print(f"  (a) Ray Train, 1 worker, streaming      {runs['ray_streaming']['steady_slices_per_s']:7.1f} slices/s")
+    print(f"  (b) plain Keras model.fit in memory     {plain:7.1f} slices/s")
+    print(f"  ratio (a)/(b): cached {out['ratio_cached']:.2f}, streaming {out['ratio_streaming']:.2f} (target >= 0.9)")
+    print(f"  first epoch (Ray start, tracing, first streamed pass): {runs['ray_cached']['first_epoch_s']:.1f}s")
+    return out

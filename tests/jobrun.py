@@ -1,0 +1,31 @@
+"""Running `unet` jobs as separate processes in tests: a job of its own starts its own local Ray
+instance, whose workers inherit the environment given here (storage endpoint, PYTHONPATH)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """This environment without Ray's variables (no attaching to the test session's instance)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(extra)
+    return env
+
+
+def start_unet(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env or job_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def run_unet(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> tuple[int, str]:
+    return finish(start_unet(*args, env=env), timeout)

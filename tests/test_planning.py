@@ -1,0 +1,246 @@
+"""Planning a segment run without Ray: listing and its rules, the manifest join, merging fragments
+across listing partitions, the change rule, and the typed rows."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from unet_core.io import listing, storage
+from unet_core.segmentation import planning
+from unet_core.segmentation.layout import Layout, bucket_of, choose_counts, partition_of
+from unet_core.segmentation.records import (
+    Action, Format, ObjectKind, ObjectRow, PlannedVolume, Status, VolumeRecord, members_from_json, rows_from_bytes,
+    table_bytes,
+)
+from unet_core.segmentation.settings import SegmentSettings
+from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
+
+LIMITS = SegmentSettings(output="o", bundle_info="{}", model_name="m", model_identity="id", threshold=0.5).limits
+
+
+def _settings(**kw) -> SegmentSettings:
+    return SegmentSettings(**{"output": "o", "bundle_info": "{}", "model_name": "m", "model_identity": "id-1",
+                              "threshold": 0.5, "buckets": 4, **kw})
+
+
+def _series(root, name: str, n: int = 6, seed: int = 0) -> list[str]:
+    paths = []
+    for fname, data in dicom_series(Phantom.random(seed), SeriesSpec(rows=16, columns=16, n_slices=n), seed=seed)[0]:
+        p = root / name / fname
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        paths.append(str(p))
+    return paths
+
+
+class Reads:
+    """Counts the reads that go through the storage layer (the calls still run)."""
+
+    def __init__(self, monkeypatch):
+        self.uris: list[str] = []
+        for name in ("read_bytes", "read_range"):
+            real = getattr(storage, name)
+
+            def counted(uri, *a, _real=real, **kw):
+                self.uris.append(uri)
+                return _real(uri, *a, **kw)
+
+            monkeypatch.setattr(storage, name, counted)
+
+
+# ---- listing ------------------------------------------------------------------------------------
+def test_hidden_names_are_skipped_and_versions_given(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.dcm").write_bytes(b"1")
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"2")
+    (tmp_path / ".snapshot").mkdir()
+    (tmp_path / ".snapshot" / "y.dcm").write_bytes(b"3")
+    (tmp_path / "a" / ".tmp-abc").write_bytes(b"4")
+    entries = list(listing.iter_objects(str(tmp_path)))
+    assert [os.path.basename(e.uri) for e in entries] == ["x.dcm"]
+    assert entries[0].size == 1 and entries[0].version == str(os.stat(tmp_path / "a" / "x.dcm").st_mtime_ns)
+
+
+def test_a_symlink_loop_neither_repeats_nor_hangs(tmp_path):
+    archive = tmp_path / "archive"
+    (archive / "p1" / "s1").mkdir(parents=True)
+    (archive / "p1" / "s1" / "a.dcm").write_bytes(b"a")
+    (archive / "p1" / "s1" / "loop").symlink_to(archive, target_is_directory=True)  # back to the top
+    (archive / "p1" / "self").symlink_to(archive / "p1", target_is_directory=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "b.dcm").write_bytes(b"b")
+    (outside / "back").symlink_to(outside, target_is_directory=True)
+    (archive / "linked").symlink_to(outside, target_is_directory=True)
+
+    default = sorted(e.uri for e in listing.iter_objects(str(archive)))
+    assert default == [str(archive / "p1" / "s1" / "a.dcm")]  # directory links are not followed
+    roots = listing.real_roots([str(archive)])
+    followed = sorted(e.uri for e in listing.iter_objects(str(archive), follow_symlinks=True, roots=roots))
+    assert followed == [str(archive / "linked" / "b.dcm"), str(archive / "p1" / "s1" / "a.dcm")]
+    # the fan-out and the per-unit listing together list every object once
+    units, _ = planning.fan_out([str(archive)], follow_symlinks=True)
+    together = sorted(e.uri for u in units for e in listing.iter_objects(u.prefix, u.recursive, True, roots))
+    assert together == followed
+
+
+def test_fan_out_is_repeatable_and_leaves_flat_folders_whole(tmp_path):
+    for p in range(3):
+        for s in range(2):
+            (tmp_path / f"p{p}" / f"s{s}").mkdir(parents=True)
+            (tmp_path / f"p{p}" / f"s{s}" / "x.dcm").write_bytes(b"x")
+    (tmp_path / "top.dcm").write_bytes(b"t")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(1001):  # more than a listing page: not expanded, one unit
+        (flat / f"{i}.dcm").write_bytes(b"")
+    (flat / "sub").mkdir()
+    units, depth = planning.fan_out([str(tmp_path)])
+    assert depth == planning.MAX_FANOUT_DEPTH or depth >= 2
+    assert planning.Unit(str(flat) + "/", True) in units
+    assert planning.Unit(str(tmp_path) + "/", False) in units  # the objects directly at the top
+    again, _ = planning.fan_out([str(tmp_path)], depth)
+    assert again == units
+    listed = sorted(e.uri for u in units for e in listing.iter_objects(u.prefix, u.recursive))
+    assert listed == sorted(e.uri for e in listing.iter_objects(str(tmp_path)))  # each object exactly once
+    assert len({partition_of(u.key, 7) for u in units}) > 1
+
+
+def test_counts_and_layout_round_trip():
+    assert choose_counts(1) == (1, 4) and choose_counts(10_000) == (1024, 256)
+    layout = Layout(("s3://b/a",), 2, 16, 8)
+    assert Layout.from_json(layout.to_json()) == layout
+    assert bucket_of("dcm-x", 8) == bucket_of("dcm-x", 8) and 0 <= bucket_of("dcm-x", 8) < 8
+
+
+# ---- scan and manifest join ------------------------------------------------------------------------
+def test_an_unchanged_object_is_not_read_again(tmp_path, monkeypatch):
+    files = _series(tmp_path, "s1") + _series(tmp_path, "s2", seed=1)
+    units = [planning.Unit(str(tmp_path), True)]
+    first, counts = planning.scan_partition(units, [], LIMITS, False, ())
+    assert counts.scanned == counts.listed == len(files) and counts.reused == 0
+    assert {r.kind for r in first} == {ObjectKind.IMAGE} and len({r.volume_id for r in first}) == 2
+
+    reads = Reads(monkeypatch)
+    again, counts = planning.scan_partition(units, first, LIMITS, False, ())
+    assert reads.uris == [] and counts.reused == len(files) and counts.scanned == 0
+    assert again == first
+
+    replaced = files[0]
+    os.utime(replaced, ns=(time.time_ns(), time.time_ns() + 10_000_000_000))  # a new version
+    late = _series(tmp_path, "s3", n=1, seed=2)[0]
+    third, counts = planning.scan_partition(units, first, LIMITS, False, ())
+    assert sorted(reads.uris) == sorted([replaced, late]) and counts.scanned == 2
+    assert len(third) == len(files) + 1
+
+
+def test_transient_errors_are_scanned_again(tmp_path, monkeypatch):
+    (path,) = _series(tmp_path, "s", n=1)
+    units = [planning.Unit(str(tmp_path), True)]
+    rows, _ = planning.scan_partition(units, [], LIMITS, False, ())
+    failed = [ObjectRow.from_row({**rows[0].to_row(), "kind": "error", "error_type": "storage"})]
+    reads = Reads(monkeypatch)
+    planning.scan_partition(units, failed, LIMITS, False, ())
+    assert reads.uris == [path]
+
+
+def test_scan_guards_every_object(tmp_path, monkeypatch):
+    """An unexpected exception in one object's scan becomes that object's row."""
+    _series(tmp_path, "s", n=2)
+    real = planning.scan_header
+
+    def explode(data, uri, size=None):
+        if uri.endswith("IM00001.dcm"):
+            raise RuntimeError("boom")
+        return real(data, uri, size)
+
+    monkeypatch.setattr(planning, "scan_header", explode)
+    rows, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
+    bad = [r for r in rows if r.kind == ObjectKind.ERROR]
+    assert len(bad) == 1 and bad[0].error_type == "internal" and "IM00001.dcm: RuntimeError: boom" in bad[0].reason
+    assert bad[0].volume_id.startswith("obj-")
+
+
+def test_the_output_prefix_is_not_listed(tmp_path):
+    _series(tmp_path, "s", n=2)
+    (tmp_path / "out" / "masks").mkdir(parents=True)
+    (tmp_path / "out" / "masks" / "m.nii.gz").write_bytes(b"x")
+    rows, counts = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, (),
+                                           exclude=str(tmp_path / "out"))
+    assert counts.listed == 2 and all("/out/" not in r.uri for r in rows)
+
+
+# ---- merging and the change rule ---------------------------------------------------------------------
+def _rows(tmp_path, name: str, n: int = 6, seed: int = 0) -> list[ObjectRow]:
+    _series(tmp_path, name, n=n, seed=seed)
+    rows, _ = planning.scan_partition([planning.Unit(str(tmp_path / name), True)], [], LIMITS, False, ())
+    return rows
+
+
+def test_a_series_split_across_partitions_is_one_volume(tmp_path):
+    rows = _rows(tmp_path, "s")
+    a = planning.fragments_of(rows[:2], 4)
+    b = planning.fragments_of(rows[2:], 4)
+    assert len(a) == len(b) == 1 and a[0].volume_id == b[0].volume_id and a[0].bucket == b[0].bucket
+    (p,) = planning.merge_bucket(a + b, {}, _settings())
+    assert p.action == Action.SEGMENT and p.format == Format.DICOM
+    assert sorted(m.uri for m in members_from_json(p.members)) == sorted(r.uri for r in rows)
+    assert p.source == str(tmp_path / "s") + "/"
+
+
+def test_copies_of_an_instance_are_set_aside(tmp_path):
+    rows = _rows(tmp_path, "s", n=3)
+    copy = ObjectRow.from_row({**rows[0].to_row(), "uri": str(tmp_path / "resent.dcm"),
+                               "object_uri": str(tmp_path / "resent.dcm"), "size": rows[0].size - 10})
+    planned = planning.merge_bucket(planning.fragments_of(rows + [copy], 4), {}, _settings())
+    by_action = {p.action: p for p in planned}
+    assert len(members_from_json(by_action[Action.SEGMENT].members)) == 3
+    aside = json.loads(by_action[Action.SET_ASIDE].record)
+    assert aside["status"] == "skipped" and aside["error_type"] == "duplicate_instance"
+    assert aside["source"].endswith("resent.dcm")
+
+
+def test_the_change_rule(tmp_path):
+    rows = _rows(tmp_path, "s", n=4)
+    s = _settings()
+    (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, s)
+    done = VolumeRecord(volume_id=p.volume_id, source=p.source, format="dicom", series_uid=p.series_uid,
+                        status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1").to_row()
+
+    def plan(members, previous, **kw):
+        (q,) = planning.merge_bucket(planning.fragments_of(members, 4), {p.volume_id: previous}, _settings(**kw))
+        return q
+
+    assert plan(rows, done).action == Action.CARRY  # unchanged: carried over
+    assert json.loads(plan(rows, done).record) == done
+    assert plan(rows, {**done, "status": "error"}).action == Action.SEGMENT  # failed last time: again
+    assert plan(rows, done, model_identity="id-2").action == Action.SEGMENT  # another model
+    replaced = [ObjectRow.from_row({**rows[0].to_row(), "object_version": "new"}), *rows[1:]]
+    assert plan(replaced, done).action == Action.SEGMENT  # a file replaced
+    assert plan(rows[:-1], done).action == Action.SEGMENT  # a slice gone
+    late = ObjectRow.from_row({**rows[0].to_row(), "uri": "late.dcm", "sop_instance_uid": "9.9"})
+    assert plan(rows + [late], done).action == Action.SEGMENT  # a late slice arrived
+
+
+def test_objects_set_aside_become_rows_with_reasons(tmp_path):
+    (tmp_path / "notes.txt").write_bytes(b"not dicom at all")
+    rows, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
+    (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings())
+    record = json.loads(p.record)
+    assert p.action == Action.SET_ASIDE and record["status"] == "error" and record["error_type"] == "not_dicom"
+    assert record["volume_id"].startswith("obj-") and record["source"].endswith("notes.txt")
+
+
+# ---- typed rows ------------------------------------------------------------------------------------
+def test_rows_round_trip_through_parquet(tmp_path):
+    rows = _rows(tmp_path, "s", n=2)
+    back = [ObjectRow.from_row(r) for r in rows_from_bytes(table_bytes(ObjectRow, [r.to_row() for r in rows]))]
+    assert back == rows and isinstance(back[0].orientation, tuple) and back[0].kind is ObjectKind.IMAGE
+    p = PlannedVolume("v", 1, Action.CARRY, "f", Format.NIFTI, "s", "", "[]", "{}")
+    assert PlannedVolume.from_row(p.to_row()) == p
+    assert [f.name for f in VolumeRecord.arrow_schema()][:5] == ["volume_id", "source", "format", "series_uid", "status"]
+    with pytest.raises(ValueError, match="unknown fields"):
+        VolumeRecord.from_row({"volume_id": "v", "nonsense": 1})

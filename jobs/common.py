@@ -62,7 +62,7 @@ def cluster_address(address: str | None = None) -> str | None:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to a cluster when an address is given (or RAY_ADDRESS is set); otherwise start a
-    single-node Ray in this process (DESIGN fact 4: this is what "local mode" means)."""
+    single-node Ray in this process (docs/design.md, fact 4: this is what "local mode" means)."""
     import ray
 
     if ray.is_initialized():

@@ -90,7 +90,7 @@ def resolve_address(address: str | None) -> str:
 
 
 def read_token() -> tuple[str | None, str]:
-    """The cluster token and where it came from, looked up where Ray itself looks (DESIGN fact 5)."""
+    """The cluster token and where it came from, looked up where Ray itself looks (docs/design.md, fact 5)."""
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     if token:
         return token, "RAY_AUTH_TOKEN"

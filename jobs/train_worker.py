@@ -1,7 +1,7 @@
 """The Ray Train worker loop: wiring only. Each worker streams its equal shard of the slices,
 runs the distributed step from `unet_core.training.step`, and reports metrics and checkpoints.
 
-Every worker runs exactly `steps_per_epoch` steps (DESIGN fact 3: unequal step counts hang the
+Every worker runs exactly `steps_per_epoch` steps (docs/design.md, fact 3: unequal step counts hang the
 collectives), and takes the same callback decisions, because every metric it sees is reduced
 across all workers.
 """
@@ -141,7 +141,7 @@ class ShardCache:
     that does not fit streams every epoch. Restarting a streaming split costs seconds per epoch,
     which dominates small datasets.
 
-    Every call yields exactly `n_steps` batches (DESIGN fact 3: unequal step counts across
+    Every call yields exactly `n_steps` batches (docs/design.md, fact 3: unequal step counts across
     workers hang the collectives); further rows of a streamed epoch are drained, not trained on.
     """
 

@@ -192,7 +192,7 @@ def test_a_job_attaches_to_an_existing_cluster_with_address(head, tiny, work_buc
     """`--address HOST:PORT` runs the driver here and the work on the cluster (no Jobs API)."""
     root, bundle = tiny
     env = client_env(tmp_path, TOKEN)
-    env["RAY_AUTH_MODE"] = "token"  # a driver joining a token cluster needs both (DESIGN fact 5)
+    env["RAY_AUTH_MODE"] = "token"  # a driver joining a token cluster needs both (docs/design.md, fact 5)
     out = f"s3://{work_bucket}/attached-out"
     r = subprocess.run([sys.executable, "-m", "jobs.cli", "segment", "--address", head.gcs, "--input", f"{root}/nifti",
                         "--model", bundle, "--output", out], cwd=ROOT, env=env, text=True, capture_output=True,

@@ -1,4 +1,4 @@
-"""The distributed train / eval step (DESIGN fact 1): `strategy.run` of a `tf.GradientTape`
+"""The distributed train / eval step (docs/design.md, fact 1): `strategy.run` of a `tf.GradientTape`
 step with a Keras 3 model and optimizer, the loss averaged over the *global* batch with
 `tf.nn.compute_average_loss`, and metric sums reduced across replicas.
 

@@ -17,13 +17,13 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator
 
 from unet_core.config import Limits
 from unet_core.errors import InputError
 from unet_core.io import archive, listing, storage
-from unet_core.io.dicom import HEADER_PREFIX_BYTES, DicomHeader, group_series, scan_header, volume_id_of, volume_key
+from unet_core.io.dicom import HEADER_PREFIX_BYTES, group_series, scan_header, volume_id_of, volume_key
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
 from unet_core.segmentation.layout import MAX_FANOUT_DEPTH, TARGET_UNITS, bucket_of
 from unet_core.segmentation.records import (
@@ -154,17 +154,8 @@ def assign_volume(row: ObjectRow) -> ObjectRow:
     elif row.format == Format.NIFTI:
         vid = nifti_volume_id(row.uri)
     else:
-        vid = volume_id_of(volume_key(to_header(row)))
+        vid = volume_id_of(volume_key(row))
     return replace(row, volume_id=vid)
-
-
-_HEADER_FIELDS = [f.name for f in fields(DicomHeader)]
-
-
-def to_header(row: ObjectRow) -> DicomHeader:
-    d = {k: getattr(row, k) for k in _HEADER_FIELDS}
-    d["kind"] = row.kind.value
-    return DicomHeader(**d)
 
 
 @dataclass
@@ -286,12 +277,9 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
             out += [_set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type="duplicate_instance",
                                        reason=f"{m.uri}: listed twice"), s) for m in members[1:]]
             continue
-        by_uri = {m.uri: m for m in members}
-        groups, aside = group_series([to_header(m) for m in by_uri.values()])
+        groups, aside = group_series(list({m.uri: m for m in members}.values()))
         for h in aside:  # copies of one SOP instance: the largest is kept
-            out.append(_set_aside(replace(by_uri[h.uri], kind=ObjectKind(h.kind), reason=h.reason,
-                                          error_type=h.error_type, volume_id=""), s))
+            out.append(_set_aside(replace(h, kind=ObjectKind(h.kind), volume_id=""), s))
         for g in groups:
-            kept = [by_uri[u] for u in g.uris]
-            out.append(_plan(vid, kept, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s))
+            out.append(_plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s))
     return out

@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from unet_core.io.dicom import DicomHeader
+
 R = TypeVar("R", bound="Record")
 
 
@@ -123,34 +125,17 @@ class Record:
 
 
 @dataclass
-class ObjectRow(Record):
-    """One stored object or zip member. `object_*` describe what was listed (a zip for its
-    members); `version` is the ETag or mtime the change rule compares."""
+class ObjectRow(DicomHeader, Record):
+    """One stored object or zip member: what its header scan learnt (a DicomHeader, so grouping
+    takes it as it is), plus what was listed. `object_*` describe the listed object (a zip for its
+    members); `object_version` is the ETag or mtime the change rule compares."""
 
-    uri: str
-    object_uri: str
-    object_size: int
-    object_version: str
-    size: int
-    format: Format
     kind: ObjectKind = ObjectKind.IMAGE
-    reason: str = ""
-    error_type: str = ""
+    object_uri: str = ""
+    object_size: int = 0
+    object_version: str = ""
+    format: Format = Format.DICOM
     volume_id: str = ""
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-    series_uid: str = ""
-    study_uid: str = ""
-    modality: str = ""
-    transfer_syntax: str = ""
-    rows: int = 0
-    columns: int = 0
-    frames: int = 1
-    orientation: tuple[float, ...] | None = None
-    position: tuple[float, ...] | None = None
-    pixel_spacing: tuple[float, ...] | None = None
-    slice_thickness: float | None = None
-    instance_number: int | None = None
 
 
 @dataclass

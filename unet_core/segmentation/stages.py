@@ -58,7 +58,6 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
     from unet_core.io import read_object
     from unet_core.io.dicom import SeriesGroup, read_series
     from unet_core.io.nifti import read_nifti
-    from unet_core.segmentation.planning import to_header
 
     t = time.perf_counter()
     try:
@@ -67,8 +66,7 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
             volume = read_nifti(read_object(planned.source, s.limits), planned.source, s.limits,
                                 volume_id=planned.volume_id)
         else:
-            headers = [to_header(m) for m in members_from_json(planned.members)]
-            group = SeriesGroup(planned.volume_id, planned.series_uid, headers)
+            group = SeriesGroup(planned.volume_id, planned.series_uid, members_from_json(planned.members))
             volume = read_series(group, [read_object(u, s.limits) for u in group.uris], s.limits, s.keep_phi)
             if s.modality and volume.modality not in (s.modality, "OT"):
                 raise InputError(f"{planned.source}: modality {volume.modality} does not match the model's "

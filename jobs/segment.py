@@ -192,9 +192,7 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     setup_logging(args.verbose)
-    from unet_core.bundle import bundle_identity, read_info
-    from unet_core.io import listing
-    from unet_core.segmentation import planning
+    from unet_core.bundle import read_info
 
     info = read_info(args.model)
     out = args.output.rstrip("/")
@@ -206,6 +204,7 @@ def _main(argv: list[str]) -> int:
     os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
     init_ray(args.address, args.num_cpus or local_cpus(low, args.num_gpus))
     import ray
+
     timer = Timer()
     if swept := storage.sweep_temporaries(out):
         log.info("removed %d unfinished temporary files of an interrupted run under %s", swept, out)
@@ -219,9 +218,25 @@ def _main(argv: list[str]) -> int:
             storage.delete_tree(storage.join(out, folder))
     storage.delete_tree(storage.join(out, "plan"))  # the plans of an interrupted run
 
-    pool = None
+    pools: list = []  # the predictor pool, once started; stopped however the job ends
+    try:
+        return _plan_and_segment(args, info, inputs, out, layout, low, high, pools, timer)
+    finally:
+        for pool in pools:  # the predictors go now, not whenever their handles are collected
+            ray.get(pool.shutdown.remote())
+            ray.kill(pool)
+
+
+def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low: int, high: int, pools: list,
+                      timer: Timer) -> int:
+    import ray
+
+    from unet_core.bundle import bundle_identity
+    from unet_core.io import listing
+    from unet_core.segmentation import planning
+
     if layout is None:  # a first run: the predictors load while the archive is listed and scanned
-        pool = _start_pool(args, low, high)
+        pools.append(_start_pool(args, low, high))
     units, depth = planning.fan_out(list(inputs), layout.depth if layout else None, args.follow_symlinks)
     if not units:
         raise InputError(f"no objects under {', '.join(inputs)}")
@@ -250,7 +265,7 @@ def _main(argv: list[str]) -> int:
     log.debug("fanned out; driver RSS %s", _rss_mib())
     n_blocks = max(1, min(len(parts), max(2 * task_slots, -(-len(parts) // SCAN_PARTITIONS_PER_BLOCK))))
     # The task-based sort shuffle: on small inputs the hash shuffle's aggregator actors cost seconds
-    # to start (docs/design.md, "Why this shape").
+    # to start (docs/design.md, "Grouping: why fragments and a shuffle by volume bucket").
     ray.data.DataContext.get_current().shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     summaries = (ray.data.from_items(parts, override_num_blocks=n_blocks)
                  .map_batches(scan_partitions, fn_kwargs={"settings": cfg, "roots": list(listing.real_roots(list(inputs)))},
@@ -280,34 +295,31 @@ def _main(argv: list[str]) -> int:
     # 2. Decode -> predict -> finish and write, streaming.
     done = {"segmented": 0, "resumed": 0, "slices": 0, "failed": 0}
     t_pipeline, predictor_wait, pool_stats = Timer(), 0.0, {}
-    try:
-        if n_todo:
-            pool = pool or _start_pool(args, low, high)
-            try:  # a bundle that cannot serve fails the job here, not each volume
-                ray.get(pool.ready.remote())
-            except ray.exceptions.RayError as exc:
-                raise JobError(f"{args.model}: the model cannot be loaded on a predictor: "
-                               f"{str(exc).strip().splitlines()[-1]}") from None
-            predictor_wait = t_pipeline.seconds  # start-up the scan did not hide
-            buckets = [{"bucket": b} for b, _ in pending]
-            todo = (ray.data.from_items(buckets, override_num_blocks=len(buckets))
-                    .flat_map(plan_to_segment, fn_kwargs={"settings": cfg})
-                    .repartition(segment_blocks(n_todo, volume_slots(args, task_slots, n_todo) or
-                                                int(ray.cluster_resources().get("CPU", 1)))))
-            records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": pool}, num_cpus=1,
-                               compute=ray.data.TaskPoolStrategy(size=volume_slots(args, task_slots, n_todo)))
-            for r in records.iter_rows():
-                done["resumed" if r["how"] == "resumed" else "segmented"] += 1
-                done["slices"] += int(r["n_slices"] or 0) if r["how"] != "resumed" else 0
-                done["failed"] += r["status"] != "ok"
-                n = done["segmented"] + done["resumed"]
-                if n % 10 == 0 or n == n_todo:
-                    log.info("volumes done: %d/%d (%d failed)", n, n_todo, done["failed"])
-            pool_stats = ray.get(pool.stats.remote())
-    finally:  # the predictors go now, not whenever their handles are collected
-        if pool is not None:
-            ray.get(pool.shutdown.remote())
-            ray.kill(pool)
+    if n_todo:
+        if not pools:
+            pools.append(_start_pool(args, low, high))
+        pool = pools[0]
+        try:  # a bundle that cannot serve fails the job here, not each volume
+            ray.get(pool.ready.remote())
+        except ray.exceptions.RayError as exc:
+            raise JobError(f"{args.model}: the model cannot be loaded on a predictor: "
+                           f"{str(exc).strip().splitlines()[-1]}") from None
+        predictor_wait = t_pipeline.seconds  # start-up the scan did not hide
+        buckets = [{"bucket": b} for b, _ in pending]
+        todo = (ray.data.from_items(buckets, override_num_blocks=len(buckets))
+                .flat_map(plan_to_segment, fn_kwargs={"settings": cfg})
+                .repartition(segment_blocks(n_todo, volume_slots(args, task_slots, n_todo) or
+                                            int(ray.cluster_resources().get("CPU", 1)))))
+        records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": pool}, num_cpus=1,
+                           compute=ray.data.TaskPoolStrategy(size=volume_slots(args, task_slots, n_todo)))
+        for r in records.iter_rows():
+            done["resumed" if r["how"] == "resumed" else "segmented"] += 1
+            done["slices"] += int(r["n_slices"] or 0) if r["how"] != "resumed" else 0
+            done["failed"] += r["status"] != "ok"
+            n = done["segmented"] + done["resumed"]
+            if n % 10 == 0 or n == n_todo:
+                log.info("volumes done: %d/%d (%d failed)", n, n_todo, done["failed"])
+        pool_stats = ray.get(pool.stats.remote())
     pipeline_seconds = t_pipeline.seconds
     log.debug("segmented; driver RSS %s", _rss_mib())
 

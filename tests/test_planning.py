@@ -95,13 +95,18 @@ def test_fan_out_is_repeatable_and_leaves_flat_folders_whole(tmp_path):
     (tmp_path / "top.dcm").write_bytes(b"t")
     flat = tmp_path / "flat"
     flat.mkdir()
-    for i in range(1001):  # more than a listing page: not expanded, one unit
+    for i in range(1001):  # more than a listing page of objects: not expanded, one unit
         (flat / f"{i}.dcm").write_bytes(b"")
     (flat / "sub").mkdir()
+    many = tmp_path / "many"
+    for i in range(1100):  # more than a page of sub-folders: expanded all the same
+        (many / f"d{i:04d}").mkdir(parents=True)
+    (many / "d0007" / "x.dcm").write_bytes(b"x")
     units, depth = planning.fan_out([str(tmp_path)])
     assert depth == planning.MAX_FANOUT_DEPTH or depth >= 2
     assert planning.Unit(str(flat) + "/", True) in units
     assert planning.Unit(str(tmp_path) + "/", False) in units  # the objects directly at the top
+    assert planning.Unit(str(many / "d0007") + "/", True) in units and len(units) > 1100
     again, _ = planning.fan_out([str(tmp_path)], depth)
     assert again == units
     listed = sorted(e.uri for u in units for e in listing.iter_objects(u.prefix, u.recursive))

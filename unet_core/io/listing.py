@@ -91,38 +91,46 @@ class Level:
     is_object: bool = False  # the prefix names one object
 
 
-def list_level(prefix: str, follow_symlinks: bool = False, max_entries: int = 1000,
+def list_level(prefix: str, follow_symlinks: bool = False, max_objects: int = 1000,
                roots: tuple[str, ...] = ()) -> Level:
-    """The sub-prefixes of `prefix` and whether objects sit directly in it. A level of more than
-    `max_entries` entries (a flat folder) is not read to the end: `complete` is False and the
-    caller lists it as one unit instead of expanding it."""
+    """The sub-prefixes of `prefix` and whether objects sit directly in it. A level holding more
+    than `max_objects` objects (a flat folder) is not read to the end: `complete` is False and the
+    caller lists it as one unit instead of expanding it. Sub-prefixes are all read, however many."""
     if storage.is_s3(prefix):
         client, bucket, key = _s3(prefix)
         if key and not key.endswith("/"):
             if _s3_single(prefix) is not None:
                 return Level((), True, True, is_object=True)
             key += "/"
-        dirs, has_objects, n = [], False, 0
+        dirs, n_objects = [], 0
         for page in _s3_pages(f"s3://{bucket}/{key}", "/"):
-            has_objects = has_objects or any(_s3_entry(bucket, i) for i in page.get("Contents", []))
+            n_objects += sum(1 for i in page.get("Contents", []) if _s3_entry(bucket, i))
             dirs += [f"s3://{bucket}/{p['Prefix']}" for p in page.get("CommonPrefixes", [])
                      if not is_hidden(p["Prefix"].rstrip("/").rsplit("/", 1)[-1])]
-            n += page.get("KeyCount", 0)
-            if n >= max_entries and page.get("IsTruncated"):
-                return Level(tuple(sorted(dirs)), has_objects, False)
-        return Level(tuple(sorted(dirs)), has_objects, True)
+            if n_objects > max_objects and page.get("IsTruncated"):
+                return Level((), True, False)
+        return Level(tuple(sorted(dirs)), n_objects > 0, True)
     path = storage.resolve(prefix)[1]
     if os.path.isfile(path):
         return Level((), True, True, is_object=True)
     if not os.path.isdir(path):
         raise StorageError(f"{prefix}: no such object or prefix", uri=prefix)
-    entries = _scandir(path)
-    if len(entries) > max_entries:
-        return Level((), True, False)
-    dirs = [e.path + "/" for e in entries if not is_hidden(e.name) and _is_dir(e, follow_symlinks)
-            and not (e.is_symlink() and _inside(os.path.realpath(e.path), roots))]
-    has_objects = any(not is_hidden(e.name) and _is_file(e) for e in entries)
-    return Level(tuple(sorted(dirs)), has_objects, True)
+    dirs, n_objects = [], 0
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                if is_hidden(e.name):
+                    continue
+                if _is_dir(e, follow_symlinks):
+                    if not (e.is_symlink() and _inside(os.path.realpath(e.path), roots)):
+                        dirs.append(e.path + "/")
+                elif _is_file(e):
+                    n_objects += 1
+                    if n_objects > max_objects:
+                        return Level((), True, False)
+    except PermissionError as exc:
+        raise StorageError(f"{path}: cannot list the folder (permission denied)", uri=path) from exc
+    return Level(tuple(sorted(dirs)), n_objects > 0, True)
 
 
 def _s3_single(uri: str) -> ObjectEntry | None:

@@ -208,7 +208,8 @@ def _main(argv: list[str]) -> int:
     timer = Timer()
     if swept := storage.sweep_temporaries(out):
         log.info("removed %d unfinished temporary files of an interrupted run under %s", swept, out)
-    inputs = tuple(args.input)
+    # Local inputs as absolute paths: the same archive named two ways is one layout.
+    inputs = tuple(i if "://" in i else os.path.abspath(i) for i in args.input)
     layout = None if args.overwrite else lay.read_layout(out)
     if layout is not None and layout.inputs != inputs:
         log.info("the inputs differ from the last run's (%s): every header is read again", ", ".join(layout.inputs))

@@ -84,7 +84,7 @@ def scan_partitions(batch: dict, settings: dict, roots: list[str]) -> dict:
     from unet_core.segmentation.records import ObjectRow, rows_from_bytes, table_bytes
 
     s = from_dict(SegmentSettings, settings)
-    out: dict[str, list] = {"volume_id": [], "bucket": [], "members": [], "listed": [], "reused": [], "scanned": []}
+    out: dict[str, list] = {k: [] for k in ("volume_id", "bucket", "members", "partition", "fingerprint", *SCAN_COUNTS)}
     for partition, units_json in zip(batch["partition"], batch["units"]):
         units = [planning.Unit(u, r) for u, r in json.loads(units_json)]
         part_uri = lay.index_part_uri(s.output, int(partition))
@@ -92,16 +92,16 @@ def scan_partitions(batch: dict, settings: dict, roots: list[str]) -> dict:
             previous = [ObjectRow.from_row(r) for r in rows_from_bytes(storage.read_bytes(part_uri))]
         except InputError:
             previous = []
-        rows, counts = planning.scan_partition(units, previous, s.limits, s.follow_symlinks, tuple(roots), s.output)
+        rows, counts, reused = planning.scan_partition(units, previous, s.limits, s.follow_symlinks, tuple(roots),
+                                                       s.output)
         if counts.scanned or len(rows) != len(previous):
             if rows:
                 storage.write_bytes(part_uri, table_bytes(ObjectRow, [r.to_row() for r in rows]))
             elif previous:
                 storage.delete(part_uri)
-        frags = planning.fragments_of(rows, s.buckets)
-        out["volume_id"] += [f.volume_id for f in frags] + [""]
-        out["bucket"] += [f.bucket for f in frags] + [-1]
-        out["members"] += [f.members for f in frags] + [""]
+        frags = planning.fragments_of(rows, s.buckets, int(partition), reused)
+        for key, blank in (("volume_id", ""), ("bucket", -1), ("members", ""), ("partition", -1), ("fingerprint", "")):
+            out[key] += [getattr(f, key) for f in frags] + [blank]
         out["listed"] += [0] * len(frags) + [counts.listed]
         out["reused"] += [0] * len(frags) + [counts.reused]
         out["scanned"] += [0] * len(frags) + [counts.scanned]
@@ -122,11 +122,29 @@ def merge_bucket(group, settings: dict):
     if bucket < 0:
         sums = {k: int(pa.compute.sum(group[k]).as_py() or 0) for k in SCAN_COUNTS}
         return pa.Table.from_pylist([{"bucket": -1, "todo": 0, "counts": TableCounts().to_json(), **sums}])
-    frags = [Fragment(v, bucket, m) for v, m in zip(group["volume_id"].to_pylist(), group["members"].to_pylist())]
+    frags = [Fragment(v, bucket, m, p, f) for v, m, p, f in zip(*(group[k].to_pylist() for k in (
+        "volume_id", "members", "partition", "fingerprint")))]
     previous = {r["volume_id"]: r for r in read_part(s.output, bucket)}
-    counts, todo = settle_bucket(bucket, planning.merge_bucket(frags, previous, s), s)
+    counts, todo = settle_bucket(bucket, planning.merge_bucket(frags, previous, s, IndexParts(s.output)), s)
     return pa.Table.from_pylist([{"bucket": bucket, "todo": todo, "counts": counts.to_json(),
                                   **dict.fromkeys(SCAN_COUNTS, 0)}])
+
+
+class IndexParts:
+    """Members of a volume in one listing partition, read from that partition's series_index part
+    (each part read once per task): for the few volumes that must be segmented although none of
+    their objects changed."""
+
+    def __init__(self, out: str):
+        self.out, self.parts = out, {}
+
+    def __call__(self, partition: int, volume_id: str) -> list:
+        from unet_core.segmentation.records import ObjectRow, rows_from_bytes
+
+        if partition not in self.parts:
+            rows = rows_from_bytes(storage.read_bytes(lay.index_part_uri(self.out, partition)))
+            self.parts[partition] = [ObjectRow.from_row(r) for r in rows]
+        return [r for r in self.parts[partition] if r.volume_id == volume_id]
 
 
 def plan_to_segment(row: dict, settings: dict) -> list[dict]:

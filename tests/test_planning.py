@@ -125,19 +125,19 @@ def test_counts_and_layout_round_trip():
 def test_an_unchanged_object_is_not_read_again(tmp_path, monkeypatch):
     files = _series(tmp_path, "s1") + _series(tmp_path, "s2", seed=1)
     units = [planning.Unit(str(tmp_path), True)]
-    first, counts = planning.scan_partition(units, [], LIMITS, False, ())
+    first, counts, _ = planning.scan_partition(units, [], LIMITS, False, ())
     assert counts.scanned == counts.listed == len(files) and counts.reused == 0
     assert {r.kind for r in first} == {ObjectKind.IMAGE} and len({r.volume_id for r in first}) == 2
 
     reads = Reads(monkeypatch)
-    again, counts = planning.scan_partition(units, first, LIMITS, False, ())
+    again, counts, reused = planning.scan_partition(units, first, LIMITS, False, ())
     assert reads.uris == [] and counts.reused == len(files) and counts.scanned == 0
-    assert again == first
+    assert again == first and reused == set(files)
 
     replaced = files[0]
     os.utime(replaced, ns=(time.time_ns(), time.time_ns() + 10_000_000_000))  # a new version
     late = _series(tmp_path, "s3", n=1, seed=2)[0]
-    third, counts = planning.scan_partition(units, first, LIMITS, False, ())
+    third, counts, _ = planning.scan_partition(units, first, LIMITS, False, ())
     assert sorted(reads.uris) == sorted([replaced, late]) and counts.scanned == 2
     assert len(third) == len(files) + 1
 
@@ -145,7 +145,7 @@ def test_an_unchanged_object_is_not_read_again(tmp_path, monkeypatch):
 def test_transient_errors_are_scanned_again(tmp_path, monkeypatch):
     (path,) = _series(tmp_path, "s", n=1)
     units = [planning.Unit(str(tmp_path), True)]
-    rows, _ = planning.scan_partition(units, [], LIMITS, False, ())
+    rows, _, _ = planning.scan_partition(units, [], LIMITS, False, ())
     failed = [ObjectRow.from_row({**rows[0].to_row(), "kind": "error", "error_type": "storage"})]
     reads = Reads(monkeypatch)
     planning.scan_partition(units, failed, LIMITS, False, ())
@@ -163,7 +163,7 @@ def test_scan_guards_every_object(tmp_path, monkeypatch):
         return real(data, uri, size)
 
     monkeypatch.setattr(planning, "scan_header", explode)
-    rows, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
+    rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
     bad = [r for r in rows if r.kind == ObjectKind.ERROR]
     assert len(bad) == 1 and bad[0].error_type == "internal" and "IM00001.dcm: RuntimeError: boom" in bad[0].reason
     assert bad[0].volume_id.startswith("obj-")
@@ -173,7 +173,7 @@ def test_the_output_prefix_is_not_listed(tmp_path):
     _series(tmp_path, "s", n=2)
     (tmp_path / "out" / "masks").mkdir(parents=True)
     (tmp_path / "out" / "masks" / "m.nii.gz").write_bytes(b"x")
-    rows, counts = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, (),
+    rows, counts, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, (),
                                            exclude=str(tmp_path / "out"))
     assert counts.listed == 2 and all("/out/" not in r.uri for r in rows)
 
@@ -181,7 +181,7 @@ def test_the_output_prefix_is_not_listed(tmp_path):
 # ---- merging and the change rule ---------------------------------------------------------------------
 def _rows(tmp_path, name: str, n: int = 6, seed: int = 0) -> list[ObjectRow]:
     _series(tmp_path, name, n=n, seed=seed)
-    rows, _ = planning.scan_partition([planning.Unit(str(tmp_path / name), True)], [], LIMITS, False, ())
+    rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path / name), True)], [], LIMITS, False, ())
     return rows
 
 
@@ -232,11 +232,41 @@ def test_the_change_rule(tmp_path):
 
 def test_objects_set_aside_become_rows_with_reasons(tmp_path):
     (tmp_path / "notes.txt").write_bytes(b"not dicom at all")
-    rows, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
+    rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
     (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings())
     record = json.loads(p.record)
     assert p.action == Action.SET_ASIDE and record["status"] == "error" and record["error_type"] == "not_dicom"
     assert record["volume_id"].startswith("obj-") and record["source"].endswith("notes.txt")
+
+
+def test_unchanged_fragments_travel_without_members(tmp_path):
+    """A re-run's unchanged volume crosses the shuffle as a fingerprint; a volume that must be
+    segmented although nothing changed (it failed last time) has its members fetched by reference."""
+    rows = _rows(tmp_path, "s", n=4)
+    s = _settings()
+    whole = planning.fragments_of(rows, 4)
+    halves = planning.fragments_of(rows[:2], 4, 1, {r.uri for r in rows}) + planning.fragments_of(
+        rows[2:], 4, 2, {r.uri for r in rows})
+    assert all(f.members == "" for f in halves)
+    assert planning.combine(f.fingerprint for f in halves) == whole[0].fingerprint  # split-independent
+    (p,) = planning.merge_bucket(whole, {}, s)
+    done = VolumeRecord(volume_id=p.volume_id, source=p.source, format="dicom", series_uid=p.series_uid,
+                        status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1").to_row()
+    (carried,) = planning.merge_bucket(halves, {p.volume_id: done}, s)  # no loader needed
+    assert carried.action == Action.CARRY and json.loads(carried.record) == done
+
+    asked = []
+
+    def load(partition, vid):
+        asked.append(partition)
+        return [r for r in (rows[:2] if partition == 1 else rows[2:]) if r.volume_id == vid]
+
+    (again,) = planning.merge_bucket(halves, {p.volume_id: {**done, "status": "error"}}, s, load)
+    assert again.action == Action.SEGMENT and sorted(asked) == [1, 2]
+    assert sorted(m.uri for m in members_from_json(again.members)) == sorted(r.uri for r in rows)
+    gone = planning.fragments_of(rows[:3], 4, 1, {r.uri for r in rows})  # a slice deleted
+    (shrunk,) = planning.merge_bucket(gone, {p.volume_id: done}, s, lambda part, vid: rows[:3])
+    assert shrunk.action == Action.SEGMENT and len(members_from_json(shrunk.members)) == 3
 
 
 # ---- typed rows ------------------------------------------------------------------------------------

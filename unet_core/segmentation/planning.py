@@ -18,7 +18,7 @@ import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
 from unet_core.errors import InputError
@@ -176,15 +176,17 @@ def _unchanged(previous: list[ObjectRow], entry: listing.ObjectEntry) -> bool:
 
 
 def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits: Limits, follow_symlinks: bool,
-                   roots: tuple[str, ...], exclude: str | None = None) -> tuple[list[ObjectRow], ScanCounts]:
-    """Every object of a listing partition as ObjectRows with their volume ids. An object whose
-    URI, size and version equal the last run's keeps that run's rows (no read); the others are
-    scanned. Objects below `exclude` (the output prefix) are not listed."""
+                   roots: tuple[str, ...], exclude: str | None = None
+                   ) -> tuple[list[ObjectRow], ScanCounts, set[str]]:
+    """Every object of a listing partition as ObjectRows with their volume ids, and the URIs of
+    the objects whose rows were reused. An object whose URI, size and version equal the last run's
+    keeps that run's rows (no read); the others are scanned. Objects below `exclude` (the output
+    prefix) are not listed."""
     before: dict[str, list[ObjectRow]] = defaultdict(list)
     for r in previous:
         before[r.object_uri].append(r)
     rows: list[ObjectRow] = []
-    counts = ScanCounts()
+    counts, reused = ScanCounts(), set()
     excluded = exclude.rstrip("/") + "/" if exclude else None
     for entry in _entries(units, follow_symlinks, roots):
         if excluded and entry.uri.startswith(excluded):
@@ -194,10 +196,11 @@ def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits:
         if old and _unchanged(old, entry):
             rows += old
             counts.reused += 1
+            reused.add(entry.uri)
         else:
             rows += [assign_volume(r) for r in scan_object(entry, limits)]
             counts.scanned += 1
-    return rows, counts
+    return rows, counts, reused
 
 
 def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...]) -> Iterator[listing.ObjectEntry]:
@@ -210,21 +213,33 @@ def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...
             raise
 
 
-def fragments_of(rows: list[ObjectRow], buckets: int) -> list[Fragment]:
+def fragments_of(rows: list[ObjectRow], buckets: int, partition: int = 0,
+                 reused: set[str] | frozenset = frozenset()) -> list[Fragment]:
+    """The partition's pieces of volumes. A piece whose members were all reused from the last run
+    travels without them (its fingerprint says whether the volume changed)."""
     by_volume: dict[str, list[ObjectRow]] = defaultdict(list)
     for r in rows:
         by_volume[r.volume_id].append(r)
-    return [Fragment(volume_id=vid, bucket=bucket_of(vid, buckets), members=members_json(members))
+    return [Fragment(volume_id=vid, bucket=bucket_of(vid, buckets), partition=partition, fingerprint=fingerprint(members),
+                     members="" if all(m.object_uri in reused for m in members) else members_json(members))
             for vid, members in sorted(by_volume.items())]
 
 
 # ---- merging and the change rule -----------------------------------------------------------------
+_MASK = (1 << 64) - 1
+
+
 def fingerprint(members: Iterable[ObjectRow]) -> str:
-    """Identity of a volume's inputs: its members' URIs, sizes and versions."""
-    h = hashlib.sha256()
-    for uri, size, version in sorted({(m.uri, m.object_size, m.object_version) for m in members}):
-        h.update(f"{uri}\x1f{size}\x1f{version}\x1e".encode())
-    return h.hexdigest()[:16]
+    """Identity of a volume's inputs: its members' URIs, sizes and versions. A sum of their
+    hashes, so the fingerprints of a volume's fragments add up to the volume's."""
+    total = 0
+    for uri, size, version in {(m.uri, m.object_size, m.object_version) for m in members}:
+        total += int.from_bytes(hashlib.sha256(f"{uri}\x1f{size}\x1f{version}".encode()).digest()[:8], "little")
+    return f"{total & _MASK:016x}"
+
+
+def combine(fingerprints: Iterable[str]) -> str:
+    return f"{sum(int(f, 16) for f in fingerprints) & _MASK:016x}"
 
 
 def set_aside_record(row: ObjectRow, s: SegmentSettings) -> VolumeRecord:
@@ -260,14 +275,37 @@ def _plan(vid: str, members: list[ObjectRow], fmt: Format, source: str, series_u
                          members="[]" if carry else members_json(members), record=json.dumps(prev) if carry else "")
 
 
-def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: SegmentSettings) -> list[PlannedVolume]:
+MemberLoader = Callable[[int, str], list[ObjectRow]]  # (partition, volume id) -> its rows there
+
+
+def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: SegmentSettings,
+                 load_members: MemberLoader | None = None) -> list[PlannedVolume]:
     """The fragments of one bucket's volumes, merged, deduplicated and planned. `previous` maps a
-    volume id to its row in the last run's volume table (same bucket)."""
-    by_volume: dict[str, list[ObjectRow]] = defaultdict(list)
+    volume id to its row in the last run's volume table (same bucket). A volume whose fragments
+    all came without members and whose fingerprint and model equal its last ok row (or, for an
+    object set aside, its last row) is carried over unread; otherwise the members left out are
+    fetched with `load_members` (from the partitions' series_index parts)."""
+    by_volume: dict[str, list[Fragment]] = defaultdict(list)
     for f in fragments:
-        by_volume[f.volume_id] += members_from_json(f.members)
+        by_volume[f.volume_id].append(f)
     out: list[PlannedVolume] = []
-    for vid, members in sorted(by_volume.items()):
+    for vid, frags in sorted(by_volume.items()):
+        prev = previous.get(vid)
+        if prev is not None and all(not f.members for f in frags) and prev["fingerprint"] == combine(
+                f.fingerprint for f in frags) and (vid.startswith("obj-") or (
+                prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity)):
+            out.append(PlannedVolume(volume_id=vid, bucket=bucket_of(vid, s.buckets), action=Action.CARRY,
+                                     fingerprint=prev["fingerprint"], format=Format(prev["format"]), source=prev["source"],
+                                     series_uid=prev["series_uid"], members="[]", record=json.dumps(prev)))
+            continue
+        members: list[ObjectRow] = []
+        for f in frags:
+            if f.members:
+                members += members_from_json(f.members)
+            elif load_members is not None:
+                members += load_members(f.partition, vid)
+            else:
+                raise ValueError(f"{vid}: a fragment without members and no way to load them")
         first = members[0]
         if first.kind != ObjectKind.IMAGE:
             out += [_set_aside(m, s) for m in members]

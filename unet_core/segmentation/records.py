@@ -141,12 +141,16 @@ class ObjectRow(DicomHeader, Record):
 @dataclass
 class Fragment(Record):
     """The members of one volume (or one set-aside object) found in one listing partition.
-    `members` is the JSON list of their ObjectRow rows; `bucket` routes it to the merge task that
-    also holds the volume's previous table row."""
+    `members` is the JSON list of their ObjectRow rows, or "" when every one of them was unchanged
+    since the last run (then they are in the partition's series_index part, for the rare volume
+    that needs them); `fingerprint` is their part of the volume's fingerprint; `bucket` routes the
+    fragment to the merge task that also holds the volume's previous table row."""
 
     volume_id: str
     bucket: int
     members: str
+    partition: int = 0
+    fingerprint: str = ""
 
 
 @dataclass

@@ -115,7 +115,7 @@ def merge_bucket(group, settings: dict):
 
     from unet_core.segmentation import planning
     from unet_core.segmentation.records import Fragment
-    from unet_core.segmentation.tables import TableCounts, read_part, settle_bucket
+    from unet_core.segmentation.tables import IndexParts, TableCounts, read_part, settle_bucket
 
     s = from_dict(SegmentSettings, settings)
     bucket = int(group["bucket"][0].as_py())
@@ -128,23 +128,6 @@ def merge_bucket(group, settings: dict):
     counts, todo = settle_bucket(bucket, planning.merge_bucket(frags, previous, s, IndexParts(s.output)), s)
     return pa.Table.from_pylist([{"bucket": bucket, "todo": todo, "counts": counts.to_json(),
                                   **dict.fromkeys(SCAN_COUNTS, 0)}])
-
-
-class IndexParts:
-    """Members of a volume in one listing partition, read from that partition's series_index part
-    (each part read once per task): for the few volumes that must be segmented although none of
-    their objects changed."""
-
-    def __init__(self, out: str):
-        self.out, self.parts = out, {}
-
-    def __call__(self, partition: int, volume_id: str) -> list:
-        from unet_core.segmentation.records import ObjectRow, rows_from_bytes
-
-        if partition not in self.parts:
-            rows = rows_from_bytes(storage.read_bytes(lay.index_part_uri(self.out, partition)))
-            self.parts[partition] = [ObjectRow.from_row(r) for r in rows]
-        return [r for r in self.parts[partition] if r.volume_id == volume_id]
 
 
 def plan_to_segment(row: dict, settings: dict) -> list[dict]:

@@ -71,9 +71,15 @@ def test_segmentation_manifest_autoscales_gpu_and_cpu_groups():
     assert "nvidia.com/gpu" in gpu_limits
     assert "nvidia.com/gpu" not in groups["cpu-decode"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     args = importlib.import_module("jobs.segment").build_parser().parse_args(shlex.split(doc["spec"]["entrypoint"])[2:])
-    assert args.num_gpus == 1 and args.concurrency <= groups["gpu-predict"]["maxReplicas"]
+    low, high = importlib.import_module("jobs.segment").predictor_counts(args)
+    assert args.num_gpus == 1 and low <= high <= groups["gpu-predict"]["maxReplicas"]
     for g in groups.values():
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    # small task results stay out of the driver's memory on every node (docs/design.md)
+    pods = [cluster["headGroupSpec"], *groups.values()]
+    for pod in pods:
+        env = {e["name"]: e["value"] for e in pod["template"]["spec"]["containers"][0].get("env", [])}
+        assert env.get("RAY_max_direct_call_object_size") == "1024"
 
 
 def test_launcher_yaml_pins_the_image_and_starts_ray_with_token_auth():

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from unet_core.errors import InputError
 from unet_core.io import storage
-from unet_core.segmentation.layout import plan_part_uri, volume_part_uri
+from unet_core.segmentation.layout import index_part_uri, plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
-    NOT_RECORDED, Action, PlannedVolume, Status, VolumeRecord, rows_from_bytes, table_bytes,
+    NOT_RECORDED, Action, ObjectRow, PlannedVolume, Status, VolumeRecord, rows_from_bytes, table_bytes,
 )
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import read_record
@@ -109,6 +109,21 @@ def finish_bucket(bucket: int, s: SegmentSettings) -> TableCounts:
     counts = write_part(bucket, read_plan(s.output, bucket), s)
     storage.delete(plan_part_uri(s.output, bucket))
     return counts
+
+
+class IndexParts:
+    """`planning.MemberLoader` over an output's series_index parts: the rows of one volume in one
+    listing partition (each part read once), for the few volumes that must be segmented although
+    none of their objects changed."""
+
+    def __init__(self, out: str):
+        self.out, self.parts = out, {}
+
+    def __call__(self, partition: int, volume_id: str) -> list[ObjectRow]:
+        if partition not in self.parts:
+            rows = rows_from_bytes(storage.read_bytes(index_part_uri(self.out, partition)))
+            self.parts[partition] = [ObjectRow.from_row(r) for r in rows]
+        return [r for r in self.parts[partition] if r.volume_id == volume_id]
 
 
 def read_table_folder(uri: str) -> list[dict]:

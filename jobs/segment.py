@@ -78,33 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- stage wiring (each body is a domain function; these only unpack Ray batches) ---------------
 def scan_partitions(batch: dict, settings: dict, roots: list[str]) -> dict:
-    """A block of listing partitions -> their volume fragments; each partition's series_index part
-    is rewritten when it changed. One row per partition also carries its counts."""
+    """A block of listing partitions -> their volume fragments, plus one counts row per partition."""
     from unet_core.segmentation import planning
-    from unet_core.segmentation.records import ObjectRow, rows_from_bytes, table_bytes
 
     s = from_dict(SegmentSettings, settings)
     out: dict[str, list] = {k: [] for k in ("volume_id", "bucket", "members", "partition", "fingerprint", *SCAN_COUNTS)}
     for partition, units_json in zip(batch["partition"], batch["units"]):
         units = [planning.Unit(u, r) for u, r in json.loads(units_json)]
-        part_uri = lay.index_part_uri(s.output, int(partition))
-        try:
-            previous = [ObjectRow.from_row(r) for r in rows_from_bytes(storage.read_bytes(part_uri))]
-        except InputError:
-            previous = []
-        rows, counts, reused = planning.scan_partition(units, previous, s.limits, s.follow_symlinks, tuple(roots),
-                                                       s.output)
-        if counts.scanned or len(rows) != len(previous):
-            if rows:
-                storage.write_bytes(part_uri, table_bytes(ObjectRow, [r.to_row() for r in rows]))
-            elif previous:
-                storage.delete(part_uri)
-        frags = planning.fragments_of(rows, s.buckets, int(partition), reused)
+        frags, counts = planning.index_partition(int(partition), units, s, tuple(roots))
         for key, blank in (("volume_id", ""), ("bucket", -1), ("members", ""), ("partition", -1), ("fingerprint", "")):
             out[key] += [getattr(f, key) for f in frags] + [blank]
-        out["listed"] += [0] * len(frags) + [counts.listed]
-        out["reused"] += [0] * len(frags) + [counts.reused]
-        out["scanned"] += [0] * len(frags) + [counts.scanned]
+        for key in SCAN_COUNTS:
+            out[key] += [0] * len(frags) + [getattr(counts, key)]
     return out
 
 

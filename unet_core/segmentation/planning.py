@@ -25,10 +25,10 @@ from unet_core.errors import InputError
 from unet_core.io import archive, listing, storage
 from unet_core.io.dicom import HEADER_PREFIX_BYTES, group_series, scan_header, volume_id_of, volume_key
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
-from unet_core.segmentation.layout import MAX_FANOUT_DEPTH, TARGET_UNITS, bucket_of
+from unet_core.segmentation.layout import MAX_FANOUT_DEPTH, TARGET_UNITS, bucket_of, index_part_uri
 from unet_core.segmentation.records import (
     INTERNAL, Action, Format, Fragment, ObjectKind, ObjectRow, PlannedVolume, Status, VolumeRecord, members_from_json,
-    members_json,
+    members_json, rows_from_bytes, table_bytes,
 )
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.volume import short_hash
@@ -164,10 +164,6 @@ class ScanCounts:
     reused: int = 0  # their rows taken from the last run (unchanged)
     scanned: int = 0  # headers read now
 
-    def add(self, other: "ScanCounts") -> None:
-        self.listed, self.reused, self.scanned = (self.listed + other.listed, self.reused + other.reused,
-                                                  self.scanned + other.scanned)
-
 
 def _unchanged(previous: list[ObjectRow], entry: listing.ObjectEntry) -> bool:
     p = previous[0]
@@ -201,6 +197,24 @@ def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits:
             rows += [assign_volume(r) for r in scan_object(entry, limits)]
             counts.scanned += 1
     return rows, counts, reused
+
+
+def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
+                    roots: tuple[str, ...]) -> tuple[list[Fragment], ScanCounts]:
+    """One listing partition of a run: joined with its series_index part of the last run, scanned
+    where needed, its part rewritten when anything changed; returns its volume fragments."""
+    part_uri = index_part_uri(s.output, partition)
+    try:
+        previous = [ObjectRow.from_row(r) for r in rows_from_bytes(storage.read_bytes(part_uri))]
+    except InputError:
+        previous = []
+    rows, counts, reused = scan_partition(units, previous, s.limits, s.follow_symlinks, roots, s.output)
+    if counts.scanned or len(rows) != len(previous):
+        if rows:
+            storage.write_bytes(part_uri, table_bytes(ObjectRow, [r.to_row() for r in rows]))
+        elif previous:
+            storage.delete(part_uri)
+    return fragments_of(rows, s.buckets, partition, reused), counts
 
 
 def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...]) -> Iterator[listing.ObjectEntry]:

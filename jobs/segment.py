@@ -11,6 +11,7 @@ The driver holds counters and small summaries, never a row per object or per vol
     masks/<volume_id>.nii.gz         uint8 labels on the source voxel grid, source affine
     slices/<volume_id>.parquet       per-slice masks (unet_core.io.mask_codec encoding)
     qc/<volume_id>.png               with --qc: montage with the mask outline
+    seg/<volume_id>.dcm              with --dicom-seg: DICOM SEG on the source images (DICOM volumes)
     volumes/part-*.parquet           the volume table: one row per volume and per unusable object
     series_index/part-*.parquet      every object: what it is, which volume it went to, or why not
     records/ok|error/<volume_id>.parquet  completion records, written last
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--largest-component", action="store_true", help="keep the largest 3D connected component per label")
     p.add_argument("--fill-holes", action="store_true", help="fill holes in 3D per label")
     p.add_argument("--qc", action="store_true", help="write a PNG montage per volume")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM SEG per DICOM volume (seg/<volume_id>.dcm), referencing the source "
+                        "images; it carries the source's patient and study modules, as PACS need, even without "
+                        "--keep-phi (the tables stay free of identifiers)")
     p.add_argument("--keep-phi", action="store_true", help="keep patient name, ID and birth date in the outputs")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="follow directory symlinks of a local archive (loops are detected by real path)")
@@ -234,7 +239,8 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
         output=out, bundle_info=info.to_json(), model_name=info.name, model_identity=bundle_identity(args.model),
         threshold=args.threshold if args.threshold is not None else info.threshold,
         modality="CT" if info.preprocess.modality == "CT" else None, limits=limits_from(args),
-        largest_component=args.largest_component, fill_holes=args.fill_holes, qc=args.qc, keep_phi=args.keep_phi,
+        largest_component=args.largest_component, fill_holes=args.fill_holes, qc=args.qc, dicom_seg=args.dicom_seg,
+        keep_phi=args.keep_phi,
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets)
     cfg = to_dict(settings)

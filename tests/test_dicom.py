@@ -1,6 +1,7 @@
 """DICOM reading: series assembly, real files from pydicom's test data, and bad input."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -229,10 +230,11 @@ def test_per_volume_budget(tmp_path):
 
 
 def test_compressed_without_decoder_names_syntax_and_extra(tmp_path):
-    """A real run with the codecs uninstalled for that interpreter: their imports are blocked."""
+    """A real run with the codecs uninstalled for that interpreter: their imports are blocked
+    (jpeg_ls is pyjpegls, which highdicom brings)."""
     code = (
         "import sys\n"
-        "for m in ('pylibjpeg','openjpeg','libjpeg','rle','gdcm','pylibjpeg_rle'): sys.modules[m] = None\n"
+        "for m in ('pylibjpeg','openjpeg','libjpeg','rle','gdcm','pylibjpeg_rle','jpeg_ls'): sys.modules[m] = None\n"
         "from pydicom.data import get_testdata_file\n"
         "from unet_core.io import read_volume\n"
         "from unet_core.errors import UnsupportedPixelDataError\n"
@@ -257,3 +259,108 @@ def test_undecodable_syntax_even_with_codecs(tmp_path):
     edit(paths[0], mpeg)
     with pytest.raises(UnsupportedPixelDataError, match=r"MPEG-4 .* no decoder for it is installed"):
         read_volume([paths[0]])
+
+
+@pytest.mark.parametrize("bits, stored, signed, syntax", [
+    (16, 12, 0, "ExplicitVRLittleEndian"), (16, 12, 1, "ExplicitVRLittleEndian"), (16, 16, 1, "ImplicitVRLittleEndian"),
+    (8, 8, 0, "ExplicitVRLittleEndian"), (8, 7, 1, "ExplicitVRLittleEndian"), (32, 20, 1, "ExplicitVRLittleEndian"),
+    (16, 12, 1, "DeflatedExplicitVRLittleEndian"),
+])
+def test_uncompressed_pixels_read_from_the_buffer_equal_pydicom(tmp_path, bits, stored, signed, syntax):
+    """The buffer path masks unused high bits and sign-extends exactly as pydicom's pixel_array.
+    (Big endian takes pydicom's path: MR_small_bigendian.dcm above.)"""
+    from unet_core.io.dicom import decode_frames
+    from unet_core.synthetic import to_bytes
+
+    paths, _, _ = write_series(tmp_path / "s", SeriesSpec(rows=16, columns=12, n_slices=2))
+    ds = pydicom.dcmread(paths[0])
+    rng = np.random.default_rng(bits + stored)
+    values = rng.integers(0, 2**bits, size=16 * 12, dtype=np.uint64)  # high bits set at random
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, signed
+    ds.PixelData = values.astype(f"<u{bits // 8}").tobytes()
+    ds.file_meta.TransferSyntaxUID = getattr(pydicom.uid, syntax)
+    data = to_bytes(ds)
+    _, pixels = decode_frames(data, "mem://x")
+    expected = pydicom.dcmread(io.BytesIO(data)).pixel_array
+    assert pixels.shape == (1, 16, 12)
+    np.testing.assert_array_equal(pixels[0], expected)
+
+
+
+def _all_test_files() -> list[str]:
+    """pydicom's own test files and pydicom-data's, listed from their folders (pydicom's
+    get_testdata_files("*") also tries to download what pydicom-data lacks)."""
+    from pathlib import Path
+
+    import data_store
+    import pydicom.data
+
+    roots = [Path(pydicom.data.DATA_ROOT) / "test_files", Path(data_store.__file__).parent / "data"]
+    return sorted(str(p) for root in roots for p in root.rglob("*") if p.is_file()
+                  and not p.name.endswith((".py", ".pyc", ".txt", ".json", ".gz", ".bz2", ".zip", ".md")))
+
+
+def test_fast_header_scan_equals_pydicoms_on_every_test_file(monkeypatch):
+    """The struct-based scan (explicit VR little endian) gives the same header as the pydicom path,
+    from 64 KiB prefixes and whole files, for every file of pydicom's test data it takes."""
+    import unet_core.io.dicom as dicom_mod
+    from unet_core.io.dicom import HEADER_PREFIX_BYTES
+    from unet_core.io.dicom_fastscan import fast_scan
+
+    files = _all_test_files()
+    assert len(files) > 100
+    taken = 0
+    for path in files:
+        data = open(path, "rb").read()
+        for chunk in (data[:HEADER_PREFIX_BYTES], data):
+            fast = scan_header(chunk, path, len(data))
+            with monkeypatch.context() as m:
+                m.setattr(dicom_mod, "fast_scan", lambda _: None)
+                slow = scan_header(chunk, path, len(data))
+            assert fast == slow, path
+        taken += fast_scan(data) is not None
+    assert taken > 30  # the fast path is really taken
+
+
+def test_fast_header_scan_gives_up_on_malformed_bytes():
+    from unet_core.io.dicom_fastscan import fast_scan
+
+    paths = [p for p in _all_test_files() if fast_scan(open(p, "rb").read()) is not None][:5]
+    rng = np.random.default_rng(0)
+    for path in paths:
+        data = bytearray(open(path, "rb").read())
+        for _ in range(200):
+            cut = bytes(data[:int(rng.integers(132, min(len(data), 4096)))])
+            fast_scan(cut)  # never raises
+            mangled = bytearray(data[:4096])
+            mangled[int(rng.integers(132, len(mangled)))] = int(rng.integers(0, 256))
+            result = fast_scan(bytes(mangled))
+            assert result is None or isinstance(result[1], int)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless", "JPEGLSLossless", None])
+def test_slices_after_the_first_decode_without_pydicoms_parse_and_equal_it(tmp_path, monkeypatch, syntax):
+    """Classic slices after the first take the fast path (buffer, or the codec once on the
+    encapsulated fragments); the volume equals the one decoded through pydicom, slice by slice."""
+    import unet_core.io.dicom as dicom_mod
+    from unet_core.io.dicom import read_series
+    from unet_core.synthetic import to_bytes
+
+    paths, _, _ = write_series(tmp_path / "s", SeriesSpec(rows=64, columns=48, n_slices=5))
+    blobs = {}
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        if syntax:
+            ds.compress(getattr(pydicom.uid, syntax))
+        blobs[p] = to_bytes(ds)
+    (group,), _ = group_series([scan_header(b, u) for u, b in blobs.items()])
+    calls = []
+    real = dicom_mod.decode_frames
+    monkeypatch.setattr(dicom_mod, "decode_frames", lambda data, uri: calls.append(uri) or real(data, uri))
+    fast = read_series(group, [blobs[u] for u in group.uris])
+    assert len(calls) == 1  # only the first slice went through pydicom
+    monkeypatch.setattr(dicom_mod, "_fast_plane", lambda blob, header: None)
+    slow = read_series(group, [blobs[u] for u in group.uris])
+    np.testing.assert_array_equal(fast.voxels, slow.voxels)
+    np.testing.assert_array_equal(fast.affine, slow.affine)
+    assert fast.voxels.dtype == np.float32 and fast.shape == (48, 64, 5)

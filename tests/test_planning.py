@@ -228,6 +228,12 @@ def test_the_change_rule(tmp_path):
     assert plan(rows[:-1], done).action == Action.SEGMENT  # a slice gone
     late = ObjectRow.from_row({**rows[0].to_row(), "uri": "late.dcm", "sop_instance_uid": "9.9"})
     assert plan(rows + [late], done).action == Action.SEGMENT  # a late slice arrived
+    # an output this run asks for and the last run did not write: redone; present or refused: carried
+    assert plan(rows, done, dicom_seg=True).action == Action.SEGMENT
+    assert plan(rows, {**done, "seg_uri": "o/seg/v.dcm"}, dicom_seg=True).action == Action.CARRY
+    assert plan(rows, {**done, "seg_skipped": "no sources"}, dicom_seg=True).action == Action.CARRY
+    assert plan(rows, done, qc=True).action == Action.SEGMENT
+    assert plan(rows, {**done, "qc_uri": "o/qc/v.png"}, qc=True).action == Action.CARRY
 
 
 def test_objects_set_aside_become_rows_with_reasons(tmp_path):
@@ -254,6 +260,9 @@ def test_unchanged_fragments_travel_without_members(tmp_path):
                         status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1").to_row()
     (carried,) = planning.merge_bucket(halves, {p.volume_id: done}, s)  # no loader needed
     assert carried.action == Action.CARRY and json.loads(carried.record) == done
+    (wants_seg,) = planning.merge_bucket(halves, {p.volume_id: done}, _settings(dicom_seg=True),
+                                         lambda part, vid: rows[:2] if part == 1 else rows[2:])
+    assert wants_seg.action == Action.SEGMENT and len(members_from_json(wants_seg.members)) == 4
 
     asked = []
 

@@ -118,6 +118,53 @@ def test_rerun_skips_and_overwrite_redoes(archive, first_run, trained_bundle):
     assert summary["segmented_now"] == n_good + len(failed_volumes)
 
 
+def test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks(archive, first_run, trained_bundle):
+    """A re-run with --dicom-seg redoes the volumes that have no SEG yet; each SEG, read back with
+    highdicom, puts the same labels on the source grid as the NIfTI mask; NIfTI inputs say why they
+    have none; a further re-run carries everything over; only the SEGs hold patient identity."""
+    import pydicom
+
+    from seg_check import iod_problems, labels_on_grid, read_seg
+
+    root, _, n_good = archive
+    out, _ = first_run
+    args = ["--input", root, "--model", trained_bundle, "--output", out, "--dicom-seg"]
+    assert segment.main(args) == segment.EXIT_SOME_FAILED
+    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    n_failed = len([r for r in _table(out) if r["status"] == "error" and not r["volume_id"].startswith("obj-")])
+    assert summary["segmented_now"] == n_good + n_failed
+    ok = [r for r in _table(out) if r["status"] == "ok"]
+    dicom = [r for r in ok if r["format"] == "dicom"]
+    assert len(dicom) >= 3 and len(ok) == n_good
+    for r in ok:
+        if r["format"] == "nifti":
+            assert r["seg_uri"] == "" and "NIfTI input has no DICOM source" in r["seg_skipped"]
+            continue
+        assert r["seg_uri"] == f"{out}/seg/{r['volume_id']}.dcm" and r["seg_skipped"] == ""
+        data = storage.read_bytes(r["seg_uri"])
+        ds = pydicom.dcmread(io.BytesIO(data))
+        assert iod_problems(ds) == [] and ds.SegmentationType == "BINARY"
+        assert str(ds.PatientName) == "DOE^JANE"  # the SEG carries the source's patient module
+        mask = nib.Nifti1Image.from_bytes(gzip.decompress(storage.read_bytes(r["mask_uri"])))
+        np.testing.assert_array_equal(labels_on_grid(read_seg(data), mask.affine, mask.shape), np.asarray(mask.dataobj))
+    segs = [e.uri for e in storage.list_files(f"{out}/seg")]
+    assert sorted(segs) == sorted(r["seg_uri"] for r in dicom)  # one per volume, nothing half-written
+    for entry in storage.list_files(out):
+        if entry.uri.endswith((".parquet", ".json")):
+            assert b"DOE^JANE" not in storage.read_bytes(entry.uri), entry.uri
+
+    assert segment.main(args) == segment.EXIT_SOME_FAILED
+    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    assert summary["segmented_now"] == n_failed  # SEGs present: carried over
+
+    uid = pydicom.dcmread(io.BytesIO(storage.read_bytes(dicom[0]["seg_uri"]))).SOPInstanceUID
+    assert segment.main(args + ["--overwrite"]) == segment.EXIT_SOME_FAILED
+    assert json.loads(storage.read_bytes(f"{out}/summary.json"))["segmented_now"] == n_good + n_failed
+    assert sorted(e.uri for e in storage.list_files(f"{out}/seg")) == sorted(segs)  # replaced, not added
+    # the same volume and model give the same SEG UIDs: a PACS replaces the object, no duplicate
+    assert pydicom.dcmread(io.BytesIO(storage.read_bytes(dicom[0]["seg_uri"]))).SOPInstanceUID == uid
+
+
 def test_multiclass_bundle_gives_label_maps(tmp_path, ray_local):
     """A user's own softmax model with four labels, packaged as a bundle: masks are label maps and
     per-slice masks use the uint8 encoding. The model is a 1x1 convolution whose label steps up

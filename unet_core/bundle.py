@@ -41,6 +41,15 @@ class BundleInfo:
     # Python modules that register a user model's custom Keras objects
     # (`keras.saving.register_keras_serializable`); imported before the model is loaded.
     keras_modules: list[str] = field(default_factory=list)
+    # DICOM SEG segment descriptions per foreground label: {label: {"category": code, "type": code}},
+    # a code being {"scheme": "SCT", "value": "...", "meaning": "..."}; labels not named get the
+    # generic default (unet_core/io/dicom_seg.py, DEFAULT_CODES).
+    segment_codes: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from unet_core.io.dicom_seg import check_segment_codes
+
+        check_segment_codes(self.segment_codes, self.label_names)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -132,9 +141,10 @@ def _check_model_fits(model: keras.Model, info: BundleInfo) -> None:
 
 def package_model(keras_file: str, uri: str, preprocess: PreprocessConfig, threshold: float = 0.5,
                   label_names: list[str] | None = None, name: str = "user-model",
-                  keras_modules: list[str] | None = None) -> BundleInfo:
+                  keras_modules: list[str] | None = None, segment_codes: dict | None = None) -> BundleInfo:
     """Turn a user's own `.keras` model (input (s, s, C), sigmoid or softmax output) into a bundle.
-    `keras_modules` name the modules that register its custom layers, if it has any."""
+    `keras_modules` name the modules that register its custom layers, if it has any;
+    `segment_codes` the coded category and type of each foreground label in DICOM SEG output."""
     import importlib
 
     from unet_core.model.pretrained import load_model_file
@@ -145,6 +155,7 @@ def package_model(keras_file: str, uri: str, preprocess: PreprocessConfig, thres
     k = model.output_shape[-1]
     labels = label_names or (["background", "foreground"] if k == 1 else [f"label_{i}" for i in range(k)])
     info = BundleInfo(preprocess=preprocess, model=None, threshold=threshold, label_names=labels, name=name,
-                      training={"source": os.path.basename(keras_file)}, keras_modules=list(keras_modules or []))
+                      training={"source": os.path.basename(keras_file)}, keras_modules=list(keras_modules or []),
+                      segment_codes=dict(segment_codes or {}))
     save_bundle(uri, model, info)
     return info

@@ -8,6 +8,7 @@ reason. Series are split by orientation and image size, so a localizer never lan
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
@@ -30,6 +31,7 @@ from unet_core.errors import (
     TruncatedFileError,
     UnsupportedPixelDataError,
 )
+from unet_core.io.dicom_fastscan import fast_scan
 from unet_core.io.dicom_geometry import orientation_key, series_geometry
 from unet_core.volume import Volume, short_hash
 
@@ -103,7 +105,10 @@ def _parse(data: bytes, uri: str, stop_before_pixels: bool) -> tuple[pydicom.Dat
         warnings.simplefilter("ignore")
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=not has_preamble)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+        # OSError / struct.error: pydicom ran out of bytes inside a sequence (a prefix that ends
+        # in a long header, such as a waveform's, or a truncated file)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError,
+                OSError, struct.error) as exc:
             if has_preamble:
                 raise TruncatedFileError(f"{uri}: DICOM header cannot be parsed ({exc}); the file is truncated or corrupt", uri=uri) from exc
             raise NotDicomError(f"{uri}: not a DICOM file (no 'DICM' prefix and no parseable dataset)", uri=uri) from exc
@@ -227,6 +232,9 @@ def scan_header(data: bytes, uri: str, size: int | None = None) -> DicomHeader |
     never raises for file content."""
     size = len(data) if size is None else size
     complete = len(data) >= size
+    fast = fast_scan(data)  # explicit VR little endian up to the pixel data: about 2x pydicom's parse
+    if fast is not None:
+        return header_from_dataset(fast[0], uri, size, has_pixels=True)
     try:
         ds, stop = _parse(data, uri, stop_before_pixels=True)
     except InputError as exc:
@@ -353,8 +361,83 @@ def _decoder_available(ts: UID) -> bool:
         return False
 
 
+_NATIVE_SYNTAXES = {pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian,
+                    pydicom.uid.DeflatedExplicitVRLittleEndian}
+
+
+def _native_frames(ds: pydicom.Dataset, ts: UID, frames: int) -> np.ndarray | None:
+    """Stored values of uncompressed little-endian monochrome pixel data, read straight from the
+    buffer; None when another path must decode it."""
+    if ts not in _NATIVE_SYNTAXES:
+        return None
+    try:
+        return _from_buffer(ds.PixelData, int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated)),
+                            int(ds.get("PixelRepresentation", 0)) == 1, int(ds.get("SamplesPerPixel", 1)),
+                            frames, int(ds.Rows), int(ds.Columns))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _from_buffer(buf, bits: int, stored: int, signed: bool, samples: int, frames: int, rows: int,
+                 cols: int) -> np.ndarray | None:
+    """(frames, rows, cols) stored values from a little-endian buffer (a view: no copy unless bits
+    must be masked or sign-extended, exactly as pydicom's pixel_array does); None if unsupported."""
+    if samples != 1 or bits not in (8, 16, 32) or not 0 < stored <= bits or len(buf) < frames * rows * cols * bits // 8:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    arr = np.frombuffer(buf, dtype, count=frames * rows * cols).reshape(frames, rows, cols)
+    if stored < bits:
+        if signed:  # sign-extend from bit `stored - 1`
+            shift = bits - stored
+            arr = (arr << shift) >> shift
+        else:
+            arr = arr & dtype.type((1 << stored) - 1)
+    return arr
+
+
+def _fast_plane(blob: bytes, header: DicomHeader) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """(stored (1, rows, cols), (slope, intercept)) of a classic single-frame slice on the fast
+    path (no pydicom parse), or None."""
+    from unet_core.io.dicom_fastscan import fast_pixels
+
+    found = fast_pixels(blob)
+    if found is None:
+        return None
+    f, buf = found
+    try:
+        if int(f.get("NumberOfFrames", 1) or 1) != 1 or (f.get("Rows"), f.get("Columns")) != (header.rows, header.columns):
+            return None
+        bits = int(f.get("BitsAllocated", 0) or 0)
+        stored, signed = int(f.get("BitsStored", bits) or bits), int(f.get("PixelRepresentation", 0) or 0) == 1
+        samples = int(f.get("SamplesPerPixel", 1) or 1)
+        slope, intercept = float(f.get("RescaleSlope") or 1.0), float(f.get("RescaleIntercept") or 0.0)
+    except (TypeError, ValueError):
+        return None
+    if not f.encapsulated:
+        arr = _from_buffer(buf, bits, stored, signed, samples, 1, header.rows, header.columns)
+        return (arr, (slope, intercept)) if arr is not None else None
+    # A compressed slice: its codec once, through pydicom's decoder, without parsing the dataset
+    # again. Any failure goes back to the pydicom path, which names the problem.
+    ts = UID(f.file_meta.TransferSyntaxUID)
+    if samples != 1 or not _decoder_available(ts):
+        return None
+    from pydicom.pixels import get_decoder
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr, _ = get_decoder(ts).as_array(
+                bytes(buf), rows=header.rows, columns=header.columns, samples_per_pixel=1, bits_allocated=bits,
+                bits_stored=stored, pixel_representation=int(signed), photometric_interpretation="MONOCHROME2",
+                number_of_frames=1)
+    except Exception:  # noqa: BLE001 - decoders raise many types; pydicom's path reports it
+        return None
+    return (arr.reshape(1, header.rows, header.columns), (slope, intercept)) if arr.size == header.rows * header.columns else None
+
+
 def decode_frames(data: bytes, uri: str) -> tuple[pydicom.Dataset, np.ndarray]:
-    """(dataset, raw stored values as (frames, rows, cols)) for one object."""
+    """(dataset, raw stored values as (frames, rows, cols)) for one object. Uncompressed pixel data
+    is a view of the buffer; compressed data goes through its codec once (pydicom's decoders)."""
     ds, _ = _parse(data, uri, stop_before_pixels=False)
     if "PixelData" not in ds:
         raise NoPixelDataError(f"{uri}: DICOM object has no pixel data", uri=uri)
@@ -378,6 +461,9 @@ def decode_frames(data: bytes, uri: str) -> tuple[pydicom.Dataset, np.ndarray]:
             raise TruncatedFileError(
                 f"{uri}: pixel data is truncated: {len(ds.PixelData)} of {expected} bytes", uri=uri
             )
+        native = _native_frames(ds, ts, frames)
+        if native is not None:
+            return ds, native
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -425,10 +511,51 @@ def _metadata(ds: pydicom.Dataset, group: SeriesGroup, keep_phi: bool) -> dict:
     return meta
 
 
+def _to_hu(raws: list[np.ndarray], rescales: list[tuple[float, float]], order: np.ndarray) -> np.ndarray:
+    """Stored (rows, cols) planes -> float32 (i = column, j = row, k) in position order: one
+    preallocated (k, row, column) array filled plane by plane, the rescale applied once to the
+    whole volume when every plane shares it (as in almost every series), and returned as a
+    transposed view (no copy). float32 holds every stored integer value up to 2^24 exactly."""
+    rows, cols = raws[0].shape
+    out = np.empty((len(order), rows, cols), np.float32)
+    for k, i in enumerate(order):
+        out[k] = raws[i]
+    if len(set(rescales)) == 1:
+        slope, intercept = rescales[0]
+        if slope != 1.0:
+            out *= np.float32(slope)
+        if intercept != 0.0:
+            out += np.float32(intercept)
+    else:
+        for k, i in enumerate(order):
+            slope, intercept = rescales[i]
+            out[k] *= np.float32(slope)
+            out[k] += np.float32(intercept)
+    return out.transpose(2, 1, 0)
+
+
+@dataclass
+class SourceFrames:
+    """The source images of a volume, for objects derived from it (DICOM SEG): header-only
+    datasets in the group's order, and for each slice k of the volume grid the (dataset index,
+    frame index) it came from."""
+
+    datasets: list[pydicom.Dataset]
+    frames: list[tuple[int, int]]
+
+
 def read_series(
     group: SeriesGroup, blobs: Sequence[bytes], limits: Limits | None = None, keep_phi: bool = False
 ) -> Volume:
     """Decode a grouped series (one blob per header, same order) into a Volume in HU."""
+    return read_series_with_sources(group, blobs, limits, keep_phi, keep_sources=False)[0]
+
+
+def read_series_with_sources(
+    group: SeriesGroup, blobs: Sequence[bytes], limits: Limits | None = None, keep_phi: bool = False,
+    keep_sources: bool = True,
+) -> tuple[Volume, SourceFrames | None]:
+    """`read_series`, plus the source datasets (pixel data dropped) and the slice-to-frame map."""
     limits = limits or Limits()
     first = group.headers[0]
     need = group.n_slices * first.rows * first.columns * 4
@@ -438,38 +565,58 @@ def read_series(
             f"{need} bytes, above the per-volume budget of {limits.max_volume_bytes} "
             "(raise --max-volume-bytes)", uri=first.uri,
         )
-    planes, positions, orientations, spacings = [], [], [], []
+    raws, rescales, positions, orientations, spacings, refs, kept = [], [], [], [], [], [], []
     first_orientation = None
     ds = None
-    for header, blob in zip(group.headers, blobs):
+    for d, (header, blob) in enumerate(zip(group.headers, blobs)):
+        classic = not header.enhanced and header.frames == 1 and None not in (
+            header.orientation, header.position, header.pixel_spacing)
+        # Classic slices after the first skip pydicom (the first gives the volume's metadata; a
+        # SEG needs every source dataset).
+        fast = _fast_plane(blob, header) if classic and d > 0 and not keep_sources else None
+        if fast is not None:
+            refs.append((d, 0))
+            raws.append(fast[0][0])
+            rescales.append(fast[1])
+            positions.append(header.position)
+            orientations.append(orientation_key(header.orientation))
+            spacings.append(header.pixel_spacing)
+            continue
         ds, pixels = decode_frames(blob, header.uri)
+        classic = classic and pixels.shape[0] == 1
         for f in range(pixels.shape[0]):
-            orientation, position, spacing, _ = _geometry_fields(ds, f)
+            refs.append((d, f))
+            if classic:  # the scan read these from the same object version
+                orientation, position, spacing = header.orientation, header.position, header.pixel_spacing
+            else:
+                orientation, position, spacing, _ = _geometry_fields(ds, f)
             if orientation is None or position is None or spacing is None:
                 raise SeriesGeometryError(f"{header.uri}: frame {f} has no plane position / orientation", uri=header.uri)
-            slope, intercept = _rescale(ds, f)
-            plane = pixels[f].astype(np.float32)
-            if slope != 1.0 or intercept != 0.0:
-                plane = plane * np.float32(slope) + np.float32(intercept)
-            planes.append(plane)
+            raws.append(pixels[f])
+            rescales.append(_rescale(ds, f))
             positions.append(position)
             orientations.append(orientation_key(orientation))
             first_orientation = first_orientation or orientation
             spacings.append(spacing)
+        if keep_sources:
+            kept.append(ds)
     if len(set(orientations)) > 1:
         raise SeriesGeometryError(f"{first.uri}: frames of series {group.series_uid} mix orientations", uri=first.uri)
     if len({tuple(np.round(s, 4)) for s in spacings}) > 1:
         raise SeriesGeometryError(f"{first.uri}: slices of series {group.series_uid} mix pixel spacings", uri=first.uri)
-    if len({p.shape for p in planes}) > 1:
+    if len({p.shape for p in raws}) > 1:
         raise SeriesGeometryError(f"{first.uri}: slices of series {group.series_uid} mix image sizes", uri=first.uri)
     geometry = series_geometry(
         first_orientation, np.array(positions), spacings[0], f"series {group.series_uid}",
         single_slice_thickness=first.slice_thickness,
     )
-    # (rows, cols) planes become (col i, row j) and stack along k in position order.
-    voxels = np.stack([planes[i].T for i in geometry.order], axis=-1)
-    return Volume(
-        voxels=np.ascontiguousarray(voxels), affine=geometry.affine, volume_id=group.volume_id,
+    voxels = _to_hu(raws, rescales, geometry.order)
+    if keep_sources:
+        for kept_ds in kept:  # the voxels are out of the buffers now; a SEG needs headers only
+            del kept_ds.PixelData
+    volume = Volume(
+        voxels=voxels, affine=geometry.affine, volume_id=group.volume_id,
         modality=first.modality or "OT", sources=tuple(group.uris),
         metadata=_metadata(ds, group, keep_phi),
     )
+    return volume, SourceFrames(kept, [refs[i] for i in geometry.order]) if keep_sources else None

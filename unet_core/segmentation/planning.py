@@ -283,7 +283,7 @@ def _plan(vid: str, members: list[ObjectRow], fmt: Format, source: str, series_u
     fp = fingerprint(members)
     prev = previous.get(vid)
     carry = (prev is not None and prev["status"] == Status.OK.value and prev["fingerprint"] == fp
-             and prev["model_identity"] == s.model_identity)
+             and prev["model_identity"] == s.model_identity and s.has_outputs(prev))
     return PlannedVolume(volume_id=vid, bucket=bucket_of(vid, s.buckets), action=Action.CARRY if carry else Action.SEGMENT,
                          fingerprint=fp, format=fmt, source=source, series_uid=series_uid,
                          members="[]" if carry else members_json(members), record=json.dumps(prev) if carry else "")
@@ -307,7 +307,8 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
         prev = previous.get(vid)
         if prev is not None and all(not f.members for f in frags) and prev["fingerprint"] == combine(
                 f.fingerprint for f in frags) and (vid.startswith("obj-") or (
-                prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity)):
+                prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity
+                and s.has_outputs(prev))):
             out.append(PlannedVolume(volume_id=vid, bucket=bucket_of(vid, s.buckets), action=Action.CARRY,
                                      fingerprint=prev["fingerprint"], format=Format(prev["format"]), source=prev["source"],
                                      series_uid=prev["series_uid"], members="[]", record=json.dumps(prev)))

@@ -182,6 +182,8 @@ class VolumeRecord(Record):
     mask_uri: str = ""
     slices_uri: str = ""
     qc_uri: str = ""
+    seg_uri: str = ""  # the DICOM SEG (--dicom-seg)
+    seg_skipped: str = ""  # why a volume has no SEG although one was asked for
     n_slices: int = 0
     mask_voxels: int = 0
     mask_volume_ml: float = 0.0

@@ -20,12 +20,20 @@ class SegmentSettings:
     largest_component: bool = False
     fill_holes: bool = False
     qc: bool = False
+    dicom_seg: bool = False  # a DICOM SEG per DICOM volume (seg/<volume id>.dcm)
     keep_phi: bool = False
     follow_symlinks: bool = False
     resume: bool = True  # a planned volume first looks for this fingerprint's completion record
     prediction_attempts: int = 3  # a volume whose prediction fails this often becomes an error row
     partitions: int = 1  # listing partitions (stable across runs: see layout.py)
     buckets: int = 1  # volume-table parts (stable across runs)
+
+    def has_outputs(self, row: dict) -> bool:
+        """Whether a volume's earlier ok row has every output this run asks for (a run that
+        adds --qc or --dicom-seg redoes the volumes without them)."""
+        if self.qc and not row.get("qc_uri"):
+            return False
+        return not (self.dicom_seg and not row.get("seg_uri") and not row.get("seg_skipped"))
 
     def __post_init__(self) -> None:
         from unet_core.errors import ConfigError

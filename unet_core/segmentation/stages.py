@@ -16,6 +16,7 @@ import numpy as np
 
 from unet_core.errors import InputError
 from unet_core.io import storage
+from unet_core.io.dicom import SourceFrames
 from unet_core.segmentation.layout import record_uri
 from unet_core.segmentation.records import (
     INTERNAL, NOT_RECORDED, PREDICTION, Format, PlannedVolume, Status, VolumeRecord, members_from_json,
@@ -43,6 +44,7 @@ class Decoded:
     x: np.ndarray | None
     error: InputError | None
     seconds: float
+    sources: SourceFrames | None = None  # header-only source datasets, kept for a DICOM SEG
 
 
 def _internal(source: str, exc: BaseException) -> InputError:
@@ -56,10 +58,11 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
     from unet_core.bundle import BundleInfo
     from unet_core.inference import prepare_volume
     from unet_core.io import read_object
-    from unet_core.io.dicom import SeriesGroup, read_series
+    from unet_core.io.dicom import SeriesGroup, read_series_with_sources
     from unet_core.io.nifti import read_nifti
 
     t = time.perf_counter()
+    sources = None
     try:
         info = BundleInfo.from_json(s.bundle_info)
         if planned.format == Format.NIFTI:
@@ -67,11 +70,12 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
                                 volume_id=planned.volume_id)
         else:
             group = SeriesGroup(planned.volume_id, planned.series_uid, members_from_json(planned.members))
-            volume = read_series(group, [read_object(u, s.limits) for u in group.uris], s.limits, s.keep_phi)
+            volume, sources = read_series_with_sources(group, [read_object(u, s.limits) for u in group.uris], s.limits,
+                                                       s.keep_phi, keep_sources=s.dicom_seg)
             if s.modality and volume.modality not in (s.modality, "OT"):
                 raise InputError(f"{planned.source}: modality {volume.modality} does not match the model's "
                                  f"{s.modality}", uri=planned.source)
-        return Decoded(volume, prepare_volume(volume, info.preprocess), None, time.perf_counter() - t)
+        return Decoded(volume, prepare_volume(volume, info.preprocess), None, time.perf_counter() - t, sources)
     except InputError as exc:
         return Decoded(None, None, exc, time.perf_counter() - t)
     except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the job
@@ -91,7 +95,7 @@ def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict)
     "unrecorded" (the completion record could not be written; redone next run)."""
     if s.resume:
         found = read_record(s.output, planned.volume_id, planned.fingerprint, ok_only=True)
-        if found is not None and found.model_identity == s.model_identity:
+        if found is not None and found.model_identity == s.model_identity and s.has_outputs(found.to_row()):
             return found, "resumed"
     d = decode_volume(planned, s)
     rec = _record(planned, s, status=Status.OK, decode_seconds=d.seconds)
@@ -106,11 +110,11 @@ def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict)
             rec = replace(rec, status=Status.ERROR, error=f"{planned.source}: prediction failed: {exc}",
                           error_type=PREDICTION, attempts=exc.attempts)
         rec.predict_seconds = time.perf_counter() - t
-    return finish_and_write(rec, d.volume, prob, s)
+    return finish_and_write(rec, d.volume, prob, s, d.sources)
 
 
 def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray | None,
-                     s: SegmentSettings) -> tuple[VolumeRecord, str]:
+                     s: SegmentSettings, sources: SourceFrames | None = None) -> tuple[VolumeRecord, str]:
     """Labels on the source grid, outputs written, then the completion record (last)."""
     from unet_core.inference import PostProcess, finish_volume, qc_montage_png, volume_stats
     from unet_core.io.mask_codec import slices_table_bytes
@@ -132,6 +136,8 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
                 qc_uri = storage.join(s.output, "qc", f"{vid}.png")
                 storage.write_bytes(qc_uri, qc_montage_png(volume, labels, title=vid))
                 rec.qc_uri = qc_uri
+            if s.dicom_seg:
+                rec.seg_uri, rec.seg_skipped = write_seg(labels, sources, rec, s)
         except InputError as exc:
             rec = replace(rec, status=Status.ERROR, error=str(exc), error_type=exc.reason)
         except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the job
@@ -143,8 +149,28 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
         write_record(s.output, rec)
     except InputError as exc:  # the output store failed past its retries: not complete, redo next run
         return replace(rec, status=Status.ERROR, error=f"{rec.source}: the result could not be recorded: {exc}",
-                       error_type=NOT_RECORDED, mask_uri="", slices_uri="", qc_uri=""), "unrecorded"
+                       error_type=NOT_RECORDED, mask_uri="", slices_uri="", qc_uri="", seg_uri=""), "unrecorded"
     return rec, "done"
+
+
+def write_seg(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecord,
+              s: SegmentSettings) -> tuple[str, str]:
+    """Write the volume's DICOM SEG: (seg uri, "") or ("", why there is none)."""
+    from unet_core.bundle import BundleInfo
+    from unet_core.io.dicom_seg import SegIdentity, SegSkipped, build_seg, seg_bytes, software_version
+
+    if sources is None:
+        return "", ("NIfTI input has no DICOM source images to reference" if rec.format == Format.NIFTI.value
+                    else "no source images were kept")
+    info = BundleInfo.from_json(s.bundle_info)
+    try:
+        seg = build_seg(labels, sources, info.label_names, info.segment_codes,
+                        SegIdentity(s.model_name, s.model_identity, software_version()), rec.volume_id, rec.fingerprint)
+    except SegSkipped as exc:
+        return "", str(exc)
+    uri = storage.join(s.output, "seg", f"{rec.volume_id}.dcm")
+    storage.write_bytes(uri, seg_bytes(seg))
+    return uri, ""
 
 
 def write_record(out: str, rec: VolumeRecord) -> None:

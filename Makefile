@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all demo bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/unet bench all
+
+# On a machine with NVIDIA GPUs: TensorFlow's CUDA libraries (the gpu extra), then the GPU benchmark.
+bench-gpu: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[gpu]'
+	$(VENV)/bin/unet bench gpu $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-output

@@ -60,7 +60,7 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Attach to a cluster when an address is given (or RAY_ADDRESS is set); otherwise start a
     single-node Ray in this process (docs/design.md, fact 4: this is what "local mode" means)."""
     import ray
@@ -77,7 +77,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True, runtime_env=renv)
     else:
         env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+        # num_gpus: Ray detects a machine's GPUs itself; a number declares them (`unet bench gpu
+        # --gpu-dry-run` declares GPUs on a CPU machine so that GPU accounting and placement run).
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env={"env_vars": env},
                  logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() or bool(os.environ.get("UNET_PROGRESS"))

@@ -94,3 +94,62 @@ def test_bundle_checks_and_packaging(tmp_path, bundle):
     package_model(str(tmp_path / "mine.keras"), str(tmp_path / "mine"), PRE, threshold=0.4)
     loaded, info2 = load_bundle(str(tmp_path / "mine"))
     assert info2.threshold == 0.4 and info2.model is None and info2.label_names == ["background", "foreground"]
+
+
+# Agreement of mixed-precision probabilities with float32 on the same input (probabilities in
+# [0, 1]; float16 keeps 11 significant bits, bfloat16 8).
+TOLERANCE = {"mixed_float16": 0.01, "mixed_bfloat16": 0.04}
+
+
+@pytest.mark.parametrize("precision", sorted(TOLERANCE))
+def test_precision_takes_effect_on_a_loaded_bundle(tmp_path, precision):
+    """A bundle saved in float32 is rebuilt under the policy: every Conv2D and BatchNormalization
+    computes in it with float32 variables, the head stays float32, and the probabilities agree
+    with float32. The global policy is left alone."""
+    import keras
+
+    from unet_core.model.precision import compute_dtypes
+
+    cfg = ModelConfig(input_size=32, base_filters=8, depth=2, batch_norm=True, dropout=0.0)
+    keras.utils.set_random_seed(1)
+    path = str(tmp_path / "bn")
+    save_bundle(path, build_unet(cfg), BundleInfo(preprocess=PRE, model=cfg))
+    reference = SlicePredictor(path, batch_size=8)
+    mixed = SlicePredictor(path, batch_size=8, precision=precision)
+    dtype = precision.split("_")[1]
+    layers = {layer.name: layer for layer in mixed.model.layers}
+    convs = [n for n, layer in layers.items() if isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization))]
+    assert len(convs) > 10
+    dtypes = compute_dtypes(mixed.model)
+    assert {n: dtypes[n] for n in convs if n != "head"} == {n: dtype for n in convs if n != "head"}
+    assert dtypes["head"] == "float32" and mixed.model.output.dtype == "float32"
+    assert all(w.dtype == "float32" for w in mixed.model.weights)
+    assert set(compute_dtypes(reference.model).values()) == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"
+    x = np.random.default_rng(2).random((12, 32, 32, 1)).astype(np.float32)
+    diff = np.abs(mixed.predict(x).astype(np.float32) - reference.predict(x).astype(np.float32))
+    assert diff.max() <= TOLERANCE[precision], diff.max()
+
+
+def test_precision_needs_a_model_that_rebuilds_from_its_config():
+    import keras
+
+    from unet_core.model.precision import with_precision
+
+    class Mine(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(1, 1)
+
+        def call(self, x):
+            return self.conv(x)
+
+    model = Mine()
+    model(np.zeros((1, 8, 8, 1), np.float32))
+    assert with_precision(model, "float32") is model
+    with pytest.raises(ConfigError, match="not a functional or sequential"):
+        with_precision(model, "mixed_float16")
+    seq = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, padding="same"),
+                            keras.layers.Conv2D(1, 1, activation="sigmoid")])
+    mixed = with_precision(seq, "mixed_bfloat16")
+    assert [layer.compute_dtype for layer in mixed.layers] == ["bfloat16", "float32"]

@@ -48,5 +48,12 @@ def test_step_learns_under_each_switch(precision, xla):
     assert all(w.dtype == "float32" and np.isfinite(w.numpy()).all() for w in model.trainable_weights)
     if precision == "mixed_float16":
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    # the policy takes effect in training too: every conv / batch norm computes in it, the head in float32
+    from unet_core.model.precision import compute_dtypes
+
+    dtypes = compute_dtypes(model)
+    want = precision.split("_")[-1]
+    assert {n: d for n, d in dtypes.items() if n != "head"} == {n: want for n in dtypes if n != "head"}
+    assert dtypes["head"] == "float32"
     val = scores(accumulate(None, steps.eval_step(x, y)), "val_")
     assert 0 <= val["val_dice_hard"] <= 1 and "val_mean_iou" in val

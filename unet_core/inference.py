@@ -35,14 +35,15 @@ class SlicePredictor:
     """
 
     def __init__(self, bundle_uri: str, batch_size: int = 16, precision: str = "float32", xla: bool = False):
-        import keras
         import tensorflow as tf
 
         from unet_core.bundle import load_bundle
+        from unet_core.model.precision import with_precision
 
-        if precision != "float32":
-            keras.mixed_precision.set_global_policy(precision)
-        self.model, self.info = load_bundle(bundle_uri)
+        model, self.info = load_bundle(bundle_uri)
+        # Rebuilt under the policy: a loaded model keeps its saved float32 layers otherwise.
+        self.model = with_precision(model, precision)
+        self.precision = precision
         self.batch_size = batch_size
         self._predict = tf.function(lambda x: self.model(x, training=False), jit_compile=xla)
         self.model_seconds = 0.0

@@ -6,6 +6,8 @@
     unet bench segment  `unet segment` end to end against its stages alone and a naive loop
     unet bench scale    `unet segment` on archives of N and 10N small objects: driver memory, time
                         per object, re-runs with nothing new and with 1% new series
+    unet bench inference  predictor slices/s on this machine: float32, XLA, mixed_float16, mixed_bfloat16
+    unet bench gpu      the one command for a machine with NVIDIA GPUs (see jobs/bench/gpu.py)
     unet bench all      io, train and segment (scale writes 220,000 files: run it by itself)
 
 Nothing here is asserted in tests: results go to docs/benchmarks.md with the command.
@@ -20,7 +22,7 @@ import tempfile
 
 from jobs.common import add_ray_args, run_main, setup_logging
 
-BENCHES = ("io", "train", "segment", "scale")
+BENCHES = ("io", "train", "segment", "scale", "inference", "gpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     g = p.add_argument_group("io")
-    g.add_argument("--io-series", type=int, default=4)
-    g.add_argument("--io-slices", type=int, default=64, help="slices per series (512 x 512)")
+    g.add_argument("--io-slices", type=int, default=48, help="slices of the 512 x 512 series (JPEG 2000: a sixth)")
+    g.add_argument("--io-repeats", type=int, default=5, help="alternating rounds; the best of each side counts")
     t = p.add_argument_group("train")
     t.add_argument("--train-cases", type=int, default=8)
     t.add_argument("--train-size", type=int, default=128)
@@ -47,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale-objects", type=int, default=20_000, help="objects of the small archive (the large one has 10x)")
     c.add_argument("--scale-series-slices", type=int, default=50, help="objects (32x32 slices) per series")
     c.add_argument("--scale-factor", type=int, default=10)
+    i = p.add_argument_group("inference")
+    i.add_argument("--infer-size", type=int, default=256)
+    i.add_argument("--infer-filters", type=int, default=16, help="64 is the seed's (about 3 slices/s on 2 CPU cores)")
+    i.add_argument("--infer-batch", type=int, default=16)
+    i.add_argument("--infer-batches", type=int, default=4)
+    g = p.add_argument_group("gpu")
+    g.add_argument("--gpu-dry-run", action="store_true",
+                   help="run every section on CPU at toy sizes, GPUs declared to a local Ray (tests the code, not the GPU)")
     add_ray_args(p)
     return p
 

@@ -138,6 +138,12 @@ def _multi_gpu(work: str, n_gpus: int, size: int, filters: int, batch: int, epoc
     return {"images_per_s": rates, "efficiency": {n: r / (n * rates[1]) for n, r in rates.items()}}
 
 
+def _ray_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
 def _end_to_end(work: str, n_gpus: int, series: int, rows: int, slices: int, size: int, filters: int) -> dict:
     from jobs import segment
     from jobs.bench.common import make_bundle, write_ct_archive
@@ -171,13 +177,17 @@ def run(args, work: str) -> dict:
     out: dict = {"gpus": gpus, "dry_run": dry}
 
     out["train_float32"] = train_rate(size, filters, batch, "float32", False, steps, 3)
+    # XLA on CPU is measured by `unet bench inference`; a dry run keeps to the policy
     out["train_mixed_xla"] = train_rate(size, filters, batch, "mixed_float16", not dry, steps, 3)
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, size, filters)
     out["infer_float32"] = inference_rate(bundle, ibatch, "float32", 4)
     out["infer_mixed"] = inference_rate(bundle, ibatch, "mixed_float16", 4)
 
-    # A dry run declares GPUs to a local Ray, so that Ray's GPU accounting and placement run.
+    # A dry run declares GPUs to a local Ray, so that Ray's GPU accounting and placement run
+    # (Ray refuses declared GPUs that CUDA_VISIBLE_DEVICES hides; TensorFlow finds none either way).
+    if dry and not gpus:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     init_ray(args.address, args.num_cpus or os.cpu_count(), num_gpus=None if gpus else n)
     out["multi_gpu"] = _multi_gpu(os.path.join(work, "train"), n, size, filters, batch, 3 if dry else 4, dry)
     out["end_to_end"] = _end_to_end(os.path.join(work, "segment"), n, 2 if dry else 32, 64 if dry else 512,
@@ -186,14 +196,16 @@ def run(args, work: str) -> dict:
     label = f"{n} GPUs: {', '.join(gpus)}" if gpus else f"DRY RUN on CPU with {n} GPUs declared to Ray: not GPU figures"
     print(f"gpu ({label})")
     print(f"  single device, seed U-Net {size}x{size} ({filters} base filters)")
-    print(f"    training, batch {batch}       float32 {out['train_float32']:8.1f} img/s   mixed_float16 + XLA "
+    mixed = "mixed_float16" + ("" if dry else " + XLA")
+    print(f"    training, batch {batch:<4}   float32 {out['train_float32']:8.1f} img/s   {mixed} "
           f"{out['train_mixed_xla']:8.1f} img/s   ({out['train_mixed_xla'] / out['train_float32']:.2f}x)")
-    print(f"    inference, batch {ibatch}     float32 {out['infer_float32']:8.1f} sl/s    mixed_float16       "
+    print(f"    inference, batch {ibatch:<3}  float32 {out['infer_float32']:8.1f} sl/s    mixed_float16 "
           f"{out['infer_mixed']:8.1f} sl/s    ({out['infer_mixed'] / out['infer_float32']:.2f}x)")
     m = out["multi_gpu"]
     print("  Ray Train, one GPU per worker (mixed_float16" + ("" if dry else " + XLA") + ")")
     for workers, rate in m["images_per_s"].items():
         print(f"    {workers} worker(s)  {rate:8.1f} img/s   scaling efficiency {m['efficiency'][workers]:.0%}")
+    out["ray_gpus"] = _ray_gpus()
     e = out["end_to_end"]
     util = f"{e['gpu_utilisation_mean']:.0f}%" if e["gpu_utilisation_mean"] is not None else "not sampled (no nvidia-smi)"
     print(f"  end to end, unet segment --num-gpus 1: {e['slices_per_s']:.1f} slices/s over {e['volumes']} volumes; "

@@ -10,8 +10,9 @@ JOBS: dict[str, str] = {
     "train": "data-parallel U-Net training with Ray Train over the shards -> model bundle",
     "segment": "bulk segmentation of DICOM / NIfTI archives with Ray Data -> NIfTI + Parquet",
     "evaluate": "Dice, IoU and HD95 of predicted masks against ground truth",
+    "status": "where an existing segment output stands, and what a re-run would do (no recompute)",
     "demo": "the whole product on a synthetic CT archive, on this machine",
-    "bench": "benchmarks measured side by side (train, segment, io)",
+    "bench": "benchmarks measured side by side (io, train, segment, scale, inference, gpu)",
     "submit": "submit any job to a Ray cluster through the Jobs API",
 }
 

@@ -16,10 +16,11 @@ log = logging.getLogger("unet")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr,
-    )
+    """Quiet by default in this process and in every Ray worker it starts; -v shows everything
+    (jobs/console.py)."""
+    from jobs import console
+
+    console.quiet(verbose)
 
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +66,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     single-node Ray in this process (docs/design.md, fact 4: this is what "local mode" means)."""
     import ray
 
+    from jobs import console
+
     if ray.is_initialized():
         return
     address = cluster_address(address)
@@ -73,16 +76,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         # variables `unet submit` forwarded) and Ray refuses a driver that sets them again. A
         # driver started here passes on where storage is, so that the cluster's workers read the
         # same S3 endpoint as this shell (credentials are the cluster's own).
-        renv = None if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else {"env_vars": forwarded_storage_env()}
-        ray.init(address=address, log_to_driver=True, runtime_env=renv)
+        renv = None if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else {
+            "env_vars": {**console.worker_env(), **forwarded_storage_env()}}
+        ray.init(address=address, log_to_driver=console.VERBOSE, runtime_env=renv,
+                 logging_level=logging.INFO if console.VERBOSE else logging.ERROR)
     else:
-        env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        env = console.worker_env()
         # num_gpus: Ray detects a machine's GPUs itself; a number declares them (`unet bench gpu
         # --gpu-dry-run` declares GPUs on a CPU machine so that GPU accounting and placement run).
+        # Workers' output reaches this terminal only with -v (errors come back as exceptions and rows).
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env={"env_vars": env},
-                 logging_level=logging.WARNING)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty() or bool(os.environ.get("UNET_PROGRESS"))
+                 log_to_driver=console.VERBOSE, logging_level=logging.INFO if console.VERBOSE else logging.ERROR)
+    console.quiet_ray_data()
 
 
 def load_config_file(path: str | None) -> dict[str, Any]:

@@ -97,8 +97,14 @@ def _main(argv: list[str]) -> int:
     import ray
 
     timer = Timer()
-    rows = ray.data.from_items(items, override_num_blocks=len(items)).map(
-        evaluate_pair, fn_kwargs={"cfg": {"truth_labels": labels}}).take_all()
+    from jobs.console import Progress
+
+    rows = []
+    with Progress("evaluate", len(items), "volumes") as progress:
+        for r in ray.data.from_items(items, override_num_blocks=len(items)).map(
+                evaluate_pair, fn_kwargs={"cfg": {"truth_labels": labels}}).iter_rows():
+            rows.append(r)
+            progress.update(len(rows), sum(x["status"] != "ok" for x in rows))
     rows.sort(key=lambda r: r["volume_id"])
     out_uri = args.output or storage.join(args.pred, "evaluation.parquet")
     buf = io.BytesIO()

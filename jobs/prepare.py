@@ -133,8 +133,14 @@ def _main(argv: list[str]) -> int:
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(process_case, fn_kwargs={"cfg": cfg})
     fs, path = storage.resolve(storage.join(out, "slices"))
-    ds.write_parquet(path, filesystem=fs, partition_cols=["split"], min_rows_per_file=args.rows_per_shard,
-                     compression="zstd")
+    from jobs.console import Polled, Progress
+
+    def cases_done() -> int:
+        return min(len(items), sum(1 for e in storage.list_files(storage.join(out, "cases")) if e.uri.endswith(".json")))
+
+    with Polled(Progress("prepare", len(items), "cases"), cases_done):
+        ds.write_parquet(path, filesystem=fs, partition_cols=["split"], min_rows_per_file=args.rows_per_shard,
+                         compression="zstd")
 
     summaries = [json.loads(storage.read_bytes(storage.join(out, "cases", f"{c['case_id']}.json"))) for c in items]
     ok = [s for s in summaries if s["status"] == "ok" and s["n_slices"] > 0]

@@ -27,7 +27,9 @@ import argparse
 import json
 import os
 import sys
+import time
 
+from jobs.console import Progress, say
 from jobs.common import (Timer, add_limit_args, add_ray_args, cluster_address, init_ray, limits_from, log,
                          parse_with_config, run_main, setup_logging)
 from unet_core.config import from_dict, to_dict
@@ -254,7 +256,8 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
     n_units = len(units)
     parts = [{"partition": p, "units": json.dumps(by_partition.get(p, []))} for p in range(layout.partitions)]
     del units, by_partition
-    log.info("listing %d units in %d partitions under %s", n_units, layout.partitions, ", ".join(inputs))
+    say(f"planning: listing {', '.join(inputs)} ({n_units:,} folders in {layout.partitions} partitions), reading "
+        "new headers, grouping volumes ...")
     log.debug("fanned out; driver RSS %s", _rss_mib())
     n_blocks = max(1, min(len(parts), max(2 * task_slots, -(-len(parts) // SCAN_PARTITIONS_PER_BLOCK))))
     # The task-based sort shuffle: on small inputs the hash shuffle's aggregator actors cost seconds
@@ -282,8 +285,8 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
     log.debug("planned; driver RSS %s", _rss_mib())
     n_todo = sum(n for _, n in pending)
     scan_seconds = timer.seconds
-    log.info("%d objects listed (%d headers read, %d unchanged); %d volumes to segment",
-             scan["listed"], scan["scanned"], scan["reused"], n_todo)
+    say(f"planning: {scan['listed']:,} objects listed ({scan['scanned']:,} headers read, {scan['reused']:,} "
+        f"unchanged) in {scan_seconds:.0f}s; {n_todo:,} volumes to segment")
 
     # 2. Decode -> predict -> finish and write, streaming.
     done = {"segmented": 0, "resumed": 0, "slices": 0, "failed": 0}
@@ -305,13 +308,12 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
                                             int(ray.cluster_resources().get("CPU", 1)))))
         records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": pool}, num_cpus=1,
                            compute=ray.data.TaskPoolStrategy(size=volume_slots(args, task_slots, n_todo)))
-        for r in records.iter_rows():
-            done["resumed" if r["how"] == "resumed" else "segmented"] += 1
-            done["slices"] += int(r["n_slices"] or 0) if r["how"] != "resumed" else 0
-            done["failed"] += r["status"] != "ok"
-            n = done["segmented"] + done["resumed"]
-            if n % 10 == 0 or n == n_todo:
-                log.info("volumes done: %d/%d (%d failed)", n, n_todo, done["failed"])
+        with Progress("segment", n_todo, "volumes", rate_unit="slices") as progress:
+            for r in records.iter_rows():
+                done["resumed" if r["how"] == "resumed" else "segmented"] += 1
+                done["slices"] += int(r["n_slices"] or 0) if r["how"] != "resumed" else 0
+                done["failed"] += r["status"] != "ok"
+                progress.update(done["segmented"] + done["resumed"], done["failed"], done["slices"])
         pool_stats = ray.get(pool.stats.remote())
     pipeline_seconds = t_pipeline.seconds
     log.debug("segmented; driver RSS %s", _rss_mib())
@@ -331,11 +333,17 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
                "slices_per_second": done["slices"] / max(pipeline_seconds, 1e-9), "scan_seconds": scan_seconds,
                "predictor_wait_seconds": predictor_wait, "pipeline_seconds": pipeline_seconds,
                "total_seconds": timer.seconds, "failures_by_type": dict(totals.by_error_type),
-               "volume_table_parts_written": totals.parts_written, **pool_stats, "model": info.name, "output": out}
+               "volume_table_parts_written": totals.parts_written, **pool_stats, "model": info.name,
+               "model_identity": settings.model_identity, "dicom_seg": args.dicom_seg, "qc": args.qc, "output": out,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
+    from unet_core.report import segment_report
+
+    report = segment_report(out, summary, totals.failures)
     print(f"segmented {done['segmented']} volumes ({done['slices']} slices, {summary['slices_per_second']:.1f} slices/s) "
           f"in {timer.seconds:.0f}s; {ok} ok, {failed} failed, {summary['objects_skipped']} objects skipped; "
           f"{scan['listed']} objects listed, {scan['scanned']} headers read -> {out}")
+    print(f"  report: {report}")
     if done["resumed"]:
         print(f"  {done['resumed']} already complete (recorded by an interrupted run; not redone)")
     for vid, error in totals.failures:

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from jobs.console import import_tensorflow, say
 from jobs.common import Timer, add_ray_args, init_ray, log, parse_with_config, run_main, setup_logging
 from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, to_dict
 from unet_core.errors import ConfigError, InputError, JobError
@@ -120,6 +121,7 @@ def _main(argv: list[str]) -> int:
 
     local_cpus = args.num_cpus or max(os.cpu_count() or 1, math.ceil(args.workers * args.cpus_per_worker) + 1)
     init_ray(args.address, local_cpus)
+    import_tensorflow()  # quietly, before Ray Train's TensorFlow integration imports it
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -154,6 +156,10 @@ def _main(argv: list[str]) -> int:
         "initial_weights": args.initial_weights,
         "transfer": args.transfer, "freeze_encoder": args.freeze_encoder,
     }
+    from jobs.console import EventBox, TrainWatcher
+
+    box = ray.remote(num_cpus=0)(EventBox).remote()
+    loop_config["progress"] = box
     trainer = TensorflowTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.gpus_per_worker > 0,
@@ -164,11 +170,12 @@ def _main(argv: list[str]) -> int:
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
-    log.info("training on %d train / %d val slices: %d workers x batch %d, %d steps per epoch, up to %d epochs",
-             n_train, n_val, args.workers, args.batch_size, steps, args.epochs)
+    say(f"training on {n_train:,} train / {n_val:,} val slices: {args.workers} workers x batch {args.batch_size}, "
+        f"{steps} steps per epoch, up to {args.epochs} epochs")
     timer = Timer()
     try:
-        result = trainer.fit()
+        with TrainWatcher(box):
+            result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - Ray raises TrainingFailedError / WorkerGroupError
         raise JobError(f"training run {run_name!r} failed after {args.max_failures} restart(s): {exc}\n"
                        f"its checkpoints are in {storage_uri}/{run_name}; fix the cause and re-run with --resume") from exc
@@ -222,8 +229,11 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
                 "slices_per_second": float(sum(h["slices_per_second"] for h in history) / len(history))}
     info = BundleInfo(preprocess=from_dict(PreprocessConfig, preprocess), model=model_cfg, threshold=threshold,
                       label_names=labels, training=training, name=storage.basename(output))
+    from unet_core.report import training_report_html
+
     extra = {"curves.png": training_curves_png(history, title=storage.basename(output)),
-             "history.json": json.dumps(history, indent=1).encode(), **tensorboard}
+             "history.json": json.dumps(history, indent=1).encode(),
+             "report.html": training_report_html(storage.basename(output), training), **tensorboard}
     save_bundle(output, model, info, extra)
     return info
 

@@ -78,12 +78,19 @@ def train_loop_per_worker(config: dict) -> None:
     train_cache = ShardCache(train_shard, size, channels, budget)
     val_cache = ShardCache(val_shard, size, channels, budget)
 
+    # Rank 0 tells the driver where it stands (jobs/train.py prints one line per epoch from it).
+    progress = config.get("progress") if rank == 0 else None
+    if progress is not None and start_epoch:
+        progress.put.remote({"kind": "resumed", "epoch": start_epoch})
     for epoch in range(start_epoch, train_cfg.epochs):
-        t0 = time.perf_counter()
+        t0 = last_told = time.perf_counter()
         total = None
         for i, (x, y) in train_cache.batches(train_cfg.batch_size, config["steps_per_epoch"], train_cfg.seed + epoch):
             seed = tf.constant([train_cfg.seed * 100_003 + epoch, i * world + rank], tf.int64)
             total = accumulate(total, steps.train_step(tf.constant(x), tf.constant(y), seed))
+            if progress is not None and time.perf_counter() - last_told > 1.0:
+                last_told = time.perf_counter()
+                progress.put.remote({"kind": "step", "epoch": epoch, "step": i + 1, "steps": config["steps_per_epoch"]})
         train_seconds = time.perf_counter() - t0
         vtotal = None
         for _, (x, y) in val_cache.batches(config["val_batch_size"], config["val_steps"]):
@@ -101,6 +108,10 @@ def train_loop_per_worker(config: dict) -> None:
         if decision.stop:
             events.append({"event": "early_stopping", "epoch": epoch, "best_epoch": callbacks.best_epoch})
             model.set_weights(best_weights)  # restore_best_weights
+        if progress is not None:
+            progress.put.remote({"kind": "epoch", "epoch": epoch, "epochs": train_cfg.epochs, "metrics": metrics,
+                                 "new_learning_rate": decision.new_learning_rate, "stop": decision.stop,
+                                 "best_epoch": callbacks.best_epoch, "best_value": callbacks.best_value})
         if writer is not None:
             with writer.as_default(step=epoch):
                 for key, value in metrics.items():

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -117,6 +118,20 @@ def inference_rate(bundle: str, batch: int, precision: str, batches: int) -> flo
     return len(x) / (time.perf_counter() - t)
 
 
+def single_device_main(params: str) -> None:
+    """The single-device sections (run as a child process by `run`); prints one JSON line."""
+    p = json.loads(params)
+    for gpu in __import__("tensorflow").config.list_physical_devices("GPU"):
+        __import__("tensorflow").config.experimental.set_memory_growth(gpu, True)
+    out = {
+        "train_float32": train_rate(p["size"], p["filters"], p["batch"], "float32", False, p["steps"], 3),
+        "train_mixed_xla": train_rate(p["size"], p["filters"], p["batch"], "mixed_float16", p["xla"], p["steps"], 3),
+        "infer_float32": inference_rate(p["bundle"], p["ibatch"], "float32", 4),
+        "infer_mixed": inference_rate(p["bundle"], p["ibatch"], "mixed_float16", 4),
+    }
+    print(json.dumps(out))
+
+
 def _multi_gpu(work: str, n_gpus: int, size: int, filters: int, batch: int, epochs: int, dry: bool) -> dict:
     from jobs import prepare, train
     from unet_core.synthetic import write_training_set
@@ -170,25 +185,34 @@ def run(args, work: str) -> dict:
         print("gpu: no NVIDIA GPU is visible to TensorFlow on this machine; nothing measured "
               "(`unet bench gpu --gpu-dry-run` runs the same code on CPU)")
         return {"gpus": 0}
-    n = len(gpus) if gpus else 2
+    n = len(gpus) if gpus else 2  # GPUs declared to Ray in a dry run
     # Full sizes on a GPU; toy sizes for a dry run on CPU (the same code paths).
     size, filters, batch, ibatch, steps = (256, 64, 16, 64, 50) if not dry else (32, 4, 4, 8, 3)
     os.makedirs(work, exist_ok=True)
     out: dict = {"gpus": gpus, "dry_run": dry}
 
-    out["train_float32"] = train_rate(size, filters, batch, "float32", False, steps, 3)
-    # XLA on CPU is measured by `unet bench inference`; a dry run keeps to the policy
-    out["train_mixed_xla"] = train_rate(size, filters, batch, "mixed_float16", not dry, steps, 3)
+    # The single-device sections run in a child process: its GPU memory is released before the
+    # Ray Train workers and predictors need the same GPUs.
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, size, filters)
-    out["infer_float32"] = inference_rate(bundle, ibatch, "float32", 4)
-    out["infer_mixed"] = inference_rate(bundle, ibatch, "mixed_float16", 4)
+    params = {"size": size, "filters": filters, "batch": batch, "ibatch": ibatch, "steps": steps, "xla": not dry,
+              "bundle": bundle}
+    child = subprocess.run([sys.executable, "-c", "import sys; from jobs.bench.gpu import single_device_main; "
+                            "single_device_main(sys.argv[1])", json.dumps(params)], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"the single-device benchmark failed: {child.stderr[-3000:]}")
+    out.update(json.loads(child.stdout.strip().splitlines()[-1]))
 
     # A dry run declares GPUs to a local Ray, so that Ray's GPU accounting and placement run
     # (Ray refuses declared GPUs that CUDA_VISIBLE_DEVICES hides; TensorFlow finds none either way).
     if dry and not gpus:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     init_ray(args.address, args.num_cpus or os.cpu_count(), num_gpus=None if gpus else n)
+    import ray
+
+    # GPUs free for workers: all of a local machine's; on a cluster (`unet submit
+    # --entrypoint-num-gpus 1 -- bench gpu`) the cluster's, less the one this driver holds.
+    n = max(1, int(ray.available_resources().get("GPU", 0)))
     out["multi_gpu"] = _multi_gpu(os.path.join(work, "train"), n, size, filters, batch, 3 if dry else 4, dry)
     out["end_to_end"] = _end_to_end(os.path.join(work, "segment"), n, 2 if dry else 32, 64 if dry else 512,
                                      8 if dry else 96, size, filters)

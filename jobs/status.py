@@ -1,0 +1,93 @@
+"""`unet status OUTPUT`: where an existing `unet segment` output stands, in a few lines, without
+recomputing anything (no Ray): counts by status and reason, the last run, the model's identity,
+and what a re-run would do. `--model BUNDLE` also says whether that bundle would redo everything.
+
+Exit status: 0 when every volume is ok, 3 when some failed, 2 when OUTPUT is not a segment output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs.common import run_main, setup_logging
+from unet_core.errors import ConfigError, InputError
+from unet_core.io import storage
+
+RECORDS_COUNTED = 10_000  # completion records of an interrupted run, counted up to this many
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unet status", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("output", help="the --output of a `unet segment` run (local or s3://)")
+    p.add_argument("--model", default=None, help="a bundle: would a re-run with it redo every volume?")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _json(uri: str) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except (InputError, ValueError):
+        return None
+
+
+def _count(prefix: str, limit: int) -> tuple[int, bool]:
+    try:
+        entries = storage.list_files(prefix)
+    except InputError:
+        return 0, False
+    return min(len(entries), limit), len(entries) > limit
+
+
+def main(argv: list[str]) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from unet_core.report import REPORT_FILE, aggregate_volume_table
+
+    out = args.output.rstrip("/")
+    layout, summary = _json(storage.join(out, "layout.json")), _json(storage.join(out, "summary.json"))
+    if layout is None:
+        raise ConfigError(f"{out}: not a `unet segment` output (no layout.json)")
+    agg = aggregate_volume_table(out)
+    ok, failed, skipped = (agg.by_status.get(k, 0) for k in ("ok", "error", "skipped"))
+    inputs = ", ".join(layout.get("inputs", []))
+    interrupted = summary is None or storage.exists(storage.join(out, "plan")) and any(
+        e.uri.endswith(".parquet") for e in storage.list_files(storage.join(out, "plan")))
+    lines = [f"{out}: unet segment output of {inputs}"]
+    if summary:
+        lines.append(f"  last run: finished {summary.get('finished', '?')}, {summary.get('total_seconds', 0):.0f}s, "
+                     f"{summary.get('segmented_now', 0):,} volumes segmented, {summary.get('objects_listed', 0):,} "
+                     f"objects listed ({summary.get('headers_read', 0):,} headers read)")
+        lines.append(f"  model: {summary.get('model', '?')} (identity {summary.get('model_identity', '?')})")
+    lines.append(f"  volumes: {ok:,} ok, {failed:,} failed, {skipped:,} objects skipped")
+    if agg.by_error_type:
+        lines.append("  failures by reason: " + ", ".join(f"{k} {v:,}" for k, v in agg.by_error_type.most_common()))
+    if interrupted:
+        n, more = _count(storage.join(out, "records", "ok"), RECORDS_COUNTED)
+        lines.append(f"  the last run did not finish: a re-run resumes; {n:,}{'+' if more else ''} volumes already "
+                     "have completion records and are not redone")
+    redo_all = False
+    if args.model:
+        from unet_core.bundle import bundle_identity
+
+        identity = bundle_identity(args.model)
+        redo_all = summary is not None and identity != summary.get("model_identity")
+        lines.append(f"  --model {args.model}: identity {identity}"
+                     + (", another model: a re-run with it redoes every volume" if redo_all else ", the same model"))
+    if not redo_all:
+        lines.append(f"  a re-run would: list the inputs again and read only new or changed objects' headers; retry "
+                     f"the {failed:,} failed volumes; carry the {ok:,} ok volumes over unless their objects changed")
+    if storage.exists(storage.join(out, REPORT_FILE)):
+        lines.append(f"  report: {storage.join(out, REPORT_FILE)}")
+    print("\n".join(lines))
+    return 3 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

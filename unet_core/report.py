@@ -1,0 +1,223 @@
+"""Run reports: static HTML pages (Jinja2 templates, matplotlib plots) that open from a bucket or a
+laptop without a server. Every link and image is relative to the page.
+
+    segment_report(out, summary)    report.html + report/*.png beside the volume table
+    training_report_html(info, ...) report.html beside curves.png in a model bundle
+
+The segment report streams the volume table part by part, reading only the columns it needs, and
+keeps fixed-size aggregates (counts, fixed-bin histograms, a per-minute throughput series, the
+slowest ten, the first QC montages), so its memory does not grow with the archive.
+"""
+from __future__ import annotations
+
+import heapq
+import io
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from unet_core.io import storage
+
+REPORT_FILE = "report.html"
+PLOTS_FOLDER = "report"
+SLOWEST = 10
+MAX_PART_LINKS = 16
+GALLERY = 60
+ML_BINS = np.concatenate([[0.0], np.logspace(-2, 5, 57)])  # 0.01 mL .. 100 L, log-spaced
+HU_BINS = np.arange(-1000.0, 2001.0, 25.0)
+COLUMNS = ["volume_id", "status", "error_type", "finished", "n_slices", "mask_volume_ml", "mean_hu_in_mask",
+           "decode_seconds", "predict_seconds", "write_seconds", "qc_uri"]
+
+
+def _env():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("unet_core", "templates"),
+                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+
+
+@dataclass
+class VolumeAggregates:
+    """What the segment report shows, accumulated over the volume table's rows."""
+
+    by_status: Counter = field(default_factory=Counter)
+    by_error_type: Counter = field(default_factory=Counter)
+    per_minute: Counter = field(default_factory=Counter)  # "YYYY-mm-ddTHH:MM" -> volumes finished
+    slices_per_minute: Counter = field(default_factory=Counter)
+    ml_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(ML_BINS) - 1, np.int64))
+    hu_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(HU_BINS) - 1, np.int64))
+    slowest: list = field(default_factory=list)  # a min-heap of (seconds, volume id, row)
+    gallery: list = field(default_factory=list)  # (volume id, qc uri)
+    gallery_total: int = 0
+
+    def add(self, rows: list[dict]) -> None:
+        ml, hu = [], []
+        for r in rows:
+            self.by_status[r["status"]] += 1
+            if r["status"] == "error":
+                self.by_error_type[r.get("error_type") or "unknown"] += 1
+            if r["status"] != "ok":
+                continue
+            if r.get("finished"):
+                minute = r["finished"][:16]
+                self.per_minute[minute] += 1
+                self.slices_per_minute[minute] += int(r.get("n_slices") or 0)
+            if r.get("mask_volume_ml") is not None:
+                ml.append(float(r["mask_volume_ml"]))
+            if r.get("mean_hu_in_mask") is not None:
+                hu.append(float(r["mean_hu_in_mask"]))
+            total = sum(float(r.get(k) or 0.0) for k in ("decode_seconds", "predict_seconds", "write_seconds"))
+            item = (total, r["volume_id"], {k: r.get(k) for k in ("volume_id", "n_slices", "decode_seconds",
+                                                                   "predict_seconds", "write_seconds")})
+            if len(self.slowest) < SLOWEST:
+                heapq.heappush(self.slowest, item)
+            elif total > self.slowest[0][0]:
+                heapq.heapreplace(self.slowest, item)
+            if r.get("qc_uri"):
+                self.gallery_total += 1
+                if len(self.gallery) < GALLERY:
+                    self.gallery.append((r["volume_id"], r["qc_uri"]))
+        if ml:
+            self.ml_hist += np.histogram(np.clip(ml, 0, ML_BINS[-1]), ML_BINS)[0]
+        if hu:
+            self.hu_hist += np.histogram(np.clip(hu, HU_BINS[0], HU_BINS[-1]), HU_BINS)[0]
+
+
+def aggregate_volume_table(out: str) -> VolumeAggregates:
+    import pyarrow.parquet as pq
+
+    agg = VolumeAggregates()
+    try:
+        entries = storage.list_files(storage.join(out, "volumes"))
+    except Exception:  # noqa: BLE001 - no table yet: an empty report
+        return agg
+    for e in entries:
+        if e.uri.endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(storage.read_bytes(e.uri)))
+            agg.add(table.select([c for c in COLUMNS if c in table.column_names]).to_pylist())
+    return agg
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plots(agg: VolumeAggregates) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    if agg.per_minute:
+        minutes = sorted(agg.per_minute)
+        t = [time.mktime(time.strptime(m, "%Y-%m-%dT%H:%M")) for m in minutes]
+        t0 = t[0]
+        x = [(v - t0) / 60.0 for v in t]
+        fig, ax = plt.subplots(figsize=(9, 3))
+        ax.bar(x, [agg.per_minute[m] for m in minutes], width=0.9, color="#4c78a8", label="volumes / min")
+        ax.set_xlabel(f"minutes after {minutes[0]}Z")
+        ax.set_ylabel("volumes finished / min")
+        ax2 = ax.twinx()
+        ax2.plot(x, [agg.slices_per_minute[m] / 60.0 for m in minutes], color="#f58518", marker=".", label="slices/s")
+        ax2.set_ylabel("slices/s")
+        ax.set_title("throughput over time")
+        out["throughput.png"] = _png(fig)
+    if agg.ml_hist.sum():
+        fig, ax = plt.subplots(figsize=(9, 3))
+        ax.stairs(agg.ml_hist, ML_BINS, fill=True, color="#54a24b")
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("mask volume (mL)")
+        ax.set_ylabel("volumes")
+        ax.set_title(f"mask volumes of {int(agg.ml_hist.sum()):,} volumes")
+        out["volume_ml.png"] = _png(fig)
+    if agg.hu_hist.sum():
+        fig, ax = plt.subplots(figsize=(9, 3))
+        ax.stairs(agg.hu_hist, HU_BINS, fill=True, color="#e45756")
+        ax.set_xlabel("mean HU in the mask (CT)")
+        ax.set_ylabel("volumes")
+        ax.set_title(f"mean HU of {int(agg.hu_hist.sum()):,} CT volumes")
+        out["mean_hu.png"] = _png(fig)
+    return out
+
+
+def relative(out: str, uri: str) -> str:
+    """A link from a page at the output's root to one of its objects."""
+    prefix = out.rstrip("/") + "/"
+    return uri[len(prefix):] if uri.startswith(prefix) else uri
+
+
+def segment_report(out: str, summary: dict, failures: list[tuple[str, str]] | None = None) -> str:
+    """Write report.html (and report/*.png) at the root of a segment output; returns its URI."""
+    agg = aggregate_volume_table(out)
+    plots = {}
+    for name, data in _plots(agg).items():
+        storage.write_bytes(storage.join(out, PLOTS_FOLDER, name), data)
+        plots[name.split(".")[0]] = f"{PLOTS_FOLDER}/{name}"
+    slowest = [{**row, "total": total, **{k: float(row.get(k) or 0.0) for k in
+                                         ("decode_seconds", "predict_seconds", "write_seconds")}}
+               for total, _, row in sorted(agg.slowest, key=lambda x: -x[0])]
+    links = [(name, name) for name in ("summary.json", "layout.json") if storage.exists(storage.join(out, name))]
+    for folder, label in (("volumes", "volume table part"), ("series_index", "series index part")):
+        try:
+            parts = [e.uri for e in storage.list_files(storage.join(out, folder)) if e.uri.endswith(".parquet")]
+        except Exception:  # noqa: BLE001 - none yet
+            parts = []
+        links += [(f"{label} {relative(out, u)}", relative(out, u)) for u in parts[:MAX_PART_LINKS]]
+        if len(parts) > MAX_PART_LINKS:
+            links.append((f"... and {len(parts) - MAX_PART_LINKS} more parts in {folder}/ (read the folder with any "
+                          "Parquet reader)", relative(out, parts[MAX_PART_LINKS])))
+    html = _env().get_template("segment_report.html.j2").render(
+        title=out, summary=_SummaryView(summary), model_identity=summary.get("model_identity", ""),
+        written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        by_status=sorted(agg.by_status.items()), by_error_type=agg.by_error_type.most_common(),
+        failures=failures or [], plots=_Plots(plots), slowest=slowest,
+        gallery=[{"volume_id": v, "href": relative(out, u)} for v, u in agg.gallery],
+        gallery_more=agg.gallery_total > len(agg.gallery), gallery_total=agg.gallery_total, links=links,
+    )
+    uri = storage.join(out, REPORT_FILE)
+    storage.write_bytes(uri, html.encode())
+    return uri
+
+
+class _SummaryView(dict):
+    """summary.json's values as attributes in the template (0 for a missing number)."""
+
+    def __getattr__(self, key):
+        return self.get(key, 0)
+
+
+class _Plots(dict):
+    def __getattr__(self, key):
+        return self.get(key, "")
+
+
+def training_report_html(name: str, training: dict, curves: str = "curves.png",
+                         links: list[tuple[str, str]] | None = None) -> bytes:
+    """report.html of a bundle: the epochs, the curves, events, configuration."""
+    history = [{k: (v if v is not None else float("nan")) for k, v in h.items()} for h in training.get("history", [])]
+    for h in history:
+        for key in ("train_loss", "train_dice_hard", "val_loss", "val_dice_hard", "learning_rate",
+                    "slices_per_second", "epoch_seconds"):
+            h.setdefault(key, float("nan"))
+    events = [", ".join(f"{k} {v}" for k, v in e.items() if k != "time") for e in training.get("events", [])]
+    config = json.dumps({k: training.get(k) for k in ("train", "augment", "workers", "data", "data_identity", "run")
+                         if k in training}, indent=2, default=str)
+    html = _env().get_template("train_report.html.j2").render(
+        name=name, history=history, best_epoch=int(training.get("best_epoch", 0)),
+        best_val_dice=float(training.get("best_val_dice", float("nan"))), stopped_early=training.get("stopped_early"),
+        slices_per_second=float(training.get("slices_per_second", 0.0)), workers=training.get("workers", 1),
+        curves=curves, events=events, config=config,
+        links=links or [("bundle description (bundle.json)", "bundle.json"), ("metric history (JSON)", "history.json"),
+                        ("Keras model", "model.keras"), ("training curves", curves)],
+    )
+    return html.encode()

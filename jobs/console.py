@@ -97,6 +97,15 @@ def _drop_raylet_noise() -> None:
     ray_worker.print_to_stdstream = filtered
 
 
+def quiet_ray_loggers() -> None:
+    """Ray sets its loggers' levels when it is imported: set ours again after (every job that
+    imports Ray without starting it, like `unet submit`, calls this)."""
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if VERBOSE else logging.ERROR)
+    for name in ("ray.dashboard", "ray._private.runtime_env", "ray.job_submission"):
+        logging.getLogger(name).setLevel(logging.INFO if VERBOSE else logging.ERROR)
+
+
 def quiet_ray_data() -> None:
     """Ray Data's execution plan, per-dataset stats and progress bars (we draw our own), after
     ray.init (its logger configuration runs there)."""

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.console import say
 from jobs.common import FORWARDED_STORAGE_ENV, forwarded_storage_env, log, run_main, setup_logging
 from unet_core.errors import JobError
 
@@ -142,6 +143,9 @@ def connect(address: str) -> Cluster:
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    from jobs.console import quiet_ray_loggers
+
+    quiet_ray_loggers()
     token, source = read_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
@@ -278,7 +282,7 @@ def outcome(info) -> int:
     status = str(info.status.value)
     code = info.driver_exit_code
     if status == "SUCCEEDED":
-        log.info("job %s SUCCEEDED", info.submission_id)
+        say(f"job {info.submission_id} SUCCEEDED")
         return 0
     if status == "STOPPED":
         log.error("job %s was STOPPED", info.submission_id)
@@ -287,7 +291,7 @@ def outcome(info) -> int:
         message = (info.message or "").splitlines()[0] if info.message else ""
         log.error("job %s FAILED%s: %s", info.submission_id, f" with exit status {code}" if code else "", message)
         return code if code else EXIT_FAILED_WITHOUT_CODE
-    log.info("job %s is %s", info.submission_id, status)
+    say(f"job {info.submission_id} is {status}")
     return 0
 
 
@@ -313,20 +317,21 @@ def run(argv: list[str]) -> int:
         return 0
     if args.stop:
         stopped = cluster.call(client.stop_job, args.stop)
-        log.info("job %s: %s", args.stop, "stop requested" if stopped else "already finished")
+        say(f"job {args.stop}: {'stop requested' if stopped else 'already finished'}")
         return 0
     renv = runtime_env(args)
-    log.info("submitting to %s: %s (code: %s; env: %s)", address, entrypoint(job_argv),
-             renv.get("working_dir") or ", ".join(renv.get("py_modules", [])), ", ".join(sorted(renv["env_vars"])))
+    say(f"submitting to {address}: {entrypoint(job_argv)}")
+    log.info("code: %s; env: %s", renv.get("working_dir") or ", ".join(renv.get("py_modules", [])),
+             ", ".join(sorted(renv["env_vars"])))
     job_id = cluster.call(client.submit_job, entrypoint=entrypoint(job_argv), runtime_env=renv,
                   submission_id=args.submission_id, metadata={"unet_job": job_argv[0]},
                   entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus,
                   entrypoint_memory=args.entrypoint_memory)
-    log.info("submitted %s", job_id)
+    say(f"submitted {job_id}")
     if not args.wait:
         print(job_id)
-        log.info("follow it with `unet submit --status %s` or `unet submit --logs %s`; stop it with "
-                 "`unet submit --stop %s`", job_id, job_id, job_id)
+        say(f"follow it with `unet submit --status {job_id}` or `unet submit --logs {job_id}`; stop it with "
+            f"`unet submit --stop {job_id}`")
         return 0
     try:
         return wait_for(cluster, job_id, args.timeout)

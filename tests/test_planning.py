@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+import pydicom
 import pytest
 
 from unet_core.io import listing, storage
@@ -288,3 +289,40 @@ def test_rows_round_trip_through_parquet(tmp_path):
     assert [f.name for f in VolumeRecord.arrow_schema()][:5] == ["volume_id", "source", "format", "series_uid", "status"]
     with pytest.raises(ValueError, match="unknown fields"):
         VolumeRecord.from_row({"volume_id": "v", "nonsense": 1})
+
+
+def test_localizers_are_skipped_unless_kept(tmp_path):
+    """A scout in the CT's series (another orientation, one slice) and an image typed LOCALIZER are
+    skipped rows with reason 'localizer'; --keep-localizers segments them."""
+    from dicom_factory import edit, write_series
+    from unet_core.synthetic import SeriesSpec
+
+    paths, _, _ = write_series(tmp_path / "ct", SeriesSpec(rows=16, columns=16, n_slices=4))
+    scout, _, _ = write_series(tmp_path / "scout", SeriesSpec(orientation="coronal", rows=16, columns=16, n_slices=1))
+    typed, _, _ = write_series(tmp_path / "typed", SeriesSpec(orientation="sagittal", rows=16, columns=16, n_slices=3))
+    uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+    edit(scout[0], lambda ds: setattr(ds, "SeriesInstanceUID", uid))
+    for p in typed:
+        edit(p, lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]))
+    rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
+    planned = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1))
+    by_action = {a: [p for p in planned if p.action == a] for a in Action}
+    assert [p.series_uid for p in by_action[Action.SEGMENT]] == [uid]
+    aside = [json.loads(p.record) for p in by_action[Action.SET_ASIDE]]
+    assert len(aside) == 4 and {r["status"] for r in aside} == {"skipped"} and {r["error_type"] for r in aside} == {"localizer"}
+    assert any("ImageType ORIGINAL\\PRIMARY\\LOCALIZER" in r["error"] for r in aside)
+    kept = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1, keep_localizers=True))
+    assert sum(p.action == Action.SEGMENT for p in kept) == 3
+
+
+def test_the_volume_budget_is_checked_from_headers_before_pixels(tmp_path, monkeypatch):
+    from unet_core.config import Limits
+
+    rows = _rows(tmp_path, "s", n=4)  # 4 slices of the factory's size
+    need = 4 * rows[0].rows * rows[0].columns * 4
+    (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(limits=Limits(max_volume_bytes=need - 1)))
+    rec = json.loads(p.record)
+    assert p.action == Action.SET_ASIDE and rec["status"] == "error" and rec["error_type"] == "resource_limit"
+    assert f"need {need} bytes" in rec["error"] and "--max-volume-bytes" in rec["error"]
+    (ok,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(limits=Limits(max_volume_bytes=need)))
+    assert ok.action == Action.SEGMENT

@@ -23,6 +23,7 @@ from unet_core.errors import (
     AmbiguousSourceError,
     EmptyFileError,
     InputError,
+    InvalidVolumeError,
     NoPixelDataError,
     NonImageObjectError,
     NotDicomError,
@@ -48,6 +49,7 @@ NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
     "1.2.840.10008.5.1.4.1.1.9.": "waveform",
     "1.2.840.10008.5.1.4.1.1.91.": "real-world value mapping",
+    "1.2.840.10008.1.3.10": "media storage directory, DICOMDIR",
 }
 ENHANCED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
@@ -83,6 +85,7 @@ class DicomHeader:
     pixel_spacing: tuple[float, float] | None = None
     slice_thickness: float | None = None
     instance_number: int | None = None
+    image_type: str = ""  # ImageType values joined by "\\" (LOCALIZER marks a scout)
 
     @property
     def enhanced(self) -> bool:
@@ -184,7 +187,9 @@ def _non_image_reason(sop_class: str) -> str | None:
 
 
 def header_from_dataset(ds: pydicom.Dataset, uri: str, size: int, has_pixels: bool) -> DicomHeader:
-    sop_class = str(ds.get("SOPClassUID", "") or "")
+    # A DICOMDIR's dataset has no SOP Class UID; its file meta says what it is.
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
+                    or "")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -195,8 +200,10 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size: int, has_pixels: bo
         instance = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None
     except (TypeError, ValueError):
         instance = None
+    image_type = ds.get("ImageType") or ""
+    image_type = image_type if isinstance(image_type, str) else "\\".join(str(v) for v in image_type)
     h = DicomHeader(
-        uri=uri, size=size, sop_class_uid=sop_class,
+        uri=uri, size=size, sop_class_uid=sop_class, image_type=image_type,
         sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
         study_uid=str(ds.get("StudyInstanceUID", "") or ""),
@@ -241,6 +248,16 @@ def scan_header(data: bytes, uri: str, size: int | None = None) -> DicomHeader |
         if not complete and not isinstance(exc, EmptyFileError):
             return None
         return DicomHeader(uri=uri, size=size, kind="error", reason=str(exc), error_type=exc.reason)
+    if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        # Deflated: where parsing stopped is an offset into the inflated stream, not into `data`;
+        # the whole object tells whether pixel data follows.
+        if not complete:
+            return None
+        try:
+            ds, _ = _parse(data, uri, stop_before_pixels=False)
+        except InputError as exc:
+            return DicomHeader(uri=uri, size=size, kind="error", reason=str(exc), error_type=exc.reason)
+        return header_from_dataset(ds, uri, size, has_pixels="PixelData" in ds)
     tag = data[stop:stop + 4]
     at_pixels = len(tag) == 4 and (
         int.from_bytes(tag[:2], "little") == _PIXEL_GROUP or int.from_bytes(tag[:2], "big") == _PIXEL_GROUP
@@ -280,10 +297,23 @@ def volume_id_of(key: tuple) -> str:
     return "dcm-" + short_hash(*map(str, key))
 
 
-def group_series(headers: Iterable[DicomHeader]) -> tuple[list[SeriesGroup], list[DicomHeader]]:
+LOCALIZER = "localizer"
+
+
+def is_localizer(group: "SeriesGroup") -> bool:
+    """A scout / localizer: ImageType says LOCALIZER, or a classic single-slice group (what is left
+    of a series once its localizer is split off by orientation or size; a 1-slice "volume" is not
+    something a 3D segmentation is run on)."""
+    if any("LOCALIZER" in h.image_type.upper().split("\\") for h in group.headers):
+        return True
+    return group.n_slices == 1 and not group.headers[0].enhanced
+
+
+def group_series(headers: Iterable[DicomHeader], skip_localizers: bool = False) -> tuple[list[SeriesGroup], list[DicomHeader]]:
     """Group image headers into volumes: by SeriesInstanceUID, split by orientation and image
     size; each multi-frame object is a volume of its own. Copies of one SOP instance (re-sends)
-    keep the largest file; the others are set aside. Returns (groups, set-aside headers)."""
+    keep the largest file; the others are set aside; with `skip_localizers`, so are localizers
+    (`is_localizer`). Returns (groups, set-aside headers)."""
     groups: dict[tuple, list[DicomHeader]] = {}
     aside: list[DicomHeader] = []
     kept: dict[str, DicomHeader] = {}
@@ -306,6 +336,15 @@ def group_series(headers: Iterable[DicomHeader]) -> tuple[list[SeriesGroup], lis
         SeriesGroup(volume_id=volume_id_of(key), series_uid=key[0], headers=sorted(members, key=lambda h: h.uri))
         for key, members in groups.items()
     ]
+    if skip_localizers:
+        for g in [g for g in out if is_localizer(g)]:
+            out.remove(g)
+            for h in g.headers:
+                h.kind, h.error_type = "non_image", LOCALIZER
+                h.reason = (f"{h.uri}: localizer / scout image of series {g.series_uid} ({g.n_slices} slice(s)"
+                            f"{', ImageType ' + h.image_type if h.image_type else ''}): not segmented "
+                            "(--keep-localizers keeps them)")
+                aside.append(h)
     return sorted(out, key=lambda g: (g.series_uid, -g.n_slices, g.volume_id)), aside
 
 
@@ -534,6 +573,31 @@ def _to_hu(raws: list[np.ndarray], rescales: list[tuple[float, float]], order: n
     return out.transpose(2, 1, 0)
 
 
+# Largest magnitude a rescaled voxel may have: HU span -1024..~30,000 and MR / PET values stay far
+# below; a rescale slope like 1e38 produces values beyond it (or infinities).
+MAX_ABS_VALUE = 1e7
+
+
+def _check_values(voxels: np.ndarray, rescales: list[tuple[float, float]], uri_of_slice: list[str],
+                  series_uid: str) -> None:
+    """Non-finite or absurd values after the rescale make the volume unusable (as NaN does in
+    NIfTI): InvalidVolumeError naming the first bad slice's object, with the counts and the
+    rescales that caused them."""
+    finite = np.isfinite(voxels)
+    wild = np.abs(np.where(finite, voxels, 0.0)) > MAX_ABS_VALUE
+    n_bad = int(voxels.size - np.count_nonzero(finite))
+    n_out = int(np.count_nonzero(wild))
+    if n_bad or n_out:
+        slopes = sorted(set(rescales))[:3]
+        k = int(np.flatnonzero((~finite | wild).any(axis=(0, 1)))[0])
+        uri = uri_of_slice[k]
+        raise InvalidVolumeError(
+            f"{uri}: series {series_uid} has {n_bad} non-finite and {n_out} out-of-range (|value| > "
+            f"{MAX_ABS_VALUE:g}) voxel values of {voxels.size} after the rescale (slope, intercept: "
+            f"{', '.join(f'{a:g}, {b:g}' for a, b in slopes)}); the series' RescaleSlope / RescaleIntercept "
+            "are wrong", uri=uri)
+
+
 @dataclass
 class SourceFrames:
     """The source images of a volume, for objects derived from it (DICOM SEG): header-only
@@ -611,6 +675,7 @@ def read_series_with_sources(
         single_slice_thickness=first.slice_thickness,
     )
     voxels = _to_hu(raws, rescales, geometry.order)
+    _check_values(voxels, rescales, [group.headers[refs[i][0]].uri for i in geometry.order], group.series_uid)
     if keep_sources:
         for kept_ds in kept:  # the voxels are out of the buffers now; a SEG needs headers only
             del kept_ds.PixelData

@@ -34,6 +34,7 @@ FIELDS = {
     "ImagePositionPatient": ("DS", True), "PixelSpacing": ("DS", True), "SliceThickness": ("DS", False),
     "InstanceNumber": ("IS", False), "BitsAllocated": ("US", False), "BitsStored": ("US", False),
     "PixelRepresentation": ("US", False), "RescaleSlope": ("DS", False), "RescaleIntercept": ("DS", False),
+    "ImageType": ("CS", True),
 }
 _WANT = {tag_for_keyword(k): k for k in FIELDS}
 # Enhanced objects keep their geometry in these sequences: pydicom parses those.
@@ -110,6 +111,8 @@ def _value(vr: str, raw: bytes, multi: bool):
     text = raw.decode("ascii").strip("\0 ")
     if vr in ("DS", "IS") and multi:
         return [p.strip() for p in text.split("\\")] if text else None
+    if vr == "CS" and multi:  # as pydicom: the value's padding goes, spaces inside values stay
+        return text.split("\\") if text else None
     return text
 
 

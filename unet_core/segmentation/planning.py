@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
-from unet_core.errors import InputError
+from unet_core.errors import InputError, ResourceLimitError
 from unet_core.io import archive, listing, storage
 from unet_core.io.dicom import HEADER_PREFIX_BYTES, group_series, scan_header, volume_id_of, volume_key
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
@@ -330,9 +330,26 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
             out += [_set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type="duplicate_instance",
                                        reason=f"{m.uri}: listed twice"), s) for m in members[1:]]
             continue
-        groups, aside = group_series(list({m.uri: m for m in members}.values()))
+        groups, aside = group_series(list({m.uri: m for m in members}.values()), skip_localizers=not s.keep_localizers)
         for h in aside:  # copies of one SOP instance: the largest is kept
             out.append(_set_aside(replace(h, kind=ObjectKind(h.kind), volume_id=""), s))
         for g in groups:
-            out.append(_plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s))
+            planned = _plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s)
+            out.append(_over_budget(planned, g, s) or planned)
     return out
+
+
+def _over_budget(p: PlannedVolume, g, s: SegmentSettings) -> PlannedVolume | None:
+    """The per-volume memory budget, checked from the headers (rows x columns x frames) before any
+    pixel data is fetched: a volume over it is an error row now, not after its download."""
+    first = g.headers[0]
+    need = g.n_slices * first.rows * first.columns * 4
+    if need <= s.limits.max_volume_bytes:
+        return None
+    rec = VolumeRecord(
+        volume_id=p.volume_id, source=p.source, format=p.format.value, series_uid=p.series_uid, status=Status.ERROR,
+        error=(f"{p.source}: series {g.series_uid}: {g.n_slices} slices of {first.rows}x{first.columns} need {need} "
+               f"bytes, above the per-volume budget of {s.limits.max_volume_bytes} (raise --max-volume-bytes)"),
+        error_type=ResourceLimitError.reason, fingerprint=p.fingerprint, n_objects=len(g.headers),
+        model=s.model_name, model_identity=s.model_identity)
+    return replace(p, action=Action.SET_ASIDE, members="[]", record=json.dumps(rec.to_row()))

@@ -22,6 +22,7 @@ class SegmentSettings:
     qc: bool = False
     dicom_seg: bool = False  # a DICOM SEG per DICOM volume (seg/<volume id>.dcm)
     keep_phi: bool = False
+    keep_localizers: bool = False  # segment localizer / scout images too (unet_core.io.dicom.is_localizer)
     follow_symlinks: bool = False
     resume: bool = True  # a planned volume first looks for this fingerprint's completion record
     prediction_attempts: int = 3  # a volume whose prediction fails this often becomes an error row

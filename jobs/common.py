@@ -7,10 +7,11 @@ import logging
 import os
 import sys
 import time
+from enum import IntEnum
 from typing import Any
 
 from unet_core.config import Limits
-from unet_core.errors import UnetError
+from unet_core.errors import StorageError, UnetError
 
 log = logging.getLogger("unet")
 
@@ -123,16 +124,31 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
     return parser.parse_args(argv)
 
 
+class Exit(IntEnum):
+    """The exit status of every job (README, docs/reliability.md)."""
+
+    OK = 0  # everything succeeded
+    INTERNAL = 1  # a bug: an unexpected exception (with its traceback)
+    USAGE = 2  # a usage or configuration error
+    SOME_FAILED = 3  # some items failed; every other item is written
+    STOPPED = 4  # the job was stopped (`unet submit --stop`)
+    STORAGE = 5  # the object store is unavailable or refuses the output
+    INTERRUPTED = 130  # Ctrl-C; completed work is kept
+
+
 def run_main(fn, argv) -> int:
-    """Run a job body; domain errors become one clear line and exit status 2, not a traceback."""
+    """Run a job body; domain errors become one clear line and their exit status, not a traceback."""
     try:
         return int(fn(argv) or 0)
+    except StorageError as exc:
+        log.error("%s", exc)
+        return Exit.STORAGE
     except UnetError as exc:
         log.error("%s", exc)
-        return 2
+        return Exit.USAGE
     except KeyboardInterrupt:
         log.error("interrupted; completed work is kept, re-run the same command to resume")
-        return 130
+        return Exit.INTERRUPTED
 
 
 class Timer:

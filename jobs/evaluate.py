@@ -93,6 +93,7 @@ def _main(argv: list[str]) -> int:
     except ValueError as exc:
         raise ConfigError(f"--truth-labels must be integers, got {args.truth_labels!r}") from exc
 
+    storage.probe_writable(args.output.rsplit("/", 1)[0] if args.output and "/" in args.output else args.pred)
     init_ray(args.address, args.num_cpus)
     import ray
 

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from jobs.common import (Timer, add_limit_args, add_ray_args, init_ray, limits_from, log, parse_with_config,
+from jobs.common import (Exit, Timer, add_limit_args, add_ray_args, init_ray, limits_from, log, parse_with_config,
                          run_main, setup_logging)
 from unet_core.config import CT_WINDOWS, PreprocessConfig, from_dict, to_dict
 from unet_core.errors import ConfigError, InputError, UnetError
@@ -123,6 +123,7 @@ def _main(argv: list[str]) -> int:
         foreground = [int(v) for v in args.foreground_labels.split(",")] if args.foreground_labels else None
     except ValueError as exc:
         raise ConfigError(f"--foreground-labels must be integers separated by commas, got {args.foreground_labels!r}") from exc
+    storage.probe_writable(out)  # a refused output fails before any case is read (exit 5)
     init_ray(args.address, args.num_cpus)
     import ray
 
@@ -167,7 +168,7 @@ def _main(argv: list[str]) -> int:
         print(f"  case {e['case_id']}: {e['error']}")
     if not counts["train"]:
         raise InputError("no training slices were produced; see the case errors above")
-    return 1 if errors else 0
+    return Exit.SOME_FAILED if errors else Exit.OK
 
 
 def _has_files(uri: str) -> bool:

@@ -30,7 +30,7 @@ import sys
 import time
 
 from jobs.console import Progress, say
-from jobs.common import (Timer, add_limit_args, add_ray_args, cluster_address, init_ray, limits_from, log,
+from jobs.common import (Exit, Timer, add_limit_args, add_ray_args, cluster_address, init_ray, limits_from, log,
                          parse_with_config, run_main, setup_logging)
 from unet_core.config import from_dict, to_dict
 from unet_core.errors import InputError, JobError
@@ -38,7 +38,7 @@ from unet_core.io import storage
 from unet_core.segmentation import layout as lay
 from unet_core.segmentation.settings import SegmentSettings
 
-EXIT_SOME_FAILED = 3
+EXIT_SOME_FAILED = Exit.SOME_FAILED
 SCAN_PARTITIONS_PER_BLOCK = 8  # listing partitions a scan task takes on: tasks of a few ms each cost more than they do
 SCAN_COUNTS = ("listed", "reused", "scanned")
 INLINE_RESULT_BYTES = 1024
@@ -198,6 +198,7 @@ def _main(argv: list[str]) -> int:
     # (docs/design.md, "Driver memory"). Read by the processes of a local instance; a cluster sets
     # it on its nodes (cluster/).
     os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
+    storage.probe_writable(out)  # before anything is read: a refused output fails now (exit 5)
     init_ray(args.address, args.num_cpus or local_cpus(low, args.num_gpus))
     import ray
 

@@ -120,6 +120,7 @@ def _main(argv: list[str]) -> int:
     import os
 
     local_cpus = args.num_cpus or max(os.cpu_count() or 1, math.ceil(args.workers * args.cpus_per_worker) + 1)
+    storage.probe_writable(output)  # a refused output fails before training, not after (exit 5)
     init_ray(args.address, local_cpus)
     import_tensorflow()  # quietly, before Ray Train's TensorFlow integration imports it
     import ray

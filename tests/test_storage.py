@@ -163,3 +163,26 @@ def test_bytes_are_stored_as_given_whatever_the_name(store, name):
     uri = put(storage.join(store, name), data)
     assert storage.read_bytes(uri) == data
     assert storage.list_files(uri)[0].size == 5000
+
+
+def test_a_refused_output_fails_the_job_at_once_with_the_storage_exit_status(tmp_path, s3_server):
+    """Before reading anything, a job writes and removes a probe under its output: a missing bucket
+    (or a key without write permission) ends the job with exit status 5 and a message naming the
+    probe key and what to check, without scanning the archive."""
+    from jobrun import job_env, run_unet
+
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "a.dcm").write_bytes(b"not read")
+    rc, out = run_unet("segment", "--input", str(tmp_path / "archive"), "--model", str(tmp_path / "nobundle"),
+                       "--output", "s3://no-such-bucket-here/out", env=job_env())
+    assert rc == 2 and "not a model bundle" in out  # the bundle is checked first: a usage error
+    from unet_core.bundle import BundleInfo
+    from unet_core.config import PreprocessConfig
+
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "bundle.json").write_text(BundleInfo(preprocess=PreprocessConfig()).to_json())
+    rc, out = run_unet("segment", "--input", str(tmp_path / "archive"), "--model", str(tmp_path / "bundle"),
+                       "--output", "s3://no-such-bucket-here/out", env=job_env())
+    assert rc == 5, out
+    assert "s3://no-such-bucket-here/out: the output cannot be written" in out and ".tmp-probe-" in out
+    assert "bucket does not exist" in out and "planning:" not in out

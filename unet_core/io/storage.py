@@ -232,6 +232,23 @@ def list_files(prefix: str) -> list[FileEntry]:
     return sorted(entries, key=lambda e: e.uri)
 
 
+def probe_writable(prefix: str) -> None:
+    """Write a small hidden object under `prefix` and remove it, before a job reads anything: a
+    store that refuses the output fails the job at once, naming the key and what to check, instead
+    of after the archive was scanned. Raises StorageError."""
+    import uuid
+
+    key = join(prefix, f".tmp-probe-{uuid.uuid4().hex[:12]}")
+    try:
+        write_bytes(key, b"unet-ray write probe")
+    except StorageError as exc:
+        raise StorageError(
+            f"{prefix}: the output cannot be written: a probe object {key} was refused ({exc}). Check that the "
+            "prefix is right, the bucket exists, and the credentials may put and delete objects under it "
+            "(s3:PutObject, s3:DeleteObject), or that the local folder is writable", uri=key) from exc
+    delete(key)
+
+
 def sweep_temporaries(prefix: str) -> int:
     """Remove `.tmp-*` files that a killed writer left below a local prefix (object stores never
     show an unfinished upload, so there is nothing to sweep there). Returns how many went."""

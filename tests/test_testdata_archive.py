@@ -1,0 +1,53 @@
+"""Every file of pydicom's and pydicom-data's test data as one archive: `unet segment` ends with exit
+0 or 3, every file is accounted for in the series index, and no row is an `internal` error (an
+exception nobody expected). Real files of every kind: compressed syntaxes, big endian, deflated,
+enhanced multi-frame, waveforms, SR, DICOMDIR, truncated and broken ones."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jobrun import run_unet
+
+
+def _test_files() -> list[Path]:
+    import data_store
+    import pydicom.data
+
+    roots = [Path(pydicom.data.DATA_ROOT) / "test_files", Path(data_store.__file__).parent / "data"]
+    return sorted(p for root in roots for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                  and not p.name.endswith((".py", ".pyc")))
+
+
+@pytest.mark.slow
+def test_pydicom_test_data_as_one_archive(tmp_path):
+    import keras
+
+    from unet_core.bundle import BundleInfo, save_bundle
+    from unet_core.config import ModelConfig, PreprocessConfig
+    from unet_core.model import build_unet
+    from unet_core.segmentation.tables import read_series_index, read_volume_table
+
+    archive = tmp_path / "archive"
+    files = _test_files()
+    for i, src in enumerate(files):
+        dst = archive / f"{i // 50:02d}" / f"{i:04d}_{src.name}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(input_size=32, base_filters=4, depth=2)
+    save_bundle(str(tmp_path / "bundle"), build_unet(cfg),
+                BundleInfo(preprocess=PreprocessConfig(input_size=32, modality="uint16"), model=cfg, name="any"))
+    out = tmp_path / "out"
+    rc, text = run_unet("segment", "--input", str(archive), "--model", str(tmp_path / "bundle"), "--output", str(out),
+                        "--max-volume-bytes", str(256 * 2**20), timeout=1800)
+    assert rc in (0, 3), text[-4000:]
+    index = read_series_index(str(out))
+    listed = {Path(r["object_uri"]).name for r in index}
+    assert {f"{i:04d}_{src.name}" for i, src in enumerate(files)} <= listed
+    rows = read_volume_table(str(out))
+    internal = [r for r in rows if r["error_type"] == "internal"]
+    assert internal == [], internal[:5]
+    assert sum(r["status"] == "ok" for r in rows) > 20

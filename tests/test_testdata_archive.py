@@ -7,8 +7,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from jobrun import run_unet
 
 
@@ -21,7 +19,6 @@ def _test_files() -> list[Path]:
                   and not p.name.endswith((".py", ".pyc")))
 
 
-@pytest.mark.slow
 def test_pydicom_test_data_as_one_archive(tmp_path):
     import keras
 
@@ -42,7 +39,7 @@ def test_pydicom_test_data_as_one_archive(tmp_path):
                 BundleInfo(preprocess=PreprocessConfig(input_size=32, modality="uint16"), model=cfg, name="any"))
     out = tmp_path / "out"
     rc, text = run_unet("segment", "--input", str(archive), "--model", str(tmp_path / "bundle"), "--output", str(out),
-                        "--max-volume-bytes", str(256 * 2**20), timeout=1800)
+                        "--max-volume-bytes", str(256 * 2**20), "--keep-localizers", timeout=1800)
     assert rc in (0, 3), text[-4000:]
     index = read_series_index(str(out))
     listed = {Path(r["object_uri"]).name for r in index}
@@ -50,4 +47,5 @@ def test_pydicom_test_data_as_one_archive(tmp_path):
     rows = read_volume_table(str(out))
     internal = [r for r in rows if r["error_type"] == "internal"]
     assert internal == [], internal[:5]
-    assert sum(r["status"] == "ok" for r in rows) > 20
+    # --keep-localizers: the many single-slice files are decoded and segmented too (more decode paths)
+    assert sum(r["status"] == "ok" for r in rows) >= 20, sorted({(r["status"], r["error_type"]) for r in rows})

@@ -341,9 +341,9 @@ def group_series(headers: Iterable[DicomHeader], skip_localizers: bool = False) 
             out.remove(g)
             for h in g.headers:
                 h.kind, h.error_type = "non_image", LOCALIZER
-                h.reason = (f"{h.uri}: localizer / scout image of series {g.series_uid} ({g.n_slices} slice(s)"
-                            f"{', ImageType ' + h.image_type if h.image_type else ''}): not segmented "
-                            "(--keep-localizers keeps them)")
+                h.reason = (f"{h.uri}: a localizer, scout or lone slice of series {g.series_uid} ({g.n_slices} "
+                            f"slice(s){', ImageType ' + h.image_type if h.image_type else ''}): not segmented as a "
+                            "volume (--keep-localizers keeps them)")
                 aside.append(h)
     return sorted(out, key=lambda g: (g.series_uid, -g.n_slices, g.volume_id)), aside
 

@@ -156,3 +156,24 @@ def test_epoch_line_format():
                                                              "val_dice_hard": 0.77, "learning_rate": 1e-4,
                                                              "slices_per_second": 24.13, "epoch_seconds": 38.2}})
     assert line == "epoch   3/12  loss 0.4123  dice 0.8000  val dice 0.7700  lr 1.00e-04  24.1 slices/s  38s"
+
+
+def test_learning_rate_changes_and_early_stopping_are_announced_once():
+    from jobs.console import TrainWatcher
+
+    stream = io.StringIO()
+    watcher = TrainWatcher(box=None, stream=stream)
+    metrics = {"train_loss": 0.5, "train_dice_hard": 0.5, "val_dice_hard": 0.4, "learning_rate": 1e-3,
+               "slices_per_second": 10.0, "epoch_seconds": 3.0}
+    watcher._handle({"kind": "resumed", "epoch": 3})
+    for step in (1, 2, 3):
+        watcher._handle({"kind": "step", "epoch": 3, "step": step, "steps": 3})
+    watcher._handle({"kind": "epoch", "epoch": 3, "epochs": 9, "metrics": metrics, "new_learning_rate": 5e-4,
+                     "stop": False, "best_epoch": 1, "best_value": 0.45})
+    watcher._handle({"kind": "epoch", "epoch": 4, "epochs": 9, "metrics": metrics, "new_learning_rate": None,
+                     "stop": True, "best_epoch": 1, "best_value": 0.45})
+    text = stream.getvalue()
+    assert text.count("learning rate reduced to 5.00e-04") == 1
+    assert text.count("stopped early: best val Dice 0.4500 at epoch 2") == 1
+    assert "resumed from the last checkpoint: epoch 4" in text
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("epoch ")] == ["4/9", "5/9"]

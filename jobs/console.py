@@ -213,6 +213,38 @@ class Progress:
         self.close()
 
 
+class Ticker:
+    """A context manager that calls `tick()` every `every` seconds in a daemon thread while the
+    body runs, then `finish()` once (after the thread has stopped)."""
+
+    every = 0.5
+
+    def __init__(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.tick()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.finish()
+
+
 class EventBox:
     """A Ray actor's body (`ray.remote(num_cpus=0)(EventBox)`): workers `put` small dicts, the
     driver `take`s them. Rank 0 of `unet train` reports steps and epochs through one."""
@@ -237,19 +269,16 @@ def epoch_line(e: dict) -> str:
             f"{m.get('epoch_seconds', 0.0):.0f}s")
 
 
-class TrainWatcher:
+class TrainWatcher(Ticker):
     """Drains an EventBox from a thread while `trainer.fit()` blocks: a step progress display per
     epoch, one line per epoch, and learning-rate changes, early stopping and resumption said once."""
 
     def __init__(self, box, stream=None):
-        import threading
-
+        super().__init__()
         self.box, self.stream = box, stream or sys.stderr
         self.epochs_seen: list[dict] = []
         self._progress: Progress | None = None
         self._epoch = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _handle(self, e: dict) -> None:
         if e["kind"] == "resumed":
@@ -278,7 +307,7 @@ class TrainWatcher:
             self._progress.close()
             self._progress = None
 
-    def _drain(self) -> None:
+    def tick(self) -> None:
         import ray
 
         try:
@@ -288,48 +317,25 @@ class TrainWatcher:
         for e in events:
             self._handle(e)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self._drain()
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._drain()
+    def finish(self) -> None:
+        self.tick()
         self._close_progress()
 
 
-class Polled:
-    """Updates a Progress from `count()` every few seconds in a thread, while a blocking call
-    runs (e.g. `unet prepare` counting the per-case summaries its write has published)."""
+class Polled(Ticker):
+    """Updates a Progress from `count()` every few seconds while a blocking call runs (e.g.
+    `unet prepare` counting the per-case summaries its write has published)."""
 
     def __init__(self, progress: Progress, count, every: float = 2.0):
-        import threading
-
+        super().__init__()
         self.progress, self.count, self.every = progress, count, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.progress.update(self.count())
-            except Exception:  # noqa: BLE001 - a display never fails the job
-                pass
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> None:
         try:
             self.progress.update(self.count())
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a display never fails the job
             pass
+
+    def finish(self) -> None:
+        self.tick()
         self.progress.close()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import threading
+from jobs.console import Ticker
 
 
 def rate(n: int, seconds: float) -> float:
@@ -35,36 +35,26 @@ def make_bundle(path: str, size: int, filters: int) -> None:
                                                   label_names=["background", "target"], name="bench"))
 
 
-class RayMemorySampler:
+class RayMemorySampler(Ticker):
     """Peak of the summed resident memory of the driver and every Ray process, sampled."""
 
     def __init__(self, interval: float = 0.1):
-        self.interval, self.peak, self.parts, self._stop = interval, 0, {}, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
+        self.every, self.peak, self.parts = interval, 0, {}
 
-    def _run(self) -> None:
+    def tick(self) -> None:
         import psutil
 
         me = os.getpid()
-        while not self._stop.is_set():
-            parts: dict[str, int] = {}
-            for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-                try:
-                    cmd = " ".join(p.info["cmdline"] or [])
-                    if p.info["pid"] == me or "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd:
-                        kind = ("driver" if p.info["pid"] == me else "predictors" if "PredictorServer" in cmd
-                                else "task workers, Ray's actors" if cmd.startswith("ray::") else "Ray's services")
-                        parts[kind] = parts.get(kind, 0) + p.info["memory_info"].rss
-                except Exception:  # noqa: BLE001 - processes come and go
-                    continue
-            if sum(parts.values()) > self.peak:
-                self.peak, self.parts = sum(parts.values()), parts
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        parts: dict[str, int] = {}
+        for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if p.info["pid"] == me or "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd:
+                    kind = ("driver" if p.info["pid"] == me else "predictors" if "PredictorServer" in cmd
+                            else "task workers, Ray's actors" if cmd.startswith("ray::") else "Ray's services")
+                    parts[kind] = parts.get(kind, 0) + p.info["memory_info"].rss
+            except Exception:  # noqa: BLE001 - processes come and go
+                continue
+        if sum(parts.values()) > self.peak:
+            self.peak, self.parts = sum(parts.values()), parts

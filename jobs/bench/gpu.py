@@ -20,10 +20,11 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
+
+from jobs.console import Ticker
 
 REFERENCES = [
     "NVIDIA DeepLearningExamples TF2 UNet_Medical, A100 80GB, AMP: 141 img/s training at batch 8, "
@@ -38,33 +39,23 @@ def visible_gpus() -> list[str]:
     return [d.name for d in tf.config.list_physical_devices("GPU")]
 
 
-class GpuSampler:
+class GpuSampler(Ticker):
     """GPU utilisation (%) sampled through nvidia-smi; empty when there is no nvidia-smi."""
 
     def __init__(self, interval: float = 0.5):
-        self.interval, self.samples, self._stop = interval, [], threading.Event()
+        super().__init__()
+        self.every, self.samples = interval, []
         self.available = shutil.which("nvidia-smi") is not None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
-                self.samples.append([float(v) for v in out.split()])
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        if self.available:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self.available:
-            self._thread.join()
+    def tick(self) -> None:
+        if not self.available:
+            return
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=5).stdout
+            self.samples.append([float(v) for v in out.split()])
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
 
     def mean(self) -> float | None:
         flat = [v for s in self.samples for v in s]

@@ -81,6 +81,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
             "env_vars": {**console.worker_env(), **forwarded_storage_env()}}
         ray.init(address=address, log_to_driver=console.VERBOSE, runtime_env=renv,
                  logging_level=logging.INFO if console.VERBOSE else logging.ERROR)
+        console.say(f"attached to the Ray cluster at {address}")
     else:
         env = console.worker_env()
         # num_gpus: Ray detects a machine's GPUs itself; a number declares them (`unet bench gpu

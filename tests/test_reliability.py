@@ -138,9 +138,14 @@ def _phi_run(tmp_path, s3_server, work_bucket, bundle, name, keep_phi):
         ds = pydicom.dcmread(io.BytesIO(data))
         ds.PatientBirthDate = BIRTH_DATE
         storage.write_bytes(f"{root}/archive/{fname}", to_bytes(ds))
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".9"
-    ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".9"
-    storage.write_bytes(f"{root}/archive/broken.dcm", to_bytes(ds)[:-500])  # a failure: its message is searched too
+    # a failure, whose message is searched too: a two-slice series cut short (a lone slice would be
+    # set aside as a localizer before its pixels are read)
+    for k, (fname, data) in enumerate(files[:2]):
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.PatientBirthDate = BIRTH_DATE
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".9"
+        ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".9"
+        storage.write_bytes(f"{root}/archive/broken{k}.dcm", to_bytes(ds)[:-500])
     ray_tmp = Path(f"/tmp/rphi{os.getpid()}{name}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(AWS_SECRET_ACCESS_KEY=SECRET_KEY, RAY_TMPDIR=str(ray_tmp), RAY_AUTH_TOKEN=RAY_TOKEN,

@@ -198,5 +198,5 @@ def test_a_job_attaches_to_an_existing_cluster_with_address(head, tiny, work_buc
                         "--model", bundle, "--output", out], cwd=ROOT, env=env, text=True, capture_output=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Connecting to existing Ray cluster" in r.stderr  # not a new local instance
+    assert f"attached to the Ray cluster at {head.gcs}" in r.stderr  # not a new local instance
     assert [row["status"] for row in _volumes(out)] == ["ok"]

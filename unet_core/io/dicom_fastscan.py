@@ -70,39 +70,28 @@ def _element(data: bytes, pos: int, end: int) -> tuple[int, bytes, int, int] | N
     return tag, vr, pos + 8, unpack_from("<H", data, pos + 6)[0]
 
 
-def _skip_undefined(data: bytes, pos: int, end: int, depth: int) -> int | None:
-    """Position after a sequence of undefined length whose items start at pos."""
+def _skip_to(data: bytes, pos: int, end: int, depth: int, stop: int) -> int | None:
+    """Position after the `stop` delimiter that closes what starts at pos: the items of a
+    sequence of undefined length (stop = sequence delimiter), or the elements of an item of
+    undefined length (stop = item delimiter). Nested undefined lengths are walked too."""
     if depth > _MAX_DEPTH:
         return None
-    while True:
-        e = _element(data, pos, end)
-        if e is None:
-            return None
-        tag, _, start, length = e
-        if tag == _SEQ_END:
+    in_sequence = stop == _SEQ_END
+    while (e := _element(data, pos, end)) is not None:
+        tag, vr, start, length = e
+        if tag == stop:
             return start
-        if tag != _ITEM:
+        if (tag == _ITEM) != in_sequence:  # a sequence holds items; an item holds elements
             return None
         if length != 0xFFFFFFFF:
             pos = start + length
             continue
-        pos = start  # an item of undefined length: its elements, then the item delimiter
-        while True:
-            e = _element(data, pos, end)
-            if e is None:
-                return None
-            tag, vr, start, length = e
-            if tag == _ITEM_END:
-                pos = start
-                break
-            if length == 0xFFFFFFFF:
-                if vr not in (b"SQ", b"UN"):
-                    return None
-                pos = _skip_undefined(data, start, end, depth + 1)
-                if pos is None:
-                    return None
-            else:
-                pos = start + length
+        if tag != _ITEM and vr not in (b"SQ", b"UN"):
+            return None
+        pos = _skip_to(data, start, end, depth + 1, _ITEM_END if tag == _ITEM else _SEQ_END)
+        if pos is None:
+            return None
+    return None
 
 
 def _value(vr: str, raw: bytes, multi: bool):
@@ -130,7 +119,7 @@ def fast_pixels(data: bytes) -> tuple[Fields, memoryview] | None:
     if length == 0xFFFFFFFF:
         if not fields.encapsulated:
             return None
-        after = _skip_undefined(data, start, len(data), 0)
+        after = _skip_to(data, start, len(data), 0, _SEQ_END)
         return (fields, memoryview(data)[start:after - 8]) if after is not None else None
     if fields.encapsulated or start + length > len(data):
         return None
@@ -173,7 +162,7 @@ def fast_scan(data: bytes) -> tuple[Fields, int] | None:
         if length == 0xFFFFFFFF:
             if tag in _WANT or vr not in (b"SQ", b"UN"):
                 return None
-            pos = _skip_undefined(data, start, end, 0)
+            pos = _skip_to(data, start, end, 0, _SEQ_END)
             if pos is None:
                 return None
             continue

@@ -65,6 +65,7 @@ def _main(argv: list[str]) -> int:
         return rc
     print("[4/5] unet segment")
     seg_rc = segment.main(["--input", demo.root, "--model", j("model"), "--output", j("segmented"), "--qc",
+                           "--assume-modality", "CT",  # the archive's NIfTI volumes are CT
                            "--batch-size", "16", *ray_args])
     print("[5/5] unet evaluate")
     evaluate.main(["--pred", j("segmented"), "--truth", demo.truth, *ray_args])

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "images; it carries the source's patient and study modules, as PACS need, even without "
                         "--keep-phi (the tables stay free of identifiers)")
     p.add_argument("--keep-phi", action="store_true", help="keep patient name, ID and birth date in the outputs")
+    p.add_argument("--assume-modality", default=None, metavar="MODALITY",
+                   help="the modality of inputs whose format does not say (NIfTI), e.g. CT: then the model's "
+                        "modality check and the HU statistics apply to them")
     p.add_argument("--keep-localizers", action="store_true",
                    help="segment localizer / scout images too (ImageType LOCALIZER, or a single-slice group); "
                         "by default they are skipped with reason 'localizer'")
@@ -246,7 +249,7 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
         threshold=args.threshold if args.threshold is not None else info.threshold,
         modality="CT" if info.preprocess.modality == "CT" else None, limits=limits_from(args),
         largest_component=args.largest_component, fill_holes=args.fill_holes, qc=args.qc, dicom_seg=args.dicom_seg,
-        keep_phi=args.keep_phi, keep_localizers=args.keep_localizers,
+        keep_phi=args.keep_phi, keep_localizers=args.keep_localizers, assume_modality=args.assume_modality,
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets)
     cfg = to_dict(settings)

@@ -63,7 +63,7 @@ def test_postprocess_largest_component_and_holes():
 
 
 def test_volume_stats():
-    vol = Volume(np.full((4, 4, 4), 50.0, np.float32), np.diag([2.0, 2.0, 2.5, 1.0]), "v")
+    vol = Volume(np.full((4, 4, 4), 50.0, np.float32), np.diag([2.0, 2.0, 2.5, 1.0]), "v", modality="CT")
     labels = np.zeros((4, 4, 4), np.uint8)
     labels[:2] = 1
     s = volume_stats(labels, vol)

@@ -36,7 +36,7 @@ def test_roundtrip_with_scaling_and_sform(store):
     np.testing.assert_allclose(vol.voxels, data * 2.0 - 10.0)
     np.testing.assert_allclose(vol.affine, _affine(), atol=1e-5)
     assert vol.metadata["case_id"] == "case_001" and vol.volume_id.startswith("nii-case_001-")
-    assert vol.metadata["sform_code"] == 2
+    assert vol.space == "aligned" and vol.modality is None  # NIfTI does not say which modality
 
 
 def test_uncompressed_4d_single_volume_and_bytes():

@@ -30,7 +30,8 @@ def archive(work_bucket):
 def first_run(archive, trained_bundle, work_bucket):
     root, _, _ = archive
     out = f"s3://{work_bucket}/segmented"
-    rc = segment.main(["--input", root, "--model", trained_bundle, "--output", out, "--qc", "--batch-size", "8"])
+    rc = segment.main(["--input", root, "--model", trained_bundle, "--output", out, "--qc", "--batch-size", "8",
+                       "--assume-modality", "CT"])  # the NIfTI volumes are CT: HU statistics for them too
     return out, rc
 
 
@@ -188,6 +189,7 @@ def test_multiclass_bundle_gives_label_maps(tmp_path, ray_local):
     out = str(tmp_path / "out")
     assert segment.main(["--input", str(tmp_path / "in"), "--model", bundle, "--output", out]) == 0
     row = _table(out)[0]
+    assert row["modality"] == "" and row["mean_hu_in_mask"] is None  # a NIfTI says no modality: no HU
     mask = np.asarray(nib.load(row["mask_uri"]).dataobj)
     assert mask.dtype == np.uint8 and {0, 1, 2} <= set(np.unique(mask)) <= {0, 1, 2, 3}
     slices = pq.read_table(row["slices_uri"]).to_pylist()

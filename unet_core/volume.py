@@ -20,15 +20,22 @@ class Volume:
     affine:    (4, 4) float64 mapping (i, j, k, 1) to RAS+ millimetres (nibabel's convention).
     volume_id: stable, sanitised identifier, safe as an object name.
     sources:   the URIs the volume was read from.
+    modality:  "CT", "MR", ... from DICOM; None when the format does not say (NIfTI), unless a
+               job assumes one (`unet segment --assume-modality CT`).
+    space:     what the affine's coordinates mean, as NIfTI's xform codes name it: "scanner"
+               (DICOM; code 1), "aligned", "talairach", "mni", "template", or "unknown" (a NIfTI
+               with both codes 0: its orientation cannot be trusted). Writers derive their codes
+               from it.
     metadata:  small, de-identified (no names, IDs or birth dates unless asked for).
     """
 
     voxels: np.ndarray
     affine: np.ndarray
     volume_id: str
-    modality: str = "CT"
+    modality: str | None = None
     sources: tuple[str, ...] = ()
     metadata: dict = field(default_factory=dict)
+    space: str = "scanner"
 
     @property
     def shape(self) -> tuple[int, int, int]:

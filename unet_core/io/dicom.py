@@ -541,8 +541,6 @@ def _metadata(ds: pydicom.Dataset, group: SeriesGroup, keep_phi: bool) -> dict:
         "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
         "manufacturer": str(ds.get("Manufacturer", "") or ""),
         "body_part": str(ds.get("BodyPartExamined", "") or ""),
-        "sform_code": 1,
-        "qform_code": 1,
     }
     if keep_phi:
         for key in PHI_KEYWORDS:

@@ -19,6 +19,11 @@ from unet_core.volume import Volume, sanitise, short_hash
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
+# NIfTI xform codes and what they mean (Volume.space)
+CODE_SPACES = {0: "unknown", 1: "scanner", 2: "aligned", 3: "talairach", 4: "mni", 5: "template"}
+SPACE_CODES = {v: k for k, v in CODE_SPACES.items()}
+
+
 def is_nifti_name(uri: str) -> bool:
     return uri.lower().endswith(NIFTI_SUFFIXES)
 
@@ -112,13 +117,13 @@ def read_nifti(data: bytes, uri: str, limits: Limits | None = None, volume_id: s
     if bad:
         raise InvalidVolumeError(f"{uri}: {bad} voxels are NaN or infinite", uri=uri)
     sform_code, qform_code = int(img.header["sform_code"]), int(img.header["qform_code"])
-    case_id = nifti_case_id(uri)
+    code = sform_code if sform_code > 0 else qform_code
     return Volume(
         voxels=np.ascontiguousarray(voxels), affine=np.asarray(img.affine, dtype=np.float64),
         volume_id=volume_id or nifti_volume_id(uri),
-        modality="CT", sources=(uri,),
-        metadata={"case_id": case_id, "sform_code": sform_code, "qform_code": qform_code,
-                  "no_orientation": sform_code == 0 and qform_code == 0},
+        modality=None,  # NIfTI does not say; `--assume-modality` sets it
+        sources=(uri,), metadata={"case_id": nifti_case_id(uri)},
+        space=CODE_SPACES.get(code, "aligned"),
     )
 
 
@@ -127,8 +132,9 @@ def mask_to_nifti_bytes(labels: np.ndarray, volume: Volume) -> bytes:
     if labels.shape != volume.shape:
         raise InvalidVolumeError(f"mask shape {labels.shape} differs from volume {volume.volume_id} shape {volume.shape}")
     img = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), volume.affine)
-    img.set_sform(volume.affine, code=int(volume.metadata.get("sform_code", 1) or 1))
-    img.set_qform(volume.affine, code=int(volume.metadata.get("qform_code", 1) or 1))
+    code = SPACE_CODES.get(volume.space, 1)  # the mask's coordinates mean what the source's do
+    img.set_sform(volume.affine, code=code)
+    img.set_qform(volume.affine, code=code)
     img.header.set_data_dtype(np.uint8)
     img.header["descrip"] = b"unet-ray mask"
     raw = img.to_bytes()

@@ -16,6 +16,7 @@ class SegmentSettings:
     model_identity: str
     threshold: float
     modality: str | None = None  # a volume of another modality is refused (None: any)
+    assume_modality: str | None = None  # the modality of volumes whose format does not say (NIfTI)
     limits: Limits = field(default_factory=Limits)
     largest_component: bool = False
     fill_holes: bool = False

@@ -68,13 +68,16 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
         if planned.format == Format.NIFTI:
             volume = read_nifti(read_object(planned.source, s.limits), planned.source, s.limits,
                                 volume_id=planned.volume_id)
+            volume.modality = volume.modality or s.assume_modality
         else:
             group = SeriesGroup(planned.volume_id, planned.series_uid, members_from_json(planned.members))
             volume, sources = read_series_with_sources(group, [read_object(u, s.limits) for u in group.uris], s.limits,
                                                        s.keep_phi, keep_sources=s.dicom_seg)
-            if s.modality and volume.modality not in (s.modality, "OT"):
-                raise InputError(f"{planned.source}: modality {volume.modality} does not match the model's "
-                                 f"{s.modality}", uri=planned.source)
+        # The model's modality check applies wherever the modality is known (not to a NIfTI
+        # volume unless one is assumed).
+        if s.modality and volume.modality is not None and volume.modality not in (s.modality, "OT"):
+            raise InputError(f"{planned.source}: modality {volume.modality} does not match the model's "
+                             f"{s.modality}", uri=planned.source)
         return Decoded(volume, prepare_volume(volume, info.preprocess), None, time.perf_counter() - t, sources)
     except InputError as exc:
         return Decoded(None, None, exc, time.perf_counter() - t)
@@ -130,7 +133,7 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
             storage.write_bytes(mask_uri, mask_to_nifti_bytes(labels, volume))
             slices_uri = storage.join(s.output, "slices", f"{vid}.parquet")
             storage.write_bytes(slices_uri, slices_table_bytes(vid, labels))
-            rec = replace(rec, mask_uri=mask_uri, slices_uri=slices_uri, modality=volume.modality,
+            rec = replace(rec, mask_uri=mask_uri, slices_uri=slices_uri, modality=volume.modality or "",
                           metadata=json.dumps(volume.metadata, default=str), **stats)
             if s.qc:
                 qc_uri = storage.join(s.output, "qc", f"{vid}.png")

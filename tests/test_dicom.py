@@ -441,3 +441,21 @@ def test_dicomdir_is_a_skipped_non_image_object():
     h = scan_header(data, path)
     assert (h.kind, h.error_type) == ("non_image", "non_image_object")
     assert "DICOMDIR" in h.reason
+
+
+@pytest.mark.parametrize("syntax", ["ExplicitVRLittleEndian", "ImplicitVRLittleEndian"])
+def test_a_cut_object_is_found_truncated_from_its_header(tmp_path, syntax):
+    """The scan compares the pixel data element's declared length with the object's size, so a
+    cut slice is an error before any pixel is fetched (even from a 64 KiB prefix of it)."""
+    from unet_core.io.dicom import HEADER_PREFIX_BYTES
+
+    paths, _, _ = write_series(tmp_path / "s", SeriesSpec(rows=256, columns=256, n_slices=1))
+    edit(paths[0], lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", getattr(pydicom.uid, syntax)))
+    data = open(paths[0], "rb").read()
+    cut = data[:-900]
+    h = scan_header(cut[:HEADER_PREFIX_BYTES], paths[0], len(cut))
+    assert h.missing_bytes == 900
+    groups, (aside,) = group_series([h])
+    assert not groups and (aside.kind, aside.error_type) == ("error", "truncated")
+    assert "900 of its declared bytes are missing" in aside.reason
+    assert scan_header(data[:HEADER_PREFIX_BYTES], paths[0], len(data)).missing_bytes == 0

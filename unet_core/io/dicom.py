@@ -86,6 +86,7 @@ class DicomHeader:
     slice_thickness: float | None = None
     instance_number: int | None = None
     image_type: str = ""  # ImageType values joined by "\\" (LOCALIZER marks a scout)
+    missing_bytes: int = 0  # pixel data the header declares beyond the object's end (truncated)
 
     @property
     def enhanced(self) -> bool:
@@ -241,7 +242,7 @@ def scan_header(data: bytes, uri: str, size: int | None = None) -> DicomHeader |
     complete = len(data) >= size
     fast = fast_scan(data)  # explicit VR little endian up to the pixel data: about 2x pydicom's parse
     if fast is not None:
-        return header_from_dataset(fast[0], uri, size, has_pixels=True)
+        return _check_pixel_length(header_from_dataset(fast[0], uri, size, has_pixels=True), data, fast[1], size)
     try:
         ds, stop = _parse(data, uri, stop_before_pixels=True)
     except InputError as exc:
@@ -264,7 +265,29 @@ def scan_header(data: bytes, uri: str, size: int | None = None) -> DicomHeader |
     )
     if not at_pixels and not complete:
         return None
-    return header_from_dataset(ds, uri, size, has_pixels=at_pixels)
+    h = header_from_dataset(ds, uri, size, has_pixels=at_pixels)
+    return _check_pixel_length(h, data, stop, size) if at_pixels else h
+
+
+_LONG_PIXEL_VRS = (b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN")
+
+
+def _check_pixel_length(h: DicomHeader, data: bytes, pos: int, size: int) -> DicomHeader:
+    """A truncated object is found from its header: the pixel data element at `pos` declares more
+    bytes than the object (of `size` bytes) holds. Recorded as `missing_bytes` (grouping then makes
+    it an error unless a whole copy of the instance is there), before any pixel is fetched, so a
+    cut lone slice is an error row, not a slice set aside unread."""
+    if h.kind != "image" or pos + 12 > len(data):
+        return h
+    little = int.from_bytes(data[pos:pos + 2], "little") == _PIXEL_GROUP
+    order = "little" if little else "big"
+    if data[pos + 4:pos + 6] in _LONG_PIXEL_VRS:  # explicit VR: tag, VR, 2 reserved, 4-byte length
+        start, length = pos + 12, int.from_bytes(data[pos + 8:pos + 12], order)
+    else:  # implicit VR: tag, 4-byte length
+        start, length = pos + 8, int.from_bytes(data[pos + 4:pos + 8], order)
+    if length != 0xFFFFFFFF and start + length > size:
+        h.missing_bytes = start + length - size
+    return h
 
 
 # ---- grouping ---------------------------------------------------------------------------------
@@ -328,6 +351,10 @@ def group_series(headers: Iterable[DicomHeader], skip_localizers: bool = False) 
                 continue
             kept[h.sop_instance_uid] = h
     for h in headers:
+        if h.kind == "image" and h.missing_bytes:  # cut short, and no whole copy of it is here
+            h.kind, h.error_type = "error", TruncatedFileError.reason
+            h.reason = (f"{h.uri}: pixel data is truncated: {h.missing_bytes} of its declared bytes are missing "
+                        "(found from the header, before any pixel was read)")
         if h.kind != "image":
             aside.append(h)
             continue

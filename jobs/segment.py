@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the modality of inputs whose format does not say (NIfTI), e.g. CT: then the model's "
                         "modality check and the HU statistics apply to them")
     p.add_argument("--keep-localizers", action="store_true",
-                   help="segment localizer / scout images too (ImageType LOCALIZER, or a single-slice group); "
-                        "by default they are skipped with reason 'localizer'")
+                   help="segment localizer / scout images too (ImageType LOCALIZER); by default they are "
+                        "skipped with reason 'localizer'")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="follow directory symlinks of a local archive (loops are detected by real path)")
     p.add_argument("--overwrite", action="store_true", help="redo every volume, and read every header again")

@@ -292,8 +292,8 @@ def test_rows_round_trip_through_parquet(tmp_path):
 
 
 def test_localizers_are_skipped_unless_kept(tmp_path):
-    """A scout in the CT's series (another orientation, one slice) and an image typed LOCALIZER are
-    skipped rows with reason 'localizer'; --keep-localizers segments them."""
+    """A scout in the CT's series (another orientation, one slice) and a 3-slice series, both typed
+    LOCALIZER, are skipped rows with reason 'localizer'; --keep-localizers segments them."""
     from dicom_factory import edit, write_series
     from unet_core.synthetic import SeriesSpec
 
@@ -302,6 +302,7 @@ def test_localizers_are_skipped_unless_kept(tmp_path):
     typed, _, _ = write_series(tmp_path / "typed", SeriesSpec(orientation="sagittal", rows=16, columns=16, n_slices=3))
     uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
     edit(scout[0], lambda ds: setattr(ds, "SeriesInstanceUID", uid))
+    edit(scout[0], lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]))
     for p in typed:
         edit(p, lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]))
     rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())

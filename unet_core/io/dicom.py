@@ -324,12 +324,10 @@ LOCALIZER = "localizer"
 
 
 def is_localizer(group: "SeriesGroup") -> bool:
-    """A scout / localizer: ImageType says LOCALIZER, or a classic single-slice group (what is left
-    of a series once its localizer is split off by orientation or size; a 1-slice "volume" is not
-    something a 3D segmentation is run on)."""
-    if any("LOCALIZER" in h.image_type.upper().split("\\") for h in group.headers):
-        return True
-    return group.n_slices == 1 and not group.headers[0].enhanced
+    """A scout / localizer: its ImageType says LOCALIZER. (A single-slice group split from a larger
+    series without that value is not recognised yet: its series' other group may be planned in
+    another bucket, and a lone slice must still fail on bad pixel data.)"""
+    return any("LOCALIZER" in h.image_type.upper().split("\\") for h in group.headers)
 
 
 def group_series(headers: Iterable[DicomHeader], skip_localizers: bool = False) -> tuple[list[SeriesGroup], list[DicomHeader]]:
@@ -368,9 +366,8 @@ def group_series(headers: Iterable[DicomHeader], skip_localizers: bool = False) 
             out.remove(g)
             for h in g.headers:
                 h.kind, h.error_type = "non_image", LOCALIZER
-                h.reason = (f"{h.uri}: a localizer, scout or lone slice of series {g.series_uid} ({g.n_slices} "
-                            f"slice(s){', ImageType ' + h.image_type if h.image_type else ''}): not segmented as a "
-                            "volume (--keep-localizers keeps them)")
+                h.reason = (f"{h.uri}: a localizer / scout image of series {g.series_uid} ({g.n_slices} slice(s), "
+                            f"ImageType {h.image_type}): not segmented (--keep-localizers keeps them)")
                 aside.append(h)
     return sorted(out, key=lambda g: (g.series_uid, -g.n_slices, g.volume_id)), aside
 

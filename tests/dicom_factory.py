@@ -34,3 +34,16 @@ def edit(path: str, fn) -> None:
 
 def read(path: str) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(open(path, "rb").read()))
+
+
+def pydicom_test_files():
+    """Every file of pydicom's own test data and of pydicom-data, listed from their folders
+    (pydicom's get_testdata_files("*") also tries to download what pydicom-data lacks)."""
+    from pathlib import Path
+
+    import data_store
+    import pydicom.data
+
+    roots = [Path(pydicom.data.DATA_ROOT) / "test_files", Path(data_store.__file__).parent / "data"]
+    return sorted(p for root in roots for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                  and not p.name.endswith((".py", ".pyc")))

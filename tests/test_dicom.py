@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_factory import PHANTOM, edit, write_series
+from dicom_factory import PHANTOM, edit, pydicom_test_files, write_series
 from unet_core.errors import (
     AmbiguousSourceError, EmptyFileError, NoPixelDataError, NonImageObjectError, NotDicomError,
     ResourceLimitError, SeriesGeometryError, TruncatedFileError, UnsupportedPixelDataError,
@@ -289,16 +289,8 @@ def test_uncompressed_pixels_read_from_the_buffer_equal_pydicom(tmp_path, bits, 
 
 
 def _all_test_files() -> list[str]:
-    """pydicom's own test files and pydicom-data's, listed from their folders (pydicom's
-    get_testdata_files("*") also tries to download what pydicom-data lacks)."""
-    from pathlib import Path
-
-    import data_store
-    import pydicom.data
-
-    roots = [Path(pydicom.data.DATA_ROOT) / "test_files", Path(data_store.__file__).parent / "data"]
-    return sorted(str(p) for root in roots for p in root.rglob("*") if p.is_file()
-                  and not p.name.endswith((".py", ".pyc", ".txt", ".json", ".gz", ".bz2", ".zip", ".md")))
+    return [str(p) for p in pydicom_test_files()
+            if not p.name.endswith((".txt", ".json", ".gz", ".bz2", ".zip", ".md"))]
 
 
 def test_fast_header_scan_equals_pydicoms_on_every_test_file(monkeypatch):

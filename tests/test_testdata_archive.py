@@ -7,16 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from dicom_factory import pydicom_test_files
 from jobrun import run_unet
-
-
-def _test_files() -> list[Path]:
-    import data_store
-    import pydicom.data
-
-    roots = [Path(pydicom.data.DATA_ROOT) / "test_files", Path(data_store.__file__).parent / "data"]
-    return sorted(p for root in roots for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                  and not p.name.endswith((".py", ".pyc")))
 
 
 def test_pydicom_test_data_as_one_archive(tmp_path):
@@ -28,7 +20,7 @@ def test_pydicom_test_data_as_one_archive(tmp_path):
     from unet_core.segmentation.tables import read_series_index, read_volume_table
 
     archive = tmp_path / "archive"
-    files = _test_files()
+    files = pydicom_test_files()
     for i, src in enumerate(files):
         dst = archive / f"{i // 50:02d}" / f"{i:04d}_{src.name}"
         dst.parent.mkdir(parents=True, exist_ok=True)

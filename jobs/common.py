@@ -11,7 +11,7 @@ from enum import IntEnum
 from typing import Any
 
 from unet_core.config import Limits
-from unet_core.errors import StorageError, UnetError
+from unet_core.errors import ConfigError, InputError, InternalError, StorageError
 
 log = logging.getLogger("unet")
 
@@ -106,7 +106,7 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     else:
         data = json.loads(text)
     if not isinstance(data, dict):
-        raise UnetError(f"{path}: a config file must hold a mapping of option names to values")
+        raise ConfigError(f"{path}: a config file must hold a mapping of option names to values")
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -144,9 +144,12 @@ def run_main(fn, argv) -> int:
     except StorageError as exc:
         log.error("%s", exc)
         return Exit.STORAGE
-    except UnetError as exc:
+    except (ConfigError, InputError) as exc:  # an input that cannot be used as a whole is a usage error
         log.error("%s", exc)
         return Exit.USAGE
+    except InternalError as exc:
+        log.error("%s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return Exit.INTERNAL
     except KeyboardInterrupt:
         log.error("interrupted; completed work is kept, re-run the same command to resume")
         return Exit.INTERRUPTED

@@ -14,7 +14,7 @@ import json
 import sys
 
 from jobs.common import Timer, add_ray_args, init_ray, log, parse_with_config, run_main, setup_logging
-from unet_core.errors import ConfigError, InputError
+from unet_core.errors import ITEM_ERRORS, ConfigError, InputError
 from unet_core.io import storage
 
 
@@ -48,8 +48,10 @@ def evaluate_pair(item: dict, cfg: dict) -> dict:
         labels = cfg["truth_labels"]
         t = np.isin(truth.voxels, labels) if labels else truth.voxels > 0
         out.update(evaluate_masks(pred.voxels > 0, t, pred.spacing))
-    except InputError as exc:
+    except ITEM_ERRORS as exc:
         out.update(status="error", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one volume's unexpected failure is its row, not the job's end
+        out.update(status="error", error=f"{item['mask_uri']}: {type(exc).__name__}: {exc}")
     return out
 
 

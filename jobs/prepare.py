@@ -16,7 +16,7 @@ import time
 from jobs.common import (Exit, Timer, add_limit_args, add_ray_args, init_ray, limits_from, log, parse_with_config,
                          run_main, setup_logging)
 from unet_core.config import CT_WINDOWS, PreprocessConfig, from_dict, to_dict
-from unet_core.errors import ConfigError, InputError, UnetError
+from unet_core.errors import ITEM_ERRORS, ConfigError, InputError
 from unet_core.io import storage
 
 MANIFEST = "manifest.json"
@@ -77,8 +77,11 @@ def process_case(row: dict, cfg: dict) -> list[dict]:
             rows = list(case_slices(image, mask, case.case_id, row["split"], pre, cfg["empty_slice_ratio"],
                                     cfg["seed"], binary=not cfg["labels"],
                                     foreground_labels=tuple(cfg["foreground_labels"] or ()) or None))
-    except InputError as exc:
+    except ITEM_ERRORS as exc:
         summary.update(status="error", error=str(exc), error_type=exc.reason)
+        rows = []
+    except Exception as exc:  # noqa: BLE001 - one case's unexpected failure is its row, not the job's end
+        summary.update(status="error", error=f"{case.case_id}: {type(exc).__name__}: {exc}", error_type="internal")
         rows = []
     summary["n_slices"] = len(rows)
     summary["n_foreground_slices"] = sum(r["foreground"] > 0 for r in rows)
@@ -174,7 +177,7 @@ def _main(argv: list[str]) -> int:
 def _has_files(uri: str) -> bool:
     try:
         return bool(storage.list_files(uri))
-    except UnetError:
+    except ITEM_ERRORS:
         return False
 
 

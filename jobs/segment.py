@@ -33,7 +33,7 @@ from jobs.console import Progress, say
 from jobs.common import (Exit, Timer, add_limit_args, add_ray_args, cluster_address, init_ray, limits_from, log,
                          parse_with_config, run_main, setup_logging)
 from unet_core.config import from_dict, to_dict
-from unet_core.errors import InputError, JobError
+from unet_core.errors import ConfigError, InputError
 from unet_core.io import storage
 from unet_core.segmentation import layout as lay
 from unet_core.segmentation.settings import SegmentSettings
@@ -305,7 +305,7 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
         try:  # a bundle that cannot serve fails the job here, not each volume
             ray.get(pool.ready.remote())
         except ray.exceptions.RayError as exc:
-            raise JobError(f"{args.model}: the model cannot be loaded on a predictor: "
+            raise ConfigError(f"{args.model}: the model cannot be loaded on a predictor: "
                            f"{str(exc).strip().splitlines()[-1]}") from None
         predictor_wait = t_pipeline.seconds  # start-up the scan did not hide
         buckets = [{"bucket": b} for b, _ in pending]

@@ -11,7 +11,7 @@ import json
 import sys
 
 from jobs.common import run_main, setup_logging
-from unet_core.errors import ConfigError, InputError
+from unet_core.errors import ITEM_ERRORS, ConfigError
 from unet_core.io import storage
 
 RECORDS_COUNTED = 10_000  # completion records of an interrupted run, counted up to this many
@@ -29,14 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _json(uri: str) -> dict | None:
     try:
         return json.loads(storage.read_bytes(uri))
-    except (InputError, ValueError):
+    except (*ITEM_ERRORS, ValueError):
         return None
 
 
 def _count(prefix: str, limit: int) -> tuple[int, bool]:
     try:
         entries = storage.list_files(prefix)
-    except InputError:
+    except ITEM_ERRORS:
         return 0, False
     return min(len(entries), limit), len(entries) > limit
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from jobs.console import say
 from jobs.common import FORWARDED_STORAGE_ENV, forwarded_storage_env, log, run_main, setup_logging
-from unet_core.errors import JobError
+from unet_core.errors import ConfigError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXIT_FAILED_WITHOUT_CODE = 1
@@ -85,7 +85,7 @@ def resolve_address(address: str | None) -> str:
     if "://" not in address:
         address = f"http://{address}"
     if not address.startswith(("http://", "https://")):
-        raise JobError(f"--address {address!r}: the Jobs API is an http(s) address such as http://HEAD:8265 "
+        raise ConfigError(f"--address {address!r}: the Jobs API is an http(s) address such as http://HEAD:8265 "
                        "(ray:// and GCS addresses are for `--address` of the jobs themselves)")
     return address.rstrip("/")
 
@@ -100,9 +100,9 @@ def read_token() -> tuple[str | None, str]:
         try:
             token = Path(path).expanduser().read_text().strip()
         except OSError as exc:
-            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token file ({exc.strerror})") from None
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token file ({exc.strerror})") from None
         if not token:
-            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
         return token, path
     default = Path("~/.ray/auth_token").expanduser()
     if default.is_file():
@@ -132,13 +132,13 @@ class Cluster:
         except AuthenticationError as exc:
             raise auth_error(self.address, exc, self.token_source) from None
         except (ConnectionError, requests.exceptions.RequestException) as exc:
-            raise JobError(f"lost the Ray Jobs API at {self.address}: {first_line(exc)}") from None
+            raise ConfigError(f"lost the Ray Jobs API at {self.address}: {first_line(exc)}") from None
         except RuntimeError as exc:  # the SDK's way of saying "HTTP error" (e.g. no such job)
-            raise JobError(f"{self.address}: {first_line(exc)}") from None
+            raise ConfigError(f"{self.address}: {first_line(exc)}") from None
 
 
 def connect(address: str) -> Cluster:
-    """A client of the cluster's Jobs API, or a JobError that says what is wrong and what to do."""
+    """A client of the cluster's Jobs API, or a ConfigError that says what is wrong and what to do."""
     import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
@@ -153,17 +153,17 @@ def connect(address: str) -> Cluster:
     except AuthenticationError as exc:
         raise auth_error(address, exc, source if token else None) from None
     except (ConnectionError, requests.exceptions.RequestException) as exc:
-        raise JobError(f"cannot reach the Ray Jobs API at {address}: {first_line(exc)}. Is the head running, and is "
+        raise ConfigError(f"cannot reach the Ray Jobs API at {address}: {first_line(exc)}. Is the head running, and is "
                        "its dashboard port (8265) reachable from here (e.g. `kubectl port-forward "
                        "svc/<cluster>-head-svc 8265:8265`)? Pass --address or set RAY_API_SERVER_ADDRESS") from None
 
 
-def auth_error(address: str, exc: Exception, source: str | None) -> JobError:
+def auth_error(address: str, exc: Exception, source: str | None) -> ConfigError:
     text = str(exc)
     if source and ("403" in text or "Forbidden" in text or "invalid" in text.lower()):
-        return JobError(f"the cluster at {address} rejected the token from {source}: it is not the token the cluster "
+        return ConfigError(f"the cluster at {address} rejected the token from {source}: it is not the token the cluster "
                         f"was started with; {TOKEN_HELP}")
-    return JobError(f"the cluster at {address} requires an authentication token and none was found; {TOKEN_HELP}")
+    return ConfigError(f"the cluster at {address} requires an authentication token and none was found; {TOKEN_HELP}")
 
 
 def first_line(exc: Exception) -> str:
@@ -179,11 +179,11 @@ def check_job_args(job_argv: list[str]) -> None:
     from jobs.cli import JOBS
 
     if not job_argv:
-        raise JobError("nothing to submit: give the job after `--`, e.g. `unet submit -- segment --input ... "
+        raise ConfigError("nothing to submit: give the job after `--`, e.g. `unet submit -- segment --input ... "
                        "--model ... --output ...`")
     job, rest = job_argv[0], job_argv[1:]
     if job not in JOBS or job == "submit":
-        raise JobError(f"{job!r} is not a job that can be submitted; one of: "
+        raise ConfigError(f"{job!r} is not a job that can be submitted; one of: "
                        f"{', '.join(j for j in JOBS if j != 'submit')}")
     if "--config" in rest or any(a.startswith("--config=") for a in rest):
         log.info("the job reads --config on the cluster; its options are checked there")
@@ -210,13 +210,13 @@ def job_env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not name.isidentifier():
-            raise JobError(f"--env {pair!r}: expected NAME or NAME=VALUE")
+            raise ConfigError(f"--env {pair!r}: expected NAME or NAME=VALUE")
         if not sep:
             if name not in os.environ:
-                raise JobError(f"--env {name}: not set in this shell")
+                raise ConfigError(f"--env {name}: not set in this shell")
             value = os.environ[name]
         if name == "RAY_AUTH_TOKEN":
-            raise JobError("--env RAY_AUTH_TOKEN: the cluster's processes already hold the token; it is not passed on")
+            raise ConfigError("--env RAY_AUTH_TOKEN: the cluster's processes already hold the token; it is not passed on")
         if name in SECRET_NAMES:
             log.warning("--env %s: the value is visible to anyone who can read the job's runtime environment on the "
                         "cluster's dashboard; prefer IAM roles / service accounts (cluster/README.md)", name)
@@ -231,7 +231,7 @@ def runtime_env(args: argparse.Namespace) -> dict:
         renv["working_dir"] = str(code)
         renv["excludes"] = WORKING_DIR_EXCLUDES
     elif args.working_dir:
-        raise JobError(f"--working-dir {code}: not this project (no jobs/cli.py and unet_core/ there)")
+        raise ConfigError(f"--working-dir {code}: not this project (no jobs/cli.py and unet_core/ there)")
     else:  # installed as a package: ship exactly its two packages
         import jobs
         import unet_core
@@ -303,7 +303,7 @@ def run(argv: list[str]) -> int:
     if not (args.status or args.logs or args.stop):
         check_job_args(job_argv)
     elif job_argv:
-        raise JobError("--status / --logs / --stop take a submission ID and no job")
+        raise ConfigError("--status / --logs / --stop take a submission ID and no job")
     cluster = connect(address)
     client = cluster.client
     if args.status:

@@ -16,7 +16,7 @@ import sys
 from jobs.console import import_tensorflow, say
 from jobs.common import Timer, add_ray_args, init_ray, log, parse_with_config, run_main, setup_logging
 from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, to_dict
-from unet_core.errors import ConfigError, InputError, JobError
+from unet_core.errors import ITEM_ERRORS, ConfigError, JobError
 from unet_core.io import storage
 
 
@@ -196,7 +196,7 @@ def _main(argv: list[str]) -> int:
 def _run_exists(storage_uri: str, run_name: str) -> bool:
     try:
         return any("checkpoint_" in e.uri for e in storage.list_files(storage.join(storage_uri, run_name)))
-    except InputError:
+    except ITEM_ERRORS:
         return False
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import put
-from unet_core.errors import ResourceLimitError, StorageError
+from unet_core.errors import ConfigError, ResourceLimitError, StorageError
 from unet_core.io import storage
 
 
@@ -53,9 +53,9 @@ def test_size_limit_refuses_before_reading(store):
 
 
 def test_bad_uris():
-    with pytest.raises(StorageError, match="unsupported URI scheme"):
+    with pytest.raises(ConfigError, match="unsupported URI scheme"):
         storage.resolve("gs://bucket/key")
-    with pytest.raises(StorageError, match="not a valid s3:// URI"):
+    with pytest.raises(ConfigError, match="not a valid s3:// URI"):
         storage.resolve("s3://")
 
 

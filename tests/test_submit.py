@@ -181,7 +181,7 @@ def test_runtime_env_ships_the_project_and_forwards_only_what_it_should(monkeypa
     assert "AWS_SECRET_ACCESS_KEY" not in renv["env_vars"]
     pins = renv["pip"]["packages"]
     assert any(p.startswith("tensorflow==") for p in pins) and not any(p.startswith("ray") for p in pins)
-    with pytest.raises(submit.JobError, match="not passed on"):
+    with pytest.raises(submit.ConfigError, match="not passed on"):
         submit.job_env(["RAY_AUTH_TOKEN=x"])
     assert submit.entrypoint(["segment", "--input", "s3://b/with space"]) == \
         "python -m jobs.cli segment --input 's3://b/with space'"

@@ -1,4 +1,17 @@
-"""Domain exceptions. Each message names the object (URI, series UID, case id) and the fix."""
+"""Domain exceptions. Each message names the object (URI, series UID, case id) and the fix.
+
+There are four kinds, each its own class and none a subclass of another (docs/reliability.md):
+
+- `InputError`: the data is bad (one object, one volume, one case). Within a job it becomes that
+  item's row and the job goes on.
+- `StorageError`: the object store failed or refused, after the retries. For one object it is
+  that item's row (`error_type` "storage"); for the job's own output or listing it stops the job
+  with exit status 5.
+- `ConfigError`: a usage or configuration error (a flag, a config file, a model bundle that
+  does not fit, a cluster address); exit status 2.
+- `InternalError`: a bug or a failure the job could not recover from; exit status 1. Per item, an
+  unexpected exception becomes a row with `error_type` "internal".
+"""
 from __future__ import annotations
 
 
@@ -6,22 +19,36 @@ class UnetError(Exception):
     """Base class of every error this project raises on purpose."""
 
 
-class ConfigError(UnetError, ValueError):
-    """A configuration value is wrong (unknown key, impossible size, bad window)."""
+class _ItemError(UnetError):
+    """Shared shape of the two kinds that can belong to one object: `.uri` names it and
+    `.reason` is a short machine-readable code (the row's `error_type`)."""
 
-
-class JobError(UnetError):
-    """A distributed job failed as a whole (training crashed beyond its retries, ...)."""
-
-
-class InputError(UnetError):
-    """An input object cannot be used. `.uri` names it; `.reason` is a short machine-readable code."""
-
-    reason = "bad_input"
+    reason = "error"
 
     def __init__(self, message: str, uri: str | None = None):
         super().__init__(message)
         self.uri = uri
+
+
+class ConfigError(UnetError, ValueError):
+    """Usage or configuration: a value is wrong (unknown key, impossible size, bad window, an
+    address that is not a cluster), or an input cannot be used as a whole."""
+
+
+class InternalError(UnetError):
+    """A bug, or a failure the job could not recover from."""
+
+    reason = "internal"
+
+
+class JobError(InternalError):
+    """A distributed job failed as a whole (training crashed beyond its restarts)."""
+
+
+class InputError(_ItemError):
+    """An input object cannot be used."""
+
+    reason = "bad_input"
 
 
 class EmptyFileError(InputError):
@@ -78,8 +105,8 @@ class ResourceLimitError(InputError):
     reason = "resource_limit"
 
 
-class StorageError(InputError):
-    """An object store refused or failed (missing object, forbidden, endpoint down)."""
+class StorageError(_ItemError):
+    """An object store refused or failed (missing object, forbidden, endpoint down), after retries."""
 
     reason = "storage"
 
@@ -88,3 +115,7 @@ class PairingError(InputError):
     """Images and masks that should pair by case id do not."""
 
     reason = "pairing"
+
+
+# The failures that belong to one item (an object, a volume, a case) and become its row.
+ITEM_ERRORS: tuple[type[_ItemError], ...] = (InputError, StorageError)

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from unet_core.errors import InputError, ResourceLimitError, StorageError
+from unet_core.errors import ITEM_ERRORS, ConfigError, ResourceLimitError, StorageError
 
 T = TypeVar("T")
 
@@ -80,10 +80,10 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         path = uri[len("s3://"):].rstrip("/")
         if not path or path.startswith("/"):
-            raise StorageError(f"{uri!r} is not a valid s3:// URI (expected s3://bucket/key)", uri=uri)
+            raise ConfigError(f"{uri!r} is not a valid s3:// URI (expected s3://bucket/key)")
         return _s3_filesystem(s3_endpoint(), region), path
     if "://" in uri and not uri.startswith("file://"):
-        raise StorageError(f"unsupported URI scheme in {uri!r}; use s3://, file:// or a path", uri=uri)
+        raise ConfigError(f"unsupported URI scheme in {uri!r}; use s3://, file:// or a path")
     return pafs.LocalFileSystem(), _local_path(uri)
 
 
@@ -100,7 +100,7 @@ def basename(uri: str) -> str:
 
 
 def _classify(exc: BaseException, uri: str, action: str) -> BaseException:
-    if isinstance(exc, InputError):
+    if isinstance(exc, ITEM_ERRORS):
         return exc
     text = str(exc).lower()
     if isinstance(exc, FileNotFoundError) or "no_such_key" in text or "nosuchkey" in text or "not found" in text:

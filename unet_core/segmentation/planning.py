@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
-from unet_core.errors import InputError, ResourceLimitError
+from unet_core.errors import ITEM_ERRORS, ResourceLimitError
 from unet_core.io import archive, listing, storage
 from unet_core.io.dicom import HEADER_PREFIX_BYTES, group_series, scan_header, volume_id_of, volume_key
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
@@ -97,7 +97,7 @@ def _row(entry: listing.ObjectEntry, **kw) -> ObjectRow:
 
 
 def _error_row(entry: listing.ObjectEntry, fmt: Format, exc: Exception, uri: str | None = None) -> ObjectRow:
-    if isinstance(exc, InputError):
+    if isinstance(exc, ITEM_ERRORS):
         reason, error_type = str(exc), exc.reason
     else:
         reason, error_type = f"{uri or entry.uri}: {type(exc).__name__}: {exc}", INTERNAL
@@ -206,7 +206,7 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
     part_uri = index_part_uri(s.output, partition)
     try:
         previous = [ObjectRow.from_row(r) for r in rows_from_bytes(storage.read_bytes(part_uri))]
-    except InputError:
+    except ITEM_ERRORS:
         previous = []
     rows, counts, reused = scan_partition(units, previous, s.limits, s.follow_symlinks, roots, s.output)
     if counts.scanned or len(rows) != len(previous):
@@ -221,7 +221,7 @@ def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...
     for unit in units:
         try:
             yield from listing.iter_objects(unit.prefix, unit.recursive, follow_symlinks, roots)
-        except InputError:
+        except ITEM_ERRORS:
             if unit.recursive:  # a folder removed since the fan-out listed it
                 continue
             raise

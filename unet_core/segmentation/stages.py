@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from unet_core.errors import InputError
+from unet_core.errors import ITEM_ERRORS, InputError, InternalError, StorageError
 from unet_core.io import storage
 from unet_core.io.dicom import SourceFrames
 from unet_core.segmentation.layout import record_uri
@@ -42,15 +42,14 @@ Predict = Callable[[np.ndarray], tuple[np.ndarray, float, int]]
 class Decoded:
     volume: Volume | None
     x: np.ndarray | None
-    error: InputError | None
+    error: InputError | StorageError | InternalError | None
     seconds: float
     sources: SourceFrames | None = None  # header-only source datasets, kept for a DICOM SEG
 
 
-def _internal(source: str, exc: BaseException) -> InputError:
-    err = InputError(f"{source}: {type(exc).__name__}: {exc}", uri=source)
-    err.reason = INTERNAL
-    return err
+def _internal(source: str, exc: BaseException) -> InternalError:
+    """An unexpected exception of one volume, as that volume's error (type and message kept)."""
+    return InternalError(f"{source}: {type(exc).__name__}: {exc}")
 
 
 def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
@@ -79,7 +78,7 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
             raise InputError(f"{planned.source}: modality {volume.modality} does not match the model's "
                              f"{s.modality}", uri=planned.source)
         return Decoded(volume, prepare_volume(volume, info.preprocess), None, time.perf_counter() - t, sources)
-    except InputError as exc:
+    except ITEM_ERRORS as exc:
         return Decoded(None, None, exc, time.perf_counter() - t)
     except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the job
         return Decoded(None, None, _internal(planned.source, exc), time.perf_counter() - t)
@@ -112,6 +111,8 @@ def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict)
         except PredictionFailed as exc:
             rec = replace(rec, status=Status.ERROR, error=f"{planned.source}: prediction failed: {exc}",
                           error_type=PREDICTION, attempts=exc.attempts)
+        except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
+            rec = replace(rec, status=Status.ERROR, error=str(_internal(planned.source, exc)), error_type=INTERNAL)
         rec.predict_seconds = time.perf_counter() - t
     return finish_and_write(rec, d.volume, prob, s, d.sources)
 
@@ -141,16 +142,15 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
                 rec.qc_uri = qc_uri
             if s.dicom_seg:
                 rec.seg_uri, rec.seg_skipped = write_seg(labels, sources, rec, s)
-        except InputError as exc:
+        except ITEM_ERRORS as exc:
             rec = replace(rec, status=Status.ERROR, error=str(exc), error_type=exc.reason)
         except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the job
-            rec = replace(rec, status=Status.ERROR, error=f"{rec.source}: {type(exc).__name__}: {exc}",
-                          error_type=INTERNAL)
+            rec = replace(rec, status=Status.ERROR, error=str(_internal(rec.source, exc)), error_type=INTERNAL)
     rec.write_seconds = time.perf_counter() - t
     rec.finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         write_record(s.output, rec)
-    except InputError as exc:  # the output store failed past its retries: not complete, redo next run
+    except Exception as exc:  # noqa: BLE001 - the store failed past its retries (or worse): redo next run
         return replace(rec, status=Status.ERROR, error=f"{rec.source}: the result could not be recorded: {exc}",
                        error_type=NOT_RECORDED, mask_uri="", slices_uri="", qc_uri="", seg_uri=""), "unrecorded"
     return rec, "done"
@@ -189,7 +189,7 @@ def read_record(out: str, volume_id: str, fingerprint: str, ok_only: bool = Fals
     for status in (Status.OK.value,) if ok_only else (Status.OK.value, Status.ERROR.value):
         try:
             rows = rows_from_bytes(storage.read_bytes(record_uri(out, status, volume_id)))
-        except InputError:
+        except ITEM_ERRORS:
             continue
         rec = VolumeRecord.from_row({k: v for k, v in rows[0].items() if k in VolumeRecord.__dataclass_fields__})
         if rec.fingerprint == fingerprint:

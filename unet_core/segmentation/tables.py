@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from unet_core.errors import InputError
+from unet_core.errors import ITEM_ERRORS
 from unet_core.io import storage
 from unet_core.segmentation.layout import index_part_uri, plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
@@ -49,7 +49,7 @@ def read_part(out: str, bucket: int) -> list[dict]:
     uri = volume_part_uri(out, bucket)
     try:
         return rows_from_bytes(storage.read_bytes(uri))
-    except InputError:
+    except ITEM_ERRORS:
         return []
 
 
@@ -133,7 +133,7 @@ def read_table_folder(uri: str) -> list[dict]:
     rows: list[dict] = []
     try:
         entries = storage.list_files(uri)
-    except InputError:
+    except ITEM_ERRORS:
         return rows
     for e in entries:
         if e.uri.endswith(".parquet"):

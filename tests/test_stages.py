@@ -1,0 +1,104 @@
+"""The per-volume stages guard each volume, without Ray: whatever goes wrong in decode, predict or
+write is that volume's row (and its completion record), never an exception out of the stage."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from unet_core.bundle import BundleInfo
+from unet_core.config import PreprocessConfig
+from unet_core.errors import ConfigError, InputError, InternalError, JobError, StorageError, UnetError
+from unet_core.segmentation import planning
+from unet_core.segmentation.records import Action, Status
+from unet_core.segmentation.settings import SegmentSettings
+from unet_core.segmentation.stages import PredictionFailed, read_record, segment_volume
+from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
+
+
+def _planned(tmp_path):
+    for fname, data in dicom_series(Phantom.random(3), SeriesSpec(rows=16, columns=16, n_slices=5), seed=3)[0]:
+        (tmp_path / "in" / fname).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / fname).write_bytes(data)
+    s = SegmentSettings(output=str(tmp_path / "out"), bundle_info=BundleInfo(PreprocessConfig(input_size=16)).to_json(),
+                        model_name="m", model_identity="id-1", threshold=0.5, buckets=1, resume=False)
+    rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path / "in"), True)], [], s.limits, False, ())
+    (p,) = planning.merge_bucket(planning.fragments_of(rows, 1), {}, s)
+    assert p.action == Action.SEGMENT
+    return p, s
+
+
+def _ones(x):
+    return np.ones((*x.shape[:3], 1), np.float32), 0.0, 1
+
+
+def test_a_good_volume_is_ok(tmp_path):
+    p, s = _planned(tmp_path)
+    rec, how = segment_volume(p, s, _ones)
+    assert how == "done" and rec.status == Status.OK and rec.mask_voxels == 16 * 16 * 5
+    assert os.path.exists(rec.mask_uri) and read_record(s.output, p.volume_id, p.fingerprint).status == Status.OK
+
+
+@pytest.mark.parametrize("stage", ["decode", "predict", "write"])
+def test_an_unexpected_exception_in_any_stage_is_the_volumes_internal_row(tmp_path, monkeypatch, stage):
+    p, s = _planned(tmp_path)
+    predict = _ones
+
+    def boom(*a, **kw):
+        raise RuntimeError(f"boom in {stage}")
+
+    if stage == "decode":
+        monkeypatch.setattr("unet_core.io.dicom.read_series_with_sources", boom)
+    elif stage == "predict":
+        predict = boom
+    else:
+        monkeypatch.setattr("unet_core.inference.volume_stats", boom)
+    rec, how = segment_volume(p, s, predict)
+    assert how == "done" and rec.status == Status.ERROR and rec.error_type == "internal"
+    assert rec.error.startswith(p.source) and f"RuntimeError: boom in {stage}" in rec.error
+    assert not rec.mask_uri and not (tmp_path / "out" / "masks").exists() or stage == "write"
+    # the error is recorded, so the volume table has its row and the next run retries it
+    assert read_record(s.output, p.volume_id, p.fingerprint).error_type == "internal"
+
+
+def test_a_prediction_that_fails_every_attempt_is_a_prediction_row(tmp_path):
+    p, s = _planned(tmp_path)
+
+    def dies(x):
+        raise PredictionFailed("the predictor process died on every attempt", attempts=3)
+
+    rec, _ = segment_volume(p, s, dies)
+    assert rec.status == Status.ERROR and rec.error_type == "prediction" and rec.attempts == 3
+
+
+def test_an_object_gone_since_planning_is_a_storage_row(tmp_path):
+    p, s = _planned(tmp_path)
+    os.remove(sorted((tmp_path / "in").rglob("*.dcm"))[2])
+    rec, _ = segment_volume(p, s, _ones)
+    assert rec.status == Status.ERROR and rec.error_type == "storage" and "object not found" in rec.error
+
+
+def test_error_kinds_are_separate_classes_with_their_exit_status():
+    """Four kinds (input, storage, configuration, internal), none a subclass of another, each with
+    its exit status through the one enum."""
+    from jobs.common import Exit, run_main
+
+    kinds = (InputError, StorageError, ConfigError, InternalError)
+    for a in kinds:
+        assert issubclass(a, UnetError)
+        for b in kinds:
+            assert a is b or not issubclass(a, b), (a, b)
+
+    def raising(exc):
+        def body(argv):
+            raise exc
+        return body
+
+    assert run_main(raising(StorageError("s3://out/x: access denied")), []) == Exit.STORAGE == 5
+    assert run_main(raising(InputError("no objects under s3://in/")), []) == Exit.USAGE == 2
+    assert run_main(raising(ConfigError("--buckets must be positive")), []) == Exit.USAGE
+    assert run_main(raising(JobError("training failed after 2 restarts")), []) == Exit.INTERNAL == 1
+    assert run_main(lambda argv: Exit.SOME_FAILED, []) == 3
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_main(raising(ZeroDivisionError()), [])

@@ -4,8 +4,8 @@
     unet submit --status ID | --logs ID | --stop ID
 
 The job's arguments are checked here first (a typo fails in a second, not after an upload). The
-project's code travels as the job's working directory (or as Python modules when installed as a
-package); its dependencies come from the cluster image (cluster/Dockerfile, the default), from
+project's code travels as the job's working directory from a checkout, or, when installed as a
+package, as exactly its own packages found through importlib.metadata; its dependencies come from the cluster image (cluster/Dockerfile, the default), from
 this project's pinned requirements (`--packages pinned`) or from a container image (`--image`).
 With --wait (the default) the job's logs stream here and `unet submit` exits with the job's own
 exit status (so `segment`'s 3 for "some volumes failed" comes through), 1 when the job failed
@@ -35,7 +35,8 @@ EXIT_FAILED_WITHOUT_CODE = 1
 EXIT_STOPPED = 4
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages when installed
+DIST_NAME = "unet-ray"
 WORKING_DIR_EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "build", "dist", ".pytest_cache",
                         ".ruff_cache", "demo-output", "*.runs", "**/*.nii.gz", "**/*.dcm", "**/*.parquet"]
 
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="set an environment variable for the job; NAME alone forwards this shell's value. "
                           f"Forwarded when set: {', '.join(FORWARDED_STORAGE_ENV)}")
     env.add_argument("--working-dir", default=None,
-                     help=f"the code to upload (default: this project, {PROJECT_ROOT})")
+                     help="the code to upload (default: this checkout; an installed package ships its own "
+                          "packages, jobs and unet_core)")
     res = p.add_argument_group("resources of the job's driver (the entrypoint)")
     res.add_argument("--entrypoint-num-cpus", type=float, default=None)
     res.add_argument("--entrypoint-num-gpus", type=float, default=None)
@@ -197,12 +199,57 @@ def entrypoint(job_argv: list[str]) -> str:
     return shlex.join(["python", "-m", "jobs.cli", *job_argv])
 
 
-def pinned_requirements() -> list[str]:
-    """The project's own dependency pins, minus Ray (the cluster's Ray must not be replaced)."""
+def source_checkout() -> Path | None:
+    """The checkout this code runs from (its pyproject.toml names this project), or None when the
+    code is an installed package: then the folder above `jobs/` is site-packages, which must never
+    be uploaded (it holds TensorFlow and everything else installed there)."""
     import tomllib
 
-    deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [d for d in deps if not d.replace(" ", "").lower().startswith("ray[") and d.split("=")[0] != "ray"]
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    if not (pyproject.is_file() and (PROJECT_ROOT / "jobs" / "cli.py").is_file() and (PROJECT_ROOT / "unet_core").is_dir()):
+        return None
+    try:
+        name = tomllib.loads(pyproject.read_text())["project"]["name"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return PROJECT_ROOT if name == DIST_NAME else None
+
+
+def installed_packages() -> list[Path]:
+    """The import packages the installed distribution holds (from its RECORD, through
+    importlib.metadata): the folders `unet submit` ships as the job's Python modules."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(DIST_NAME)
+    except metadata.PackageNotFoundError:
+        raise ConfigError(f"{DIST_NAME} is neither a source checkout nor an installed package here; give the code "
+                          "with --working-dir") from None
+    tops = sorted({f.parts[0] for f in dist.files or () if len(f.parts) > 1 and f.suffix == ".py"
+                   and not f.parts[0].endswith((".dist-info", ".data"))})
+    found = [Path(dist.locate_file(top)) for top in tops]
+    found = [p for p in found if (p / "__init__.py").is_file()]
+    if {p.name for p in found} != {"jobs", "unet_core"}:
+        raise ConfigError(f"the installed {DIST_NAME} lists packages {[p.name for p in found]}, expected jobs and "
+                          "unet_core; reinstall it, or give the code with --working-dir")
+    return found
+
+
+def pinned_requirements() -> list[str]:
+    """The project's own dependency pins, minus Ray (the cluster's Ray must not be replaced): from
+    pyproject.toml in a checkout, from the installed distribution's metadata otherwise. Extras
+    (test, gpu, codecs) are not included."""
+    from packaging.requirements import Requirement
+
+    if source_checkout() is not None:
+        import tomllib
+
+        deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    else:
+        from importlib import metadata
+
+        deps = [d for d in metadata.requires(DIST_NAME) or () if not (Requirement(d).marker and "extra" in str(Requirement(d).marker))]
+    return [d for d in deps if Requirement(d).name.lower() != "ray"]
 
 
 def job_env(pairs: list[str]) -> dict[str, str]:
@@ -226,17 +273,14 @@ def job_env(pairs: list[str]) -> dict[str, str]:
 
 def runtime_env(args: argparse.Namespace) -> dict:
     renv: dict = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", **job_env(args.env)}}
-    code = Path(args.working_dir).resolve() if args.working_dir else PROJECT_ROOT
-    if (code / "jobs" / "cli.py").is_file() and (code / "unet_core").is_dir():
+    code = Path(args.working_dir).resolve() if args.working_dir else source_checkout()
+    if code is not None and (code / "jobs" / "cli.py").is_file() and (code / "unet_core").is_dir():
         renv["working_dir"] = str(code)
         renv["excludes"] = WORKING_DIR_EXCLUDES
     elif args.working_dir:
         raise ConfigError(f"--working-dir {code}: not this project (no jobs/cli.py and unet_core/ there)")
-    else:  # installed as a package: ship exactly its two packages
-        import jobs
-        import unet_core
-
-        renv["py_modules"] = [str(Path(jobs.__file__).parent), str(Path(unet_core.__file__).parent)]
+    else:  # installed as a package: ship exactly its own packages, found through its metadata
+        renv["py_modules"] = [str(p) for p in installed_packages()]
     if args.packages == "pinned":
         renv["pip"] = {"packages": pinned_requirements(), "pip_check": False}
     if args.image:

@@ -57,19 +57,23 @@ def _processes_of(temp_dir: str) -> list:
 
 
 @contextlib.contextmanager
-def ray_head(token: str | None = None, num_cpus: int = 2, env: dict[str, str] | None = None):
-    """Yield a Head; the cluster runs with RAY_AUTH_MODE=token when a token is given."""
+def ray_head(token: str | None = None, num_cpus: int = 2, env: dict[str, str] | None = None,
+             python: str | None = None):
+    """Yield a Head; the cluster runs with RAY_AUTH_MODE=token when a token is given. `python` is the
+    interpreter of the cluster (default: this one); its folder comes first on the head's PATH, so
+    jobs' entrypoints run `python` from there too."""
+    python = python or sys.executable
     import psutil
 
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths have a length limit
     ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS))))
     head_env = dict(os.environ if env is None else env)
-    head_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{head_env.get('PATH', '')}"
+    head_env["PATH"] = f"{Path(python).parent}{os.pathsep}{head_env.get('PATH', '')}"
     head_env.pop("RAY_ADDRESS", None)
     head_env["RAY_USAGE_STATS_ENABLED"] = "0"
     if token:
         head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+    cmd = [python, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
            "--dashboard-host", "127.0.0.1", "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", temp_dir,
            "--disable-usage-stats"]
     for option, port in ports.items():

@@ -200,3 +200,81 @@ def test_a_job_attaches_to_an_existing_cluster_with_address(head, tiny, work_buc
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"attached to the Ray cluster at {head.gcs}" in r.stderr  # not a new local instance
     assert [row["status"] for row in _volumes(out)] == ["ok"]
+
+
+# ---- an installed package ------------------------------------------------------------------------
+def _venv(path: Path, deps_from: str) -> Path:
+    """A fresh venv whose third-party packages are this environment's: a .pth file names this
+    site-packages, whose own .pth files (this checkout's editable-install finder among them) are
+    not processed, so `jobs` and `unet_core` are not importable there unless installed."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    site_dir = path / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    (site_dir / "_deps.pth").write_text(deps_from + "\n")
+    assert sysconfig.get_paths()["purelib"] == deps_from or deps_from in site.getsitepackages()
+    return path / "bin" / "python"
+
+
+def _build_wheel(dest: Path) -> Path:
+    """A wheel built from the repository's tracked sources (a copy, so the checkout stays clean)."""
+    import shutil
+
+    src = dest / "src"
+    files = subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", "LICENSE", "jobs", "unet_core"], cwd=ROOT,
+                           text=True, capture_output=True, check=True).stdout.split()
+    for f in files:
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, src / f)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(dest / "dist"), str(src)], check=True, capture_output=True)
+    (wheel,) = (dest / "dist").glob("unet_ray-*.whl")
+    return wheel
+
+
+def test_an_installed_wheel_submits_exactly_its_own_packages(tiny, work_bucket, tmp_path):
+    """`pip install unet_ray-*.whl` (not editable) into a fresh venv; `unet submit` from there ships
+    the two packages found through the distribution's metadata (not site-packages) and the pins
+    from its metadata, to a real token-protected head whose own Python cannot import this project
+    at all: the segment job can only have run on the code that was shipped."""
+    import sysconfig
+
+    deps = sysconfig.get_paths()["purelib"]
+    client = _venv(tmp_path / "client", deps)
+    cluster = _venv(tmp_path / "cluster", deps)
+    wheel = _build_wheel(tmp_path)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(client), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True)
+    no_project = subprocess.run([str(cluster), "-c", "import jobs"], capture_output=True, text=True, cwd=tmp_path)
+    assert no_project.returncode != 0 and "No module named 'jobs'" in no_project.stderr
+
+    env = {k: v for k, v in client_env(tmp_path, TOKEN).items() if k != "PYTHONPATH"}
+    env["PATH"] = f"{client.parent}{os.pathsep}{env['PATH']}"
+    shown = subprocess.run(
+        [str(client), "-c", "import json; from jobs import submit; a = submit.build_parser().parse_args("
+                            "['--packages', 'pinned', '--', 'segment']); print(json.dumps(submit.runtime_env(a)))"],
+        cwd=tmp_path, env=env, text=True, capture_output=True, check=True)
+    import json
+
+    renv = json.loads(shown.stdout)
+    site_packages = client.parent.parent / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    assert "working_dir" not in renv
+    assert renv["py_modules"] == [str(site_packages / "jobs"), str(site_packages / "unet_core")]
+    shipped = sum(f.stat().st_size for m in renv["py_modules"] for f in Path(m).rglob("*") if f.is_file())
+    assert shipped < 10 * 2**20, shipped  # the project's own code, not TensorFlow
+    pins = renv["pip"]["packages"]
+    assert any(p.startswith("tensorflow==2.21") for p in pins) and any(p.startswith("highdicom") for p in pins)
+    assert not any(p.startswith(("ray", "pytest", "moto")) for p in pins)  # no Ray, no extras
+
+    root, bundle = tiny
+    out = f"s3://{work_bucket}/installed-out"
+    head_env = {k: v for k, v in os.environ.items()
+                if k not in ("AWS_ENDPOINT_URL", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "PYTHONPATH")}
+    with ray_head(token=TOKEN, num_cpus=2, env=head_env, python=str(cluster)) as h:
+        r = subprocess.run([str(client.parent / "unet"), "submit", "--address", h.dashboard, "--", "segment",
+                            "--input", f"{root}/nifti", "--model", bundle, "--output", out, "--assume-modality", "CT"],
+                           cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "SUCCEEDED" in r.stderr + r.stdout
+    assert [row["status"] for row in _volumes(out)] == ["ok"]

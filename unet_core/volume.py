@@ -51,6 +51,29 @@ class Volume:
         return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
 
 
+MAX_POSITION_MM = 1e7  # 10 km: beyond it a coordinate is corrupt, and its arithmetic loses all precision
+MAX_VOXEL_MM = 1e4
+MIN_VOXEL_MM = 1e-4  # 0.1 micrometre: below any imaging device; smaller sizes underflow the geometry
+
+
+def affine_problem(affine: np.ndarray) -> str | None:
+    """Why a voxel-to-world affine cannot be a volume's grid (None when it can): values that are
+    not finite, a voxel size that is zero or beyond MAX_VOXEL_MM, an origin beyond
+    MAX_POSITION_MM, or axes so nearly parallel that the grid has no orientation (a shear within
+    that, as some NIfTI writers store, is allowed)."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        return "the affine is not a finite 4x4 matrix"
+    sizes = np.linalg.norm(a[:3, :3], axis=0)
+    if not np.all((sizes >= MIN_VOXEL_MM) & (sizes <= MAX_VOXEL_MM)):
+        return f"voxel sizes {sizes.tolist()} are not between {MIN_VOXEL_MM:g} and {MAX_VOXEL_MM:g} mm"
+    if np.max(np.abs(a[:3, 3])) > MAX_POSITION_MM:
+        return f"origin {a[:3, 3].tolist()} is beyond {MAX_POSITION_MM:g} mm"
+    if abs(np.linalg.det(a[:3, :3] / sizes)) < 0.1:
+        return "the voxel axes are (nearly) parallel: the grid has no orientation"
+    return None
+
+
 def sanitise(text: str, max_len: int = 64) -> str:
     """A string safe as one path component: [A-Za-z0-9._-], no leading dots, no "..", bounded length."""
     cleaned = re.sub(r"\.{2,}", "_", _SAFE.sub("_", text)).strip("._-")[:max_len]

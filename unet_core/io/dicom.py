@@ -8,8 +8,10 @@ reason. Series are split by orientation and image size, so a localizer never lan
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
@@ -30,11 +32,12 @@ from unet_core.errors import (
     ResourceLimitError,
     SeriesGeometryError,
     TruncatedFileError,
+    UnreadableFileError,
     UnsupportedPixelDataError,
 )
 from unet_core.io.dicom_fastscan import fast_scan
 from unet_core.io.dicom_geometry import orientation_key, series_geometry
-from unet_core.volume import Volume, short_hash
+from unet_core.volume import MAX_POSITION_MM, MAX_VOXEL_MM, MIN_VOXEL_MM, Volume, affine_problem, short_hash
 
 HEADER_PREFIX_BYTES = 64 * 1024
 _PIXEL_GROUP = 0x7FE0
@@ -110,9 +113,10 @@ def _parse(data: bytes, uri: str, stop_before_pixels: bool) -> tuple[pydicom.Dat
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=not has_preamble)
         # OSError / struct.error: pydicom ran out of bytes inside a sequence (a prefix that ends
-        # in a long header, such as a waveform's, or a truncated file)
+        # in a long header, such as a waveform's, or a truncated file); zlib.error: a deflated
+        # transfer syntax over bytes that are not a deflate stream
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError,
-                OSError, struct.error) as exc:
+                OSError, struct.error, zlib.error) as exc:
             if has_preamble:
                 raise TruncatedFileError(f"{uri}: DICOM header cannot be parsed ({exc}); the file is truncated or corrupt", uri=uri) from exc
             raise NotDicomError(f"{uri}: not a DICOM file (no 'DICM' prefix and no parseable dataset)", uri=uri) from exc
@@ -123,6 +127,26 @@ def _parse(data: bytes, uri: str, stop_before_pixels: bool) -> tuple[pydicom.Dat
     if fp.tell() >= len(data) and _cut_short(ds):
         raise TruncatedFileError(f"{uri}: DICOM data ends inside an element (file truncated)", uri=uri)
     return ds, fp.tell()
+
+
+_DECODER_PACKAGES = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "rle")
+
+
+def data_error(exc: BaseException, uri: str) -> UnreadableFileError | None:
+    """An exception raised inside pydicom (or a codec it calls) while it interprets one object's
+    bytes is that object's bad data: an UnreadableFileError naming the object and the exception.
+    pydicom converts element values lazily, so a value whose length does not fit its VR, or a
+    number that is not one, raises wherever the value is first used, with whatever type pydicom
+    chose. An exception raised in this project's own code is not matched here: it stays an
+    internal error (a bug to fix), which is what the fuzzer (tests/test_fuzz.py) looks for."""
+    tb = exc.__traceback__
+    while tb is not None:
+        parts = tb.tb_frame.f_code.co_filename.split(os.sep)
+        if any(p in _DECODER_PACKAGES for p in parts[-4:-1]):
+            return UnreadableFileError(f"{uri}: DICOM data cannot be interpreted ({type(exc).__name__}: "
+                                       f"{str(exc)[:300]})", uri=uri)
+        tb = tb.tb_next
+    return None
 
 
 def _cut_short(ds: pydicom.Dataset) -> bool:
@@ -180,6 +204,51 @@ def _geometry_fields(ds: pydicom.Dataset, frame: int = 0) -> tuple:
     return orientation, position, spacing, thickness
 
 
+
+
+def geometry_problem(orientation, position, spacing) -> str | None:
+    """Why a slice's patient geometry cannot be used (None when it can): direction cosines that are
+    not two orthogonal unit vectors, a position beyond any scanner, a pixel spacing that is not a
+    positive size. Checked from the header, so a corrupt slice is its own error row before any
+    geometry is computed from it."""
+    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    norms = np.linalg.norm(row), np.linalg.norm(col)
+    if not (0.99 < norms[0] < 1.01 and 0.99 < norms[1] < 1.01 and abs(float(row @ col)) < 0.01):
+        return (f"ImageOrientationPatient {list(orientation)} is not two orthogonal unit vectors "
+                f"(lengths {norms[0]:.3g}, {norms[1]:.3g})")
+    if max(abs(v) for v in position) > MAX_POSITION_MM:
+        return f"ImagePositionPatient {list(position)} is beyond {MAX_POSITION_MM:g} mm"
+    if not all(MIN_VOXEL_MM <= v <= MAX_VOXEL_MM for v in spacing):
+        return f"PixelSpacing {list(spacing)} is not a size between {MIN_VOXEL_MM:g} and {MAX_VOXEL_MM:g} mm"
+    return None
+
+
+SUPPORTED_BITS = (8, 16, 32)
+GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+
+def pixel_problem(ds) -> str | None:
+    """Why a greyscale image's pixel description cannot be decoded (None when it can): bits
+    allocated other than 8/16/32, bits stored outside 1..allocated, a pixel representation other
+    than unsigned/signed, a colour photometric interpretation. Checked from the header."""
+    try:
+        bits = int(ds.get("BitsAllocated")) if ds.get("BitsAllocated") not in (None, "") else None
+        stored = int(ds.get("BitsStored")) if ds.get("BitsStored") not in (None, "") else bits
+        representation = int(ds.get("PixelRepresentation", 0) or 0)
+    except (TypeError, ValueError):
+        return "BitsAllocated / BitsStored / PixelRepresentation are not numbers"
+    if bits not in SUPPORTED_BITS:
+        return f"BitsAllocated {bits} is not supported (8, 16 or 32)"
+    if stored is None or not 1 <= stored <= bits:
+        return f"BitsStored {stored} is not between 1 and BitsAllocated {bits}"
+    if representation not in (0, 1):
+        return f"PixelRepresentation {representation} is neither 0 (unsigned) nor 1 (signed)"
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
+    if photometric and photometric not in GREYSCALE:
+        return f"PhotometricInterpretation {photometric!r} is not greyscale (MONOCHROME1 / MONOCHROME2)"
+    return None
+
+
 def _non_image_reason(sop_class: str) -> str | None:
     for prefix, label in NON_IMAGE_SOP_CLASSES.items():
         if sop_class.startswith(prefix):
@@ -187,15 +256,29 @@ def _non_image_reason(sop_class: str) -> str | None:
     return None
 
 
+def _frames(ds) -> int:
+    """NumberOfFrames (1 when absent); 0 when it is not a whole number."""
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _int(ds, keyword: str, uri: str) -> int:
+    """An integer attribute (0 when absent); a value that is not an integer names the object."""
+    value = ds.get(keyword, 0)
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        raise UnreadableFileError(f"{uri}: {keyword} {value!r} is not an integer", uri=uri) from None
+
+
 def header_from_dataset(ds: pydicom.Dataset, uri: str, size: int, has_pixels: bool) -> DicomHeader:
     # A DICOMDIR's dataset has no SOP Class UID; its file meta says what it is.
     sop_class = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
                     or "")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        frames = 1
+    frames = _frames(ds)
     orientation, position, spacing, thickness = _geometry_fields(ds)
     try:
         instance = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None
@@ -210,7 +293,7 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size: int, has_pixels: bo
         study_uid=str(ds.get("StudyInstanceUID", "") or ""),
         modality=str(ds.get("Modality", "") or ""),
         transfer_syntax=str(ts or ""),
-        rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0), frames=frames,
+        rows=_int(ds, "Rows", uri), columns=_int(ds, "Columns", uri), frames=frames,
         orientation=orientation, position=position, pixel_spacing=spacing,
         slice_thickness=thickness, instance_number=instance,
     )
@@ -220,15 +303,25 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size: int, has_pixels: bo
     elif not has_pixels:
         h.kind, h.error_type = "error", NoPixelDataError.reason
         h.reason = f"{UID(sop_class).name or 'image object'} without pixel data (no PixelData element)"
-    elif int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    elif (_int(ds, "SamplesPerPixel", uri) or 1) != 1:
         h.kind, h.error_type = "error", UnsupportedPixelDataError.reason
         h.reason = f"colour image ({ds.get('SamplesPerPixel')} samples per pixel) is not supported"
+    elif problem := pixel_problem(ds):
+        h.kind, h.reason, h.error_type = "error", problem, UnsupportedPixelDataError.reason
+    elif frames < 1:
+        h.kind, h.error_type = "error", UnreadableFileError.reason
+        h.reason = f"NumberOfFrames {ds.get('NumberOfFrames')!r} is not a positive whole number"
+    elif h.rows < 1 or h.columns < 1:
+        h.kind, h.error_type = "error", UnsupportedPixelDataError.reason
+        h.reason = f"an image of {h.rows} x {h.columns} pixels has no pixels to read"
     elif not h.series_uid:
         h.kind, h.reason, h.error_type = "error", "no SeriesInstanceUID", SeriesGeometryError.reason
     elif orientation is None or position is None or spacing is None:
         h.kind, h.error_type = "non_image", SeriesGeometryError.reason
         h.reason = (f"{UID(sop_class).name or 'image'} without patient geometry "
                     "(ImagePositionPatient / ImageOrientationPatient / PixelSpacing): not a cross-sectional slice")
+    elif problem := geometry_problem(orientation, position, spacing):
+        h.kind, h.reason, h.error_type = "error", problem, SeriesGeometryError.reason
     return h
 
 
@@ -482,7 +575,7 @@ def _fast_plane(blob: bytes, header: DicomHeader) -> tuple[np.ndarray, tuple[flo
     # A compressed slice: its codec once, through pydicom's decoder, without parsing the dataset
     # again. Any failure goes back to the pydicom path, which names the problem.
     ts = UID(f.file_meta.TransferSyntaxUID)
-    if samples != 1 or not _decoder_available(ts):
+    if samples != 1 or not ts.is_transfer_syntax or not _decoder_available(ts):
         return None
     from pydicom.pixels import get_decoder
 
@@ -505,24 +598,33 @@ def decode_frames(data: bytes, uri: str) -> tuple[pydicom.Dataset, np.ndarray]:
     if "PixelData" not in ds:
         raise NoPixelDataError(f"{uri}: DICOM object has no pixel data", uri=uri)
     meta = ds.file_meta
-    if "TransferSyntaxUID" not in meta:
+    if not str(meta.get("TransferSyntaxUID", "") or "").strip("\0 "):
+        # Missing or empty: the encoding pydicom found the data set in says how pixels are stored.
         implicit, little = ds.original_encoding
         meta.TransferSyntaxUID = (
             pydicom.uid.ImplicitVRLittleEndian if implicit
             else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
         )
     ts = UID(meta.TransferSyntaxUID)
+    if not ts.is_transfer_syntax:
+        raise UnsupportedPixelDataError(
+            f"{uri}: transfer syntax UID {str(ts)!r} is not a transfer syntax this reader knows; the pixel data "
+            "cannot be interpreted", uri=uri)
     if ts.is_compressed and not _decoder_available(ts):
         raise UnsupportedPixelDataError(
             f"{uri}: pixel data is compressed as {ts.name} ({ts}) and no decoder for it is "
             f"installed; {CODECS_HINT}", uri=uri,
         )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _frames(ds)
+    if frames < 1:
+        raise UnreadableFileError(f"{uri}: NumberOfFrames {ds.get('NumberOfFrames')!r} is not a positive whole number",
+                                  uri=uri)
     if not ts.is_compressed:
-        expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1)) * (int(ds.BitsAllocated) // 8)
-        if len(ds.PixelData) < expected:
+        expected = (_int(ds, "Rows", uri) * _int(ds, "Columns", uri) * frames * (_int(ds, "SamplesPerPixel", uri) or 1)
+                    * (_int(ds, "BitsAllocated", uri) // 8))
+        if len(ds.PixelData or b"") < expected:
             raise TruncatedFileError(
-                f"{uri}: pixel data is truncated: {len(ds.PixelData)} of {expected} bytes", uri=uri
+                f"{uri}: pixel data is truncated: {len(ds.PixelData or b'')} of {expected} bytes", uri=uri
             )
         native = _native_frames(ds, ts, frames)
         if native is not None:
@@ -557,18 +659,29 @@ def _rescale(ds: pydicom.Dataset, frame: int) -> tuple[float, float]:
     return slope, intercept
 
 
+def _text(ds, keyword: str) -> str:
+    """A descriptive value as text; "" when it is absent or pydicom cannot interpret it (a
+    description never decides whether a volume can be segmented)."""
+    try:
+        return str(ds.get(keyword, "") or "")
+    except Exception as exc:  # noqa: BLE001
+        if data_error(exc, "") is None:
+            raise
+        return ""
+
+
 def _metadata(ds: pydicom.Dataset, group: SeriesGroup, keep_phi: bool) -> dict:
     meta = {
         "series_uid": group.series_uid,
-        "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        "study_uid": _text(ds, "StudyInstanceUID"),
         "n_files": len(group.headers),
-        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
-        "manufacturer": str(ds.get("Manufacturer", "") or ""),
-        "body_part": str(ds.get("BodyPartExamined", "") or ""),
+        "transfer_syntax": _text(ds.file_meta, "TransferSyntaxUID"),
+        "manufacturer": _text(ds, "Manufacturer"),
+        "body_part": _text(ds, "BodyPartExamined"),
     }
     if keep_phi:
         for key in PHI_KEYWORDS:
-            meta[key] = str(ds.get(key, "") or "")
+            meta[key] = _text(ds, key)
     return meta
 
 
@@ -668,22 +781,28 @@ def read_series_with_sources(
             orientations.append(orientation_key(header.orientation))
             spacings.append(header.pixel_spacing)
             continue
-        ds, pixels = decode_frames(blob, header.uri)
-        classic = classic and pixels.shape[0] == 1
-        for f in range(pixels.shape[0]):
-            refs.append((d, f))
-            if classic:  # the scan read these from the same object version
-                orientation, position, spacing = header.orientation, header.position, header.pixel_spacing
-            else:
-                orientation, position, spacing, _ = _geometry_fields(ds, f)
-            if orientation is None or position is None or spacing is None:
-                raise SeriesGeometryError(f"{header.uri}: frame {f} has no plane position / orientation", uri=header.uri)
-            raws.append(pixels[f])
-            rescales.append(_rescale(ds, f))
-            positions.append(position)
-            orientations.append(orientation_key(orientation))
-            first_orientation = first_orientation or orientation
-            spacings.append(spacing)
+        try:
+            ds, pixels = decode_frames(blob, header.uri)
+            classic = classic and pixels.shape[0] == 1
+            for f in range(pixels.shape[0]):
+                refs.append((d, f))
+                if classic:  # the scan read these from the same object version
+                    orientation, position, spacing = header.orientation, header.position, header.pixel_spacing
+                else:
+                    orientation, position, spacing, _ = _geometry_fields(ds, f)
+                if orientation is None or position is None or spacing is None:
+                    raise SeriesGeometryError(f"{header.uri}: frame {f} has no plane position / orientation",
+                                              uri=header.uri)
+                raws.append(pixels[f])
+                rescales.append(_rescale(ds, f))
+                positions.append(position)
+                orientations.append(orientation_key(orientation))
+                first_orientation = first_orientation or orientation
+                spacings.append(spacing)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pydicom's errors on this object's data name it
+            raise data_error(exc, header.uri) or exc
         if keep_sources:
             kept.append(ds)
     if len(set(orientations)) > 1:
@@ -696,6 +815,9 @@ def read_series_with_sources(
         first_orientation, np.array(positions), spacings[0], f"series {group.series_uid}",
         single_slice_thickness=first.slice_thickness,
     )
+    problem = affine_problem(geometry.affine)
+    if problem:  # slices whose own geometry passed, but not together (slice spacing, say)
+        raise SeriesGeometryError(f"{first.uri}: series {group.series_uid}: {problem}", uri=first.uri)
     voxels = _to_hu(raws, rescales, geometry.order)
     _check_values(voxels, rescales, [group.headers[refs[i][0]].uri for i in geometry.order], group.series_uid)
     if keep_sources:

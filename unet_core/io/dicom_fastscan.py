@@ -34,7 +34,7 @@ FIELDS = {
     "ImagePositionPatient": ("DS", True), "PixelSpacing": ("DS", True), "SliceThickness": ("DS", False),
     "InstanceNumber": ("IS", False), "BitsAllocated": ("US", False), "BitsStored": ("US", False),
     "PixelRepresentation": ("US", False), "RescaleSlope": ("DS", False), "RescaleIntercept": ("DS", False),
-    "ImageType": ("CS", True),
+    "ImageType": ("CS", True), "PhotometricInterpretation": ("CS", False),
 }
 _WANT = {tag_for_keyword(k): k for k in FIELDS}
 # Enhanced objects keep their geometry in these sequences: pydicom parses those.

@@ -14,7 +14,7 @@ import numpy as np
 
 from unet_core.config import Limits
 from unet_core.errors import EmptyFileError, InvalidVolumeError, ResourceLimitError, TruncatedFileError
-from unet_core.volume import Volume, sanitise, short_hash
+from unet_core.volume import Volume, affine_problem, sanitise, short_hash
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -77,6 +77,9 @@ def _header(raw: bytes, uri: str):
         hdr = cls.from_fileobj(io.BytesIO(raw[: cls.sizeof_hdr]), check=True)
     except Exception as exc:  # noqa: BLE001 - nibabel raises HeaderDataError and friends
         raise InvalidVolumeError(f"{uri}: not a valid NIfTI header ({exc})", uri=uri) from exc
+    offset = float(hdr["vox_offset"])
+    if not (np.isfinite(offset) and 0 <= offset < 2**40):
+        raise InvalidVolumeError(f"{uri}: vox_offset {offset} is not a byte offset into the file", uri=uri)
     return hdr
 
 
@@ -116,6 +119,9 @@ def read_nifti(data: bytes, uri: str, limits: Limits | None = None, volume_id: s
     bad = int(np.count_nonzero(~np.isfinite(voxels)))
     if bad:
         raise InvalidVolumeError(f"{uri}: {bad} voxels are NaN or infinite", uri=uri)
+    problem = affine_problem(img.affine)
+    if problem:
+        raise InvalidVolumeError(f"{uri}: {problem} (the header's sform / qform)", uri=uri)
     sform_code, qform_code = int(img.header["sform_code"]), int(img.header["qform_code"])
     code = sform_code if sform_code > 0 else qform_code
     return Volume(

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 from unet_core.config import Limits
 from unet_core.errors import ITEM_ERRORS, ResourceLimitError
 from unet_core.io import archive, listing, storage
-from unet_core.io.dicom import HEADER_PREFIX_BYTES, group_series, scan_header, volume_id_of, volume_key
+from unet_core.io.dicom import HEADER_PREFIX_BYTES, data_error, group_series, scan_header, volume_id_of, volume_key
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
 from unet_core.segmentation.layout import MAX_FANOUT_DEPTH, TARGET_UNITS, bucket_of, index_part_uri
 from unet_core.segmentation.records import (
@@ -97,6 +97,7 @@ def _row(entry: listing.ObjectEntry, **kw) -> ObjectRow:
 
 
 def _error_row(entry: listing.ObjectEntry, fmt: Format, exc: Exception, uri: str | None = None) -> ObjectRow:
+    exc = data_error(exc, uri or entry.uri) or exc if fmt == Format.DICOM else exc
     if isinstance(exc, ITEM_ERRORS):
         reason, error_type = str(exc), exc.reason
     else:

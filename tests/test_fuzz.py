@@ -280,6 +280,24 @@ REGRESSIONS = {
 }
 
 
+# What each case is now: the error type of the mutated object's row.
+EXPECTED = {
+    "empty_transfer_syntax": "", "unknown_transfer_syntax": "unsupported_pixel_data",
+    "zero_rows": "unsupported_pixel_data", "huge_orientation": "series_geometry",
+    "parallel_orientation": "series_geometry", "huge_position": "series_geometry",
+    "zero_pixel_spacing": "series_geometry", "vanishing_pixel_spacing": "series_geometry",
+    "no_bits_allocated": "unsupported_pixel_data", "bits_allocated_12": "unsupported_pixel_data",
+    "bits_stored_above_allocated": "unsupported_pixel_data", "palette_colour": "unsupported_pixel_data",
+    "empty_pixel_data": "truncated", "meta_uid_as_ul": "unreadable", "unknown_vr_in_header": "unreadable",
+    "scrambled_description_vr": "truncated", "rows_as_text": "unreadable", "samples_per_pixel_as_text": "unreadable",
+    "samples_per_pixel_as_tag": "unsupported_pixel_data", "negative_frame_count": "unreadable",
+    "deflate_syntax_over_plain_bytes": "truncated", "nifti_singular_sform": "invalid_volume",
+    "nifti_nan_vox_offset": "invalid_volume",
+}
+
+
 @pytest.mark.parametrize("name", sorted(REGRESSIONS))
 def test_fuzz_regression(name):
-    check(REGRESSIONS[name]())
+    records = check(REGRESSIONS[name]())
+    mutated = {r.error_type for source, r in records.items() if "/good" not in source}
+    assert EXPECTED[name] in mutated, (name, mutated)

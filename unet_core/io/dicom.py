@@ -237,6 +237,8 @@ def pixel_problem(ds) -> str | None:
         representation = int(ds.get("PixelRepresentation", 0) or 0)
     except (TypeError, ValueError):
         return "BitsAllocated / BitsStored / PixelRepresentation are not numbers"
+    if bits is None:
+        return "no BitsAllocated: the pixel data cannot be interpreted"
     if bits not in SUPPORTED_BITS:
         return f"BitsAllocated {bits} is not supported (8, 16 or 32)"
     if stored is None or not 1 <= stored <= bits:

@@ -327,3 +327,32 @@ def test_the_volume_budget_is_checked_from_headers_before_pixels(tmp_path, monke
     assert f"need {need} bytes" in rec["error"] and "--max-volume-bytes" in rec["error"]
     (ok,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(limits=Limits(max_volume_bytes=need)))
     assert ok.action == Action.SEGMENT
+
+
+def test_a_single_slice_split_from_a_larger_volume_is_a_localizer(tmp_path):
+    """A coronal slice in the CT's series without any LOCALIZER type: every volume of a series is
+    routed to one bucket (whatever the bucket count), where the lone slice split from the 4-slice
+    volume is skipped as a localizer; a single-slice series of its own is still segmented, and
+    --keep-localizers keeps the split-off slice."""
+    from dicom_factory import edit, write_series
+
+    paths, _, _ = write_series(tmp_path / "ct", SeriesSpec(rows=16, columns=16, n_slices=4))
+    scout, _, _ = write_series(tmp_path / "scout", SeriesSpec(orientation="coronal", rows=16, columns=16, n_slices=1))
+    lone, _, _ = write_series(tmp_path / "lone", SeriesSpec(orientation="sagittal", rows=16, columns=16, n_slices=1))
+    uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+    edit(scout[0], lambda ds: setattr(ds, "SeriesInstanceUID", uid))
+    rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
+    for buckets in (1, 7, 64):
+        frags = planning.fragments_of(rows, buckets)
+        assert len({f.bucket for f in frags if f.volume_id.startswith("dcm-") and f.bucket is not None
+                    and uid in f.members}) == 1  # both volumes of the series in one bucket
+        planned = [p for b in sorted({f.bucket for f in frags})
+                   for p in planning.merge_bucket([f for f in frags if f.bucket == b], {}, _settings(buckets=buckets))]
+        segmented = sorted((p.series_uid, len(json.loads(p.members))) for p in planned if p.action == Action.SEGMENT)
+        lone_uid = pydicom.dcmread(lone[0]).SeriesInstanceUID
+        assert segmented == sorted([(uid, 4), (lone_uid, 1)])
+        (aside,) = [json.loads(p.record) for p in planned if p.action == Action.SET_ASIDE]
+        assert aside["status"] == "skipped" and aside["error_type"] == "localizer" and aside["source"] == scout[0]
+        assert "split from the 4-slice volume" in aside["error"]
+    kept = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1, keep_localizers=True))
+    assert sum(p.action == Action.SEGMENT for p in kept) == 3

@@ -419,9 +419,9 @@ LOCALIZER = "localizer"
 
 
 def is_localizer(group: "SeriesGroup") -> bool:
-    """A scout / localizer: its ImageType says LOCALIZER. (A single-slice group split from a larger
-    series without that value is not recognised yet: its series' other group may be planned in
-    another bucket, and a lone slice must still fail on bad pixel data.)"""
+    """A scout / localizer: its ImageType says LOCALIZER. (A single slice split from a larger volume
+    of its series is one too: planning decides that, where all volumes of a series meet,
+    unet_core/segmentation/planning.py: _split_off_localizers. A lone single-slice series is not.)"""
     return any("LOCALIZER" in h.image_type.upper().split("\\") for h in group.headers)
 
 

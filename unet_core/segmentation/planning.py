@@ -23,7 +23,9 @@ from typing import Callable, Iterable, Iterator
 from unet_core.config import Limits
 from unet_core.errors import ITEM_ERRORS, ResourceLimitError
 from unet_core.io import archive, listing, storage
-from unet_core.io.dicom import HEADER_PREFIX_BYTES, data_error, group_series, scan_header, volume_id_of, volume_key
+from unet_core.io.dicom import (
+    HEADER_PREFIX_BYTES, LOCALIZER, data_error, group_series, scan_header, volume_id_of, volume_key,
+)
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
 from unet_core.segmentation.layout import MAX_FANOUT_DEPTH, TARGET_UNITS, bucket_of, index_part_uri
 from unet_core.segmentation.records import (
@@ -228,6 +230,14 @@ def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...
             raise
 
 
+def bucket_key(row: ObjectRow) -> str:
+    """What routes a volume's fragments to a merge bucket: its DICOM series, so that every volume
+    of a series (split by orientation or size) is planned together; else the volume id."""
+    if row.kind == ObjectKind.IMAGE and row.format == Format.DICOM and row.series_uid:
+        return "series:" + row.series_uid
+    return row.volume_id
+
+
 def fragments_of(rows: list[ObjectRow], buckets: int, partition: int = 0,
                  reused: set[str] | frozenset = frozenset()) -> list[Fragment]:
     """The partition's pieces of volumes. A piece whose members were all reused from the last run
@@ -235,7 +245,8 @@ def fragments_of(rows: list[ObjectRow], buckets: int, partition: int = 0,
     by_volume: dict[str, list[ObjectRow]] = defaultdict(list)
     for r in rows:
         by_volume[r.volume_id].append(r)
-    return [Fragment(volume_id=vid, bucket=bucket_of(vid, buckets), partition=partition, fingerprint=fingerprint(members),
+    return [Fragment(volume_id=vid, bucket=bucket_of(bucket_key(members[0]), buckets), partition=partition,
+                     fingerprint=fingerprint(members),
                      members="" if all(m.object_uri in reused for m in members) else members_json(members))
             for vid, members in sorted(by_volume.items())]
 
@@ -304,15 +315,21 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
     for f in fragments:
         by_volume[f.volume_id].append(f)
     out: list[PlannedVolume] = []
+    # The most slices of any volume of each DICOM series (every volume of a series is in this
+    # bucket: fragments are routed by series, `bucket_key`), for the split-off localizer rule.
+    largest: dict[str, int] = defaultdict(int)
+    todo: list[tuple[str, list[ObjectRow]]] = []
     for vid, frags in sorted(by_volume.items()):
         prev = previous.get(vid)
         if prev is not None and all(not f.members for f in frags) and prev["fingerprint"] == combine(
                 f.fingerprint for f in frags) and (vid.startswith("obj-") or (
                 prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity
                 and s.has_outputs(prev))):
-            out.append(PlannedVolume(volume_id=vid, bucket=bucket_of(vid, s.buckets), action=Action.CARRY,
+            out.append(PlannedVolume(volume_id=vid, bucket=frags[0].bucket, action=Action.CARRY,
                                      fingerprint=prev["fingerprint"], format=Format(prev["format"]), source=prev["source"],
                                      series_uid=prev["series_uid"], members="[]", record=json.dumps(prev)))
+            if prev["format"] == Format.DICOM.value and prev["series_uid"]:
+                largest[prev["series_uid"]] = max(largest[prev["series_uid"]], int(prev.get("n_objects") or 0))
             continue
         members: list[ObjectRow] = []
         for f in frags:
@@ -322,6 +339,11 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
                 members += load_members(f.partition, vid)
             else:
                 raise ValueError(f"{vid}: a fragment without members and no way to load them")
+        todo.append((vid, members))
+        if members[0].kind == ObjectKind.IMAGE and members[0].format == Format.DICOM:
+            n = len({m.uri for m in members})
+            largest[members[0].series_uid] = max(largest[members[0].series_uid], n)
+    for vid, members in todo:
         first = members[0]
         if first.kind != ObjectKind.IMAGE:
             out += [_set_aside(m, s) for m in members]
@@ -332,12 +354,40 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
                                        reason=f"{m.uri}: listed twice"), s) for m in members[1:]]
             continue
         groups, aside = group_series(list({m.uri: m for m in members}.values()), skip_localizers=not s.keep_localizers)
+        if not s.keep_localizers:
+            groups, split_off = _split_off_localizers(groups, largest)
+            aside += split_off
         for h in aside:  # copies of one SOP instance: the largest is kept
             out.append(_set_aside(replace(h, kind=ObjectKind(h.kind), volume_id=""), s))
         for g in groups:
             planned = _plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s)
             out.append(_over_budget(planned, g, s) or planned)
+    # Every row says the bucket whose table part holds it: the one its fragments were merged in.
+    merged = {f.bucket for frags in by_volume.values() for f in frags}
+    for i, p in enumerate(out):
+        bucket = by_volume[p.volume_id][0].bucket if p.volume_id in by_volume else (
+            next(iter(merged)) if len(merged) == 1 else p.bucket)
+        if p.bucket != bucket:
+            out[i] = replace(p, bucket=bucket)
     return out
+
+
+def _split_off_localizers(groups: list, largest: dict[str, int]) -> tuple[list, list]:
+    """A single classic slice split from a larger volume of its series (another orientation or
+    image size) is a localizer / scout, whatever its ImageType says: set aside with reason
+    `localizer`. (--keep-localizers keeps it.)"""
+    kept, aside = [], []
+    for g in groups:
+        h = g.headers[0]
+        if len(g.headers) == 1 and not h.enhanced and h.frames == 1 and largest.get(g.series_uid, 0) > 1:
+            h.kind, h.error_type = "non_image", LOCALIZER
+            h.reason = (f"{h.uri}: a single slice split from the {largest[g.series_uid]}-slice volume of series "
+                        f"{g.series_uid} (another orientation or image size): taken for a localizer / scout and not "
+                        "segmented (--keep-localizers keeps it)")
+            aside.append(h)
+        else:
+            kept.append(g)
+    return kept, aside
 
 
 def _over_budget(p: PlannedVolume, g, s: SegmentSettings) -> PlannedVolume | None:

@@ -356,3 +356,26 @@ def test_a_single_slice_split_from_a_larger_volume_is_a_localizer(tmp_path):
         assert "split from the 4-slice volume" in aside["error"]
     kept = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1, keep_localizers=True))
     assert sum(p.action == Action.SEGMENT for p in kept) == 3
+
+
+def test_planning_guards_each_volume(tmp_path, monkeypatch):
+    """An unexpected exception while planning one volume makes its objects `internal` rows; the
+    bucket's other volumes are planned."""
+    _series(tmp_path, "a", n=3, seed=1)
+    bad = _series(tmp_path, "b", n=3, seed=2)
+    bad_uid = pydicom.dcmread(bad[0]).SeriesInstanceUID
+    rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
+    real = planning.group_series
+
+    def fails_for_b(headers, **kw):
+        headers = list(headers)
+        if headers[0].series_uid == bad_uid:
+            raise RuntimeError("boom")
+        return real(headers, **kw)
+
+    monkeypatch.setattr(planning, "group_series", fails_for_b)
+    planned = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1))
+    assert [p.action for p in planned if p.action == Action.SEGMENT] == [Action.SEGMENT]
+    aside = [json.loads(p.record) for p in planned if p.action == Action.SET_ASIDE]
+    assert sorted(r["source"] for r in aside) == sorted(bad)
+    assert {r["error_type"] for r in aside} == {"internal"} and all("RuntimeError: boom" in r["error"] for r in aside)

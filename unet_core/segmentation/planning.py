@@ -344,24 +344,12 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
             n = len({m.uri for m in members})
             largest[members[0].series_uid] = max(largest[members[0].series_uid], n)
     for vid, members in todo:
-        first = members[0]
-        if first.kind != ObjectKind.IMAGE:
-            out += [_set_aside(m, s) for m in members]
-            continue
-        if first.format == Format.NIFTI:
-            out.append(_plan(vid, members[:1], Format.NIFTI, first.uri, "", previous, s))
-            out += [_set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type="duplicate_instance",
-                                       reason=f"{m.uri}: listed twice"), s) for m in members[1:]]
-            continue
-        groups, aside = group_series(list({m.uri: m for m in members}.values()), skip_localizers=not s.keep_localizers)
-        if not s.keep_localizers:
-            groups, split_off = _split_off_localizers(groups, largest)
-            aside += split_off
-        for h in aside:  # copies of one SOP instance: the largest is kept
-            out.append(_set_aside(replace(h, kind=ObjectKind(h.kind), volume_id=""), s))
-        for g in groups:
-            planned = _plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s)
-            out.append(_over_budget(planned, g, s) or planned)
+        try:
+            out += _plan_volume(vid, members, previous, largest, s)
+        except Exception as exc:  # noqa: BLE001 - the planning stage's guard: one volume, not the bucket
+            out += [_set_aside(replace(m, kind=ObjectKind.ERROR, error_type=INTERNAL,
+                                       reason=f"{m.uri}: planning volume {vid} failed: {type(exc).__name__}: {exc}"), s)
+                    for m in {m.uri: m for m in members}.values()]
     # Every row says the bucket whose table part holds it: the one its fragments were merged in.
     merged = {f.bucket for frags in by_volume.values() for f in frags}
     for i, p in enumerate(out):
@@ -369,6 +357,27 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
             next(iter(merged)) if len(merged) == 1 else p.bucket)
         if p.bucket != bucket:
             out[i] = replace(p, bucket=bucket)
+    return out
+
+
+def _plan_volume(vid: str, members: list[ObjectRow], previous: dict[str, dict], largest: dict[str, int],
+                 s: SegmentSettings) -> list[PlannedVolume]:
+    """One volume id's members -> its planned volume(s) and the objects set aside from it."""
+    first = members[0]
+    if first.kind != ObjectKind.IMAGE:
+        return [_set_aside(m, s) for m in members]
+    if first.format == Format.NIFTI:
+        return [_plan(vid, members[:1], Format.NIFTI, first.uri, "", previous, s)] + [
+            _set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type="duplicate_instance",
+                               reason=f"{m.uri}: listed twice"), s) for m in members[1:]]
+    groups, aside = group_series(list({m.uri: m for m in members}.values()), skip_localizers=not s.keep_localizers)
+    if not s.keep_localizers:
+        groups, split_off = _split_off_localizers(groups, largest)
+        aside += split_off
+    out = [_set_aside(replace(h, kind=ObjectKind(h.kind), volume_id=""), s) for h in aside]
+    for g in groups:
+        planned = _plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s)
+        out.append(_over_budget(planned, g, s) or planned)
     return out
 
 

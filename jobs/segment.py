@@ -40,6 +40,8 @@ from unet_core.segmentation.settings import SegmentSettings
 
 EXIT_SOME_FAILED = Exit.SOME_FAILED
 SCAN_PARTITIONS_PER_BLOCK = 8  # listing partitions a scan task takes on: tasks of a few ms each cost more than they do
+SCAN_BLOCKS_PER_SLOT = 8  # at most this many scan tasks per task slot (each one's output is a block of the shuffle)
+SHUFFLE_BLOCKS = 16  # blocks into the sort shuffle: its cost and its objects grow as blocks squared (docs/design.md)
 SCAN_COUNTS = ("listed", "reused", "scanned")
 INLINE_RESULT_BYTES = 1024
 VOLUMES_PER_TASK = 8  # on large runs: Ray keeps ~24 KB of driver memory and spends ~12 ms per task
@@ -266,14 +268,18 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
     say(f"planning: listing {', '.join(inputs)} ({n_units:,} folders in {layout.partitions} partitions), reading "
         "new headers, grouping volumes ...")
     log.debug("fanned out; driver RSS %s", _rss_mib())
-    n_blocks = max(1, min(len(parts), max(2 * task_slots, -(-len(parts) // SCAN_PARTITIONS_PER_BLOCK))))
+    n_blocks = max(1, min(len(parts), max(2 * task_slots, min(-(-len(parts) // SCAN_PARTITIONS_PER_BLOCK),
+                                                              SCAN_BLOCKS_PER_SLOT * task_slots))))
     # The task-based sort shuffle: on small inputs the hash shuffle's aggregator actors cost seconds
-    # to start (docs/design.md, "Grouping: why fragments and a shuffle by volume bucket").
+    # to start. It takes few blocks: its work and the objects the driver owns grow with the square
+    # of their number (docs/design.md, "Grouping: why fragments and a shuffle by volume bucket").
     ray.data.DataContext.get_current().shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    summaries = (ray.data.from_items(parts, override_num_blocks=n_blocks)
-                 .map_batches(scan_partitions, fn_kwargs={"settings": cfg, "roots": list(listing.real_roots(list(inputs)))},
-                              batch_size=1, compute=ray.data.TaskPoolStrategy(size=min(task_slots, n_blocks)))
-                 .groupby("bucket", num_partitions=max(1, min(layout.buckets, 2 * task_slots)))
+    scanned = (ray.data.from_items(parts, override_num_blocks=n_blocks)
+               .map_batches(scan_partitions, fn_kwargs={"settings": cfg, "roots": list(listing.real_roots(list(inputs)))},
+                            batch_size=None, compute=ray.data.TaskPoolStrategy(size=min(task_slots, n_blocks))))
+    if n_blocks > SHUFFLE_BLOCKS:
+        scanned = scanned.repartition(SHUFFLE_BLOCKS)
+    summaries = (scanned.groupby("bucket", num_partitions=max(1, min(layout.buckets, 2 * task_slots)))
                  .map_groups(merge_bucket, fn_kwargs={"settings": cfg}, batch_format="pyarrow"))
     del parts
     from unet_core.segmentation.tables import TableCounts

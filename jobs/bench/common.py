@@ -23,6 +23,9 @@ def write_ct_archive(root: str, n_series: int, rows: int, slices: int) -> None:
 
 
 def make_bundle(path: str, size: int, filters: int) -> None:
+    from jobs.console import import_tensorflow
+
+    import_tensorflow()  # quietly: TensorFlow's C++ start-up notices are not for the reader
     import keras
 
     from unet_core.bundle import BundleInfo, save_bundle

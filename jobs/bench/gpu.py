@@ -34,6 +34,9 @@ REFERENCES = [
 
 
 def visible_gpus() -> list[str]:
+    from jobs.console import import_tensorflow
+
+    import_tensorflow()
     import tensorflow as tf
 
     return [d.name for d in tf.config.list_physical_devices("GPU")]
@@ -64,6 +67,9 @@ class GpuSampler(Ticker):
 
 def train_rate(size: int, filters: int, batch: int, precision: str, xla: bool, steps: int, warmup: int) -> float:
     """Images/s of the distributed training step (the one Ray Train workers run) on one device."""
+    from jobs.console import import_tensorflow
+
+    import_tensorflow()
     import keras
     import tensorflow as tf
 

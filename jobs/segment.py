@@ -44,7 +44,8 @@ SCAN_BLOCKS_PER_SLOT = 8  # at most this many scan tasks per task slot (each one
 SHUFFLE_BLOCKS = 16  # blocks into the sort shuffle: its cost and its objects grow as blocks squared (docs/design.md)
 SCAN_COUNTS = ("listed", "reused", "scanned")
 INLINE_RESULT_BYTES = 1024
-VOLUMES_PER_TASK = 8  # on large runs: Ray keeps ~24 KB of driver memory and spends ~12 ms per task
+VOLUMES_PER_TASK = 32  # on large runs: each segment task costs the driver ~100 KB of RSS and ~12 ms
+MAX_SEGMENT_TASKS = 1024  # beyond it tasks take more volumes each: the driver's share stays bounded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,9 +168,10 @@ def volume_slots(args, task_slots: int, n_volumes: int) -> int | None:
 
 def segment_blocks(n_volumes: int, slots: int) -> int:
     """Tasks of the segment stage: one volume each while there are few (every slot busy four
-    times over), else VOLUMES_PER_TASK volumes each, so that neither the driver's memory nor the
-    scheduling cost grows by a task per volume."""
-    return max(1, min(n_volumes, max(4 * slots, -(-n_volumes // VOLUMES_PER_TASK))))
+    times over), else VOLUMES_PER_TASK volumes each, and never more than MAX_SEGMENT_TASKS (or four
+    per slot on a larger cluster), so that neither the driver's memory nor the scheduling cost
+    grows with the archive (docs/design.md, "Driver memory")."""
+    return max(1, min(n_volumes, max(4 * slots, min(-(-n_volumes // VOLUMES_PER_TASK), MAX_SEGMENT_TASKS))))
 
 
 def local_cpus(predictors: int, num_gpus: float) -> int:

@@ -211,8 +211,10 @@ def test_volume_slots(monkeypatch):
     args.address = None
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
     assert segment.volume_slots(segment.build_parser().parse_args(["--input", "x", "--model", "m", "--output", "o"]), 2, 100) is None
-    assert segment.segment_blocks(3, 2) == 3 and segment.segment_blocks(100, 2) == 13
-    assert segment.segment_blocks(4000, 2) == 500 and segment.segment_blocks(10, 64) == 10
+    assert segment.segment_blocks(3, 2) == 3 and segment.segment_blocks(100, 2) == 8
+    assert segment.segment_blocks(4000, 2) == 125 and segment.segment_blocks(10, 64) == 10
+    assert segment.segment_blocks(200_000, 2) == segment.MAX_SEGMENT_TASKS  # bounded, whatever the archive
+    assert segment.segment_blocks(200_000, 512) == 2048  # four per slot on a large cluster
     assert segment.predictor_counts(segment.build_parser().parse_args(
         ["--input", "x", "--model", "m", "--output", "o", "--min-predictors", "2", "--max-predictors", "6"])) == (2, 6)
     assert segment.predictor_counts(segment.build_parser().parse_args(

@@ -239,7 +239,7 @@ def pinned_requirements() -> list[str]:
     """The project's own dependency pins, minus Ray (the cluster's Ray must not be replaced): from
     pyproject.toml in a checkout, from the installed distribution's metadata otherwise. Extras
     (test, gpu, codecs) are not included."""
-    from packaging.requirements import Requirement
+    import re
 
     if source_checkout() is not None:
         import tomllib
@@ -248,8 +248,9 @@ def pinned_requirements() -> list[str]:
     else:
         from importlib import metadata
 
-        deps = [d for d in metadata.requires(DIST_NAME) or () if not (Requirement(d).marker and "extra" in str(Requirement(d).marker))]
-    return [d for d in deps if Requirement(d).name.lower() != "ray"]
+        # Requires-Dist lines; those of an extra carry the marker `extra == "..."`.
+        deps = [d for d in metadata.requires(DIST_NAME) or () if "extra" not in d.partition(";")[2]]
+    return [d for d in deps if re.match(r"[A-Za-z0-9._-]+", d.strip()).group(0).lower() != "ray"]
 
 
 def job_env(pairs: list[str]) -> dict[str, str]:

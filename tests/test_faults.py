@@ -151,8 +151,12 @@ def test_segment_survives_a_killed_predictor_worker(archive, bundle, reference, 
 
 def test_sigint_halfway_then_rerun_completes_with_identical_masks(archive, bundle, reference, tmp_path):
     out = str(tmp_path / "out")
-    proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4")
+    # One volume at a time, so that the interrupt lands halfway: with every volume in flight at
+    # once, the other eight could finish within the 0.2 s it takes to see the second.
+    proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
+                 "--decode-concurrency", "1")
     _wait_for(lambda: _done(out) >= 2, 300, "two volumes", proc)
+    assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the interrupt; make the archive larger"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
     rc, log = _finish(proc, timeout=120)
     assert rc == 130, log[-3000:]

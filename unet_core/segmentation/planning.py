@@ -276,9 +276,9 @@ def set_aside_record(row: ObjectRow, s: SegmentSettings) -> VolumeRecord:
                         model=s.model_name, model_identity=s.model_identity)
 
 
-def _set_aside(row: ObjectRow, s: SegmentSettings) -> PlannedVolume:
+def _set_aside(row: ObjectRow, s: SegmentSettings, bucket: int) -> PlannedVolume:
     rec = set_aside_record(row, s)
-    return PlannedVolume(volume_id=rec.volume_id, bucket=bucket_of(rec.volume_id, s.buckets), action=Action.SET_ASIDE,
+    return PlannedVolume(volume_id=rec.volume_id, bucket=bucket, action=Action.SET_ASIDE,
                          fingerprint=rec.fingerprint, format=row.format, source=row.uri, series_uid=row.series_uid,
                          members="[]", record=json.dumps(rec.to_row()))
 
@@ -291,12 +291,12 @@ def _common_prefix(uris: list[str]) -> str:
 
 
 def _plan(vid: str, members: list[ObjectRow], fmt: Format, source: str, series_uid: str,
-          previous: dict[str, dict], s: SegmentSettings) -> PlannedVolume:
+          previous: dict[str, dict], s: SegmentSettings, bucket: int) -> PlannedVolume:
     fp = fingerprint(members)
     prev = previous.get(vid)
     carry = (prev is not None and prev["status"] == Status.OK.value and prev["fingerprint"] == fp
              and prev["model_identity"] == s.model_identity and s.has_outputs(prev))
-    return PlannedVolume(volume_id=vid, bucket=bucket_of(vid, s.buckets), action=Action.CARRY if carry else Action.SEGMENT,
+    return PlannedVolume(volume_id=vid, bucket=bucket, action=Action.CARRY if carry else Action.SEGMENT,
                          fingerprint=fp, format=fmt, source=source, series_uid=series_uid,
                          members="[]" if carry else members_json(members), record=json.dumps(prev) if carry else "")
 
@@ -344,39 +344,34 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
             n = len({m.uri for m in members})
             largest[members[0].series_uid] = max(largest[members[0].series_uid], n)
     for vid, members in todo:
+        bucket = by_volume[vid][0].bucket  # every row goes to the table part of the bucket it was merged in
         try:
-            out += _plan_volume(vid, members, previous, largest, s)
+            out += _plan_volume(vid, members, previous, largest, s, bucket)
         except Exception as exc:  # noqa: BLE001 - the planning stage's guard: one volume, not the bucket
             out += [_set_aside(replace(m, kind=ObjectKind.ERROR, error_type=INTERNAL,
-                                       reason=f"{m.uri}: planning volume {vid} failed: {type(exc).__name__}: {exc}"), s)
+                                       reason=f"{m.uri}: planning volume {vid} failed: {type(exc).__name__}: {exc}"),
+                               s, bucket)
                     for m in {m.uri: m for m in members}.values()]
-    # Every row says the bucket whose table part holds it: the one its fragments were merged in.
-    merged = {f.bucket for frags in by_volume.values() for f in frags}
-    for i, p in enumerate(out):
-        bucket = by_volume[p.volume_id][0].bucket if p.volume_id in by_volume else (
-            next(iter(merged)) if len(merged) == 1 else p.bucket)
-        if p.bucket != bucket:
-            out[i] = replace(p, bucket=bucket)
     return out
 
 
 def _plan_volume(vid: str, members: list[ObjectRow], previous: dict[str, dict], largest: dict[str, int],
-                 s: SegmentSettings) -> list[PlannedVolume]:
+                 s: SegmentSettings, bucket: int) -> list[PlannedVolume]:
     """One volume id's members -> its planned volume(s) and the objects set aside from it."""
     first = members[0]
     if first.kind != ObjectKind.IMAGE:
-        return [_set_aside(m, s) for m in members]
+        return [_set_aside(m, s, bucket) for m in members]
     if first.format == Format.NIFTI:
-        return [_plan(vid, members[:1], Format.NIFTI, first.uri, "", previous, s)] + [
+        return [_plan(vid, members[:1], Format.NIFTI, first.uri, "", previous, s, bucket)] + [
             _set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type="duplicate_instance",
-                               reason=f"{m.uri}: listed twice"), s) for m in members[1:]]
+                               reason=f"{m.uri}: listed twice"), s, bucket) for m in members[1:]]
     groups, aside = group_series(list({m.uri: m for m in members}.values()), skip_localizers=not s.keep_localizers)
     if not s.keep_localizers:
         groups, split_off = _split_off_localizers(groups, largest)
         aside += split_off
-    out = [_set_aside(replace(h, kind=ObjectKind(h.kind), volume_id=""), s) for h in aside]
+    out = [_set_aside(replace(h, kind=ObjectKind(h.kind), volume_id=""), s, bucket) for h in aside]
     for g in groups:
-        planned = _plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s)
+        planned = _plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s, bucket)
         out.append(_over_budget(planned, g, s) or planned)
     return out
 

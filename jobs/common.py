@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from enum import IntEnum
 from typing import Any

@@ -13,8 +13,16 @@ import io
 import json
 import sys
 
-from jobs.common import Timer, add_ray_args, init_ray, log, parse_with_config, run_main, setup_logging
-from unet_core.errors import ITEM_ERRORS, ConfigError, InputError
+from jobs.common import (
+    Timer,
+    add_ray_args,
+    init_ray,
+    log,
+    parse_with_config,
+    run_main,
+    setup_logging,
+)
+from unet_core.errors import ConfigError, InputError, ItemFailure
 from unet_core.io import storage
 
 
@@ -32,26 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_pair(item: dict, cfg: dict) -> dict:
-    import numpy as np
+    from unet_core.evaluation import evaluate_case
 
-    from unet_core.evaluation import evaluate_masks
-    from unet_core.io import read_volume
-
-    out = {"volume_id": item["volume_id"], "truth": item["truth"], "mask_uri": item["mask_uri"], "status": "ok", "error": "",
-           "dice": float("nan"), "iou": float("nan"), "hd95_mm": float("nan"), "pred_voxels": 0, "truth_voxels": 0}
+    out = {"volume_id": item["volume_id"], "truth": item["truth"], "mask_uri": item["mask_uri"], "status": "ok",
+           "error": "", "error_type": "", "dice": float("nan"), "iou": float("nan"), "hd95_mm": float("nan"),
+           "pred_voxels": 0, "truth_voxels": 0}
     try:
-        pred = read_volume(item["mask_uri"])
-        truth = read_volume(item["truth"])
-        if pred.shape != truth.shape or not np.allclose(pred.affine, truth.affine, atol=1e-3):
-            raise InputError(f"{item['truth']}: grid {truth.shape} does not match the prediction's {pred.shape} "
-                             "(or their affines differ)", uri=item["truth"])
-        labels = cfg["truth_labels"]
-        t = np.isin(truth.voxels, labels) if labels else truth.voxels > 0
-        out.update(evaluate_masks(pred.voxels > 0, t, pred.spacing))
-    except ITEM_ERRORS as exc:
-        out.update(status="error", error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - one volume's unexpected failure is its row, not the job's end
-        out.update(status="error", error=f"{item['mask_uri']}: {type(exc).__name__}: {exc}")
+        out.update(evaluate_case(item["mask_uri"], item["truth"], cfg["truth_labels"]))
+    except Exception as exc:  # noqa: BLE001 - the item guard: one volume's failure is its row, not the job's end
+        failure = ItemFailure.of(item["mask_uri"], exc, "evaluation")
+        out.update(status="error", error=failure.error, error_type=failure.error_type.value)
     return out
 
 

@@ -13,10 +13,20 @@ import json
 import sys
 import time
 
-from jobs.common import (Exit, Timer, add_limit_args, add_ray_args, init_ray, limits_from, log, parse_with_config,
-                         run_main, setup_logging)
+from jobs.common import (
+    Exit,
+    Timer,
+    add_limit_args,
+    add_ray_args,
+    init_ray,
+    limits_from,
+    log,
+    parse_with_config,
+    run_main,
+    setup_logging,
+)
 from unet_core.config import CT_WINDOWS, PreprocessConfig, from_dict, to_dict
-from unet_core.errors import ITEM_ERRORS, ConfigError, InputError
+from unet_core.errors import ITEM_ERRORS, ConfigError, InputError, ItemFailure
 from unet_core.io import storage
 
 MANIFEST = "manifest.json"
@@ -77,11 +87,9 @@ def process_case(row: dict, cfg: dict) -> list[dict]:
             rows = list(case_slices(image, mask, case.case_id, row["split"], pre, cfg["empty_slice_ratio"],
                                     cfg["seed"], binary=not cfg["labels"],
                                     foreground_labels=tuple(cfg["foreground_labels"] or ()) or None))
-    except ITEM_ERRORS as exc:
-        summary.update(status="error", error=str(exc), error_type=exc.reason)
-        rows = []
-    except Exception as exc:  # noqa: BLE001 - one case's unexpected failure is its row, not the job's end
-        summary.update(status="error", error=f"{case.case_id}: {type(exc).__name__}: {exc}", error_type="internal")
+    except Exception as exc:  # noqa: BLE001 - the item guard: one case's failure is its row, not the job's end
+        failure = ItemFailure.of(case.case_id, exc, "preparing the case")
+        summary.update(status="error", error=failure.error, error_type=failure.error_type.value)
         rows = []
     summary["n_slices"] = len(rows)
     summary["n_foreground_slices"] = sum(r["foreground"] > 0 for r in rows)

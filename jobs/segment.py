@@ -29,9 +29,20 @@ import os
 import sys
 import time
 
+from jobs.common import (
+    Exit,
+    Timer,
+    add_limit_args,
+    add_ray_args,
+    cluster_address,
+    init_ray,
+    limits_from,
+    log,
+    parse_with_config,
+    run_main,
+    setup_logging,
+)
 from jobs.console import Progress, say
-from jobs.common import (Exit, Timer, add_limit_args, add_ray_args, cluster_address, init_ray, limits_from, log,
-                         parse_with_config, run_main, setup_logging)
 from unet_core.config import from_dict, to_dict
 from unet_core.errors import ConfigError, InputError
 from unet_core.io import storage
@@ -116,7 +127,12 @@ def merge_bucket(group, settings: dict):
 
     from unet_core.segmentation import planning
     from unet_core.segmentation.records import Fragment
-    from unet_core.segmentation.tables import IndexParts, TableCounts, read_part, settle_bucket
+    from unet_core.segmentation.tables import (
+        IndexParts,
+        TableCounts,
+        read_part,
+        settle_bucket,
+    )
 
     s = from_dict(SegmentSettings, settings)
     bucket = int(group["bucket"][0].as_py())
@@ -146,7 +162,7 @@ def segment_row(row: dict, settings: dict, pool) -> dict:
 
     s = from_dict(SegmentSettings, settings)
     rec, how = segment_volume(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
-    return {"status": rec.status.value, "error_type": rec.error_type, "n_slices": rec.n_slices, "how": how}
+    return {"status": rec.status.value, "error_type": rec.error_type, "n_slices": rec.n_slices, "how": how.value}
 
 
 def finish_bucket(row: dict, settings: dict) -> dict:

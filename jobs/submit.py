@@ -26,8 +26,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.common import (
+    FORWARDED_STORAGE_ENV,
+    forwarded_storage_env,
+    log,
+    run_main,
+    setup_logging,
+)
 from jobs.console import say
-from jobs.common import FORWARDED_STORAGE_ENV, forwarded_storage_env, log, run_main, setup_logging
 from unet_core.errors import ConfigError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

@@ -13,8 +13,16 @@ import argparse
 import json
 import sys
 
+from jobs.common import (
+    Timer,
+    add_ray_args,
+    init_ray,
+    log,
+    parse_with_config,
+    run_main,
+    setup_logging,
+)
 from jobs.console import import_tensorflow, say
-from jobs.common import Timer, add_ray_args, init_ray, log, parse_with_config, run_main, setup_logging
 from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, to_dict
 from unet_core.errors import ITEM_ERRORS, ConfigError, JobError
 from unet_core.io import storage
@@ -124,7 +132,13 @@ def _main(argv: list[str]) -> int:
     init_ray(args.address, local_cpus)
     import_tensorflow()  # quietly, before Ray Train's TensorFlow integration imports it
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.tensorflow import TensorflowTrainer
 
     from jobs.train_worker import train_loop_per_worker

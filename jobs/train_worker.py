@@ -31,7 +31,13 @@ def train_loop_per_worker(config: dict) -> None:
     from unet_core.model import build_unet
     from unet_core.model.losses import get_loss
     from unet_core.training.callbacks import CallbackState, end_of_epoch
-    from unet_core.training.state import load_state, make_optimizer, save_state, set_learning_rate, set_precision
+    from unet_core.training.state import (
+        load_state,
+        make_optimizer,
+        save_state,
+        set_learning_rate,
+        set_precision,
+    )
     from unet_core.training.step import DistributedSteps, accumulate, scores
 
     model_cfg = from_dict(ModelConfig, config["model"])

@@ -11,16 +11,24 @@ import sys
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import PHANTOM, edit, pydicom_test_files, write_series
 from pydicom.data import get_testdata_file
 
-from dicom_factory import PHANTOM, edit, pydicom_test_files, write_series
-from unet_core.errors import (
-    AmbiguousSourceError, EmptyFileError, NoPixelDataError, NonImageObjectError, NotDicomError,
-    ResourceLimitError, SeriesGeometryError, TruncatedFileError, UnsupportedPixelDataError,
-)
 from unet_core.config import Limits
+from unet_core.errors import (
+    AmbiguousSourceError,
+    EmptyFileError,
+    NonImageObjectError,
+    NoPixelDataError,
+    NotDicomError,
+    ResourceLimitError,
+    SeriesGeometryError,
+    TruncatedFileError,
+    UnsupportedPixelDataError,
+)
 from unet_core.io import read_volume
-from unet_core.io.dicom import group_series, scan_header
+from unet_core.io.dicom.grouping import group_series
+from unet_core.io.dicom.header import scan_header
 from unet_core.synthetic import SeriesSpec, grid_world
 
 
@@ -270,7 +278,7 @@ def test_undecodable_syntax_even_with_codecs(tmp_path):
 def test_uncompressed_pixels_read_from_the_buffer_equal_pydicom(tmp_path, bits, stored, signed, syntax):
     """The buffer path masks unused high bits and sign-extends exactly as pydicom's pixel_array.
     (Big endian takes pydicom's path: MR_small_bigendian.dcm above.)"""
-    from unet_core.io.dicom import decode_frames
+    from unet_core.io.dicom.pixels import decode_frames
     from unet_core.synthetic import to_bytes
 
     paths, _, _ = write_series(tmp_path / "s", SeriesSpec(rows=16, columns=12, n_slices=2))
@@ -296,9 +304,9 @@ def _all_test_files() -> list[str]:
 def test_fast_header_scan_equals_pydicoms_on_every_test_file(monkeypatch):
     """The struct-based scan (explicit VR little endian) gives the same header as the pydicom path,
     from 64 KiB prefixes and whole files, for every file of pydicom's test data it takes."""
-    import unet_core.io.dicom as dicom_mod
-    from unet_core.io.dicom import HEADER_PREFIX_BYTES
-    from unet_core.io.dicom_fastscan import fast_scan
+    import unet_core.io.dicom.header as header_mod
+    from unet_core.io.dicom.fastscan import fast_scan
+    from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 
     files = _all_test_files()
     assert len(files) > 100
@@ -308,7 +316,7 @@ def test_fast_header_scan_equals_pydicoms_on_every_test_file(monkeypatch):
         for chunk in (data[:HEADER_PREFIX_BYTES], data):
             fast = scan_header(chunk, path, len(data))
             with monkeypatch.context() as m:
-                m.setattr(dicom_mod, "fast_scan", lambda _: None)
+                m.setattr(header_mod, "fast_scan", lambda _: None)
                 slow = scan_header(chunk, path, len(data))
             assert fast == slow, path
         taken += fast_scan(data) is not None
@@ -316,7 +324,7 @@ def test_fast_header_scan_equals_pydicoms_on_every_test_file(monkeypatch):
 
 
 def test_fast_header_scan_gives_up_on_malformed_bytes():
-    from unet_core.io.dicom_fastscan import fast_scan
+    from unet_core.io.dicom.fastscan import fast_scan
 
     paths = [p for p in _all_test_files() if fast_scan(open(p, "rb").read()) is not None][:5]
     rng = np.random.default_rng(0)
@@ -335,8 +343,8 @@ def test_fast_header_scan_gives_up_on_malformed_bytes():
 def test_slices_after_the_first_decode_without_pydicoms_parse_and_equal_it(tmp_path, monkeypatch, syntax):
     """Classic slices after the first take the fast path (buffer, or the codec once on the
     encapsulated fragments); the volume equals the one decoded through pydicom, slice by slice."""
-    import unet_core.io.dicom as dicom_mod
-    from unet_core.io.dicom import read_series
+    import unet_core.io.dicom.series as series_mod
+    from unet_core.io.dicom.series import read_series
     from unet_core.synthetic import to_bytes
 
     paths, _, _ = write_series(tmp_path / "s", SeriesSpec(rows=64, columns=48, n_slices=5))
@@ -348,11 +356,11 @@ def test_slices_after_the_first_decode_without_pydicoms_parse_and_equal_it(tmp_p
         blobs[p] = to_bytes(ds)
     (group,), _ = group_series([scan_header(b, u) for u, b in blobs.items()])
     calls = []
-    real = dicom_mod.decode_frames
-    monkeypatch.setattr(dicom_mod, "decode_frames", lambda data, uri: calls.append(uri) or real(data, uri))
+    real = series_mod.decode_frames
+    monkeypatch.setattr(series_mod, "decode_frames", lambda data, uri: calls.append(uri) or real(data, uri))
     fast = read_series(group, [blobs[u] for u in group.uris])
     assert len(calls) == 1  # only the first slice went through pydicom
-    monkeypatch.setattr(dicom_mod, "_fast_plane", lambda blob, header: None)
+    monkeypatch.setattr(series_mod, "fast_plane", lambda blob, header: None)
     slow = read_series(group, [blobs[u] for u in group.uris])
     np.testing.assert_array_equal(fast.voxels, slow.voxels)
     np.testing.assert_array_equal(fast.affine, slow.affine)
@@ -383,7 +391,8 @@ def test_every_natively_decoded_syntax_scans_from_a_prefix_and_decodes(syntax):
     a 64 KiB prefix (or of the whole object when the prefix cannot tell) finds an image, and the
     volume equals the explicit VR little endian one. (A deflated header was once reported as
     "without pixel data": the scan looked for the pixel tag at an offset of the inflated stream.)"""
-    from unet_core.io.dicom import HEADER_PREFIX_BYTES, read_series
+    from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
+    from unet_core.io.dicom.series import read_series
 
     reference = _mr_series(get_testdata_file("MR_small.dcm"))
     if syntax == "ExplicitVRBigEndian":
@@ -439,7 +448,7 @@ def test_dicomdir_is_a_skipped_non_image_object():
 def test_a_cut_object_is_found_truncated_from_its_header(tmp_path, syntax):
     """The scan compares the pixel data element's declared length with the object's size, so a
     cut slice is an error before any pixel is fetched (even from a 64 KiB prefix of it)."""
-    from unet_core.io.dicom import HEADER_PREFIX_BYTES
+    from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 
     paths, _, _ = write_series(tmp_path / "s", SeriesSpec(rows=256, columns=256, n_slices=1))
     edit(paths[0], lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", getattr(pydicom.uid, syntax)))

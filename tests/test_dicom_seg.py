@@ -11,12 +11,20 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-
 from seg_check import iod_problems, labels_on_grid, profile_problems, read_seg
+
 from unet_core.config import PreprocessConfig
 from unet_core.errors import ConfigError
-from unet_core.io.dicom import group_series, read_series_with_sources, scan_header
-from unet_core.io.dicom_seg import DEFAULT_CODE, SegIdentity, SegSkipped, build_seg, seg_bytes
+from unet_core.io.dicom.grouping import group_series
+from unet_core.io.dicom.header import scan_header
+from unet_core.io.dicom.seg import (
+    DEFAULT_CODE,
+    SegIdentity,
+    SegSkipped,
+    build_seg,
+    seg_bytes,
+)
+from unet_core.io.dicom.series import read_series_with_sources
 from unet_core.io.nifti import mask_to_nifti_bytes
 from unet_core.synthetic import TARGET, Phantom, SeriesSpec, dicom_series
 

@@ -32,13 +32,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.mutate import (
-    LENGTHS, NIFTI_FIELDS, NIFTI_VALUES, PIXEL_DATA, VALUE_VRS, VALUES, VRS, gunzip, mutate_dicom, mutate_nifti,
+    LENGTHS,
+    NIFTI_FIELDS,
+    NIFTI_VALUES,
+    PIXEL_DATA,
+    VALUE_VRS,
+    VALUES,
+    VRS,
+    gunzip,
+    mutate_dicom,
+    mutate_nifti,
 )
 from unet_core.bundle import BundleInfo
 from unet_core.config import PreprocessConfig
-from unet_core.errors import InputError
+from unet_core.errors import InputError, ItemFailure
 from unet_core.segmentation import planning
-from unet_core.segmentation.records import Action, Status, VolumeRecord, members_from_json
+from unet_core.segmentation.records import (
+    Action,
+    Status,
+    VolumeRecord,
+    members_from_json,
+)
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import segment_volume
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
@@ -218,7 +232,8 @@ def test_the_harness_catches_a_lost_good_volume(monkeypatch):
     def loses_the_good_series(planned, s):
         d = real(planned, s)
         if "/good/" in planned.source:
-            return stages.Decoded(None, None, InputError(f"{planned.source}: lost"), d.seconds)
+            return stages.Decoded(None, None, ItemFailure.of(planned.source, InputError(f"{planned.source}: lost")),
+                                  d.seconds)
         return d
 
     monkeypatch.setattr(stages, "decode_volume", loses_the_good_series)
@@ -254,7 +269,7 @@ REGRESSIONS = {
     "empty_pixel_data": lambda: dicom_files([(0, ("pixels", -512))]),
     # MediaStorageSOPClassUID given VR UL: pydicom's BytesLengthException where the value was
     # first used (decode); an exception raised inside pydicom on one object's data is now that
-    # object's `unreadable` error (unet_core/io/dicom.py: data_error)
+    # object's `unreadable` error (unet_core/io/dicom/parse.py: library_errors)
     "meta_uid_as_ul": lambda: dicom_files([(0, ("vr", 0x00020002, b"UL"))]),
     # an unknown VR ('XX') on ImageType: NotImplementedError from pydicom in the header scan
     "unknown_vr_in_header": lambda: dicom_files([(1, ("vr", 0x00080008, b"XX"))]),

@@ -8,7 +8,14 @@ from unet_core.bundle import BundleInfo, load_bundle, package_model, save_bundle
 from unet_core.config import ModelConfig, PreprocessConfig
 from unet_core.errors import ConfigError, InputError
 from unet_core.evaluation import dice, evaluate_masks, hausdorff95, iou
-from unet_core.inference import PostProcess, SlicePredictor, finish_volume, postprocess, prepare_volume, volume_stats
+from unet_core.inference import (
+    PostProcess,
+    SlicePredictor,
+    finish_volume,
+    postprocess,
+    prepare_volume,
+    volume_stats,
+)
 from unet_core.model import build_unet
 from unet_core.volume import Volume
 

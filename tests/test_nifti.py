@@ -5,10 +5,15 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import put
+
 from unet_core.config import Limits
-from unet_core.errors import EmptyFileError, InvalidVolumeError, ResourceLimitError, TruncatedFileError
+from unet_core.errors import (
+    EmptyFileError,
+    InvalidVolumeError,
+    ResourceLimitError,
+    TruncatedFileError,
+)
 from unet_core.io import mask_to_nifti_bytes, read_volume, storage
 from unet_core.io.nifti import read_nifti
 from unet_core.synthetic import Phantom, nifti_case

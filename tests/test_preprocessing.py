@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from unet_core import preprocessing as P
 from unet_core.config import PreprocessConfig
 from unet_core.errors import ConfigError
-from unet_core import preprocessing as P
 
 
 def test_ct_window_clips_and_scales():

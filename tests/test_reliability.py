@@ -128,8 +128,9 @@ def _searchable(name: str, data: bytes) -> bytes:
 
 
 def _phi_run(tmp_path, s3_server, work_bucket, bundle, name, keep_phi):
-    from unet_core.synthetic import to_bytes
     import pydicom
+
+    from unet_core.synthetic import to_bytes
 
     root = f"s3://{work_bucket}/phi-{name}"
     files, _, _ = dicom_series(Phantom.random(8), SeriesSpec(n_slices=6), seed=8, patient_name=PATIENT_NAME,
@@ -189,9 +190,16 @@ def test_the_phi_search_finds_identifiers_when_they_are_kept(tmp_path, s3_server
 def test_a_record_that_cannot_be_written_is_an_error_row_not_a_crash(tmp_path):
     """The output store refuses the completion record: that volume is an error row of this run's
     table (not recorded complete, so the next run redoes it), and the job goes on."""
-    from unet_core.segmentation.records import NOT_RECORDED, Action, Format, PlannedVolume, Status, VolumeRecord
+    from unet_core.errors import ErrorType
+    from unet_core.segmentation.records import (
+        Action,
+        Format,
+        PlannedVolume,
+        Status,
+        VolumeRecord,
+    )
     from unet_core.segmentation.settings import SegmentSettings
-    from unet_core.segmentation.stages import finish_and_write
+    from unet_core.segmentation.stages import Outcome, finish_and_write
     from unet_core.segmentation.tables import write_part
 
     blocked = tmp_path / "out"
@@ -202,12 +210,12 @@ def test_a_record_that_cannot_be_written_is_an_error_row_not_a_crash(tmp_path):
                        status=Status.ERROR, error="s3://archive/series/: truncated", error_type="truncated",
                        fingerprint="f" * 16)
     rec, how = finish_and_write(rec, None, None, s)
-    assert how == "unrecorded" and rec.status == Status.ERROR and rec.error_type == NOT_RECORDED
+    assert how == Outcome.UNRECORDED and rec.status == Status.ERROR and rec.error_type == ErrorType.NOT_RECORDED
     assert "could not be recorded" in rec.error and "records/error/dcm-0123.parquet" in rec.error
     blocked.joinpath("records").unlink()
     planned = PlannedVolume(volume_id="dcm-0123", bucket=0, action=Action.SEGMENT, fingerprint="f" * 16,
                             format=Format.DICOM, source="s3://archive/series/", series_uid="1.2", members="[]", record="")
     counts = write_part(0, [planned], s)
     (r,) = read_volume_table(str(blocked))
-    assert r["volume_id"] == "dcm-0123" and r["status"] == "error" and r["error_type"] == NOT_RECORDED
-    assert counts.by_error_type == {NOT_RECORDED: 1} and counts.parts_written == 1
+    assert r["volume_id"] == "dcm-0123" and r["status"] == "error" and r["error_type"] == ErrorType.NOT_RECORDED
+    assert counts.by_error_type == {ErrorType.NOT_RECORDED: 1} and counts.parts_written == 1

@@ -3,14 +3,11 @@ line per epoch, the run reports (every image and link resolves), and `unet statu
 from __future__ import annotations
 
 import io
-import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pytest
-
 from jobrun import job_env, run_unet
 
 # Lines that used to flood a run (issue: the run experience), from every kind of process.
@@ -32,7 +29,12 @@ def small(tmp_path_factory):
     from unet_core.bundle import BundleInfo, save_bundle
     from unet_core.config import ModelConfig, PreprocessConfig
     from unet_core.model import build_unet
-    from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, write_training_set
+    from unet_core.synthetic import (
+        Phantom,
+        SeriesSpec,
+        dicom_series,
+        write_training_set,
+    )
 
     root = tmp_path_factory.mktemp("small")
     for s in range(3):

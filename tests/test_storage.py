@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import put
+
 from unet_core.errors import ConfigError, ResourceLimitError, StorageError
 from unet_core.io import storage
 

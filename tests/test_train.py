@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from conftest import SMALL_MODEL as SMALL
+
 from jobs import prepare, train
 from unet_core.bundle import load_bundle
 from unet_core.io import read_volume, storage

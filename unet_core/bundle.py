@@ -22,7 +22,7 @@ from unet_core.errors import ConfigError, InputError
 from unet_core.io import storage
 
 if TYPE_CHECKING:  # Keras is imported where a model is loaded or saved: reading a bundle's
-    import keras   # description (every decode task does) must not pay for TensorFlow.
+    import keras  # description (every decode task does) must not pay for TensorFlow.
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -47,7 +47,7 @@ class BundleInfo:
     segment_codes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from unet_core.io.dicom_seg import check_segment_codes
+        from unet_core.io.dicom.seg import check_segment_codes
 
         check_segment_codes(self.segment_codes, self.label_names)
 

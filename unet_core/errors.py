@@ -14,6 +14,41 @@ There are four kinds, each its own class and none a subclass of another (docs/re
 """
 from __future__ import annotations
 
+import enum
+import logging
+from dataclasses import dataclass
+
+_log = logging.getLogger("unet")
+
+
+class ErrorType(enum.StrEnum):
+    """Every value of a row's `error_type`: the one list (tables, records, reports and the
+    summary's `failures_by_type` use these strings). NONE is a row without an error."""
+
+    NONE = ""
+    # input: the data of one object, volume or case
+    BAD_INPUT = "bad_input"
+    EMPTY_FILE = "empty_file"
+    NOT_DICOM = "not_dicom"
+    UNREADABLE = "unreadable"
+    TRUNCATED = "truncated"
+    NO_PIXEL_DATA = "no_pixel_data"
+    NON_IMAGE_OBJECT = "non_image_object"
+    UNSUPPORTED_PIXEL_DATA = "unsupported_pixel_data"
+    SERIES_GEOMETRY = "series_geometry"
+    AMBIGUOUS_SOURCE = "ambiguous_source"
+    INVALID_VOLUME = "invalid_volume"
+    RESOURCE_LIMIT = "resource_limit"
+    UNSAFE_ARCHIVE_MEMBER = "unsafe_archive_member"
+    # set aside on purpose (status skipped), not failures of the object
+    DUPLICATE_INSTANCE = "duplicate_instance"
+    LOCALIZER = "localizer"
+    # not the input's own
+    STORAGE = "storage"  # the store failed or refused, after retries
+    PREDICTION = "prediction"  # the model failed on this volume, or killed its process, every attempt
+    INTERNAL = "internal"  # an unexpected exception: a bug, reported per item instead of stopping the job
+    NOT_RECORDED = "not_recorded"  # the completion record could not be written; redone next run
+
 
 class UnetError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -23,7 +58,7 @@ class _ItemError(UnetError):
     """Shared shape of the two kinds that can belong to one object: `.uri` names it and
     `.reason` is a short machine-readable code (the row's `error_type`)."""
 
-    reason = "error"
+    reason: ErrorType = ErrorType.BAD_INPUT
 
     def __init__(self, message: str, uri: str | None = None):
         super().__init__(message)
@@ -38,7 +73,7 @@ class ConfigError(UnetError, ValueError):
 class InternalError(UnetError):
     """A bug, or a failure the job could not recover from."""
 
-    reason = "internal"
+    reason = ErrorType.INTERNAL
 
 
 class JobError(InternalError):
@@ -48,74 +83,88 @@ class JobError(InternalError):
 class InputError(_ItemError):
     """An input object cannot be used."""
 
-    reason = "bad_input"
+    reason = ErrorType.BAD_INPUT
 
 
 class EmptyFileError(InputError):
-    reason = "empty_file"
+    reason = ErrorType.EMPTY_FILE
 
 
 class NotDicomError(InputError):
-    reason = "not_dicom"
+    reason = ErrorType.NOT_DICOM
 
 
 class UnreadableFileError(InputError):
     """Not a format this project reads (junk, an unknown image type)."""
 
-    reason = "unreadable"
+    reason = ErrorType.UNREADABLE
 
 
 class TruncatedFileError(InputError):
-    reason = "truncated"
+    reason = ErrorType.TRUNCATED
 
 
 class NoPixelDataError(InputError):
-    reason = "no_pixel_data"
+    reason = ErrorType.NO_PIXEL_DATA
 
 
 class NonImageObjectError(InputError):
-    reason = "non_image_object"
+    reason = ErrorType.NON_IMAGE_OBJECT
 
 
 class UnsupportedPixelDataError(InputError):
-    reason = "unsupported_pixel_data"
+    reason = ErrorType.UNSUPPORTED_PIXEL_DATA
 
 
 class SeriesGeometryError(InputError):
     """Missing slices, duplicate positions, mixed sizes, gantry tilt, too few slices."""
 
-    reason = "series_geometry"
+    reason = ErrorType.SERIES_GEOMETRY
 
 
 class AmbiguousSourceError(InputError):
     """A prefix holds several series where one was expected."""
 
-    reason = "ambiguous_source"
+    reason = ErrorType.AMBIGUOUS_SOURCE
 
 
 class InvalidVolumeError(InputError):
     """NaN/inf voxels, wrong dimensionality, mismatched grids."""
 
-    reason = "invalid_volume"
+    reason = ErrorType.INVALID_VOLUME
 
 
 class ResourceLimitError(InputError):
     """An object would exceed a configured memory or decompression budget."""
 
-    reason = "resource_limit"
+    reason = ErrorType.RESOURCE_LIMIT
 
 
 class StorageError(_ItemError):
     """An object store refused or failed (missing object, forbidden, endpoint down), after retries."""
 
-    reason = "storage"
-
-
-class PairingError(InputError):
-    """Images and masks that should pair by case id do not."""
-
-    reason = "pairing"
+    reason = ErrorType.STORAGE
 
 
 # The failures that belong to one item (an object, a volume, a case) and become its row.
 ITEM_ERRORS: tuple[type[_ItemError], ...] = (InputError, StorageError)
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """How any failure of one item (object, volume, case) is reported: the `error` and
+    `error_type` columns of its row, in every job's tables. An input or storage error keeps its own
+    message (which names the object); any other exception is a bug, reported as `internal` with
+    its type only: its text may quote data (a header value), so it goes to the debug log (-v)."""
+
+    error: str
+    error_type: ErrorType
+
+    @classmethod
+    def of(cls, name: str, exc: BaseException, doing: str = "") -> ItemFailure:
+        if isinstance(exc, ITEM_ERRORS):
+            return cls(str(exc), exc.reason)
+        _log.debug("%s: %s: internal error", name, doing or "processing", exc_info=exc)
+        what = f"{doing} failed" if doing else "failed"
+        return cls(f"{name}: {what}: internal error ({type(exc).__name__}; -v shows the traceback)",
+                   ErrorType.INTERNAL)

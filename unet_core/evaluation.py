@@ -46,3 +46,23 @@ def evaluate_masks(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ..
     hd = hausdorff95(pred, truth, spacing)
     return {"dice": dice(pred, truth), "iou": iou(pred, truth), "hd95_mm": hd if np.isfinite(hd) else float("nan"),
             "pred_voxels": int(pred.sum()), "truth_voxels": int(truth.sum())}
+
+
+def check_same_grid(pred, truth, truth_name: str) -> None:
+    """A prediction and its ground truth must share the voxel grid (shape and affine, to 1e-3 mm)."""
+    from unet_core.errors import InputError
+
+    if pred.shape != truth.shape or not np.allclose(pred.affine, truth.affine, atol=1e-3):
+        raise InputError(f"{truth_name}: grid {truth.shape} does not match the prediction's {pred.shape} "
+                         "(or their affines differ)", uri=truth_name)
+
+
+def evaluate_case(mask_uri: str, truth_uri: str, truth_labels: list[int] | None = None) -> dict:
+    """One predicted mask against its ground truth: the metrics of `evaluate_masks`. Raises the
+    item errors of reading either (and a grid mismatch as an InputError)."""
+    from unet_core.io import read_volume
+
+    pred, truth = read_volume(mask_uri), read_volume(truth_uri)
+    check_same_grid(pred, truth, truth_uri)
+    t = np.isin(truth.voxels, truth_labels) if truth_labels else truth.voxels > 0
+    return evaluate_masks(pred.voxels > 0, t, pred.spacing)

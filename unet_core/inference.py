@@ -17,7 +17,11 @@ import numpy as np
 
 from unet_core.config import PreprocessConfig
 from unet_core.io.orientation import canonical_grid, from_canonical, to_canonical
-from unet_core.preprocessing import probabilities_to_grid, probabilities_to_labels, slices_to_model_input
+from unet_core.preprocessing import (
+    probabilities_to_grid,
+    probabilities_to_labels,
+    slices_to_model_input,
+)
 from unet_core.volume import Volume
 
 

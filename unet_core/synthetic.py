@@ -18,7 +18,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from unet_core.errors import ConfigError
-from unet_core.io.dicom_geometry import cosines
+from unet_core.io.dicom.geometry import cosines
 from unet_core.io.orientation import LPS_TO_RAS, dicom_affine
 
 HU_AIR, HU_FAT, HU_TISSUE, HU_LUNG, HU_BONE, HU_ORGAN = -1000.0, -100.0, 40.0, -850.0, 700.0, 110.0
@@ -288,7 +288,8 @@ def write_demo_archive(root: str, truth: str, seed: int = 100, n_nifti: int = 2,
     import nibabel as nib
 
     from unet_core.io import storage
-    from unet_core.io.dicom import group_series, scan_header
+    from unet_core.io.dicom.grouping import group_series
+    from unet_core.io.dicom.header import scan_header
 
     def truth_bytes(labels: np.ndarray, affine: np.ndarray) -> bytes:
         img = nib.Nifti1Image((labels == TARGET).astype(np.uint8), affine)

@@ -57,7 +57,9 @@ def _best(fns: dict, repeats: int) -> dict:
 def _decode_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
     import pydicom
 
-    from unet_core.io.dicom import group_series, read_series, scan_header
+    from unet_core.io.dicom.grouping import group_series
+    from unet_core.io.dicom.header import scan_header
+    from unet_core.io.dicom.series import read_series
 
     (group,), _ = group_series([scan_header(d, u) for u, d in files])
     by_uri = dict(files)
@@ -82,7 +84,9 @@ def _j2k_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
     import pydicom
     from pydicom.encaps import generate_frames
 
-    from unet_core.io.dicom import group_series, read_series, scan_header
+    from unet_core.io.dicom.grouping import group_series
+    from unet_core.io.dicom.header import scan_header
+    from unet_core.io.dicom.series import read_series
 
     (group,), _ = group_series([scan_header(d, u) for u, d in files])
     by_uri = dict(files)
@@ -105,7 +109,8 @@ def _j2k_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
 def _scan_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
     import pydicom
 
-    from unet_core.io.dicom import HEADER_PREFIX_BYTES, scan_header
+    from unet_core.io.dicom.header import scan_header
+    from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 
     prefixes = [(u, d[:HEADER_PREFIX_BYTES], len(d)) for u, d in files]
 

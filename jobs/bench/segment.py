@@ -47,8 +47,16 @@ def _stages_alone(archive: str, bundle: str, scratch: str) -> dict:
     from unet_core.bundle import read_info
     from unet_core.inference import PostProcess, finish_volume, prepare_volume
     from unet_core.io import mask_to_nifti_bytes, storage
-    from unet_core.io.dicom import HEADER_PREFIX_BYTES, group_series, read_series_with_sources, scan_header
-    from unet_core.io.dicom_seg import SegIdentity, build_seg, seg_bytes, software_version
+    from unet_core.io.dicom.grouping import group_series
+    from unet_core.io.dicom.header import scan_header
+    from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
+    from unet_core.io.dicom.seg import (
+        SegIdentity,
+        build_seg,
+        seg_bytes,
+        software_version,
+    )
+    from unet_core.io.dicom.series import read_series_with_sources
 
     os.makedirs(scratch, exist_ok=True)
     info = read_info(bundle)

@@ -9,7 +9,9 @@ from typing import Sequence
 from unet_core.config import Limits
 from unet_core.errors import EmptyFileError, StorageError
 from unet_core.io import archive, storage
-from unet_core.io.dicom import read_series, scan_header, single_series
+from unet_core.io.dicom.grouping import single_series
+from unet_core.io.dicom.header import scan_header
+from unet_core.io.dicom.series import read_series
 from unet_core.io.nifti import is_nifti_name, mask_to_nifti_bytes, read_nifti
 from unet_core.volume import Volume
 

@@ -12,7 +12,12 @@ import zipfile
 from dataclasses import dataclass
 
 from unet_core.config import Limits
-from unet_core.errors import InputError, ResourceLimitError, TruncatedFileError, UnreadableFileError
+from unet_core.errors import (
+    InputError,
+    ResourceLimitError,
+    TruncatedFileError,
+    UnreadableFileError,
+)
 
 SEPARATOR = "!/"
 

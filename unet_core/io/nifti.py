@@ -13,7 +13,12 @@ import nibabel as nib
 import numpy as np
 
 from unet_core.config import Limits
-from unet_core.errors import EmptyFileError, InvalidVolumeError, ResourceLimitError, TruncatedFileError
+from unet_core.errors import (
+    EmptyFileError,
+    InvalidVolumeError,
+    ResourceLimitError,
+    TruncatedFileError,
+)
 from unet_core.volume import Volume, affine_problem, sanitise, short_hash
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -21,22 +21,44 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
-from unet_core.errors import ITEM_ERRORS, ResourceLimitError
+from unet_core.errors import ITEM_ERRORS, ErrorType, ItemFailure
 from unet_core.io import archive, listing, storage
-from unet_core.io.dicom import (
-    HEADER_PREFIX_BYTES, LOCALIZER, data_error, group_series, scan_header, volume_id_of, volume_key,
+from unet_core.io.dicom.grouping import (
+    VolumeMembers,
+    group_series,
+    split_off_localizers,
+    volume_budget_problem,
+    volume_id_of,
+    volume_key,
 )
+from unet_core.io.dicom.header import scan_header
+from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
-from unet_core.segmentation.layout import MAX_FANOUT_DEPTH, TARGET_UNITS, bucket_of, index_part_uri
+from unet_core.segmentation.layout import (
+    MAX_FANOUT_DEPTH,
+    TARGET_UNITS,
+    bucket_of,
+    index_part_uri,
+)
 from unet_core.segmentation.records import (
-    INTERNAL, Action, Format, Fragment, ObjectKind, ObjectRow, PlannedVolume, Status, VolumeRecord, members_from_json,
-    members_json, rows_from_bytes, table_bytes,
+    Action,
+    Format,
+    Fragment,
+    ObjectKind,
+    ObjectRow,
+    PlannedVolume,
+    Status,
+    VolumeRecord,
+    members_from_json,
+    members_json,
+    rows_from_bytes,
+    table_bytes,
 )
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.volume import short_hash
 
 # Error types of a scan that say nothing about the object itself: scanned again next run.
-TRANSIENT_SCAN_ERRORS = ("storage", INTERNAL)
+TRANSIENT_SCAN_ERRORS = (ErrorType.STORAGE, ErrorType.INTERNAL)
 
 
 @dataclass(frozen=True)
@@ -99,11 +121,8 @@ def _row(entry: listing.ObjectEntry, **kw) -> ObjectRow:
 
 
 def _error_row(entry: listing.ObjectEntry, fmt: Format, exc: Exception, uri: str | None = None) -> ObjectRow:
-    exc = data_error(exc, uri or entry.uri) or exc if fmt == Format.DICOM else exc
-    if isinstance(exc, ITEM_ERRORS):
-        reason, error_type = str(exc), exc.reason
-    else:
-        reason, error_type = f"{uri or entry.uri}: {type(exc).__name__}: {exc}", INTERNAL
+    failure = ItemFailure.of(uri or entry.uri, exc, "reading the header")
+    reason, error_type = failure.error, failure.error_type
     return _row(entry, uri=uri or entry.uri, format=fmt, kind=ObjectKind.ERROR, reason=reason, error_type=error_type)
 
 
@@ -136,7 +155,7 @@ def scan_object(entry: listing.ObjectEntry, limits: Limits) -> list[ObjectRow]:
     for m in members:
         if m.error:
             rows.append(_row(entry, uri=m.uri, size=m.size, format=Format.DICOM, kind=ObjectKind.ERROR, reason=m.error,
-                             error_type="unsafe_archive_member"))
+                             error_type=ErrorType.UNSAFE_ARCHIVE_MEMBER))
             continue
         try:
             member = archive.read_member(data, entry.uri, m.name, limits)
@@ -290,15 +309,32 @@ def _common_prefix(uris: list[str]) -> str:
     return prefix[: prefix.rfind("/") + 1] if "/" in prefix else prefix
 
 
-def _plan(vid: str, members: list[ObjectRow], fmt: Format, source: str, series_uid: str,
-          previous: dict[str, dict], s: SegmentSettings, bucket: int) -> PlannedVolume:
-    fp = fingerprint(members)
-    prev = previous.get(vid)
-    carry = (prev is not None and prev["status"] == Status.OK.value and prev["fingerprint"] == fp
-             and prev["model_identity"] == s.model_identity and s.has_outputs(prev))
-    return PlannedVolume(volume_id=vid, bucket=bucket, action=Action.CARRY if carry else Action.SEGMENT,
-                         fingerprint=fp, format=fmt, source=source, series_uid=series_uid,
-                         members="[]" if carry else members_json(members), record=json.dumps(prev) if carry else "")
+def carries(prev: dict | None, fingerprint: str, s: SegmentSettings) -> bool:
+    """The change rule: a volume's last row is carried over, unread, when its inputs (fingerprint)
+    are the same and, for a volume, it was ok with the same model and has every output this run
+    asks for. An object set aside ("obj-...") is carried when its inputs are the same."""
+    if prev is None or prev["fingerprint"] != fingerprint:
+        return False
+    if prev["volume_id"].startswith("obj-"):
+        return True
+    return prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity and s.has_outputs(prev)
+
+
+def _carry(prev: dict, bucket: int) -> PlannedVolume:
+    return PlannedVolume(volume_id=prev["volume_id"], bucket=bucket, action=Action.CARRY,
+                         fingerprint=prev["fingerprint"], format=Format(prev["format"]), source=prev["source"],
+                         series_uid=prev["series_uid"], members="[]", record=json.dumps(prev))
+
+
+def _plan(members: VolumeMembers, fmt: Format, source: str, previous: dict[str, dict], s: SegmentSettings,
+          bucket: int) -> PlannedVolume:
+    fp = fingerprint(members.headers)
+    prev = previous.get(members.volume_id)
+    if carries(prev, fp, s) and not members.volume_id.startswith("obj-"):
+        return _carry(prev, bucket)
+    return PlannedVolume(volume_id=members.volume_id, bucket=bucket, action=Action.SEGMENT, fingerprint=fp,
+                         format=fmt, source=source, series_uid=members.series_uid, members=members_json(members.headers),
+                         record="")
 
 
 MemberLoader = Callable[[int, str], list[ObjectRow]]  # (partition, volume id) -> its rows there
@@ -321,13 +357,8 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
     todo: list[tuple[str, list[ObjectRow]]] = []
     for vid, frags in sorted(by_volume.items()):
         prev = previous.get(vid)
-        if prev is not None and all(not f.members for f in frags) and prev["fingerprint"] == combine(
-                f.fingerprint for f in frags) and (vid.startswith("obj-") or (
-                prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity
-                and s.has_outputs(prev))):
-            out.append(PlannedVolume(volume_id=vid, bucket=frags[0].bucket, action=Action.CARRY,
-                                     fingerprint=prev["fingerprint"], format=Format(prev["format"]), source=prev["source"],
-                                     series_uid=prev["series_uid"], members="[]", record=json.dumps(prev)))
+        if all(not f.members for f in frags) and carries(prev, combine(f.fingerprint for f in frags), s):
+            out.append(_carry(prev, frags[0].bucket))
             if prev["format"] == Format.DICOM.value and prev["series_uid"]:
                 largest[prev["series_uid"]] = max(largest[prev["series_uid"]], int(prev.get("n_objects") or 0))
             continue
@@ -348,9 +379,9 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
         try:
             out += _plan_volume(vid, members, previous, largest, s, bucket)
         except Exception as exc:  # noqa: BLE001 - the planning stage's guard: one volume, not the bucket
-            out += [_set_aside(replace(m, kind=ObjectKind.ERROR, error_type=INTERNAL,
-                                       reason=f"{m.uri}: planning volume {vid} failed: {type(exc).__name__}: {exc}"),
-                               s, bucket)
+            failure = ItemFailure.of(vid, exc, "planning")
+            out += [_set_aside(replace(m, kind=ObjectKind.ERROR, error_type=failure.error_type,
+                                       reason=f"{m.uri}: {failure.error}"), s, bucket)
                     for m in {m.uri: m for m in members}.values()]
     return out
 
@@ -362,49 +393,28 @@ def _plan_volume(vid: str, members: list[ObjectRow], previous: dict[str, dict], 
     if first.kind != ObjectKind.IMAGE:
         return [_set_aside(m, s, bucket) for m in members]
     if first.format == Format.NIFTI:
-        return [_plan(vid, members[:1], Format.NIFTI, first.uri, "", previous, s, bucket)] + [
-            _set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type="duplicate_instance",
+        return [_plan(VolumeMembers(vid, "", members[:1]), Format.NIFTI, first.uri, previous, s, bucket)] + [
+            _set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type=ErrorType.DUPLICATE_INSTANCE,
                                reason=f"{m.uri}: listed twice"), s, bucket) for m in members[1:]]
     groups, aside = group_series(list({m.uri: m for m in members}.values()), skip_localizers=not s.keep_localizers)
     if not s.keep_localizers:
-        groups, split_off = _split_off_localizers(groups, largest)
+        groups, split_off = split_off_localizers(groups, largest)
         aside += split_off
-    out = [_set_aside(replace(h, kind=ObjectKind(h.kind), volume_id=""), s, bucket) for h in aside]
+    out = [_set_aside(replace(h, volume_id=""), s, bucket) for h in aside]
     for g in groups:
-        planned = _plan(vid, g.headers, Format.DICOM, _common_prefix(g.uris), g.series_uid, previous, s, bucket)
+        g = VolumeMembers(vid, g.series_uid, g.headers)  # the volume id this bucket routed it by
+        planned = _plan(g, Format.DICOM, _common_prefix(g.uris), previous, s, bucket)
         out.append(_over_budget(planned, g, s) or planned)
     return out
 
 
-def _split_off_localizers(groups: list, largest: dict[str, int]) -> tuple[list, list]:
-    """A single classic slice split from a larger volume of its series (another orientation or
-    image size) is a localizer / scout, whatever its ImageType says: set aside with reason
-    `localizer`. (--keep-localizers keeps it.)"""
-    kept, aside = [], []
-    for g in groups:
-        h = g.headers[0]
-        if len(g.headers) == 1 and not h.enhanced and h.frames == 1 and largest.get(g.series_uid, 0) > 1:
-            h.kind, h.error_type = "non_image", LOCALIZER
-            h.reason = (f"{h.uri}: a single slice split from the {largest[g.series_uid]}-slice volume of series "
-                        f"{g.series_uid} (another orientation or image size): taken for a localizer / scout and not "
-                        "segmented (--keep-localizers keeps it)")
-            aside.append(h)
-        else:
-            kept.append(g)
-    return kept, aside
-
-
-def _over_budget(p: PlannedVolume, g, s: SegmentSettings) -> PlannedVolume | None:
-    """The per-volume memory budget, checked from the headers (rows x columns x frames) before any
-    pixel data is fetched: a volume over it is an error row now, not after its download."""
-    first = g.headers[0]
-    need = g.n_slices * first.rows * first.columns * 4
-    if need <= s.limits.max_volume_bytes:
+def _over_budget(p: PlannedVolume, g: VolumeMembers, s: SegmentSettings) -> PlannedVolume | None:
+    """A volume over the per-volume memory budget is an error row now, not after its download."""
+    problem = volume_budget_problem(g, s.limits)
+    if problem is None:
         return None
     rec = VolumeRecord(
         volume_id=p.volume_id, source=p.source, format=p.format.value, series_uid=p.series_uid, status=Status.ERROR,
-        error=(f"{p.source}: series {g.series_uid}: {g.n_slices} slices of {first.rows}x{first.columns} need {need} "
-               f"bytes, above the per-volume budget of {s.limits.max_volume_bytes} (raise --max-volume-bytes)"),
-        error_type=ResourceLimitError.reason, fingerprint=p.fingerprint, n_objects=len(g.headers),
-        model=s.model_name, model_identity=s.model_identity)
+        error=f"{p.source}: {problem}", error_type=ErrorType.RESOURCE_LIMIT, fingerprint=p.fingerprint,
+        n_objects=len(g.headers), model=s.model_name, model_identity=s.model_identity)
     return replace(p, action=Action.SET_ASIDE, members="[]", record=json.dumps(rec.to_row()))

@@ -17,39 +17,28 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from unet_core.io.dicom import DicomHeader
+from unet_core.errors import ErrorType
+from unet_core.io.dicom.header import DicomHeader, ObjectKind
 
 R = TypeVar("R", bound="Record")
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     OK = "ok"
     ERROR = "error"
     SKIPPED = "skipped"  # an object that is not an image to segment (a report, a duplicate copy, ...)
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     SEGMENT = "segment"  # new or changed: decode, predict, write
     CARRY = "carry"  # complete and unchanged since the last run: its row is carried over
     SET_ASIDE = "set_aside"  # an object that forms no volume: its row is written, nothing else
 
 
-class ObjectKind(str, enum.Enum):
-    IMAGE = "image"
-    NON_IMAGE = "non_image"
-    ERROR = "error"
-
-
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     DICOM = "dicom"
     NIFTI = "nifti"
     ZIP = "zip"
-
-
-# Error types that are not an input's own (InputError.reason covers those).
-PREDICTION = "prediction"  # the model failed on this volume, or killed its process, every attempt
-INTERNAL = "internal"  # an unexpected exception: a bug, reported per item instead of stopping the job
-NOT_RECORDED = "not_recorded"  # the completion record could not be written; redone next run
 
 
 def _arrow_type(hint: Any):
@@ -185,7 +174,7 @@ class VolumeRecord(Record):
     series_uid: str
     status: Status
     error: str = ""
-    error_type: str = ""
+    error_type: ErrorType = ErrorType.NONE
     fingerprint: str = ""
     n_objects: int = 0
     mask_uri: str = ""
@@ -236,6 +225,6 @@ def members_from_json(text: str) -> list[ObjectRow]:
     return [ObjectRow.from_row(r) for r in json.loads(text)]
 
 
-__all__ = ["INTERNAL", "NOT_RECORDED", "PREDICTION", "Action", "Format", "Fragment", "ObjectKind", "ObjectRow",
+__all__ = ["Action", "ErrorType", "Format", "Fragment", "ObjectKind", "ObjectRow",
            "PlannedVolume", "Record", "Status", "VolumeRecord", "members_from_json", "members_json",
            "rows_from_bytes", "table_bytes"]

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import enum
 import json
 import time
 from dataclasses import dataclass, replace
@@ -14,13 +15,18 @@ from typing import Callable
 
 import numpy as np
 
-from unet_core.errors import ITEM_ERRORS, InputError, InternalError, StorageError
+from unet_core.errors import ITEM_ERRORS, ErrorType, InputError, ItemFailure
 from unet_core.io import storage
-from unet_core.io.dicom import SourceFrames
+from unet_core.io.dicom.series import SourceFrames
 from unet_core.segmentation.layout import record_uri
 from unet_core.segmentation.records import (
-    INTERNAL, NOT_RECORDED, PREDICTION, Format, PlannedVolume, Status, VolumeRecord, members_from_json,
-    rows_from_bytes, table_bytes,
+    Format,
+    PlannedVolume,
+    Status,
+    VolumeRecord,
+    members_from_json,
+    rows_from_bytes,
+    table_bytes,
 )
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.volume import Volume
@@ -38,18 +44,25 @@ class PredictionFailed(Exception):
 Predict = Callable[[np.ndarray], tuple[np.ndarray, float, int]]
 
 
+class Outcome(enum.StrEnum):
+    """What `segment_volume` did with a volume."""
+
+    DONE = "done"  # segmented now (ok or error), its record written
+    RESUMED = "resumed"  # a record of this fingerprint and model was already there: not redone
+    UNRECORDED = "unrecorded"  # the completion record could not be written; redone next run
+
+
 @dataclass
 class Decoded:
     volume: Volume | None
     x: np.ndarray | None
-    error: InputError | StorageError | InternalError | None
+    error: ItemFailure | None
     seconds: float
     sources: SourceFrames | None = None  # header-only source datasets, kept for a DICOM SEG
 
 
-def _internal(source: str, exc: BaseException) -> InternalError:
-    """An unexpected exception of one volume, as that volume's error (type and message kept)."""
-    return InternalError(f"{source}: {type(exc).__name__}: {exc}")
+def _failed(rec: VolumeRecord, failure: ItemFailure, **kw) -> VolumeRecord:
+    return replace(rec, status=Status.ERROR, error=failure.error, error_type=failure.error_type, **kw)
 
 
 def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
@@ -57,7 +70,8 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
     from unet_core.bundle import BundleInfo
     from unet_core.inference import prepare_volume
     from unet_core.io import read_object
-    from unet_core.io.dicom import SeriesGroup, read_series_with_sources
+    from unet_core.io.dicom.grouping import VolumeMembers
+    from unet_core.io.dicom.series import read_series_with_sources
     from unet_core.io.nifti import read_nifti
 
     t = time.perf_counter()
@@ -69,7 +83,7 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
                                 volume_id=planned.volume_id)
             volume.modality = volume.modality or s.assume_modality
         else:
-            group = SeriesGroup(planned.volume_id, planned.series_uid, members_from_json(planned.members))
+            group = VolumeMembers(planned.volume_id, planned.series_uid, members_from_json(planned.members))
             volume, sources = read_series_with_sources(group, [read_object(u, s.limits) for u in group.uris], s.limits,
                                                        s.keep_phi, keep_sources=s.dicom_seg)
         # The model's modality check applies wherever the modality is known (not to a NIfTI
@@ -78,10 +92,8 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
             raise InputError(f"{planned.source}: modality {volume.modality} does not match the model's "
                              f"{s.modality}", uri=planned.source)
         return Decoded(volume, prepare_volume(volume, info.preprocess), None, time.perf_counter() - t, sources)
-    except ITEM_ERRORS as exc:
-        return Decoded(None, None, exc, time.perf_counter() - t)
-    except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the job
-        return Decoded(None, None, _internal(planned.source, exc), time.perf_counter() - t)
+    except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
+        return Decoded(None, None, ItemFailure.of(planned.source, exc, "decoding"), time.perf_counter() - t)
 
 
 def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
@@ -91,36 +103,39 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
                         model_identity=s.model_identity, **kw)
 
 
-def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, str]:
-    """One volume through decode -> predict -> finish -> write. Returns (record, how): how is
-    "done" (segmented now), "resumed" (a record of this fingerprint was already there) or
-    "unrecorded" (the completion record could not be written; redone next run)."""
+def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:
+    """One volume through decode -> predict -> finish -> write. Returns (record, outcome)."""
     if s.resume:
         found = read_record(s.output, planned.volume_id, planned.fingerprint, ok_only=True)
         if found is not None and found.model_identity == s.model_identity and s.has_outputs(found.to_row()):
-            return found, "resumed"
+            return found, Outcome.RESUMED
     d = decode_volume(planned, s)
     rec = _record(planned, s, status=Status.OK, decode_seconds=d.seconds)
     prob = None
     if d.error is not None:
-        rec = replace(rec, status=Status.ERROR, error=str(d.error), error_type=d.error.reason)
+        rec = _failed(rec, d.error)
     elif d.x is not None and len(d.x):
         t = time.perf_counter()
         try:
             prob, rec.model_seconds, rec.attempts = predict(d.x)
         except PredictionFailed as exc:
-            rec = replace(rec, status=Status.ERROR, error=f"{planned.source}: prediction failed: {exc}",
-                          error_type=PREDICTION, attempts=exc.attempts)
+            rec = _failed(rec, ItemFailure(f"{planned.source}: prediction failed: {exc}", ErrorType.PREDICTION),
+                          attempts=exc.attempts)
         except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
-            rec = replace(rec, status=Status.ERROR, error=str(_internal(planned.source, exc)), error_type=INTERNAL)
+            rec = _failed(rec, ItemFailure.of(planned.source, exc, "prediction"))
         rec.predict_seconds = time.perf_counter() - t
     return finish_and_write(rec, d.volume, prob, s, d.sources)
 
 
 def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray | None,
-                     s: SegmentSettings, sources: SourceFrames | None = None) -> tuple[VolumeRecord, str]:
+                     s: SegmentSettings, sources: SourceFrames | None = None) -> tuple[VolumeRecord, Outcome]:
     """Labels on the source grid, outputs written, then the completion record (last)."""
-    from unet_core.inference import PostProcess, finish_volume, qc_montage_png, volume_stats
+    from unet_core.inference import (
+        PostProcess,
+        finish_volume,
+        qc_montage_png,
+        volume_stats,
+    )
     from unet_core.io.mask_codec import slices_table_bytes
     from unet_core.io.nifti import mask_to_nifti_bytes
 
@@ -142,25 +157,31 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
                 rec.qc_uri = qc_uri
             if s.dicom_seg:
                 rec.seg_uri, rec.seg_skipped = write_seg(labels, sources, rec, s)
-        except ITEM_ERRORS as exc:
-            rec = replace(rec, status=Status.ERROR, error=str(exc), error_type=exc.reason)
-        except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the job
-            rec = replace(rec, status=Status.ERROR, error=str(_internal(rec.source, exc)), error_type=INTERNAL)
+        except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
+            rec = _failed(rec, ItemFailure.of(rec.source, exc, "writing the outputs"))
     rec.write_seconds = time.perf_counter() - t
     rec.finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         write_record(s.output, rec)
     except Exception as exc:  # noqa: BLE001 - the store failed past its retries (or worse): redo next run
-        return replace(rec, status=Status.ERROR, error=f"{rec.source}: the result could not be recorded: {exc}",
-                       error_type=NOT_RECORDED, mask_uri="", slices_uri="", qc_uri="", seg_uri=""), "unrecorded"
-    return rec, "done"
+        failure = ItemFailure.of(rec.source, exc, "recording the result")
+        return _failed(rec, ItemFailure(f"{rec.source}: the result could not be recorded: {failure.error}",
+                                        ErrorType.NOT_RECORDED),
+                       mask_uri="", slices_uri="", qc_uri="", seg_uri=""), Outcome.UNRECORDED
+    return rec, Outcome.DONE
 
 
 def write_seg(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecord,
               s: SegmentSettings) -> tuple[str, str]:
     """Write the volume's DICOM SEG: (seg uri, "") or ("", why there is none)."""
     from unet_core.bundle import BundleInfo
-    from unet_core.io.dicom_seg import SegIdentity, SegSkipped, build_seg, seg_bytes, software_version
+    from unet_core.io.dicom.seg import (
+        SegIdentity,
+        SegSkipped,
+        build_seg,
+        seg_bytes,
+        software_version,
+    )
 
     if sources is None:
         return "", ("NIfTI input has no DICOM source images to reference" if rec.format == Format.NIFTI.value

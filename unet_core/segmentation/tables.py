@@ -6,11 +6,17 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from unet_core.errors import ITEM_ERRORS
+from unet_core.errors import ITEM_ERRORS, ErrorType
 from unet_core.io import storage
 from unet_core.segmentation.layout import index_part_uri, plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
-    NOT_RECORDED, Action, ObjectRow, PlannedVolume, Status, VolumeRecord, rows_from_bytes, table_bytes,
+    Action,
+    ObjectRow,
+    PlannedVolume,
+    Status,
+    VolumeRecord,
+    rows_from_bytes,
+    table_bytes,
 )
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import read_record
@@ -60,7 +66,7 @@ def _row_of(p: PlannedVolume, s: SegmentSettings) -> dict:
     if rec is None:
         rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format.value, series_uid=p.series_uid,
                            status=Status.ERROR, fingerprint=p.fingerprint, model=s.model_name,
-                           model_identity=s.model_identity, error_type=NOT_RECORDED,
+                           model_identity=s.model_identity, error_type=ErrorType.NOT_RECORDED,
                            error=f"{p.source}: no completion record was written for this volume (the output store "
                                  "failed, or the run stopped first); the next run redoes it")
     return rec.to_row()

@@ -18,7 +18,13 @@ import numpy as np
 from unet_core.config import Limits
 from unet_core.errors import ConfigError, InputError
 from unet_core.io import read_object, read_volume, storage
-from unet_core.io.images2d import case_id_of, is_image2d_name, mask_from_image, pair_by_case, read_image2d
+from unet_core.io.images2d import (
+    case_id_of,
+    is_image2d_name,
+    mask_from_image,
+    pair_by_case,
+    read_image2d,
+)
 from unet_core.io.nifti import is_nifti_name
 from unet_core.volume import Volume, sanitise
 

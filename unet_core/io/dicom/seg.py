@@ -24,7 +24,7 @@ from unet_core.errors import ConfigError
 if TYPE_CHECKING:  # bundle.json validation (check_segment_codes) must stay free of pydicom
     import pydicom
 
-    from unet_core.io.dicom import SourceFrames
+    from unet_core.io.dicom.series import SourceFrames
 
 SERIES_DESCRIPTION = "unet-ray SEG"
 SERIES_NUMBER_OFFSET = 9000  # SEG series number: the source's + this (viewers list it after it)

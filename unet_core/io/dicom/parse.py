@@ -1,0 +1,114 @@
+"""Bytes to a pydicom dataset, and the one place where pydicom's exceptions become ours.
+
+pydicom converts element values lazily: a value whose length does not fit its VR, or a number
+that is not one, raises wherever the value is first used, with whatever exception type pydicom
+chose. So every read of a dataset's values in this package goes through `value` (or runs inside
+`library_errors`), which turns any exception raised by pydicom or a codec into an
+`UnreadableFileError` naming the object: a fixed message with the exception's type, never its
+text (that can quote the value, which can be patient data); the text goes to the debug log only.
+An exception raised by this project's own code is not converted: it stays an internal error, a
+bug to fix, which is what the fuzzer (tests/test_fuzz.py) looks for.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pydicom
+
+from unet_core.errors import (
+    EmptyFileError,
+    NotDicomError,
+    TruncatedFileError,
+    UnetError,
+    UnreadableFileError,
+)
+
+log = logging.getLogger(__name__)
+
+HEADER_PREFIX_BYTES = 64 * 1024  # what the header scan reads first; the whole object only when needed
+PIXEL_GROUP = 0x7FE0
+
+
+def unreadable(uri: str, exc: BaseException, what: str = "DICOM data cannot be interpreted") -> UnreadableFileError:
+    """The error an exception of pydicom or a codec on one object's data stands for."""
+    log.debug("%s: %s: %s: %s", uri, what, type(exc).__name__, exc)
+    return UnreadableFileError(f"{uri}: {what} ({type(exc).__name__} in the DICOM library)", uri=uri)
+
+
+@contextmanager
+def library_errors(uri: str, what: str = "DICOM data cannot be interpreted") -> Iterator[None]:
+    """Run a call into pydicom or a codec: its exceptions become `unreadable(uri)`. Wrap only the
+    library call itself, so that this project's own bugs are never taken for bad data."""
+    try:
+        yield
+    except UnetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom and codecs raise many types for bad data
+        raise unreadable(uri, exc, what) from None
+
+
+def value(ds: Any, keyword: str, uri: str, default: Any = None) -> Any:
+    """`ds.get(keyword, default)`, with pydicom's conversion errors as the object's error."""
+    with library_errors(uri, f"{keyword} cannot be read"):
+        return ds.get(keyword, default)
+
+
+def text(ds: Any, keyword: str) -> str:
+    """A descriptive value as text; "" when it is absent or cannot be interpreted (a description
+    never decides whether a volume can be segmented)."""
+    try:
+        return str(value(ds, keyword, "") or "")
+    except UnreadableFileError:
+        return ""
+
+
+def transfer_syntax(ds: Any, uri: str) -> str:
+    """The file meta's TransferSyntaxUID ("" when there is none)."""
+    with library_errors(uri, "TransferSyntaxUID cannot be read"):
+        return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) or "")
+
+
+def parse(data: bytes, uri: str, stop_before_pixels: bool) -> tuple[pydicom.Dataset, int]:
+    """Dataset and the offset where parsing stopped. Raises EmptyFileError, NotDicomError (no
+    'DICM' prefix and nothing parseable) or TruncatedFileError (a prefixed file pydicom cannot
+    parse, or one that ends inside an element)."""
+    if not data:
+        raise EmptyFileError(f"{uri}: empty file (0 bytes)", uri=uri)
+    fp = io.BytesIO(data)
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=not has_preamble)
+        # dcmread raises many types on bad bytes (OSError / struct.error inside a sequence that
+        # runs past the end, zlib.error for a deflated syntax over bytes that are not deflate, ...)
+        except Exception as exc:  # noqa: BLE001 - the library call alone
+            log.debug("%s: dcmread: %s: %s", uri, type(exc).__name__, exc)
+            if has_preamble:
+                raise TruncatedFileError(f"{uri}: DICOM header cannot be parsed ({type(exc).__name__}); the file is "
+                                         "truncated or corrupt", uri=uri) from None
+            raise NotDicomError(f"{uri}: not a DICOM file (no 'DICM' prefix and no parseable dataset)",
+                                uri=uri) from None
+    if not has_preamble:
+        uid = str(value(ds, "SOPClassUID", uri, "") or "")
+        if not (uid and all(p.isdigit() for p in uid.split("."))):
+            raise NotDicomError(f"{uri}: not a DICOM file (no 'DICM' prefix and no SOP Class UID)", uri=uri)
+    if fp.tell() >= len(data) and _cut_short(ds, uri):
+        raise TruncatedFileError(f"{uri}: DICOM data ends inside an element (file truncated)", uri=uri)
+    return ds, fp.tell()
+
+
+def _cut_short(ds: pydicom.Dataset, uri: str) -> bool:
+    """True when parsing hit the end of the bytes mid-element, or before the dataset began."""
+    with library_errors(uri, "MediaStorageSOPClassUID cannot be read"):
+        meta_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    if len(ds) == 0:
+        return bool(meta_class)
+    last = ds._dict[list(ds._dict)[-1]]  # raw, not yet converted: its declared length is kept
+    length = getattr(last, "length", None)
+    raw = getattr(last, "value", None)
+    return length not in (None, 0xFFFFFFFF) and raw is not None and len(raw) < length

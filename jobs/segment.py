@@ -110,7 +110,7 @@ def scan_partitions(batch: dict, settings: dict, roots: list[str]) -> dict:
 
     s = from_dict(SegmentSettings, settings)
     out: dict[str, list] = {k: [] for k in ("volume_id", "bucket", "members", "partition", "fingerprint", *SCAN_COUNTS)}
-    for partition, units_json in zip(batch["partition"], batch["units"]):
+    for partition, units_json in zip(batch["partition"], batch["units"], strict=True):
         units = [planning.Unit(u, r) for u, r in json.loads(units_json)]
         frags, counts = planning.index_partition(int(partition), units, s, tuple(roots))
         for key, blank in (("volume_id", ""), ("bucket", -1), ("members", ""), ("partition", -1), ("fingerprint", "")):
@@ -140,7 +140,7 @@ def merge_bucket(group, settings: dict):
         sums = {k: int(pa.compute.sum(group[k]).as_py() or 0) for k in SCAN_COUNTS}
         return pa.Table.from_pylist([{"bucket": -1, "todo": 0, "counts": TableCounts().to_json(), **sums}])
     frags = [Fragment(v, bucket, m, p, f) for v, m, p, f in zip(*(group[k].to_pylist() for k in (
-        "volume_id", "members", "partition", "fingerprint")))]
+        "volume_id", "members", "partition", "fingerprint")), strict=True)]
     previous = {r["volume_id"]: r for r in read_part(s.output, bucket)}
     counts, todo = settle_bucket(bucket, planning.merge_bucket(frags, previous, s, IndexParts(s.output)), s)
     return pa.Table.from_pylist([{"bucket": bucket, "todo": todo, "counts": counts.to_json(),

@@ -1,6 +1,13 @@
-"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1) and storage roots.
+"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1), storage roots, one local Ray,
+the phantom training set and a trained bundle. Helpers live in tests/support/ (import them from
+there, never from this file).
 
 Every storage test runs against both a local directory and the S3 endpoint (`store` fixture).
+
+Tiers (pyproject.toml, Makefile): `make test` runs what is neither `e2e` nor `slow`;
+`make test-e2e` the `e2e` tests (subprocess CLIs, Ray heads, wheels, the demo, the bench dry run)
+and the fuzzer at more cases; `make test-slow` the `slow` ones and the fuzzer at thousands. The
+Hypothesis profile comes from HYPOTHESIS_PROFILE (default, e2e, slow).
 """
 from __future__ import annotations
 
@@ -11,6 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest
+from hypothesis import settings
+
+from support.bundles import SMALL_MODEL
+
+settings.register_profile("default", max_examples=30, derandomize=True, database=None)
+settings.register_profile("e2e", max_examples=300, derandomize=True, database=None)
+settings.register_profile("slow", max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")
@@ -55,13 +70,6 @@ def store(request, tmp_path) -> str:
     return f"s3://{bucket}/root"
 
 
-def put(uri: str, data: bytes) -> str:
-    from unet_core.io import storage
-
-    storage.write_bytes(uri, data)
-    return uri
-
-
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
     """One local Ray instance for the session, started after the S3 variables are set so that
@@ -84,12 +92,6 @@ def training_set(s3_server, tmp_path_factory) -> str:
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="training-set")
     write_training_set("s3://training-set/raw", 10, size=64, n_slices=16, seed=0)
     return "s3://training-set/raw"
-
-
-# An 8-filter U-Net needs batch norm and light dropout to learn reliably (with the seed's 0.5 it
-# collapses to an all-background output on this phantom).
-SMALL_MODEL = ["--base-filters", "8", "--depth", "3", "--batch-size", "4", "--loss", "bce_dice", "--batch-norm",
-               "--dropout", "0.1"]
 
 
 @pytest.fixture(scope="session")

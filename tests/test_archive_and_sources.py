@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import put
-from dicom_factory import write_series
 
+from support.dicom_factory import write_series
 from unet_core.config import Limits
 from unet_core.errors import ResourceLimitError, StorageError, UnreadableFileError
 from unet_core.io import archive, read_object, read_volume, storage

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from jobrun import run_unet
+from support.jobrun import run_unet
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import PHANTOM, edit, pydicom_test_files, write_series
 from pydicom.data import get_testdata_file
 
+from support.dicom_factory import PHANTOM, edit, pydicom_test_files, write_series
 from unet_core.config import Limits
 from unet_core.errors import (
     AmbiguousSourceError,

@@ -10,8 +10,8 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_factory import write_series
 
+from support.dicom_factory import write_series
 from unet_core.io import read_volume
 from unet_core.synthetic import SeriesSpec
 

@@ -11,8 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from seg_check import iod_problems, labels_on_grid, profile_problems, read_seg
 
+from support.seg_check import iod_problems, labels_on_grid, profile_problems, read_seg
 from unet_core.config import PreprocessConfig
 from unet_core.errors import ConfigError
 from unet_core.io.dicom.grouping import group_series

@@ -24,8 +24,8 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import SMALL_MODEL
-from tests.jobrun import finish, job_env, start_unet
+from support.bundles import SMALL_MODEL, tiny_bundle
+from support.jobrun import finish, job_env, start_unet
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
@@ -53,18 +53,10 @@ def archive(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> str:
     """An untrained 8-filter bundle: these tests are about the pipeline, not the model."""
-    import keras
 
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import ModelConfig, PreprocessConfig
-    from unet_core.model import build_unet
 
-    keras.utils.set_random_seed(0)
-    cfg = ModelConfig(input_size=64, base_filters=8, depth=3)
-    path = str(tmp_path_factory.mktemp("faults") / "bundle")
-    save_bundle(path, build_unet(cfg), BundleInfo(preprocess=PreprocessConfig(input_size=64), model=cfg,
-                                                  label_names=["background", "target"], name="faults"))
-    return path
+    return tiny_bundle(str(tmp_path_factory.mktemp("faults") / "bundle"), size=64, base_filters=8, depth=3,
+                       name="faults")
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +165,7 @@ def test_s3_outage_is_retried_and_a_persistent_failure_is_one_volume_error(archi
                                                                            work_bucket):
     """Through a loopback proxy: the whole endpoint down for 3 s mid-run (retried, all ok), and
     one object's reads failing for good (that volume is an error row; the rest complete)."""
-    from tests.faultproxy import FaultProxy
+    from support.faultproxy import FaultProxy
 
     root = f"s3://{work_bucket}/outage"
     for e in storage.list_files(archive):

@@ -10,9 +10,10 @@ volume. For every case:
 - the good volumes are `ok` with the masks of an undisturbed run (no good volume lost);
 - no case takes longer than HANG_SECONDS (no hang).
 
-200 DICOM and 100 NIfTI cases run in the default suite (derandomized: the same cases every run),
-2,000 and 500 more in the slow suite (random, and hypothesis keeps what fails). Every failure the
-fuzzer found is a fixed bug with a named case in REGRESSIONS below.
+The number of cases is the tier's Hypothesis profile (tests/conftest.py): 30 of each in `make
+test` and 300 in the e2e tier (derandomized: the same cases every run), 2,000 in the slow tier
+(random, and hypothesis keeps what fails). Every failure the fuzzer found is a fixed bug with a
+named case in REGRESSIONS below, run in every tier.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mutate import (
+from support.mutate import (
     LENGTHS,
     NIFTI_FIELDS,
     NIFTI_VALUES,
@@ -183,36 +184,23 @@ nifti_mutation = st.one_of(
 )
 nifti_case_st = st.lists(nifti_mutation, min_size=1, max_size=3)
 
-_COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
-DEFAULT = settings(max_examples=200, derandomize=True, database=None, **_COMMON)
-DEFAULT_NIFTI = settings(max_examples=100, derandomize=True, database=None, **_COMMON)
-LONG = settings(max_examples=2000, **_COMMON)
-LONG_NIFTI = settings(max_examples=500, **_COMMON)
+# How many cases run comes from the Hypothesis profile of the tier (tests/conftest.py): a few
+# dozen derandomized in `make test`, hundreds in the e2e tier, thousands (random, failures kept)
+# in the slow tier. The named regressions below run in every tier.
+FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 
 
-@DEFAULT
+@pytest.mark.fuzz
+@FUZZ
 @given(dicom_case)
 def test_fuzz_dicom(mutations):
     check(dicom_files(mutations))
 
 
-@DEFAULT_NIFTI
+@pytest.mark.fuzz
+@FUZZ
 @given(nifti_case_st, st.booleans())
 def test_fuzz_nifti(mutations, compress):
-    check(nifti_files(mutations, compress))
-
-
-@pytest.mark.slow
-@LONG
-@given(dicom_case)
-def test_fuzz_dicom_long(mutations):
-    check(dicom_files(mutations))
-
-
-@pytest.mark.slow
-@LONG_NIFTI
-@given(nifti_case_st, st.booleans())
-def test_fuzz_nifti_long(mutations, compress):
     check(nifti_files(mutations, compress))
 
 

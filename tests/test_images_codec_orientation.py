@@ -61,7 +61,7 @@ def test_mask_codec_roundtrip_through_parquet(shape):
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     back = pq.read_table(io.BytesIO(buf.getvalue())).to_pylist()
-    for m, row in zip(masks, back):
+    for m, row in zip(masks, back, strict=True):
         np.testing.assert_array_equal(decode_mask(row), m)
     if shape == (256, 256):
         assert len(rows[0]["mask_data"]) == 256 * 256 // 8

@@ -13,12 +13,12 @@ def test_default_is_the_seed_network():
     assert model.count_params() == 31_031_685
     assert model.input_shape == (None, 256, 256, 1)
     assert model.output_shape == (None, 256, 256, 1)
-    convs = [l for l in model.layers if l.__class__.__name__ == "Conv2D"]
-    assert max(l.filters for l in convs) == 1024
-    assert all(l.kernel_initializer.__class__.__name__ == "HeNormal" for l in convs[:-1])
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert max(layer.filters for layer in convs) == 1024
+    assert all(layer.kernel_initializer.__class__.__name__ == "HeNormal" for layer in convs[:-1])
     assert model.get_layer("head").activation.__name__ == "sigmoid"
     assert model.get_layer("head_conv").filters == 2
-    assert {l.name for l in model.layers if "dropout" in l.name} == {"enc3_dropout", "bottleneck_dropout"}
+    assert {layer.name for layer in model.layers if "dropout" in layer.name} == {"enc3_dropout", "bottleneck_dropout"}
     assert model.get_layer("dec0_up").kernel_size == (2, 2)
 
 
@@ -40,7 +40,7 @@ def test_options_build_and_predict(cfg):
     else:
         assert ((y >= 0) & (y <= 1)).all()
     if cfg.batch_norm:
-        assert any(l.__class__.__name__ == "BatchNormalization" for l in model.layers)
+        assert any(layer.__class__.__name__ == "BatchNormalization" for layer in model.layers)
     if cfg.upsampling == "transpose":
         assert model.get_layer("dec0_up").__class__.__name__ == "Conv2DTranspose"
 

@@ -5,8 +5,8 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import put
 
+from support.bundles import put
 from unet_core.config import Limits
 from unet_core.errors import (
     EmptyFileError,

@@ -303,8 +303,7 @@ def test_rows_round_trip_through_parquet(tmp_path):
 def test_localizers_are_skipped_unless_kept(tmp_path):
     """A scout in the CT's series (another orientation, one slice) and a 3-slice series, both typed
     LOCALIZER, are skipped rows with reason 'localizer'; --keep-localizers segments them."""
-    from dicom_factory import edit, write_series
-
+    from support.dicom_factory import edit, write_series
     from unet_core.synthetic import SeriesSpec
 
     paths, _, _ = write_series(tmp_path / "ct", SeriesSpec(rows=16, columns=16, n_slices=4))
@@ -344,7 +343,7 @@ def test_a_single_slice_split_from_a_larger_volume_is_a_localizer(tmp_path):
     routed to one bucket (whatever the bucket count), where the lone slice split from the 4-slice
     volume is skipped as a localizer; a single-slice series of its own is still segmented, and
     --keep-localizers keeps the split-off slice."""
-    from dicom_factory import edit, write_series
+    from support.dicom_factory import edit, write_series
 
     paths, _, _ = write_series(tmp_path / "ct", SeriesSpec(rows=16, columns=16, n_slices=4))
     scout, _, _ = write_series(tmp_path / "scout", SeriesSpec(orientation="coronal", rows=16, columns=16, n_slices=1))

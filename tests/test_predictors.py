@@ -6,17 +6,11 @@ import numpy as np
 import ray
 
 from jobs.predictors import no_predictor_left, predict_with, start_pool
+from support.bundles import tiny_bundle
 
 
 def _bundle(path: str) -> str:
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import ModelConfig, PreprocessConfig
-    from unet_core.model import build_unet
-
-    cfg = ModelConfig(input_size=16, base_filters=2, depth=1)
-    save_bundle(path, build_unet(cfg), BundleInfo(preprocess=PreprocessConfig(input_size=16), model=cfg,
-                                                  label_names=["background", "target"], name="pool"))
-    return path
+    return tiny_bundle(path, size=16, base_filters=2, depth=1, name="pool")
 
 
 def test_pool_routes_least_busy_grows_and_lends_alone(tmp_path, ray_local):

@@ -35,7 +35,7 @@ def test_weights_file(tmp_path):
     path = tmp_path / "w.weights.h5"
     src.save_weights(path)
     target = load_pretrained(build_unet(SMALL), path)
-    for a, b in zip(src.get_weights(), target.get_weights()):
+    for a, b in zip(src.get_weights(), target.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -46,7 +46,7 @@ def test_encoder_into_other_head_and_channels_then_freeze(tmp_path):
     names = encoder_layer_names(target)
     assert "enc0_conv1" in names and "bottleneck_conv2" in names
     for name in names[1:]:
-        for a, b in zip(src.get_layer(name).get_weights(), target.get_layer(name).get_weights()):
+        for a, b in zip(src.get_layer(name).get_weights(), target.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
     # One channel spread over three: a constant 3-channel image gives the 1-channel response.
     k_src = src.get_layer("enc0_conv1").get_weights()[0]

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import segment
-from tests.badinput import SPLIT, write_bad, write_good
+from support.badinput import SPLIT, write_bad, write_good
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
@@ -141,7 +141,7 @@ def _phi_run(tmp_path, s3_server, work_bucket, bundle, name, keep_phi):
         storage.write_bytes(f"{root}/archive/{fname}", to_bytes(ds))
     # a failure, whose message is searched too: a two-slice series cut short (a lone slice would be
     # set aside as a localizer before its pixels are read)
-    for k, (fname, data) in enumerate(files[:2]):
+    for k, (_, data) in enumerate(files[:2]):
         ds = pydicom.dcmread(io.BytesIO(data))
         ds.PatientBirthDate = BIRTH_DATE
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".9"

@@ -8,7 +8,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from jobrun import job_env, run_unet
+
+from support.bundles import tiny_bundle
+from support.jobrun import job_env, run_unet
 
 # Lines that used to flood a run (issue: the run experience), from every kind of process.
 NOISE = ["oneDNN", "cuda", "cuInit", "absl::InitializeLog", "Token authentication", "Execution plan",
@@ -24,11 +26,7 @@ def _noise(out: str) -> list[str]:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A 3-series CT archive, a tiny bundle, prepared training shards: all local files."""
-    import keras
 
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import ModelConfig, PreprocessConfig
-    from unet_core.model import build_unet
     from unet_core.synthetic import (
         Phantom,
         SeriesSpec,
@@ -43,10 +41,7 @@ def small(tmp_path_factory):
         spec = SeriesSpec(rows=48, columns=48, n_slices=6, pixel_spacing=(8.0, 8.0), slice_step=10.0)
         for name, data in dicom_series(Phantom.random(s), spec, seed=s)[0]:
             (folder / name).write_bytes(data)
-    keras.utils.set_random_seed(0)
-    cfg = ModelConfig(input_size=32, base_filters=4, depth=2)
-    save_bundle(str(root / "bundle"), build_unet(cfg), BundleInfo(preprocess=PreprocessConfig(input_size=32), model=cfg,
-                                                                 name="tiny"))
+    tiny_bundle(str(root / "bundle"))
     write_training_set(str(root / "raw"), 4, size=32, n_slices=8, seed=1)
     rc, out = run_unet("prepare", "--images", str(root / "raw/images"), "--masks", str(root / "raw/masks"),
                        "--output", str(root / "prep"), "--input-size", "32", "--foreground-labels", "1",

@@ -125,7 +125,8 @@ def test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks(archive, first_run, 
     highdicom, puts the same labels on the source grid as the NIfTI mask; NIfTI inputs say why they
     have none; a further re-run carries everything over; only the SEGs hold patient identity."""
     import pydicom
-    from seg_check import iod_problems, labels_on_grid, read_seg
+
+    from support.seg_check import iod_problems, labels_on_grid, read_seg
 
     root, _, n_good = archive
     out, _ = first_run

@@ -8,25 +8,16 @@ import json
 
 import numpy as np
 
-from tests.faultproxy import FaultProxy
-from tests.jobrun import ROOT, job_env, run_unet
+from support.bundles import tiny_bundle
+from support.faultproxy import FaultProxy
+from support.jobrun import ROOT, job_env, run_unet
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
 
 
 def _untrained_bundle(path: str, size: int = 32) -> str:
-    import keras
-
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import ModelConfig, PreprocessConfig
-    from unet_core.model import build_unet
-
-    keras.utils.set_random_seed(0)
-    cfg = ModelConfig(input_size=size, base_filters=4, depth=2)
-    save_bundle(path, build_unet(cfg), BundleInfo(preprocess=PreprocessConfig(input_size=size), model=cfg,
-                                                  label_names=["background", "target"], name="tiny"))
-    return path
+    return tiny_bundle(path, size)
 
 
 def _write_series(root: str, name: str, seed: int, n: int = 5) -> list[str]:
@@ -107,7 +98,7 @@ def test_a_volume_that_kills_its_predictor_is_an_error_row(tmp_path):
     other volume is segmented and the job ends with exit status 3."""
     import keras
 
-    from tests.poison_model import KillOnSaturatedSlice
+    from support.poison_model import KillOnSaturatedSlice
     from unet_core.bundle import package_model
     from unet_core.config import PreprocessConfig
 
@@ -116,7 +107,7 @@ def test_a_volume_that_kills_its_predictor_is_an_error_row(tmp_path):
     model.save(tmp_path / "poison.keras")
     bundle = str(tmp_path / "bundle")
     package_model(str(tmp_path / "poison.keras"), bundle, PreprocessConfig(input_size=32),
-                  keras_modules=["tests.poison_model"])
+                  keras_modules=["support.poison_model"])
     archive = tmp_path / "archive"
     archive.mkdir()
     affine = np.diag([12.0, 12.0, 20.0, 1.0])
@@ -128,7 +119,7 @@ def test_a_volume_that_kills_its_predictor_is_an_error_row(tmp_path):
     nib.save(nib.Nifti1Image(np.full((32, 32, 6), 3000.0, np.float32), affine), str(archive / "marked.nii.gz"))
     out = str(tmp_path / "out")
     rc, log = run_unet("segment", "--input", str(archive), "--model", bundle, "--output", out,
-                       "--prediction-attempts", "2", env=job_env(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"),
+                       "--prediction-attempts", "2", env=job_env(PYTHONPATH=str(ROOT / "tests"), TF_CPP_MIN_LOG_LEVEL="3"),
                        timeout=600)
     assert rc == 3, log[-4000:]
     rows = {storage.basename(r["source"]): r for r in read_volume_table(out)}

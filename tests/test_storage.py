@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-from conftest import put
 
+from support.bundles import put
 from unet_core.errors import ConfigError, ResourceLimitError, StorageError
 from unet_core.io import storage
 
@@ -115,7 +115,7 @@ def test_transient_outage_is_retried(monkeypatch, s3_bucket, s3_server):
     then it fails a third of all connections. Both are retried to success."""
     import threading
 
-    from faultproxy import FaultProxy
+    from support.faultproxy import FaultProxy
 
     target = int(s3_server.rsplit(":", 1)[1])
     with FaultProxy(target, seed=1) as proxy:
@@ -141,7 +141,7 @@ def test_transient_outage_is_retried(monkeypatch, s3_bucket, s3_server):
 
 
 def test_persistent_outage_becomes_a_storage_error(monkeypatch, s3_bucket, s3_server):
-    from faultproxy import FaultProxy
+    from support.faultproxy import FaultProxy
 
     target = int(s3_server.rsplit(":", 1)[1])
     monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)
@@ -169,7 +169,7 @@ def test_a_refused_output_fails_the_job_at_once_with_the_storage_exit_status(tmp
     """Before reading anything, a job writes and removes a probe under its output: a missing bucket
     (or a key without write permission) ends the job with exit status 5 and a message naming the
     probe key and what to check, without scanning the archive."""
-    from jobrun import job_env, run_unet
+    from support.jobrun import job_env, run_unet
 
     (tmp_path / "archive").mkdir()
     (tmp_path / "archive" / "a.dcm").write_bytes(b"not read")

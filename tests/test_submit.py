@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from jobs import submit
-from tests.raycluster import free_ports, ray_head
+from support.bundles import tiny_bundle
+from support.raycluster import free_ports, ray_head
 from unet_core.io import read_volume, storage
 from unet_core.segmentation.tables import read_volume_table
 
@@ -51,11 +52,7 @@ def head(s3_server):
 @pytest.fixture(scope="module")
 def tiny(s3_server, work_bucket):
     """Two small DICOM series and a NIfTI volume in S3, and an untrained 8-filter bundle."""
-    import keras
 
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import ModelConfig, PreprocessConfig
-    from unet_core.model import build_unet
     from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
 
     root = f"s3://{work_bucket}/submit-archive"
@@ -64,11 +61,7 @@ def tiny(s3_server, work_bucket):
             storage.write_bytes(f"{root}/series{s}/{name}", data)
     image, _ = nifti_case(Phantom.random(5), np.diag([4.0, 4.0, 6.0, 1.0]), (48, 48, 8), seed=5)
     storage.write_bytes(f"{root}/nifti/case5.nii.gz", image)
-    keras.utils.set_random_seed(0)
-    cfg = ModelConfig(input_size=64, base_filters=8, depth=3)
-    bundle = f"s3://{work_bucket}/submit-bundle"
-    save_bundle(bundle, build_unet(cfg), BundleInfo(preprocess=PreprocessConfig(input_size=64), model=cfg,
-                                                    label_names=["background", "target"], name="tiny"))
+    bundle = tiny_bundle(f"s3://{work_bucket}/submit-bundle", size=64, base_filters=8, depth=3)
     return root, bundle
 
 

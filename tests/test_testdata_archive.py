@@ -7,16 +7,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from dicom_factory import pydicom_test_files
-from jobrun import run_unet
+from support.bundles import tiny_bundle
+from support.dicom_factory import pydicom_test_files
+from support.jobrun import run_unet
 
 
 def test_pydicom_test_data_as_one_archive(tmp_path):
-    import keras
 
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import ModelConfig, PreprocessConfig
-    from unet_core.model import build_unet
     from unet_core.segmentation.tables import read_series_index, read_volume_table
 
     archive = tmp_path / "archive"
@@ -25,10 +22,7 @@ def test_pydicom_test_data_as_one_archive(tmp_path):
         dst = archive / f"{i // 50:02d}" / f"{i:04d}_{src.name}"
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-    keras.utils.set_random_seed(0)
-    cfg = ModelConfig(input_size=32, base_filters=4, depth=2)
-    save_bundle(str(tmp_path / "bundle"), build_unet(cfg),
-                BundleInfo(preprocess=PreprocessConfig(input_size=32, modality="uint16"), model=cfg, name="any"))
+    tiny_bundle(str(tmp_path / "bundle"), modality="uint16", name="any")
     out = tmp_path / "out"
     rc, text = run_unet("segment", "--input", str(archive), "--model", str(tmp_path / "bundle"), "--output", str(out),
                         "--max-volume-bytes", str(256 * 2**20), "--keep-localizers", timeout=1800)

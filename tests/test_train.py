@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import SMALL_MODEL as SMALL
 
 from jobs import prepare, train
+from support.bundles import SMALL_MODEL as SMALL
 from unet_core.bundle import load_bundle
 from unet_core.io import read_volume, storage
 from unet_core.preprocessing import slices_to_model_input

@@ -154,7 +154,7 @@ def qc_montage_png(volume: Volume, labels: np.ndarray, truth: np.ndarray | None 
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), dpi=80, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, k in zip(axes.ravel(), ks):
+    for ax, k in zip(axes.ravel(), ks, strict=False):  # more panels than slices: the rest stay blank
         ax.imshow(display_slice(np.clip(img[:, :, k], *window)), cmap="gray", vmin=window[0], vmax=window[1],
                   aspect=sy / sx)
         if lab[:, :, k].any():

@@ -175,7 +175,7 @@ def dicom_series(
     study_uid = study_uid or generate_uid(UID_ROOT)
     series_uid = series_uid or generate_uid(UID_ROOT)
     files = []
-    for instance, (pos, k) in enumerate(zip(positions, rank), start=1):
+    for instance, (pos, k) in enumerate(zip(positions, rank, strict=True), start=1):
         stored = np.clip(hu[:, :, k].T + 1024.0, 0, 4095).astype(np.uint16)  # (rows, cols)
         ds = _ct_dataset(study_uid, series_uid, instance, pos, row, col, spec, patient_name,
                          patient_id, series_description)

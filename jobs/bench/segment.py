@@ -86,7 +86,7 @@ def _stages_alone(archive: str, bundle: str, scratch: str) -> dict:
         probs = [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
     t = time.perf_counter()
     all_labels = []
-    for (v, _), prob in zip(volumes, probs):
+    for (v, _), prob in zip(volumes, probs, strict=True):
         labels = finish_volume(prob, v, info.threshold, PostProcess())
         storage.write_bytes(os.path.join(scratch, f"{v.volume_id}.nii.gz"), mask_to_nifti_bytes(labels, v))
         all_labels.append(labels)
@@ -94,7 +94,7 @@ def _stages_alone(archive: str, bundle: str, scratch: str) -> dict:
     # --dicom-seg's extra output, on the same labels: build with highdicom, encode, write
     ident = SegIdentity(info.name, "0" * 16, software_version())
     t = time.perf_counter()
-    for (v, _), labels, src in zip(volumes, all_labels, sources):
+    for (v, _), labels, src in zip(volumes, all_labels, sources, strict=True):
         seg = build_seg(labels, src, info.label_names, info.segment_codes, ident, v.volume_id, "bench")
         storage.write_bytes(os.path.join(scratch, f"{v.volume_id}.dcm"), seg_bytes(seg))
     seg_s = time.perf_counter() - t

@@ -63,7 +63,7 @@ def _s3_pages(prefix: str, delimiter: str | None) -> Iterator[dict]:
     token = None
     while True:
         args = {**kwargs, **({"ContinuationToken": token} if token else {})}
-        page = storage.with_retry(lambda: client.list_objects_v2(**args), prefix, "list")
+        page = storage.with_retry(lambda args=args: client.list_objects_v2(**args), prefix, "list")
         yield page
         if not page.get("IsTruncated"):
             return

@@ -74,7 +74,7 @@ def transfer_encoder(source: keras.Model, target: keras.Model) -> list[str]:
         src = source_layers[name].get_weights()
         dst = target.get_layer(name).get_weights()
         adapted = []
-        for s, d in zip(src, dst):
+        for s, d in zip(src, dst, strict=True):
             if s.shape == d.shape:
                 adapted.append(s)
             elif s.ndim == 4 and s.shape[:2] == d.shape[:2] and s.shape[3] == d.shape[3] and s.shape[2] == 1:

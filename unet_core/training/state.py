@@ -64,7 +64,7 @@ def load_state(folder: str, model: keras.Model, optimizer: keras.optimizers.Opti
     saved = _load_list(os.path.join(folder, "optimizer.npz"))
     if len(saved) != len(optimizer.variables):
         raise ValueError(f"checkpoint {folder} has {len(saved)} optimizer variables, the optimizer {len(optimizer.variables)}")
-    for var, value in zip(optimizer.variables, saved):
+    for var, value in zip(optimizer.variables, saved, strict=True):
         var.assign(value)
     callbacks = CallbackState.from_dict(state.pop("callbacks"))
     return state.pop("epoch"), callbacks, _load_list(os.path.join(folder, "best_weights.npz")), state

@@ -107,7 +107,7 @@ class DistributedSteps:
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
         sums = self.sums_fn(y, pred)
         sums["loss_sum"] = tf.reduce_sum(tf.cast(per_example, tf.float32))
         sums["examples"] = tf.cast(tf.shape(x)[0], tf.float32)

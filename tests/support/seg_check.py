@@ -52,7 +52,7 @@ def iod_problems(ds: pydicom.Dataset) -> list[str]:
                 node = node.setdefault(p, {"type": None, "children": {}})["children"]
             node.setdefault(item["keyword"], {"type": item["type"], "children": {}})["type"] = item["type"]
 
-        def check(d: pydicom.Dataset, node: dict, path: str) -> None:
+        def check(d: pydicom.Dataset, node: dict, path: str, module: str = module) -> None:
             for kw, spec in node.items():
                 if kw in _FG_CONTAINERS and not path:
                     if kw not in d or len(d[kw].value) == 0:

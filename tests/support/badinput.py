@@ -103,7 +103,7 @@ def bad_objects() -> dict[str, tuple[dict[str, bytes], str]]:
 
     def mixed_sizes(ds):
         small = _series(64, SeriesSpec(rows=32, columns=32, n_slices=12))
-        for d, s in zip(ds[6:], small[6:]):  # the second half of the series at another matrix size
+        for d, s in zip(ds[6:], small[6:], strict=True):  # the second half of the series at another matrix size
             d.Rows, d.Columns, d.PixelData = s.Rows, s.Columns, s.PixelData
         return ds
 

@@ -66,7 +66,7 @@ def ray_head(token: str | None = None, num_cpus: int = 2, env: dict[str, str] | 
     import psutil
 
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS))))
+    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
     head_env = dict(os.environ if env is None else env)
     head_env["PATH"] = f"{Path(python).parent}{os.pathsep}{head_env.get('PATH', '')}"
     head_env.pop("RAY_ADDRESS", None)

@@ -14,7 +14,11 @@ import io
 import json
 import sys
 
-from jobs.common import Timer, add_ray_args, init_ray, run_main, setup_logging
+from jobs.exits import run_main
+from jobs.options import add_ray_args
+from jobs.output import configure as configure_output
+from jobs.progress import Timer
+from jobs.runtime import init_ray
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_series_index, read_volume_table
 
@@ -28,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     add_ray_args(p)
+    p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
@@ -42,12 +47,12 @@ def _main(argv: list[str]) -> int:
     from unet_core.synthetic import write_demo_archive, write_training_set
 
     args = build_parser().parse_args(argv)
-    setup_logging()
+    configure_output(args.verbose)
     out = args.output.rstrip("/")
     j = lambda *p: storage.join(out, *p)  # noqa: E731
     timer = Timer()
     ray_args = ["--address", args.address] if args.address else []
-    init_ray(args.address, args.num_cpus or (args.workers + 1 if not args.address else None))
+    init_ray(args.address, args.num_cpus or (args.workers + 1 if not args.address else None), verbose=args.verbose)
 
     print(f"[1/5] writing {args.cases} labelled phantom cases and a synthetic archive under {out}")
     storage.delete_tree(out)

@@ -13,15 +13,12 @@ import io
 import json
 import sys
 
-from jobs.common import (
-    Timer,
-    add_ray_args,
-    init_ray,
-    log,
-    parse_with_config,
-    run_main,
-    setup_logging,
-)
+from jobs.exits import run_main
+from jobs.options import add_ray_args, parse_with_config
+from jobs.output import configure as configure_output
+from jobs.output import log
+from jobs.progress import Timer
+from jobs.runtime import init_ray
 from unet_core.errors import ConfigError, InputError, ItemFailure
 from unet_core.io import storage
 
@@ -62,7 +59,7 @@ def _main(argv: list[str]) -> int:
     import pyarrow.parquet as pq
 
     args = parse_with_config(build_parser(), argv)
-    setup_logging(args.verbose)
+    configure_output(args.verbose)
     from unet_core.segmentation.tables import read_volume_table
 
     table = read_volume_table(args.pred)
@@ -94,11 +91,11 @@ def _main(argv: list[str]) -> int:
         raise ConfigError(f"--truth-labels must be integers, got {args.truth_labels!r}") from exc
 
     storage.probe_writable(args.output.rsplit("/", 1)[0] if args.output and "/" in args.output else args.pred)
-    init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus, verbose=args.verbose)
     import ray
 
     timer = Timer()
-    from jobs.console import Progress
+    from jobs.progress import Progress
 
     rows = []
     with Progress("evaluate", len(items), "volumes") as progress:

@@ -13,18 +13,12 @@ import json
 import sys
 import time
 
-from jobs.common import (
-    Exit,
-    Timer,
-    add_limit_args,
-    add_ray_args,
-    init_ray,
-    limits_from,
-    log,
-    parse_with_config,
-    run_main,
-    setup_logging,
-)
+from jobs.exits import Exit, run_main
+from jobs.options import add_limit_args, add_ray_args, limits_from, parse_with_config
+from jobs.output import configure as configure_output
+from jobs.output import log
+from jobs.progress import Timer
+from jobs.runtime import init_ray
 from unet_core.config import CT_WINDOWS, PreprocessConfig, from_dict, to_dict
 from unet_core.errors import ITEM_ERRORS, ConfigError, InputError, ItemFailure
 from unet_core.io import storage
@@ -103,7 +97,7 @@ def main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
-    setup_logging(args.verbose)
+    configure_output(args.verbose)
     from unet_core.training.cases import discover_cases, read_manifest
     from unet_core.training.shards import split_cases
 
@@ -135,7 +129,7 @@ def _main(argv: list[str]) -> int:
     except ValueError as exc:
         raise ConfigError(f"--foreground-labels must be integers separated by commas, got {args.foreground_labels!r}") from exc
     storage.probe_writable(out)  # a refused output fails before any case is read (exit 5)
-    init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus, verbose=args.verbose)
     import ray
 
     cfg = {"preprocess": to_dict(pre), "limits": to_dict(limits_from(args)), "output": out,
@@ -145,7 +139,7 @@ def _main(argv: list[str]) -> int:
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(process_case, fn_kwargs={"cfg": cfg})
     fs, path = storage.resolve(storage.join(out, "slices"))
-    from jobs.console import Polled, Progress
+    from jobs.progress import Polled, Progress
 
     def cases_done() -> int:
         return min(len(items), sum(1 for e in storage.list_files(storage.join(out, "cases")) if e.uri.endswith(".json")))

@@ -29,20 +29,12 @@ import os
 import sys
 import time
 
-from jobs.common import (
-    Exit,
-    Timer,
-    add_limit_args,
-    add_ray_args,
-    cluster_address,
-    init_ray,
-    limits_from,
-    log,
-    parse_with_config,
-    run_main,
-    setup_logging,
-)
-from jobs.console import Progress, say
+from jobs.exits import Exit, run_main
+from jobs.options import add_limit_args, add_ray_args, limits_from, parse_with_config
+from jobs.output import configure as configure_output
+from jobs.output import log, say
+from jobs.progress import Progress, Timer
+from jobs.runtime import cluster_address, init_ray
 from unet_core.config import from_dict, to_dict
 from unet_core.errors import ConfigError, InputError
 from unet_core.io import storage
@@ -210,7 +202,7 @@ def main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
-    setup_logging(args.verbose)
+    configure_output(args.verbose)
     from unet_core.bundle import read_info
 
     info = read_info(args.model)
@@ -222,7 +214,7 @@ def _main(argv: list[str]) -> int:
     # it on its nodes (cluster/).
     os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
     storage.probe_writable(out)  # before anything is read: a refused output fails now (exit 5)
-    init_ray(args.address, args.num_cpus or local_cpus(low, args.num_gpus))
+    init_ray(args.address, args.num_cpus or local_cpus(low, args.num_gpus), verbose=args.verbose)
     import ray
 
     timer = Timer()

@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from jobs.common import run_main, setup_logging
+from jobs.exits import run_main
+from jobs.output import configure as configure_output
 from unet_core.errors import ITEM_ERRORS, ConfigError
 from unet_core.io import storage
 
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    configure_output(args.verbose)
     from unet_core.report import REPORT_FILE, aggregate_volume_table
 
     out = args.output.rstrip("/")

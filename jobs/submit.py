@@ -26,14 +26,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.common import (
-    FORWARDED_STORAGE_ENV,
-    forwarded_storage_env,
-    log,
-    run_main,
-    setup_logging,
-)
-from jobs.console import say
+from jobs.exits import run_main
+from jobs.output import configure as configure_output
+from jobs.output import log, say
+from jobs.runtime import FORWARDED_STORAGE_ENV, forwarded_storage_env
 from unet_core.errors import ConfigError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -145,15 +141,15 @@ class Cluster:
             raise ConfigError(f"{self.address}: {first_line(exc)}") from None
 
 
-def connect(address: str) -> Cluster:
+def connect(address: str, verbose: bool = False) -> Cluster:
     """A client of the cluster's Jobs API, or a ConfigError that says what is wrong and what to do."""
     import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    from jobs.console import quiet_ray_loggers
+    from jobs.quieting import quiet_library_loggers
 
-    quiet_ray_loggers()
+    quiet_library_loggers(verbose)
     token, source = read_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
@@ -348,14 +344,14 @@ def outcome(info) -> int:
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    configure_output(args.verbose)
     job_argv = args.job[1:] if args.job[:1] == ["--"] else args.job
     address = resolve_address(args.address)
     if not (args.status or args.logs or args.stop):
         check_job_args(job_argv)
     elif job_argv:
         raise ConfigError("--status / --logs / --stop take a submission ID and no job")
-    cluster = connect(address)
+    cluster = connect(address, args.verbose)
     client = cluster.client
     if args.status:
         info = cluster.call(client.get_job_info, args.status)

@@ -13,19 +13,17 @@ import argparse
 import json
 import sys
 
-from jobs.common import (
-    Timer,
-    add_ray_args,
-    init_ray,
-    log,
-    parse_with_config,
-    run_main,
-    setup_logging,
-)
-from jobs.console import import_tensorflow, say
+from jobs.exits import run_main
+from jobs.options import add_ray_args, parse_with_config
+from jobs.output import configure as configure_output
+from jobs.output import log, say
+from jobs.progress import Timer
+from jobs.quieting import import_tensorflow
+from jobs.runtime import init_ray
 from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, to_dict
 from unet_core.errors import ITEM_ERRORS, ConfigError, JobError
 from unet_core.io import storage
+from unet_core.training.plan import StepPlan, cpu_reservation, local_cpus, training_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +80,7 @@ def main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
-    setup_logging(args.verbose)
+    configure_output(args.verbose)
     from jobs.prepare import read_prepared
 
     manifest = read_prepared(args.data)
@@ -103,14 +101,7 @@ def _main(argv: list[str]) -> int:
     augment_cfg = AugmentConfig(enabled=not args.no_augment)
 
     n_train, n_val = manifest["counts"]["train"], manifest["counts"]["val"]
-    steps = n_train // (args.workers * args.batch_size)
-    if steps < 1:
-        raise ConfigError(f"{n_train} training slices cannot fill one global batch of "
-                          f"{args.workers} x {args.batch_size}; lower --batch-size or --workers")
-    val_batch = min(args.batch_size, n_val // args.workers)
-    if val_batch < 1:
-        raise ConfigError(f"{n_val} validation slices for {args.workers} workers: prepare with a larger --val-fraction")
-    val_steps = n_val // (args.workers * val_batch)
+    plan = StepPlan.for_run(n_train, n_val, args.workers, args.batch_size)
 
     output = args.output.rstrip("/")
     storage_uri = (args.storage or f"{output}.runs").rstrip("/")
@@ -122,15 +113,12 @@ def _main(argv: list[str]) -> int:
     if args.resume and not run_exists:
         raise ConfigError(f"--resume: no run {run_name!r} with checkpoints in {storage_uri}")
 
-    # Locally the workers would hold every CPU and Ray Data's readers could never start (the run
-    # hangs in SplitCoordinator.get): give the local instance one more logical CPU for input.
-    import math
     import os
 
-    local_cpus = args.num_cpus or max(os.cpu_count() or 1, math.ceil(args.workers * args.cpus_per_worker) + 1)
     storage.probe_writable(output)  # a refused output fails before training, not after (exit 5)
-    init_ray(args.address, local_cpus)
-    import_tensorflow()  # quietly, before Ray Train's TensorFlow integration imports it
+    init_ray(args.address, args.num_cpus or local_cpus(args.workers, args.cpus_per_worker, os.cpu_count() or 1),
+             verbose=args.verbose)
+    import_tensorflow(args.verbose)  # quietly, before Ray Train's TensorFlow integration imports it
     import ray
     from ray.train import (
         CheckpointConfig,
@@ -148,15 +136,9 @@ def _main(argv: list[str]) -> int:
     train_ds = ray.data.read_parquet(f"{data_path}/split=train", **read_args).randomize_block_order(seed=args.seed)
     val_ds = ray.data.read_parquet(f"{data_path}/split=val", **read_args)
 
-    # The workers must leave Ray Data a whole CPU or its tasks never start (the run hangs in
-    # SplitCoordinator.get; half a CPU was seen to hang too). The reservation is logical:
-    # TensorFlow still uses --cpus-per-worker threads.
     total_cpus = float(ray.cluster_resources().get("CPU", 0))
-    reserve = args.cpus_per_worker
-    if args.workers * reserve > total_cpus - 1.0:
-        reserve = (total_cpus - 1.0) / args.workers
-        if reserve <= 0:
-            raise ConfigError(f"{args.workers} workers do not fit a Ray cluster with {total_cpus:g} CPUs")
+    reserve = cpu_reservation(args.workers, args.cpus_per_worker, total_cpus)
+    if reserve != args.cpus_per_worker:
         log.info("reserving %.2f CPUs per worker (of %g) so that Ray Data keeps CPU for input", reserve, total_cpus)
     resources = {"CPU": reserve}
     if args.gpus_per_worker:
@@ -166,12 +148,12 @@ def _main(argv: list[str]) -> int:
     run_fs, run_path = storage.resolve(storage_uri)
     loop_config = {
         "model": to_dict(model_cfg), "train": to_dict(train_cfg), "augment": to_dict(augment_cfg),
-        "steps_per_epoch": steps, "val_batch_size": val_batch, "val_steps": val_steps,
+        "steps_per_epoch": plan.steps_per_epoch, "val_batch_size": plan.val_batch_size, "val_steps": plan.val_steps,
         "cpus_per_worker": args.cpus_per_worker, "cache_gb_per_worker": args.cache_gb_per_worker,
         "initial_weights": args.initial_weights,
         "transfer": args.transfer, "freeze_encoder": args.freeze_encoder,
     }
-    from jobs.console import EventBox, TrainWatcher
+    from jobs.train_progress import EventBox, TrainWatcher
 
     box = ray.remote(num_cpus=0)(EventBox).remote()
     loop_config["progress"] = box
@@ -186,7 +168,7 @@ def _main(argv: list[str]) -> int:
         dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
     say(f"training on {n_train:,} train / {n_val:,} val slices: {args.workers} workers x batch {args.batch_size}, "
-        f"{steps} steps per epoch, up to {args.epochs} epochs")
+        f"{plan.steps_per_epoch} steps per epoch, up to {args.epochs} epochs")
     timer = Timer()
     try:
         with TrainWatcher(box):
@@ -236,12 +218,8 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
                 path = os.path.join(root, name)
                 with open(path, "rb") as f:
                     tensorboard[os.path.join("tensorboard", os.path.relpath(path, tb))] = f.read()
-    cb = state["callbacks"]
-    history = cb["history"]
-    best = max(history, key=lambda h: h["val_dice_hard"])
-    training = {**meta, "history": history, "events": state.get("events", []), "best_epoch": cb["best_epoch"],
-                "best_val_dice": cb["best_value"], "best_metrics": best, "stopped_early": cb["stopped_early"],
-                "slices_per_second": float(sum(h["slices_per_second"] for h in history) / len(history))}
+    training = training_summary(state["callbacks"], state.get("events", []), meta)
+    history = training["history"]
     info = BundleInfo(preprocess=from_dict(PreprocessConfig, preprocess), model=model_cfg, threshold=threshold,
                       label_names=labels, training=training, name=storage.basename(output))
     from unet_core.report import training_report_html

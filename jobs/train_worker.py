@@ -31,6 +31,7 @@ def train_loop_per_worker(config: dict) -> None:
     from unet_core.model import build_unet
     from unet_core.model.losses import get_loss
     from unet_core.training.callbacks import CallbackState, end_of_epoch
+    from unet_core.training.events import EpochDone, HistoryEvent, HistoryKind, Resumed, StepDone
     from unet_core.training.state import (
         load_state,
         make_optimizer,
@@ -56,7 +57,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     callbacks = CallbackState(learning_rate=train_cfg.learning_rate)
     best_weights = model.get_weights()
-    start_epoch, events = 0, []
+    start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     tb_dir = tempfile.mkdtemp(prefix="tb-")
     if checkpoint:
@@ -66,7 +67,8 @@ def train_loop_per_worker(config: dict) -> None:
                 shutil.copytree(os.path.join(folder, "tensorboard"), tb_dir, dirs_exist_ok=True)
         start_epoch = last + 1
         set_learning_rate(optimizer, callbacks.learning_rate)
-        events = info.get("events", []) + [{"event": "resumed", "from_epoch": start_epoch, "time": time.time()}]
+        history = [HistoryEvent.from_json(e) for e in info.get("events", [])]
+        history.append(HistoryEvent(HistoryKind.RESUMED, start_epoch))
     if callbacks.stopped_early:
         start_epoch = train_cfg.epochs  # the restored run had already finished
 
@@ -87,7 +89,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Rank 0 tells the driver where it stands (jobs/train.py prints one line per epoch from it).
     progress = config.get("progress") if rank == 0 else None
     if progress is not None and start_epoch:
-        progress.put.remote({"kind": "resumed", "epoch": start_epoch})
+        progress.put.remote(Resumed(start_epoch))
     for epoch in range(start_epoch, train_cfg.epochs):
         t0 = last_told = time.perf_counter()
         total = None
@@ -96,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
             total = accumulate(total, steps.train_step(tf.constant(x), tf.constant(y), seed))
             if progress is not None and time.perf_counter() - last_told > 1.0:
                 last_told = time.perf_counter()
-                progress.put.remote({"kind": "step", "epoch": epoch, "step": i + 1, "steps": config["steps_per_epoch"]})
+                progress.put.remote(StepDone(epoch, i + 1, config["steps_per_epoch"]))
         train_seconds = time.perf_counter() - t0
         vtotal = None
         for _, (x, y) in val_cache.batches(config["val_batch_size"], config["val_steps"]):
@@ -112,12 +114,11 @@ def train_loop_per_worker(config: dict) -> None:
         if decision.new_learning_rate is not None:
             set_learning_rate(optimizer, decision.new_learning_rate)
         if decision.stop:
-            events.append({"event": "early_stopping", "epoch": epoch, "best_epoch": callbacks.best_epoch})
+            history.append(HistoryEvent(HistoryKind.EARLY_STOPPING, epoch, callbacks.best_epoch))
             model.set_weights(best_weights)  # restore_best_weights
         if progress is not None:
-            progress.put.remote({"kind": "epoch", "epoch": epoch, "epochs": train_cfg.epochs, "metrics": metrics,
-                                 "new_learning_rate": decision.new_learning_rate, "stop": decision.stop,
-                                 "best_epoch": callbacks.best_epoch, "best_value": callbacks.best_value})
+            progress.put.remote(EpochDone(epoch, train_cfg.epochs, metrics, decision.new_learning_rate, decision.stop,
+                                          callbacks.best_epoch, callbacks.best_value))
         if writer is not None:
             with writer.as_default(step=epoch):
                 for key, value in metrics.items():
@@ -127,7 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 save_state(folder, model, optimizer, best_weights, callbacks, epoch,
-                           {"events": events, "world_size": world})
+                           {"events": [e.to_json() for e in history], "world_size": world})
                 shutil.copytree(tb_dir, os.path.join(folder, "tensorboard"))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:

@@ -2,7 +2,6 @@
 line per epoch, the run reports (every image and link resolves), and `unet status`."""
 from __future__ import annotations
 
-import io
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -119,58 +118,3 @@ def test_segment_report_and_status(small, tmp_path):
     assert "a re-run would" in status and "report:" in status and "model: tiny" in status
     rc, status = run_unet("status", str(tmp_path))
     assert rc == 2 and "not a `unet segment` output" in status
-
-
-def test_progress_lines_when_not_a_terminal(monkeypatch):
-    from jobs import console
-
-    monkeypatch.setattr(console, "interval", lambda: 0.0)
-    stream = io.StringIO()
-    p = console.Progress("segment", 4, "volumes", rate_unit="slices", stream=stream, tty=False)
-    for n in range(1, 5):
-        p.update(n, failed=int(n > 2), amount=10 * n)
-    p.close()
-    lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("segment: 1/4 volumes (25%)") and "slices/s" in lines[0] and "ETA" in lines[0]
-    assert "1 failed" in lines[-1] and lines[-1].startswith("segment: 4/4 volumes (100%)")
-
-
-def test_progress_display_on_a_terminal():
-    from jobs import console
-
-    stream = io.StringIO()
-    with console.Progress("segment", 3, "volumes", rate_unit="slices", stream=stream, tty=True) as p:
-        for n in range(1, 4):
-            p.update(n, failed=1, amount=5 * n)
-    text = stream.getvalue()
-    assert "segment" in text and "3/3" in text and "1 failed" in text and "slices/s" in text
-
-
-def test_epoch_line_format():
-    from jobs.console import epoch_line
-
-    line = epoch_line({"epoch": 2, "epochs": 12, "metrics": {"train_loss": 0.41234, "train_dice_hard": 0.8,
-                                                             "val_dice_hard": 0.77, "learning_rate": 1e-4,
-                                                             "slices_per_second": 24.13, "epoch_seconds": 38.2}})
-    assert line == "epoch   3/12  loss 0.4123  dice 0.8000  val dice 0.7700  lr 1.00e-04  24.1 slices/s  38s"
-
-
-def test_learning_rate_changes_and_early_stopping_are_announced_once():
-    from jobs.console import TrainWatcher
-
-    stream = io.StringIO()
-    watcher = TrainWatcher(box=None, stream=stream)
-    metrics = {"train_loss": 0.5, "train_dice_hard": 0.5, "val_dice_hard": 0.4, "learning_rate": 1e-3,
-               "slices_per_second": 10.0, "epoch_seconds": 3.0}
-    watcher._handle({"kind": "resumed", "epoch": 3})
-    for step in (1, 2, 3):
-        watcher._handle({"kind": "step", "epoch": 3, "step": step, "steps": 3})
-    watcher._handle({"kind": "epoch", "epoch": 3, "epochs": 9, "metrics": metrics, "new_learning_rate": 5e-4,
-                     "stop": False, "best_epoch": 1, "best_value": 0.45})
-    watcher._handle({"kind": "epoch", "epoch": 4, "epochs": 9, "metrics": metrics, "new_learning_rate": None,
-                     "stop": True, "best_epoch": 1, "best_value": 0.45})
-    text = stream.getvalue()
-    assert text.count("learning rate reduced to 5.00e-04") == 1
-    assert text.count("stopped early: best val Dice 0.4500 at epoch 2") == 1
-    assert "resumed from the last checkpoint: epoch 4" in text
-    assert [line.split()[1] for line in text.splitlines() if line.startswith("epoch ")] == ["4/9", "5/9"]

@@ -90,7 +90,7 @@ def test_an_object_gone_since_planning_is_a_storage_row(tmp_path):
 def test_error_kinds_are_separate_classes_with_their_exit_status():
     """Four kinds (input, storage, configuration, internal), none a subclass of another, each with
     its exit status through the one enum."""
-    from jobs.common import Exit, run_main
+    from jobs.exits import Exit, run_main
 
     kinds = (InputError, StorageError, ConfigError, InternalError)
     for a in kinds:

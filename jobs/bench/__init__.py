@@ -20,7 +20,9 @@ import json
 import os
 import tempfile
 
-from jobs.common import add_ray_args, run_main, setup_logging
+from jobs.exits import run_main
+from jobs.options import add_ray_args
+from jobs.output import configure as configure_output
 
 BENCHES = ("io", "train", "segment", "scale", "inference", "gpu")
 
@@ -67,7 +69,7 @@ def main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    configure_output(verbose=False)  # a benchmark prints its own table
     work = args.workdir or tempfile.mkdtemp(prefix="unet-bench-")
     which = ["io", "train", "segment"] if args.which == "all" else [args.which]
     results = {name: importlib.import_module(f"jobs.bench.{name}").run(args, os.path.join(work, name)) for name in which}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from jobs.console import Ticker
+from jobs.progress import Ticker
 
 
 def rate(n: int, seconds: float) -> float:
@@ -24,9 +24,9 @@ def write_ct_archive(root: str, n_series: int, rows: int, slices: int) -> None:
 
 
 def make_bundle(path: str, size: int, filters: int) -> None:
-    from jobs.console import import_tensorflow
+    from jobs.quieting import import_tensorflow
 
-    import_tensorflow()  # quietly: TensorFlow's C++ start-up notices are not for the reader
+    import_tensorflow(verbose=False)  # quietly: TensorFlow's C++ start-up notices are not for the reader
     import keras
 
     from unet_core.bundle import BundleInfo, save_bundle

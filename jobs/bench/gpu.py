@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from jobs.console import Ticker
+from jobs.progress import Ticker
 
 REFERENCES = [
     "NVIDIA DeepLearningExamples TF2 UNet_Medical, A100 80GB, AMP: 141 img/s training at batch 8, "
@@ -34,9 +34,9 @@ REFERENCES = [
 
 
 def visible_gpus() -> list[str]:
-    from jobs.console import import_tensorflow
+    from jobs.quieting import import_tensorflow
 
-    import_tensorflow()
+    import_tensorflow(verbose=False)
     import tensorflow as tf
 
     return [d.name for d in tf.config.list_physical_devices("GPU")]
@@ -67,9 +67,9 @@ class GpuSampler(Ticker):
 
 def train_rate(size: int, filters: int, batch: int, precision: str, xla: bool, steps: int, warmup: int) -> float:
     """Images/s of the distributed training step (the one Ray Train workers run) on one device."""
-    from jobs.console import import_tensorflow
+    from jobs.quieting import import_tensorflow
 
-    import_tensorflow()
+    import_tensorflow(verbose=False)
     import keras
     import tensorflow as tf
 
@@ -174,7 +174,7 @@ def _end_to_end(work: str, n_gpus: int, series: int, rows: int, slices: int, siz
 
 def run(args, work: str) -> dict:
     from jobs.bench.common import make_bundle
-    from jobs.common import init_ray
+    from jobs.runtime import init_ray
 
     gpus = visible_gpus()
     dry = args.gpu_dry_run
@@ -204,7 +204,7 @@ def run(args, work: str) -> dict:
     # (Ray refuses declared GPUs that CUDA_VISIBLE_DEVICES hides; TensorFlow finds none either way).
     if dry and not gpus:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    init_ray(args.address, args.num_cpus or os.cpu_count(), num_gpus=None if gpus else n)
+    init_ray(args.address, args.num_cpus or os.cpu_count(), num_gpus=None if gpus else n, verbose=False)
     import ray
 
     # GPUs free for workers: all of a local machine's; on a cluster (`unet submit

@@ -152,7 +152,7 @@ def _efficiency(e2e: dict, alone: dict) -> float:
 
 
 def run(args, work: str) -> dict:
-    from jobs.common import init_ray
+    from jobs.runtime import init_ray
 
     series, rows, slices = args.seg_series, 256, args.seg_slices
     size, filters = args.seg_size, args.seg_filters
@@ -163,7 +163,7 @@ def run(args, work: str) -> dict:
     make_bundle(bundle, size, filters)
     from jobs.segment import local_cpus
 
-    init_ray(args.address, args.num_cpus or local_cpus(1, 0))
+    init_ray(args.address, args.num_cpus or local_cpus(1, 0), verbose=False)
 
     e2e = _end_to_end(small, bundle, os.path.join(work, "out"), concurrency=1)
     e2e_large = _end_to_end(large, bundle, os.path.join(work, "out4x"), concurrency=1)

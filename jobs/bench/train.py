@@ -35,9 +35,9 @@ def run(args, work: str) -> dict:
                        "first_epoch_s": history[0]["epoch_seconds"], "wall_s": wall}
 
     # (b) the seed's way: one process, arrays in memory, model.fit.
-    from jobs.console import import_tensorflow
+    from jobs.quieting import import_tensorflow
 
-    import_tensorflow()
+    import_tensorflow(verbose=False)
     import keras
 
     from unet_core.config import ModelConfig

@@ -1,0 +1,71 @@
+"""Options every job shares, and option values from a config file.
+
+    add_ray_args / add_limit_args   the --address / --num-cpus and safety-limit options
+    parse_with_config(parser, argv) --config FILE.yaml|json values as defaults; the command line wins
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from unet_core.config import Limits
+from unet_core.errors import ConfigError
+
+
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address", default=None,
+        help="Ray cluster to attach to: 'auto', 'ray://HEAD:10001' or HEAD:6379. Default: RAY_ADDRESS if set, "
+             "else a local Ray instance started in this process",
+    )
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs of the local Ray instance (default: this machine's); ignored with --address")
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    d = Limits()
+    g = parser.add_argument_group("safety limits for untrusted input")
+    g.add_argument("--max-volume-bytes", type=int, default=d.max_volume_bytes, help="decoded voxels of one volume")
+    g.add_argument("--max-file-bytes", type=int, default=d.max_file_bytes, help="one stored object")
+    g.add_argument("--max-decompressed-bytes", type=int, default=d.max_decompressed_bytes,
+                   help="gzip / zip expansion of one member")
+    g.add_argument("--max-zip-members", type=int, default=d.max_zip_members)
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(max_volume_bytes=args.max_volume_bytes, max_file_bytes=args.max_file_bytes,
+                  max_decompressed_bytes=args.max_decompressed_bytes, max_zip_members=args.max_zip_members)
+
+
+def load_config_file(path: str | None) -> dict[str, Any]:
+    """A JSON or YAML file of option values (keys as the long option names, '-' or '_')."""
+    if not path:
+        return {}
+    from unet_core.io import storage
+
+    text = storage.read_bytes(path).decode()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse argv; values from `--config FILE` become defaults, so the command line still wins.
+    An unknown key in the file is an error naming it."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    values = load_config_file(known.config)
+    dests = {a.dest for a in parser._actions}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        parser.error(f"unknown keys in {known.config}: {unknown}")
+    parser.set_defaults(**values)
+    return parser.parse_args(argv)

@@ -1,0 +1,67 @@
+"""The output policy of a job: quiet by default, everything with -v (secrets never).
+
+    configure(verbose)  this process's logging levels and warning filters, and the environment
+                        its Ray workers start with (`worker_env`); call it first thing in a job
+    say(text)           a line about where a job stands (stderr; the final summary goes to stdout)
+
+Third-party output (TensorFlow, Ray, Ray Data) is quieted in jobs/quieting.py; live progress is
+jobs/progress.py. Verbosity is passed explicitly: no module keeps it in a global.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+log = logging.getLogger("unet")
+
+# Warnings of dependencies that say nothing a user can act on (deprecations inside Ray, Keras, TF).
+QUIET_CATEGORIES = (DeprecationWarning, FutureWarning, PendingDeprecationWarning)
+# Loggers that write request and response headers (credentials, session tokens) at DEBUG: never
+# below INFO, even with -v.
+CREDENTIAL_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "aiobotocore", "requests_oauthlib")
+
+
+def worker_env(verbose: bool) -> dict[str, str]:
+    """Environment variables for Ray's worker processes (tasks, actors, Train workers)."""
+    if verbose:
+        return {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")}
+    return {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR",
+            "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}
+
+
+def configure(verbose: bool) -> None:
+    """Set this process's output policy; call before Ray or TensorFlow are imported where possible."""
+    for key, value in worker_env(verbose).items():
+        if verbose:
+            os.environ.setdefault(key, value)
+        else:
+            os.environ[key] = value
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)  # a no-op where logging is set up (tests)
+    logging.getLogger().setLevel(level)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    cap_credential_loggers()
+    from jobs.quieting import quiet_library_loggers
+
+    quiet_library_loggers(verbose)
+    if not verbose:
+        for category in QUIET_CATEGORIES:
+            warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("ignore", message=".*[Pp]rogress bars disabled.*")
+
+
+def cap_credential_loggers() -> None:
+    """botocore and urllib3 log request headers at DEBUG (an S3 session token among them): their
+    loggers stay at INFO or above whatever -v says."""
+    for name in CREDENTIAL_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.INFO:  # NOTSET (0) included: it would inherit the root's DEBUG
+            logger.setLevel(logging.INFO)
+
+
+def say(text: str) -> None:
+    """A line about where a job stands (stderr; the final summary goes to stdout)."""
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,117 @@
+"""The output policy, without starting a job: progress lines and the terminal display, the
+training watcher's lines from typed events, the loggers that may never show credentials, and the
+one private Ray API the quieting relies on (checked against the pinned Ray version)."""
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+
+import pytest
+
+from unet_core.training.events import EpochDone, HistoryEvent, HistoryKind, Resumed, StepDone
+
+
+def test_progress_lines_when_not_a_terminal(monkeypatch):
+    from jobs import progress
+
+    monkeypatch.setattr(progress, "interval", lambda: 0.0)
+    stream = io.StringIO()
+    p = progress.Progress("segment", 4, "volumes", rate_unit="slices", stream=stream, tty=False)
+    for n in range(1, 5):
+        p.update(n, failed=int(n > 2), amount=10 * n)
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("segment: 1/4 volumes (25%)") and "slices/s" in lines[0] and "ETA" in lines[0]
+    assert "1 failed" in lines[-1] and lines[-1].startswith("segment: 4/4 volumes (100%)")
+
+
+def test_progress_display_on_a_terminal():
+    from jobs.progress import Progress
+
+    stream = io.StringIO()
+    with Progress("segment", 3, "volumes", rate_unit="slices", stream=stream, tty=True) as p:
+        for n in range(1, 4):
+            p.update(n, failed=1, amount=5 * n)
+    text = stream.getvalue()
+    assert "segment" in text and "3/3" in text and "1 failed" in text and "slices/s" in text
+
+
+def test_epoch_line_format():
+    from jobs.train_progress import epoch_line
+
+    line = epoch_line(EpochDone(2, 12, {"train_loss": 0.41234, "train_dice_hard": 0.8, "val_dice_hard": 0.77,
+                                        "learning_rate": 1e-4, "slices_per_second": 24.13, "epoch_seconds": 38.2},
+                                None, False, 0, 0.0))
+    assert line == "epoch   3/12  loss 0.4123  dice 0.8000  val dice 0.7700  lr 1.00e-04  24.1 slices/s  38s"
+
+
+def test_learning_rate_changes_and_early_stopping_are_announced_once():
+    from jobs.train_progress import TrainWatcher
+
+    stream = io.StringIO()
+    watcher = TrainWatcher(box=None, stream=stream)
+    metrics = {"train_loss": 0.5, "train_dice_hard": 0.5, "val_dice_hard": 0.4, "learning_rate": 1e-3,
+               "slices_per_second": 10.0, "epoch_seconds": 3.0}
+    watcher._handle(Resumed(3))
+    for step in (1, 2, 3):
+        watcher._handle(StepDone(3, step, 3))
+    watcher._handle(EpochDone(3, 9, metrics, new_learning_rate=5e-4, stop=False, best_epoch=1, best_value=0.45))
+    watcher._handle(EpochDone(4, 9, metrics, new_learning_rate=None, stop=True, best_epoch=1, best_value=0.45))
+    text = stream.getvalue()
+    assert text.count("learning rate reduced to 5.00e-04") == 1
+    assert text.count("stopped early: best val Dice 0.4500 at epoch 2") == 1
+    assert "resumed from the last checkpoint: epoch 4" in text
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("epoch ")] == ["4/9", "5/9"]
+
+
+def test_history_events_keep_the_stored_json_shape():
+    resumed = HistoryEvent(HistoryKind.RESUMED, 2, time=5.0)
+    assert resumed.to_json() == {"event": "resumed", "from_epoch": 2, "time": 5.0}
+    assert HistoryEvent.from_json(resumed.to_json()) == resumed
+    stopped = HistoryEvent(HistoryKind.EARLY_STOPPING, 7, best_epoch=3, time=6.0)
+    assert stopped.to_json() == {"event": "early_stopping", "epoch": 7, "best_epoch": 3, "time": 6.0}
+    assert HistoryEvent.from_json(stopped.to_json()) == stopped
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_credential_loggers_stay_at_info_even_with_v(verbose):
+    """botocore / urllib3 log request headers (a session token among them) at DEBUG."""
+    from jobs.output import CREDENTIAL_LOGGERS, configure
+
+    saved = {n: logging.getLogger(n).level for n in (*CREDENTIAL_LOGGERS, "")}
+    try:
+        configure(verbose)
+        for name in CREDENTIAL_LOGGERS:
+            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def test_the_private_ray_api_the_quieting_patches_is_where_it_was():
+    """jobs/quieting.py: drop_raylet_noise replaces ray._private.worker.print_to_stdstream. Checked
+    against the pinned Ray version: an upgrade that moves or reshapes it fails here."""
+    import ray
+    import ray._private.worker as ray_worker
+
+    from jobs import quieting
+
+    assert ray.__version__ == "2.60.0", "the pinned Ray changed: check drop_raylet_noise against it, then this pin"
+    original = getattr(ray_worker.print_to_stdstream, "_unet_original", ray_worker.print_to_stdstream)
+    assert list(inspect.signature(original).parameters)[:2] == ["data", "ignore_prefix"]
+    printed = []
+    saved = ray_worker.print_to_stdstream
+    try:
+        ray_worker.print_to_stdstream = lambda data, ignore_prefix: printed.append(data)
+        quieting.drop_raylet_noise(verbose=False)
+        notice = {"pid": "raylet", "lines": [f"WARNING: 12 PYTHON {quieting.RAYLET_NOTICE} ..."]}
+        other = {"pid": "raylet", "lines": ["something else"]}
+        ray_worker.print_to_stdstream(notice, False)
+        ray_worker.print_to_stdstream(other, False)
+        assert printed == [other]
+        quieting.drop_raylet_noise(verbose=True)  # patches the original again, not the filter
+        ray_worker.print_to_stdstream(notice, False)
+        assert printed == [other, notice]
+    finally:
+        ray_worker.print_to_stdstream = saved

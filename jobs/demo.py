@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 
 from jobs.exits import run_main
@@ -20,6 +19,7 @@ from jobs.output import configure as configure_output
 from jobs.progress import Timer
 from jobs.runtime import init_ray
 from unet_core.io import storage
+from unet_core.segmentation.summary import RunSummary
 from unet_core.segmentation.tables import read_series_index, read_volume_table
 
 
@@ -78,7 +78,7 @@ def _main(argv: list[str]) -> int:
     volumes = sorted(read_volume_table(j("segmented")), key=lambda r: (r["status"] != "ok", r["volume_id"]))
     scores = {r["volume_id"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(j("segmented", "evaluation.parquet")))).to_pylist()}
     write_pictures(j("segmented"), j("pictures"), scores)
-    summary = json.loads(storage.read_bytes(j("segmented", "summary.json")))
+    summary = RunSummary.read(j("segmented"))
     print("\nvolume                        source                                      status   Dice   volume ml")
     for r in volumes:
         d = scores.get(r["volume_id"], {}).get("dice")
@@ -87,7 +87,7 @@ def _main(argv: list[str]) -> int:
               f"{(r['mask_volume_ml'] or 0):9.1f}")
     ok = [s["dice"] for s in scores.values() if s["status"] == "ok"]
     print(f"\nmean Dice {sum(ok) / max(len(ok), 1):.3f} over {len(ok)} volumes; segmentation "
-          f"{summary['slices_per_second']:.1f} slices/s; {summary['volumes_failed']} bad objects reported with reasons; "
+          f"{summary.slices_per_second:.1f} slices/s; {summary.volumes_failed} bad objects reported with reasons; "
           f"{timer.seconds:.0f}s in all")
     print(f"outputs: model bundle and training curves {j('model')}/ (curves.png); masks {j('segmented', 'masks')}/; "
           f"montages with predicted (red) and true (green) outlines {j('pictures')}/; tables {j('segmented', 'volumes')}/, "

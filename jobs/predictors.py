@@ -125,6 +125,54 @@ def start_pool(bundle_uri: str, batch_size: int, precision: str, xla: bool, min_
         bundle_uri, batch_size, precision, xla, min_size, max_size, num_gpus)
 
 
+class Predictors:
+    """The predictor pool of one job as a context manager: started by `start()` (a first run
+    starts it early, so that the model loads while the archive is scanned), or when first needed;
+    shut down and killed when the job ends, however it ends."""
+
+    def __init__(self, bundle_uri: str, batch_size: int, precision: str, xla: bool, min_size: int, max_size: int,
+                 num_gpus: float):
+        self._args = (bundle_uri, batch_size, precision, xla, min_size, max_size, num_gpus)
+        self.pool = None
+
+    def start(self):
+        if self.pool is None:
+            self.pool = start_pool(*self._args)
+        return self.pool
+
+    def ready(self) -> None:
+        """Block until the first predictors have loaded the model; a bundle that cannot serve is a
+        configuration error of the job, not an error of each volume."""
+        import ray
+
+        from unet_core.errors import ConfigError
+
+        try:
+            ray.get(self.start().ready.remote())
+        except ray.exceptions.RayError as exc:
+            raise ConfigError(f"{self._args[0]}: the model cannot be loaded on a predictor: "
+                              f"{str(exc).strip().splitlines()[-1]}") from None
+
+    def stats(self) -> dict:
+        import ray
+
+        return ray.get(self.pool.stats.remote()) if self.pool is not None else {}
+
+    def __enter__(self) -> Predictors:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is None:
+            return
+        import ray
+
+        try:  # the predictors go now, not whenever their handles are collected
+            ray.get(self.pool.shutdown.remote(), timeout=60)
+        finally:
+            ray.kill(self.pool)
+            self.pool = None
+
+
 def _lease(pool, exclusive: bool):
     import ray
 

@@ -28,27 +28,28 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 from jobs.exits import Exit, run_main
 from jobs.options import add_limit_args, add_ray_args, limits_from, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log, say
+from jobs.predictors import Predictors
 from jobs.progress import Progress, Timer
 from jobs.runtime import cluster_address, init_ray
 from unet_core.config import from_dict, to_dict
-from unet_core.errors import ConfigError, InputError
+from unet_core.errors import InputError
 from unet_core.io import storage
 from unet_core.segmentation import layout as lay
+from unet_core.segmentation import sizing
+from unet_core.segmentation.records import Fragment, Status
 from unet_core.segmentation.settings import SegmentSettings
+from unet_core.segmentation.stages import Outcome
+from unet_core.segmentation.summary import RunSummary
+from unet_core.segmentation.tables import BucketSummary, TableCounts
 
 EXIT_SOME_FAILED = Exit.SOME_FAILED
-SCAN_PARTITIONS_PER_BLOCK = 8  # listing partitions a scan task takes on: tasks of a few ms each cost more than they do
-SCAN_BLOCKS_PER_SLOT = 8  # at most this many scan tasks per task slot (each one's output is a block of the shuffle)
-SHUFFLE_BLOCKS = 16  # blocks into the sort shuffle: its cost and its objects grow as blocks squared (docs/design.md)
-SCAN_COUNTS = ("listed", "reused", "scanned")
-INLINE_RESULT_BYTES = 1024
-VOLUMES_PER_TASK = 32  # on large runs: each segment task costs the driver ~100 KB of RSS and ~12 ms
-MAX_SEGMENT_TASKS = 1024  # beyond it tasks take more volumes each: the driver's share stays bounded
+INLINE_RESULT_BYTES = 1024  # task results under this size would live in the driver (docs/design.md, "Driver memory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,46 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- stage wiring (each body is a domain function; these only unpack Ray batches) ---------------
 def scan_partitions(batch: dict, settings: dict, roots: list[str]) -> dict:
-    """A block of listing partitions -> their volume fragments, plus one counts row per partition."""
+    """A block of listing partitions -> their volume fragments (the scan counts ride on each
+    partition's first fragment: records.Fragment)."""
     from unet_core.segmentation import planning
 
     s = from_dict(SegmentSettings, settings)
-    out: dict[str, list] = {k: [] for k in ("volume_id", "bucket", "members", "partition", "fingerprint", *SCAN_COUNTS)}
+    frags = []
     for partition, units_json in zip(batch["partition"], batch["units"], strict=True):
         units = [planning.Unit(u, r) for u, r in json.loads(units_json)]
-        frags, counts = planning.index_partition(int(partition), units, s, tuple(roots))
-        for key, blank in (("volume_id", ""), ("bucket", -1), ("members", ""), ("partition", -1), ("fingerprint", "")):
-            out[key] += [getattr(f, key) for f in frags] + [blank]
-        for key in SCAN_COUNTS:
-            out[key] += [0] * len(frags) + [getattr(counts, key)]
-    return out
+        frags += planning.index_partition(int(partition), units, s, tuple(roots))[0]
+    import pyarrow as pa
+
+    return pa.Table.from_pylist([f.to_row() for f in frags], schema=Fragment.arrow_schema())
 
 
 def merge_bucket(group, settings: dict):
-    """All fragments of one volume bucket -> its plan (kept in storage) and one summary row. The
-    counts rows of the scan arrive as bucket -1 and are summed into a summary row of their own."""
+    """All fragments of one volume bucket -> its plan (kept in storage) and its BucketSummary."""
     import pyarrow as pa
 
-    from unet_core.segmentation import planning
-    from unet_core.segmentation.records import Fragment
-    from unet_core.segmentation.tables import (
-        IndexParts,
-        TableCounts,
-        read_part,
-        settle_bucket,
-    )
+    from unet_core.segmentation.tables import plan_bucket
 
-    s = from_dict(SegmentSettings, settings)
-    bucket = int(group["bucket"][0].as_py())
-    if bucket < 0:
-        sums = {k: int(pa.compute.sum(group[k]).as_py() or 0) for k in SCAN_COUNTS}
-        return pa.Table.from_pylist([{"bucket": -1, "todo": 0, "counts": TableCounts().to_json(), **sums}])
-    frags = [Fragment(v, bucket, m, p, f) for v, m, p, f in zip(*(group[k].to_pylist() for k in (
-        "volume_id", "members", "partition", "fingerprint")), strict=True)]
-    previous = {r["volume_id"]: r for r in read_part(s.output, bucket)}
-    counts, todo = settle_bucket(bucket, planning.merge_bucket(frags, previous, s, IndexParts(s.output)), s)
-    return pa.Table.from_pylist([{"bucket": bucket, "todo": todo, "counts": counts.to_json(),
-                                  **dict.fromkeys(SCAN_COUNTS, 0)}])
+    frags = [Fragment.from_row(r) for r in group.to_pylist()]
+    summary = plan_bucket(frags[0].bucket, frags, from_dict(SegmentSettings, settings))
+    return pa.Table.from_pylist([asdict(summary)])
 
 
 def plan_to_segment(row: dict, settings: dict) -> list[dict]:
@@ -153,8 +137,8 @@ def segment_row(row: dict, settings: dict, pool) -> dict:
     from unet_core.segmentation.stages import segment_volume
 
     s = from_dict(SegmentSettings, settings)
-    rec, how = segment_volume(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
-    return {"status": rec.status.value, "error_type": rec.error_type, "n_slices": rec.n_slices, "how": how.value}
+    rec, outcome = segment_volume(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
+    return {"status": rec.status.value, "n_slices": rec.n_slices, "outcome": outcome.value}
 
 
 def finish_bucket(row: dict, settings: dict) -> dict:
@@ -163,39 +147,37 @@ def finish_bucket(row: dict, settings: dict) -> dict:
     return {"bucket": row["bucket"], "counts": finish(int(row["bucket"]), from_dict(SegmentSettings, settings)).to_json()}
 
 
-# ---- sizes of the local instance ------------------------------------------------------------------
-def volume_slots(args, task_slots: int, n_volumes: int) -> int | None:
-    """Volumes in flight. On the local instance, its CPUs not held by predictors: a volume task
-    waiting on its predictor releases its CPU, and Ray would start (and later reap) one more worker
-    process per waiting task, on the same cores. On a cluster, no cap unless asked for, so that an
-    autoscaler can add CPU nodes for decoding."""
-    if args.decode_concurrency:
-        return min(args.decode_concurrency, n_volumes)
-    return None if cluster_address(args.address) else min(task_slots, n_volumes)
-
-
-def segment_blocks(n_volumes: int, slots: int) -> int:
-    """Tasks of the segment stage: one volume each while there are few (every slot busy four
-    times over), else VOLUMES_PER_TASK volumes each, and never more than MAX_SEGMENT_TASKS (or four
-    per slot on a larger cluster), so that neither the driver's memory nor the scheduling cost
-    grows with the archive (docs/design.md, "Driver memory")."""
-    return max(1, min(n_volumes, max(4 * slots, min(-(-n_volumes // VOLUMES_PER_TASK), MAX_SEGMENT_TASKS))))
-
-
-def local_cpus(predictors: int, num_gpus: float) -> int:
-    """Logical CPUs of a local Ray instance: the machine's cores for decoding and writing, plus one
-    per CPU predictor actor (whose reservation would otherwise starve the CPU tasks)."""
-    return (os.cpu_count() or 1) + (0 if num_gpus else predictors)
-
-
-def predictor_counts(args) -> tuple[int, int]:
-    if args.concurrency:
-        return args.concurrency, args.concurrency
-    low = max(1, args.min_predictors)
-    return low, max(low, args.max_predictors or low)
-
-
 # ---- the job ----------------------------------------------------------------------------------------
+@dataclass
+class Planned:
+    """What planning tells the driver: bounded by the layout's buckets, never by the archive."""
+
+    settings: SegmentSettings
+    layout: lay.Layout
+    listed: int = 0
+    reused: int = 0
+    scanned: int = 0
+    seconds: float = 0.0
+    totals: TableCounts = field(default_factory=TableCounts)  # rows settled at planning
+    pending: list[tuple[int, int]] = field(default_factory=list)  # (bucket, volumes to segment)
+    seen: set[int] = field(default_factory=set)  # buckets that hold rows
+
+    @property
+    def todo(self) -> int:
+        return sum(n for _, n in self.pending)
+
+
+@dataclass
+class Segmented:
+    segmented: int = 0
+    resumed: int = 0
+    slices: int = 0
+    failed: int = 0
+    predictor_wait: float = 0.0
+    seconds: float = 0.0
+    pool_stats: dict = field(default_factory=dict)
+
+
 def main(argv: list[str]) -> int:
     return run_main(_main, argv)
 
@@ -207,17 +189,27 @@ def _main(argv: list[str]) -> int:
 
     info = read_info(args.model)
     out = args.output.rstrip("/")
-    low, high = predictor_counts(args)
+    low, high = sizing.predictor_counts(args.concurrency, args.min_predictors, args.max_predictors)
     # Task results under this size are returned into the driver's own memory instead of the object
     # store; the shuffle's many small blocks would then grow the driver with the archive
     # (docs/design.md, "Driver memory"). Read by the processes of a local instance; a cluster sets
     # it on its nodes (cluster/).
     os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
     storage.probe_writable(out)  # before anything is read: a refused output fails now (exit 5)
-    init_ray(args.address, args.num_cpus or local_cpus(low, args.num_gpus), verbose=args.verbose)
-    import ray
-
+    init_ray(args.address, args.num_cpus or sizing.local_cpus(os.cpu_count() or 1, low, args.num_gpus),
+             verbose=args.verbose)
     timer = Timer()
+    inputs, layout = _prepare_output(args, out)
+    with Predictors(args.model, args.batch_size, args.precision, args.xla, low, high, args.num_gpus) as predictors:
+        if layout is None:
+            predictors.start()  # a first run: the predictors load while the archive is listed and scanned
+        planned = plan(args, info, inputs, out, layout, low, timer)
+        segmented = segment(args, planned, predictors, low)
+    return finish(args, info, planned, segmented, timer)
+
+
+def _prepare_output(args, out: str) -> tuple[tuple[str, ...], lay.Layout | None]:
+    """The inputs as the layout names them, and the last run's layout when it can be reused."""
     if swept := storage.sweep_temporaries(out):
         log.info("removed %d unfinished temporary files of an interrupted run under %s", swept, out)
     # Local inputs as absolute paths: the same archive named two ways is one layout.
@@ -230,33 +222,13 @@ def _main(argv: list[str]) -> int:
         for folder in lay.OUTPUT_FOLDERS if args.overwrite else ("series_index", "volumes"):
             storage.delete_tree(storage.join(out, folder))
     storage.delete_tree(storage.join(out, "plan"))  # the plans of an interrupted run
-
-    pools: list = []  # the predictor pool, once started; stopped however the job ends
-    try:
-        return _plan_and_segment(args, info, inputs, out, layout, low, high, pools, timer)
-    finally:
-        for pool in pools:  # the predictors go now, not whenever their handles are collected
-            ray.get(pool.shutdown.remote())
-            ray.kill(pool)
+    return inputs, layout
 
 
-def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low: int, high: int, pools: list,
-                      timer: Timer) -> int:
-    import ray
-
+def _settings(args, info, out: str, layout: lay.Layout) -> SegmentSettings:
     from unet_core.bundle import bundle_identity
-    from unet_core.io import listing
-    from unet_core.segmentation import planning
 
-    if layout is None:  # a first run: the predictors load while the archive is listed and scanned
-        pools.append(_start_pool(args, low, high))
-    units, depth = planning.fan_out(list(inputs), layout.depth if layout else None, args.follow_symlinks)
-    if not units:
-        raise InputError(f"no objects under {', '.join(inputs)}")
-    if layout is None:
-        layout = lay.Layout(inputs, depth, *lay.choose_counts(len(units)))
-        storage.write_bytes(lay.layout_uri(out), layout.to_json().encode())
-    settings = SegmentSettings(
+    return SegmentSettings(
         output=out, bundle_info=info.to_json(), model_name=info.name, model_identity=bundle_identity(args.model),
         threshold=args.threshold if args.threshold is not None else info.threshold,
         modality="CT" if info.preprocess.modality == "CT" else None, limits=limits_from(args),
@@ -264,118 +236,145 @@ def _plan_and_segment(args, info, inputs: tuple[str, ...], out: str, layout, low
         keep_phi=args.keep_phi, keep_localizers=args.keep_localizers, assume_modality=args.assume_modality,
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets)
-    cfg = to_dict(settings)
 
-    # 1. Listing, manifest join and header scan per listing partition; fragments merged per bucket.
-    # CPU slots not held by predictors: scan and volume tasks use only those.
-    task_slots = max(1, int(ray.cluster_resources().get("CPU", 1)) - (0 if args.num_gpus else low))
+
+def _task_slots(args, low: int) -> int:
+    import ray
+
+    return sizing.task_slots(ray.cluster_resources().get("CPU", 1), low, args.num_gpus)
+
+
+def plan(args, info, inputs: tuple[str, ...], out: str, layout: lay.Layout | None, low: int, timer: Timer) -> Planned:
+    """Listing, manifest join and header scan per listing partition; fragments merged and planned
+    per volume bucket. Each bucket's plan stays in storage; the driver gets counts."""
+    import ray
+
+    from unet_core.io import listing
+    from unet_core.segmentation import planning
+
+    units, depth = planning.fan_out(list(inputs), layout.depth if layout else None, args.follow_symlinks)
+    if not units:
+        raise InputError(f"no objects under {', '.join(inputs)}")
+    if layout is None:
+        layout = lay.Layout(inputs, depth, *lay.choose_counts(len(units)))
+        storage.write_bytes(lay.layout_uri(out), layout.to_json().encode())
+    settings = _settings(args, info, out, layout)
+    slots = _task_slots(args, low)
     by_partition: dict[int, list] = {}
     for u in units:
         by_partition.setdefault(lay.partition_of(u.key, layout.partitions), []).append((u.prefix, u.recursive))
-    n_units = len(units)
     parts = [{"partition": p, "units": json.dumps(by_partition.get(p, []))} for p in range(layout.partitions)]
-    del units, by_partition
-    say(f"planning: listing {', '.join(inputs)} ({n_units:,} folders in {layout.partitions} partitions), reading "
+    say(f"planning: listing {', '.join(inputs)} ({len(units):,} folders in {layout.partitions} partitions), reading "
         "new headers, grouping volumes ...")
+    del units, by_partition
     log.debug("fanned out; driver RSS %s", _rss_mib())
-    n_blocks = max(1, min(len(parts), max(2 * task_slots, min(-(-len(parts) // SCAN_PARTITIONS_PER_BLOCK),
-                                                              SCAN_BLOCKS_PER_SLOT * task_slots))))
+    n_blocks = sizing.scan_blocks(len(parts), slots)
     # The task-based sort shuffle: on small inputs the hash shuffle's aggregator actors cost seconds
     # to start. It takes few blocks: its work and the objects the driver owns grow with the square
     # of their number (docs/design.md, "Grouping: why fragments and a shuffle by volume bucket").
     ray.data.DataContext.get_current().shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    cfg = to_dict(settings)
     scanned = (ray.data.from_items(parts, override_num_blocks=n_blocks)
                .map_batches(scan_partitions, fn_kwargs={"settings": cfg, "roots": list(listing.real_roots(list(inputs)))},
-                            batch_size=None, compute=ray.data.TaskPoolStrategy(size=min(task_slots, n_blocks))))
-    if n_blocks > SHUFFLE_BLOCKS:
-        scanned = scanned.repartition(SHUFFLE_BLOCKS)
-    summaries = (scanned.groupby("bucket", num_partitions=max(1, min(layout.buckets, 2 * task_slots)))
+                            batch_size=None, compute=ray.data.TaskPoolStrategy(size=min(slots, n_blocks))))
+    if n_blocks > sizing.SHUFFLE_BLOCKS:
+        scanned = scanned.repartition(sizing.SHUFFLE_BLOCKS)
+    summaries = (scanned.groupby("bucket", num_partitions=max(1, min(layout.buckets, 2 * slots)))
                  .map_groups(merge_bucket, fn_kwargs={"settings": cfg}, batch_format="pyarrow"))
-    del parts
-    from unet_core.segmentation.tables import TableCounts
-
-    scan, totals, seen, pending = dict.fromkeys(SCAN_COUNTS, 0), TableCounts(), set(), []
+    planned = Planned(settings, layout)
     for r in summaries.iter_rows():  # one row per bucket: bounded by the layout, not the archive
-        for k in SCAN_COUNTS:
-            scan[k] += int(r[k])
-        if r["bucket"] >= 0:
-            seen.add(int(r["bucket"]))
-            totals.add(TableCounts.from_json(r["counts"]))
-            if r["todo"]:
-                pending.append((int(r["bucket"]), int(r["todo"])))
-    if not scan["listed"]:
+        b = BucketSummary(**r)
+        planned.listed, planned.reused, planned.scanned = (planned.listed + b.listed, planned.reused + b.reused,
+                                                           planned.scanned + b.scanned)
+        planned.seen.add(b.bucket)
+        planned.totals.add(TableCounts.from_json(b.counts))
+        if b.todo:
+            planned.pending.append((b.bucket, b.todo))
+    if not planned.listed:
         raise InputError(f"no objects under {', '.join(inputs)}")
     log.debug("planned; driver RSS %s", _rss_mib())
-    n_todo = sum(n for _, n in pending)
-    scan_seconds = timer.seconds
-    say(f"planning: {scan['listed']:,} objects listed ({scan['scanned']:,} headers read, {scan['reused']:,} "
-        f"unchanged) in {scan_seconds:.0f}s; {n_todo:,} volumes to segment")
+    planned.seconds = timer.seconds
+    say(f"planning: {planned.listed:,} objects listed ({planned.scanned:,} headers read, {planned.reused:,} "
+        f"unchanged) in {planned.seconds:.0f}s; {planned.todo:,} volumes to segment")
+    return planned
 
-    # 2. Decode -> predict -> finish and write, streaming.
-    done = {"segmented": 0, "resumed": 0, "slices": 0, "failed": 0}
-    t_pipeline, predictor_wait, pool_stats = Timer(), 0.0, {}
-    if n_todo:
-        if not pools:
-            pools.append(_start_pool(args, low, high))
-        pool = pools[0]
-        try:  # a bundle that cannot serve fails the job here, not each volume
-            ray.get(pool.ready.remote())
-        except ray.exceptions.RayError as exc:
-            raise ConfigError(f"{args.model}: the model cannot be loaded on a predictor: "
-                           f"{str(exc).strip().splitlines()[-1]}") from None
-        predictor_wait = t_pipeline.seconds  # start-up the scan did not hide
-        buckets = [{"bucket": b} for b, _ in pending]
-        todo = (ray.data.from_items(buckets, override_num_blocks=len(buckets))
-                .flat_map(plan_to_segment, fn_kwargs={"settings": cfg})
-                .repartition(segment_blocks(n_todo, volume_slots(args, task_slots, n_todo) or
-                                            int(ray.cluster_resources().get("CPU", 1)))))
-        records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": pool}, num_cpus=1,
-                           compute=ray.data.TaskPoolStrategy(size=volume_slots(args, task_slots, n_todo)))
-        with Progress("segment", n_todo, "volumes", rate_unit="slices") as progress:
-            for r in records.iter_rows():
-                done["resumed" if r["how"] == "resumed" else "segmented"] += 1
-                done["slices"] += int(r["n_slices"] or 0) if r["how"] != "resumed" else 0
-                done["failed"] += r["status"] != "ok"
-                progress.update(done["segmented"] + done["resumed"], done["failed"], done["slices"])
-        pool_stats = ray.get(pool.stats.remote())
-    pipeline_seconds = t_pipeline.seconds
+
+def segment(args, planned: Planned, predictors: Predictors, low: int) -> Segmented:
+    """Decode -> predict -> finish and write, streaming, for every volume the plan marks."""
+    import ray
+
+    done, t = Segmented(), Timer()
+    if not planned.todo:
+        return done
+    predictors.ready()
+    done.predictor_wait = t.seconds  # start-up the scan did not hide
+    cfg = to_dict(planned.settings)
+    slots = _task_slots(args, low)
+    in_flight = sizing.volume_slots(args.decode_concurrency, cluster_address(args.address) is not None, slots,
+                                    planned.todo)
+    buckets = [{"bucket": b} for b, _ in planned.pending]
+    todo = (ray.data.from_items(buckets, override_num_blocks=len(buckets))
+            .flat_map(plan_to_segment, fn_kwargs={"settings": cfg})
+            .repartition(sizing.segment_blocks(planned.todo, in_flight or int(ray.cluster_resources().get("CPU", 1)))))
+    records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": predictors.pool}, num_cpus=1,
+                       compute=ray.data.TaskPoolStrategy(size=in_flight))
+    with Progress("segment", planned.todo, "volumes", rate_unit="slices") as progress:
+        for r in records.iter_rows():
+            if r["outcome"] == Outcome.RESUMED:
+                done.resumed += 1
+            else:
+                done.segmented += 1
+                done.slices += int(r["n_slices"] or 0)
+            done.failed += r["status"] != Status.OK
+            progress.update(done.segmented + done.resumed, done.failed, done.slices)
+    done.pool_stats = predictors.stats()
+    done.seconds = t.seconds
     log.debug("segmented; driver RSS %s", _rss_mib())
+    return done
 
-    # 3. Table parts of the buckets that had volumes to segment; parts of buckets that no longer
-    # hold a volume go.
-    if pending:
-        for r in ray.data.from_items([{"bucket": b} for b, _ in pending]).map(
-                finish_bucket, fn_kwargs={"settings": cfg}).iter_rows():
+
+def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
+    """The table parts of the buckets that had volumes to segment (parts of buckets that no longer
+    hold a volume go), summary.json, the report, and what the user sees."""
+    import ray
+
+    out, totals = planned.settings.output, planned.totals
+    if planned.pending:
+        for r in ray.data.from_items([{"bucket": b} for b, _ in planned.pending]).map(
+                finish_bucket, fn_kwargs={"settings": to_dict(planned.settings)}).iter_rows():
             totals.add(TableCounts.from_json(r["counts"]))
-    for b in set(range(layout.buckets)) - seen:
+    for b in set(range(planned.layout.buckets)) - planned.seen:
         storage.delete(lay.volume_part_uri(out, b))
-    ok, failed = totals.by_status.get("ok", 0), totals.by_status.get("error", 0)
-    summary = {"volumes_ok": ok, "volumes_failed": failed, "objects_skipped": totals.by_status.get("skipped", 0),
-               "objects_listed": scan["listed"], "headers_read": scan["scanned"], "headers_unchanged": scan["reused"],
-               "segmented_now": done["segmented"], "resumed_from_records": done["resumed"], "slices_now": done["slices"],
-               "slices_per_second": done["slices"] / max(pipeline_seconds, 1e-9), "scan_seconds": scan_seconds,
-               "predictor_wait_seconds": predictor_wait, "pipeline_seconds": pipeline_seconds,
-               "total_seconds": timer.seconds, "failures_by_type": dict(totals.by_error_type),
-               "volume_table_parts_written": totals.parts_written, **pool_stats, "model": info.name,
-               "model_identity": settings.model_identity, "dicom_seg": args.dicom_seg, "qc": args.qc, "output": out,
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
+    summary = RunSummary(
+        output=out, model=info.name, model_identity=planned.settings.model_identity,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        volumes_ok=totals.by_status.get(Status.OK, 0), volumes_failed=totals.by_status.get(Status.ERROR, 0),
+        objects_skipped=totals.by_status.get(Status.SKIPPED, 0), failures_by_type=dict(totals.by_error_type),
+        volume_table_parts_written=totals.parts_written, objects_listed=planned.listed,
+        headers_read=planned.scanned, headers_unchanged=planned.reused, segmented_now=done.segmented,
+        resumed_from_records=done.resumed, slices_now=done.slices,
+        slices_per_second=done.slices / max(done.seconds, 1e-9), scan_seconds=planned.seconds,
+        predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=timer.seconds,
+        predictors_started=done.pool_stats.get("predictors_started", 0),
+        predictors_live=done.pool_stats.get("predictors_live", 0), dicom_seg=args.dicom_seg, qc=args.qc)
+    summary.write()
     from unet_core.report import segment_report
 
     report = segment_report(out, summary, totals.failures)
-    print(f"segmented {done['segmented']} volumes ({done['slices']} slices, {summary['slices_per_second']:.1f} slices/s) "
-          f"in {timer.seconds:.0f}s; {ok} ok, {failed} failed, {summary['objects_skipped']} objects skipped; "
-          f"{scan['listed']} objects listed, {scan['scanned']} headers read -> {out}")
+    print(f"segmented {done.segmented} volumes ({done.slices} slices, {summary.slices_per_second:.1f} slices/s) "
+          f"in {timer.seconds:.0f}s; {summary.volumes_ok} ok, {summary.volumes_failed} failed, "
+          f"{summary.objects_skipped} objects skipped; {planned.listed} objects listed, {planned.scanned} headers "
+          f"read -> {out}")
     print(f"  report: {report}")
-    if done["resumed"]:
-        print(f"  {done['resumed']} already complete (recorded by an interrupted run; not redone)")
+    if done.resumed:
+        print(f"  {done.resumed} already complete (recorded by an interrupted run; not redone)")
     for vid, error in totals.failures:
         print(f"  failed: {vid}: {error}")
-    if failed > len(totals.failures):
-        print(f"  ... {failed - len(totals.failures)} more; see {out}/volumes/")
+    if summary.volumes_failed > len(totals.failures):
+        print(f"  ... {summary.volumes_failed - len(totals.failures)} more; see {out}/volumes/")
     if totals.by_error_type:
         print("  failures by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.by_error_type.items())))
-    return EXIT_SOME_FAILED if failed else 0
+    return EXIT_SOME_FAILED if summary.volumes_failed else Exit.OK
 
 
 def _rss_mib() -> str:
@@ -383,12 +382,6 @@ def _rss_mib() -> str:
 
     m = psutil.Process().memory_full_info()
     return f"{m.rss / 2**20:.0f} MiB (unique {m.uss / 2**20:.0f}, shared {m.shared / 2**20:.0f})"
-
-
-def _start_pool(args, low: int, high: int):
-    from jobs.predictors import start_pool
-
-    return start_pool(args.model, args.batch_size, args.precision, args.xla, low, high, args.num_gpus)
 
 
 if __name__ == "__main__":

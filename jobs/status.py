@@ -14,6 +14,7 @@ from jobs.exits import run_main
 from jobs.output import configure as configure_output
 from unet_core.errors import ITEM_ERRORS, ConfigError
 from unet_core.io import storage
+from unet_core.segmentation.summary import RunSummary
 
 RECORDS_COUNTED = 10_000  # completion records of an interrupted run, counted up to this many
 
@@ -52,7 +53,7 @@ def _main(argv: list[str]) -> int:
     from unet_core.report import REPORT_FILE, aggregate_volume_table
 
     out = args.output.rstrip("/")
-    layout, summary = _json(storage.join(out, "layout.json")), _json(storage.join(out, "summary.json"))
+    layout, summary = _json(storage.join(out, "layout.json")), RunSummary.read(out)
     if layout is None:
         raise ConfigError(f"{out}: not a `unet segment` output (no layout.json)")
     agg = aggregate_volume_table(out)
@@ -62,10 +63,10 @@ def _main(argv: list[str]) -> int:
         e.uri.endswith(".parquet") for e in storage.list_files(storage.join(out, "plan")))
     lines = [f"{out}: unet segment output of {inputs}"]
     if summary:
-        lines.append(f"  last run: finished {summary.get('finished', '?')}, {summary.get('total_seconds', 0):.0f}s, "
-                     f"{summary.get('segmented_now', 0):,} volumes segmented, {summary.get('objects_listed', 0):,} "
-                     f"objects listed ({summary.get('headers_read', 0):,} headers read)")
-        lines.append(f"  model: {summary.get('model', '?')} (identity {summary.get('model_identity', '?')})")
+        lines.append(f"  last run: finished {summary.finished}, {summary.total_seconds:.0f}s, "
+                     f"{summary.segmented_now:,} volumes segmented, {summary.objects_listed:,} "
+                     f"objects listed ({summary.headers_read:,} headers read)")
+        lines.append(f"  model: {summary.model} (identity {summary.model_identity})")
     lines.append(f"  volumes: {ok:,} ok, {failed:,} failed, {skipped:,} objects skipped")
     if agg.by_error_type:
         lines.append("  failures by reason: " + ", ".join(f"{k} {v:,}" for k, v in agg.by_error_type.most_common()))
@@ -78,7 +79,7 @@ def _main(argv: list[str]) -> int:
         from unet_core.bundle import bundle_identity
 
         identity = bundle_identity(args.model)
-        redo_all = summary is not None and identity != summary.get("model_identity")
+        redo_all = summary is not None and identity != summary.model_identity
         lines.append(f"  --model {args.model}: identity {identity}"
                      + (", another model: a re-run with it redoes every volume" if redo_all else ", the same model"))
     if not redo_all:

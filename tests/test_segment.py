@@ -196,26 +196,3 @@ def test_multiclass_bundle_gives_label_maps(tmp_path, ray_local):
     slices = pq.read_table(row["slices_uri"]).to_pylist()
     assert "uint8" in {s["mask_encoding"] for s in slices}
     np.testing.assert_array_equal(np.stack([decode_mask(s) for s in slices], axis=-1), mask)
-
-
-def test_volume_slots(monkeypatch):
-    """Volumes in flight are capped by the local instance's free CPUs, and not at all on a cluster
-    (the autoscaler decides)."""
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    args = segment.build_parser().parse_args(["--input", "x", "--model", "m", "--output", "o"])
-    assert segment.volume_slots(args, 2, 100) == 2 and segment.volume_slots(args, 2, 1) == 1
-    args.address = "auto"
-    assert segment.volume_slots(args, 2, 100) is None
-    args.decode_concurrency = 5
-    assert segment.volume_slots(args, 2, 100) == 5
-    args.address = None
-    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
-    assert segment.volume_slots(segment.build_parser().parse_args(["--input", "x", "--model", "m", "--output", "o"]), 2, 100) is None
-    assert segment.segment_blocks(3, 2) == 3 and segment.segment_blocks(100, 2) == 8
-    assert segment.segment_blocks(4000, 2) == 125 and segment.segment_blocks(10, 64) == 10
-    assert segment.segment_blocks(200_000, 2) == segment.MAX_SEGMENT_TASKS  # bounded, whatever the archive
-    assert segment.segment_blocks(200_000, 512) == 2048  # four per slot on a large cluster
-    assert segment.predictor_counts(segment.build_parser().parse_args(
-        ["--input", "x", "--model", "m", "--output", "o", "--min-predictors", "2", "--max-predictors", "6"])) == (2, 6)
-    assert segment.predictor_counts(segment.build_parser().parse_args(
-        ["--input", "x", "--model", "m", "--output", "o", "--concurrency", "3"])) == (3, 3)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from unet_core.io import storage
+from unet_core.segmentation.summary import RunSummary
 
 REPORT_FILE = "report.html"
 PLOTS_FOLDER = "report"
@@ -156,7 +157,7 @@ def relative(out: str, uri: str) -> str:
     return uri[len(prefix):] if uri.startswith(prefix) else uri
 
 
-def segment_report(out: str, summary: dict, failures: list[tuple[str, str]] | None = None) -> str:
+def segment_report(out: str, summary: RunSummary, failures: list[tuple[str, str]] | None = None) -> str:
     """Write report.html (and report/*.png) at the root of a segment output; returns its URI."""
     agg = aggregate_volume_table(out)
     plots = {}
@@ -177,7 +178,7 @@ def segment_report(out: str, summary: dict, failures: list[tuple[str, str]] | No
             links.append((f"... and {len(parts) - MAX_PART_LINKS} more parts in {folder}/ (read the folder with any "
                           "Parquet reader)", relative(out, parts[MAX_PART_LINKS])))
     html = _env().get_template("segment_report.html.j2").render(
-        title=out, summary=_SummaryView(summary), model_identity=summary.get("model_identity", ""),
+        title=out, summary=summary, model_identity=summary.model_identity,
         written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         by_status=sorted(agg.by_status.items()), by_error_type=agg.by_error_type.most_common(),
         failures=failures or [], plots=_Plots(plots), slowest=slowest,
@@ -187,13 +188,6 @@ def segment_report(out: str, summary: dict, failures: list[tuple[str, str]] | No
     uri = storage.join(out, REPORT_FILE)
     storage.write_bytes(uri, html.encode())
     return uri
-
-
-class _SummaryView(dict):
-    """summary.json's values as attributes in the template (0 for a missing number)."""
-
-    def __getattr__(self, key):
-        return self.get(key, 0)
 
 
 class _Plots(dict):

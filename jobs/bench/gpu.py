@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from jobs.progress import Ticker
+from unet_core.segmentation.summary import RunSummary
 
 REFERENCES = [
     "NVIDIA DeepLearningExamples TF2 UNet_Medical, A100 80GB, AMP: 141 img/s training at batch 8, "
@@ -167,8 +168,8 @@ def _end_to_end(work: str, n_gpus: int, series: int, rows: int, slices: int, siz
         segment.main(["--input", archive, "--model", bundle, "--output", out, "--overwrite", "--num-gpus", "1",
                       "--min-predictors", "1", "--max-predictors", str(n_gpus), "--precision", "mixed_float16",
                       "--batch-size", "64"])
-    summary = json.load(open(os.path.join(out, "summary.json")))
-    return {"slices_per_s": summary["slices_now"] / summary["total_seconds"], "volumes": summary["segmented_now"],
+    summary = RunSummary.read(out)
+    return {"slices_per_s": summary.slices_now / summary.total_seconds, "volumes": summary.segmented_now,
             "gpu_utilisation_mean": gpu.mean(), "nvidia_smi": gpu.available}
 
 

@@ -12,13 +12,15 @@ written here by a process pool. Model: an untrained 8-filter U-Net at 32x32 (spe
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+
+from unet_core.segmentation.summary import RunSummary
 
 SLICE = 32
 EXTRAPOLATE_TO = 10_000_000
@@ -87,9 +89,7 @@ def run_segment(archive: str, bundle: str, out: str, extra: tuple[str, ...] = ()
     peak = rss.stop()
     if rc not in (0, 3):
         raise RuntimeError(f"unet segment exited {rc}; see {out}.log")
-    with open(os.path.join(out, "summary.json")) as f:
-        summary = json.load(f)
-    return {"wall_s": wall, "driver_peak_rss": peak, **summary}
+    return {"wall_s": wall, "driver_peak_rss": peak, **asdict(RunSummary.read(out))}
 
 
 def _one(work: str, n_series: int, slices: int, bundle: str) -> dict:

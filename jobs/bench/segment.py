@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 
 import numpy as np
 
 from jobs.bench.common import RayMemorySampler, make_bundle, write_ct_archive
+from unet_core.segmentation.summary import RunSummary
 
 
 def _model_stage(bundle: str, inputs: str, outputs: str) -> None:
@@ -139,7 +141,7 @@ def _end_to_end(archive: str, bundle: str, out: str, concurrency: int) -> dict:
     with RayMemorySampler() as mem:
         segment.main(["--input", archive, "--model", bundle, "--output", out, "--overwrite",
                       "--concurrency", str(concurrency), "--batch-size", "16"])
-    summary = json.load(open(os.path.join(out, "summary.json")))
+    summary = asdict(RunSummary.read(out))
     return {**summary, "peak_ray_rss_bytes": mem.peak, "peak_by_process_gib": {k: round(v / 1024**3, 2) for k, v in sorted(mem.parts.items())}}
 
 

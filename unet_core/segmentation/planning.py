@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
-from unet_core.errors import ITEM_ERRORS, ErrorType, ItemFailure
+from unet_core.errors import ITEM_ERRORS, EmptyFileError, ErrorType, ItemFailure
 from unet_core.io import archive, listing, storage
 from unet_core.io.dicom.grouping import (
     VolumeMembers,
@@ -149,6 +149,8 @@ def scan_object(entry: listing.ObjectEntry, limits: Limits) -> list[ObjectRow]:
     try:
         data = storage.read_bytes(entry.uri, max_bytes=limits.max_file_bytes)
         members = archive.list_members(data, entry.uri, limits)
+        if not members:
+            raise EmptyFileError(f"{entry.uri}: the zip archive holds no files", uri=entry.uri)
     except Exception as exc:  # noqa: BLE001
         return [_error_row(entry, Format.ZIP, exc)]
     rows = []
@@ -236,7 +238,10 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
             storage.write_bytes(part_uri, table_bytes(ObjectRow, [r.to_row() for r in rows]))
         elif previous:
             storage.delete(part_uri)
-    return fragments_of(rows, s.buckets, partition, reused), counts
+    frags = fragments_of(rows, s.buckets, partition, reused)
+    if frags:
+        frags[0] = replace(frags[0], listed=counts.listed, reused=counts.reused, scanned=counts.scanned)
+    return frags, counts
 
 
 def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...]) -> Iterator[listing.ObjectEntry]:

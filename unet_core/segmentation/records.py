@@ -142,13 +142,18 @@ class Fragment(Record):
     `members` is the JSON list of their ObjectRow rows, or "" when every one of them was unchanged
     since the last run (then they are in the partition's series_index part, for the rare volume
     that needs them); `fingerprint` is their part of the volume's fingerprint; `bucket` routes the
-    fragment to the merge task that also holds the volume's previous table row."""
+    fragment to the merge task that also holds the volume's previous table row. The partition's
+    scan counts ride on its first fragment (zeros on the others): every listed object forms at
+    least one row, so a partition that listed anything has a first fragment."""
 
     volume_id: str
     bucket: int
     members: str
     partition: int = 0
     fingerprint: str = ""
+    listed: int = 0  # stored objects listed in the partition
+    reused: int = 0  # their rows taken from the last run (unchanged)
+    scanned: int = 0  # headers read now
 
 
 @dataclass

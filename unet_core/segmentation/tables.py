@@ -11,6 +11,7 @@ from unet_core.io import storage
 from unet_core.segmentation.layout import index_part_uri, plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
     Action,
+    Fragment,
     ObjectRow,
     PlannedVolume,
     Status,
@@ -102,6 +103,29 @@ def settle_bucket(bucket: int, planned: list[PlannedVolume], s: SegmentSettings)
         return write_part(bucket, planned, s), 0
     storage.write_bytes(plan_part_uri(s.output, bucket), table_bytes(PlannedVolume, [p.to_row() for p in planned]))
     return TableCounts(), todo
+
+
+@dataclass
+class BucketSummary:
+    """What planning one volume bucket tells the driver: volumes to segment, the counts of the
+    rows already settled, and the scan counts of the partitions whose first fragments it holds."""
+
+    bucket: int
+    todo: int
+    counts: str  # TableCounts JSON
+    listed: int = 0
+    reused: int = 0
+    scanned: int = 0
+
+
+def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> BucketSummary:
+    """All fragments of one volume bucket -> its plan (kept in storage) and its summary."""
+    from unet_core.segmentation import planning
+
+    previous = {r["volume_id"]: r for r in read_part(s.output, bucket)}
+    counts, todo = settle_bucket(bucket, planning.merge_bucket(fragments, previous, s, IndexParts(s.output)), s)
+    return BucketSummary(bucket, todo, counts.to_json(), *(sum(getattr(f, k) for f in fragments)
+                                                           for k in ("listed", "reused", "scanned")))
 
 
 def read_plan(out: str, bucket: int, action: Action | None = None) -> list[PlannedVolume]:

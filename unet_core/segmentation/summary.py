@@ -1,0 +1,68 @@
+"""`summary.json` of a segment output: what the last run did, as one typed record that the job
+writes and `unet status`, the report, the benchmarks and the demo read."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from unet_core.errors import ITEM_ERRORS
+from unet_core.io import storage
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunSummary:
+    output: str
+    model: str
+    model_identity: str
+    finished: str  # UTC, ISO 8601
+    # the volume table after the run
+    volumes_ok: int = 0
+    volumes_failed: int = 0
+    objects_skipped: int = 0
+    failures_by_type: dict[str, int] = field(default_factory=dict)
+    volume_table_parts_written: int = 0
+    # listing and planning
+    objects_listed: int = 0
+    headers_read: int = 0
+    headers_unchanged: int = 0
+    # this run's work
+    segmented_now: int = 0
+    resumed_from_records: int = 0
+    slices_now: int = 0
+    slices_per_second: float = 0.0
+    # where the time went
+    scan_seconds: float = 0.0
+    predictor_wait_seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+    total_seconds: float = 0.0
+    predictors_started: int = 0
+    predictors_live: int = 0
+    # what the output was made with
+    dicom_seg: bool = False
+    qc: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSummary:
+        """A summary as written by any version: keys it does not know are left out, missing ones
+        take their defaults."""
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write(self) -> str:
+        uri = storage.join(self.output, SUMMARY_FILE)
+        storage.write_bytes(uri, self.to_json().encode())
+        return uri
+
+    @classmethod
+    def read(cls, out: str) -> RunSummary | None:
+        """The output's summary, or None when no run has finished there."""
+        try:
+            return cls.from_json(storage.read_bytes(storage.join(out, SUMMARY_FILE)).decode())
+        except ITEM_ERRORS:
+            return None

@@ -13,14 +13,19 @@ import argparse
 import io
 import sys
 
+import numpy as np
+
+from jobs import evaluate, prepare, segment, train
 from jobs.exits import run_main
 from jobs.options import add_ray_args
 from jobs.output import configure as configure_output
 from jobs.progress import Timer
 from jobs.runtime import init_ray
-from unet_core.io import storage
+from unet_core.inference import qc_montage_png
+from unet_core.io import read_volume, storage
 from unet_core.segmentation.summary import RunSummary
 from unet_core.segmentation.tables import read_series_index, read_volume_table
+from unet_core.synthetic import write_demo_archive, write_training_set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +48,6 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     import pyarrow.parquet as pq
 
-    from jobs import evaluate, prepare, segment, train
-    from unet_core.synthetic import write_demo_archive, write_training_set
 
     args = build_parser().parse_args(argv)
     configure_output(args.verbose)
@@ -97,10 +100,7 @@ def _main(argv: list[str]) -> int:
 
 def write_pictures(segmented: str, pictures: str, scores: dict) -> None:
     """Per volume: a montage of slices with the predicted and the true outline."""
-    import numpy as np
 
-    from unet_core.inference import qc_montage_png
-    from unet_core.io import read_volume
 
     index = read_series_index(segmented)
     for vid, score in scores.items():

@@ -11,16 +11,19 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 
 from jobs.exits import run_main
 from jobs.options import add_ray_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log
-from jobs.progress import Timer
+from jobs.progress import Progress, Timer
 from jobs.runtime import init_ray
 from unet_core.errors import ConfigError, InputError, ItemFailure
+from unet_core.evaluation import evaluate_case
 from unet_core.io import storage
+from unet_core.segmentation.tables import read_volume_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_pair(item: dict, cfg: dict) -> dict:
-    from unet_core.evaluation import evaluate_case
 
     out = {"volume_id": item["volume_id"], "truth": item["truth"], "mask_uri": item["mask_uri"], "status": "ok",
            "error": "", "error_type": "", "dice": float("nan"), "iou": float("nan"), "hd95_mm": float("nan"),
@@ -60,7 +62,6 @@ def _main(argv: list[str]) -> int:
 
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
-    from unet_core.segmentation.tables import read_volume_table
 
     table = read_volume_table(args.pred)
     if not table:
@@ -95,7 +96,6 @@ def _main(argv: list[str]) -> int:
     import ray
 
     timer = Timer()
-    from jobs.progress import Progress
 
     rows = []
     with Progress("evaluate", len(items), "volumes") as progress:
@@ -109,7 +109,6 @@ def _main(argv: list[str]) -> int:
     pq.write_table(pa.Table.from_pylist(rows), buf, compression="zstd")
     storage.write_bytes(out_uri, buf.getvalue())
 
-    import math
 
     ok = [r for r in rows if r["status"] == "ok"]
     width = max(len(r["volume_id"]) for r in rows)

@@ -9,8 +9,11 @@ import argparse
 import json
 from typing import Any
 
+import yaml
+
 from unet_core.config import Limits
 from unet_core.errors import ConfigError
+from unet_core.io import storage
 
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
@@ -42,11 +45,9 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     """A JSON or YAML file of option values (keys as the long option names, '-' or '_')."""
     if not path:
         return {}
-    from unet_core.io import storage
 
     text = storage.read_bytes(path).decode()
     if path.endswith((".yaml", ".yml")):
-        import yaml
 
         data = yaml.safe_load(text) or {}
     else:

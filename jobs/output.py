@@ -14,6 +14,8 @@ import os
 import sys
 import warnings
 
+from jobs.quieting import quiet_library_loggers
+
 log = logging.getLogger("unet")
 
 # Warnings of dependencies that say nothing a user can act on (deprecations inside Ray, Keras, TF).
@@ -44,7 +46,6 @@ def configure(verbose: bool) -> None:
     logging.getLogger().setLevel(level)
     log.setLevel(logging.DEBUG if verbose else logging.WARNING)
     cap_credential_loggers()
-    from jobs.quieting import quiet_library_loggers
 
     quiet_library_loggers(verbose)
     if not verbose:

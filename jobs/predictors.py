@@ -17,6 +17,11 @@ import threading
 import time
 
 import numpy as np
+import psutil
+
+from unet_core.errors import ConfigError
+from unet_core.inference import SlicePredictor
+from unet_core.segmentation.stages import PredictionFailed
 
 IDLE_RETIRE_SECONDS = 60.0
 EXCLUSIVE = 1 << 20  # the busy count of a predictor lent to one caller alone
@@ -25,7 +30,6 @@ RESTART_WAIT_SECONDS = 600.0  # a predictor that does not come back in this time
 
 class PredictorServer:
     def __init__(self, bundle_uri: str, batch_size: int, precision: str, xla: bool):
-        from unet_core.inference import SlicePredictor
 
         self.predictor = SlicePredictor(bundle_uri, batch_size, precision, xla)
         self.predictor.warm_up()
@@ -145,7 +149,6 @@ class Predictors:
         configuration error of the job, not an error of each volume."""
         import ray
 
-        from unet_core.errors import ConfigError
 
         try:
             ray.get(self.start().ready.remote())
@@ -200,7 +203,6 @@ def predict_with(pool, attempts: int):
     def predict(x: np.ndarray) -> tuple[np.ndarray, float, int]:
         import ray
 
-        from unet_core.segmentation.stages import PredictionFailed
 
         last, attempt = "", 0
         while attempt < attempts:
@@ -227,7 +229,6 @@ def predict_with(pool, attempts: int):
 def no_predictor_left(timeout: float = 30.0) -> bool:
     """Wait until no predictor process of an earlier run is left (so that a run's memory peak is its
     own); False if one still is after `timeout` seconds."""
-    import psutil
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

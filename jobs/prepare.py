@@ -17,11 +17,13 @@ from jobs.exits import Exit, run_main
 from jobs.options import add_limit_args, add_ray_args, limits_from, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log
-from jobs.progress import Timer
+from jobs.progress import Polled, Progress, Timer
 from jobs.runtime import init_ray
-from unet_core.config import CT_WINDOWS, PreprocessConfig, from_dict, to_dict
+from unet_core.config import CT_WINDOWS, Limits, PreprocessConfig, from_dict, to_dict
 from unet_core.errors import ITEM_ERRORS, ConfigError, InputError, ItemFailure
 from unet_core.io import storage
+from unet_core.training.cases import Case, discover_cases, load_case, load_case_2d, read_manifest
+from unet_core.training.shards import case_slices, image2d_rows, split_cases
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -61,9 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 def process_case(row: dict, cfg: dict) -> list[dict]:
     """Ray Data flat_map body: one case -> its slice rows. Writes the case summary as a side
     effect (idempotent, so task retries are harmless)."""
-    from unet_core.config import Limits
-    from unet_core.training.cases import Case, load_case, load_case_2d
-    from unet_core.training.shards import case_slices, image2d_rows
 
     case = Case(row["case_id"], row["image"], row["mask"])
     pre = from_dict(PreprocessConfig, cfg["preprocess"])
@@ -98,8 +97,6 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
-    from unet_core.training.cases import discover_cases, read_manifest
-    from unet_core.training.shards import split_cases
 
     if not args.manifest and not (args.images and args.masks):
         raise ConfigError("give --manifest, or both --images and --masks")
@@ -139,7 +136,6 @@ def _main(argv: list[str]) -> int:
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(process_case, fn_kwargs={"cfg": cfg})
     fs, path = storage.resolve(storage.join(out, "slices"))
-    from jobs.progress import Polled, Progress
 
     def cases_done() -> int:
         return min(len(items), sum(1 for e in storage.list_files(storage.join(out, "cases")) if e.uri.endswith(".json")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 DEFAULT_INTERVAL = 30.0
@@ -114,7 +115,6 @@ class Ticker:
     every = 0.5
 
     def __init__(self) -> None:
-        import threading
 
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -30,23 +30,27 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+import psutil
+
 from jobs.exits import Exit, run_main
 from jobs.options import add_limit_args, add_ray_args, limits_from, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log, say
-from jobs.predictors import Predictors
+from jobs.predictors import Predictors, predict_with
 from jobs.progress import Progress, Timer
 from jobs.runtime import cluster_address, init_ray
+from unet_core.bundle import bundle_identity, read_info
 from unet_core.config import from_dict, to_dict
 from unet_core.errors import InputError
-from unet_core.io import storage
+from unet_core.io import listing, storage
+from unet_core.report import segment_report
 from unet_core.segmentation import layout as lay
-from unet_core.segmentation import sizing
-from unet_core.segmentation.records import Fragment, Status
+from unet_core.segmentation import planning, sizing
+from unet_core.segmentation.records import Action, Fragment, PlannedVolume, Status
 from unet_core.segmentation.settings import SegmentSettings
-from unet_core.segmentation.stages import Outcome
+from unet_core.segmentation.stages import Outcome, segment_volume
 from unet_core.segmentation.summary import RunSummary
-from unet_core.segmentation.tables import BucketSummary, TableCounts
+from unet_core.segmentation.tables import BucketSummary, TableCounts, plan_bucket, read_plan
 
 EXIT_SOME_FAILED = Exit.SOME_FAILED
 INLINE_RESULT_BYTES = 1024  # task results under this size would live in the driver (docs/design.md, "Driver memory")
@@ -100,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 def scan_partitions(batch: dict, settings: dict, roots: list[str]) -> dict:
     """A block of listing partitions -> their volume fragments (the scan counts ride on each
     partition's first fragment: records.Fragment)."""
-    from unet_core.segmentation import planning
 
     s = from_dict(SegmentSettings, settings)
     frags = []
@@ -116,7 +119,6 @@ def merge_bucket(group, settings: dict):
     """All fragments of one volume bucket -> its plan (kept in storage) and its BucketSummary."""
     import pyarrow as pa
 
-    from unet_core.segmentation.tables import plan_bucket
 
     frags = [Fragment.from_row(r) for r in group.to_pylist()]
     summary = plan_bucket(frags[0].bucket, frags, from_dict(SegmentSettings, settings))
@@ -124,17 +126,12 @@ def merge_bucket(group, settings: dict):
 
 
 def plan_to_segment(row: dict, settings: dict) -> list[dict]:
-    from unet_core.segmentation.records import Action
-    from unet_core.segmentation.tables import read_plan
 
     s = from_dict(SegmentSettings, settings)
     return [p.to_row() for p in read_plan(s.output, int(row["bucket"]), Action.SEGMENT)]
 
 
 def segment_row(row: dict, settings: dict, pool) -> dict:
-    from jobs.predictors import predict_with
-    from unet_core.segmentation.records import PlannedVolume
-    from unet_core.segmentation.stages import segment_volume
 
     s = from_dict(SegmentSettings, settings)
     rec, outcome = segment_volume(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
@@ -185,7 +182,6 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
-    from unet_core.bundle import read_info
 
     info = read_info(args.model)
     out = args.output.rstrip("/")
@@ -226,7 +222,6 @@ def _prepare_output(args, out: str) -> tuple[tuple[str, ...], lay.Layout | None]
 
 
 def _settings(args, info, out: str, layout: lay.Layout) -> SegmentSettings:
-    from unet_core.bundle import bundle_identity
 
     return SegmentSettings(
         output=out, bundle_info=info.to_json(), model_name=info.name, model_identity=bundle_identity(args.model),
@@ -249,8 +244,6 @@ def plan(args, info, inputs: tuple[str, ...], out: str, layout: lay.Layout | Non
     per volume bucket. Each bucket's plan stays in storage; the driver gets counts."""
     import ray
 
-    from unet_core.io import listing
-    from unet_core.segmentation import planning
 
     units, depth = planning.fan_out(list(inputs), layout.depth if layout else None, args.follow_symlinks)
     if not units:
@@ -358,7 +351,6 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
         predictors_started=done.pool_stats.get("predictors_started", 0),
         predictors_live=done.pool_stats.get("predictors_live", 0), dicom_seg=args.dicom_seg, qc=args.qc)
     summary.write()
-    from unet_core.report import segment_report
 
     report = segment_report(out, summary, totals.failures)
     print(f"segmented {done.segmented} volumes ({done.slices} slices, {summary.slices_per_second:.1f} slices/s) "
@@ -378,7 +370,6 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
 
 
 def _rss_mib() -> str:
-    import psutil
 
     m = psutil.Process().memory_full_info()
     return f"{m.rss / 2**20:.0f} MiB (unique {m.uss / 2**20:.0f}, shared {m.shared / 2**20:.0f})"

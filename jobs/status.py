@@ -12,8 +12,10 @@ import sys
 
 from jobs.exits import run_main
 from jobs.output import configure as configure_output
+from unet_core.bundle import bundle_identity
 from unet_core.errors import ITEM_ERRORS, ConfigError
 from unet_core.io import storage
+from unet_core.report import REPORT_FILE, aggregate_volume_table
 from unet_core.segmentation.summary import RunSummary
 
 RECORDS_COUNTED = 10_000  # completion records of an interrupted run, counted up to this many
@@ -50,7 +52,6 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_output(args.verbose)
-    from unet_core.report import REPORT_FILE, aggregate_volume_table
 
     out = args.output.rstrip("/")
     layout, summary = _json(storage.join(out, "layout.json")), RunSummary.read(out)
@@ -76,7 +77,6 @@ def _main(argv: list[str]) -> int:
                      "have completion records and are not redone")
     redo_all = False
     if args.model:
-        from unet_core.bundle import bundle_identity
 
         identity = bundle_identity(args.model)
         redo_all = summary is not None and identity != summary.model_identity

@@ -19,16 +19,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
+import re
 import shlex
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
+import requests
+
+from jobs.cli import JOBS
 from jobs.exits import run_main
 from jobs.output import configure as configure_output
 from jobs.output import log, say
+from jobs.quieting import quiet_library_loggers
 from jobs.runtime import FORWARDED_STORAGE_ENV, forwarded_storage_env
 from unet_core.errors import ConfigError
 
@@ -128,7 +136,6 @@ class Cluster:
 
     def call(self, fn, *a, **kw):
         """One Jobs API call with the same clear errors as `connect`."""
-        import requests
         from ray.exceptions import AuthenticationError
 
         try:
@@ -143,11 +150,9 @@ class Cluster:
 
 def connect(address: str, verbose: bool = False) -> Cluster:
     """A client of the cluster's Jobs API, or a ConfigError that says what is wrong and what to do."""
-    import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    from jobs.quieting import quiet_library_loggers
 
     quiet_library_loggers(verbose)
     token, source = read_token()
@@ -178,9 +183,7 @@ def first_line(exc: Exception) -> str:
 # ---- what is submitted ---------------------------------------------------------------------------
 def check_job_args(job_argv: list[str]) -> None:
     """Parse the job's options with the job's own parser before anything is uploaded."""
-    import importlib
 
-    from jobs.cli import JOBS
 
     if not job_argv:
         raise ConfigError("nothing to submit: give the job after `--`, e.g. `unet submit -- segment --input ... "
@@ -205,7 +208,6 @@ def source_checkout() -> Path | None:
     """The checkout this code runs from (its pyproject.toml names this project), or None when the
     code is an installed package: then the folder above `jobs/` is site-packages, which must never
     be uploaded (it holds TensorFlow and everything else installed there)."""
-    import tomllib
 
     pyproject = PROJECT_ROOT / "pyproject.toml"
     if not (pyproject.is_file() and (PROJECT_ROOT / "jobs" / "cli.py").is_file() and (PROJECT_ROOT / "unet_core").is_dir()):
@@ -220,7 +222,6 @@ def source_checkout() -> Path | None:
 def installed_packages() -> list[Path]:
     """The import packages the installed distribution holds (from its RECORD, through
     importlib.metadata): the folders `unet submit` ships as the job's Python modules."""
-    from importlib import metadata
 
     try:
         dist = metadata.distribution(DIST_NAME)
@@ -241,14 +242,11 @@ def pinned_requirements() -> list[str]:
     """The project's own dependency pins, minus Ray (the cluster's Ray must not be replaced): from
     pyproject.toml in a checkout, from the installed distribution's metadata otherwise. Extras
     (test, gpu, codecs) are not included."""
-    import re
 
     if source_checkout() is not None:
-        import tomllib
 
         deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     else:
-        from importlib import metadata
 
         # Requires-Dist lines; those of an extra carry the marker `extra == "..."`.
         deps = [d for d in metadata.requires(DIST_NAME) or () if "extra" not in d.partition(";")[2]]

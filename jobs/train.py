@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from jobs.exits import run_main
 from jobs.options import add_ray_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log, say
+from jobs.prepare import read_prepared
 from jobs.progress import Timer
 from jobs.quieting import import_tensorflow
 from jobs.runtime import init_ray
-from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, to_dict
+from jobs.train_progress import EventBox, TrainWatcher
+from jobs.train_worker import train_loop_per_worker
+from unet_core.bundle import BundleInfo, save_bundle
+from unet_core.config import AugmentConfig, ModelConfig, PreprocessConfig, TrainConfig, from_dict, to_dict
 from unet_core.errors import ITEM_ERRORS, ConfigError, JobError
 from unet_core.io import storage
+from unet_core.plots import training_curves_png
+from unet_core.report import training_report_html
 from unet_core.training.plan import StepPlan, cpu_reservation, local_cpus, training_summary
 
 
@@ -81,7 +88,6 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
-    from jobs.prepare import read_prepared
 
     manifest = read_prepared(args.data)
     pre = manifest["preprocess"]
@@ -113,7 +119,6 @@ def _main(argv: list[str]) -> int:
     if args.resume and not run_exists:
         raise ConfigError(f"--resume: no run {run_name!r} with checkpoints in {storage_uri}")
 
-    import os
 
     storage.probe_writable(output)  # a refused output fails before training, not after (exit 5)
     init_ray(args.address, args.num_cpus or local_cpus(args.workers, args.cpus_per_worker, os.cpu_count() or 1),
@@ -129,7 +134,6 @@ def _main(argv: list[str]) -> int:
     )
     from ray.train.tensorflow import TensorflowTrainer
 
-    from jobs.train_worker import train_loop_per_worker
 
     fs, data_path = storage.resolve(storage.join(args.data, "slices"))
     read_args = {"filesystem": fs, "num_cpus": 0.25}
@@ -153,7 +157,6 @@ def _main(argv: list[str]) -> int:
         "initial_weights": args.initial_weights,
         "transfer": args.transfer, "freeze_encoder": args.freeze_encoder,
     }
-    from jobs.train_progress import EventBox, TrainWatcher
 
     box = ray.remote(num_cpus=0)(EventBox).remote()
     loop_config["progress"] = box
@@ -199,12 +202,8 @@ def _run_exists(storage_uri: str, run_name: str) -> bool:
 def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: dict, threshold: float,
                  labels: list[str], meta: dict):
     """The bundle from a run's latest checkpoint: the best weights, the history, the curves."""
-    import os
 
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import PreprocessConfig, from_dict
     from unet_core.model import build_unet
-    from unet_core.plots import training_curves_png
     from unet_core.training.state import load_best_weights, read_state
 
     with checkpoint.as_directory() as folder:
@@ -222,7 +221,6 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
     history = training["history"]
     info = BundleInfo(preprocess=from_dict(PreprocessConfig, preprocess), model=model_cfg, threshold=threshold,
                       label_names=labels, training=training, name=storage.basename(output))
-    from unet_core.report import training_report_html
 
     extra = {"curves.png": training_curves_png(history, title=storage.basename(output)),
              "history.json": json.dumps(history, indent=1).encode(),

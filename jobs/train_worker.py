@@ -12,6 +12,14 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
+
+from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, from_dict
+from unet_core.io import storage
+from unet_core.training.callbacks import CallbackState, end_of_epoch
+from unet_core.training.events import EpochDone, HistoryEvent, HistoryKind, Resumed, StepDone
+from unet_core.training.shards import decode_rows
+
 
 def train_loop_per_worker(config: dict) -> None:
     import tensorflow as tf
@@ -27,11 +35,8 @@ def train_loop_per_worker(config: dict) -> None:
     import keras
     import ray.train
 
-    from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, from_dict
     from unet_core.model import build_unet
     from unet_core.model.losses import get_loss
-    from unet_core.training.callbacks import CallbackState, end_of_epoch
-    from unet_core.training.events import EpochDone, HistoryEvent, HistoryKind, Resumed, StepDone
     from unet_core.training.state import (
         load_state,
         make_optimizer,
@@ -139,7 +144,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _load_initial(model, config: dict) -> None:
     """Initial weights from a bundle, a .keras model file or a .weights.h5 file (local or s3)."""
-    from unet_core.io import storage
     from unet_core.model.pretrained import load_pretrained
 
     source = config["initial_weights"]
@@ -169,7 +173,6 @@ class ShardCache:
         self.cacheable = budget_bytes > 0
 
     def batches(self, batch_size: int, n_steps: int, seed: int | None = None):
-        import numpy as np
 
         if self.cached is not None:
             x, y = self.cached
@@ -178,7 +181,6 @@ class ShardCache:
                 idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
                 yield i, (x[idx], y[idx])
             return
-        from unet_core.training.shards import decode_rows
 
         kept, used = [], 0
         it = self.shard.iter_batches(
@@ -204,7 +206,6 @@ class ShardCache:
 def replica_weight_spread(strategy, model) -> float:
     """max - min over replicas of a float64 checksum of all weights: 0.0 when every replica
     holds the same weights. Gathered through the strategy's own collectives."""
-    import numpy as np
     import tensorflow as tf
 
     checksum = float(sum(np.sum(w, dtype=np.float64) + np.sum(np.abs(w), dtype=np.float64) for w in model.get_weights()))

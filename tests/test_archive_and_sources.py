@@ -7,8 +7,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import put
 
+from support.bundles import put
 from support.dicom_factory import write_series
 from unet_core.config import Limits
 from unet_core.errors import ResourceLimitError, StorageError, UnreadableFileError

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from unet_core.segmentation.sizing import predictor_counts
+
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
 RAYJOBS = sorted(CLUSTER.glob("rayjob-*.yaml"))
@@ -71,7 +73,7 @@ def test_segmentation_manifest_autoscales_gpu_and_cpu_groups():
     assert "nvidia.com/gpu" in gpu_limits
     assert "nvidia.com/gpu" not in groups["cpu-decode"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     args = importlib.import_module("jobs.segment").build_parser().parse_args(shlex.split(doc["spec"]["entrypoint"])[2:])
-    low, high = importlib.import_module("jobs.segment").predictor_counts(args)
+    low, high = predictor_counts(args.concurrency, args.min_predictors, args.max_predictors)
     assert args.num_gpus == 1 and low <= high <= groups["gpu-predict"]["maxReplicas"]
     for g in groups.values():
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]

@@ -56,11 +56,11 @@ def test_an_unexpected_exception_in_any_stage_is_the_volumes_internal_row(tmp_pa
         raise RuntimeError(f"boom in {stage}")
 
     if stage == "decode":
-        monkeypatch.setattr("unet_core.io.dicom.series.read_series_with_sources", boom)
+        monkeypatch.setattr("unet_core.segmentation.stages.read_series_with_sources", boom)
     elif stage == "predict":
         predict = boom
     else:
-        monkeypatch.setattr("unet_core.inference.volume_stats", boom)
+        monkeypatch.setattr("unet_core.segmentation.stages.volume_stats", boom)
     rec, how = segment_volume(p, s, predict)
     assert how == "done" and rec.status == Status.ERROR and rec.error_type == "internal"
     # the exception's type is named; its text (which could quote data) goes to the -v log only

@@ -11,6 +11,8 @@ Package your own Keras model with `package_model`.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 from unet_core.config import ModelConfig, PreprocessConfig, from_dict
 from unet_core.errors import ConfigError, InputError
 from unet_core.io import storage
+from unet_core.io.dicom.seg import check_segment_codes
 
 if TYPE_CHECKING:  # Keras is imported where a model is loaded or saved: reading a bundle's
     import keras  # description (every decode task does) must not pay for TensorFlow.
@@ -47,7 +50,6 @@ class BundleInfo:
     segment_codes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from unet_core.io.dicom.seg import check_segment_codes
 
         check_segment_codes(self.segment_codes, self.label_names)
 
@@ -92,7 +94,6 @@ def read_info(uri: str) -> BundleInfo:
 
 def load_bundle(uri: str) -> tuple[keras.Model, BundleInfo]:
     info = read_info(uri)
-    import importlib
 
     for module in info.keras_modules:
         try:
@@ -117,7 +118,6 @@ def load_bundle(uri: str) -> tuple[keras.Model, BundleInfo]:
 
 def bundle_identity(uri: str) -> str:
     """A short content identity of a bundle (sha256 of bundle.json + model.keras)."""
-    import hashlib
 
     h = hashlib.sha256()
     for name in (INFO_FILE, MODEL_FILE):
@@ -145,7 +145,6 @@ def package_model(keras_file: str, uri: str, preprocess: PreprocessConfig, thres
     """Turn a user's own `.keras` model (input (s, s, C), sigmoid or softmax output) into a bundle.
     `keras_modules` name the modules that register its custom layers, if it has any;
     `segment_codes` the coded category and type of each foreground label in DICOM SEG output."""
-    import importlib
 
     from unet_core.model.pretrained import load_model_file
 

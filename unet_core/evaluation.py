@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from unet_core.errors import InputError
+from unet_core.io import read_volume
+
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     p, t = pred.astype(bool), truth.astype(bool)
@@ -50,7 +53,6 @@ def evaluate_masks(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ..
 
 def check_same_grid(pred, truth, truth_name: str) -> None:
     """A prediction and its ground truth must share the voxel grid (shape and affine, to 1e-3 mm)."""
-    from unet_core.errors import InputError
 
     if pred.shape != truth.shape or not np.allclose(pred.affine, truth.affine, atol=1e-3):
         raise InputError(f"{truth_name}: grid {truth.shape} does not match the prediction's {pred.shape} "
@@ -60,7 +62,6 @@ def check_same_grid(pred, truth, truth_name: str) -> None:
 def evaluate_case(mask_uri: str, truth_uri: str, truth_labels: list[int] | None = None) -> dict:
     """One predicted mask against its ground truth: the metrics of `evaluate_masks`. Raises the
     item errors of reading either (and a grid mismatch as an InputError)."""
-    from unet_core.io import read_volume
 
     pred, truth = read_volume(mask_uri), read_volume(truth_uri)
     check_same_grid(pred, truth, truth_uri)

@@ -14,9 +14,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
+from unet_core.bundle import load_bundle
 from unet_core.config import PreprocessConfig
 from unet_core.io.orientation import canonical_grid, from_canonical, to_canonical
+from unet_core.plots import display_slice
 from unet_core.preprocessing import (
     probabilities_to_grid,
     probabilities_to_labels,
@@ -41,7 +44,6 @@ class SlicePredictor:
     def __init__(self, bundle_uri: str, batch_size: int = 16, precision: str = "float32", xla: bool = False):
         import tensorflow as tf
 
-        from unet_core.bundle import load_bundle
         from unet_core.model.precision import with_precision
 
         model, self.info = load_bundle(bundle_uri)
@@ -91,7 +93,6 @@ def postprocess(labels: np.ndarray, cfg: PostProcess) -> np.ndarray:
     """Per label (3D, 26-connectivity): keep the largest connected component, fill holes."""
     if not (cfg.largest_component or cfg.fill_holes):
         return labels
-    from scipy import ndimage
 
     out = np.zeros_like(labels)
     for value in np.unique(labels):
@@ -140,7 +141,6 @@ def qc_montage_png(volume: Volume, labels: np.ndarray, truth: np.ndarray | None 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from unet_core.plots import display_slice
 
     img, can_affine = to_canonical(volume.voxels, volume.affine)
     sx, sy = np.linalg.norm(can_affine[:3, :2], axis=0)  # display rows run along j, columns along i

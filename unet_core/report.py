@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import jinja2
 import numpy as np
 
 from unet_core.io import storage
@@ -34,7 +35,6 @@ COLUMNS = ["volume_id", "status", "error_type", "finished", "n_slices", "mask_vo
 
 
 def _env():
-    import jinja2
 
     return jinja2.Environment(loader=jinja2.PackageLoader("unet_core", "templates"),
                               autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)

@@ -9,16 +9,24 @@ Labels: 0 background, 1 target organ, 2 lungs, 3 bone.
 """
 from __future__ import annotations
 
+import gzip
+import gzip as _gzip
 import io
+import zipfile
 from dataclasses import dataclass
 
+import nibabel as nib
 import numpy as np
 import pydicom
+from pydicom.data import get_testdata_file
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from unet_core.errors import ConfigError
+from unet_core.io import storage
 from unet_core.io.dicom.geometry import cosines
+from unet_core.io.dicom.grouping import group_series
+from unet_core.io.dicom.header import scan_header
 from unet_core.io.orientation import LPS_TO_RAS, dicom_affine
 
 HU_AIR, HU_FAT, HU_TISSUE, HU_LUNG, HU_BONE, HU_ORGAN = -1000.0, -100.0, 40.0, -850.0, 700.0, 110.0
@@ -220,9 +228,7 @@ def to_bytes(ds: pydicom.Dataset) -> bytes:
 
 def nifti_case(phantom: Phantom, affine: np.ndarray, shape: tuple[int, int, int], seed: int = 0) -> tuple[bytes, bytes]:
     """(image .nii.gz bytes in HU as int16, label .nii.gz bytes) of a phantom on a grid."""
-    import gzip
 
-    import nibabel as nib
 
     hu, labels = phantom_volume(phantom, affine, shape, seed)
     img = nib.Nifti1Image(hu.astype(np.int16), affine)
@@ -238,7 +244,6 @@ def write_training_set(uri: str, n_cases: int, size: int = 64, n_slices: int = 1
                        spacing: tuple[float, float, float] = (6.0, 6.0, 10.0)) -> list[str]:
     """Write `n_cases` labelled NIfTI cases as images/<case>.nii.gz and masks/<case>.nii.gz
     (labels 0..3, see the module docstring). Returns the case ids."""
-    from unet_core.io import storage
 
     ids = []
     for n in range(n_cases):
@@ -282,14 +287,8 @@ def write_demo_archive(root: str, truth: str, seed: int = 100, n_nifti: int = 2,
     and junk (random bytes named .dcm, an empty file, a text file, a truncated DICOM, a truncated
     re-sent copy of an instance that is also in the zip, a truncated .nii.gz). Truth masks (target organ = 1) are named `<volume_id>.nii.gz` for DICOM series and
     `<case>.nii.gz` for NIfTI volumes."""
-    import gzip as _gzip
-    import zipfile
 
-    import nibabel as nib
 
-    from unet_core.io import storage
-    from unet_core.io.dicom.grouping import group_series
-    from unet_core.io.dicom.header import scan_header
 
     def truth_bytes(labels: np.ndarray, affine: np.ndarray) -> bytes:
         img = nib.Nifti1Image((labels == TARGET).astype(np.uint8), affine)
@@ -335,7 +334,6 @@ def write_demo_archive(root: str, truth: str, seed: int = 100, n_nifti: int = 2,
     }
     for path, data in bad.items():
         storage.write_bytes(storage.join(root, path), data)
-    from pydicom.data import get_testdata_file
 
     with open(get_testdata_file("reportsi.dcm"), "rb") as f:
         storage.write_bytes(storage.join(root, "dicom", "study_0", "report.dcm"), f.read())

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import os
 
+import psutil
+
 from jobs.progress import Ticker
+from jobs.quieting import import_tensorflow
+from unet_core.bundle import BundleInfo, save_bundle
+from unet_core.config import ModelConfig, PreprocessConfig
+from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
 
 
 def rate(n: int, seconds: float) -> float:
@@ -11,7 +17,6 @@ def rate(n: int, seconds: float) -> float:
 
 
 def write_ct_archive(root: str, n_series: int, rows: int, slices: int) -> None:
-    from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
 
     spec = SeriesSpec(rows=rows, columns=rows, n_slices=slices, pixel_spacing=(384 / rows, 384 / rows), slice_step=5.0,
                       center=(0.0, 0.0, -30.0))
@@ -24,13 +29,10 @@ def write_ct_archive(root: str, n_series: int, rows: int, slices: int) -> None:
 
 
 def make_bundle(path: str, size: int, filters: int) -> None:
-    from jobs.quieting import import_tensorflow
 
     import_tensorflow(verbose=False)  # quietly: TensorFlow's C++ start-up notices are not for the reader
     import keras
 
-    from unet_core.bundle import BundleInfo, save_bundle
-    from unet_core.config import ModelConfig, PreprocessConfig
     from unet_core.model import build_unet
 
     keras.utils.set_random_seed(0)
@@ -47,7 +49,6 @@ class RayMemorySampler(Ticker):
         self.every, self.peak, self.parts = interval, 0, {}
 
     def tick(self) -> None:
-        import psutil
 
         me = os.getpid()
         parts: dict[str, int] = {}

@@ -24,8 +24,15 @@ import time
 
 import numpy as np
 
+from jobs import prepare, segment, train
+from jobs.bench.common import make_bundle, write_ct_archive
 from jobs.progress import Ticker
+from jobs.quieting import import_tensorflow
+from jobs.runtime import init_ray
+from unet_core.config import AugmentConfig, ModelConfig, TrainConfig
+from unet_core.inference import SlicePredictor
 from unet_core.segmentation.summary import RunSummary
+from unet_core.synthetic import write_training_set
 
 REFERENCES = [
     "NVIDIA DeepLearningExamples TF2 UNet_Medical, A100 80GB, AMP: 141 img/s training at batch 8, "
@@ -35,7 +42,6 @@ REFERENCES = [
 
 
 def visible_gpus() -> list[str]:
-    from jobs.quieting import import_tensorflow
 
     import_tensorflow(verbose=False)
     import tensorflow as tf
@@ -68,13 +74,11 @@ class GpuSampler(Ticker):
 
 def train_rate(size: int, filters: int, batch: int, precision: str, xla: bool, steps: int, warmup: int) -> float:
     """Images/s of the distributed training step (the one Ray Train workers run) on one device."""
-    from jobs.quieting import import_tensorflow
 
     import_tensorflow(verbose=False)
     import keras
     import tensorflow as tf
 
-    from unet_core.config import AugmentConfig, ModelConfig, TrainConfig
     from unet_core.model import build_unet
     from unet_core.model.losses import get_loss
     from unet_core.training.state import make_optimizer, set_precision
@@ -104,7 +108,6 @@ def train_rate(size: int, filters: int, batch: int, precision: str, xla: bool, s
 
 def inference_rate(bundle: str, batch: int, precision: str, batches: int) -> float:
     """Slices/s of the predictor's code path (`SlicePredictor`, as in a predictor actor)."""
-    from unet_core.inference import SlicePredictor
 
     predictor = SlicePredictor(bundle, batch_size=batch, precision=precision)
     predictor.warm_up()
@@ -131,8 +134,6 @@ def single_device_main(params: str) -> None:
 
 
 def _multi_gpu(work: str, n_gpus: int, size: int, filters: int, batch: int, epochs: int, dry: bool) -> dict:
-    from jobs import prepare, train
-    from unet_core.synthetic import write_training_set
 
     raw, prepared = os.path.join(work, "raw"), os.path.join(work, "prepared")
     write_training_set(raw, 4 if dry else 16, size=size, n_slices=8 if dry else 32, seed=1)
@@ -158,8 +159,6 @@ def _ray_gpus() -> float:
 
 
 def _end_to_end(work: str, n_gpus: int, series: int, rows: int, slices: int, size: int, filters: int) -> dict:
-    from jobs import segment
-    from jobs.bench.common import make_bundle, write_ct_archive
 
     archive, bundle, out = (os.path.join(work, d) for d in ("archive", "bundle", "out"))
     write_ct_archive(archive, series, rows, slices)
@@ -174,8 +173,6 @@ def _end_to_end(work: str, n_gpus: int, series: int, rows: int, slices: int, siz
 
 
 def run(args, work: str) -> dict:
-    from jobs.bench.common import make_bundle
-    from jobs.runtime import init_ray
 
     gpus = visible_gpus()
     dry = args.gpu_dry_run

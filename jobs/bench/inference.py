@@ -4,18 +4,20 @@ Decides whether `--xla` / `--precision` pay off at inference here (docs/benchmar
 from __future__ import annotations
 
 import os
+import time
+
+import numpy as np
+
+from jobs.bench.common import make_bundle
+from unet_core.inference import SlicePredictor
 
 VARIANTS = (("float32", "float32", False), ("float32 + XLA", "float32", True),
             ("mixed_float16", "mixed_float16", False), ("mixed_bfloat16", "mixed_bfloat16", False))
 
 
 def run(args, work: str) -> dict:
-    import time
 
-    import numpy as np
 
-    from jobs.bench.common import make_bundle
-    from unet_core.inference import SlicePredictor
 
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, args.infer_size, args.infer_filters)

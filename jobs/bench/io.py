@@ -13,9 +13,19 @@ side). Each side runs `--io-repeats` times, alternating; the best time of each c
 from __future__ import annotations
 
 import io
+import logging
 import time
 
 import numpy as np
+import pydicom
+from pydicom.encaps import generate_frames
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from unet_core.io.dicom.grouping import group_series
+from unet_core.io.dicom.header import scan_header
+from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
+from unet_core.io.dicom.series import read_series
+from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, to_bytes
 
 SCAN_TAGS = ["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "Rows",
              "Columns", "NumberOfFrames", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
@@ -23,13 +33,10 @@ SCAN_TAGS = ["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanc
 
 
 def _series(n_slices: int, syntax=None) -> list[tuple[str, bytes]]:
-    import logging
 
-    import pydicom
 
     logging.getLogger("openjpeg").setLevel(logging.WARNING)  # an INFO line per encoded tile
 
-    from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, to_bytes
 
     spec = SeriesSpec(rows=512, columns=512, n_slices=n_slices, pixel_spacing=(0.7, 0.7), slice_step=2.5)
     files = [(f"mem://s/{name}", data) for name, data in dicom_series(Phantom.random(1), spec, seed=1)[0]]
@@ -55,11 +62,7 @@ def _best(fns: dict, repeats: int) -> dict:
 
 
 def _decode_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
-    import pydicom
 
-    from unet_core.io.dicom.grouping import group_series
-    from unet_core.io.dicom.header import scan_header
-    from unet_core.io.dicom.series import read_series
 
     (group,), _ = group_series([scan_header(d, u) for u, d in files])
     by_uri = dict(files)
@@ -81,12 +84,7 @@ def _decode_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
 
 def _j2k_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
     import openjpeg
-    import pydicom
-    from pydicom.encaps import generate_frames
 
-    from unet_core.io.dicom.grouping import group_series
-    from unet_core.io.dicom.header import scan_header
-    from unet_core.io.dicom.series import read_series
 
     (group,), _ = group_series([scan_header(d, u) for u, d in files])
     by_uri = dict(files)
@@ -107,10 +105,7 @@ def _j2k_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
 
 
 def _scan_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
-    import pydicom
 
-    from unet_core.io.dicom.header import scan_header
-    from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 
     prefixes = [(u, d[:HEADER_PREFIX_BYTES], len(d)) for u, d in files]
 
@@ -130,7 +125,6 @@ def _scan_pair(files: list[tuple[str, bytes]], repeats: int) -> dict:
 
 def run(args, work: str) -> dict:
     """One process, one core."""
-    from pydicom.uid import JPEG2000Lossless, RLELossless
 
     n, repeats = args.io_slices, args.io_repeats
     plain = _series(n)

@@ -20,7 +20,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
+import psutil
+
+from jobs.bench.common import make_bundle
 from unet_core.segmentation.summary import RunSummary
+from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
 
 SLICE = 32
 EXTRAPOLATE_TO = 10_000_000
@@ -28,7 +32,6 @@ EXTRAPOLATE_TO = 10_000_000
 
 def _write_series(args: tuple[str, int, int, int]) -> int:
     root, first, last, slices = args
-    from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
 
     spec = SeriesSpec(rows=SLICE, columns=SLICE, n_slices=slices, pixel_spacing=(12.0, 12.0), slice_step=5.0)
     for s in range(first, last):
@@ -58,7 +61,6 @@ class PeakRSS:
         self._thread.start()
 
     def _run(self) -> None:
-        import psutil
 
         try:
             proc = psutil.Process(self.pid)
@@ -107,7 +109,6 @@ def _one(work: str, n_series: int, slices: int, bundle: str) -> dict:
 
 
 def run(args, work: str) -> dict:
-    from jobs.bench.common import make_bundle
 
     os.makedirs(work, exist_ok=True)
     bundle = os.path.join(work, "bundle")

@@ -15,12 +15,28 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict
 
 import numpy as np
 
+from jobs import segment
 from jobs.bench.common import RayMemorySampler, make_bundle, write_ct_archive
+from jobs.predictors import no_predictor_left
+from jobs.runtime import init_ray
+from unet_core.bundle import load_bundle, read_info
+from unet_core.inference import PostProcess, SlicePredictor, finish_volume, prepare_volume
+from unet_core.io import mask_to_nifti_bytes, read_volume, storage
+from unet_core.io.dicom.grouping import group_series
+from unet_core.io.dicom.header import scan_header
+from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
+from unet_core.io.dicom.seg import SegIdentity, build_seg, seg_bytes, software_version
+from unet_core.io.dicom.series import read_series_with_sources
+from unet_core.io.orientation import canonical_grid, from_canonical
+from unet_core.preprocessing import probabilities_to_grid, probabilities_to_labels
+from unet_core.segmentation.sizing import local_cpus
 from unet_core.segmentation.summary import RunSummary
 
 
@@ -30,7 +46,6 @@ def _model_stage(bundle: str, inputs: str, outputs: str) -> None:
     with np.load(inputs) as f:  # the in-memory batches (reading them is not timed)
         xs = [f[k] for k in sorted(f.files)]
     t = time.perf_counter()
-    from unet_core.inference import SlicePredictor
 
     predictor = SlicePredictor(bundle, batch_size=16)
     predictor.warm_up()
@@ -43,22 +58,7 @@ def _model_stage(bundle: str, inputs: str, outputs: str) -> None:
 
 def _stages_alone(archive: str, bundle: str, scratch: str) -> dict:
     """Scan, decode, model and write, each by itself on one machine, one after the other."""
-    import subprocess
-    import sys
 
-    from unet_core.bundle import read_info
-    from unet_core.inference import PostProcess, finish_volume, prepare_volume
-    from unet_core.io import mask_to_nifti_bytes, storage
-    from unet_core.io.dicom.grouping import group_series
-    from unet_core.io.dicom.header import scan_header
-    from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
-    from unet_core.io.dicom.seg import (
-        SegIdentity,
-        build_seg,
-        seg_bytes,
-        software_version,
-    )
-    from unet_core.io.dicom.series import read_series_with_sources
 
     os.makedirs(scratch, exist_ok=True)
     info = read_info(bundle)
@@ -107,11 +107,6 @@ def _stages_alone(archive: str, bundle: str, scratch: str) -> dict:
 
 def _naive_loop(archive: str, bundle: str, scratch: str) -> dict:
     """The seed's way: a file at a time, `model.predict` per slice."""
-    from unet_core.bundle import load_bundle
-    from unet_core.inference import prepare_volume
-    from unet_core.io import mask_to_nifti_bytes, read_volume, storage
-    from unet_core.io.orientation import from_canonical
-    from unet_core.preprocessing import probabilities_to_grid, probabilities_to_labels
 
     model, info = load_bundle(bundle)
     folders = sorted({os.path.dirname(e.uri) for e in storage.list_files(archive)})
@@ -119,7 +114,6 @@ def _naive_loop(archive: str, bundle: str, scratch: str) -> dict:
     for folder in folders:
         v = read_volume(folder)
         x = prepare_volume(v, info.preprocess)
-        from unet_core.io.orientation import canonical_grid
 
         shape, _ = canonical_grid(v.affine, v.shape)
         labels = np.zeros(shape, np.uint8)
@@ -134,8 +128,6 @@ def _naive_loop(archive: str, bundle: str, scratch: str) -> dict:
 
 
 def _end_to_end(archive: str, bundle: str, out: str, concurrency: int) -> dict:
-    from jobs import segment
-    from jobs.predictors import no_predictor_left
 
     no_predictor_left()
     with RayMemorySampler() as mem:
@@ -154,7 +146,6 @@ def _efficiency(e2e: dict, alone: dict) -> float:
 
 
 def run(args, work: str) -> dict:
-    from jobs.runtime import init_ray
 
     series, rows, slices = args.seg_series, 256, args.seg_slices
     size, filters = args.seg_size, args.seg_filters
@@ -163,9 +154,8 @@ def run(args, work: str) -> dict:
     write_ct_archive(large, 4 * series, rows, slices)
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, size, filters)
-    from jobs.segment import local_cpus
 
-    init_ray(args.address, args.num_cpus or local_cpus(1, 0), verbose=False)
+    init_ray(args.address, args.num_cpus or local_cpus(os.cpu_count() or 1, predictors=1, num_gpus=0), verbose=False)
 
     e2e = _end_to_end(small, bundle, os.path.join(work, "out"), concurrency=1)
     e2e_large = _end_to_end(large, bundle, os.path.join(work, "out4x"), concurrency=1)

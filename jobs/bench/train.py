@@ -6,13 +6,18 @@ import json
 import os
 import time
 
+import numpy as np
+
+from jobs import prepare, train
+from jobs.quieting import import_tensorflow
+from unet_core.config import ModelConfig
+from unet_core.synthetic import write_training_set
+from unet_core.training.shards import decode_rows
+
 
 def run(args, work: str) -> dict:
-    import numpy as np
     import pyarrow.parquet as pq
 
-    from jobs import prepare, train
-    from unet_core.synthetic import write_training_set
 
     raw, prepared, bundle = (os.path.join(work, d) for d in ("raw", "prepared", "bundle"))
     write_training_set(raw, args.train_cases, size=args.train_size, n_slices=args.train_slices, seed=1)
@@ -35,15 +40,12 @@ def run(args, work: str) -> dict:
                        "first_epoch_s": history[0]["epoch_seconds"], "wall_s": wall}
 
     # (b) the seed's way: one process, arrays in memory, model.fit.
-    from jobs.quieting import import_tensorflow
 
     import_tensorflow(verbose=False)
     import keras
 
-    from unet_core.config import ModelConfig
     from unet_core.model import build_unet
     from unet_core.model.losses import bce_loss
-    from unet_core.training.shards import decode_rows
 
     table = pq.read_table(os.path.join(prepared, "slices", "split=train")).to_pydict()
     x, y = decode_rows(np.array(table["image"], object), np.array(table["mask"], object), args.train_size, 1)

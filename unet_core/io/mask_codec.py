@@ -11,6 +11,7 @@ Decode in one call: `decode_mask(row)` with a dict (or pyarrow row) holding thos
 """
 from __future__ import annotations
 
+import io
 from typing import Mapping
 
 import numpy as np
@@ -53,7 +54,6 @@ def decode_mask(row: Mapping) -> np.ndarray:
 def slices_table_bytes(volume_id: str, labels: np.ndarray) -> bytes:
     """The per-slice Parquet table of a (i, j, k) label volume: one row per slice k with
     `volume_id`, `slice_index` and the four mask columns, zstd-compressed."""
-    import io
 
     import pyarrow.parquet as pq
 

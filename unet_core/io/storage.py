@@ -17,6 +17,7 @@ import os
 import random
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
@@ -236,7 +237,6 @@ def probe_writable(prefix: str) -> None:
     """Write a small hidden object under `prefix` and remove it, before a job reads anything: a
     store that refuses the output fails the job at once, naming the key and what to check, instead
     of after the archive was scanned. Raises StorageError."""
-    import uuid
 
     key = join(prefix, f".tmp-probe-{uuid.uuid4().hex[:12]}")
     try:

@@ -14,6 +14,8 @@ from typing import Callable
 import numpy as np
 from keras import ops
 
+from unet_core.errors import ConfigError
+
 SMOOTH = 1.0
 MEAN_IOU_THRESHOLDS = tuple(np.arange(0.5, 1.0, 0.05).round(2).tolist())
 
@@ -149,7 +151,6 @@ def get_loss(name: str, num_classes: int) -> Callable:
     """A per-example loss by name, in its binary (num_classes == 1) or multi-class form."""
     table = _BINARY_LOSSES if num_classes == 1 else _MULTI_LOSSES
     if name not in table:
-        from unet_core.errors import ConfigError
 
         raise ConfigError(f"unknown loss {name!r}; known: {sorted(table)}")
     return table[name]

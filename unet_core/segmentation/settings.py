@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unet_core.config import Limits
+from unet_core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,6 @@ class SegmentSettings:
         return not (self.dicom_seg and not row.get("seg_uri") and not row.get("seg_skipped"))
 
     def __post_init__(self) -> None:
-        from unet_core.errors import ConfigError
 
         if self.prediction_attempts < 1 or self.partitions < 1 or self.buckets < 1:
             raise ConfigError("prediction_attempts, partitions and buckets must be >= 1")

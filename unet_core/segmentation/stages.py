@@ -15,9 +15,15 @@ from typing import Callable
 
 import numpy as np
 
+from unet_core.bundle import BundleInfo
 from unet_core.errors import ITEM_ERRORS, ErrorType, InputError, ItemFailure
-from unet_core.io import storage
-from unet_core.io.dicom.series import SourceFrames
+from unet_core.inference import PostProcess, finish_volume, prepare_volume, qc_montage_png, volume_stats
+from unet_core.io import read_object, storage
+from unet_core.io.dicom.grouping import VolumeMembers
+from unet_core.io.dicom.seg import SegIdentity, SegSkipped, build_seg, seg_bytes, software_version
+from unet_core.io.dicom.series import SourceFrames, read_series_with_sources
+from unet_core.io.mask_codec import slices_table_bytes
+from unet_core.io.nifti import mask_to_nifti_bytes, read_nifti
 from unet_core.segmentation.layout import record_uri
 from unet_core.segmentation.records import (
     Format,
@@ -67,12 +73,6 @@ def _failed(rec: VolumeRecord, failure: ItemFailure, **kw) -> VolumeRecord:
 
 def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
     """Read one planned volume and make its model input; bad input comes back as `error`."""
-    from unet_core.bundle import BundleInfo
-    from unet_core.inference import prepare_volume
-    from unet_core.io import read_object
-    from unet_core.io.dicom.grouping import VolumeMembers
-    from unet_core.io.dicom.series import read_series_with_sources
-    from unet_core.io.nifti import read_nifti
 
     t = time.perf_counter()
     sources = None
@@ -130,14 +130,6 @@ def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict)
 def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray | None,
                      s: SegmentSettings, sources: SourceFrames | None = None) -> tuple[VolumeRecord, Outcome]:
     """Labels on the source grid, outputs written, then the completion record (last)."""
-    from unet_core.inference import (
-        PostProcess,
-        finish_volume,
-        qc_montage_png,
-        volume_stats,
-    )
-    from unet_core.io.mask_codec import slices_table_bytes
-    from unet_core.io.nifti import mask_to_nifti_bytes
 
     t = time.perf_counter()
     vid = rec.volume_id
@@ -174,14 +166,6 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
 def write_seg(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecord,
               s: SegmentSettings) -> tuple[str, str]:
     """Write the volume's DICOM SEG: (seg uri, "") or ("", why there is none)."""
-    from unet_core.bundle import BundleInfo
-    from unet_core.io.dicom.seg import (
-        SegIdentity,
-        SegSkipped,
-        build_seg,
-        seg_bytes,
-        software_version,
-    )
 
     if sources is None:
         return "", ("NIfTI input has no DICOM source images to reference" if rec.format == Format.NIFTI.value

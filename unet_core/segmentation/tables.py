@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from unet_core.errors import ITEM_ERRORS, ErrorType
 from unet_core.io import storage
+from unet_core.segmentation import planning
 from unet_core.segmentation.layout import index_part_uri, plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
     Action,
@@ -120,7 +121,6 @@ class BucketSummary:
 
 def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> BucketSummary:
     """All fragments of one volume bucket -> its plan (kept in storage) and its summary."""
-    from unet_core.segmentation import planning
 
     previous = {r["volume_id"]: r for r in read_part(s.output, bucket)}
     counts, todo = settle_bucket(bucket, planning.merge_bucket(fragments, previous, s, IndexParts(s.output)), s)

@@ -15,9 +15,13 @@ from __future__ import annotations
 import copy
 import io
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from unet_core.errors import ConfigError
 
@@ -72,7 +76,6 @@ def check_segment_codes(codes: dict, label_names: list[str], where: str = "bundl
 
 
 def _code(c: dict):
-    from pydicom.sr.coding import Code
 
     return Code(value=c["value"], scheme_designator=c["scheme"], meaning=c["meaning"])
 
@@ -80,7 +83,6 @@ def _code(c: dict):
 def segment_descriptions(label_names: list[str], codes: dict, ident: SegIdentity) -> list:
     """One segment per foreground label (label value k is segment number k)."""
     import highdicom as hd
-    from pydicom.sr.codedict import codes as dcm_codes
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name=ident.model_name[:64], family=dcm_codes.cid7162.ArtificialIntelligence,
@@ -128,7 +130,6 @@ def seg_frames(labels: np.ndarray, sources: SourceFrames) -> tuple[list[pydicom.
 
 
 def _uid(*parts: str) -> str:
-    from pydicom.uid import generate_uid
 
     # Deterministic: the same volume (same objects) and model give the same SEG UIDs, so a
     # re-sent SEG replaces the earlier copy in a PACS instead of duplicating it.
@@ -139,7 +140,6 @@ def build_seg(labels: np.ndarray, sources: SourceFrames, label_names: list[str],
               volume_id: str, fingerprint: str) -> pydicom.Dataset:
     """The SEG dataset of one volume's labels (values 0 .. len(label_names) - 1)."""
     import highdicom as hd
-    from pydicom.uid import ExplicitVRLittleEndian
 
     images, planes = seg_frames(np.asarray(labels), sources)
     first = images[0]
@@ -169,7 +169,6 @@ def seg_bytes(seg: pydicom.Dataset) -> bytes:
 
 
 def software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("unet-ray")

@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo bench bench-gpu clean
+.PHONY: install lint test test-e2e test-slow test-all demo bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -16,11 +16,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,codecs]'
 	@touch $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
-test-all: $(STAMP)
-	$(PY) -m pytest -m '' $(PYTEST_ARGS)
+# Three tiers (tests/conftest.py): the default one is the README's command (unit and in-process
+# integration tests, a few dozen fuzz cases); e2e runs real processes (CLIs, Ray heads, wheels,
+# the demo, training to convergence) and the fuzzer at hundreds; slow kills processes and nodes
+# and runs the fuzzer at thousands. `.ci/run` runs all three.
+test: $(STAMP)
+	HYPOTHESIS_PROFILE=default $(PY) -m pytest $(PYTEST_ARGS)
+
+test-e2e: $(STAMP)
+	HYPOTHESIS_PROFILE=e2e $(PY) -m pytest -m '(e2e or fuzz) and not slow' --timeout 1800 $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	HYPOTHESIS_PROFILE=slow $(PY) -m pytest -m 'slow or fuzz' --timeout 3600 $(PYTEST_ARGS)
+
+test-all: test test-e2e test-slow
 
 demo: $(STAMP)
 	$(VENV)/bin/unet demo $(DEMO_ARGS)

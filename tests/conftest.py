@@ -20,7 +20,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest
 from hypothesis import settings
 
-from support.bundles import SMALL_MODEL
+from support.bundles import SMALL_MODEL, analytic_bundle
 
 settings.register_profile("default", max_examples=30, derandomize=True, database=None)
 settings.register_profile("e2e", max_examples=300, derandomize=True, database=None)
@@ -122,3 +122,10 @@ def trained_bundle(prepared, work_bucket) -> str:
     output = f"s3://{work_bucket}/models/phantom"
     assert train.main(["--data", prepared, "--output", output, "--workers", "2", "--epochs", "30", *SMALL_MODEL]) == 0
     return output
+
+
+@pytest.fixture(scope="session")
+def phantom_bundle(work_bucket) -> str:
+    """A bundle (in S3) that segments the phantom's target organ by its intensity band, with fixed
+    weights: the pipeline's tests use it; `trained_bundle` is for the tests of training (e2e)."""
+    return analytic_bundle(f"s3://{work_bucket}/models/analytic")

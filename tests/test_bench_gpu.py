@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from support.jobrun import run_unet
+
+pytestmark = pytest.mark.e2e
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():

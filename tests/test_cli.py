@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from jobs.cli import JOBS, main
 
 
@@ -18,6 +20,7 @@ def test_unknown_job_exits_2(capsys):
     assert "unknown job 'segmnet'" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "segment" in out.stdout

@@ -6,10 +6,13 @@ import io
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from jobs import demo
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
+
+pytestmark = pytest.mark.e2e
 
 
 def test_reduced_demo_writes_everything(work_bucket, ray_local, capsys):

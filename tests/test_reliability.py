@@ -34,15 +34,15 @@ def _mask(uri: str) -> np.ndarray:
     return np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(storage.read_bytes(uri))).dataobj)
 
 
-def test_bad_input_is_contained(tmp_path, trained_bundle, ray_local):
+def test_bad_input_is_contained(tmp_path, phantom_bundle, ray_local):
     clean, mixed = str(tmp_path / "clean"), str(tmp_path / "mixed")
     n_good = write_good(clean)
     write_good(mixed)
     expected = write_bad(mixed)
     assert len(expected) >= 20
     limits = ["--max-decompressed-bytes", str(BOMB_BUDGET)]
-    assert segment.main(["--input", clean, "--model", trained_bundle, "--output", f"{clean}-out", *limits]) == 0
-    rc = segment.main(["--input", mixed, "--model", trained_bundle, "--output", f"{mixed}-out", *limits])
+    assert segment.main(["--input", clean, "--model", phantom_bundle, "--output", f"{clean}-out", *limits]) == 0
+    rc = segment.main(["--input", mixed, "--model", phantom_bundle, "--output", f"{mixed}-out", *limits])
     assert rc == segment.EXIT_SOME_FAILED
 
     def where(r: dict, root: str) -> str:  # the same volume in both archives: same relative source
@@ -82,7 +82,7 @@ def test_bad_input_is_contained(tmp_path, trained_bundle, ray_local):
 HOSTILE = "../../escaped/x"
 
 
-def test_header_text_never_reaches_object_names(tmp_path, ray_local, trained_bundle):
+def test_header_text_never_reaches_object_names(tmp_path, ray_local, phantom_bundle):
     """SeriesDescription, PatientName, even the UIDs hold path text: everything lands under --output."""
     import pydicom
 
@@ -102,7 +102,7 @@ def test_header_text_never_reaches_object_names(tmp_path, ray_local, trained_bun
     (archive / "..%2F..%2Fescaped case;rm -rf.nii.gz").write_bytes(image)
     before = {p for p in tmp_path.rglob("*")}
     out = tmp_path / "nest" / "out"
-    rc = segment.main(["--input", str(archive), "--model", trained_bundle, "--output", str(out), "--qc"])
+    rc = segment.main(["--input", str(archive), "--model", phantom_bundle, "--output", str(out), "--qc"])
     assert rc == 0
     created = {p for p in tmp_path.rglob("*")} - before
     assert created and all(p == out or out in p.parents for p in created), sorted(map(str, created))
@@ -172,17 +172,18 @@ def _found(texts: dict[str, bytes], needle: str) -> list[str]:
     return [where for where, data in texts.items() if needle.encode() in data]
 
 
-def test_no_phi_or_secrets_in_outputs_or_logs(tmp_path, s3_server, work_bucket, trained_bundle):
-    texts = _phi_run(tmp_path, s3_server, work_bucket, trained_bundle, "default", keep_phi=False)
+@pytest.mark.e2e
+def test_no_phi_or_secrets_in_outputs_or_logs(tmp_path, s3_server, work_bucket, phantom_bundle):
+    texts = _phi_run(tmp_path, s3_server, work_bucket, phantom_bundle, "default", keep_phi=False)
     assert len(texts) > 10
     for needle in (PATIENT_NAME, PATIENT_NAME.replace("^", " "), PATIENT_ID, BIRTH_DATE, SECRET_KEY, RAY_TOKEN):
         assert not _found(texts, needle), (needle, _found(texts, needle))
 
 
 @pytest.mark.slow
-def test_the_phi_search_finds_identifiers_when_they_are_kept(tmp_path, s3_server, work_bucket, trained_bundle):
+def test_the_phi_search_finds_identifiers_when_they_are_kept(tmp_path, s3_server, work_bucket, phantom_bundle):
     """The search above can fail: with --keep-phi the same run's outputs hold the identifiers."""
-    texts = _phi_run(tmp_path, s3_server, work_bucket, trained_bundle, "kept", keep_phi=True)
+    texts = _phi_run(tmp_path, s3_server, work_bucket, phantom_bundle, "kept", keep_phi=True)
     assert _found(texts, PATIENT_ID) and _found(texts, BIRTH_DATE)
     assert not _found(texts, SECRET_KEY) and not _found(texts, RAY_TOKEN)
 

@@ -11,6 +11,8 @@ import pytest
 from support.bundles import tiny_bundle
 from support.jobrun import job_env, run_unet
 
+pytestmark = pytest.mark.e2e
+
 # Lines that used to flood a run (issue: the run experience), from every kind of process.
 NOISE = ["oneDNN", "cuda", "cuInit", "absl::InitializeLog", "Token authentication", "Execution plan",
          "streaming_executor", "PYTHON worker processes", "(PredictorServer", "(RayTrainWorker",

@@ -1,5 +1,5 @@
-"""`unet segment` and `unet evaluate` over a synthetic archive in S3 (moto), with a bundle trained
-by `unet train`: DICOM series in several orientations, NIfTI volumes, a zip export and junk."""
+"""`unet segment` and `unet evaluate` over a synthetic archive in S3 (moto), with a bundle
+that segments the phantom's organ by intensity (tests/support/bundles.py): DICOM series in several orientations, NIfTI volumes, a zip export and junk."""
 from __future__ import annotations
 
 import gzip
@@ -27,10 +27,10 @@ def archive(work_bucket):
 
 
 @pytest.fixture(scope="module")
-def first_run(archive, trained_bundle, work_bucket):
+def first_run(archive, phantom_bundle, work_bucket):
     root, _, _ = archive
     out = f"s3://{work_bucket}/segmented"
-    rc = segment.main(["--input", root, "--model", trained_bundle, "--output", out, "--qc", "--batch-size", "8",
+    rc = segment.main(["--input", root, "--model", phantom_bundle, "--output", out, "--qc", "--batch-size", "8",
                        "--assume-modality", "CT"])  # the NIfTI volumes are CT: HU statistics for them too
     return out, rc
 
@@ -98,14 +98,14 @@ def test_no_patient_identifiers_in_outputs(first_run):
             assert b"DOE^JANE" not in data and b"MRN12345" not in data, entry.uri
 
 
-def test_rerun_skips_and_overwrite_redoes(archive, first_run, trained_bundle):
+def test_rerun_skips_and_overwrite_redoes(archive, first_run, phantom_bundle):
     root, _, n_good = archive
     out, _ = first_run
     before = {r["volume_id"]: r["finished"] for r in _table(out) if r["status"] == "ok"}
     failed_volumes = [r for r in _table(out) if r["status"] == "error" and not r["volume_id"].startswith("obj-")]
     # the cut DICOM slice is found truncated from its header at planning: an object row, not a volume
     assert {storage.basename(r["source"]) for r in failed_volumes} == {"broken.nii.gz"}
-    assert segment.main(["--input", root, "--model", trained_bundle, "--output", out]) == segment.EXIT_SOME_FAILED
+    assert segment.main(["--input", root, "--model", phantom_bundle, "--output", out]) == segment.EXIT_SOME_FAILED
     summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
     assert summary["volumes_ok"] == n_good
     assert summary["segmented_now"] == len(failed_volumes)  # only failed volumes are retried
@@ -115,12 +115,12 @@ def test_rerun_skips_and_overwrite_redoes(archive, first_run, trained_bundle):
     rows = _table(out)
     assert len({r["volume_id"] for r in rows}) == len(rows)  # nothing duplicated
     assert {r["volume_id"]: r["finished"] for r in rows if r["status"] == "ok"} == before
-    assert segment.main(["--input", root, "--model", trained_bundle, "--output", out, "--overwrite"]) == segment.EXIT_SOME_FAILED
+    assert segment.main(["--input", root, "--model", phantom_bundle, "--output", out, "--overwrite"]) == segment.EXIT_SOME_FAILED
     summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
     assert summary["segmented_now"] == n_good + len(failed_volumes)
 
 
-def test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks(archive, first_run, trained_bundle):
+def test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks(archive, first_run, phantom_bundle):
     """A re-run with --dicom-seg redoes the volumes that have no SEG yet; each SEG, read back with
     highdicom, puts the same labels on the source grid as the NIfTI mask; NIfTI inputs say why they
     have none; a further re-run carries everything over; only the SEGs hold patient identity."""
@@ -130,7 +130,7 @@ def test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks(archive, first_run, 
 
     root, _, n_good = archive
     out, _ = first_run
-    args = ["--input", root, "--model", trained_bundle, "--output", out, "--dicom-seg"]
+    args = ["--input", root, "--model", phantom_bundle, "--output", out, "--dicom-seg"]
     assert segment.main(args) == segment.EXIT_SOME_FAILED
     summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
     n_failed = len([r for r in _table(out) if r["status"] == "error" and not r["volume_id"].startswith("obj-")])

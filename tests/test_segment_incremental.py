@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from support.bundles import tiny_bundle
 from support.faultproxy import FaultProxy
@@ -34,6 +35,7 @@ def _key_gets(requests: list[str], bucket: str, prefix: str) -> list[str]:
     return [o for o in objects if o.startswith(f"/{bucket}/{prefix}")]
 
 
+@pytest.mark.e2e
 def test_a_rerun_reads_no_header_of_an_unchanged_object(tmp_path, s3_server, work_bucket):
     port = int(s3_server.rsplit(":", 1)[1])
     root, out = f"s3://{work_bucket}/incr/archive", f"s3://{work_bucket}/incr/out"
@@ -92,6 +94,7 @@ def _late_slice(second_last_uri: str, last_uri: str) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.e2e
 def test_a_volume_that_kills_its_predictor_is_an_error_row(tmp_path):
     """The model exits its process on one marked volume: that volume is retried on a restarted
     predictor a bounded number of times, then becomes an `error` row of type `prediction`; every

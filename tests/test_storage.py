@@ -165,6 +165,7 @@ def test_bytes_are_stored_as_given_whatever_the_name(store, name):
     assert storage.list_files(uri)[0].size == 5000
 
 
+@pytest.mark.e2e
 def test_a_refused_output_fails_the_job_at_once_with_the_storage_exit_status(tmp_path, s3_server):
     """Before reading anything, a job writes and removes a probe under its output: a missing bucket
     (or a key without write permission) ends the job with exit status 5 and a message naming the

@@ -22,6 +22,8 @@ from support.raycluster import free_ports, ray_head
 from unet_core.io import read_volume, storage
 from unet_core.segmentation.tables import read_volume_table
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = secrets.token_hex(16)
 

@@ -7,9 +7,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from support.bundles import tiny_bundle
 from support.dicom_factory import pydicom_test_files
 from support.jobrun import run_unet
+
+pytestmark = pytest.mark.e2e
 
 
 def test_pydicom_test_data_as_one_archive(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from jobs import prepare, train
 from support.bundles import SMALL_MODEL as SMALL
@@ -27,6 +28,7 @@ def rc_refuses_overwrite(out) -> bool:
     return prepare.main(["--images", "x", "--masks", "y", "--output", out]) == 2
 
 
+@pytest.mark.e2e
 def test_train_two_workers_to_s3(prepared, trained_bundle):
     output = trained_bundle
     model, info = load_bundle(output)
@@ -53,6 +55,7 @@ def test_train_two_workers_to_s3(prepared, trained_bundle):
     assert dice > 0.6
 
 
+@pytest.mark.e2e
 def test_resume_continues_after_the_checkpoint(prepared, tmp_path):
     output = str(tmp_path / "model")
     args = ["--data", prepared, "--output", output, "--workers", "1", *SMALL]

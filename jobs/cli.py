@@ -5,6 +5,8 @@ import importlib
 import os
 import sys
 
+from jobs.exits import Exit
+
 JOBS: dict[str, str] = {
     "prepare": "labelled cases (NIfTI, DICOM, 2D images) -> Parquet slice shards, split by case",
     "train": "data-parallel U-Net training with Ray Train over the shards -> model bundle",
@@ -28,20 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
-        return 0 if argv else 2
+        return Exit.OK if argv else Exit.USAGE
     job, rest = argv[0], argv[1:]
     if job not in JOBS:
         print(f"unet: unknown job {job!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        module = importlib.import_module(f"jobs.{job}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"jobs.{job}":
-            raise
-        print(f"unet: the {job!r} job is not part of this version yet (see README, Status)", file=sys.stderr)
-        return 2
-    return int(module.main(rest) or 0)
+    return int(importlib.import_module(f"jobs.{job}").main(rest) or 0)
 
 
 if __name__ == "__main__":

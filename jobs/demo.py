@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from jobs import evaluate, prepare, segment, train
-from jobs.exits import run_main
+from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args
 from jobs.output import configure as configure_output
 from jobs.progress import Timer
@@ -95,7 +95,7 @@ def _main(argv: list[str]) -> int:
     print(f"outputs: model bundle and training curves {j('model')}/ (curves.png); masks {j('segmented', 'masks')}/; "
           f"montages with predicted (red) and true (green) outlines {j('pictures')}/; tables {j('segmented', 'volumes')}/, "
           f"{j('segmented', 'evaluation.parquet')}")
-    return 0 if seg_rc in (0, segment.EXIT_SOME_FAILED) else seg_rc
+    return Exit.OK if seg_rc in (Exit.OK, Exit.SOME_FAILED) else seg_rc
 
 
 def write_pictures(segmented: str, pictures: str, scores: dict) -> None:

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 
-from jobs.exits import run_main
+from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log
@@ -40,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_pair(item: dict, cfg: dict) -> dict:
-
     out = {"volume_id": item["volume_id"], "truth": item["truth"], "mask_uri": item["mask_uri"], "status": "ok",
            "error": "", "error_type": "", "dice": float("nan"), "iou": float("nan"), "hd95_mm": float("nan"),
            "pred_voxels": 0, "truth_voxels": 0}
@@ -123,7 +122,7 @@ def _main(argv: list[str]) -> int:
         hd = [r["hd95_mm"] for r in ok if not math.isnan(r["hd95_mm"])]
         print(f"{'mean of ' + str(len(ok)):<{width}}  {mean['dice']:6.3f}  {mean['iou']:6.3f}  "
               f"{(sum(hd) / len(hd)) if hd else float('nan'):8.2f}   ({len(unmatched)} without truth; {timer.seconds:.1f}s) -> {out_uri}")
-    return 0 if len(ok) == len(rows) else 3
+    return Exit.OK if len(ok) == len(rows) else Exit.SOME_FAILED
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ def load_config_file(path: str | None) -> dict[str, Any]:
 
     text = storage.read_bytes(path).decode()
     if path.endswith((".yaml", ".yml")):
-
         data = yaml.safe_load(text) or {}
     else:
         data = json.loads(text)

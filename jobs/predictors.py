@@ -30,7 +30,6 @@ RESTART_WAIT_SECONDS = 600.0  # a predictor that does not come back in this time
 
 class PredictorServer:
     def __init__(self, bundle_uri: str, batch_size: int, precision: str, xla: bool):
-
         self.predictor = SlicePredictor(bundle_uri, batch_size, precision, xla)
         self.predictor.warm_up()
 

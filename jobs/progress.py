@@ -115,7 +115,6 @@ class Ticker:
     every = 0.5
 
     def __init__(self) -> None:
-
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 

@@ -126,13 +126,11 @@ def merge_bucket(group, settings: dict):
 
 
 def plan_to_segment(row: dict, settings: dict) -> list[dict]:
-
     s = from_dict(SegmentSettings, settings)
     return [p.to_row() for p in read_plan(s.output, int(row["bucket"]), Action.SEGMENT)]
 
 
 def segment_row(row: dict, settings: dict, pool) -> dict:
-
     s = from_dict(SegmentSettings, settings)
     rec, outcome = segment_volume(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
     return {"status": rec.status.value, "n_slices": rec.n_slices, "outcome": outcome.value}
@@ -222,7 +220,6 @@ def _prepare_output(args, out: str) -> tuple[tuple[str, ...], lay.Layout | None]
 
 
 def _settings(args, info, out: str, layout: lay.Layout) -> SegmentSettings:
-
     return SegmentSettings(
         output=out, bundle_info=info.to_json(), model_name=info.name, model_identity=bundle_identity(args.model),
         threshold=args.threshold if args.threshold is not None else info.threshold,
@@ -370,7 +367,6 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
 
 
 def _rss_mib() -> str:
-
     m = psutil.Process().memory_full_info()
     return f"{m.rss / 2**20:.0f} MiB (unique {m.uss / 2**20:.0f}, shared {m.shared / 2**20:.0f})"
 

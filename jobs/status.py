@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from jobs.exits import run_main
+from jobs.exits import Exit, run_main
 from jobs.output import configure as configure_output
 from unet_core.bundle import bundle_identity
 from unet_core.errors import ITEM_ERRORS, ConfigError
@@ -77,7 +77,6 @@ def _main(argv: list[str]) -> int:
                      "have completion records and are not redone")
     redo_all = False
     if args.model:
-
         identity = bundle_identity(args.model)
         redo_all = summary is not None and identity != summary.model_identity
         lines.append(f"  --model {args.model}: identity {identity}"
@@ -88,7 +87,7 @@ def _main(argv: list[str]) -> int:
     if storage.exists(storage.join(out, REPORT_FILE)):
         lines.append(f"  report: {storage.join(out, REPORT_FILE)}")
     print("\n".join(lines))
-    return 3 if failed else 0
+    return Exit.SOME_FAILED if failed else Exit.OK
 
 
 if __name__ == "__main__":

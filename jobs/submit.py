@@ -33,7 +33,7 @@ from pathlib import Path
 import requests
 
 from jobs.cli import JOBS
-from jobs.exits import run_main
+from jobs.exits import Exit, run_main
 from jobs.output import configure as configure_output
 from jobs.output import log, say
 from jobs.quieting import quiet_library_loggers
@@ -41,8 +41,6 @@ from jobs.runtime import FORWARDED_STORAGE_ENV, forwarded_storage_env
 from unet_core.errors import ConfigError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-EXIT_FAILED_WITHOUT_CODE = 1
-EXIT_STOPPED = 4
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages when installed
@@ -244,10 +242,8 @@ def pinned_requirements() -> list[str]:
     (test, gpu, codecs) are not included."""
 
     if source_checkout() is not None:
-
         deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     else:
-
         # Requires-Dist lines; those of an extra carry the marker `extra == "..."`.
         deps = [d for d in metadata.requires(DIST_NAME) or () if "extra" not in d.partition(";")[2]]
     return [d for d in deps if re.match(r"[A-Za-z0-9._-]+", d.strip()).group(0).lower() != "ray"]
@@ -319,7 +315,7 @@ def wait_for(cluster: Cluster, job_id: str, timeout: float | None) -> int:
             log.error("job %s still %s after %.0f s; it keeps running. Follow it with "
                       "`unet submit --status %s`, stop it with `unet submit --stop %s`", job_id, status, timeout,
                       job_id, job_id)
-            return EXIT_FAILED_WITHOUT_CODE
+            return Exit.INTERNAL
         time.sleep(1.0)
 
 
@@ -328,16 +324,16 @@ def outcome(info) -> int:
     code = info.driver_exit_code
     if status == "SUCCEEDED":
         say(f"job {info.submission_id} SUCCEEDED")
-        return 0
+        return Exit.OK
     if status == "STOPPED":
         log.error("job %s was STOPPED", info.submission_id)
-        return EXIT_STOPPED
+        return Exit.STOPPED
     if status == "FAILED":
         message = (info.message or "").splitlines()[0] if info.message else ""
         log.error("job %s FAILED%s: %s", info.submission_id, f" with exit status {code}" if code else "", message)
-        return code if code else EXIT_FAILED_WITHOUT_CODE
+        return code if code else Exit.INTERNAL
     say(f"job {info.submission_id} is {status}")
-    return 0
+    return Exit.OK
 
 
 def run(argv: list[str]) -> int:
@@ -359,11 +355,11 @@ def run(argv: list[str]) -> int:
         return outcome(info) if str(info.status.value) in TERMINAL else 0
     if args.logs:
         sys.stdout.write(cluster.call(client.get_job_logs, args.logs))
-        return 0
+        return Exit.OK
     if args.stop:
         stopped = cluster.call(client.stop_job, args.stop)
         say(f"job {args.stop}: {'stop requested' if stopped else 'already finished'}")
-        return 0
+        return Exit.OK
     renv = runtime_env(args)
     say(f"submitting to {address}: {entrypoint(job_argv)}")
     log.info("code: %s; env: %s", renv.get("working_dir") or ", ".join(renv.get("py_modules", [])),
@@ -377,13 +373,13 @@ def run(argv: list[str]) -> int:
         print(job_id)
         say(f"follow it with `unet submit --status {job_id}` or `unet submit --logs {job_id}`; stop it with "
             f"`unet submit --stop {job_id}`")
-        return 0
+        return Exit.OK
     try:
         return wait_for(cluster, job_id, args.timeout)
     except KeyboardInterrupt:
         log.error("stopped following job %s; it keeps running on the cluster (`unet submit --stop %s` stops it)",
                   job_id, job_id)
-        return 130
+        return Exit.INTERRUPTED
 
 
 def main(argv: list[str]) -> int:

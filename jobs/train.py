@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from jobs.exits import run_main
+from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log, say
@@ -189,7 +189,7 @@ def _main(argv: list[str]) -> int:
     print(f"trained {len(t['history'])} epochs in {timer.seconds:.0f}s"
           f"{' (stopped early)' if t['stopped_early'] else ''}: best val Dice {t['best_val_dice']:.4f} at epoch "
           f"{t['best_epoch'] + 1}; {t['slices_per_second']:.1f} slices/s; bundle -> {output}")
-    return 0
+    return Exit.OK
 
 
 def _run_exists(storage_uri: str, run_name: str) -> bool:

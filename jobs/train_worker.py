@@ -173,7 +173,6 @@ class ShardCache:
         self.cacheable = budget_bytes > 0
 
     def batches(self, batch_size: int, n_steps: int, seed: int | None = None):
-
         if self.cached is not None:
             x, y = self.cached
             order = np.random.default_rng(seed).permutation(len(x)) if seed is not None else np.arange(len(x))

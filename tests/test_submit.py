@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jobs import submit
+from jobs.exits import Exit
 from support.bundles import tiny_bundle
 from support.raycluster import free_ports, ray_head
 from unet_core.io import read_volume, storage
@@ -125,7 +126,7 @@ def test_stop(head, tiny, work_bucket, tmp_path):
     while "STOPPED" not in (s := unet_submit("--address", head.dashboard, "--status", job_id, env=env)).stdout:
         assert time.monotonic() < deadline, s.stdout + s.stderr
         time.sleep(1)
-    assert s.returncode == submit.EXIT_STOPPED
+    assert s.returncode == Exit.STOPPED
 
 
 def test_without_the_token_says_what_to_do(head, tiny, tmp_path):

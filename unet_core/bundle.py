@@ -50,7 +50,6 @@ class BundleInfo:
     segment_codes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-
         check_segment_codes(self.segment_codes, self.label_names)
 
     def to_json(self) -> str:

@@ -35,7 +35,6 @@ COLUMNS = ["volume_id", "status", "error_type", "finished", "n_slices", "mask_vo
 
 
 def _env():
-
     return jinja2.Environment(loader=jinja2.PackageLoader("unet_core", "templates"),
                               autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
 

@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 
-from jobs.exits import run_main
+from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args
 from jobs.output import configure as configure_output
 
@@ -76,4 +76,4 @@ def _main(argv: list[str]) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-    return 0
+    return Exit.OK

@@ -17,7 +17,6 @@ def rate(n: int, seconds: float) -> float:
 
 
 def write_ct_archive(root: str, n_series: int, rows: int, slices: int) -> None:
-
     spec = SeriesSpec(rows=rows, columns=rows, n_slices=slices, pixel_spacing=(384 / rows, 384 / rows), slice_step=5.0,
                       center=(0.0, 0.0, -30.0))
     for s in range(n_series):
@@ -29,7 +28,6 @@ def write_ct_archive(root: str, n_series: int, rows: int, slices: int) -> None:
 
 
 def make_bundle(path: str, size: int, filters: int) -> None:
-
     import_tensorflow(verbose=False)  # quietly: TensorFlow's C++ start-up notices are not for the reader
     import keras
 
@@ -49,7 +47,6 @@ class RayMemorySampler(Ticker):
         self.every, self.peak, self.parts = interval, 0, {}
 
     def tick(self) -> None:
-
         me = os.getpid()
         parts: dict[str, int] = {}
         for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):

@@ -42,7 +42,6 @@ REFERENCES = [
 
 
 def visible_gpus() -> list[str]:
-
     import_tensorflow(verbose=False)
     import tensorflow as tf
 
@@ -134,7 +133,6 @@ def single_device_main(params: str) -> None:
 
 
 def _multi_gpu(work: str, n_gpus: int, size: int, filters: int, batch: int, epochs: int, dry: bool) -> dict:
-
     raw, prepared = os.path.join(work, "raw"), os.path.join(work, "prepared")
     write_training_set(raw, 4 if dry else 16, size=size, n_slices=8 if dry else 32, seed=1)
     prepare.main(["--images", f"{raw}/images", "--masks", f"{raw}/masks", "--output", prepared, "--overwrite",
@@ -159,7 +157,6 @@ def _ray_gpus() -> float:
 
 
 def _end_to_end(work: str, n_gpus: int, series: int, rows: int, slices: int, size: int, filters: int) -> dict:
-
     archive, bundle, out = (os.path.join(work, d) for d in ("archive", "bundle", "out"))
     write_ct_archive(archive, series, rows, slices)
     make_bundle(bundle, size, filters)
@@ -173,7 +170,6 @@ def _end_to_end(work: str, n_gpus: int, series: int, rows: int, slices: int, siz
 
 
 def run(args, work: str) -> dict:
-
     gpus = visible_gpus()
     dry = args.gpu_dry_run
     if not gpus and not dry:

@@ -61,7 +61,6 @@ class PeakRSS:
         self._thread.start()
 
     def _run(self) -> None:
-
         try:
             proc = psutil.Process(self.pid)
             while not self._stop.is_set():
@@ -109,7 +108,6 @@ def _one(work: str, n_series: int, slices: int, bundle: str) -> dict:
 
 
 def run(args, work: str) -> dict:
-
     os.makedirs(work, exist_ok=True)
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, SLICE, 8)

@@ -128,7 +128,6 @@ def _naive_loop(archive: str, bundle: str, scratch: str) -> dict:
 
 
 def _end_to_end(archive: str, bundle: str, out: str, concurrency: int) -> dict:
-
     no_predictor_left()
     with RayMemorySampler() as mem:
         segment.main(["--input", archive, "--model", bundle, "--output", out, "--overwrite",
@@ -146,7 +145,6 @@ def _efficiency(e2e: dict, alone: dict) -> float:
 
 
 def run(args, work: str) -> dict:
-
     series, rows, slices = args.seg_series, 256, args.seg_slices
     size, filters = args.seg_size, args.seg_filters
     small, large = os.path.join(work, "archive"), os.path.join(work, "archive4x")

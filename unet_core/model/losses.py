@@ -151,13 +151,5 @@ def get_loss(name: str, num_classes: int) -> Callable:
     """A per-example loss by name, in its binary (num_classes == 1) or multi-class form."""
     table = _BINARY_LOSSES if num_classes == 1 else _MULTI_LOSSES
     if name not in table:
-
         raise ConfigError(f"unknown loss {name!r}; known: {sorted(table)}")
     return table[name]
-
-
-def get_metrics(num_classes: int) -> dict[str, Callable]:
-    """The seed's metrics (accuracy, IoU, Dice; mean IoU for binary) for this number of classes."""
-    if num_classes == 1:
-        return {"accuracy": binary_accuracy, "iou": iou, "mean_iou": mean_iou, "dice": dice_coef}
-    return {"accuracy": multiclass_accuracy, "iou": multiclass_iou, "dice": multiclass_dice}

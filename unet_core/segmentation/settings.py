@@ -39,6 +39,5 @@ class SegmentSettings:
         return not (self.dicom_seg and not row.get("seg_uri") and not row.get("seg_skipped"))
 
     def __post_init__(self) -> None:
-
         if self.prediction_attempts < 1 or self.partitions < 1 or self.buckets < 1:
             raise ConfigError("prediction_attempts, partitions and buckets must be >= 1")

@@ -76,7 +76,6 @@ def check_segment_codes(codes: dict, label_names: list[str], where: str = "bundl
 
 
 def _code(c: dict):
-
     return Code(value=c["value"], scheme_designator=c["scheme"], meaning=c["meaning"])
 
 
@@ -130,7 +129,6 @@ def seg_frames(labels: np.ndarray, sources: SourceFrames) -> tuple[list[pydicom.
 
 
 def _uid(*parts: str) -> str:
-
     # Deterministic: the same volume (same objects) and model give the same SEG UIDs, so a
     # re-sent SEG replaces the earlier copy in a PACS instead of duplicating it.
     return generate_uid(entropy_srcs=list(parts))
@@ -169,7 +167,6 @@ def seg_bytes(seg: pydicom.Dataset) -> bytes:
 
 
 def software_version() -> str:
-
     try:
         return version("unet-ray")
     except PackageNotFoundError:

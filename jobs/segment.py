@@ -45,7 +45,7 @@ from unet_core.errors import InputError
 from unet_core.io import listing, storage
 from unet_core.report import segment_report
 from unet_core.segmentation import layout as lay
-from unet_core.segmentation import planning, sizing
+from unet_core.segmentation import ownership, planning, sizing
 from unet_core.segmentation.records import Action, Fragment, PlannedVolume, Status
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import Outcome, segment_volume
@@ -182,7 +182,7 @@ def _main(argv: list[str]) -> int:
     configure_output(args.verbose)
 
     info = read_info(args.model)
-    out = args.output.rstrip("/")
+    out = _absolute(args.output)
     low, high = sizing.predictor_counts(args.concurrency, args.min_predictors, args.max_predictors)
     # Task results under this size are returned into the driver's own memory instead of the object
     # store; the shuffle's many small blocks would then grow the driver with the archive
@@ -190,10 +190,10 @@ def _main(argv: list[str]) -> int:
     # it on its nodes (cluster/).
     os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
     storage.probe_writable(out)  # before anything is read: a refused output fails now (exit 5)
-    init_ray(args.address, args.num_cpus or sizing.local_cpus(os.cpu_count() or 1, low, args.num_gpus),
-             verbose=args.verbose)
     timer = Timer()
     inputs, layout = _prepare_output(args, out)
+    init_ray(args.address, args.num_cpus or sizing.local_cpus(os.cpu_count() or 1, low, args.num_gpus),
+             verbose=args.verbose)
     with Predictors(args.model, args.batch_size, args.precision, args.xla, low, high, args.num_gpus) as predictors:
         if layout is None:
             predictors.start()  # a first run: the predictors load while the archive is listed and scanned
@@ -202,20 +202,28 @@ def _main(argv: list[str]) -> int:
     return finish(args, info, planned, segmented, timer)
 
 
+def _absolute(uri: str) -> str:
+    """Local paths absolute (the same place named two ways is one output), without a trailing /."""
+    return uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
+
+
 def _prepare_output(args, out: str) -> tuple[tuple[str, ...], lay.Layout | None]:
-    """The inputs as the layout names them, and the last run's layout when it can be reused."""
+    """The inputs as the layout names them, and the last run's layout when it can be reused. The
+    output must be this tool's (or empty); only objects it names are removed (ownership.py)."""
+    inputs = tuple(_absolute(i) for i in args.input)
+    ownership.check_inputs(inputs, out)
+    ownership.check_output(out, has_layout=storage.exists(lay.layout_uri(out)))
     if swept := storage.sweep_temporaries(out):
         log.info("removed %d unfinished temporary files of an interrupted run under %s", swept, out)
-    # Local inputs as absolute paths: the same archive named two ways is one layout.
-    inputs = tuple(i if "://" in i else os.path.abspath(i) for i in args.input)
     layout = None if args.overwrite else lay.read_layout(out)
     if layout is not None and layout.inputs != inputs:
         log.info("the inputs differ from the last run's (%s): every header is read again", ", ".join(layout.inputs))
         layout = None
-    if layout is None:
-        for folder in lay.OUTPUT_FOLDERS if args.overwrite else ("series_index", "volumes"):
-            storage.delete_tree(storage.join(out, folder))
-    storage.delete_tree(storage.join(out, "plan"))  # the plans of an interrupted run
+    folders = ownership.OVERWRITE_FOLDERS if args.overwrite else ("series_index", "volumes", "plan")
+    removed, left = ownership.delete_owned(out, folders if layout is None else ("plan",))  # plan: an interrupted run's
+    if left:
+        say(f"left {left} objects in the output's folders that this tool did not write (-v lists them)")
+    log.debug("removed %d objects of earlier runs", removed)
     return inputs, layout
 
 
@@ -227,7 +235,7 @@ def _settings(args, info, out: str, layout: lay.Layout) -> SegmentSettings:
         largest_component=args.largest_component, fill_holes=args.fill_holes, qc=args.qc, dicom_seg=args.dicom_seg,
         keep_phi=args.keep_phi, keep_localizers=args.keep_localizers, assume_modality=args.assume_modality,
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
-        partitions=layout.partitions, buckets=layout.buckets)
+        partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs))
 
 
 def _task_slots(args, low: int) -> int:

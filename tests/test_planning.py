@@ -12,6 +12,7 @@ import pytest
 from unet_core.io import listing, storage
 from unet_core.segmentation import planning
 from unet_core.segmentation.layout import Layout, bucket_of, choose_counts, partition_of
+from unet_core.segmentation.ownership import OutputNames
 from unet_core.segmentation.records import (
     Action,
     Format,
@@ -183,8 +184,8 @@ def test_the_output_prefix_is_not_listed(tmp_path):
     _series(tmp_path, "s", n=2)
     (tmp_path / "out" / "masks").mkdir(parents=True)
     (tmp_path / "out" / "masks" / "m.nii.gz").write_bytes(b"x")
-    rows, counts, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, (),
-                                           exclude=str(tmp_path / "out"))
+    output = OutputNames.of(str(tmp_path / "out"), (str(tmp_path),))
+    rows, counts, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, (), output)
     assert counts.listed == 2 and all("/out/" not in r.uri for r in rows)
 
 

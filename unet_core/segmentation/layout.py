@@ -80,9 +80,6 @@ def record_uri(out: str, status: str, volume_id: str) -> str:
     return storage.join(out, "records", status, f"{volume_id}.parquet")
 
 
-OUTPUT_FOLDERS = ("series_index", "volumes", "plan", "records", "masks", "slices", "qc")
-
-
 def read_layout(out: str) -> Layout | None:
     uri = layout_uri(out)
     if not storage.exists(uri):

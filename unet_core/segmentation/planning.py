@@ -40,6 +40,7 @@ from unet_core.segmentation.layout import (
     bucket_of,
     index_part_uri,
 )
+from unet_core.segmentation.ownership import OutputNames
 from unet_core.segmentation.records import (
     Action,
     Format,
@@ -196,20 +197,19 @@ def _unchanged(previous: list[ObjectRow], entry: listing.ObjectEntry) -> bool:
 
 
 def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits: Limits, follow_symlinks: bool,
-                   roots: tuple[str, ...], exclude: str | None = None
+                   roots: tuple[str, ...], output: OutputNames | None = None
                    ) -> tuple[list[ObjectRow], ScanCounts, set[str]]:
     """Every object of a listing partition as ObjectRows with their volume ids, and the URIs of
     the objects whose rows were reused. An object whose URI, size and version equal the last run's
-    keeps that run's rows (no read); the others are scanned. Objects below `exclude` (the output
-    prefix) are not listed."""
+    keeps that run's rows (no read); the others are scanned. Objects the output owns (an output
+    inside an input) are not listed."""
     before: dict[str, list[ObjectRow]] = defaultdict(list)
     for r in previous:
         before[r.object_uri].append(r)
     rows: list[ObjectRow] = []
     counts, reused = ScanCounts(), set()
-    excluded = exclude.rstrip("/") + "/" if exclude else None
     for entry in _entries(units, follow_symlinks, roots):
-        if excluded and entry.uri.startswith(excluded):
+        if output is not None and output.excludes(entry.uri):
             continue
         counts.listed += 1
         old = before.get(entry.uri)
@@ -232,7 +232,8 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
         previous = [ObjectRow.from_row(r) for r in rows_from_bytes(storage.read_bytes(part_uri))]
     except ITEM_ERRORS:
         previous = []
-    rows, counts, reused = scan_partition(units, previous, s.limits, s.follow_symlinks, roots, s.output)
+    rows, counts, reused = scan_partition(units, previous, s.limits, s.follow_symlinks, roots,
+                                          OutputNames.of(s.output, tuple(s.inputs)))
     if counts.scanned or len(rows) != len(previous):
         if rows:
             storage.write_bytes(part_uri, table_bytes(ObjectRow, [r.to_row() for r in rows]))

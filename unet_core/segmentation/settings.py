@@ -30,6 +30,7 @@ class SegmentSettings:
     prediction_attempts: int = 3  # a volume whose prediction fails this often becomes an error row
     partitions: int = 1  # listing partitions (stable across runs: see layout.py)
     buckets: int = 1  # volume-table parts (stable across runs)
+    inputs: tuple[str, ...] = ()  # as the layout names them (the output is never listed as one of them)
 
     def has_outputs(self, row: dict) -> bool:
         """Whether a volume's earlier ok row has every output this run asks for (a run that

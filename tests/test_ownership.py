@@ -1,0 +1,112 @@
+"""A job deletes only objects it wrote, and never an input (unet_core/segmentation/ownership.py):
+the names it owns, outputs that are not its own, inputs and outputs nested either way."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from unet_core.errors import ConfigError
+from unet_core.segmentation import ownership
+from unet_core.segmentation.ownership import OutputNames, check_inputs, check_output, delete_owned, is_owned
+
+VID = "dcm-0123456789abcdef"
+
+
+def test_the_names_this_tool_gives():
+    for name in ("layout.json", "summary.json", "report.html", "volumes/part-00003.parquet",
+                 "series_index/part-00000.parquet", f"masks/{VID}.nii.gz", f"slices/{VID}.parquet", f"qc/{VID}.png",
+                 f"seg/{VID}.dcm", f"records/ok/{VID}.parquet", "masks/nii-case_7-0123abcd.nii.gz",
+                 "report/throughput.png"):
+        assert is_owned(name), name
+    for name in ("masks/truth.nii.gz", "masks/case7.nii.gz", "volumes/notes.txt", "images/x.dcm", "README",
+                 f"masks/{VID}.nii", f"records/maybe/{VID}.parquet", "seg/other.dcm"):
+        assert not is_owned(name), name
+
+
+def _tree(root, names):
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"data of " + name.encode())
+
+
+def test_a_first_run_refuses_a_prefix_that_holds_other_objects(tmp_path):
+    out = tmp_path / "out"
+    check_output(str(out), has_layout=False)  # absent: fine
+    _tree(out, [f"masks/{VID}.nii.gz", "volumes/part-00000.parquet"])
+    check_output(str(out), has_layout=False)  # only our names: an interrupted first run
+    _tree(out, ["scans/ct1.dcm"])
+    with pytest.raises(ConfigError, match=r"did not write \(for example scans/ct1\.dcm\)"):
+        check_output(str(out), has_layout=False)
+    check_output(str(out), has_layout=True)  # layout.json: this tool's output
+    assert (out / "scans/ct1.dcm").read_bytes() == b"data of scans/ct1.dcm"
+
+
+def test_a_first_run_refuses_a_foreign_bucket_prefix(s3_bucket):
+    from unet_core.io import storage
+
+    storage.write_bytes(f"s3://{s3_bucket}/data/archive/a.dcm", b"x")
+    with pytest.raises(ConfigError, match="archive/a.dcm"):
+        check_output(f"s3://{s3_bucket}/data", has_layout=False)
+    check_output(f"s3://{s3_bucket}/elsewhere", has_layout=False)
+
+
+def test_overwrite_removes_only_what_this_tool_named(tmp_path):
+    out = tmp_path / "out"
+    ours = [f"masks/{VID}.nii.gz", f"seg/{VID}.dcm", f"records/error/{VID}.parquet", "volumes/part-00001.parquet"]
+    theirs = ["masks/truth.nii.gz", "seg/from_pacs.dcm", "volumes/README.txt"]
+    _tree(out, ours + theirs)
+    removed, left = delete_owned(str(out), ownership.OVERWRITE_FOLDERS)
+    assert (removed, left) == (len(ours), len(theirs))
+    assert not any((out / n).exists() for n in ours)
+    assert all((out / n).read_bytes() == b"data of " + n.encode() for n in theirs)
+    assert not (out / "records").exists()  # emptied folders go
+
+
+def test_inputs_and_outputs_nested(tmp_path):
+    d = tmp_path / "d"
+    (d / "volumes").mkdir(parents=True)
+    (d / "study").mkdir()
+    with pytest.raises(ConfigError, match="inside the output's own folder volumes/"):
+        check_inputs((str(d / "volumes"),), str(d))
+    with pytest.raises(ConfigError, match="the same place"):
+        check_inputs((str(d) + "/",), str(d))
+    check_inputs((str(d / "study"),), str(d))  # an input next to the output's folders
+    check_inputs((str(d),), str(d / "out"))  # an output inside the input
+    link = tmp_path / "link"
+    link.symlink_to(d)
+    with pytest.raises(ConfigError, match="own folder volumes/"):
+        check_inputs((str(link / "volumes"),), str(d))  # the same folder through a symlink
+
+
+def test_an_output_inside_an_input_is_never_listed(tmp_path):
+    archive = tmp_path / "archive"
+    (archive / "out").mkdir(parents=True)
+    names = OutputNames.of(str(archive / "out"), (str(archive),))
+    assert names.inside_input
+    assert names.excludes(str(archive / "out" / "masks" / f"{VID}.nii.gz"))
+    assert names.excludes(str(archive / "out" / "notes.txt"))  # all of it, when it lies in an input
+    assert not names.excludes(str(archive / "series" / "a.dcm"))
+    link = tmp_path / "link"
+    link.symlink_to(archive)
+    through_link = OutputNames.of(str(archive / "out"), (str(link),))
+    assert through_link.excludes(str(link / "out" / "masks" / f"{VID}.nii.gz"))
+    # an input inside the output's prefix (not its own folders): only this tool's names are left out
+    d = tmp_path / "d"
+    names = OutputNames.of(str(d), (str(d / "study"),))
+    assert not names.inside_input
+    assert not names.excludes(str(d / "study" / "a.dcm"))
+    assert names.excludes(str(d / "masks" / f"{VID}.nii.gz"))
+
+
+def test_s3_prefixes_compare_without_repeated_slashes(s3_bucket):
+    with pytest.raises(ConfigError, match="own folder masks/"):
+        check_inputs((f"s3://{s3_bucket}//out/masks/",), f"s3://{s3_bucket}/out")
+
+
+def test_relative_paths_are_compared_as_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("d/records")
+    with pytest.raises(ConfigError, match="own folder records/"):
+        check_inputs(("d/records",), os.path.abspath("d"))

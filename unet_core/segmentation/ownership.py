@@ -1,0 +1,172 @@
+"""Which objects under a segment output this tool wrote, so that a run deletes only those.
+
+A user points `unet segment` at folders and buckets that may hold the only copy of something. So:
+
+- An output prefix is this tool's when it holds `layout.json`. A first run into a prefix that
+  holds objects, none of them `layout.json`, is refused unless every object there has a name this
+  tool gives (an interrupted first run): `check_output`.
+- `--overwrite` and a first run remove objects by name only: a file in `masks/` that this tool
+  would not have named (ground truth kept there, say) stays, and is reported: `delete_owned`.
+- An output inside an input is never listed as input (`OutputNames.excludes`); an input inside
+  the output's own folders is refused (`check_inputs`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+from unet_core.errors import ConfigError, StorageError
+from unet_core.io import listing, storage
+
+log = logging.getLogger(__name__)
+
+# Volume ids: "dcm-<16 hex>", "obj-<16 hex>", "nii-<sanitised stem>-<8 hex>" (io/nifti.py).
+VOLUME_ID = r"(?:dcm-[0-9a-f]{16}|obj-[0-9a-f]{16}|nii-[A-Za-z0-9_.-]{1,80}-[0-9a-f]{8})"
+PART = r"part-\d{5}\.parquet"
+# The output's own folders, and the names this tool gives in each (relative to the output).
+OWN_FOLDERS: dict[str, re.Pattern] = {
+    "series_index": re.compile(rf"series_index/{PART}"),
+    "volumes": re.compile(rf"volumes/{PART}"),
+    "plan": re.compile(rf"plan/{PART}"),
+    "records": re.compile(rf"records/(?:ok|error)/{VOLUME_ID}\.parquet"),
+    "masks": re.compile(rf"masks/{VOLUME_ID}\.nii\.gz"),
+    "slices": re.compile(rf"slices/{VOLUME_ID}\.parquet"),
+    "qc": re.compile(rf"qc/{VOLUME_ID}\.png"),
+    "seg": re.compile(rf"seg/{VOLUME_ID}\.dcm"),
+    "report": re.compile(r"report/[a-z0-9_]+\.png"),
+}
+OWN_FILES = ("layout.json", "summary.json", "report.html", "evaluation.parquet", ".unet-lease.json")
+# What `--overwrite` clears (the report, the summary and layout.json are rewritten by the run).
+OVERWRITE_FOLDERS = ("series_index", "volumes", "plan", "records", "masks", "slices", "qc", "seg")
+
+
+def is_owned(relative: str) -> bool:
+    """Whether an object at `relative` (below the output) has a name this tool gives."""
+    if relative in OWN_FILES:
+        return True
+    folder = relative.split("/", 1)[0]
+    pattern = OWN_FOLDERS.get(folder)
+    return bool(pattern and pattern.fullmatch(relative))
+
+
+def _norm(uri: str) -> str:
+    """A comparable form: local paths absolute with symlinks resolved, s3:// without repeated or
+    trailing slashes."""
+    if storage.is_s3(uri):
+        bucket_key = uri[len("s3://"):]
+        return "s3://" + re.sub(r"/+", "/", bucket_key).rstrip("/")
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class OutputNames:
+    """The output as the listing of each input spells it (`prefixes`), and whether it lies inside
+    an input (`inside_input`). An output inside an input is not listed at all; otherwise (an input
+    that lies in the output's prefix, outside its own folders) only the names this tool gives are
+    left out."""
+
+    prefixes: tuple[str, ...]
+    inside_input: bool = True
+
+    @classmethod
+    def of(cls, output: str, inputs: tuple[str, ...]) -> OutputNames:
+        real_out = _norm(output)
+        prefixes = {output.rstrip("/"), real_out}
+        inside = False
+        for given in inputs:
+            real_in = _norm(given)
+            if _inside(real_out, real_in) and real_out != real_in:
+                inside = True
+                if not storage.is_s3(given) and real_in != given.rstrip("/"):  # reached through a symlink
+                    prefixes.add(given.rstrip("/") + real_out[len(real_in):])
+        return cls(tuple(sorted(prefixes)), inside)
+
+    def excludes(self, uri: str) -> bool:
+        """Whether a listed object is the output's, not an input's."""
+        for prefix in self.prefixes:
+            if uri.startswith(prefix + "/"):
+                return self.inside_input or is_owned(uri[len(prefix) + 1:])
+        return False
+
+
+def check_inputs(inputs: tuple[str, ...], output: str) -> None:
+    """An input must not be the output, nor lie inside the output's own folders."""
+    out = _norm(output)
+    nested = OutputNames.of(output, inputs).inside_input
+    for given in inputs:
+        real = _norm(given)
+        if real == out:
+            raise ConfigError(f"--input {given} and --output {output} are the same place; write the output elsewhere")
+        if _inside(real, out):
+            first = real[len(out) + 1:].split("/", 1)[0]
+            if nested:
+                raise ConfigError(f"--input {given} lies inside --output {output}, which lies inside another input; "
+                                  "write the output elsewhere")
+            if first in OWN_FOLDERS or first in OWN_FILES:
+                raise ConfigError(f"--input {given} lies inside the output's own folder {first}/ of {output}, which "
+                                  "this tool writes and clears; move the input, or write the output elsewhere")
+
+
+def _objects(prefix: str) -> Iterator[str]:
+    """URIs below a prefix, streamed (nothing when it does not exist); hidden names are skipped."""
+    try:
+        for entry in listing.iter_objects(prefix, recursive=True):
+            yield entry.uri
+    except StorageError:
+        return
+
+
+def check_output(output: str, has_layout: bool, examples: int = 5) -> None:
+    """A first run (no usable layout.json) may write into an empty prefix, or one that holds only
+    objects this tool names (an interrupted first run); anything else is refused, naming a few of
+    the objects found, since a run clears its own folders. With layout.json it is this tool's."""
+    if has_layout:
+        return
+    foreign = []
+    for uri in _objects(output):
+        relative = uri[len(output.rstrip("/")) + 1:]
+        if not is_owned(relative):
+            foreign.append(relative)
+            if len(foreign) >= examples:
+                break
+    if foreign:
+        raise ConfigError(
+            f"--output {output} already holds objects that `unet segment` did not write (for example "
+            f"{', '.join(foreign)}) and no layout.json: it is not an output of this tool. Choose an empty or new "
+            "prefix, or an existing `unet segment` output")
+
+
+def delete_owned(output: str, folders: tuple[str, ...]) -> tuple[int, int]:
+    """Remove the objects this tool names in `folders` of the output; anything else there stays,
+    and is logged. Returns (removed, left)."""
+    removed = left = 0
+    for folder in folders:
+        prefix = storage.join(output, folder)
+        for uri in list(_objects(prefix)):
+            relative = posixpath.join(folder, uri[len(prefix.rstrip("/")) + 1:])
+            if is_owned(relative):
+                storage.delete(uri)
+                removed += 1
+            else:
+                left += 1
+                log.warning("left %s in place: this tool did not name it, so it does not remove it", uri)
+        if not storage.is_s3(prefix):
+            _remove_empty_folders(storage.resolve(prefix)[1])
+    return removed, left
+
+
+def _remove_empty_folders(path: str) -> None:
+    for folder, _, _ in sorted(os.walk(path), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(folder)  # only succeeds when empty
+        except OSError:
+            pass

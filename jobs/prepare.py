@@ -10,17 +10,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 
 from jobs.exits import Exit, run_main
 from jobs.options import add_limit_args, add_ray_args, limits_from, parse_with_config
 from jobs.output import configure as configure_output
-from jobs.output import log
+from jobs.output import log, say
 from jobs.progress import Polled, Progress, Timer
 from jobs.runtime import init_ray
+from unet_core import ownership
 from unet_core.config import CT_WINDOWS, Limits, PreprocessConfig, from_dict, to_dict
-from unet_core.errors import ITEM_ERRORS, ConfigError, InputError, ItemFailure
+from unet_core.errors import ConfigError, InputError, ItemFailure
 from unet_core.io import storage
 from unet_core.training.cases import Case, discover_cases, load_case, load_case_2d, read_manifest
 from unet_core.training.shards import case_slices, image2d_rows, split_cases
@@ -103,11 +105,8 @@ def _main(argv: list[str]) -> int:
     pre = PreprocessConfig(modality=args.modality, window=args.window, window_lower=args.window_lower,
                            window_upper=args.window_upper, input_size=args.input_size,
                            context_slices=args.context_slices)
-    out = args.output.rstrip("/")
-    if storage.exists(storage.join(out, MANIFEST)) or _has_files(out):
-        if not args.overwrite:
-            raise ConfigError(f"{out} already holds prepared data; pass --overwrite to replace it")
-        storage.delete_tree(out)
+    out = _absolute(args.output)
+    _prepare_output(out, tuple(_absolute(u) for u in (args.images, args.masks, args.manifest) if u), args.overwrite)
 
     found = read_manifest(args.manifest) if args.manifest else discover_cases(args.images, args.masks)
     for uri in found.unpaired_images:
@@ -172,11 +171,25 @@ def _main(argv: list[str]) -> int:
     return Exit.SOME_FAILED if errors else Exit.OK
 
 
-def _has_files(uri: str) -> bool:
-    try:
-        return bool(storage.list_files(uri))
-    except ITEM_ERRORS:
-        return False
+def _absolute(uri: str) -> str:
+    return uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
+
+
+def _prepare_output(out: str, inputs: tuple[str, ...], overwrite: bool) -> None:
+    """The output must be empty or this tool's (unet_core/ownership.py); --overwrite removes the
+    objects it names, never anything else (images kept under the output stay)."""
+    kind = ownership.PREPARE_OUTPUT
+    ownership.check_inputs(inputs, out, kind)
+    ours = ownership.check_output(out, kind, inputs)
+    leftovers = any(True for _ in ownership.owned_objects(out, kind))
+    if not (ours or leftovers):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} already holds prepared data; pass --overwrite to replace it")
+    storage.delete(storage.join(out, MANIFEST))  # first: a half-cleared output is never taken for a complete one
+    _, left = ownership.delete_owned(out, kind.overwrite, kind)
+    if left:
+        say(f"left {left} objects under {out} that `unet prepare` did not write (-v lists them)")
 
 
 def read_prepared(uri: str) -> dict:

@@ -39,13 +39,14 @@ from jobs.output import log, say
 from jobs.predictors import Predictors, predict_with
 from jobs.progress import Progress, Timer
 from jobs.runtime import cluster_address, init_ray
+from unet_core import ownership
 from unet_core.bundle import bundle_identity, read_info
 from unet_core.config import from_dict, to_dict
 from unet_core.errors import InputError
 from unet_core.io import listing, storage
 from unet_core.report import segment_report
 from unet_core.segmentation import layout as lay
-from unet_core.segmentation import ownership, planning, sizing
+from unet_core.segmentation import planning, sizing
 from unet_core.segmentation.records import Action, Fragment, PlannedVolume, Status
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import Outcome, segment_volume
@@ -212,7 +213,7 @@ def _prepare_output(args, out: str) -> tuple[tuple[str, ...], lay.Layout | None]
     output must be this tool's (or empty); only objects it names are removed (ownership.py)."""
     inputs = tuple(_absolute(i) for i in args.input)
     ownership.check_inputs(inputs, out)
-    ownership.check_output(out, has_layout=storage.exists(lay.layout_uri(out)))
+    ownership.check_output(out, ownership.SEGMENT_OUTPUT)
     if swept := storage.sweep_temporaries(out):
         log.info("removed %d unfinished temporary files of an interrupted run under %s", swept, out)
     layout = None if args.overwrite else lay.read_layout(out)

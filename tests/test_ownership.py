@@ -1,4 +1,4 @@
-"""A job deletes only objects it wrote, and never an input (unet_core/segmentation/ownership.py):
+"""A job deletes only objects it wrote, and never an input (unet_core/ownership.py):
 the names it owns, outputs that are not its own, inputs and outputs nested either way."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from unet_core import ownership
 from unet_core.errors import ConfigError
-from unet_core.segmentation import ownership
-from unet_core.segmentation.ownership import OutputNames, check_inputs, check_output, delete_owned, is_owned
+from unet_core.ownership import OutputNames, check_inputs, check_output, delete_owned, is_owned
 
 VID = "dcm-0123456789abcdef"
 
@@ -33,13 +33,14 @@ def _tree(root, names):
 
 def test_a_first_run_refuses_a_prefix_that_holds_other_objects(tmp_path):
     out = tmp_path / "out"
-    check_output(str(out), has_layout=False)  # absent: fine
+    assert not check_output(str(out))  # absent: fine
     _tree(out, [f"masks/{VID}.nii.gz", "volumes/part-00000.parquet"])
-    check_output(str(out), has_layout=False)  # only our names: an interrupted first run
+    assert not check_output(str(out))  # only our names: an interrupted first run
     _tree(out, ["scans/ct1.dcm"])
     with pytest.raises(ConfigError, match=r"did not write \(for example scans/ct1\.dcm\)"):
-        check_output(str(out), has_layout=False)
-    check_output(str(out), has_layout=True)  # layout.json: this tool's output
+        check_output(str(out))
+    _tree(out, ["layout.json"])
+    assert check_output(str(out))  # layout.json: this tool's output
     assert (out / "scans/ct1.dcm").read_bytes() == b"data of scans/ct1.dcm"
 
 
@@ -48,8 +49,8 @@ def test_a_first_run_refuses_a_foreign_bucket_prefix(s3_bucket):
 
     storage.write_bytes(f"s3://{s3_bucket}/data/archive/a.dcm", b"x")
     with pytest.raises(ConfigError, match="archive/a.dcm"):
-        check_output(f"s3://{s3_bucket}/data", has_layout=False)
-    check_output(f"s3://{s3_bucket}/elsewhere", has_layout=False)
+        check_output(f"s3://{s3_bucket}/data")
+    assert not check_output(f"s3://{s3_bucket}/elsewhere")
 
 
 def test_overwrite_removes_only_what_this_tool_named(tmp_path):

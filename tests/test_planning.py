@@ -10,9 +10,9 @@ import pydicom
 import pytest
 
 from unet_core.io import listing, storage
+from unet_core.ownership import OutputNames
 from unet_core.segmentation import planning
 from unet_core.segmentation.layout import Layout, bucket_of, choose_counts, partition_of
-from unet_core.segmentation.ownership import OutputNames
 from unet_core.segmentation.records import (
     Action,
     Format,

@@ -34,13 +34,13 @@ from unet_core.io.dicom.grouping import (
 from unet_core.io.dicom.header import scan_header
 from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
+from unet_core.ownership import OutputNames
 from unet_core.segmentation.layout import (
     MAX_FANOUT_DEPTH,
     TARGET_UNITS,
     bucket_of,
     index_part_uri,
 )
-from unet_core.segmentation.ownership import OutputNames
 from unet_core.segmentation.records import (
     Action,
     Format,

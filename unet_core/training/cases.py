@@ -74,7 +74,7 @@ def discover_cases(images: str, masks: str) -> CaseList:
     out = CaseList()
     if flat:
         pairing = pair_by_case(flat, mask_files)
-        out.cases = [Case(sanitise(c), i, m) for c, (i, m) in pairing.pairs.items()]
+        out.cases = check_unique([Case(sanitise(c), i, m) for c, (i, m) in pairing.pairs.items()])
         out.unpaired_images, out.unpaired_masks = pairing.unpaired_images, pairing.unpaired_masks
         return out
     # DICOM: one case per first-level folder below `images`.
@@ -87,7 +87,20 @@ def discover_cases(images: str, masks: str) -> CaseList:
         else:
             out.unpaired_images.append(base + folder)
     out.unpaired_masks = sorted(by_case.values())
+    check_unique(out.cases)
     return out
+
+
+def check_unique(cases: list[Case]) -> list[Case]:
+    """Two sources whose names sanitise to one case id would write over each other's slices:
+    a ConfigError naming both."""
+    seen: dict[str, Case] = {}
+    for case in cases:
+        other = seen.setdefault(case.case_id, case)
+        if other is not case:
+            raise ConfigError(f"{other.image} and {case.image} both become case id {case.case_id!r}; rename one, or "
+                              "give the cases with --manifest")
+    return cases
 
 
 def load_case(case: Case, limits: Limits) -> tuple[Volume, Volume]:

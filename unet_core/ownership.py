@@ -1,10 +1,11 @@
-"""Which objects under a segment output this tool wrote, so that a run deletes only those.
+"""Which objects under an output this tool wrote, so that a job deletes only those.
 
-A user points `unet segment` at folders and buckets that may hold the only copy of something. So:
+A user points `unet segment` and `unet prepare` at folders and buckets that may hold the only copy
+of something. So, for each kind of output (`SEGMENT_OUTPUT`, `PREPARE_OUTPUT`: the names it gives):
 
-- An output prefix is this tool's when it holds `layout.json`. A first run into a prefix that
-  holds objects, none of them `layout.json`, is refused unless every object there has a name this
-  tool gives (an interrupted first run): `check_output`.
+- An output prefix is this tool's when it holds its marker (`layout.json`, `manifest.json`). A
+  first run into a prefix that holds objects but no marker is refused unless every object there
+  has a name this tool gives (an interrupted first run): `check_output`.
 - `--overwrite` and a first run remove objects by name only: a file in `masks/` that this tool
   would not have named (ground truth kept there, say) stays, and is reported: `delete_owned`.
 - An output inside an input is never listed as input (`OutputNames.excludes`); an input inside
@@ -24,33 +25,47 @@ from unet_core.io import listing, storage
 
 log = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class OutputKind:
+    """The names one job gives below its output."""
+
+    job: str
+    marker: str  # the file that makes a prefix this job's output
+    folders: dict[str, re.Pattern]  # its own folders, and the names it gives in each (relative)
+    files: tuple[str, ...]  # its own files at the top
+    overwrite: tuple[str, ...]  # the folders `--overwrite` clears
+
+    def owns(self, relative: str) -> bool:
+        """Whether an object at `relative` (below the output) has a name this job gives."""
+        if relative in self.files:
+            return True
+        pattern = self.folders.get(relative.split("/", 1)[0])
+        return bool(pattern and pattern.fullmatch(relative))
+
+
 # Volume ids: "dcm-<16 hex>", "obj-<16 hex>", "nii-<sanitised stem>-<8 hex>" (io/nifti.py).
 VOLUME_ID = r"(?:dcm-[0-9a-f]{16}|obj-[0-9a-f]{16}|nii-[A-Za-z0-9_.-]{1,80}-[0-9a-f]{8})"
 PART = r"part-\d{5}\.parquet"
-# The output's own folders, and the names this tool gives in each (relative to the output).
-OWN_FOLDERS: dict[str, re.Pattern] = {
-    "series_index": re.compile(rf"series_index/{PART}"),
-    "volumes": re.compile(rf"volumes/{PART}"),
-    "plan": re.compile(rf"plan/{PART}"),
-    "records": re.compile(rf"records/(?:ok|error)/{VOLUME_ID}\.parquet"),
-    "masks": re.compile(rf"masks/{VOLUME_ID}\.nii\.gz"),
-    "slices": re.compile(rf"slices/{VOLUME_ID}\.parquet"),
-    "qc": re.compile(rf"qc/{VOLUME_ID}\.png"),
-    "seg": re.compile(rf"seg/{VOLUME_ID}\.dcm"),
-    "report": re.compile(r"report/[a-z0-9_]+\.png"),
-}
-OWN_FILES = ("layout.json", "summary.json", "report.html", "evaluation.parquet", ".unet-lease.json")
-# What `--overwrite` clears (the report, the summary and layout.json are rewritten by the run).
-OVERWRITE_FOLDERS = ("series_index", "volumes", "plan", "records", "masks", "slices", "qc", "seg")
+SEGMENT_OUTPUT = OutputKind(
+    "unet segment", "layout.json",
+    {"series_index": re.compile(rf"series_index/{PART}"), "volumes": re.compile(rf"volumes/{PART}"),
+     "plan": re.compile(rf"plan/{PART}"), "records": re.compile(rf"records/(?:ok|error)/{VOLUME_ID}\.parquet"),
+     "masks": re.compile(rf"masks/{VOLUME_ID}\.nii\.gz"), "slices": re.compile(rf"slices/{VOLUME_ID}\.parquet"),
+     "qc": re.compile(rf"qc/{VOLUME_ID}\.png"), "seg": re.compile(rf"seg/{VOLUME_ID}\.dcm"),
+     "report": re.compile(r"report/[a-z0-9_]+\.png")},
+    ("layout.json", "summary.json", "report.html", "evaluation.parquet"),
+    ("series_index", "volumes", "plan", "records", "masks", "slices", "qc", "seg"))
+# Case ids are sanitised names ([A-Za-z0-9_.-]); Ray Data names the shards it writes.
+PREPARE_OUTPUT = OutputKind(
+    "unet prepare", "manifest.json",
+    {"cases": re.compile(r"cases/[A-Za-z0-9_.-]{1,200}\.json"),
+     "slices": re.compile(r"slices/split=(?:train|val)/[A-Za-z0-9_.-]{1,200}\.parquet")},
+    ("manifest.json",), ("cases", "slices"))
+OVERWRITE_FOLDERS = SEGMENT_OUTPUT.overwrite
 
 
-def is_owned(relative: str) -> bool:
-    """Whether an object at `relative` (below the output) has a name this tool gives."""
-    if relative in OWN_FILES:
-        return True
-    folder = relative.split("/", 1)[0]
-    pattern = OWN_FOLDERS.get(folder)
-    return bool(pattern and pattern.fullmatch(relative))
+def is_owned(relative: str, kind: OutputKind = SEGMENT_OUTPUT) -> bool:
+    return kind.owns(relative)
 
 
 def _norm(uri: str) -> str:
@@ -90,15 +105,15 @@ class OutputNames:
                     prefixes.add(given.rstrip("/") + real_out[len(real_in):])
         return cls(tuple(sorted(prefixes)), inside)
 
-    def excludes(self, uri: str) -> bool:
+    def excludes(self, uri: str, kind: OutputKind = SEGMENT_OUTPUT) -> bool:
         """Whether a listed object is the output's, not an input's."""
         for prefix in self.prefixes:
             if uri.startswith(prefix + "/"):
-                return self.inside_input or is_owned(uri[len(prefix) + 1:])
+                return self.inside_input or kind.owns(uri[len(prefix) + 1:])
         return False
 
 
-def check_inputs(inputs: tuple[str, ...], output: str) -> None:
+def check_inputs(inputs: tuple[str, ...], output: str, kind: OutputKind = SEGMENT_OUTPUT) -> None:
     """An input must not be the output, nor lie inside the output's own folders."""
     out = _norm(output)
     nested = OutputNames.of(output, inputs).inside_input
@@ -111,7 +126,7 @@ def check_inputs(inputs: tuple[str, ...], output: str) -> None:
             if nested:
                 raise ConfigError(f"--input {given} lies inside --output {output}, which lies inside another input; "
                                   "write the output elsewhere")
-            if first in OWN_FOLDERS or first in OWN_FILES:
+            if first in kind.folders or first in kind.files:
                 raise ConfigError(f"--input {given} lies inside the output's own folder {first}/ of {output}, which "
                                   "this tool writes and clears; move the input, or write the output elsewhere")
 
@@ -125,27 +140,40 @@ def _objects(prefix: str) -> Iterator[str]:
         return
 
 
-def check_output(output: str, has_layout: bool, examples: int = 5) -> None:
-    """A first run (no usable layout.json) may write into an empty prefix, or one that holds only
-    objects this tool names (an interrupted first run); anything else is refused, naming a few of
-    the objects found, since a run clears its own folders. With layout.json it is this tool's."""
-    if has_layout:
-        return
+def check_output(output: str, kind: OutputKind = SEGMENT_OUTPUT, inputs: tuple[str, ...] = (),
+                 examples: int = 5) -> bool:
+    """A first run (no marker) may write into an empty prefix, or one that holds only objects this
+    job names (an interrupted first run) or the job's own inputs; anything else is refused, naming
+    a few of the objects found. With its marker the prefix is this job's. Returns whether the
+    marker is there."""
+    if storage.exists(storage.join(output, kind.marker)):
+        return True
     foreign = []
+    inside = [i.rstrip("/") + "/" for i in inputs]
     for uri in _objects(output):
         relative = uri[len(output.rstrip("/")) + 1:]
-        if not is_owned(relative):
+        if not kind.owns(relative) and not any(uri.startswith(i) for i in inside):
             foreign.append(relative)
             if len(foreign) >= examples:
                 break
     if foreign:
         raise ConfigError(
-            f"--output {output} already holds objects that `unet segment` did not write (for example "
-            f"{', '.join(foreign)}) and no layout.json: it is not an output of this tool. Choose an empty or new "
-            "prefix, or an existing `unet segment` output")
+            f"--output {output} already holds objects that `{kind.job}` did not write (for example "
+            f"{', '.join(foreign)}) and no {kind.marker}: it is not an output of this tool. Choose an empty or new "
+            f"prefix, or an existing `{kind.job}` output")
+    return False
 
 
-def delete_owned(output: str, folders: tuple[str, ...]) -> tuple[int, int]:
+def owned_objects(output: str, kind: OutputKind = SEGMENT_OUTPUT) -> Iterator[str]:
+    """URIs of the objects this job names in its own folders of the output, streamed."""
+    for folder in kind.overwrite:
+        prefix = storage.join(output, folder)
+        for uri in _objects(prefix):
+            if kind.owns(posixpath.join(folder, uri[len(prefix.rstrip("/")) + 1:])):
+                yield uri
+
+
+def delete_owned(output: str, folders: tuple[str, ...], kind: OutputKind = SEGMENT_OUTPUT) -> tuple[int, int]:
     """Remove the objects this tool names in `folders` of the output; anything else there stays,
     and is logged. Returns (removed, left)."""
     removed = left = 0
@@ -153,7 +181,7 @@ def delete_owned(output: str, folders: tuple[str, ...]) -> tuple[int, int]:
         prefix = storage.join(output, folder)
         for uri in list(_objects(prefix)):
             relative = posixpath.join(folder, uri[len(prefix.rstrip("/")) + 1:])
-            if is_owned(relative):
+            if kind.owns(relative):
                 storage.delete(uri)
                 removed += 1
             else:

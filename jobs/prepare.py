@@ -24,6 +24,7 @@ from unet_core import ownership
 from unet_core.config import CT_WINDOWS, Limits, PreprocessConfig, from_dict, to_dict
 from unet_core.errors import ConfigError, InputError, ItemFailure
 from unet_core.io import storage
+from unet_core.io.lease import Lease
 from unet_core.training.cases import Case, discover_cases, load_case, load_case_2d, read_manifest
 from unet_core.training.shards import case_slices, image2d_rows, split_cases
 
@@ -106,8 +107,15 @@ def _main(argv: list[str]) -> int:
                            window_upper=args.window_upper, input_size=args.input_size,
                            context_slices=args.context_slices)
     out = _absolute(args.output)
-    _prepare_output(out, tuple(_absolute(u) for u in (args.images, args.masks, args.manifest) if u), args.overwrite)
+    with Lease(out, "unet prepare") as lease:  # one writer per output
+        if lease.took_over:
+            say(f"took over the output from a run that is gone: {lease.took_over.describe(time.time())}")
+        _prepare_output(out, tuple(_absolute(u) for u in (args.images, args.masks, args.manifest) if u),
+                        args.overwrite)
+        return _prepare(args, pre, out)
 
+
+def _prepare(args, pre: PreprocessConfig, out: str) -> int:
     found = read_manifest(args.manifest) if args.manifest else discover_cases(args.images, args.masks)
     for uri in found.unpaired_images:
         log.warning("unpaired image (no mask with its case id): %s", uri)

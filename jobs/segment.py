@@ -44,6 +44,7 @@ from unet_core.bundle import bundle_identity, read_info
 from unet_core.config import from_dict, to_dict
 from unet_core.errors import InputError
 from unet_core.io import listing, storage
+from unet_core.io.lease import Lease
 from unet_core.report import segment_report
 from unet_core.segmentation import layout as lay
 from unet_core.segmentation import planning, sizing
@@ -192,15 +193,18 @@ def _main(argv: list[str]) -> int:
     os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
     storage.probe_writable(out)  # before anything is read: a refused output fails now (exit 5)
     timer = Timer()
-    inputs, layout = _prepare_output(args, out)
-    init_ray(args.address, args.num_cpus or sizing.local_cpus(os.cpu_count() or 1, low, args.num_gpus),
-             verbose=args.verbose)
-    with Predictors(args.model, args.batch_size, args.precision, args.xla, low, high, args.num_gpus) as predictors:
-        if layout is None:
-            predictors.start()  # a first run: the predictors load while the archive is listed and scanned
-        planned = plan(args, info, inputs, out, layout, low, timer)
-        segmented = segment(args, planned, predictors, low)
-    return finish(args, info, planned, segmented, timer)
+    with Lease(out, "unet segment") as lease:  # one writer per output
+        if lease.took_over:
+            say(f"took over the output from a run that is gone: {lease.took_over.describe(time.time())}")
+        inputs, layout = _prepare_output(args, out)
+        init_ray(args.address, args.num_cpus or sizing.local_cpus(os.cpu_count() or 1, low, args.num_gpus),
+                 verbose=args.verbose)
+        with Predictors(args.model, args.batch_size, args.precision, args.xla, low, high, args.num_gpus) as pool:
+            if layout is None:
+                pool.start()  # a first run: the predictors load while the archive is listed and scanned
+            planned = plan(args, info, inputs, out, layout, low, timer)
+            segmented = segment(args, planned, pool, low)
+        return finish(args, info, planned, segmented, timer)
 
 
 def _absolute(uri: str) -> str:

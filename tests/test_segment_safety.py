@@ -86,3 +86,13 @@ def test_an_output_of_this_tool_is_reused_and_only_its_names_go(tmp_path, ray_lo
     (out / "volumes" / "my_notes.txt").write_bytes(b"notes")
     assert _run(*args, *(["--overwrite"] if overwrite else [])) == Exit.OK
     assert (out / "volumes" / "my_notes.txt").read_bytes() == b"notes"
+
+
+def test_a_second_run_on_one_output_is_refused_while_the_first_holds_it(tmp_path, phantom_bundle):
+    from unet_core.io.lease import Lease
+
+    _archive(tmp_path / "archive", n_series=1)
+    with Lease(str(tmp_path / "out"), "unet segment", settle_seconds=0.0):
+        rc = _run("--input", str(tmp_path / "archive"), "--model", phantom_bundle, "--output", str(tmp_path / "out"))
+    assert rc == Exit.USAGE
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # nothing written, the lease gone

@@ -111,3 +111,38 @@ def test_relative_paths_are_compared_as_absolute(tmp_path, monkeypatch):
     os.makedirs("d/records")
     with pytest.raises(ConfigError, match="own folder records/"):
         check_inputs(("d/records",), os.path.abspath("d"))
+
+
+# ---- the listing never hangs or wanders ------------------------------------------------------------
+def test_fifos_and_file_links_are_listed_with_a_reason_and_never_read(tmp_path):
+    from support.dicom_factory import write_series
+
+    from unet_core.config import Limits
+    from unet_core.segmentation import planning
+    from unet_core.synthetic import SeriesSpec
+
+    archive = tmp_path / "archive"
+    write_series(archive / "scan!", SeriesSpec(rows=16, columns=16, n_slices=3))  # "!/" only after ".zip"
+    os.mkfifo(archive / "pipe.dcm")
+    outside = tmp_path / "elsewhere.dcm"
+    outside.write_bytes((next((archive / "scan!").iterdir())).read_bytes())
+    (archive / "link.dcm").symlink_to(outside)
+    for follow in (False, True):
+        rows, counts, _ = planning.scan_partition([planning.Unit(str(archive), True)], [], Limits(), follow, ())
+        by_name = {os.path.basename(r.uri): r for r in rows}
+        assert by_name["pipe.dcm"].error_type == "not_read" and "FIFO" in by_name["pipe.dcm"].reason
+        link = by_name["link.dcm"]
+        if follow:
+            assert link.kind == "image"  # read through the link
+        else:
+            assert link.error_type == "not_read" and "--follow-symlinks" in link.reason
+        images = [r for r in rows if r.kind == "image" and "scan!" in r.uri]
+        assert len(images) == 3 and counts.listed == 5
+
+
+def test_a_member_separator_only_follows_a_zip_name():
+    from unet_core.io.archive import split_member
+
+    assert split_member("/a/scan!/b.dcm") == ("/a/scan!/b.dcm", None)
+    assert split_member("s3://b/x.ZIP!/m!/b.dcm") == ("s3://b/x.ZIP", "m!/b.dcm")
+    assert split_member("/a/scan!/x.zip!/b.dcm") == ("/a/scan!/x.zip", "b.dcm")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import zipfile
 from dataclasses import dataclass
 
@@ -26,12 +27,16 @@ def is_zip_name(uri: str) -> bool:
     return uri.lower().endswith(".zip")
 
 
+_MEMBER = re.compile(r"\.zip" + re.escape(SEPARATOR), re.IGNORECASE)
+
+
 def split_member(uri: str) -> tuple[str, str | None]:
-    """('s3://b/x.zip', 'dir/a.dcm') for a member URI; (uri, None) otherwise."""
-    if SEPARATOR in uri:
-        archive, member = uri.split(SEPARATOR, 1)
-        return archive, member
-    return uri, None
+    """('s3://b/x.zip', 'dir/a.dcm') for a member URI; (uri, None) otherwise. "!/" separates a
+    member only right after a ".zip" name: a folder named `scan!` is just a folder."""
+    m = _MEMBER.search(uri)
+    if m is None:
+        return uri, None
+    return uri[:m.start() + 4], uri[m.end():]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ class ObjectEntry:
     uri: str
     size: int
     version: str  # S3 ETag, or local mtime in ns: a changed object has a new version
+    skip: str = ""  # why it is listed but never read (a FIFO, a device, a link not followed)
 
 
 def is_hidden(name: str) -> bool:
@@ -124,7 +125,7 @@ def list_level(prefix: str, follow_symlinks: bool = False, max_objects: int = 10
                 if _is_dir(e, follow_symlinks):
                     if not (e.is_symlink() and _inside(os.path.realpath(e.path), roots)):
                         dirs.append(e.path + "/")
-                elif _is_file(e):
+                elif _is_file(e) or _special(e, follow_symlinks):
                     n_objects += 1
                     if n_objects > max_objects:
                         return Level((), True, False)
@@ -196,7 +197,11 @@ def iter_objects(prefix: str, recursive: bool = True, follow_symlinks: bool = Fa
                     continue
                 seen.add(real)
                 subdirs.append((entry.path, real))
+            elif why := _special(entry, follow_symlinks):
+                yield ObjectEntry(entry.path, 0, "special", skip=why)
             elif _is_file(entry):
+                if entry.is_symlink() and _inside(os.path.realpath(entry.path), roots):
+                    continue  # a link to a file the listing reaches anyway
                 try:
                     yield _local_entry(entry.path, entry.stat())
                 except FileNotFoundError:
@@ -230,6 +235,34 @@ def _is_dir(entry: os.DirEntry, follow_symlinks: bool) -> bool:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _special(entry: os.DirEntry, follow_symlinks: bool) -> str:
+    """Why an entry that is no folder is listed but never read ("" when it is read): FIFOs,
+    sockets and devices (reading one would hang or never end), and file links unless
+    --follow-symlinks (the same rule as for folder links)."""
+    try:
+        if entry.is_symlink():
+            if entry.is_dir(follow_symlinks=True):
+                return ""
+            if not follow_symlinks:
+                return "a symbolic link to a file: not read (--follow-symlinks reads it)"
+            try:
+                mode = os.stat(entry.path).st_mode
+            except OSError:
+                return ""  # dangling: reading it names the problem
+        else:
+            mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return ""
+    for test, what in _SPECIAL:
+        if test(mode):
+            return f"{what}: not read"
+    return ""
 
 
 def _is_file(entry: os.DirEntry) -> bool:

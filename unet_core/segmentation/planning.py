@@ -140,6 +140,9 @@ def _dicom_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | No
 def scan_object(entry: listing.ObjectEntry, limits: Limits) -> list[ObjectRow]:
     """The rows of one listed object: a NIfTI file as it is (its header is read on decode), a DICOM
     object's header, a zip's members. Never raises: whatever goes wrong becomes an error row."""
+    if entry.skip:
+        return [_row(entry, format=Format.DICOM, kind=ObjectKind.NON_IMAGE, reason=f"{entry.uri}: {entry.skip}",
+                     error_type=ErrorType.NOT_READ)]
     if is_nifti_name(entry.uri):
         return [_row(entry, format=Format.NIFTI)]
     if not archive.is_zip_name(entry.uri):

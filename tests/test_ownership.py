@@ -116,7 +116,6 @@ def test_relative_paths_are_compared_as_absolute(tmp_path, monkeypatch):
 # ---- the listing never hangs or wanders ------------------------------------------------------------
 def test_fifos_and_file_links_are_listed_with_a_reason_and_never_read(tmp_path):
     from support.dicom_factory import write_series
-
     from unet_core.config import Limits
     from unet_core.segmentation import planning
     from unet_core.synthetic import SeriesSpec

@@ -390,3 +390,27 @@ def test_planning_guards_each_volume(tmp_path, monkeypatch):
     assert sorted(r["source"] for r in aside) == sorted(bad)
     assert {r["error_type"] for r in aside} == {"internal"} and all(
         "(RuntimeError" in r["error"] and "boom" not in r["error"] for r in aside)
+
+
+def test_copies_of_an_instance_with_other_pixels_are_a_conflict_naming_both(tmp_path):
+    """Identical copies collapse; a copy whose pixels differ makes its volume an error row
+    `conflicting_instances` naming both objects (before any volume is decoded)."""
+    import pydicom
+
+    paths = _series(tmp_path, "s", n=4)
+    ds = pydicom.dcmread(paths[1])
+    (tmp_path / "s" / "same_again.dcm").write_bytes(open(paths[2], "rb").read())
+    arr = ds.pixel_array.copy()
+    arr[0, 0] += 7
+    ds.PixelData = arr.tobytes()
+    ds.save_as(tmp_path / "s" / "other_pixels.dcm")
+    rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path / "s"), True)], [], LIMITS, False, ())
+    planned = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1))
+    records = [json.loads(p.record) for p in planned if p.action == Action.SET_ASIDE]
+    (conflict,) = [r for r in records if r["error_type"] == "conflicting_instances"]
+    assert conflict["status"] == "error" and conflict["volume_id"].startswith("dcm-")
+    assert os.path.basename(paths[1]) in conflict["error"] and "other_pixels.dcm" in conflict["error"]
+    (copy,) = [r for r in records if r["error_type"] == "duplicate_instance"]  # identical: one kept, one aside
+    assert {os.path.basename(copy["source"]), os.path.basename(copy["error"].split("kept ")[1].rstrip(")"))} == {
+        os.path.basename(paths[2]), "same_again.dcm"}
+    assert not [p for p in planned if p.action == Action.SEGMENT]

@@ -40,6 +40,7 @@ class ErrorType(enum.StrEnum):
     INVALID_VOLUME = "invalid_volume"
     RESOURCE_LIMIT = "resource_limit"
     UNSAFE_ARCHIVE_MEMBER = "unsafe_archive_member"
+    CONFLICTING_INSTANCES = "conflicting_instances"  # two objects claim one SOP instance with other pixels
     # set aside on purpose (status skipped), not failures of the object
     DUPLICATE_INSTANCE = "duplicate_instance"
     LOCALIZER = "localizer"
@@ -127,6 +128,12 @@ class AmbiguousSourceError(InputError):
     """A prefix holds several series where one was expected."""
 
     reason = ErrorType.AMBIGUOUS_SOURCE
+
+
+class ConflictingInstancesError(InputError):
+    """Two objects are one SOP instance with different pixel data."""
+
+    reason = ErrorType.CONFLICTING_INSTANCES
 
 
 class InvalidVolumeError(InputError):

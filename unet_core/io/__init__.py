@@ -11,6 +11,7 @@ from unet_core.errors import EmptyFileError, StorageError
 from unet_core.io import archive, storage
 from unet_core.io.dicom.grouping import single_series
 from unet_core.io.dicom.header import scan_header
+from unet_core.io.dicom.pixels import same_pixels
 from unet_core.io.dicom.series import read_series
 from unet_core.io.nifti import is_nifti_name, mask_to_nifti_bytes, read_nifti
 from unet_core.volume import Volume
@@ -63,5 +64,5 @@ def read_volume(
 def _read_dicom(blobs: dict[str, bytes], name: str, limits: Limits, keep_phi: bool) -> Volume:
     # Complete bytes always give a header (None only comes back for a prefix).
     headers = [scan_header(data, uri) for uri, data in blobs.items()]
-    group = single_series(headers, name)
+    group = single_series(headers, name, same=lambda a, b: same_pixels(blobs[a.uri], blobs[b.uri], a.uri, b.uri))
     return read_series(group, [blobs[u] for u in group.uris], limits, keep_phi)

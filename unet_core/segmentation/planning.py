@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
 from unet_core.errors import ITEM_ERRORS, EmptyFileError, ErrorType, ItemFailure
-from unet_core.io import archive, listing, storage
+from unet_core.io import archive, listing, read_object, storage
 from unet_core.io.dicom.grouping import (
     VolumeMembers,
     group_series,
@@ -33,6 +33,7 @@ from unet_core.io.dicom.grouping import (
 )
 from unet_core.io.dicom.header import scan_header
 from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
+from unet_core.io.dicom.pixels import same_pixels
 from unet_core.io.nifti import is_nifti_name, nifti_volume_id
 from unet_core.ownership import OutputNames
 from unet_core.segmentation.layout import (
@@ -405,25 +406,40 @@ def _plan_volume(vid: str, members: list[ObjectRow], previous: dict[str, dict], 
         return [_plan(VolumeMembers(vid, "", members[:1]), Format.NIFTI, first.uri, previous, s, bucket)] + [
             _set_aside(replace(m, kind=ObjectKind.NON_IMAGE, error_type=ErrorType.DUPLICATE_INSTANCE,
                                reason=f"{m.uri}: listed twice"), s, bucket) for m in members[1:]]
-    groups, aside = group_series(list({m.uri: m for m in members}.values()), skip_localizers=not s.keep_localizers)
+    groups, aside = group_series(list({m.uri: m for m in members}.values()), skip_localizers=not s.keep_localizers,
+                                 same=_same_content(s.limits))
     if not s.keep_localizers:
         groups, split_off = split_off_localizers(groups, largest)
         aside += split_off
     out = [_set_aside(replace(h, volume_id=""), s, bucket) for h in aside]
     for g in groups:
-        g = VolumeMembers(vid, g.series_uid, g.headers)  # the volume id this bucket routed it by
+        g = replace(g, volume_id=vid)  # the volume id this bucket routed it by
         planned = _plan(g, Format.DICOM, _common_prefix(g.uris), previous, s, bucket)
-        out.append(_over_budget(planned, g, s) or planned)
+        if g.conflict:  # copies of an instance with different pixels: the volume cannot be built
+            planned = _volume_error(planned, g, s, ErrorType.CONFLICTING_INSTANCES, g.conflict)
+        elif problem := volume_budget_problem(g, s.limits):  # checked before any pixel is fetched
+            planned = _volume_error(planned, g, s, ErrorType.RESOURCE_LIMIT, f"{planned.source}: {problem}")
+        out.append(planned)
     return out
 
 
-def _over_budget(p: PlannedVolume, g: VolumeMembers, s: SegmentSettings) -> PlannedVolume | None:
-    """A volume over the per-volume memory budget is an error row now, not after its download."""
-    problem = volume_budget_problem(g, s.limits)
-    if problem is None:
-        return None
+def _same_content(limits: Limits):
+    """`grouping.SameContent` over stored objects: both copies read and their pixels compared
+    (copies of one instance are rare; None when either cannot be read)."""
+    def same(a: ObjectRow, b: ObjectRow) -> bool | None:
+        try:
+            return same_pixels(read_object(a.uri, limits), read_object(b.uri, limits), a.uri, b.uri)
+        except ITEM_ERRORS:
+            return None
+
+    return same
+
+
+def _volume_error(p: PlannedVolume, g: VolumeMembers, s: SegmentSettings, error_type: ErrorType,
+                  message: str) -> PlannedVolume:
+    """A volume that planning already knows cannot be segmented: its error row, nothing read."""
     rec = VolumeRecord(
         volume_id=p.volume_id, source=p.source, format=p.format.value, series_uid=p.series_uid, status=Status.ERROR,
-        error=f"{p.source}: {problem}", error_type=ErrorType.RESOURCE_LIMIT, fingerprint=p.fingerprint,
+        error=message, error_type=error_type, fingerprint=p.fingerprint,
         n_objects=len(g.headers), model=s.model_name, model_identity=s.model_identity)
     return replace(p, action=Action.SET_ASIDE, members="[]", record=json.dumps(rec.to_row()))

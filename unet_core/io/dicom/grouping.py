@@ -11,11 +11,12 @@ and `read_volume` both call these.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from unet_core.config import Limits
 from unet_core.errors import (
     AmbiguousSourceError,
+    ConflictingInstancesError,
     ErrorType,
     InputError,
     SeriesGeometryError,
@@ -35,11 +36,14 @@ VOXEL_BYTES = 4  # float32 voxels of a decoded volume
 
 @dataclass
 class VolumeMembers:
-    """The image objects (headers, in URI order) that form one volume of a series."""
+    """The image objects (headers, in URI order) that form one volume of a series; `conflict`
+    says why the volume cannot be built as it is (two objects claim one instance with different
+    pixels), "" when it can."""
 
     volume_id: str
     series_uid: str
     headers: list[DicomHeader]
+    conflict: str = ""
 
     @property
     def uris(self) -> list[str]:
@@ -103,11 +107,17 @@ def volume_budget_problem(members: VolumeMembers, limits: Limits) -> str | None:
             f"bytes, above the per-volume budget of {limits.max_volume_bytes} (raise --max-volume-bytes)")
 
 
-def _duplicates(headers: list[H]) -> dict[str, H]:
-    """Copies of one SOP instance (re-sends): the largest file is kept. Returns {uri: the header
-    set aside} for the others."""
+# Whether two copies of one SOP instance hold the same pixels (None: it cannot be told).
+SameContent = Callable[[DicomHeader, DicomHeader], "bool | None"]
+
+
+def _duplicates(headers: list[H], same: SameContent | None) -> tuple[dict[str, H], dict[str, str]]:
+    """Copies of one SOP instance (re-sends). A cut-short copy gives way to a whole one; copies
+    with the same pixels (by `same`) collapse to the largest file; whole copies whose pixels differ
+    are a conflict. Returns ({uri: the header set aside}, {SOP instance UID: the conflict})."""
     kept: dict[str, H] = {}
     aside: dict[str, H] = {}
+    conflicts: dict[str, str] = {}
     for h in headers:
         if h.kind != ObjectKind.IMAGE or not h.sop_instance_uid:
             continue
@@ -115,21 +125,27 @@ def _duplicates(headers: list[H]) -> dict[str, H]:
         if other is None:
             kept[h.sop_instance_uid] = h
             continue
-        small, big = sorted((other, h), key=lambda x: (x.size, x.uri))
+        if same is not None and not (h.missing_bytes or other.missing_bytes) and same(other, h) is False:
+            conflicts[h.sop_instance_uid] = (f"{other.uri} and {h.uri} are both SOP instance {h.sop_instance_uid} "
+                                             "with different pixel data: which one belongs to the volume is not known")
+            continue
+        small, big = sorted((other, h), key=lambda x: (not x.missing_bytes, x.size, x.uri))
         kept[h.sop_instance_uid] = big
         aside[small.uri] = _aside(small, ObjectKind.NON_IMAGE, ErrorType.DUPLICATE_INSTANCE,
                                   f"duplicate copy of SOP instance {h.sop_instance_uid} (kept {big.uri})")
-    return aside
+    return aside, conflicts
 
 
-def group_series(headers: Iterable[H], skip_localizers: bool = False) -> tuple[list[VolumeMembers], list[H]]:
+def group_series(headers: Iterable[H], skip_localizers: bool = False,
+                 same: SameContent | None = None) -> tuple[list[VolumeMembers], list[H]]:
     """Group image headers into volumes: by SeriesInstanceUID, split by orientation and image
     size; each multi-frame object is a volume of its own. Copies of one SOP instance keep the
-    largest file; a cut-short object without a whole copy is an error; with `skip_localizers`,
+    largest whole file, unless `same` tells their pixels differ: then their volume carries the
+    `conflict`; a cut-short object without a whole copy is an error; with `skip_localizers`,
     localizers (`is_localizer`) are set aside. Returns (volumes, set-aside headers); the input
     headers are not changed (set-aside ones come back as new headers)."""
     headers = list(headers)
-    duplicates = _duplicates(headers)
+    duplicates, conflicts = _duplicates(headers, same)
     groups: dict[tuple, list[H]] = {}
     aside: list[H] = []
     for h in headers:
@@ -142,7 +158,9 @@ def group_series(headers: Iterable[H], skip_localizers: bool = False) -> tuple[l
             aside.append(h)
             continue
         groups.setdefault(volume_key(h), []).append(h)
-    out = [VolumeMembers(volume_id=volume_id_of(key), series_uid=key[0], headers=sorted(members, key=lambda h: h.uri))
+    out = [VolumeMembers(volume_id=volume_id_of(key), series_uid=key[0], headers=sorted(members, key=lambda h: h.uri),
+                         conflict="; ".join(sorted({conflicts[m.sop_instance_uid] for m in members
+                                                    if m.sop_instance_uid in conflicts})))
            for key, members in groups.items()]
     if skip_localizers:
         for g in [g for g in out if is_localizer(g)]:
@@ -153,10 +171,10 @@ def group_series(headers: Iterable[H], skip_localizers: bool = False) -> tuple[l
     return sorted(out, key=lambda g: (g.series_uid, -g.n_slices, g.volume_id)), aside
 
 
-def single_series(headers: Sequence[DicomHeader], name: str) -> VolumeMembers:
-    """The one volume a source must hold; clear errors for none, several series, or a series
-    that mixes orientations / sizes."""
-    groups, aside = group_series(headers)
+def single_series(headers: Sequence[DicomHeader], name: str, same: SameContent | None = None) -> VolumeMembers:
+    """The one volume a source must hold; clear errors for none, several series, a series that
+    mixes orientations / sizes, or copies of an instance with different pixels."""
+    groups, aside = group_series(headers, same=same)
     if not groups:
         if len(aside) == 1:
             raise header_error(aside[0])
@@ -180,4 +198,6 @@ def single_series(headers: Sequence[DicomHeader], name: str) -> VolumeMembers:
             f"{name}: series {series[0]} mixes image sizes or orientations: {parts}; localizers or "
             "reformats must be separate volumes", uri=name,
         )
+    if groups[0].conflict:
+        raise ConflictingInstancesError(f"{name}: {groups[0].conflict}", uri=name)
     return groups[0]

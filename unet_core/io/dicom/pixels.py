@@ -17,6 +17,7 @@ import pydicom
 from pydicom.uid import UID
 
 from unet_core.errors import (
+    InputError,
     NoPixelDataError,
     TruncatedFileError,
     UnreadableFileError,
@@ -185,3 +186,18 @@ def rescale(ds: Any, frame: int, uri: str) -> tuple[float, float]:
                 float(value(source, "RescaleIntercept", uri, 0.0) or 0.0))
     except (TypeError, ValueError):
         return 1.0, 0.0
+
+
+def same_pixels(a: bytes, b: bytes, uri_a: str, uri_b: str) -> bool | None:
+    """Whether two objects (copies of one SOP instance) hold the same stored pixel values with the
+    same rescale, whatever their transfer syntaxes; None when either cannot be decoded."""
+    if a == b:
+        return True
+    try:
+        ds_a, pixels_a = decode_frames(a, uri_a)
+        ds_b, pixels_b = decode_frames(b, uri_b)
+        scales = [rescale(ds_a, f, uri_a) for f in range(len(pixels_a))], [rescale(ds_b, f, uri_b)
+                                                                            for f in range(len(pixels_b))]
+    except InputError:
+        return None
+    return pixels_a.shape == pixels_b.shape and bool(np.array_equal(pixels_a, pixels_b)) and scales[0] == scales[1]

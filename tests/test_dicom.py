@@ -357,7 +357,7 @@ def test_slices_after_the_first_decode_without_pydicoms_parse_and_equal_it(tmp_p
     (group,), _ = group_series([scan_header(b, u) for u, b in blobs.items()])
     calls = []
     real = series_mod.decode_frames
-    monkeypatch.setattr(series_mod, "decode_frames", lambda data, uri: calls.append(uri) or real(data, uri))
+    monkeypatch.setattr(series_mod, "decode_frames", lambda data, uri, *a: calls.append(uri) or real(data, uri, *a))
     fast = read_series(group, [blobs[u] for u in group.uris])
     assert len(calls) == 1  # only the first slice went through pydicom
     monkeypatch.setattr(series_mod, "fast_plane", lambda blob, header: None)
@@ -460,3 +460,32 @@ def test_a_cut_object_is_found_truncated_from_its_header(tmp_path, syntax):
     assert not groups and (aside.kind, aside.error_type) == ("error", "truncated")
     assert "900 of its declared bytes are missing" in aside.reason
     assert scan_header(data[:HEADER_PREFIX_BYTES], paths[0], len(data)).missing_bytes == 0
+
+
+def test_a_deflate_bomb_is_stopped_at_the_budget_not_inflated_whole(tmp_path):
+    """A deflated data set whose private element inflates far past --max-decompressed-bytes: the
+    scan and the decode stop at the budget (a resource_limit row), reading a few MiB at most."""
+    import tracemalloc
+
+    from unet_core.errors import ResourceLimitError
+    from unet_core.io.dicom.pixels import decode_frames
+
+    paths, _, _ = write_series(tmp_path / "s", SeriesSpec(rows=16, columns=16, n_slices=1))
+    ds = pydicom.dcmread(paths[0])
+    ds.add_new(0x00991010, "OB", b"\0" * (64 * 2**20))  # 64 MiB of zeros: about 64 KiB deflated
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    assert len(data) < 2**20
+    budget = 8 * 2**20
+    tracemalloc.start()
+    h = scan_header(data, "bomb.dcm", max_inflated=budget)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert h.kind == "error" and h.error_type == "resource_limit" and "inflates beyond" in h.reason
+    assert peak < 3 * budget  # the stream stops at the budget
+    with pytest.raises(ResourceLimitError):
+        decode_frames(data, "bomb.dcm", max_inflated=budget)
+    ok = scan_header(data, "bomb.dcm", max_inflated=128 * 2**20)  # within a larger budget it is an image
+    assert ok.kind == "image" and ok.transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian

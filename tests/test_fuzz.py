@@ -294,7 +294,7 @@ EXPECTED = {
     "empty_pixel_data": "truncated", "meta_uid_as_ul": "unreadable", "unknown_vr_in_header": "unreadable",
     "scrambled_description_vr": "truncated", "rows_as_text": "unreadable", "samples_per_pixel_as_text": "unreadable",
     "samples_per_pixel_as_tag": "unsupported_pixel_data", "negative_frame_count": "unreadable",
-    "deflate_syntax_over_plain_bytes": "truncated", "nifti_singular_sform": "invalid_volume",
+    "deflate_syntax_over_plain_bytes": "unreadable", "nifti_singular_sform": "invalid_volume",
     "nifti_nan_vox_offset": "invalid_volume",
 }
 

@@ -167,10 +167,10 @@ def test_scan_guards_every_object(tmp_path, monkeypatch):
     _series(tmp_path, "s", n=2)
     real = planning.scan_header
 
-    def explode(data, uri, size=None):
+    def explode(data, uri, size=None, *args):
         if uri.endswith("IM00001.dcm"):
             raise RuntimeError("boom")
-        return real(data, uri, size)
+        return real(data, uri, size, *args)
 
     monkeypatch.setattr(planning, "scan_header", explode)
     rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())

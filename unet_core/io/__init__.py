@@ -63,6 +63,6 @@ def read_volume(
 
 def _read_dicom(blobs: dict[str, bytes], name: str, limits: Limits, keep_phi: bool) -> Volume:
     # Complete bytes always give a header (None only comes back for a prefix).
-    headers = [scan_header(data, uri) for uri, data in blobs.items()]
+    headers = [scan_header(data, uri, max_inflated=limits.max_decompressed_bytes) for uri, data in blobs.items()]
     group = single_series(headers, name, same=lambda a, b: same_pixels(blobs[a.uri], blobs[b.uri], a.uri, b.uri))
     return read_series(group, [blobs[u] for u in group.uris], limits, keep_phi)

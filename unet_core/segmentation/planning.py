@@ -131,9 +131,10 @@ def _error_row(entry: listing.ObjectEntry, fmt: Format, exc: Exception, uri: str
 def _dicom_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | None, limits: Limits) -> ObjectRow:
     if data is None:
         data = storage.read_range(uri, 0, HEADER_PREFIX_BYTES) if size > HEADER_PREFIX_BYTES else storage.read_bytes(uri)
-    h = scan_header(data, uri, size)
+    h = scan_header(data, uri, size, limits.max_decompressed_bytes)
     if h is None:  # the header runs past the prefix
-        h = scan_header(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri)
+        h = scan_header(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri,
+                        max_inflated=limits.max_decompressed_bytes)
     return ObjectRow.from_row({**h.row(), "object_uri": entry.uri, "object_size": entry.size,
                                "object_version": entry.version, "format": Format.DICOM.value})
 

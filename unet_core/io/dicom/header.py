@@ -30,13 +30,7 @@ from unet_core.errors import (
     UnsupportedPixelDataError,
 )
 from unet_core.io.dicom.fastscan import fast_scan
-from unet_core.io.dicom.parse import (
-    PIXEL_GROUP,
-    library_errors,
-    parse,
-    transfer_syntax,
-    value,
-)
+from unet_core.io.dicom.parse import DEFAULT_MAX_INFLATED, PIXEL_GROUP, library_errors, parse, transfer_syntax, value
 from unet_core.volume import MAX_POSITION_MM, MAX_VOXEL_MM, MIN_VOXEL_MM
 
 # SOP class UID prefixes of objects that carry no cross-sectional image to segment.
@@ -330,7 +324,8 @@ def _error_header(uri: str, size: int, exc: InputError) -> DicomHeader:
     return DicomHeader(uri=uri, size=size, kind=ObjectKind.ERROR, reason=str(exc), error_type=exc.reason)
 
 
-def scan_header(data: bytes, uri: str, size: int | None = None) -> DicomHeader | None:
+def scan_header(data: bytes, uri: str, size: int | None = None,
+                max_inflated: int = DEFAULT_MAX_INFLATED) -> DicomHeader | None:
     """Scan one object's header from its bytes, or from a prefix of them.
 
     Returns None when `data` is a prefix that ended before the header did (read the whole object
@@ -343,7 +338,7 @@ def scan_header(data: bytes, uri: str, size: int | None = None) -> DicomHeader |
         if fast is not None:
             return _check_pixel_length(header_from_dataset(fast[0], uri, size, has_pixels=True), data, fast[1], size)
         try:
-            ds, stop = parse(data, uri, stop_before_pixels=True)
+            ds, stop = parse(data, uri, stop_before_pixels=True, max_inflated=max_inflated)
         except InputError as exc:
             if not complete and not isinstance(exc, EmptyFileError):
                 return None
@@ -353,7 +348,7 @@ def scan_header(data: bytes, uri: str, size: int | None = None) -> DicomHeader |
             # the whole object tells whether pixel data follows.
             if not complete:
                 return None
-            ds, _ = parse(data, uri, stop_before_pixels=False)
+            ds, _ = parse(data, uri, stop_before_pixels=False, max_inflated=max_inflated)
             return header_from_dataset(ds, uri, size, has_pixels="PixelData" in ds)
         tag = data[stop:stop + 4]
         at_pixels = len(tag) == 4 and PIXEL_GROUP in (int.from_bytes(tag[:2], "little"), int.from_bytes(tag[:2], "big"))

@@ -14,14 +14,18 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+import zlib
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pydicom
+from pydicom import filereader, filewriter
 
+from unet_core.config import Limits
 from unet_core.errors import (
     EmptyFileError,
     NotDicomError,
+    ResourceLimitError,
     TruncatedFileError,
     UnetError,
     UnreadableFileError,
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 
 HEADER_PREFIX_BYTES = 64 * 1024  # what the header scan reads first; the whole object only when needed
 PIXEL_GROUP = 0x7FE0
+DEFLATED_UID = pydicom.uid.DeflatedExplicitVRLittleEndian.encode()
+DEFAULT_MAX_INFLATED = Limits().max_decompressed_bytes
 
 
 def unreadable(uri: str, exc: BaseException, what: str = "DICOM data cannot be interpreted") -> UnreadableFileError:
@@ -72,12 +78,52 @@ def transfer_syntax(ds: Any, uri: str) -> str:
         return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) or "")
 
 
-def parse(data: bytes, uri: str, stop_before_pixels: bool) -> tuple[pydicom.Dataset, int]:
+def _inflated(data: bytes, uri: str, max_inflated: int) -> bytes | None:
+    """A deflated data set (PS3.5 A.5) rewritten as explicit VR little endian, inflated by a
+    bounded stream (never past `max_inflated` bytes: a small object can inflate to gigabytes);
+    None when `data` is not deflated. pydicom would inflate it whole, with no bound."""
+    if DEFLATED_UID not in data[:4096]:
+        return None
+    if not (len(data) >= 132 and data[128:132] == b"DICM"):
+        raise UnreadableFileError(f"{uri}: a deflated data set without the DICOM preamble: not read (it cannot be "
+                                  "inflated within a budget)", uri=uri)
+    fp = io.BytesIO(data)
+    fp.seek(132)
+    with library_errors(uri, "the file meta information cannot be read"):
+        meta = filereader._read_file_meta_info(fp)
+    if str(meta.get("TransferSyntaxUID", "")) != pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return None
+    start = fp.tell()
+    stream = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        body = stream.decompress(data[start:], max_inflated + 1)
+    except zlib.error:
+        raise UnreadableFileError(f"{uri}: the deflated data set is not a deflate stream", uri=uri) from None
+    if len(body) > max_inflated or stream.unconsumed_tail:
+        raise ResourceLimitError(f"{uri}: the deflated data set inflates beyond {max_inflated} bytes "
+                                 "(--max-decompressed-bytes); not read", uri=uri)
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    out = io.BytesIO()
+    out.write(data[:128] + b"DICM")
+    with library_errors(uri, "the file meta information cannot be written"):
+        filewriter.write_file_meta_info(out, meta, enforce_standard=False)
+    out.write(body)
+    return out.getvalue()
+
+
+def parse(data: bytes, uri: str, stop_before_pixels: bool,
+          max_inflated: int = DEFAULT_MAX_INFLATED) -> tuple[pydicom.Dataset, int]:
     """Dataset and the offset where parsing stopped. Raises EmptyFileError, NotDicomError (no
     'DICM' prefix and nothing parseable) or TruncatedFileError (a prefixed file pydicom cannot
-    parse, or one that ends inside an element)."""
+    parse, or one that ends inside an element). A deflated data set is inflated within
+    `max_inflated` bytes (ResourceLimitError beyond); its offsets are then into the inflated bytes."""
     if not data:
         raise EmptyFileError(f"{uri}: empty file (0 bytes)", uri=uri)
+    inflated = _inflated(data, uri, max_inflated)
+    if inflated is not None:
+        ds, stop = parse(inflated, uri, stop_before_pixels)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+        return ds, stop
     fp = io.BytesIO(data)
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     with warnings.catch_warnings():

@@ -25,7 +25,7 @@ from unet_core.errors import (
 )
 from unet_core.io.dicom.fastscan import fast_pixels
 from unet_core.io.dicom.header import DicomHeader, frame_item, frames_of, integer
-from unet_core.io.dicom.parse import library_errors, parse, value
+from unet_core.io.dicom.parse import DEFAULT_MAX_INFLATED, library_errors, parse, value
 
 log = logging.getLogger(__name__)
 CODECS_HINT = "install the codecs extra: pip install 'unet-ray[codecs]'"
@@ -128,10 +128,10 @@ def _truncation(text: str, exc: BaseException) -> bool:
                                                                           "insufficient"))
 
 
-def decode_frames(data: bytes, uri: str) -> tuple[pydicom.Dataset, np.ndarray]:
+def decode_frames(data: bytes, uri: str, max_inflated: int = DEFAULT_MAX_INFLATED) -> tuple[pydicom.Dataset, np.ndarray]:
     """(dataset, raw stored values as (frames, rows, cols)) for one object. Uncompressed pixel data
     is a view of the buffer; compressed data goes through its codec once (pydicom's decoders)."""
-    ds, _ = parse(data, uri, stop_before_pixels=False)
+    ds, _ = parse(data, uri, stop_before_pixels=False, max_inflated=max_inflated)
     if "PixelData" not in ds:
         raise NoPixelDataError(f"{uri}: DICOM object has no pixel data", uri=uri)
     with library_errors(uri, "the transfer syntax cannot be read"):

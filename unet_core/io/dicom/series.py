@@ -143,7 +143,7 @@ def read_series_with_sources(
         if fast is not None:
             planes.add((d, 0), fast[0][0], fast[1], header.position, header.orientation, header.pixel_spacing)
             continue
-        ds, pixels = decode_frames(blob, header.uri)
+        ds, pixels = decode_frames(blob, header.uri, limits.max_decompressed_bytes)
         classic = classic and pixels.shape[0] == 1
         for f in range(pixels.shape[0]):
             if classic:  # the scan read these from the same object version

@@ -489,3 +489,32 @@ def test_a_deflate_bomb_is_stopped_at_the_budget_not_inflated_whole(tmp_path):
         decode_frames(data, "bomb.dcm", max_inflated=budget)
     ok = scan_header(data, "bomb.dcm", max_inflated=128 * 2**20)  # within a larger budget it is an image
     assert ok.kind == "image" and ok.transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
+
+
+@pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "JPEGLSLossless", "RLELossless"])
+def test_a_frame_that_declares_another_size_is_never_decoded(tmp_path, syntax):
+    """A compressed frame whose own codestream header (J2K SIZ, JPEG-LS SOF55, RLE segments)
+    disagrees with Rows / Columns / samples / bits is an invalid_pixel_data error before any codec
+    runs: a small frame declaring a huge image cannot allocate it."""
+    import tracemalloc
+
+    from unet_core.errors import InvalidPixelDataError
+    from unet_core.io.dicom.pixels import decode_frames
+    from unet_core.synthetic import to_bytes
+
+    paths, _, _ = write_series(tmp_path / "s", SeriesSpec(rows=512, columns=512, n_slices=1), noise=False)
+    ds = pydicom.dcmread(paths[0])
+    ds.compress(getattr(pydicom.uid, syntax))
+    if syntax == "RLELossless":
+        ds.BitsAllocated = ds.BitsStored = 8  # two segments where one is wanted
+        ds.HighBit = 7
+    else:
+        ds.Rows = ds.Columns = 16  # the frame declares 512 x 512
+    data = to_bytes(ds)
+    tracemalloc.start()
+    with pytest.raises(InvalidPixelDataError, match="not decoded|segments"):
+        decode_frames(data, "declared.dcm")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 4 * len(data) + 2**20  # nothing of the declared image's size was allocated
+    assert scan_header(data, "declared.dcm").kind == "image"  # the header alone is fine: decode finds it

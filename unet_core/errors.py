@@ -35,6 +35,7 @@ class ErrorType(enum.StrEnum):
     NO_PIXEL_DATA = "no_pixel_data"
     NON_IMAGE_OBJECT = "non_image_object"
     UNSUPPORTED_PIXEL_DATA = "unsupported_pixel_data"
+    INVALID_PIXEL_DATA = "invalid_pixel_data"  # a compressed frame that declares another size than its header
     SERIES_GEOMETRY = "series_geometry"
     AMBIGUOUS_SOURCE = "ambiguous_source"
     INVALID_VOLUME = "invalid_volume"
@@ -116,6 +117,12 @@ class NonImageObjectError(InputError):
 
 class UnsupportedPixelDataError(InputError):
     reason = ErrorType.UNSUPPORTED_PIXEL_DATA
+
+
+class InvalidPixelDataError(InputError):
+    """A compressed frame's own header disagrees with the object's (size, samples, bits)."""
+
+    reason = ErrorType.INVALID_PIXEL_DATA
 
 
 class SeriesGeometryError(InputError):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
 from unet_core.errors import (
@@ -23,6 +24,7 @@ from unet_core.errors import (
     UnreadableFileError,
     UnsupportedPixelDataError,
 )
+from unet_core.io.dicom.codestream import check_frame
 from unet_core.io.dicom.fastscan import fast_pixels
 from unet_core.io.dicom.header import DicomHeader, frame_item, frames_of, integer
 from unet_core.io.dicom.parse import DEFAULT_MAX_INFLATED, library_errors, parse, value
@@ -97,6 +99,11 @@ def fast_plane(blob: bytes, header: DicomHeader) -> tuple[np.ndarray, tuple[floa
     ts = UID(f.file_meta.TransferSyntaxUID)
     if samples != 1 or not ts.is_transfer_syntax or not decoder_available(ts):
         return None
+    try:
+        (frame,) = generate_frames(bytes(buf), number_of_frames=1)
+        check_frame(str(ts), frame, header.rows, header.columns, 1, bits, header.uri)
+    except Exception:  # noqa: BLE001 - the pydicom path checks again and names the problem
+        return None
     from pydicom.pixels import get_decoder
 
     try:
@@ -109,6 +116,17 @@ def fast_plane(blob: bytes, header: DicomHeader) -> tuple[np.ndarray, tuple[floa
     except Exception:  # noqa: BLE001 - decoders raise many types; pydicom's path reports it
         return None
     return (arr.reshape(1, header.rows, header.columns), (slope, intercept)) if arr.size == header.rows * header.columns else None
+
+
+def check_frames(ds: Any, syntax: str, frames: int, uri: str) -> None:
+    """Every compressed frame's codestream header against the object's header, before any codec
+    allocates what a frame declares (codestream.py)."""
+    rows, columns = integer(ds, "Rows", uri), integer(ds, "Columns", uri)
+    samples, bits = integer(ds, "SamplesPerPixel", uri) or 1, integer(ds, "BitsAllocated", uri)
+    with library_errors(uri, "the encapsulated pixel data cannot be read"):
+        encapsulated = value(ds, "PixelData", uri) or b""
+        for frame in generate_frames(encapsulated, number_of_frames=frames):
+            check_frame(syntax, frame, rows, columns, samples, bits, uri)
 
 
 def _transfer_syntax(ds: pydicom.Dataset, uri: str) -> UID:
@@ -148,6 +166,8 @@ def decode_frames(data: bytes, uri: str, max_inflated: int = DEFAULT_MAX_INFLATE
     frames = frames_of(ds, uri)
     if frames < 1:
         raise UnreadableFileError(f"{uri}: NumberOfFrames is not a positive whole number", uri=uri)
+    if ts.is_compressed:
+        check_frames(ds, str(ts), frames, uri)
     if not ts.is_compressed:
         expected = (integer(ds, "Rows", uri) * integer(ds, "Columns", uri) * frames
                     * (integer(ds, "SamplesPerPixel", uri) or 1) * (integer(ds, "BitsAllocated", uri) // 8))

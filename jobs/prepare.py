@@ -75,7 +75,7 @@ def process_case(row: dict, cfg: dict) -> list[dict]:
     rows: list[dict] = []
     try:
         if case.kind == "2d":
-            pixels, bits, mask = load_case_2d(case)
+            pixels, bits, mask = load_case_2d(case, limits)
             rows = image2d_rows(pixels, bits, mask, case.case_id, row["split"], pre)
         else:
             image, mask = load_case(case, limits)

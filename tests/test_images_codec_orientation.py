@@ -120,3 +120,18 @@ def test_display_slice_is_radiological():
     plane[4, 3] = 1  # right-anterior corner
     shown = display_slice(plane)
     assert shown.shape == (4, 5) and shown[0, 0] == 1  # top (anterior), viewer's left (patient's right)
+
+
+def test_an_image_over_the_pixel_budget_is_refused_before_it_is_decoded():
+    from PIL import Image
+
+    from unet_core.errors import ResourceLimitError
+    from unet_core.io.images2d import read_image2d
+
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buf, format="PNG")  # 16 megapixels in a few KiB
+    assert len(buf.getvalue()) < 100_000
+    with pytest.raises(ResourceLimitError, match="budget of 1000000"):
+        read_image2d(buf.getvalue(), "big.png", max_pixels=1_000_000)
+    pixels, bits = read_image2d(buf.getvalue(), "big.png", max_pixels=20_000_000)
+    assert pixels.shape == (4000, 4000) and bits == 8

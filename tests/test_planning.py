@@ -335,7 +335,8 @@ def test_the_volume_budget_is_checked_from_headers_before_pixels(tmp_path, monke
     rec = json.loads(p.record)
     assert p.action == Action.SET_ASIDE and rec["status"] == "error" and rec["error_type"] == "resource_limit"
     assert f"need {need} bytes" in rec["error"] and "--max-volume-bytes" in rec["error"]
-    (ok,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(limits=Limits(max_volume_bytes=need)))
+    (ok,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(
+        limits=Limits(max_volume_bytes=max(need, sum(r.size for r in rows)))))  # the objects fit too
     assert ok.action == Action.SEGMENT
 
 
@@ -414,3 +415,17 @@ def test_copies_of_an_instance_with_other_pixels_are_a_conflict_naming_both(tmp_
     assert {os.path.basename(copy["source"]), os.path.basename(copy["error"].split("kept ")[1].rstrip(")"))} == {
         os.path.basename(paths[2]), "same_again.dcm"}
     assert not [p for p in planned if p.action == Action.SEGMENT]
+
+
+def test_a_volume_whose_objects_hold_more_than_the_budget_is_an_error_row(tmp_path):
+    """The bytes of a volume's objects are all in memory while it decodes: a ceiling, checked
+    from the listing, before any of them is read for decoding."""
+    rows = _rows(tmp_path, "s", n=4)
+    held = sum(r.size for r in rows)
+    voxels = 4 * 16 * 16 * 4
+    assert held > voxels  # small slices: the objects are larger than their voxels
+    from unet_core.config import Limits
+
+    (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(limits=Limits(max_volume_bytes=held - 1)))
+    record = json.loads(p.record)
+    assert p.action == Action.SET_ASIDE and record["error_type"] == "resource_limit" and "objects hold" in record["error"]

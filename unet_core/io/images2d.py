@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from unet_core.errors import EmptyFileError, InvalidVolumeError, UnreadableFileError
+from unet_core.config import Limits
+from unet_core.errors import EmptyFileError, InvalidVolumeError, ResourceLimitError, UnreadableFileError
 
+DEFAULT_MAX_PIXELS = Limits().max_volume_bytes // 4  # float32 pixels within the per-volume budget
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 MASK_SUFFIX = re.compile(r"([_-](mask|label|labels|seg|gt))$", re.IGNORECASE)
 
@@ -18,15 +20,23 @@ def is_image2d_name(uri: str) -> bool:
     return uri.lower().endswith(IMAGE_SUFFIXES)
 
 
-def read_image2d(data: bytes, uri: str) -> tuple[np.ndarray, int]:
-    """(pixels (H, W), bits) of a greyscale 8- or 16-bit image; colour is converted to grey."""
+def read_image2d(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """(pixels (H, W), bits) of a greyscale 8- or 16-bit image; colour is converted to grey. The
+    size the file declares is checked against `max_pixels` before any pixel is decoded (PIL's own
+    bomb limit is set from it too)."""
     if not data:
         raise EmptyFileError(f"{uri}: empty file (0 bytes)", uri=uri)
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        if img.size[0] * img.size[1] > max_pixels:
+            raise ResourceLimitError(f"{uri}: the image declares {img.size[0]} x {img.size[1]} pixels, above the "
+                                     f"budget of {max_pixels} (--max-volume-bytes / 4); not decoded", uri=uri)
         img.load()
+    except Image.DecompressionBombError as exc:
+        raise ResourceLimitError(f"{uri}: the image is larger than the budget of {max_pixels} pixels", uri=uri) from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableFileError(f"{uri}: not a readable PNG/TIFF image ({exc})", uri=uri) from exc
+        raise UnreadableFileError(f"{uri}: not a readable PNG/TIFF image ({type(exc).__name__})", uri=uri) from exc
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img).astype(np.uint16)
         return arr, 16

@@ -110,10 +110,11 @@ def load_case(case: Case, limits: Limits) -> tuple[Volume, Volume]:
     return image, mask
 
 
-def load_case_2d(case: Case) -> tuple[np.ndarray, int, np.ndarray]:
+def load_case_2d(case: Case, limits: Limits | None = None) -> tuple[np.ndarray, int, np.ndarray]:
     """(image pixels (H, W), bits, mask (H, W) uint8) of a 2D case, grids checked."""
-    pixels, bits = read_image2d(read_object(case.image), case.image)
-    mask_px, mask_bits = read_image2d(read_object(case.mask), case.mask)
+    limits = limits or Limits()
+    pixels, bits = read_image2d(read_object(case.image, limits), case.image, limits.max_volume_bytes // 4)
+    mask_px, mask_bits = read_image2d(read_object(case.mask, limits), case.mask, limits.max_volume_bytes // 4)
     if pixels.shape != mask_px.shape:
         raise InputError(f"case {case.case_id}: image {pixels.shape} and mask {mask_px.shape} differ in size", uri=case.image)
     return pixels, bits, mask_from_image(mask_px, mask_bits)

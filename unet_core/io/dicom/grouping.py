@@ -101,10 +101,14 @@ def volume_budget_problem(members: VolumeMembers, limits: Limits) -> str | None:
     data is fetched: why the volume is over it, or None."""
     first = members.headers[0]
     need = members.n_slices * first.rows * first.columns * VOXEL_BYTES
-    if need <= limits.max_volume_bytes:
-        return None
-    return (f"series {members.series_uid}: {members.n_slices} slices of {first.rows}x{first.columns} need {need} "
-            f"bytes, above the per-volume budget of {limits.max_volume_bytes} (raise --max-volume-bytes)")
+    if need > limits.max_volume_bytes:
+        return (f"series {members.series_uid}: {members.n_slices} slices of {first.rows}x{first.columns} need {need} "
+                f"bytes, above the per-volume budget of {limits.max_volume_bytes} (raise --max-volume-bytes)")
+    held = sum(h.size for h in members.headers)  # the objects' bytes, all in memory while it decodes
+    if held > limits.max_volume_bytes:
+        return (f"series {members.series_uid}: its {len(members.headers)} objects hold {held} bytes, above the "
+                f"per-volume budget of {limits.max_volume_bytes} (raise --max-volume-bytes)")
+    return None
 
 
 # Whether two copies of one SOP instance hold the same pixels (None: it cannot be told).

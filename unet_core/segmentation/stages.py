@@ -171,14 +171,22 @@ def write_seg(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecor
         return "", ("NIfTI input has no DICOM source images to reference" if rec.format == Format.NIFTI.value
                     else "no source images were kept")
     info = BundleInfo.from_json(s.bundle_info)
+    repaired: set[str] = set()
     try:
         seg = build_seg(labels, sources, info.label_names, info.segment_codes,
-                        SegIdentity(s.model_name, s.model_identity, software_version()), rec.volume_id, rec.fingerprint)
+                        SegIdentity(s.model_name, s.model_identity, software_version()), rec.volume_id, rec.fingerprint,
+                        repaired)
+        data = seg_bytes(seg)
     except SegSkipped as exc:
         return "", str(exc)
+    except Exception as exc:  # noqa: BLE001 - highdicom's text may quote a source value: its type only
+        failure = ItemFailure.of(rec.source, exc, "building the DICOM SEG")
+        return "", failure.error
     uri = storage.join(s.output, "seg", f"{rec.volume_id}.dcm")
-    storage.write_bytes(uri, seg_bytes(seg))
-    return uri, ""
+    storage.write_bytes(uri, data)
+    note = (f"written; left empty or out for values not valid for their VR: {', '.join(sorted(repaired))}"
+            if repaired else "")
+    return uri, note
 
 
 def write_record(out: str, rec: VolumeRecord) -> None:

@@ -19,15 +19,14 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pydicom
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from unet_core.errors import ConfigError
 
-if TYPE_CHECKING:  # bundle.json validation (check_segment_codes) must stay free of pydicom
-    import pydicom
-
+if TYPE_CHECKING:
     from unet_core.io.dicom.series import SourceFrames
 
 SERIES_DESCRIPTION = "unet-ray SEG"
@@ -98,18 +97,60 @@ def segment_descriptions(label_names: list[str], codes: dict, ident: SegIdentity
     return out
 
 
-def _source_copy(ds: pydicom.Dataset) -> pydicom.Dataset:
-    out = copy.copy(ds)  # shallow: only top-level type 2 elements are added
-    for keyword in _TYPE2:
-        if keyword not in out:
-            setattr(out, keyword, None)
+# Patient and study attributes of type 3 that highdicom may copy: dropped when their value is not
+# valid for their VR (a type 2 one is left empty instead).
+_TYPE3 = ("PatientAge", "PatientSize", "PatientWeight", "StudyDescription", "IssuerOfPatientID", "EthnicGroup",
+          "PatientComments", "OtherPatientIDs", "OtherPatientNames", "PatientBirthTime", "AdmittingDiagnosesDescription")
+
+
+def _valid(element) -> bool:
+    from pydicom.config import RAISE
+    from pydicom.valuerep import validate_value
+
+    values = element.value if isinstance(element.value, (list, tuple, pydicom.multival.MultiValue)) else [element.value]
+    try:
+        for v in values:
+            if v not in (None, ""):
+                validate_value(element.VR, v, RAISE)
+    except Exception:  # noqa: BLE001 - a value pydicom cannot even convert is not valid either
+        return False
+    return True
+
+
+def _source_copy(ds: pydicom.Dataset, repaired: set[str]) -> pydicom.Dataset:
+    """A copy of a source dataset to hand to highdicom: type 2 patient / study attributes the
+    archive left out are added empty; those whose value is not valid for its VR (a birth date
+    "31/12/1960", a time "25:61", an over-long LO) are left empty (type 2) or dropped (type 3), and
+    their keywords added to `repaired` (never their values). The source itself is not changed."""
+    out = copy.copy(ds)
+    out._dict = dict(ds._dict)  # its own element table: changes below stay in the copy
+    for keyword in (*_TYPE2, *_TYPE3):
+        element = None
+        if keyword in out:
+            try:
+                element = out.data_element(keyword)
+            except Exception:  # noqa: BLE001 - a raw element pydicom cannot convert
+                repaired.add(keyword)
+                del out[pydicom.datadict.tag_for_keyword(keyword)]
+        if element is None:
+            if keyword in _TYPE2:
+                setattr(out, keyword, None)
+            continue
+        if not _valid(element):
+            repaired.add(keyword)
+            if keyword in _TYPE2:
+                setattr(out, keyword, None)
+            else:
+                delattr(out, keyword)
     return out
 
 
-def seg_frames(labels: np.ndarray, sources: SourceFrames) -> tuple[list[pydicom.Dataset], np.ndarray]:
+def seg_frames(labels: np.ndarray, sources: SourceFrames,
+               repaired: set[str] | None = None) -> tuple[list[pydicom.Dataset], np.ndarray]:
     """(source images, (frames, rows, columns) label frames) in the order highdicom pairs them:
     frame n with source image n (single-frame sources) or with frame n of the one multi-frame
     source. `labels` is (i = column, j = row, k = slice in position order), the volume grid."""
+    repaired = set() if repaired is None else repaired
     n_objects = len(sources.datasets)
     multi = [d for d in sources.datasets if int(d.get("NumberOfFrames", 1) or 1) > 1]
     if multi and n_objects > 1:
@@ -121,11 +162,11 @@ def seg_frames(labels: np.ndarray, sources: SourceFrames) -> tuple[list[pydicom.
     if multi:  # frame n of the SEG is frame n of the source
         for k, (_, f) in enumerate(sources.frames):
             planes[f] = labels[:, :, k].T
-        return [_source_copy(sources.datasets[0])], planes
+        return [_source_copy(sources.datasets[0], repaired)], planes
     order = [d for d, _ in sources.frames]
     for k in range(labels.shape[2]):
         planes[k] = labels[:, :, k].T
-    return [_source_copy(sources.datasets[d]) for d in order], planes
+    return [_source_copy(sources.datasets[d], repaired) for d in order], planes
 
 
 def _uid(*parts: str) -> str:
@@ -135,11 +176,12 @@ def _uid(*parts: str) -> str:
 
 
 def build_seg(labels: np.ndarray, sources: SourceFrames, label_names: list[str], codes: dict, ident: SegIdentity,
-              volume_id: str, fingerprint: str) -> pydicom.Dataset:
-    """The SEG dataset of one volume's labels (values 0 .. len(label_names) - 1)."""
+              volume_id: str, fingerprint: str, repaired: set[str] | None = None) -> pydicom.Dataset:
+    """The SEG dataset of one volume's labels (values 0 .. len(label_names) - 1). The keywords of
+    source attributes left empty or out for an invalid value are added to `repaired`."""
     import highdicom as hd
 
-    images, planes = seg_frames(np.asarray(labels), sources)
+    images, planes = seg_frames(np.asarray(labels), sources, repaired)
     first = images[0]
     try:
         source_number = int(first.get("SeriesNumber", 0) or 0)

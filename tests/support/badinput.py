@@ -117,7 +117,7 @@ def bad_objects() -> dict[str, tuple[dict[str, bytes], str]]:
     undecodable = single()
     undecodable.file_meta.TransferSyntaxUID = JPEG2000Lossless
     undecodable.PixelData = pydicom.encaps.encapsulate([np.random.default_rng(2).bytes(900)])
-    kinds["undecodable_pixel_data"] = ({"j2k.dcm": to_bytes(undecodable)}, "unsupported_pixel_data")
+    kinds["undecodable_pixel_data"] = ({"j2k.dcm": to_bytes(undecodable)}, "invalid_pixel_data")
 
     huge = single()
     huge.Rows = huge.Columns = 60000  # declares 7.2 GB for one slice

@@ -27,6 +27,7 @@ from unet_core.io import storage
 from unet_core.io.lease import Lease
 from unet_core.training.cases import Case, discover_cases, load_case, load_case_2d, read_manifest
 from unet_core.training.shards import case_slices, image2d_rows, split_cases
+from unet_core.volume import short_hash
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -89,7 +90,7 @@ def process_case(row: dict, cfg: dict) -> list[dict]:
         rows = []
     summary["n_slices"] = len(rows)
     summary["n_foreground_slices"] = sum(r["foreground"] > 0 for r in rows)
-    storage.write_bytes(storage.join(cfg["output"], "cases", f"{case.case_id}.json"), json.dumps(summary).encode())
+    storage.write_bytes(case_summary_uri(cfg["output"], case.case_id), json.dumps(summary).encode())
     return rows
 
 
@@ -151,7 +152,7 @@ def _prepare(args, pre: PreprocessConfig, out: str) -> int:
         ds.write_parquet(path, filesystem=fs, partition_cols=["split"], min_rows_per_file=args.rows_per_shard,
                          compression="zstd")
 
-    summaries = [json.loads(storage.read_bytes(storage.join(out, "cases", f"{c['case_id']}.json"))) for c in items]
+    summaries = [json.loads(storage.read_bytes(case_summary_uri(out, c["case_id"]))) for c in items]
     ok = [s for s in summaries if s["status"] == "ok" and s["n_slices"] > 0]
     errors = [s for s in summaries if s["status"] != "ok"]
     counts = {split: sum(s["n_slices"] for s in ok if s["split"] == split) for split in ("train", "val")}
@@ -177,6 +178,12 @@ def _prepare(args, pre: PreprocessConfig, out: str) -> int:
     if not counts["train"]:
         raise InputError("no training slices were produced; see the case errors above")
     return Exit.SOME_FAILED if errors else Exit.OK
+
+
+def case_summary_uri(out: str, case_id: str) -> str:
+    """A case's summary object: named by a hash of its case id, which folder names and manifests
+    often make of a patient's name or record number (the id itself is inside, as data)."""
+    return storage.join(out, "cases", f"case-{short_hash(case_id)}.json")
 
 
 def _absolute(uri: str) -> str:

@@ -130,4 +130,4 @@ def test_a_volume_that_kills_its_predictor_is_an_error_row(tmp_path):
     assert bad["status"] == "error" and bad["error_type"] == "prediction" and bad["attempts"] == 2, bad
     assert "predictor process died" in bad["error"] and "after 2 attempts" in bad["error"]
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows.values()), rows
-    assert "failed: nii-marked" in log
+    assert f"failed: {bad['volume_id']}" in log and bad["volume_id"].startswith("nii-")

@@ -43,8 +43,9 @@ class OutputKind:
         return bool(pattern and pattern.fullmatch(relative))
 
 
-# Volume ids: "dcm-<16 hex>", "obj-<16 hex>", "nii-<sanitised stem>-<8 hex>" (io/nifti.py).
-VOLUME_ID = r"(?:dcm-[0-9a-f]{16}|obj-[0-9a-f]{16}|nii-[A-Za-z0-9_.-]{1,80}-[0-9a-f]{8})"
+# Volume ids: "dcm-", "obj-" or "nii-" and 16 hex digits; layout version 2 named NIfTI volumes
+# "nii-<sanitised stem>-<8 hex>" (still this tool's, so --overwrite removes them).
+VOLUME_ID = r"(?:(?:dcm|obj|nii)-[0-9a-f]{16}|nii-[A-Za-z0-9_.-]{1,80}-[0-9a-f]{8})"
 PART = r"part-\d{5}\.parquet"
 SEGMENT_OUTPUT = OutputKind(
     "unet segment", "layout.json",

@@ -19,7 +19,7 @@ from unet_core.errors import (
     ResourceLimitError,
     TruncatedFileError,
 )
-from unet_core.volume import Volume, affine_problem, sanitise, short_hash
+from unet_core.volume import Volume, affine_problem, short_hash
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -33,16 +33,10 @@ def is_nifti_name(uri: str) -> bool:
     return uri.lower().endswith(NIFTI_SUFFIXES)
 
 
-def nifti_case_id(uri: str) -> str:
-    stem = uri.rstrip("/").rsplit("/", 1)[-1]
-    for suffix in (".gz", ".nii"):
-        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
-    return sanitise(stem)
-
-
 def nifti_volume_id(uri: str) -> str:
-    """Stable, sanitised id of a NIfTI source: its file stem plus a hash of the full URI."""
-    return f"nii-{nifti_case_id(uri)}-{short_hash(uri, length=8)}"
+    """Stable id of a NIfTI source: a hash of its full URI. Never the file's name, which archives
+    often make of a patient's name or record number; the `source` column links back to it."""
+    return f"nii-{short_hash(uri)}"
 
 
 def gunzip_limited(data: bytes, limit: int, uri: str, stop_after: int | None = None) -> bytes:
@@ -133,7 +127,7 @@ def read_nifti(data: bytes, uri: str, limits: Limits | None = None, volume_id: s
         voxels=np.ascontiguousarray(voxels), affine=np.asarray(img.affine, dtype=np.float64),
         volume_id=volume_id or nifti_volume_id(uri),
         modality=None,  # NIfTI does not say; `--assume-modality` sets it
-        sources=(uri,), metadata={"case_id": nifti_case_id(uri)},
+        sources=(uri,), metadata={},
         space=CODE_SPACES.get(code, "aligned"),
     )
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 from unet_core.io import storage
 
-LAYOUT_VERSION = 2  # 2: fragments routed to buckets by DICOM series (planning.bucket_key)
+LAYOUT_VERSION = 3  # 2: fragments routed to buckets by DICOM series (planning.bucket_key); 3: NIfTI ids are hashes
 TARGET_UNITS = 256  # listing units wanted for parallel listing (fan-out stops at that many)
 MAX_FANOUT_DEPTH = 4
 MAX_PARTITIONS = 1024

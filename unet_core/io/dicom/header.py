@@ -53,6 +53,8 @@ ENHANCED_SOP_CLASSES = {
 }
 SUPPORTED_BITS = (8, 16, 32)
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+KNOWN_PHOTOMETRIC = {*GREYSCALE, "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL", "YBR_FULL_422",
+                     "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"}
 
 
 class ObjectKind(enum.StrEnum):
@@ -214,7 +216,8 @@ def pixel_problem(ds: Any, uri: str = "") -> str | None:
         return f"PixelRepresentation {representation} is neither 0 (unsigned) nor 1 (signed)"
     photometric = str(value(ds, "PhotometricInterpretation", uri, "") or "").strip()
     if photometric and photometric not in GREYSCALE:
-        return f"PhotometricInterpretation {photometric!r} is not greyscale (MONOCHROME1 / MONOCHROME2)"
+        shown = photometric if photometric in KNOWN_PHOTOMETRIC else "(another value)"  # never free text
+        return f"PhotometricInterpretation {shown} is not greyscale (MONOCHROME1 / MONOCHROME2)"
     return None
 
 

@@ -156,7 +156,7 @@ def decode_frames(data: bytes, uri: str, max_inflated: int = DEFAULT_MAX_INFLATE
         ts = _transfer_syntax(ds, uri)
     if not ts.is_transfer_syntax:
         raise UnsupportedPixelDataError(
-            f"{uri}: transfer syntax UID {str(ts)!r} is not a transfer syntax this reader knows; the pixel data "
+            f"{uri}: TransferSyntaxUID is not a transfer syntax this reader knows; the pixel data "
             "cannot be interpreted", uri=uri)
     if ts.is_compressed and not decoder_available(ts):
         raise UnsupportedPixelDataError(

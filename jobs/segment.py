@@ -359,7 +359,8 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
         slices_per_second=done.slices / max(done.seconds, 1e-9), scan_seconds=planned.seconds,
         predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=timer.seconds,
         predictors_started=done.pool_stats.get("predictors_started", 0),
-        predictors_live=done.pool_stats.get("predictors_live", 0), dicom_seg=args.dicom_seg, qc=args.qc)
+        predictors_live=done.pool_stats.get("predictors_live", 0), dicom_seg=args.dicom_seg, qc=args.qc,
+        keep_phi=args.keep_phi)
     summary.write()
 
     report = segment_report(out, summary, totals.failures)

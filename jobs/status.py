@@ -68,6 +68,7 @@ def _main(argv: list[str]) -> int:
                      f"{summary.segmented_now:,} volumes segmented, {summary.objects_listed:,} "
                      f"objects listed ({summary.headers_read:,} headers read)")
         lines.append(f"  model: {summary.model} (identity {summary.model_identity})")
+        lines.append(f"  privacy: {summary.privacy()}")
     lines.append(f"  volumes: {ok:,} ok, {failed:,} failed, {skipped:,} objects skipped")
     if agg.by_error_type:
         lines.append("  failures by reason: " + ", ".join(f"{k} {v:,}" for k, v in agg.by_error_type.most_common()))

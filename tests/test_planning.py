@@ -429,3 +429,16 @@ def test_a_volume_whose_objects_hold_more_than_the_budget_is_an_error_row(tmp_pa
     (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(limits=Limits(max_volume_bytes=held - 1)))
     record = json.loads(p.record)
     assert p.action == Action.SET_ASIDE and record["error_type"] == "resource_limit" and "objects hold" in record["error"]
+
+
+def test_a_rerun_with_another_privacy_setting_redoes_the_rows(tmp_path):
+    """Rows made with --keep-phi carry identifiers in their metadata: a run without it redoes them
+    (and the other way round), so identifiers never survive dropping the switch."""
+    rows = _rows(tmp_path, "s", n=3)
+    (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings())
+    done = {**VolumeRecord(volume_id=p.volume_id, source=p.source, format="dicom", series_uid=p.series_uid,
+                           status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1", keep_phi=True).to_row()}
+    (again,) = planning.merge_bucket(planning.fragments_of(rows, 4), {p.volume_id: done}, _settings(keep_phi=True))
+    assert again.action == Action.CARRY
+    (dropped,) = planning.merge_bucket(planning.fragments_of(rows, 4), {p.volume_id: done}, _settings())
+    assert dropped.action == Action.SEGMENT

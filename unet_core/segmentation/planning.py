@@ -328,7 +328,7 @@ def carries(prev: dict | None, fingerprint: str, s: SegmentSettings) -> bool:
         return False
     if prev["volume_id"].startswith("obj-"):
         return True
-    return prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity and s.has_outputs(prev)
+    return prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity and s.made_as_asked(prev)
 
 
 def _carry(prev: dict, bucket: int) -> PlannedVolume:

@@ -201,6 +201,7 @@ class VolumeRecord(Record):
     attempts: int = 0
     metadata: str = "{}"
     finished: str = ""
+    keep_phi: bool = False  # made with --keep-phi: its metadata may hold patient name, ID and birth date
 
 
 def table_bytes(cls: type[Record], rows: list[dict]) -> bytes:

@@ -32,9 +32,13 @@ class SegmentSettings:
     buckets: int = 1  # volume-table parts (stable across runs)
     inputs: tuple[str, ...] = ()  # as the layout names them (the output is never listed as one of them)
 
-    def has_outputs(self, row: dict) -> bool:
-        """Whether a volume's earlier ok row has every output this run asks for (a run that
-        adds --qc or --dicom-seg redoes the volumes without them)."""
+    def made_as_asked(self, row: dict) -> bool:
+        """Whether a volume's earlier ok row was made as this run asks: every output it asks for
+        (a run that adds --qc or --dicom-seg redoes the volumes without them), and the same privacy
+        setting (a run with or without --keep-phi redoes the rows made the other way: identifiers
+        never survive dropping it)."""
+        if bool(row.get("keep_phi", False)) != self.keep_phi:
+            return False
         if self.qc and not row.get("qc_uri"):
             return False
         return not (self.dicom_seg and not row.get("seg_uri") and not row.get("seg_skipped"))

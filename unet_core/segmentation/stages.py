@@ -100,14 +100,14 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
     return VolumeRecord(volume_id=planned.volume_id, source=planned.source, format=planned.format.value,
                         series_uid=planned.series_uid, fingerprint=planned.fingerprint,
                         n_objects=len(json.loads(planned.members)), model=s.model_name,
-                        model_identity=s.model_identity, **kw)
+                        model_identity=s.model_identity, keep_phi=s.keep_phi, **kw)
 
 
 def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:
     """One volume through decode -> predict -> finish -> write. Returns (record, outcome)."""
     if s.resume:
         found = read_record(s.output, planned.volume_id, planned.fingerprint, ok_only=True)
-        if found is not None and found.model_identity == s.model_identity and s.has_outputs(found.to_row()):
+        if found is not None and found.model_identity == s.model_identity and s.made_as_asked(found.to_row()):
             return found, Outcome.RESUMED
     d = decode_volume(planned, s)
     rec = _record(planned, s, status=Status.OK, decode_seconds=d.seconds)

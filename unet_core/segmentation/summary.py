@@ -42,6 +42,14 @@ class RunSummary:
     # what the output was made with
     dicom_seg: bool = False
     qc: bool = False
+    keep_phi: bool = False
+
+    def privacy(self) -> str:
+        """What the output may carry of patients' identity, in one line."""
+        tables = ("the tables' metadata column holds patient name, ID and birth date (--keep-phi)" if self.keep_phi
+                  else "tables, reports and logs hold no patient name, ID or birth date")
+        seg = "; seg/ carries the patient and study modules (DICOM SEG)" if self.dicom_seg else ""
+        return tables + seg
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

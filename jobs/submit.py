@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import importlib
+import ipaddress
 import os
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -45,8 +50,6 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages when installed
 DIST_NAME = "unet-ray"
-WORKING_DIR_EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "build", "dist", ".pytest_cache",
-                        ".ruff_cache", "demo-output", "*.runs", "**/*.nii.gz", "**/*.dcm", "**/*.parquet"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--entrypoint-num-gpus", type=float, default=None)
     res.add_argument("--entrypoint-memory", type=int, default=None, help="bytes")
     p.add_argument("--submission-id", default=None, help="a name for the job (unique on the cluster)")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="send the cluster token over plain http to a host that is not this machine (anyone on the "
+                        "path can read it; use https:// instead wherever you can)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("job", nargs=argparse.REMAINDER, help="-- <job> <options>, e.g. -- segment --input s3://...")
     return p
@@ -146,14 +152,34 @@ class Cluster:
             raise ConfigError(f"{self.address}: {first_line(exc)}") from None
 
 
-def connect(address: str, verbose: bool = False) -> Cluster:
+def is_loopback(address: str) -> bool:
+    host = (urlsplit(address).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(address: str, has_token: bool, insecure_http: bool) -> None:
+    """A token goes over https, or plain http to this machine; anything else only with
+    --insecure-http."""
+    if has_token and address.startswith("http://") and not is_loopback(address) and not insecure_http:
+        raise ConfigError(f"refusing to send the cluster token over plain http to {urlsplit(address).hostname}: "
+                          "anyone on the path could read it. Use an https:// address (a TLS proxy in front of the "
+                          "dashboard, or `kubectl port-forward` to 127.0.0.1), or pass --insecure-http if this "
+                          "network is yours")
+
+
+def connect(address: str, verbose: bool = False, insecure_http: bool = False) -> Cluster:
     """A client of the cluster's Jobs API, or a ConfigError that says what is wrong and what to do."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-
     quiet_library_loggers(verbose)
     token, source = read_token()
+    check_transport(address, bool(token), insecure_http)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         return Cluster(JobSubmissionClient(address, headers=headers), address, source if token else None)
@@ -268,12 +294,30 @@ def job_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+# What a job needs of a checkout, and nothing else: a .env, scans, reports or models lying in the
+# checkout never reach the cluster's package store (where anyone with dashboard access can
+# download the package).
+SHIPPED = ("pyproject.toml", "jobs/**/*.py", "unet_core/**/*.py", "unet_core/templates/*.j2")
+
+
+def stage_checkout(code: Path) -> Path:
+    """A temporary folder with exactly the SHIPPED files of a checkout (removed at exit)."""
+    staged = Path(tempfile.mkdtemp(prefix="unet-submit-"))
+    atexit.register(shutil.rmtree, staged, ignore_errors=True)
+    for pattern in SHIPPED:
+        for src in sorted(code.glob(pattern)):
+            if src.is_file() and not src.is_symlink() and "__pycache__" not in src.parts:
+                dst = staged / src.relative_to(code)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+    return staged
+
+
 def runtime_env(args: argparse.Namespace) -> dict:
     renv: dict = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", **job_env(args.env)}}
     code = Path(args.working_dir).resolve() if args.working_dir else source_checkout()
     if code is not None and (code / "jobs" / "cli.py").is_file() and (code / "unet_core").is_dir():
-        renv["working_dir"] = str(code)
-        renv["excludes"] = WORKING_DIR_EXCLUDES
+        renv["working_dir"] = str(stage_checkout(code))
     elif args.working_dir:
         raise ConfigError(f"--working-dir {code}: not this project (no jobs/cli.py and unet_core/ there)")
     else:  # installed as a package: ship exactly its own packages, found through its metadata
@@ -345,7 +389,7 @@ def run(argv: list[str]) -> int:
         check_job_args(job_argv)
     elif job_argv:
         raise ConfigError("--status / --logs / --stop take a submission ID and no job")
-    cluster = connect(address, args.verbose)
+    cluster = connect(address, args.verbose, args.insecure_http)
     client = cluster.client
     if args.status:
         info = cluster.call(client.get_job_info, args.status)

@@ -172,7 +172,9 @@ def test_runtime_env_ships_the_project_and_forwards_only_what_it_should(monkeypa
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-forward")
     args = submit.build_parser().parse_args(["--packages", "pinned", "--env", "MY_SETTING=1", "--", "train"])
     renv = submit.runtime_env(args)
-    assert renv["working_dir"] == str(ROOT) and ".venv" in renv["excludes"]
+    staged = Path(renv["working_dir"])
+    assert (staged / "jobs" / "cli.py").is_file() and (staged / "pyproject.toml").is_file()
+    assert not (staged / ".venv").exists() and not (staged / "tests").exists()
     assert renv["env_vars"]["AWS_ENDPOINT_URL"] == "http://minio.local:9000" and renv["env_vars"]["MY_SETTING"] == "1"
     assert "AWS_SECRET_ACCESS_KEY" not in renv["env_vars"]
     pins = renv["pip"]["packages"]

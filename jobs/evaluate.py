@@ -15,7 +15,7 @@ import math
 import sys
 
 from jobs.exits import Exit, run_main
-from jobs.options import add_ray_args, parse_with_config
+from jobs.options import add_output_args, add_ray_args, apply_output_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log
 from jobs.progress import Progress, Timer
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth-labels", default=None, help="comma-separated truth labels that form the foreground (default: non-zero)")
     p.add_argument("--output", default=None, help="evaluation table (default: <pred>/evaluation.parquet)")
     p.add_argument("--config", help="JSON/YAML file of option values")
+    add_output_args(p)
     add_ray_args(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -61,6 +62,7 @@ def _main(argv: list[str]) -> int:
 
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
+    apply_output_args(args)
 
     table = read_volume_table(args.pred)
     if not table:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 import yaml
@@ -14,6 +15,7 @@ import yaml
 from unet_core.config import Limits
 from unet_core.errors import ConfigError
 from unet_core.io import storage
+from unet_core.io.storage import PRIVATE_OUTPUTS_ENV
 
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,18 @@ def add_ray_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs of the local Ray instance (default: this machine's); ignored with --address")
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--private-outputs", action="store_true",
+                        help="local outputs readable by their owner only (0600); by default they follow the umask "
+                             "(0644 under the usual 022), so the team on a shared disk can open the reports")
+
+
+def apply_output_args(args: argparse.Namespace) -> None:
+    """Before Ray starts: every worker of the job writes with the same mode."""
+    if getattr(args, "private_outputs", False):
+        os.environ[PRIVATE_OUTPUTS_ENV] = "1"
 
 
 def add_limit_args(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,14 @@ import sys
 import time
 
 from jobs.exits import Exit, run_main
-from jobs.options import add_limit_args, add_ray_args, limits_from, parse_with_config
+from jobs.options import (
+    add_limit_args,
+    add_output_args,
+    add_ray_args,
+    apply_output_args,
+    limits_from,
+    parse_with_config,
+)
 from jobs.output import configure as configure_output
 from jobs.output import log, say
 from jobs.progress import Polled, Progress, Timer
@@ -58,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep at most R empty slices per foreground slice of a case (default: keep all)")
     p.add_argument("--rows-per-shard", type=int, default=256, help="slices per Parquet file (about)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared output")
+    add_output_args(p)
     add_ray_args(p)
     add_limit_args(p)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -101,6 +109,7 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
+    apply_output_args(args)
 
     if not args.manifest and not (args.images and args.masks):
         raise ConfigError("give --manifest, or both --images and --masks")

@@ -9,6 +9,7 @@ import os
 
 from jobs.output import say, worker_env
 from jobs.quieting import quiet_ray_data
+from unet_core.io.storage import PRIVATE_OUTPUTS_ENV
 
 # Non-secret settings a job on a cluster needs in order to see the same storage as this shell.
 FORWARDED_STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -16,6 +17,11 @@ FORWARDED_STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"
 
 def forwarded_storage_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_STORAGE_ENV if os.environ.get(k)}
+
+
+def job_settings_env() -> dict[str, str]:
+    """This project's settings that every worker of a job must share (--private-outputs)."""
+    return {k: os.environ[k] for k in (PRIVATE_OUTPUTS_ENV,) if os.environ.get(k)}
 
 
 def cluster_address(address: str | None = None) -> str | None:
@@ -41,7 +47,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         # driver started here passes on where storage is, so that the cluster's workers read the
         # same S3 endpoint as this shell (credentials are the cluster's own).
         renv = None if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else {
-            "env_vars": {**worker_env(verbose), **forwarded_storage_env()}}
+            "env_vars": {**worker_env(verbose), **forwarded_storage_env(), **job_settings_env()}}
         ray.init(address=address, log_to_driver=verbose, runtime_env=renv, logging_level=logging_level)
         say(f"attached to the Ray cluster at {address}")
     else:
@@ -49,5 +55,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         # --gpu-dry-run` declares GPUs on a CPU machine so that GPU accounting and placement run).
         # Workers' output reaches this terminal only with -v (errors come back as exceptions and rows).
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 runtime_env={"env_vars": worker_env(verbose)}, log_to_driver=verbose, logging_level=logging_level)
+                 runtime_env={"env_vars": {**worker_env(verbose), **job_settings_env()}}, log_to_driver=verbose,
+                 logging_level=logging_level)
     quiet_ray_data(verbose)

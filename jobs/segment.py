@@ -33,7 +33,14 @@ from dataclasses import asdict, dataclass, field
 import psutil
 
 from jobs.exits import Exit, run_main
-from jobs.options import add_limit_args, add_ray_args, limits_from, parse_with_config
+from jobs.options import (
+    add_limit_args,
+    add_output_args,
+    add_ray_args,
+    apply_output_args,
+    limits_from,
+    parse_with_config,
+)
 from jobs.output import configure as configure_output
 from jobs.output import log, say
 from jobs.predictors import Predictors, predict_with
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-symlinks", action="store_true",
                    help="follow directory symlinks of a local archive (loops are detected by real path)")
     p.add_argument("--overwrite", action="store_true", help="redo every volume, and read every header again")
+    add_output_args(p)
     add_ray_args(p)
     add_limit_args(p)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -182,6 +190,7 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
+    apply_output_args(args)
 
     info = read_info(args.model)
     out = _absolute(args.output)

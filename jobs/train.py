@@ -15,7 +15,7 @@ import os
 import sys
 
 from jobs.exits import Exit, run_main
-from jobs.options import add_ray_args, parse_with_config
+from jobs.options import add_output_args, add_ray_args, apply_output_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log, say
 from jobs.prepare import read_prepared
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--initial-weights", default=None, help="a bundle, .keras or .weights.h5 (local or s3://)")
     w.add_argument("--transfer", default="full", choices=["full", "encoder"])
     w.add_argument("--freeze-encoder", action="store_true")
+    add_output_args(p)
     add_ray_args(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -88,6 +89,7 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
+    apply_output_args(args)
 
     manifest = read_prepared(args.data)
     pre = manifest["preprocess"]

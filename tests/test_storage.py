@@ -187,3 +187,17 @@ def test_a_refused_output_fails_the_job_at_once_with_the_storage_exit_status(tmp
     assert rc == 5, out
     assert "s3://no-such-bucket-here/out: the output cannot be written" in out and ".tmp-probe-" in out
     assert "bucket does not exist" in out and "planning:" not in out
+
+
+def test_local_outputs_follow_the_umask_or_are_private(tmp_path, monkeypatch):
+    """Written atomically either way: 0644 under the usual 022 (a team on a shared disk opens the
+    report), 0600 with --private-outputs (UNET_PRIVATE_OUTPUTS=1 in every worker)."""
+    import stat as st
+
+    monkeypatch.setattr(storage, "_UMASK", 0o022)
+    storage.write_bytes(str(tmp_path / "shared.html"), b"x")
+    assert st.S_IMODE(os.stat(tmp_path / "shared.html").st_mode) == 0o644
+    monkeypatch.setenv(storage.PRIVATE_OUTPUTS_ENV, "1")
+    storage.write_bytes(str(tmp_path / "private.html"), b"x")
+    assert st.S_IMODE(os.stat(tmp_path / "private.html").st_mode) == 0o600
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]

@@ -169,6 +169,18 @@ def read_range(uri: str, start: int, length: int) -> bytes:
     return with_retry(_read, uri, "read")
 
 
+# The process's umask, read once at import (reading it means setting it, which is not thread-safe).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+PRIVATE_OUTPUTS_ENV = "UNET_PRIVATE_OUTPUTS"  # "1": outputs readable by their owner only (--private-outputs)
+
+
+def output_mode() -> int:
+    """The mode of a written local file: as the umask allows (0644 under the usual 022), or 0600
+    with --private-outputs. The temporary file is 0600 until it is complete."""
+    return 0o600 if os.environ.get(PRIVATE_OUTPUTS_ENV) == "1" else 0o666 & ~_UMASK
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Publish `data` at `uri` atomically (see the module docstring)."""
     fs, path = resolve(uri)
@@ -182,6 +194,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                os.fchmod(f.fileno(), output_mode())
             os.replace(tmp, path)
         except BaseException as exc:
             if os.path.exists(tmp):

@@ -17,7 +17,7 @@ import sys
 from jobs.exits import Exit, run_main
 from jobs.options import add_output_args, add_ray_args, apply_output_args, parse_with_config
 from jobs.output import configure as configure_output
-from jobs.output import log
+from jobs.output import log, safe
 from jobs.progress import Progress, Timer
 from jobs.runtime import init_ray
 from unet_core.errors import ConfigError, InputError, ItemFailure
@@ -118,7 +118,7 @@ def _main(argv: list[str]) -> int:
         if r["status"] == "ok":
             print(f"{r['volume_id']:<{width}}  {r['dice']:6.3f}  {r['iou']:6.3f}  {r['hd95_mm']:8.2f}")
         else:
-            print(f"{r['volume_id']:<{width}}  error: {r['error']}")
+            print(safe(f"{r['volume_id']:<{width}}  error: {r['error']}"))
     if ok:
         mean = {k: sum(r[k] for r in ok) / len(ok) for k in ("dice", "iou")}
         hd = [r["hd95_mm"] for r in ok if not math.isnan(r["hd95_mm"])]

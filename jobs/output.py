@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -41,8 +42,10 @@ def configure(verbose: bool) -> None:
         else:
             os.environ[key] = value
     level = logging.DEBUG if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)  # a no-op where logging is set up (tests)
+    if not logging.getLogger().handlers:  # where logging is set up already (tests), it stays
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+        logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(level)
     log.setLevel(logging.DEBUG if verbose else logging.WARNING)
     cap_credential_loggers()
@@ -65,4 +68,21 @@ def cap_credential_loggers() -> None:
 
 def say(text: str) -> None:
     """A line about where a job stands (stderr; the final summary goes to stdout)."""
-    print(text, file=sys.stderr, flush=True)
+    print(safe(text), file=sys.stderr, flush=True)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(text: str) -> str:
+    """Text for a terminal: control characters (escape sequences in a file name, newlines in an
+    error) shown as \\xNN, never interpreted; undecodable bytes of a file name as \\udcNN."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines with control characters escaped (messages quote URIs and errors)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe(super().format(record)).replace("\\x0a", "\n")  # a traceback keeps its lines

@@ -24,7 +24,7 @@ from jobs.options import (
     parse_with_config,
 )
 from jobs.output import configure as configure_output
-from jobs.output import log, say
+from jobs.output import log, safe, say
 from jobs.progress import Polled, Progress, Timer
 from jobs.runtime import init_ray
 from unet_core import ownership
@@ -183,7 +183,7 @@ def _prepare(args, pre: PreprocessConfig, out: str) -> int:
           f"{counts['train']} train slices ({len(manifest['cases']['train'])} cases), "
           f"{counts['val']} val slices ({len(manifest['cases']['val'])} cases) -> {out}")
     for e in errors:
-        print(f"  case {e['case_id']}: {e['error']}")
+        print(safe(f"  case {e['case_id']}: {e['error']}"))
     if not counts["train"]:
         raise InputError("no training slices were produced; see the case errors above")
     return Exit.SOME_FAILED if errors else Exit.OK

@@ -42,7 +42,7 @@ from jobs.options import (
     parse_with_config,
 )
 from jobs.output import configure as configure_output
-from jobs.output import log, say
+from jobs.output import log, safe, say
 from jobs.predictors import Predictors, predict_with
 from jobs.progress import Progress, Timer
 from jobs.runtime import cluster_address, init_ray
@@ -377,11 +377,11 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
           f"in {timer.seconds:.0f}s; {summary.volumes_ok} ok, {summary.volumes_failed} failed, "
           f"{summary.objects_skipped} objects skipped; {planned.listed} objects listed, {planned.scanned} headers "
           f"read -> {out}")
-    print(f"  report: {report}")
+    print(safe(f"  report: {report}"))
     if done.resumed:
         print(f"  {done.resumed} already complete (recorded by an interrupted run; not redone)")
     for vid, error in totals.failures:
-        print(f"  failed: {vid}: {error}")
+        print(safe(f"  failed: {vid}: {error}"))
     if summary.volumes_failed > len(totals.failures):
         print(f"  ... {summary.volumes_failed - len(totals.failures)} more; see {out}/volumes/")
     if totals.by_error_type:

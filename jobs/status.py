@@ -12,6 +12,7 @@ import sys
 
 from jobs.exits import Exit, run_main
 from jobs.output import configure as configure_output
+from jobs.output import safe
 from unet_core.bundle import bundle_identity
 from unet_core.errors import ITEM_ERRORS, ConfigError
 from unet_core.io import storage
@@ -87,7 +88,7 @@ def _main(argv: list[str]) -> int:
                      f"the {failed:,} failed volumes; carry the {ok:,} ok volumes over unless their objects changed")
     if storage.exists(storage.join(out, REPORT_FILE)):
         lines.append(f"  report: {storage.join(out, REPORT_FILE)}")
-    print("\n".join(lines))
+    print(safe("\n".join(lines)).replace("\\x0a", "\n"))
     return Exit.SOME_FAILED if failed else Exit.OK
 
 

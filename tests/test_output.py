@@ -115,3 +115,24 @@ def test_the_private_ray_api_the_quieting_patches_is_where_it_was():
         assert printed == [other, notice]
     finally:
         ray_worker.print_to_stdstream = saved
+
+
+def test_printed_text_never_carries_control_characters():
+    from jobs.output import SafeFormatter, safe
+
+    name = "/archive/\x1b]0;pwned\x07scan\x1b[2J.dcm\nfake line\udce9"
+    shown = safe(f"failed: {name}")
+    assert not any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in shown)
+    assert "\\x1b]0;pwned\\x07" in shown and "\\x0afake line" in shown and "\\udce9" in shown
+    record = logging.LogRecord("unet", logging.ERROR, __file__, 1, "%s: bad", (name,), None)
+    assert "\x1b" not in SafeFormatter("%(message)s").format(record)
+
+
+def test_report_links_are_relative_or_https_only():
+    from unet_core.report import safe_href
+
+    assert safe_href("qc/dcm-0123.png") == "qc/dcm-0123.png"
+    assert safe_href("https://pacs.example.org/viewer?s=1") == "https://pacs.example.org/viewer?s=1"
+    for bad in ("javascript:alert(1)", "file:///etc/passwd", "/etc/passwd", "data:text/html,x", "qc/\x00.png"):
+        assert safe_href(bad) == "#", bad
+    assert safe_href("qc/a b\"<x>.png") == "qc/a%20b%22%3Cx%3E.png"

@@ -16,6 +16,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
 
 import jinja2
 import numpy as np
@@ -35,8 +36,21 @@ COLUMNS = ["volume_id", "status", "error_type", "finished", "n_slices", "mask_vo
 
 
 def _env():
-    return jinja2.Environment(loader=jinja2.PackageLoader("unet_core", "templates"),
-                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("unet_core", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+    env.filters["href"] = safe_href
+    return env
+
+
+def safe_href(link: str) -> str:
+    """A link a report may hold: a relative path, or an http(s) address; anything else (a
+    `javascript:` or `file:` link made of a file name, an absolute path) becomes "#"."""
+    scheme = urlsplit(link).scheme.lower()
+    if scheme in ("http", "https"):
+        return link
+    if scheme or link.startswith(("/", "\\")) or any(ord(c) < 32 for c in link):
+        return "#"
+    return quote(link, safe="/._-~%")
 
 
 @dataclass

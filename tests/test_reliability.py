@@ -115,6 +115,8 @@ def test_header_text_never_reaches_object_names(tmp_path, ray_local, phantom_bun
 PATIENT_NAME, PATIENT_ID, BIRTH_DATE = "QUIXOTE^ALONSO", "MRN-5550173", "19431107"
 SECRET_KEY = "unetTESTsecret0f2b9c4d8e1a7f3b5c6d9e0a1b2c3d4e5f"
 RAY_TOKEN = "5e3c1a9b7d2f4e6a8c0b1d3f5a7c9e2b"
+SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLEsessionTOKENsentinel4c7d9e1f"
+INVALID_BIRTH_DATE, INVALID_TIME = "07/11/1943", "25:61:07"  # not valid DA / TM
 
 
 def _searchable(name: str, data: bytes) -> bytes:
@@ -139,6 +141,14 @@ def _phi_run(tmp_path, s3_server, work_bucket, bundle, name, keep_phi):
         ds = pydicom.dcmread(io.BytesIO(data))
         ds.PatientBirthDate = BIRTH_DATE
         storage.write_bytes(f"{root}/archive/{fname}", to_bytes(ds))
+    # a second series whose identifiers are not valid for their VR (exports of older systems): the
+    # SEG leaves them out, and no error text quotes them
+    files, _, _ = dicom_series(Phantom.random(9), SeriesSpec(n_slices=4), seed=9, patient_name=PATIENT_NAME,
+                               patient_id=PATIENT_ID)
+    for fname, data in files:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.PatientBirthDate, ds.StudyTime = INVALID_BIRTH_DATE, INVALID_TIME
+        storage.write_bytes(f"{root}/archive/old/{fname}", to_bytes(ds))
     # a failure, whose message is searched too: a two-slice series cut short (a lone slice would be
     # set aside as a localizer before its pixels are read)
     for k, (_, data) in enumerate(files[:2]):
@@ -149,15 +159,16 @@ def _phi_run(tmp_path, s3_server, work_bucket, bundle, name, keep_phi):
         storage.write_bytes(f"{root}/archive/broken{k}.dcm", to_bytes(ds)[:-500])
     ray_tmp = Path(f"/tmp/rphi{os.getpid()}{name}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(AWS_SECRET_ACCESS_KEY=SECRET_KEY, RAY_TMPDIR=str(ray_tmp), RAY_AUTH_TOKEN=RAY_TOKEN,
-               UNET_PROGRESS="1")
-    args = ["--input", f"{root}/archive", "--model", bundle, "--output", f"{root}/out", "--qc", "-v"]
+    env.update(AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_SESSION_TOKEN=SESSION_TOKEN, RAY_TMPDIR=str(ray_tmp),
+               RAY_AUTH_TOKEN=RAY_TOKEN, UNET_PROGRESS="1")
+    args = ["--input", f"{root}/archive", "--model", bundle, "--output", f"{root}/out", "--qc", "--dicom-seg", "-v"]
     r = subprocess.run([sys.executable, "-m", "jobs.cli", "segment", *args, *(["--keep-phi"] if keep_phi else [])],
                        cwd=ROOT, env=env, capture_output=True, timeout=600)
     assert r.returncode == segment.EXIT_SOME_FAILED, r.stderr[-3000:]
     texts = {"stdout": r.stdout, "stderr": r.stderr}
     for e in storage.list_files(f"{root}/out"):
-        texts[e.uri] = _searchable(e.uri, storage.read_bytes(e.uri))
+        if "/seg/" not in e.uri:  # the SEGs carry the patient module by design (README, privacy)
+            texts[e.uri] = _searchable(e.uri, storage.read_bytes(e.uri))
     logs = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket()]
     assert any("worker" in p.name for p in logs), "no Ray worker logs were captured"
     for p in logs:
@@ -176,7 +187,8 @@ def _found(texts: dict[str, bytes], needle: str) -> list[str]:
 def test_no_phi_or_secrets_in_outputs_or_logs(tmp_path, s3_server, work_bucket, phantom_bundle):
     texts = _phi_run(tmp_path, s3_server, work_bucket, phantom_bundle, "default", keep_phi=False)
     assert len(texts) > 10
-    for needle in (PATIENT_NAME, PATIENT_NAME.replace("^", " "), PATIENT_ID, BIRTH_DATE, SECRET_KEY, RAY_TOKEN):
+    for needle in (PATIENT_NAME, PATIENT_NAME.replace("^", " "), PATIENT_ID, BIRTH_DATE, INVALID_BIRTH_DATE,
+                   INVALID_TIME, SECRET_KEY, SESSION_TOKEN, RAY_TOKEN):
         assert not _found(texts, needle), (needle, _found(texts, needle))
 
 

@@ -58,10 +58,11 @@ def _processes_of(temp_dir: str) -> list:
 
 @contextlib.contextmanager
 def ray_head(token: str | None = None, num_cpus: int = 2, env: dict[str, str] | None = None,
-             python: str | None = None):
+             python: str | None = None, discoverable: bool = False):
     """Yield a Head; the cluster runs with RAY_AUTH_MODE=token when a token is given. `python` is the
     interpreter of the cluster (default: this one); its folder comes first on the head's PATH, so
-    jobs' entrypoints run `python` from there too."""
+    jobs' entrypoints run `python` from there too. `discoverable`: in Ray's default temp folder,
+    where `ray.init()` without an address finds it (as a user's own `ray start --head` would be)."""
     python = python or sys.executable
     import psutil
 
@@ -73,9 +74,9 @@ def ray_head(token: str | None = None, num_cpus: int = 2, env: dict[str, str] | 
     head_env["RAY_USAGE_STATS_ENABLED"] = "0"
     if token:
         head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    cmd = [python, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--dashboard-host", "127.0.0.1", "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", temp_dir,
-           "--disable-usage-stats"]
+    cmd = [python, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())", "start", "--head",
+           "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--num-cpus", str(num_cpus),
+           "--num-gpus", "0", *([] if discoverable else ["--temp-dir", temp_dir]), "--disable-usage-stats"]
     for option, port in ports.items():
         cmd += [option, str(port)]
     log_path = Path(temp_dir) / "ray-start.log"
@@ -96,7 +97,12 @@ def ray_head(token: str | None = None, num_cpus: int = 2, env: dict[str, str] | 
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         # Anything the head started outside its process group (workers, agents) goes too.
-        left = _processes_of(temp_dir)
+        left = _processes_of(temp_dir) if not discoverable else []
+        if discoverable:  # the pointer Ray leaves in its default temp folder would name a dead cluster
+            with contextlib.suppress(OSError):
+                current = Path("/tmp/ray/ray_current_cluster")
+                if head.gcs.split(":")[1] in current.read_text():
+                    current.unlink()
         for p in left:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()

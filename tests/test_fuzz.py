@@ -115,7 +115,8 @@ def run_case(files: dict[str, bytes]) -> tuple[dict[str, VolumeRecord], dict[str
         assert {r.object_uri for r in rows} == {str(root / "in" / n) for n in inputs}
         placed = Counter()
         for p in planned:
-            placed.update([m.uri for m in members_from_json(p.members)] if p.action == Action.SEGMENT else [p.source])
+            members = members_from_json(p.members)  # a volume (segmented, or its error found at planning)
+            placed.update([m.uri for m in members] if members else [p.source])
         assert placed == Counter(r.uri for r in rows), (placed, [r.uri for r in rows])
         assert len({p.volume_id for p in planned}) == len(planned), [p.volume_id for p in planned]
         # the good volumes come through
@@ -280,6 +281,9 @@ REGRESSIONS = {
     # NIfTI vox_offset NaN: nibabel's "cannot convert float NaN to integer" (internal)
     "nifti_nan_vox_offset": lambda: nifti_files([("field", "vox_offset", float("nan"))], compress=False),
     "deflate_syntax_over_plain_bytes": lambda: dicom_files([(0, ("value", 0x00020010, "1.2.840.10008.1.2.1.99"))]),
+    # every slice the same SOPInstanceUID: copies of one instance with different pixels, a
+    # conflicting_instances error of the volume that names them (its objects are its members)
+    "one_sop_instance_for_every_slice": lambda: dicom_files([(-1, ("value", 0x00080018, "1.2.3"))]),
 }
 
 
@@ -294,7 +298,8 @@ EXPECTED = {
     "empty_pixel_data": "truncated", "meta_uid_as_ul": "unreadable", "unknown_vr_in_header": "unreadable",
     "scrambled_description_vr": "truncated", "rows_as_text": "unreadable", "samples_per_pixel_as_text": "unreadable",
     "samples_per_pixel_as_tag": "unsupported_pixel_data", "negative_frame_count": "unreadable",
-    "deflate_syntax_over_plain_bytes": "unreadable", "nifti_singular_sform": "invalid_volume",
+    "deflate_syntax_over_plain_bytes": "unreadable", "one_sop_instance_for_every_slice": "conflicting_instances",
+    "nifti_singular_sform": "invalid_volume",
     "nifti_nan_vox_offset": "invalid_volume",
 }
 

@@ -438,9 +438,10 @@ def _same_content(limits: Limits):
 
 def _volume_error(p: PlannedVolume, g: VolumeMembers, s: SegmentSettings, error_type: ErrorType,
                   message: str) -> PlannedVolume:
-    """A volume that planning already knows cannot be segmented: its error row, nothing read."""
+    """A volume that planning already knows cannot be segmented: its error row, nothing read. It
+    keeps its members (the objects it stands for)."""
     rec = VolumeRecord(
         volume_id=p.volume_id, source=p.source, format=p.format.value, series_uid=p.series_uid, status=Status.ERROR,
         error=message, error_type=error_type, fingerprint=p.fingerprint,
         n_objects=len(g.headers), model=s.model_name, model_identity=s.model_identity)
-    return replace(p, action=Action.SET_ASIDE, members="[]", record=json.dumps(rec.to_row()))
+    return replace(p, action=Action.SET_ASIDE, members=members_json(g.headers), record=json.dumps(rec.to_row()))

@@ -165,7 +165,7 @@ class PlannedVolume(Record):
     format: Format
     source: str
     series_uid: str
-    members: str  # JSON list of ObjectRow rows, in volume order (SEGMENT only; else "[]")
+    members: str  # JSON list of ObjectRow rows, in volume order (SEGMENT, and a volume's error found at planning)
     record: str  # JSON of the VolumeRecord (CARRY, SET_ASIDE); "" for SEGMENT
 
 

@@ -276,3 +276,28 @@ def test_an_installed_wheel_submits_exactly_its_own_packages(tiny, work_bucket, 
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "SUCCEEDED" in r.stderr + r.stdout
     assert [row["status"] for row in _volumes(out)] == ["ok"]
+
+
+def test_a_checkout_uploads_only_its_code(head, tmp_path):
+    """A .env, scans and reports lying in a checkout never reach the cluster: the package the head
+    unpacked for the job holds the project's code and nothing else."""
+    import shutil
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__",
+                                                                   ".pytest_cache", ".ruff_cache", "demo-output",
+                                                                   "dist", "build", ".hypothesis"))
+    planted = {".env": b"AWS_SECRET_ACCESS_KEY=planted-secret", "scan.DCM": b"\0" * 128 + b"DICM",
+               "jobs/IM00001": b"\0" * 128 + b"DICM", "report.html": b"<html>planted</html>",
+               "unet_core/model.keras": b"planted model"}
+    for name, data in planted.items():
+        (checkout / name).write_bytes(data)
+    r = unet_submit("--address", head.dashboard, "--working-dir", str(checkout), "--", "status",
+                    str(tmp_path / "no-such-output"), env=client_env(tmp_path, TOKEN))
+    assert r.returncode == Exit.USAGE, r.stdout[-2000:] + r.stderr[-2000:]  # the job ran (and found no output)
+    packages = {p.parent.parent for p in Path(head.temp_dir).rglob("jobs/cli.py") if "runtime_resources" in str(p)}
+    assert packages, "the head unpacked no package"
+    for package in packages:
+        shipped = {str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()}
+        assert {"pyproject.toml", "jobs/cli.py", "unet_core/__init__.py"} <= shipped
+        assert not set(planted) & shipped and not any(s.startswith(("tests/", "docs/", "cluster/")) for s in shipped)

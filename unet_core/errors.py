@@ -165,6 +165,13 @@ class StorageError(_ItemError):
 ITEM_ERRORS: tuple[type[_ItemError], ...] = (InputError, StorageError)
 
 
+def library_error(exc: BaseException) -> str:
+    """How a message names a third-party library's exception: by its type only. Its text can quote
+    the data it choked on (a header value); that goes to the debug log (-v) alone."""
+    _log.debug("library error: %s: %s", type(exc).__name__, exc)
+    return f"{type(exc).__name__} in {type(exc).__module__.split('.')[0]}"
+
+
 @dataclass(frozen=True)
 class ItemFailure:
     """How any failure of one item (object, volume, case) is reported: the `error` and

@@ -18,6 +18,7 @@ from unet_core.errors import (
     ResourceLimitError,
     TruncatedFileError,
     UnreadableFileError,
+    library_error,
 )
 
 SEPARATOR = "!/"
@@ -56,7 +57,7 @@ def _open(data: bytes, uri: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
-        raise TruncatedFileError(f"{uri}: not a readable zip archive ({exc})", uri=uri) from exc
+        raise TruncatedFileError(f"{uri}: not a readable zip archive ({library_error(exc)})", uri=uri) from exc
 
 
 def list_members(data: bytes, uri: str, limits: Limits | None = None) -> list[Member]:
@@ -94,7 +95,7 @@ def read_member(data: bytes, uri: str, name: str, limits: Limits | None = None) 
         except KeyError as exc:
             raise InputError(f"{member_uri}: no such member", uri=member_uri) from exc
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-            raise TruncatedFileError(f"{member_uri}: cannot be decompressed ({exc})", uri=member_uri) from exc
+            raise TruncatedFileError(f"{member_uri}: cannot be decompressed ({library_error(exc)})", uri=member_uri) from exc
     if len(out) > limits.max_decompressed_bytes:
         raise ResourceLimitError(
             f"{member_uri}: expands beyond the limit of {limits.max_decompressed_bytes} bytes", uri=member_uri

@@ -18,6 +18,7 @@ from unet_core.errors import (
     InvalidVolumeError,
     ResourceLimitError,
     TruncatedFileError,
+    library_error,
 )
 from unet_core.volume import Volume, affine_problem, short_hash
 
@@ -61,7 +62,7 @@ def gunzip_limited(data: bytes, limit: int, uri: str, stop_after: int | None = N
             if stop_after is not None and total >= stop_after:
                 return b"".join(out)
     except zlib.error as exc:
-        raise TruncatedFileError(f"{uri}: corrupt gzip stream ({exc})", uri=uri) from exc
+        raise TruncatedFileError(f"{uri}: corrupt gzip stream ({library_error(exc)})", uri=uri) from exc
     if not d.eof and stop_after is None:
         raise TruncatedFileError(f"{uri}: gzip stream ends early (file truncated)", uri=uri)
     return b"".join(out)
@@ -75,7 +76,7 @@ def _header(raw: bytes, uri: str):
     try:
         hdr = cls.from_fileobj(io.BytesIO(raw[: cls.sizeof_hdr]), check=True)
     except Exception as exc:  # noqa: BLE001 - nibabel raises HeaderDataError and friends
-        raise InvalidVolumeError(f"{uri}: not a valid NIfTI header ({exc})", uri=uri) from exc
+        raise InvalidVolumeError(f"{uri}: not a valid NIfTI header ({library_error(exc)})", uri=uri) from exc
     offset = float(hdr["vox_offset"])
     if not (np.isfinite(offset) and 0 <= offset < 2**40):
         raise InvalidVolumeError(f"{uri}: vox_offset {offset} is not a byte offset into the file", uri=uri)
@@ -114,7 +115,7 @@ def read_nifti(data: bytes, uri: str, limits: Limits | None = None, volume_id: s
         img = cls.from_bytes(raw)
         voxels = np.asarray(img.get_fdata(dtype=np.float32)).reshape(dims)
     except Exception as exc:  # noqa: BLE001
-        raise InvalidVolumeError(f"{uri}: NIfTI data cannot be read ({exc})", uri=uri) from exc
+        raise InvalidVolumeError(f"{uri}: NIfTI data cannot be read ({library_error(exc)})", uri=uri) from exc
     bad = int(np.count_nonzero(~np.isfinite(voxels)))
     if bad:
         raise InvalidVolumeError(f"{uri}: {bad} voxels are NaN or infinite", uri=uri)

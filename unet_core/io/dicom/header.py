@@ -30,7 +30,16 @@ from unet_core.errors import (
     UnsupportedPixelDataError,
 )
 from unet_core.io.dicom.fastscan import fast_scan
-from unet_core.io.dicom.parse import DEFAULT_MAX_INFLATED, PIXEL_GROUP, library_errors, parse, transfer_syntax, value
+from unet_core.io.dicom.parse import (
+    DEFAULT_MAX_INFLATED,
+    PIXEL_GROUP,
+    code_string,
+    library_errors,
+    parse,
+    transfer_syntax,
+    uid_string,
+    value,
+)
 from unet_core.volume import MAX_POSITION_MM, MAX_VOXEL_MM, MIN_VOXEL_MM
 
 # SOP class UID prefixes of objects that carry no cross-sectional image to segment.
@@ -298,19 +307,18 @@ def classify(ds: Any, h: DicomHeader, has_pixels: bool) -> Verdict | None:
 
 def header_from_dataset(ds: Any, uri: str, size: int, has_pixels: bool) -> DicomHeader:
     # A DICOMDIR's dataset has no SOP Class UID; its file meta says what it is.
-    sop_class = str(value(ds, "SOPClassUID", uri, "") or "")
+    sop_class = uid_string(value(ds, "SOPClassUID", uri, ""))
     if not sop_class:
         with library_errors(uri, "MediaStorageSOPClassUID cannot be read"):
-            sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+            sop_class = uid_string(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     orientation, position, spacing, thickness = geometry_fields(ds, uri)
-    image_type = value(ds, "ImageType", uri) or ""
-    image_type = image_type if isinstance(image_type, str) else "\\".join(str(v) for v in image_type)
+    image_type = code_string(value(ds, "ImageType", uri) or "")
     h = DicomHeader(
         uri=uri, size=size, sop_class_uid=sop_class, image_type=image_type,
-        sop_instance_uid=str(value(ds, "SOPInstanceUID", uri, "") or ""),
-        series_uid=str(value(ds, "SeriesInstanceUID", uri, "") or ""),
-        study_uid=str(value(ds, "StudyInstanceUID", uri, "") or ""),
-        modality=str(value(ds, "Modality", uri, "") or ""),
+        sop_instance_uid=uid_string(value(ds, "SOPInstanceUID", uri, "")),
+        series_uid=uid_string(value(ds, "SeriesInstanceUID", uri, "")),
+        study_uid=uid_string(value(ds, "StudyInstanceUID", uri, "")),
+        modality=code_string(str(value(ds, "Modality", uri, "") or "")),
         transfer_syntax=transfer_syntax(ds, uri),
         rows=integer(ds, "Rows", uri), columns=integer(ds, "Columns", uri), frames=frames_of(ds, uri),
         orientation=orientation, position=position, pixel_spacing=spacing,

@@ -11,8 +11,10 @@ bug to fix, which is what the fuzzer (tests/test_fuzz.py) looks for.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import re
 import warnings
 import zlib
 from contextlib import contextmanager
@@ -32,6 +34,10 @@ from unet_core.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# pydicom's own validation of values on reading warns and logs them verbatim ("Invalid value for VR
+# DA: '<the value>'"), and a value can be patient data: off. Values are checked where they are used.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 HEADER_PREFIX_BYTES = 64 * 1024  # what the header scan reads first; the whole object only when needed
 PIXEL_GROUP = 0x7FE0
@@ -72,10 +78,34 @@ def text(ds: Any, keyword: str) -> str:
         return ""
 
 
+_CS = re.compile(r"[A-Z0-9 _]{0,16}")
+
+
+def code_string(raw: Any) -> str:
+    """A CS value (Modality, ImageType values, BodyPartExamined) as stored data, or "" when it is
+    not a valid code string: such columns never carry free text (a name put in the wrong field)."""
+    values = [raw] if isinstance(raw, str) else list(raw or [])
+    out = [str(v).strip() for v in values]
+    return "\\".join(out) if all(_CS.fullmatch(v) for v in out) else ""
+
+
+_UID = re.compile(r"[0-9.]{1,128}")
+
+
+def uid_string(raw: Any) -> str:
+    """A UID as stored data: as it is when it is made of digits and dots; other text (a name put
+    in the wrong field) becomes a UID derived from it, "2.25." and 39 digits, so objects that share
+    it still group together and the text itself is never stored."""
+    text = str(raw or "").strip("\0 ")
+    if not text or _UID.fullmatch(text):
+        return text
+    return "2.25." + str(int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:16], "big"))
+
+
 def transfer_syntax(ds: Any, uri: str) -> str:
     """The file meta's TransferSyntaxUID ("" when there is none)."""
     with library_errors(uri, "TransferSyntaxUID cannot be read"):
-        return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) or "")
+        return uid_string(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None))
 
 
 def _inflated(data: bytes, uri: str, max_inflated: int) -> bytes | None:

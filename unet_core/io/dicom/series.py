@@ -17,7 +17,7 @@ from unet_core.errors import InvalidVolumeError, ResourceLimitError, SeriesGeome
 from unet_core.io.dicom.geometry import orientation_key, series_geometry
 from unet_core.io.dicom.grouping import VolumeMembers, volume_budget_problem
 from unet_core.io.dicom.header import geometry_fields
-from unet_core.io.dicom.parse import library_errors, text
+from unet_core.io.dicom.parse import code_string, library_errors, text, uid_string
 from unet_core.io.dicom.pixels import decode_frames, fast_plane, rescale
 from unet_core.volume import Volume, affine_problem
 
@@ -40,11 +40,11 @@ class SourceFrames:
 def _metadata(ds: pydicom.Dataset, members: VolumeMembers, keep_phi: bool) -> dict:
     meta = {
         "series_uid": members.series_uid,
-        "study_uid": text(ds, "StudyInstanceUID"),
+        "study_uid": uid_string(text(ds, "StudyInstanceUID")),
         "n_files": len(members.headers),
-        "transfer_syntax": text(ds.file_meta, "TransferSyntaxUID"),
+        "transfer_syntax": uid_string(text(ds.file_meta, "TransferSyntaxUID")),
         "manufacturer": text(ds, "Manufacturer"),
-        "body_part": text(ds, "BodyPartExamined"),
+        "body_part": code_string(text(ds, "BodyPartExamined")),
     }
     if keep_phi:
         for key in PHI_KEYWORDS:

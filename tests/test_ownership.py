@@ -145,3 +145,23 @@ def test_a_member_separator_only_follows_a_zip_name():
     assert split_member("/a/scan!/b.dcm") == ("/a/scan!/b.dcm", None)
     assert split_member("s3://b/x.ZIP!/m!/b.dcm") == ("s3://b/x.ZIP", "m!/b.dcm")
     assert split_member("/a/scan!/x.zip!/b.dcm") == ("/a/scan!/x.zip", "b.dcm")
+
+
+def test_a_file_name_that_is_not_utf8_is_a_row_not_a_crash(tmp_path):
+    """Old Samba / NFS exports name files in Latin-1: such a name is listed and reported (escaped),
+    not read, and the rest of the partition is planned and written to Parquet as usual."""
+    from support.dicom_factory import write_series
+    from unet_core.config import Limits
+    from unet_core.segmentation import planning
+    from unet_core.segmentation.records import ObjectRow, table_bytes
+    from unet_core.synthetic import SeriesSpec
+
+    write_series(tmp_path / "a", SeriesSpec(rows=16, columns=16, n_slices=2))
+    with open(os.path.join(os.fsencode(tmp_path / "a"), b"caf\xe9.dcm"), "wb") as f:
+        f.write(b"\0" * 200)
+    rows, counts, _ = planning.scan_partition([planning.Unit(str(tmp_path / "a"), True)], [], Limits(), False, ())
+    (odd,) = [r for r in rows if "caf" in r.uri]
+    assert odd.uri.endswith("caf\\xe9.dcm") and odd.error_type == "not_read" and "UTF-8" in odd.reason
+    assert counts.listed == 3 and len([r for r in rows if r.kind == "image"]) == 2
+    table_bytes(ObjectRow, [r.to_row() for r in rows])  # Parquet takes every row
+    planning.fragments_of(rows, 4)

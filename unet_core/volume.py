@@ -81,4 +81,4 @@ def sanitise(text: str, max_len: int = 64) -> str:
 
 
 def short_hash(*parts: str, length: int = 16) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:length]
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:length]

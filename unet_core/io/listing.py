@@ -197,6 +197,10 @@ def iter_objects(prefix: str, recursive: bool = True, follow_symlinks: bool = Fa
                     continue
                 seen.add(real)
                 subdirs.append((entry.path, real))
+            elif _undecodable(entry.path):
+                yield ObjectEntry(_escaped(entry.path), 0, "special", skip=(
+                    "the file name is not valid UTF-8 (shown with its bytes escaped): not read; rename it to "
+                    "UTF-8 to segment it"))
             elif why := _special(entry, follow_symlinks):
                 yield ObjectEntry(entry.path, 0, "special", skip=why)
             elif _is_file(entry):
@@ -235,6 +239,16 @@ def _is_dir(entry: os.DirEntry, follow_symlinks: bool) -> bool:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
+
+
+def _undecodable(path: str) -> bool:
+    """A local name the filesystem gave as bytes that are not UTF-8 (Python holds them as lone
+    surrogates: they cannot be written to Parquet, JSON or a terminal as they are)."""
+    return any("\udc80" <= c <= "\udcff" for c in path)
+
+
+def _escaped(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),

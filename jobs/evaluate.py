@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 
@@ -21,7 +20,7 @@ from jobs.output import log, safe
 from jobs.progress import Progress, Timer
 from jobs.runtime import init_ray
 from unet_core.errors import ConfigError, InputError, ItemFailure
-from unet_core.evaluation import evaluate_case
+from unet_core.evaluation import evaluate_case, truth_names
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
 
@@ -76,8 +75,7 @@ def _main(argv: list[str]) -> int:
             explicit[row["volume_id"]] = row["truth"]
     items, unmatched = [], []
     for v in volumes:
-        case = json.loads(v["metadata"] or "{}").get("case_id")
-        names = [f"{v['volume_id']}.nii.gz", f"{v['volume_id']}.nii"] + ([f"{case}.nii.gz", f"{case}.nii"] if case else [])
+        names = truth_names(v)
         truth = explicit.get(v["volume_id"]) or next((truth_files[n] for n in names if n in truth_files), None)
         if truth:
             items.append({"volume_id": v["volume_id"], "truth": truth, "mask_uri": v["mask_uri"]})

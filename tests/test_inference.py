@@ -160,3 +160,12 @@ def test_precision_needs_a_model_that_rebuilds_from_its_config():
                             keras.layers.Conv2D(1, 1, activation="sigmoid")])
     mixed = with_precision(seq, "mixed_bfloat16")
     assert [layer.compute_dtype for layer in mixed.layers] == ["bfloat16", "float32"]
+
+
+def test_truth_pairs_by_volume_id_or_the_nifti_sources_name():
+    from unet_core.evaluation import truth_names
+
+    assert truth_names({"volume_id": "dcm-0123456789abcdef", "format": "dicom", "source": "s3://a/s/"}) == [
+        "dcm-0123456789abcdef.nii.gz", "dcm-0123456789abcdef.nii"]
+    names = truth_names({"volume_id": "nii-0123456789abcdef", "format": "nifti", "source": "s3://a/patient_0.nii.gz"})
+    assert "patient_0.nii.gz" in names and "patient_0.nii" in names

@@ -67,3 +67,15 @@ def evaluate_case(mask_uri: str, truth_uri: str, truth_labels: list[int] | None 
     check_same_grid(pred, truth, truth_uri)
     t = np.isin(truth.voxels, truth_labels) if truth_labels else truth.voxels > 0
     return evaluate_masks(pred.voxels > 0, t, pred.spacing)
+
+
+def truth_names(row: dict) -> list[str]:
+    """File names a volume's ground truth may have under a truth prefix: its volume id, or, for a
+    NIfTI source, the source's own file name (truth masks are usually named like their images)."""
+    names = [f"{row['volume_id']}.nii.gz", f"{row['volume_id']}.nii"]
+    if row.get("format") == "nifti":
+        stem = row["source"].rstrip("/").rsplit("/", 1)[-1]
+        for suffix in (".gz", ".nii"):
+            stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
+        names += [f"{stem}.nii.gz", f"{stem}.nii"]
+    return names

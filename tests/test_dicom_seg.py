@@ -199,7 +199,8 @@ def test_bad_segment_codes_in_a_bundle_are_refused(codes, match):
 
 
 def test_invalid_patient_and_study_values_are_left_out_of_the_seg_by_keyword(tmp_path):
-    """Values not valid for their VR (a birth date 31/12/1960, a time 25:61, an over-long LO) are
+    """Values not valid for their VR (a birth date 31/12/1960, a time 25:61, a PN of four component
+    groups, an over-long LO) are
     left empty (type 2) or out (type 3) in the SEG, named by keyword, never by value; the SEG is
     still a valid object on its sources, and the sources are not changed."""
     from unet_core.synthetic import to_bytes
@@ -211,12 +212,13 @@ def test_invalid_patient_and_study_values_are_left_out_of_the_seg_by_keyword(tmp
         ds.PatientBirthDate = "31/12/1960"
         ds.StudyTime = "25:61"
         ds.StudyDescription = "WHOLE BODY " * 10  # 110 characters: LO holds 64
+        ds.ReferringPhysicianName = "SANCHO=PANZA=X=Y"  # four component groups: PN holds three
         edited.append((uri, to_bytes(ds)))
     ((volume, sources),) = _read(edited)
     repaired: set[str] = set()
     data = seg_bytes(build_seg(truth, sources, BINARY, {}, IDENT, volume.volume_id, "fp", repaired))
-    assert repaired == {"PatientBirthDate", "StudyTime", "StudyDescription"}
-    assert b"31/12/1960" not in data and b"25:61" not in data and b"WHOLE BODY" not in data
+    assert repaired == {"PatientBirthDate", "StudyTime", "StudyDescription", "ReferringPhysicianName"}
+    assert b"31/12/1960" not in data and b"25:61" not in data and b"WHOLE BODY" not in data and b"SANCHO" not in data
     ds = pydicom.dcmread(io.BytesIO(data))
     assert ds.PatientBirthDate == "" and ds.StudyTime == "" and "StudyDescription" not in ds
     assert iod_problems(ds) == []

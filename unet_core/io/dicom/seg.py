@@ -111,7 +111,7 @@ def _valid(element) -> bool:
     try:
         for v in values:
             if v not in (None, ""):
-                validate_value(element.VR, v, RAISE)
+                validate_value(element.VR, str(v), RAISE)  # as text: a PersonName object passes as it is
     except Exception:  # noqa: BLE001 - a value pydicom cannot even convert is not valid either
         return False
     return True

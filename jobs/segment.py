@@ -357,6 +357,7 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
             totals.add(TableCounts.from_json(r["counts"]))
     for b in set(range(planned.layout.buckets)) - planned.seen:
         storage.delete(lay.volume_part_uri(out, b))
+    ownership.delete_owned(out, ("plan",))  # nothing is left there now; a local run's empty folder goes
     summary = RunSummary(
         output=out, model=info.name, model_identity=planned.settings.model_identity,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -72,3 +72,26 @@ def test_zip_limits(tmp_path):
         archive.list_members(data, "x.zip", Limits(max_zip_members=2))
     with pytest.raises(ResourceLimitError, match=r"x\.zip!/big\.bin: expands beyond the limit"):
         archive.read_member(data, "x.zip", "big.bin", Limits(max_decompressed_bytes=1_000_000))
+
+
+def test_a_zip_is_opened_once_for_all_its_members(store, monkeypatch):
+    """A series exported as members of one zip: decode reads the archive's central directory once
+    and then the members through the same handle (on S3, ranged reads), never the whole archive
+    per member; the bytes equal a member-by-member read."""
+    from unet_core.io import read_object, read_objects
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(30):
+            zf.writestr(f"EXPORT/IM{i:04d}", bytes([i]) * (1000 + i))
+    uri = storage.join(store, "export.zip")
+    storage.write_bytes(uri, buf.getvalue())
+    members = [f"{uri}!/EXPORT/IM{i:04d}" for i in range(30)]
+    expected = [read_object(m) for m in members]
+    opened, whole = [], []
+    real_open, real_read = archive.Archive.open, storage.read_bytes
+    monkeypatch.setattr(archive.Archive, "open", classmethod(lambda cls, u, limits=None: opened.append(u) or
+                                                             real_open.__func__(cls, u, limits)))
+    monkeypatch.setattr(storage, "read_bytes", lambda u, *a, **k: whole.append(u) or real_read(u, *a, **k))
+    assert read_objects(members) == expected
+    assert opened == [uri] and whole == []

@@ -20,6 +20,7 @@ from unet_core.errors import (
     UnreadableFileError,
     library_error,
 )
+from unet_core.io import storage
 
 SEPARATOR = "!/"
 
@@ -53,51 +54,89 @@ def _unsafe(name: str) -> bool:
     return name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or norm == ".." or norm.startswith("../")
 
 
-def _open(data: bytes, uri: str) -> zipfile.ZipFile:
+def _open(fileobj, uri: str) -> zipfile.ZipFile:
     try:
-        return zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+        return zipfile.ZipFile(fileobj)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise TruncatedFileError(f"{uri}: not a readable zip archive ({library_error(exc)})", uri=uri) from exc
 
 
-def list_members(data: bytes, uri: str, limits: Limits | None = None) -> list[Member]:
-    """Every file member, with a refusal reason on those that cannot be read safely."""
-    limits = limits or Limits()
-    out = []
-    with _open(data, uri) as zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        if len(infos) > limits.max_zip_members:
-            raise ResourceLimitError(f"{uri}: {len(infos)} members exceed the limit of {limits.max_zip_members}", uri=uri)
+class Archive:
+    """One zip export opened once: its central directory read once, every member read through the
+    same handle. A stored archive is opened for random access (local: the file; S3: ranged reads),
+    so reading a member fetches that member's bytes, never the whole archive again."""
+
+    def __init__(self, fileobj, uri: str, limits: Limits | None = None):
+        self.uri, self.limits = uri, limits or Limits()
+        self._file = fileobj
+        self.zf = _open(fileobj, uri)
+
+    @classmethod
+    def open(cls, uri: str, limits: Limits | None = None) -> Archive:
+        limits = limits or Limits()
+        size = storage.size_of(uri)
+        if size > limits.max_file_bytes:
+            raise ResourceLimitError(f"{uri}: {size} bytes, above the limit of {limits.max_file_bytes} "
+                                     "(--max-file-bytes)", uri=uri)
+        return cls(storage.open_random_access(uri), uri, limits)
+
+    def members(self) -> list[Member]:
+        """Every file member, with a refusal reason on those that cannot be read safely."""
+        infos = [i for i in self.zf.infolist() if not i.is_dir()]
+        if len(infos) > self.limits.max_zip_members:
+            raise ResourceLimitError(f"{self.uri}: {len(infos)} members exceed the limit of "
+                                     f"{self.limits.max_zip_members}", uri=self.uri)
+        out = []
         for info in infos:
-            member_uri = f"{uri}{SEPARATOR}{info.filename}"
+            member_uri = f"{self.uri}{SEPARATOR}{info.filename}"
             error = ""
             if _unsafe(info.filename):
                 error = f"{member_uri}: member path escapes the archive folder; refused"
-            elif info.file_size > limits.max_decompressed_bytes:
+            elif info.file_size > self.limits.max_decompressed_bytes:
                 error = (f"{member_uri}: expands to {info.file_size} bytes, beyond the limit of "
-                         f"{limits.max_decompressed_bytes}")
+                         f"{self.limits.max_decompressed_bytes}")
             elif info.flag_bits & 0x1:
                 error = f"{member_uri}: encrypted member; refused"
             out.append(Member(member_uri, info.filename, info.file_size, error))
-    return out
+        return out
 
-
-def read_member(data: bytes, uri: str, name: str, limits: Limits | None = None) -> bytes:
-    """One member's bytes, read with a hard decompression limit (declared sizes can lie)."""
-    limits = limits or Limits()
-    member_uri = f"{uri}{SEPARATOR}{name}"
-    if _unsafe(name):
-        raise UnreadableFileError(f"{member_uri}: member path escapes the archive folder; refused", uri=member_uri)
-    with _open(data, uri) as zf:
+    def read(self, name: str) -> bytes:
+        """One member's bytes, read with a hard decompression limit (declared sizes can lie)."""
+        limit = self.limits.max_decompressed_bytes
+        member_uri = f"{self.uri}{SEPARATOR}{name}"
+        if _unsafe(name):
+            raise UnreadableFileError(f"{member_uri}: member path escapes the archive folder; refused",
+                                      uri=member_uri)
         try:
-            with zf.open(name) as f:
-                out = f.read(limits.max_decompressed_bytes + 1)
+            with self.zf.open(name) as f:
+                out = f.read(limit + 1)
         except KeyError as exc:
             raise InputError(f"{member_uri}: no such member", uri=member_uri) from exc
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-            raise TruncatedFileError(f"{member_uri}: cannot be decompressed ({library_error(exc)})", uri=member_uri) from exc
-    if len(out) > limits.max_decompressed_bytes:
-        raise ResourceLimitError(
-            f"{member_uri}: expands beyond the limit of {limits.max_decompressed_bytes} bytes", uri=member_uri
-        )
-    return out
+            raise TruncatedFileError(f"{member_uri}: cannot be decompressed ({library_error(exc)})",
+                                     uri=member_uri) from exc
+        if len(out) > limit:
+            raise ResourceLimitError(f"{member_uri}: expands beyond the limit of {limit} bytes", uri=member_uri)
+        return out
+
+    def close(self) -> None:
+        self.zf.close()
+        self._file.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def list_members(data: bytes, uri: str, limits: Limits | None = None) -> list[Member]:
+    """`Archive.members` of an archive held in memory."""
+    with Archive(io.BytesIO(data), uri, limits) as a:
+        return a.members()
+
+
+def read_member(data: bytes, uri: str, name: str, limits: Limits | None = None) -> bytes:
+    """`Archive.read` of an archive held in memory."""
+    with Archive(io.BytesIO(data), uri, limits) as a:
+        return a.read(name)

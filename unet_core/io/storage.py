@@ -169,6 +169,23 @@ def read_range(uri: str, start: int, length: int) -> bytes:
     return with_retry(_read, uri, "read")
 
 
+def size_of(uri: str) -> int:
+    fs, path = resolve(uri)
+    info = with_retry(lambda: fs.get_file_info(path), uri, "stat")
+    if info.type != pafs.FileType.File:
+        raise StorageError(f"{uri}: no such object", uri=uri)
+    return int(info.size)
+
+
+def open_random_access(uri: str):
+    """A seekable file over an object: local, the file itself; S3, ranged GETs as it is read (a
+    reader that seeks to a zip's central directory and then to each member fetches just those)."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return with_retry(lambda: open(path, "rb"), uri, "open")  # noqa: SIM115 - closed by the caller
+    return with_retry(lambda: fs.open_input_file(path), uri, "open")
+
+
 # The process's umask, read once at import (reading it means setting it, which is not thread-safe).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)

@@ -153,8 +153,16 @@ def scan_object(entry: listing.ObjectEntry, limits: Limits) -> list[ObjectRow]:
         except Exception as exc:  # noqa: BLE001 - one object never stops the scan
             return [_error_row(entry, Format.DICOM, exc)]
     try:
-        data = storage.read_bytes(entry.uri, max_bytes=limits.max_file_bytes)
-        members = archive.list_members(data, entry.uri, limits)
+        zipped = archive.Archive.open(entry.uri, limits)  # opened once; on S3, ranged reads
+    except Exception as exc:  # noqa: BLE001
+        return [_error_row(entry, Format.ZIP, exc)]
+    with zipped:
+        return _scan_members(entry, zipped, limits)
+
+
+def _scan_members(entry: listing.ObjectEntry, zipped: archive.Archive, limits: Limits) -> list[ObjectRow]:
+    try:
+        members = zipped.members()
         if not members:
             raise EmptyFileError(f"{entry.uri}: the zip archive holds no files", uri=entry.uri)
     except Exception as exc:  # noqa: BLE001
@@ -166,7 +174,7 @@ def scan_object(entry: listing.ObjectEntry, limits: Limits) -> list[ObjectRow]:
                              error_type=ErrorType.UNSAFE_ARCHIVE_MEMBER))
             continue
         try:
-            member = archive.read_member(data, entry.uri, m.name, limits)
+            member = zipped.read(m.name)
             if is_nifti_name(m.uri):
                 rows.append(_row(entry, uri=m.uri, size=len(member), format=Format.NIFTI))
             else:

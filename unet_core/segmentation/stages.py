@@ -18,7 +18,7 @@ import numpy as np
 from unet_core.bundle import BundleInfo
 from unet_core.errors import ITEM_ERRORS, ErrorType, InputError, ItemFailure
 from unet_core.inference import PostProcess, finish_volume, prepare_volume, qc_montage_png, volume_stats
-from unet_core.io import read_object, storage
+from unet_core.io import read_object, read_objects, storage
 from unet_core.io.dicom.grouping import VolumeMembers
 from unet_core.io.dicom.seg import SegIdentity, SegSkipped, build_seg, seg_bytes, software_version
 from unet_core.io.dicom.series import SourceFrames, read_series_with_sources
@@ -84,7 +84,7 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
             volume.modality = volume.modality or s.assume_modality
         else:
             group = VolumeMembers(planned.volume_id, planned.series_uid, members_from_json(planned.members))
-            volume, sources = read_series_with_sources(group, [read_object(u, s.limits) for u in group.uris], s.limits,
+            volume, sources = read_series_with_sources(group, read_objects(group.uris, s.limits), s.limits,
                                                        s.keep_phi, keep_sources=s.dicom_seg)
         # The model's modality check applies wherever the modality is known (not to a NIfTI
         # volume unless one is assumed).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import random
 import tempfile
@@ -177,13 +178,17 @@ def size_of(uri: str) -> int:
     return int(info.size)
 
 
+RANGE_BYTES = 8 * 2**20  # one ranged GET fetches this much of an object read at random (S3)
+
+
 def open_random_access(uri: str):
-    """A seekable file over an object: local, the file itself; S3, ranged GETs as it is read (a
-    reader that seeks to a zip's central directory and then to each member fetches just those)."""
+    """A seekable file over an object: local, the file itself; S3, ranged GETs of RANGE_BYTES as
+    it is read (a reader that seeks to a zip's central directory and then reads its members in
+    order fetches the directory and then a few large ranges, never the whole object per member)."""
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         return with_retry(lambda: open(path, "rb"), uri, "open")  # noqa: SIM115 - closed by the caller
-    return with_retry(lambda: fs.open_input_file(path), uri, "open")
+    return io.BufferedReader(with_retry(lambda: fs.open_input_file(path), uri, "open"), buffer_size=RANGE_BYTES)
 
 
 # The process's umask, read once at import (reading it means setting it, which is not thread-safe).

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 
@@ -116,11 +115,11 @@ def _main(argv: list[str]) -> int:
     pre = PreprocessConfig(modality=args.modality, window=args.window, window_lower=args.window_lower,
                            window_upper=args.window_upper, input_size=args.input_size,
                            context_slices=args.context_slices)
-    out = _absolute(args.output)
+    out = storage.absolute(args.output)
     with Lease(out, "unet prepare") as lease:  # one writer per output
         if lease.took_over:
             say(f"took over the output from a run that is gone: {lease.took_over.describe(time.time())}")
-        _prepare_output(out, tuple(_absolute(u) for u in (args.images, args.masks, args.manifest) if u),
+        _prepare_output(out, tuple(storage.absolute(u) for u in (args.images, args.masks, args.manifest) if u),
                         args.overwrite)
         return _prepare(args, pre, out)
 
@@ -193,10 +192,6 @@ def case_summary_uri(out: str, case_id: str) -> str:
     """A case's summary object: named by a hash of its case id, which folder names and manifests
     often make of a patient's name or record number (the id itself is inside, as data)."""
     return storage.join(out, "cases", f"case-{short_hash(case_id)}.json")
-
-
-def _absolute(uri: str) -> str:
-    return uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
 
 
 def _prepare_output(out: str, inputs: tuple[str, ...], overwrite: bool) -> None:

@@ -193,7 +193,7 @@ def _main(argv: list[str]) -> int:
     apply_output_args(args)
 
     info = read_info(args.model)
-    out = _absolute(args.output)
+    out = storage.absolute(args.output)
     low, high = sizing.predictor_counts(args.concurrency, args.min_predictors, args.max_predictors)
     # Task results under this size are returned into the driver's own memory instead of the object
     # store; the shuffle's many small blocks would then grow the driver with the archive
@@ -216,15 +216,10 @@ def _main(argv: list[str]) -> int:
         return finish(args, info, planned, segmented, timer)
 
 
-def _absolute(uri: str) -> str:
-    """Local paths absolute (the same place named two ways is one output), without a trailing /."""
-    return uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
-
-
 def _prepare_output(args, out: str) -> tuple[tuple[str, ...], lay.Layout | None]:
     """The inputs as the layout names them, and the last run's layout when it can be reused. The
     output must be this tool's (or empty); only objects it names are removed (ownership.py)."""
-    inputs = tuple(_absolute(i) for i in args.input)
+    inputs = tuple(storage.absolute(i) for i in args.input)
     ownership.check_inputs(inputs, out)
     ownership.check_output(out, ownership.SEGMENT_OUTPUT)
     if swept := storage.sweep_temporaries(out):

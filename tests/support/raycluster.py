@@ -101,7 +101,7 @@ def ray_head(token: str | None = None, num_cpus: int = 2, env: dict[str, str] | 
         if discoverable:  # the pointer Ray leaves in its default temp folder would name a dead cluster
             with contextlib.suppress(OSError):
                 current = Path("/tmp/ray/ray_current_cluster")
-                if head.gcs.split(":")[1] in current.read_text():
+                if current.read_text().strip().endswith(":" + head.gcs.split(":")[1]):  # this head's, exactly
                     current.unlink()
         for p in left:
             with contextlib.suppress(psutil.NoSuchProcess):

@@ -23,8 +23,10 @@ def read_object(uri: str, limits: Limits | None = None) -> bytes:
     """Bytes of a stored object or of a zip member (`archive.zip!/path`)."""
     limits = limits or Limits()
     container, member = archive.split_member(uri)
-    data = storage.read_bytes(container, max_bytes=limits.max_file_bytes)
-    return data if member is None else archive.read_member(data, container, member, limits)
+    if member is None:
+        return storage.read_bytes(container, max_bytes=limits.max_file_bytes)
+    with archive.Archive.open(container, limits) as zipped:
+        return zipped.read(member)
 
 
 def read_objects(uris: Sequence[str], limits: Limits | None = None) -> list[bytes]:

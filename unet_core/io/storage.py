@@ -170,6 +170,12 @@ def read_range(uri: str, start: int, length: int) -> bytes:
     return with_retry(_read, uri, "read")
 
 
+def absolute(uri: str) -> str:
+    """A URI as a job names it everywhere: local paths absolute (the same place named two ways is
+    one place), without a trailing "/"."""
+    return uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
+
+
 def size_of(uri: str) -> int:
     fs, path = resolve(uri)
     info = with_retry(lambda: fs.get_file_info(path), uri, "stat")

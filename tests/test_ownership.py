@@ -147,21 +147,63 @@ def test_a_member_separator_only_follows_a_zip_name():
     assert split_member("/a/scan!/x.zip!/b.dcm") == ("/a/scan!/x.zip", "b.dcm")
 
 
-def test_a_file_name_that_is_not_utf8_is_a_row_not_a_crash(tmp_path):
-    """Old Samba / NFS exports name files in Latin-1: such a name is listed and reported (escaped),
-    not read, and the rest of the partition is planned and written to Parquet as usual."""
+@pytest.mark.parametrize("folder,name", [
+    (b"caf\xe9", b"x\xe9.dcm"),  # Latin-1, as old Samba / NFS exports name files
+    (b"a", b"new\nline\x1b[31m.dcm"),  # a newline and an escape sequence
+    (b"scan!", b"!.dcm"),  # "!" that is no member separator
+    (b"a..b", b"%41 50%.dcm"),  # ".." inside a name; a name that looks percent-encoded already
+    (b"l" * 200, b"n" * 250 + b".dcm"),  # long
+])
+def test_any_name_the_filesystem_allows_is_listed_and_read(tmp_path, folder, name):
+    """Every object is named by text Parquet, JSON and a terminal take (a percent-encoded file://
+    URI where the name is not UTF-8 or has control characters), and is read back by that name."""
     from support.dicom_factory import write_series
     from unet_core.config import Limits
+    from unet_core.io import storage
     from unet_core.segmentation import planning
     from unet_core.segmentation.records import ObjectRow, table_bytes
     from unet_core.synthetic import SeriesSpec
 
-    write_series(tmp_path / "a", SeriesSpec(rows=16, columns=16, n_slices=2))
-    with open(os.path.join(os.fsencode(tmp_path / "a"), b"caf\xe9.dcm"), "wb") as f:
-        f.write(b"\0" * 200)
-    rows, counts, _ = planning.scan_partition([planning.Unit(str(tmp_path / "a"), True)], [], Limits(), False, ())
-    (odd,) = [r for r in rows if "caf" in r.uri]
-    assert odd.uri.endswith("caf\\xe9.dcm") and odd.error_type == "not_read" and "UTF-8" in odd.reason
-    assert counts.listed == 3 and len([r for r in rows if r.kind == "image"]) == 2
+    root = os.fsencode(tmp_path)
+    os.makedirs(os.path.join(root, folder))
+    write_series(tmp_path / "good", SeriesSpec(rows=16, columns=16, n_slices=2))
+    good = sorted(os.listdir(tmp_path / "good"))
+    os.rename(tmp_path / "good" / good[0], os.path.join(root, folder, name))
+    rows, counts, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], Limits(), False, ())
+    assert counts.listed == 2 and all(r.kind == "image" for r in rows), [(r.uri, r.reason) for r in rows]
+    (odd,) = [r for r in rows if "good" not in r.uri]
+    assert odd.uri.isprintable() and odd.uri.encode("utf-8")
+    assert storage.read_bytes(odd.uri) == open(os.path.join(root, folder, name), "rb").read()
     table_bytes(ObjectRow, [r.to_row() for r in rows])  # Parquet takes every row
-    planning.fragments_of(rows, 4)
+    assert len(planning.fragments_of(rows, 4)) >= 1
+
+
+@pytest.mark.fuzz
+def test_fuzz_names_round_trip_through_listing_and_reading():
+    """Random byte names (all that POSIX allows: anything but "/" and NUL, up to 255 bytes) are
+    listed under a printable UTF-8 name that reads back the same bytes."""
+    import tempfile
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from unet_core.io import listing, storage
+
+    names = st.binary(min_size=1, max_size=255).filter(
+        lambda b: b"/" not in b and b"\0" not in b and not b.startswith(b".") and b not in (b".", b".."))
+
+    @given(st.lists(names, min_size=1, max_size=4, unique=True))
+    def check(batch):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = os.fsencode(tmp)
+            for i, name in enumerate(batch):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"%d" % i)
+            entries = list(listing.iter_objects(tmp))
+            assert len(entries) == len(batch)
+            for e in entries:
+                assert e.uri.isprintable() and not e.skip
+                assert storage.read_bytes(e.uri) in {b"%d" % i for i in range(len(batch))}
+            assert sorted(storage.read_bytes(e.uri) for e in entries) == sorted(b"%d" % i for i in range(len(batch)))
+
+    check()

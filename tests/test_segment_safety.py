@@ -96,3 +96,26 @@ def test_a_second_run_on_one_output_is_refused_while_the_first_holds_it(tmp_path
         rc = _run("--input", str(tmp_path / "archive"), "--model", phantom_bundle, "--output", str(tmp_path / "out"))
     assert rc == Exit.USAGE
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # nothing written, the lease gone
+
+
+def test_a_series_with_latin1_and_control_character_names_is_segmented(tmp_path, ray_local, phantom_bundle):
+    """Names a filesystem allows but that are not text (Latin-1 bytes, a newline) are read, and the
+    mask is the one the same series gets under plain names."""
+    import nibabel as nib
+
+    _archive(tmp_path / "plain", n_series=1)
+    odd = os.path.join(os.fsencode(tmp_path), b"odd", b"caf\xe9")
+    os.makedirs(odd)
+    for i, name in enumerate(sorted(os.listdir(tmp_path / "plain" / "series0"))):
+        data = (tmp_path / "plain" / "series0" / name).read_bytes()
+        with open(os.path.join(odd, b"sl\xefce\n%d.dcm" % i), "wb") as f:
+            f.write(data)
+    masks = {}
+    for which in ("plain", "odd"):
+        out = tmp_path / f"out-{which}"
+        assert _run("--input", str(tmp_path / which), "--model", phantom_bundle, "--output", str(out)) == Exit.OK
+        summary = RunSummary.read(str(out))
+        assert summary.volumes_ok == 1 and summary.volumes_failed == 0, summary
+        (mask,) = (out / "masks").rglob("*.nii.gz")
+        masks[which] = nib.load(mask).get_fdata()
+    assert (masks["plain"] == masks["odd"]).all() and masks["odd"].any()

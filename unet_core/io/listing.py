@@ -10,7 +10,11 @@ Rules (docs/design.md, "Listing"):
 - Local directory symlinks are not followed unless `follow_symlinks`. Then a link whose target is
   inside one of the listing's inputs is still skipped (that folder is listed where it is), and a
   folder outside them is walked once per listing unit, its real paths remembered: a loop can
-  neither repeat the archive nor hang the job. File symlinks are listed (and read through); a dangling one fails when read.
+  neither repeat the archive nor hang the job. File symlinks follow the same rule (listed as
+  `not_read` without `follow_symlinks`); a dangling one fails when read. FIFOs, sockets and
+  devices are listed as `not_read`, never opened.
+- Any name the filesystem allows is listed and read: one that is not UTF-8 or holds control
+  characters is named by a percent-encoded `file://` URI (`storage.local_uri`).
 - `version` says whether an object changed: the S3 ETag, or the local mtime in nanoseconds.
 - On S3 a level is one delimiter listing (1,000 keys per request); keys ending in "/" are folder
   markers, not objects.
@@ -79,7 +83,7 @@ def _s3_entry(bucket: str, item: dict) -> ObjectEntry | None:
 
 
 def _local_entry(path: str, st: os.stat_result) -> ObjectEntry:
-    return ObjectEntry(path, int(st.st_size), str(st.st_mtime_ns))
+    return ObjectEntry(storage.local_uri(path), int(st.st_size), str(st.st_mtime_ns))
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def list_level(prefix: str, follow_symlinks: bool = False, max_objects: int = 10
                     continue
                 if _is_dir(e, follow_symlinks):
                     if not (e.is_symlink() and _inside(os.path.realpath(e.path), roots)):
-                        dirs.append(e.path + "/")
+                        dirs.append(storage.local_uri(e.path) + "/")
                 elif _is_file(e) or _special(e, follow_symlinks):
                     n_objects += 1
                     if n_objects > max_objects:
@@ -197,19 +201,15 @@ def iter_objects(prefix: str, recursive: bool = True, follow_symlinks: bool = Fa
                     continue
                 seen.add(real)
                 subdirs.append((entry.path, real))
-            elif _undecodable(entry.path):
-                yield ObjectEntry(_escaped(entry.path), 0, "special", skip=(
-                    "the file name is not valid UTF-8 (shown with its bytes escaped): not read; rename it to "
-                    "UTF-8 to segment it"))
             elif why := _special(entry, follow_symlinks):
-                yield ObjectEntry(entry.path, 0, "special", skip=why)
+                yield ObjectEntry(storage.local_uri(entry.path), 0, "special", skip=why)
             elif _is_file(entry):
                 if entry.is_symlink() and _inside(os.path.realpath(entry.path), roots):
                     continue  # a link to a file the listing reaches anyway
                 try:
                     yield _local_entry(entry.path, entry.stat())
                 except FileNotFoundError:
-                    yield ObjectEntry(entry.path, 0, "dangling")  # reading it names the problem
+                    yield ObjectEntry(storage.local_uri(entry.path), 0, "dangling")  # reading it names the problem
         stack.extend(sorted(subdirs, reverse=True))
 
 
@@ -239,16 +239,6 @@ def _is_dir(entry: os.DirEntry, follow_symlinks: bool) -> bool:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
-
-
-def _undecodable(path: str) -> bool:
-    """A local name the filesystem gave as bytes that are not UTF-8 (Python holds them as lone
-    surrogates: they cannot be written to Parquet, JSON or a terminal as they are)."""
-    return any("\udc80" <= c <= "\udcff" for c in path)
-
-
-def _escaped(path: str) -> str:
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),

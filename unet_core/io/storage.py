@@ -1,5 +1,9 @@
 """Object storage: `s3://bucket/key`, `file://path` and plain local paths, as pyarrow filesystems.
 
+A local file whose name is not UTF-8 (old Samba and NFS exports in Latin-1) or holds control
+characters is named by a `file://` URI with those bytes percent-encoded (RFC 8089, `local_uri`):
+text that Parquet, JSON and a terminal take as it is, and that reads back to the same bytes.
+
 S3 settings come from the standard AWS variables and the default credential chain (environment,
 shared config, instance / pod roles). `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` points at MinIO,
 Ceph or another on-premise store. Credentials are never logged or put in error messages.
@@ -16,12 +20,13 @@ import functools
 import io
 import os
 import random
+import re
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote_to_bytes, urlparse
 
 import pyarrow.fs as pafs
 
@@ -51,10 +56,35 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+# The lone surrogates that stand for bytes that are not UTF-8 in a name the filesystem gave.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def local_uri(path: str) -> str:
+    """How a job names a local file: its path; or, when the name holds bytes that are not UTF-8 or
+    characters that do not print (controls, format and separator characters), `file://` and the
+    path's bytes percent-encoded."""
+    if path.isprintable():
+        return path
+    return "file://" + quote(os.fsencode(os.path.abspath(path)), safe="/")
+
+
 def _local_path(uri: str) -> str:
+    """The path of a local URI: for `file://` the percent-decoded bytes (as Python holds a name the
+    filesystem gives: bytes that are not UTF-8 as lone surrogates)."""
     if uri.startswith("file://"):
-        return urlparse(uri).path
+        rest = uri[len("file://"):]
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if not rest.startswith("/"):
+            raise ConfigError(f"{uri!r} is not a valid file:// URI (expected file:///absolute/path)")
+        return os.fsdecode(unquote_to_bytes(rest))
     return os.path.abspath(os.path.expanduser(uri))
+
+
+def _native(path: str) -> str | bytes:
+    """A local path as pyarrow can open it: bytes when the name is not UTF-8."""
+    return os.fsencode(path) if _NOT_UTF8.search(path) else path
 
 
 def s3_endpoint() -> str | None:
@@ -142,9 +172,14 @@ def with_retry(fn: Callable[[], T], uri: str, action: str, attempts: int | None 
     raise AssertionError("unreachable")
 
 
+def _for_reading(uri: str) -> tuple[pafs.FileSystem, str | bytes]:
+    fs, path = resolve(uri)
+    return (fs, _native(path)) if isinstance(fs, pafs.LocalFileSystem) else (fs, path)
+
+
 def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     """The whole object. With `max_bytes`, an object larger than that is refused unread."""
-    fs, path = resolve(uri)
+    fs, path = _for_reading(uri)
 
     def _read() -> bytes:
         with fs.open_input_file(path) as f:
@@ -161,7 +196,7 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
 
 def read_range(uri: str, start: int, length: int) -> bytes:
     """`length` bytes from `start` (fewer at the end of the object): a header without the pixels."""
-    fs, path = resolve(uri)
+    fs, path = _for_reading(uri)
 
     def _read() -> bytes:
         with fs.open_input_file(path) as f:
@@ -177,7 +212,7 @@ def absolute(uri: str) -> str:
 
 
 def size_of(uri: str) -> int:
-    fs, path = resolve(uri)
+    fs, path = _for_reading(uri)
     info = with_retry(lambda: fs.get_file_info(path), uri, "stat")
     if info.type != pafs.FileType.File:
         raise StorageError(f"{uri}: no such object", uri=uri)

@@ -88,10 +88,36 @@ def test_a_zip_is_opened_once_for_all_its_members(store, monkeypatch):
     storage.write_bytes(uri, buf.getvalue())
     members = [f"{uri}!/EXPORT/IM{i:04d}" for i in range(30)]
     expected = [read_object(m) for m in members]
+    archive._SHARED.clear()
     opened, whole = [], []
-    real_open, real_read = archive.Archive.open, storage.read_bytes
-    monkeypatch.setattr(archive.Archive, "open", classmethod(lambda cls, u, limits=None: opened.append(u) or
-                                                             real_open.__func__(cls, u, limits)))
+    real_open, real_read = archive.Archive._open_checked, storage.read_bytes
+    monkeypatch.setattr(archive.Archive, "_open_checked", classmethod(
+        lambda cls, u, limits, size: opened.append(u) or real_open.__func__(cls, u, limits, size)))
     monkeypatch.setattr(storage, "read_bytes", lambda u, *a, **k: whole.append(u) or real_read(u, *a, **k))
     assert read_objects(members) == expected
     assert opened == [uri] and whole == []
+
+
+def test_a_process_reads_an_unchanged_archive_directory_once_and_a_changed_one_again(tmp_path):
+    import zipfile
+
+    from unet_core.io import archive, read_objects
+
+    path = tmp_path / "export.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.dcm", b"first")
+        zf.writestr("b.dcm", b"second")
+    uris = [f"{path}!/a.dcm", f"{path}!/b.dcm"]
+    assert read_objects(uris) == [b"first", b"second"]
+    opened = archive.Archive.shared(str(path))
+    assert read_objects(uris[:1]) == [b"first"] and archive.Archive.shared(str(path)) is opened
+    with zipfile.ZipFile(path, "w") as zf:  # replaced: another size, another time
+        zf.writestr("a.dcm", b"replaced!")
+    assert read_objects(uris[:1]) == [b"replaced!"]
+    assert archive.Archive.shared(str(path)) is not opened
+    for i in range(archive.SHARED_ARCHIVES + 2):  # only the most recent few stay open
+        other = tmp_path / f"other{i}.zip"
+        with zipfile.ZipFile(other, "w") as zf:
+            zf.writestr("x", b"x")
+        assert read_objects([f"{other}!/x"]) == [b"x"]
+    assert len(archive._SHARED) == archive.SHARED_ARCHIVES

@@ -25,8 +25,7 @@ def read_object(uri: str, limits: Limits | None = None) -> bytes:
     container, member = archive.split_member(uri)
     if member is None:
         return storage.read_bytes(container, max_bytes=limits.max_file_bytes)
-    with archive.Archive.open(container, limits) as zipped:
-        return zipped.read(member)
+    return archive.Archive.shared(container, limits).read(member)
 
 
 def read_objects(uris: Sequence[str], limits: Limits | None = None) -> list[bytes]:
@@ -41,9 +40,9 @@ def read_objects(uris: Sequence[str], limits: Limits | None = None) -> list[byte
             by_archive.setdefault(container, []).append(uri)
     out: dict[str, bytes] = {}
     for container, members in by_archive.items():
-        with archive.Archive.open(container, limits) as zipped:
-            for uri in members:
-                out[uri] = zipped.read(archive.split_member(uri)[1])
+        zipped = archive.Archive.shared(container, limits)  # kept open for this process's next volume
+        for uri in members:
+            out[uri] = zipped.read(archive.split_member(uri)[1])
     return [out[u] if u in out else read_object(u, limits) for u in uris]
 
 

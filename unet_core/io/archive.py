@@ -61,6 +61,10 @@ def _open(fileobj, uri: str) -> zipfile.ZipFile:
         raise TruncatedFileError(f"{uri}: not a readable zip archive ({library_error(exc)})", uri=uri) from exc
 
 
+SHARED_ARCHIVES = 4  # archives a process keeps open (on S3 each holds an 8 MiB read buffer)
+_SHARED: dict[tuple, Archive] = {}
+
+
 class Archive:
     """One zip export opened once: its central directory read once, every member read through the
     same handle. A stored archive is opened for random access (local: the file; S3: ranged reads),
@@ -74,11 +78,31 @@ class Archive:
     @classmethod
     def open(cls, uri: str, limits: Limits | None = None) -> Archive:
         limits = limits or Limits()
-        size = storage.size_of(uri)
+        return cls._open_checked(uri, limits, storage.stat(uri)[0])
+
+    @classmethod
+    def _open_checked(cls, uri: str, limits: Limits, size: int) -> Archive:
         if size > limits.max_file_bytes:
             raise ResourceLimitError(f"{uri}: {size} bytes, above the limit of {limits.max_file_bytes} "
                                      "(--max-file-bytes)", uri=uri)
         return cls(storage.open_random_access(uri), uri, limits)
+
+    @classmethod
+    def shared(cls, uri: str, limits: Limits | None = None) -> Archive:
+        """The archive opened once per process and kept open for the next caller, while the stored
+        object is unchanged (same size and modification time): the volumes of one export, decoded
+        one after the other by a worker, read its central directory once (0.1 s for 20,000
+        members), not once per volume. The few most recent archives are kept; do not close it."""
+        limits = limits or Limits()
+        size, mtime = storage.stat(uri)
+        key = (uri, size, mtime, limits)
+        found = _SHARED.pop(key, None)
+        if found is None:
+            found = cls._open_checked(uri, limits, size)
+        _SHARED[key] = found  # most recent last
+        while len(_SHARED) > SHARED_ARCHIVES:
+            _SHARED.pop(next(iter(_SHARED))).close()
+        return found
 
     def members(self) -> list[Member]:
         """Every file member, with a refusal reason on those that cannot be read safely."""

@@ -211,12 +211,17 @@ def absolute(uri: str) -> str:
     return uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
 
 
-def size_of(uri: str) -> int:
+def stat(uri: str) -> tuple[int, int]:
+    """(size, modification time in ns; 0 where the store gives none) of one object."""
     fs, path = _for_reading(uri)
     info = with_retry(lambda: fs.get_file_info(path), uri, "stat")
     if info.type != pafs.FileType.File:
         raise StorageError(f"{uri}: no such object", uri=uri)
-    return int(info.size)
+    return int(info.size), int(info.mtime_ns or 0)
+
+
+def size_of(uri: str) -> int:
+    return stat(uri)[0]
 
 
 RANGE_BYTES = 8 * 2**20  # one ranged GET fetches this much of an object read at random (S3)

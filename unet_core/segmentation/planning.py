@@ -200,7 +200,7 @@ def assign_volume(row: ObjectRow) -> ObjectRow:
 class ScanCounts:
     listed: int = 0  # stored objects listed
     reused: int = 0  # their rows taken from the last run (unchanged)
-    scanned: int = 0  # headers read now
+    scanned: int = 0  # headers read now (each member of a zip is one)
 
 
 def _unchanged(previous: list[ObjectRow], entry: listing.ObjectEntry) -> bool:
@@ -231,8 +231,9 @@ def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits:
             counts.reused += 1
             reused.add(entry.uri)
         else:
-            rows += [assign_volume(r) for r in scan_object(entry, limits)]
-            counts.scanned += 1
+            new = [assign_volume(r) for r in scan_object(entry, limits)]
+            rows += new
+            counts.scanned += len(new)
     return rows, counts, reused
 
 

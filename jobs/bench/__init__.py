@@ -6,6 +6,8 @@
     unet bench segment  `unet segment` end to end against its stages alone and a naive loop
     unet bench scale    `unet segment` on archives of N and 10N small objects: driver memory, time
                         per object, re-runs with nothing new and with 1% new series
+    unet bench zip      the same archive as a folder and as one zip, locally and on S3 (moto's
+                        server): time side by side, and the GETs each sends
     unet bench inference  predictor slices/s on this machine: float32, XLA, mixed_float16, mixed_bfloat16
     unet bench gpu      the one command for a machine with NVIDIA GPUs (see jobs/bench/gpu.py)
     unet bench all      io, train and segment (scale writes 220,000 files: run it by itself)
@@ -24,7 +26,8 @@ from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args
 from jobs.output import configure as configure_output
 
-BENCHES = ("io", "train", "segment", "scale", "inference", "gpu")
+BENCHES = ("io", "train", "segment", "scale", "zip", "inference", "gpu")
+MODULES = {"zip": "zipped"}  # a bench whose module is not named after it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale-objects", type=int, default=20_000, help="objects of the small archive (the large one has 10x)")
     c.add_argument("--scale-series-slices", type=int, default=50, help="objects (32x32 slices) per series")
     c.add_argument("--scale-factor", type=int, default=10)
+    z = p.add_argument_group("zip")
+    z.add_argument("--zip-objects", type=int, default=20_000, help="objects of the archive (--scale-series-slices per series)")
     i = p.add_argument_group("inference")
     i.add_argument("--infer-size", type=int, default=256)
     i.add_argument("--infer-filters", type=int, default=16, help="64 is the seed's (about 3 slices/s on 2 CPU cores)")
@@ -72,7 +77,7 @@ def _main(argv: list[str]) -> int:
     configure_output(verbose=False)  # a benchmark prints its own table
     work = args.workdir or tempfile.mkdtemp(prefix="unet-bench-")
     which = ["io", "train", "segment"] if args.which == "all" else [args.which]
-    results = {name: importlib.import_module(f"jobs.bench.{name}").run(args, os.path.join(work, name)) for name in which}
+    results = {name: importlib.import_module(f"jobs.bench.{MODULES.get(name, name)}").run(args, os.path.join(work, name)) for name in which}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

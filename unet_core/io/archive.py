@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from unet_core.config import Limits
 from unet_core.errors import (
+    ErrorType,
     InputError,
     ResourceLimitError,
     TruncatedFileError,
@@ -47,6 +48,7 @@ class Member:
     name: str
     size: int
     error: str = ""  # non-empty: refused, with this reason
+    error_type: ErrorType | None = None  # why it is refused: unsafe_archive_member or resource_limit
 
 
 def _unsafe(name: str) -> bool:
@@ -113,15 +115,16 @@ class Archive:
         out = []
         for info in infos:
             member_uri = f"{self.uri}{SEPARATOR}{info.filename}"
-            error = ""
+            error, kind = "", ErrorType.UNSAFE_ARCHIVE_MEMBER
             if _unsafe(info.filename):
                 error = f"{member_uri}: member path escapes the archive folder; refused"
             elif info.file_size > self.limits.max_decompressed_bytes:
                 error = (f"{member_uri}: expands to {info.file_size} bytes, beyond the limit of "
-                         f"{self.limits.max_decompressed_bytes}")
+                         f"{self.limits.max_decompressed_bytes} (--max-decompressed-bytes)")
+                kind = ErrorType.RESOURCE_LIMIT
             elif info.flag_bits & 0x1:
                 error = f"{member_uri}: encrypted member; refused"
-            out.append(Member(member_uri, info.filename, info.file_size, error))
+            out.append(Member(member_uri, info.filename, info.file_size, error, kind if error else None))
         return out
 
     def read(self, name: str) -> bytes:

@@ -171,7 +171,7 @@ def _scan_members(entry: listing.ObjectEntry, zipped: archive.Archive, limits: L
     for m in members:
         if m.error:
             rows.append(_row(entry, uri=m.uri, size=m.size, format=Format.DICOM, kind=ObjectKind.ERROR, reason=m.error,
-                             error_type=ErrorType.UNSAFE_ARCHIVE_MEMBER))
+                             error_type=m.error_type))
             continue
         try:
             member = zipped.read(m.name)

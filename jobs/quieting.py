@@ -12,11 +12,25 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "absl", "tensorflow", "h5py", "openjpeg",
                    "ray.dashboard", "ray._private.runtime_env", "ray.job_submission")
 RAYLET_NOTICE = "worker processes have been started"  # Ray's note about more Python workers than cores
+
+# Ray's messages about a node or its workers dying, as the driver receives them (Ray 2.60).
+NODE_LOSS_PATTERNS = re.compile(
+    r"marked dead|node (?:it was running on )?is dead|node died|has been marked dead|missed too many heartbeats"
+    r"|worker died|worker unexpectedly exits|was killed|system error|raylet (?:has )?died|state.dump"
+    r"|the actor died|actor .* is dead|ActorDiedError|NodeDiedError|RayletDiedError|WorkerCrashedError"
+    r"|Node ID: |node_id=",
+    re.IGNORECASE,
+)
+
+
+def is_node_loss_noise(text: str) -> bool:
+    return bool(NODE_LOSS_PATTERNS.search(text))
 
 
 def quiet_library_loggers(verbose: bool) -> None:
@@ -50,7 +64,8 @@ def import_tensorflow(verbose: bool) -> None:
 def drop_raylet_noise(verbose: bool) -> None:
     """Ray prints the raylet's warnings on the driver whatever log_to_driver says; one of them,
     about starting more Python workers than cores, says nothing a user can act on here (Ray Data
-    and Ray Train start their own workers). Dropped unless -v; every other message still shows.
+    and Ray Train start their own workers), and the death notices of a lost node and its workers
+    are one line of jobs/nodes.py's instead. Dropped unless -v; every other message still shows.
     Private API: see the module's docstring."""
     import ray._private.worker as ray_worker
 
@@ -59,8 +74,11 @@ def drop_raylet_noise(verbose: bool) -> None:
 
     def filtered(data, ignore_prefix):
         lines = data.get("lines", []) if isinstance(data, dict) else []
-        if not verbose and data.get("pid") == "raylet" and any(RAYLET_NOTICE in str(x) for x in lines):
-            return None
+        if not verbose and data.get("pid") == "raylet":
+            if any(RAYLET_NOTICE in str(x) for x in lines):
+                return None
+            if any(is_node_loss_noise(str(x)) for x in lines):
+                return None  # jobs/nodes.py says it in one line per lost node
         return original(data, ignore_prefix)
 
     filtered._unet_original = original

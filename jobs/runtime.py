@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
+from jobs.nodes import NodeWatch
 from jobs.output import say, worker_env
 from jobs.quieting import quiet_ray_data
 from unet_core.io.storage import PRIVATE_OUTPUTS_ENV
@@ -50,6 +51,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
             "env_vars": {**worker_env(verbose), **forwarded_storage_env(), **job_settings_env()}}
         ray.init(address=address, log_to_driver=verbose, runtime_env=renv, logging_level=logging_level)
         say(f"attached to the Ray cluster at {address}")
+        NodeWatch().start()  # a lost node is one line (jobs/nodes.py)
     else:
         # num_gpus: Ray detects a machine's GPUs itself; a number declares them (`unet bench gpu
         # --gpu-dry-run` declares GPUs on a CPU machine so that GPU accounting and placement run).

@@ -220,3 +220,59 @@ def test_training_survives_a_killed_worker(prepared, tmp_path):
     assert resumed and resumed[0]["from_epoch"] >= 1, training["events"]
     epochs = [h["epoch"] for h in training["history"]]
     assert epochs == list(range(len(epochs))) and len(epochs) >= resumed[0]["from_epoch"]  # none lost or repeated
+
+
+# ---- a lost node: several `ray start` nodes on loopback, one killed mid-run ---------------------
+
+
+def _node_running(nodes, marker: str):
+    """The first worker node that hosts a process whose title holds `marker` (a task, an actor)."""
+    for node in nodes:
+        if node.proc.poll() is None and _processes(marker, node.proc.pid):
+            return node
+    return None
+
+
+def _one_lost_node_line(log: str) -> None:
+    lost = [line for line in log.splitlines() if line.startswith("lost node ")]
+    assert len(lost) == 1 and "127.0.0.1" in lost[0] and "retried" in lost[0], log[-4000:]
+    for noise in ("marked dead", "state dump", "(raylet)", "Traceback", "WorkerCrashedError", "NodeDiedError"):
+        assert noise not in log, (noise, log[-4000:])
+
+
+def test_segment_on_three_nodes_survives_losing_one_and_says_it_in_one_line(archive, bundle, reference, tmp_path):
+    from support.raycluster import ray_head, worker_nodes
+
+    out = str(tmp_path / "out")
+    with ray_head(num_cpus=2) as head, worker_nodes(head, 2, num_cpus=2) as nodes:
+        proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
+                     "--address", head.gcs, "--decode-concurrency", "2")
+        victim = _wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
+        assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
+        victim.kill()
+        rc, log = _finish(proc)
+    assert rc == 0, log[-4000:]
+    _one_lost_node_line(log)
+    _check_complete(out, reference)  # every volume exactly once, masks as undisturbed
+
+
+def test_training_on_three_nodes_survives_losing_one_and_says_it_in_one_line(prepared, tmp_path):
+    from support.raycluster import ray_head, worker_nodes
+
+    output = str(tmp_path / "model")
+    with ray_head(num_cpus=2) as head, worker_nodes(head, 2, num_cpus=2) as nodes:
+        proc = _unet("train", "--data", prepared, "--output", output, "--workers", "2", "--epochs", "12",
+                     "--max-failures", "2", "--address", head.gcs, *SMALL_MODEL)
+        runs = Path(f"{output}.runs")
+        _wait_for(lambda: list(runs.rglob("checkpoint_*")), 600, "the first checkpoint", proc)
+        victim = _wait_for(lambda: _node_running(nodes, "RayTrainWorker"), 120, "a training worker on a worker node",
+                           proc)
+        victim.kill()
+        rc, log = _finish(proc)
+    assert rc == 0, log[-4000:]
+    _one_lost_node_line(log)
+    training = json.loads(storage.read_bytes(f"{output}/bundle.json"))["training"]
+    resumed = [e for e in training["events"] if e["event"] == "resumed"]
+    assert resumed, training["events"]
+    epochs = [h["epoch"] for h in training["history"]]
+    assert epochs == list(range(len(epochs)))  # none lost or repeated

@@ -45,6 +45,7 @@ class ErrorType(enum.StrEnum):
     # set aside on purpose (status skipped), not failures of the object
     DUPLICATE_INSTANCE = "duplicate_instance"
     LOCALIZER = "localizer"
+    NOT_SELECTED = "not_selected"  # a volume the selection rules, --sample or --limit leave out
     NOT_READ = "not_read"  # a FIFO, socket or device, or a file link without --follow-symlinks
     # not the input's own
     STORAGE = "storage"  # the store failed or refused, after retries

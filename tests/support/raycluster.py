@@ -125,3 +125,60 @@ def _wait_ready(head: Head, proc: subprocess.Popen, log_path: Path, timeout: flo
             time.sleep(0.5)
     raise RuntimeError(f"the Ray head did not answer at {head.dashboard} within {timeout:.0f} s:\n"
                        f"{log_path.read_text()[-3000:]}")
+
+
+NODE_PORT_OPTIONS = ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
+                     "--runtime-env-agent-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
+
+
+@dataclass
+class Node:
+    """A worker node of a loopback cluster: `ray start --address ... --block` in a process group of
+    its own; `kill()` takes the raylet and every worker on it down at once, as a lost machine."""
+
+    proc: subprocess.Popen
+    log_path: Path
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+def _alive_nodes(head: Head) -> int:
+    out = subprocess.run([sys.executable, "-c", "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
+                          "print(sum(1 for n in ray.nodes() if n['Alive']))", head.gcs],
+                         env={**head.env}, capture_output=True, text=True, timeout=60)
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+
+
+@contextlib.contextmanager
+def worker_nodes(head: Head, count: int, num_cpus: int = 1, resources: str | None = None):
+    """`count` more nodes on loopback joined to `head`; yields them once the cluster counts them
+    all alive, and stops whichever are still running when the block exits."""
+    nodes = []
+    try:
+        for i in range(count):
+            ports = dict(zip(NODE_PORT_OPTIONS, free_ports(len(NODE_PORT_OPTIONS)), strict=True))
+            cmd = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())", "start",
+                   "--address", head.gcs, "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
+                   "--num-gpus", "0", "--disable-usage-stats", *(["--resources", resources] if resources else [])]
+            for option, port in ports.items():
+                cmd += [option, str(port)]
+            log_path = Path(head.temp_dir) / f"node-{i}.log"
+            log = open(log_path, "wb")  # noqa: SIM115 - the node's output, kept for a failing test
+            nodes.append(Node(subprocess.Popen(cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True), log_path))
+        deadline = time.monotonic() + 120
+        while _alive_nodes(head) < count + 1:
+            for n in nodes:
+                if n.proc.poll() is not None:
+                    raise RuntimeError(f"a worker node exited with {n.proc.returncode}:\n{n.log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker nodes did not join within 120 s")
+            time.sleep(1.0)
+        yield nodes
+    finally:
+        for n in nodes:
+            if n.proc.poll() is None:
+                n.kill()

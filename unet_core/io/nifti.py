@@ -83,6 +83,31 @@ def _header(raw: bytes, uri: str):
     return hdr
 
 
+NIFTI_HEADER_PREFIX = 64 * 1024  # stored bytes read for a header (a gzipped header is in the first block)
+
+
+def nifti_geometry(prefix: bytes, uri: str, limits: Limits | None = None) -> dict | None:
+    """What the selection rules can know of a NIfTI file from the first bytes of it: its grid
+    (columns, rows, slices), in-plane spacing, slice spacing and direction cosines (of the
+    best affine, as ImageOrientationPatient would give them). None when the header cannot be
+    read here (decoding then names the problem)."""
+    limits = limits or Limits()
+    try:
+        head = gunzip_limited(prefix, limits.max_decompressed_bytes, uri, stop_after=544) if prefix[:2] == b"\x1f\x8b" \
+            else prefix
+        hdr = _header(head, uri)
+        dims = [int(x) for x in hdr["dim"][1:4]]
+        affine = np.asarray(hdr.get_best_affine(), float)
+    except Exception:  # noqa: BLE001 - unread here; read_nifti reports it with the volume
+        return None
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    if len(dims) < 3 or min(dims) < 1 or not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        return None
+    cosines = np.concatenate([affine[:3, 0] / zooms[0], affine[:3, 1] / zooms[1]])
+    return {"columns": dims[0], "rows": dims[1], "frames": dims[2], "pixel_spacing": (float(zooms[1]), float(zooms[0])),
+            "slice_thickness": float(zooms[2]), "orientation": tuple(float(c) for c in cosines)}
+
+
 def read_nifti(data: bytes, uri: str, limits: Limits | None = None, volume_id: str | None = None) -> Volume:
     """A NIfTI file's bytes -> Volume (3D, or 4D with a single volume)."""
     limits = limits or Limits()

@@ -34,8 +34,9 @@ from unet_core.io.dicom.grouping import (
 from unet_core.io.dicom.header import scan_header
 from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 from unet_core.io.dicom.pixels import same_pixels
-from unet_core.io.nifti import is_nifti_name, nifti_volume_id
+from unet_core.io.nifti import NIFTI_HEADER_PREFIX, is_nifti_name, nifti_geometry, nifti_volume_id
 from unet_core.ownership import OutputNames
+from unet_core.segmentation import choosing, selection
 from unet_core.segmentation.layout import (
     MAX_FANOUT_DEPTH,
     TARGET_UNITS,
@@ -56,6 +57,7 @@ from unet_core.segmentation.records import (
     rows_from_bytes,
     table_bytes,
 )
+from unet_core.segmentation.selection import SelectionRules
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.volume import short_hash
 
@@ -128,39 +130,54 @@ def _error_row(entry: listing.ObjectEntry, fmt: Format, exc: Exception, uri: str
     return _row(entry, uri=uri or entry.uri, format=fmt, kind=ObjectKind.ERROR, reason=reason, error_type=error_type)
 
 
-def _dicom_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | None, limits: Limits) -> ObjectRow:
+def _dicom_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | None, limits: Limits,
+               rules: SelectionRules) -> ObjectRow:
     if data is None:
         data = storage.read_range(uri, 0, HEADER_PREFIX_BYTES) if size > HEADER_PREFIX_BYTES else storage.read_bytes(uri)
     h = scan_header(data, uri, size, limits.max_decompressed_bytes)
     if h is None:  # the header runs past the prefix
         h = scan_header(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri,
                         max_inflated=limits.max_decompressed_bytes)
+    # The free-text rules are decided here, where the text is read; only the result is kept.
+    h.description_match, h.kernel_match = rules.text_matches(getattr(h, "texts", {}))
+    h.text_rules = rules.text_digest()
     return ObjectRow.from_row({**h.row(), "object_uri": entry.uri, "object_size": entry.size,
                                "object_version": entry.version, "format": Format.DICOM.value})
 
 
-def scan_object(entry: listing.ObjectEntry, limits: Limits) -> list[ObjectRow]:
-    """The rows of one listed object: a NIfTI file as it is (its header is read on decode), a DICOM
-    object's header, a zip's members. Never raises: whatever goes wrong becomes an error row."""
+def _nifti_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | None, limits: Limits,
+               rules: SelectionRules) -> ObjectRow:
+    """A NIfTI file with the geometry its header gives (for the selection rules); its header is
+    read again, whole, on decode."""
+    if data is None:
+        data = storage.read_range(uri, 0, NIFTI_HEADER_PREFIX)
+    geometry = nifti_geometry(data[:NIFTI_HEADER_PREFIX], uri, limits) or {}
+    return _row(entry, uri=uri, size=size, format=Format.NIFTI, text_rules=rules.text_digest(), **geometry)
+
+
+def scan_object(entry: listing.ObjectEntry, limits: Limits, rules: SelectionRules | None = None) -> list[ObjectRow]:
+    """The rows of one listed object: a NIfTI file's geometry, a DICOM object's header, a zip's
+    members. Never raises: whatever goes wrong becomes an error row."""
+    rules = rules or SelectionRules()
     if entry.skip:
         return [_row(entry, format=Format.DICOM, kind=ObjectKind.NON_IMAGE, reason=f"{entry.uri}: {entry.skip}",
                      error_type=ErrorType.NOT_READ)]
-    if is_nifti_name(entry.uri):
-        return [_row(entry, format=Format.NIFTI)]
+    row = _nifti_row if is_nifti_name(entry.uri) else _dicom_row
     if not archive.is_zip_name(entry.uri):
         try:
-            return [_dicom_row(entry, entry.uri, entry.size, None, limits)]
+            return [row(entry, entry.uri, entry.size, None, limits, rules)]
         except Exception as exc:  # noqa: BLE001 - one object never stops the scan
-            return [_error_row(entry, Format.DICOM, exc)]
+            return [_error_row(entry, Format.NIFTI if row is _nifti_row else Format.DICOM, exc)]
     try:
         zipped = archive.Archive.open(entry.uri, limits)  # opened once; on S3, ranged reads
     except Exception as exc:  # noqa: BLE001
         return [_error_row(entry, Format.ZIP, exc)]
     with zipped:
-        return _scan_members(entry, zipped, limits)
+        return _scan_members(entry, zipped, limits, rules)
 
 
-def _scan_members(entry: listing.ObjectEntry, zipped: archive.Archive, limits: Limits) -> list[ObjectRow]:
+def _scan_members(entry: listing.ObjectEntry, zipped: archive.Archive, limits: Limits,
+                  rules: SelectionRules) -> list[ObjectRow]:
     try:
         members = zipped.members()
         if not members:
@@ -175,10 +192,8 @@ def _scan_members(entry: listing.ObjectEntry, zipped: archive.Archive, limits: L
             continue
         try:
             member = zipped.read(m.name)
-            if is_nifti_name(m.uri):
-                rows.append(_row(entry, uri=m.uri, size=len(member), format=Format.NIFTI))
-            else:
-                rows.append(_dicom_row(entry, m.uri, len(member), member, limits))
+            row = _nifti_row if is_nifti_name(m.uri) else _dicom_row
+            rows.append(row(entry, m.uri, len(member), member, limits, rules))
         except Exception as exc:  # noqa: BLE001
             rows.append(_error_row(entry, Format.DICOM, exc, uri=m.uri))
     return rows
@@ -203,19 +218,23 @@ class ScanCounts:
     scanned: int = 0  # headers read now (each member of a zip is one)
 
 
-def _unchanged(previous: list[ObjectRow], entry: listing.ObjectEntry) -> bool:
+def _unchanged(previous: list[ObjectRow], entry: listing.ObjectEntry, text_rules: str = "") -> bool:
+    """The last run's rows of an object stand: the same object (size, version), no transient error,
+    and its free-text rule results made with this run's patterns."""
     p = previous[0]
     return (bool(entry.version) and entry.version != "dangling" and p.object_size == entry.size
-            and p.object_version == entry.version and not any(r.error_type in TRANSIENT_SCAN_ERRORS for r in previous))
+            and p.object_version == entry.version and p.text_rules == text_rules
+            and not any(r.error_type in TRANSIENT_SCAN_ERRORS for r in previous))
 
 
 def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits: Limits, follow_symlinks: bool,
-                   roots: tuple[str, ...], output: OutputNames | None = None
+                   roots: tuple[str, ...], output: OutputNames | None = None, rules: SelectionRules | None = None
                    ) -> tuple[list[ObjectRow], ScanCounts, set[str]]:
     """Every object of a listing partition as ObjectRows with their volume ids, and the URIs of
     the objects whose rows were reused. An object whose URI, size and version equal the last run's
     keeps that run's rows (no read); the others are scanned. Objects the output owns (an output
     inside an input) are not listed."""
+    rules = rules or SelectionRules()
     before: dict[str, list[ObjectRow]] = defaultdict(list)
     for r in previous:
         before[r.object_uri].append(r)
@@ -226,12 +245,12 @@ def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits:
             continue
         counts.listed += 1
         old = before.get(entry.uri)
-        if old and _unchanged(old, entry):
+        if old and _unchanged(old, entry, rules.text_digest()):
             rows += old
             counts.reused += 1
             reused.add(entry.uri)
         else:
-            new = [assign_volume(r) for r in scan_object(entry, limits)]
+            new = [assign_volume(r) for r in scan_object(entry, limits, rules)]
             rows += new
             counts.scanned += len(new)
     return rows, counts, reused
@@ -247,7 +266,7 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
     except ITEM_ERRORS:
         previous = []
     rows, counts, reused = scan_partition(units, previous, s.limits, s.follow_symlinks, roots,
-                                          OutputNames.of(s.output, tuple(s.inputs)))
+                                          OutputNames.of(s.output, tuple(s.inputs)), s.rules)
     if counts.scanned or len(rows) != len(previous):
         if rows:
             storage.write_bytes(part_uri, table_bytes(ObjectRow, [r.to_row() for r in rows]))
@@ -340,21 +359,26 @@ def carries(prev: dict | None, fingerprint: str, s: SegmentSettings) -> bool:
     return prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity and s.made_as_asked(prev)
 
 
-def _carry(prev: dict, bucket: int) -> PlannedVolume:
+def _carry(prev: dict, bucket: int, facts: str | None = None, text_rules: str = "") -> PlannedVolume:
+    """The last run's row, as it is; with `facts`, those (made now from the members) replace its own."""
+    if facts is not None:
+        prev = {**prev, "selection_facts": facts, "text_rules": text_rules}
     return PlannedVolume(volume_id=prev["volume_id"], bucket=bucket, action=Action.CARRY,
                          fingerprint=prev["fingerprint"], format=Format(prev["format"]), source=prev["source"],
-                         series_uid=prev["series_uid"], members="[]", record=json.dumps(prev))
+                         series_uid=prev["series_uid"], members="[]", record=json.dumps(prev),
+                         facts=prev.get("selection_facts") or "")
 
 
 def _plan(members: VolumeMembers, fmt: Format, source: str, previous: dict[str, dict], s: SegmentSettings,
           bucket: int) -> PlannedVolume:
     fp = fingerprint(members.headers)
     prev = previous.get(members.volume_id)
+    facts = choosing.facts_of(members, fmt)
     if carries(prev, fp, s) and not members.volume_id.startswith("obj-"):
-        return _carry(prev, bucket)
+        return _carry(prev, bucket, facts, s.rules.text_digest())
     return PlannedVolume(volume_id=members.volume_id, bucket=bucket, action=Action.SEGMENT, fingerprint=fp,
                          format=fmt, source=source, series_uid=members.series_uid, members=members_json(members.headers),
-                         record="")
+                         record="", facts=facts)
 
 
 MemberLoader = Callable[[int, str], list[ObjectRow]]  # (partition, volume id) -> its rows there
@@ -375,9 +399,16 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
     # bucket: fragments are routed by series, `bucket_key`), for the split-off localizer rule.
     largest: dict[str, int] = defaultdict(int)
     todo: list[tuple[str, list[ObjectRow]]] = []
+    selecting = s.selecting
     for vid, frags in sorted(by_volume.items()):
         prev = previous.get(vid)
-        if all(not f.members for f in frags) and carries(prev, combine(f.fingerprint for f in frags), s):
+        unread = all(not f.members for f in frags)
+        fp = combine(f.fingerprint for f in frags) if unread else ""
+        stored = choosing.stored_facts(prev, s) if unread and selecting else None
+        # Carried unread: an ok row (selection is decided again from its stored facts), or a row
+        # the rules still leave out; a volume that may now be selected has its members loaded.
+        if (unread and carries(prev, fp, s) and (not selecting or stored is not None)) or (
+                stored is not None and choosing.was_not_selected(prev, fp) and selection.verdict(s.rules, stored)):
             out.append(_carry(prev, frags[0].bucket))
             if prev["format"] == Format.DICOM.value and prev["series_uid"]:
                 largest[prev["series_uid"]] = max(largest[prev["series_uid"]], int(prev.get("n_objects") or 0))
@@ -403,7 +434,7 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
             out += [_set_aside(replace(m, kind=ObjectKind.ERROR, error_type=failure.error_type,
                                        reason=f"{m.uri}: {failure.error}"), s, bucket)
                     for m in {m.uri: m for m in members}.values()]
-    return out
+    return choosing.select(out, s) if selecting else out
 
 
 def _plan_volume(vid: str, members: list[ObjectRow], previous: dict[str, dict], largest: dict[str, int],

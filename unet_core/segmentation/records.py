@@ -167,6 +167,7 @@ class PlannedVolume(Record):
     series_uid: str
     members: str  # JSON list of ObjectRow rows, in volume order (SEGMENT, and a volume's error found at planning)
     record: str  # JSON of the VolumeRecord (CARRY, SET_ASIDE); "" for SEGMENT
+    facts: str = ""  # JSON of the volume's selection.VolumeFacts ("" for objects set aside)
 
 
 @dataclass
@@ -202,6 +203,8 @@ class VolumeRecord(Record):
     metadata: str = "{}"
     finished: str = ""
     keep_phi: bool = False  # made with --keep-phi: its metadata may hold patient name, ID and birth date
+    selection_facts: str = ""  # JSON of selection.VolumeFacts: what the selection rules are decided on
+    text_rules: str = ""  # digest of the free-text patterns its facts' matches were made with
 
 
 def table_bytes(cls: type[Record], rows: list[dict]) -> bytes:

@@ -3,10 +3,13 @@
 fails at once; defaults live here)."""
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 
 from unet_core.config import Limits
 from unet_core.errors import ConfigError
+from unet_core.segmentation.selection import SelectionRules
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,19 @@ class SegmentSettings:
     partitions: int = 1  # listing partitions (stable across runs: see layout.py)
     buckets: int = 1  # volume-table parts (stable across runs)
     inputs: tuple[str, ...] = ()  # as the layout names them (the output is never listed as one of them)
+    selection: str = "{}"  # the selection rules, JSON (SelectionRules.to_dict): the bundle's, then --select's
+    sample: float | None = None  # --sample: this fraction of the selected volumes (by volume id hash)
+    limit: int | None = None  # --limit: at most this many of the selected volumes (by volume id hash)
+    seed: int = 0  # of --sample and --limit
+
+    @property
+    def selecting(self) -> bool:
+        """Whether this run leaves volumes out: rules, --sample or --limit."""
+        return not self.rules.empty or self.sample is not None or self.limit is not None
+
+    @functools.cached_property
+    def rules(self) -> SelectionRules:
+        return SelectionRules.from_dict(json.loads(self.selection), "the run's selection rules")
 
     def made_as_asked(self, row: dict) -> bool:
         """Whether a volume's earlier ok row was made as this run asks: every output it asks for

@@ -100,7 +100,8 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
     return VolumeRecord(volume_id=planned.volume_id, source=planned.source, format=planned.format.value,
                         series_uid=planned.series_uid, fingerprint=planned.fingerprint,
                         n_objects=len(json.loads(planned.members)), model=s.model_name,
-                        model_identity=s.model_identity, keep_phi=s.keep_phi, **kw)
+                        model_identity=s.model_identity, keep_phi=s.keep_phi, selection_facts=planned.facts,
+                        text_rules=s.rules.text_digest(), **kw)
 
 
 def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:

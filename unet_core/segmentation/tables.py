@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from unet_core.errors import ITEM_ERRORS, ErrorType
 from unet_core.io import storage
-from unet_core.segmentation import planning
+from unet_core.segmentation import choosing, planning
 from unet_core.segmentation.layout import index_part_uri, plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
     Action,
@@ -34,22 +34,25 @@ class TableCounts:
     by_error_type: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (volume id, error), a few
     parts_written: int = 0
+    not_selected: Counter = field(default_factory=Counter)  # volumes left out, by the rule that did
 
     def add(self, other: "TableCounts") -> None:
         self.by_status.update(other.by_status)
         self.by_error_type.update(other.by_error_type)
         self.failures = (self.failures + other.failures)[:MAX_FAILURES_SHOWN]
         self.parts_written += other.parts_written
+        self.not_selected.update(other.not_selected)
 
     def to_json(self) -> str:
         return json.dumps({"by_status": self.by_status, "by_error_type": self.by_error_type,
-                           "failures": self.failures, "parts_written": self.parts_written})
+                           "failures": self.failures, "parts_written": self.parts_written,
+                           "not_selected": self.not_selected})
 
     @classmethod
     def from_json(cls, text: str) -> "TableCounts":
         d = json.loads(text)
         return cls(Counter(d["by_status"]), Counter(d["by_error_type"]), [tuple(x) for x in d["failures"]],
-                   d["parts_written"])
+                   d["parts_written"], Counter(d.get("not_selected", {})))
 
 
 def read_part(out: str, bucket: int) -> list[dict]:
@@ -74,10 +77,7 @@ def _row_of(p: PlannedVolume, s: SegmentSettings) -> dict:
     return rec.to_row()
 
 
-def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> TableCounts:
-    """Write the volume-table part of `bucket` (ok rows first, then by volume id); a part whose
-    rows are all carried over unchanged is left as it is."""
-    rows = sorted((_row_of(p, s) for p in planned), key=lambda r: (r["status"] != Status.OK.value, r["volume_id"]))
+def count_rows(rows: list[dict]) -> TableCounts:
     counts = TableCounts()
     for r in rows:
         counts.by_status[r["status"]] += 1
@@ -85,6 +85,26 @@ def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) ->
             counts.by_error_type[r["error_type"] or "error"] += 1
             if len(counts.failures) < MAX_FAILURES_SHOWN:
                 counts.failures.append((r["volume_id"], r["error"]))
+        elif r["error_type"] == ErrorType.NOT_SELECTED.value:
+            counts.not_selected[_rule_of(r["error"])] += 1
+    return counts
+
+
+def _rule_of(error: str) -> str:
+    """The rule a not_selected message names ("slice_thickness 5 mm not in ..." -> slice_thickness)."""
+    reason = error.split(": not selected: ", 1)[-1]
+    for key in ("--sample", "--limit", "one_per_study"):
+        if key in reason:
+            return key.lstrip("-")
+    first = reason.split(" ", 1)[0]
+    return "slices" if first.isdigit() else first
+
+
+def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> TableCounts:
+    """Write the volume-table part of `bucket` (ok rows first, then by volume id); a part whose
+    rows are all carried over unchanged is left as it is."""
+    rows = sorted((_row_of(p, s) for p in planned), key=lambda r: (r["status"] != Status.OK.value, r["volume_id"]))
+    counts = count_rows(rows)
     previous = read_part(s.output, bucket)
     unchanged = (all(p.action != Action.SEGMENT for p in planned) and
                  [(r["volume_id"], r["fingerprint"]) for r in previous] == [(r["volume_id"], r["fingerprint"]) for r in rows])
@@ -117,15 +137,37 @@ class BucketSummary:
     listed: int = 0
     reused: int = 0
     scanned: int = 0
+    contenders: str = "{}"  # choosing.contenders JSON: what one_per_study and --limit decide on
 
 
 def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> BucketSummary:
     """All fragments of one volume bucket -> its plan (kept in storage) and its summary."""
 
     previous = {r["volume_id"]: r for r in read_part(s.output, bucket)}
-    counts, todo = settle_bucket(bucket, planning.merge_bucket(fragments, previous, s, IndexParts(s.output)), s)
+    planned = planning.merge_bucket(fragments, previous, s, IndexParts(s.output))
+    found = choosing.contenders(planned, s) if s.selecting else {}
+    counts, todo = settle_bucket(bucket, planned, s)
     return BucketSummary(bucket, todo, counts.to_json(), *(sum(getattr(f, k) for f in fragments)
-                                                           for k in ("listed", "reused", "scanned")))
+                                                           for k in ("listed", "reused", "scanned")),
+                         contenders=json.dumps(found))
+
+
+def demote_bucket(bucket: int, why: dict[str, str], s: SegmentSettings) -> tuple[TableCounts, int]:
+    """The run-wide choices (choosing.decide) applied to one bucket already planned: its plan, or
+    its table part when it had nothing to segment. Returns (counts so far, volumes to segment)."""
+    uri = plan_part_uri(s.output, bucket)
+    if storage.exists(uri):
+        planned = choosing.demote(read_plan(s.output, bucket), why, s)
+        counts, todo = settle_bucket(bucket, planned, s)
+        if not todo:
+            storage.delete(uri)
+        return counts, todo
+    rows = choosing.demote_rows(read_part(s.output, bucket), why, s)
+    rows.sort(key=lambda r: (r["status"] != Status.OK.value, r["volume_id"]))
+    storage.write_bytes(volume_part_uri(s.output, bucket), table_bytes(VolumeRecord, rows))
+    counts = count_rows(rows)
+    counts.parts_written = 1
+    return counts, 0
 
 
 def read_plan(out: str, bucket: int, action: Action | None = None) -> list[PlannedVolume]:

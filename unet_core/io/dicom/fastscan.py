@@ -35,6 +35,9 @@ FIELDS = {
     "InstanceNumber": ("IS", False), "BitsAllocated": ("US", False), "BitsStored": ("US", False),
     "PixelRepresentation": ("US", False), "RescaleSlope": ("DS", False), "RescaleIntercept": ("DS", False),
     "ImageType": ("CS", True), "PhotometricInterpretation": ("CS", False),
+    # for the selection rules (unet_core/segmentation/selection.py)
+    "BodyPartExamined": ("CS", False), "FrameOfReferenceUID": ("UI", False), "ContrastBolusAgent": ("LO", False),
+    "ContrastBolusRoute": ("LO", False), "SeriesDescription": ("LO", False), "ConvolutionKernel": ("SH", False),
 }
 _WANT = {tag_for_keyword(k): k for k in FIELDS}
 # Enhanced objects keep their geometry in these sequences: pydicom parses those.

@@ -36,6 +36,7 @@ from unet_core.io.dicom.parse import (
     code_string,
     library_errors,
     parse,
+    text,
     transfer_syntax,
     uid_string,
     value,
@@ -98,6 +99,15 @@ class DicomHeader:
     instance_number: int | None = None
     image_type: str = ""  # ImageType values joined by "\\" (LOCALIZER marks a scout)
     missing_bytes: int = 0  # pixel data the header declares beyond the object's end (truncated)
+    # For the selection rules: a code string, a UID, whether a contrast agent or route is recorded,
+    # and whether SeriesDescription / ConvolutionKernel match the run's patterns (digest
+    # `text_rules`; None: no pattern). Those two texts are never stored (`texts`, below).
+    body_part: str = ""
+    frame_of_reference: str = ""
+    contrast: bool = False
+    description_match: bool | None = None
+    kernel_match: bool | None = None
+    text_rules: str = ""
 
     @property
     def enhanced(self) -> bool:
@@ -323,11 +333,28 @@ def header_from_dataset(ds: Any, uri: str, size: int, has_pixels: bool) -> Dicom
         rows=integer(ds, "Rows", uri), columns=integer(ds, "Columns", uri), frames=frames_of(ds, uri),
         orientation=orientation, position=position, pixel_spacing=spacing,
         slice_thickness=thickness, instance_number=_optional_int(ds, "InstanceNumber", uri),
+        body_part=code_string(text(ds, "BodyPartExamined")),
+        frame_of_reference=uid_string(text(ds, "FrameOfReferenceUID")),
+        contrast=bool(text(ds, "ContrastBolusAgent").strip() or text(ds, "ContrastBolusRoute").strip()),
     )
+    # Free text, for the selection rules' patterns: held on the object, never a field (not stored).
+    h.texts = {"series_description": _free_text(ds, "SeriesDescription"),
+               "convolution_kernel": _free_text(ds, "ConvolutionKernel")}
     verdict = classify(ds, h, has_pixels)
     if verdict is not None:
         h.kind, h.error_type, h.reason = verdict
     return h
+
+
+def _free_text(ds: Any, keyword: str) -> str:
+    """A free-text value, several values joined by "\\"; "" when absent or unreadable."""
+    try:
+        v = value(ds, keyword, "")
+    except UnreadableFileError:
+        return ""
+    if v is None or isinstance(v, (bytes, bytearray)):
+        return ""
+    return str(v) if isinstance(v, str) else "\\".join(str(x) for x in v)
 
 
 # ---- the scan ---------------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""Nodes a job loses while it runs on a cluster: one line each, Ray's own account only with -v.
+
+When a node goes (a machine preempted, a raylet killed), Ray retries the tasks that ran there on
+the other nodes and restarts actors; the job goes on. What Ray prints meanwhile (the death notices
+of the node and its workers, the raylet's state dump) is about 40 lines in the middle of the
+progress display. In quiet mode those lines are held back (`quieting.is_node_loss_noise`) and `NodeWatch`
+says, per lost node:
+
+    lost node 10.0.3.7 (node 1a2b3c4d): 5 tasks there failed and are retried on the other nodes
+
+With -v every line of Ray's is printed as it comes, and the watch's line as well.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from jobs.output import say
+
+log = logging.getLogger("unet")
+
+SETTLE_SECONDS = 5.0  # after a loss is seen, the time allowed for Ray to record the failed tasks
+
+
+class NodeWatch:
+    """Polls the cluster's node table every `every` seconds in a daemon thread for the life of the
+    process (a job attached to a cluster); says one line per node that was alive and is not."""
+
+    def __init__(self, every: float = 2.0):
+        self.every = every
+        self.alive: dict[str, dict] = {}
+        self.lost: dict[str, str] = {}  # node id -> the line said
+        self._thread = threading.Thread(target=self._run, daemon=True, name="unet-node-watch")
+
+    def start(self) -> NodeWatch:
+        self._poll()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.every)
+            try:
+                self._poll()
+            except Exception:  # noqa: BLE001 - Ray shut down, or the head is gone: the job says so itself
+                log.debug("node watch stopped", exc_info=True)
+                return
+
+    def _poll(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not initialised")
+        for node in ray.nodes():
+            node_id = node["NodeID"]
+            if node.get("Alive"):
+                self.alive[node_id] = node
+            elif node_id in self.alive and node_id not in self.lost:
+                self.lost[node_id] = ""
+                time.sleep(SETTLE_SECONDS)
+                self.lost[node_id] = line = lost_node_line(self.alive[node_id], failed_tasks(node_id))
+                say(line)
+
+    @property
+    def lines(self) -> list[str]:
+        return [v for v in self.lost.values() if v]
+
+
+def failed_tasks(node_id: str) -> int | None:
+    """Task attempts that failed on the node (Ray retries tasks and restarts actors elsewhere), from
+    Ray's state API; None where it does not answer."""
+    try:
+        from ray.util.state import list_tasks
+
+        tasks = list_tasks(filters=[("node_id", "=", node_id), ("state", "=", "FAILED")], limit=10_000,
+                           raise_on_missing_output=False, timeout=10)
+        return len(tasks)
+    except Exception:  # noqa: BLE001 - the count is a courtesy; the line is said without it
+        log.debug("could not count the failed tasks of node %s", node_id, exc_info=True)
+        return None
+
+
+def lost_node_line(node: dict, failed: int | None) -> str:
+    where = f"{node.get('NodeManagerAddress', '?')} (node {node['NodeID'][:8]})"
+    if failed is None:
+        return f"lost node {where}: its tasks are retried on the other nodes"
+    return f"lost node {where}: {failed} task{'s' if failed != 1 else ''} there failed and are retried on the other nodes"

@@ -1,0 +1,142 @@
+"""The selection rules applied to a run's planned volumes (the rules themselves: selection.py).
+
+    select(planned, s)              per bucket, at planning: the rules and --sample; a volume left
+                                    out becomes a skipped row, `not_selected`, naming the rule
+    contenders(planned, s)          per bucket: what the run-wide choices need of its volumes
+    decide(s, contenders)           at the driver: one_per_study across the archive (the series of
+                                    a study may sit in several buckets) and --limit
+    demote(planned | rows, reasons) the volumes those choices leave out, as not_selected rows
+
+What the driver holds for `decide` is one small tuple per selected volume (never per object):
+about 150 bytes, 30 MB for 200,000 volumes.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import replace
+
+from unet_core.errors import ErrorType
+from unet_core.segmentation import selection
+from unet_core.segmentation.records import Action, Format, PlannedVolume, Status, VolumeRecord
+from unet_core.segmentation.settings import SegmentSettings
+
+
+def facts_of(members, fmt: Format) -> str:
+    """The selection facts of a volume planned from its members (a grouping.VolumeMembers)."""
+    if fmt == Format.NIFTI:
+        return selection.facts_of_nifti(members.headers[0]).to_json()
+    n_slices = sum(max(1, h.frames) for h in members.headers)
+    return selection.facts_of_dicom(members.headers, n_slices).to_json()
+
+
+def stored_facts(prev: dict | None, s: SegmentSettings) -> selection.VolumeFacts | None:
+    """A previous row's selection facts, when they were made with this run's free-text patterns."""
+    if not prev or not prev.get("selection_facts") or (prev.get("text_rules") or "") != s.rules.text_digest():
+        return None
+    return selection.VolumeFacts.from_json(prev["selection_facts"])
+
+
+def was_not_selected(prev: dict | None, fp: str) -> bool:
+    return bool(prev) and prev["fingerprint"] == fp and prev["error_type"] == ErrorType.NOT_SELECTED.value
+
+
+def _status(p: PlannedVolume) -> str:
+    return json.loads(p.record)["status"] if p.record else ""
+
+
+def _candidate(p: PlannedVolume) -> bool:
+    """A volume the rules decide on: to segment, or carried (ok, or left out by the last rules)."""
+    if p.volume_id.startswith("obj-") or not p.facts:
+        return False
+    return p.action == Action.SEGMENT or (p.action == Action.CARRY and _status(p) in (Status.OK, Status.SKIPPED))
+
+
+def select(planned: list[PlannedVolume], s: SegmentSettings) -> list[PlannedVolume]:
+    """The rules and --sample over one bucket's planned volumes. A carried row the rules leave out
+    again gets this run's message; a volume the rules take again after leaving it out last time
+    was planned from its members (planning.merge_bucket), so it is segmented."""
+    rules = s.rules
+    why: dict[str, str] = {}
+    for p in planned:
+        if not _candidate(p):
+            continue
+        if reason := selection.verdict(rules, selection.VolumeFacts.from_json(p.facts)):
+            why[p.volume_id] = reason
+        elif s.sample is not None and not selection.in_sample(p.volume_id, s.sample, s.seed):
+            why[p.volume_id] = f"not in the --sample {s.sample:g} (seed {s.seed})"
+    return demote(planned, why, s)
+
+
+def contenders(planned: list[PlannedVolume], s: SegmentSettings) -> dict:
+    """{"study": [[volume id, study, frame of reference, thickness, slices, bucket]] of every
+    selected volume (one_per_study), "limit": [[rank, volume id, bucket]] of the `limit` lowest
+    ranks among the volumes to segment (--limit)}."""
+    out: dict = {}
+    if s.rules.one_per_study != "all":
+        out["study"] = []
+        for p in planned:
+            if _candidate(p) and _status(p) != Status.SKIPPED:
+                f = selection.VolumeFacts.from_json(p.facts)
+                out["study"].append([p.volume_id, f.study_uid, f.frame_of_reference, f.slice_thickness,
+                                     f.slice_spacing, f.n_slices, p.bucket])
+    if s.limit is not None:
+        ranked = ((selection.sample_rank(p.volume_id, s.seed), p.volume_id, p.bucket)
+                  for p in planned if p.action == Action.SEGMENT)
+        out["limit"] = [list(r) for r in heapq.nsmallest(s.limit, ranked)]
+    return out
+
+
+def decide(s: SegmentSettings, found: list[dict]) -> dict[int, dict[str, str]]:
+    """The run-wide choices over every bucket's contenders: {bucket: {volume id: why not}}."""
+    out: dict[int, dict[str, str]] = {}
+    if s.rules.one_per_study != "all":
+        rows = [r for c in found for r in c.get("study", [])]
+        facts = [(r[0], selection.VolumeFacts(study_uid=r[1], frame_of_reference=r[2], slice_thickness=r[3],
+                                              slice_spacing=r[4], n_slices=r[5])) for r in rows]
+        bucket = {r[0]: r[6] for r in rows}
+        for vid, reason in selection.one_per_study(s.rules, facts).items():
+            out.setdefault(bucket[vid], {})[vid] = reason
+    if s.limit is not None:
+        ranked = sorted(tuple(r) for c in found for r in c.get("limit", []))
+        left_out = {vid for b in out.values() for vid in b}
+        kept = 0
+        for _, vid, b in ranked:
+            if vid in left_out:
+                continue
+            if kept < s.limit:
+                kept += 1
+            else:
+                out.setdefault(b, {})[vid] = f"beyond the --limit {s.limit} (seed {s.seed})"
+    return out
+
+
+def not_selected_record(fields: dict, reason: str, facts: str, s: SegmentSettings) -> VolumeRecord:
+    """The skipped row of a volume left out: its identity and facts, none of its outputs."""
+    n_slices = selection.VolumeFacts.from_json(facts).n_slices if facts else 0
+    return VolumeRecord(
+        volume_id=fields["volume_id"], source=fields["source"], format=fields["format"], series_uid=fields["series_uid"],
+        status=Status.SKIPPED, error=f"{fields['source']}: not selected: {reason}", error_type=ErrorType.NOT_SELECTED,
+        fingerprint=fields["fingerprint"], n_objects=int(fields.get("n_objects") or 0), n_slices=n_slices,
+        model=s.model_name, model_identity=s.model_identity, selection_facts=facts, text_rules=s.rules.text_digest())
+
+
+def demote(planned: list[PlannedVolume], why: dict[str, str], s: SegmentSettings) -> list[PlannedVolume]:
+    """Planned volumes with those named in `why` turned into not_selected rows (set aside)."""
+    out = []
+    for p in planned:
+        if p.volume_id not in why:
+            out.append(p)
+            continue
+        n_objects = len(json.loads(p.members)) if p.action == Action.SEGMENT else json.loads(p.record).get("n_objects", 0)
+        fields = {"volume_id": p.volume_id, "source": p.source, "format": p.format.value, "series_uid": p.series_uid,
+                  "fingerprint": p.fingerprint, "n_objects": n_objects}
+        rec = not_selected_record(fields, why[p.volume_id], p.facts, s)
+        out.append(replace(p, action=Action.SET_ASIDE, members="[]", record=json.dumps(rec.to_row())))
+    return out
+
+
+def demote_rows(rows: list[dict], why: dict[str, str], s: SegmentSettings) -> list[dict]:
+    """Volume-table rows with those named in `why` turned into not_selected rows."""
+    return [not_selected_record(r, why[r["volume_id"]], r.get("selection_facts") or "", s).to_row()
+            if r["volume_id"] in why else r for r in rows]

@@ -39,27 +39,30 @@ from jobs.options import (
     add_ray_args,
     apply_output_args,
     limits_from,
+    load_config_file,
     parse_with_config,
 )
 from jobs.output import configure as configure_output
 from jobs.output import log, safe, say
+from jobs.plan_view import plan_only
 from jobs.predictors import Predictors, predict_with
 from jobs.progress import Progress, Timer
 from jobs.runtime import cluster_address, init_ray
 from unet_core import ownership
 from unet_core.bundle import bundle_identity, read_info
 from unet_core.config import from_dict, to_dict
-from unet_core.errors import InputError
+from unet_core.errors import ConfigError, InputError
 from unet_core.io import listing, storage
 from unet_core.io.lease import Lease
 from unet_core.report import segment_report
+from unet_core.segmentation import choosing, planning, sizing
 from unet_core.segmentation import layout as lay
-from unet_core.segmentation import planning, sizing
 from unet_core.segmentation.records import Action, Fragment, PlannedVolume, Status
+from unet_core.segmentation.selection import SelectionRules
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import Outcome, segment_volume
 from unet_core.segmentation.summary import RunSummary
-from unet_core.segmentation.tables import BucketSummary, TableCounts, plan_bucket, read_plan
+from unet_core.segmentation.tables import BucketSummary, TableCounts, demote_bucket, plan_bucket, read_plan
 
 EXIT_SOME_FAILED = Exit.SOME_FAILED
 INLINE_RESULT_BYTES = 1024  # task results under this size would live in the driver (docs/design.md, "Driver memory")
@@ -103,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-symlinks", action="store_true",
                    help="follow directory symlinks of a local archive (loops are detected by real path)")
     p.add_argument("--overwrite", action="store_true", help="redo every volume, and read every header again")
+    g = p.add_argument_group("choosing what to segment (README: \"Choosing what to segment\")")
+    g.add_argument("--select", default=None, metavar="FILE.yaml",
+                   help="selection rules (modality, image_type_includes, orientation, slice_thickness_mm, "
+                        "one_per_study, ...): they replace the bundle's input_rules key by key; in --config, "
+                        "a mapping under 'select'")
+    g.add_argument("--plan-only", action="store_true",
+                   help="list, scan and plan as a run would (incremental), load no model, write plan.parquet "
+                        "and print what a run would do")
+    g.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="segment at most N of the selected volumes (the same N on every run: by volume id hash)")
+    g.add_argument("--sample", type=float, default=None, metavar="FRACTION",
+                   help="segment this fraction of the selected volumes (by volume id hash; e.g. 0.01)")
+    g.add_argument("--seed", type=int, default=0, help="of --limit and --sample")
     add_output_args(p)
     add_ray_args(p)
     add_limit_args(p)
@@ -193,6 +209,11 @@ def _main(argv: list[str]) -> int:
     apply_output_args(args)
 
     info = read_info(args.model)
+    selection_rules(args, info)  # a rule that cannot be read fails here, before anything is listed (exit 2)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    if args.sample is not None and not 0 < args.sample <= 1:
+        raise ConfigError("--sample must be a fraction in (0, 1]")
     out = storage.absolute(args.output)
     low, high = sizing.predictor_counts(args.concurrency, args.min_predictors, args.max_predictors)
     # Task results under this size are returned into the driver's own memory instead of the object
@@ -209,9 +230,11 @@ def _main(argv: list[str]) -> int:
         init_ray(args.address, args.num_cpus or sizing.local_cpus(os.cpu_count() or 1, low, args.num_gpus),
                  verbose=args.verbose)
         with Predictors(args.model, args.batch_size, args.precision, args.xla, low, high, args.num_gpus) as pool:
-            if layout is None:
+            if layout is None and not args.plan_only:
                 pool.start()  # a first run: the predictors load while the archive is listed and scanned
             planned = plan(args, info, inputs, out, layout, low, timer)
+            if args.plan_only:  # no model is loaded
+                return plan_only(planned, out, high)
             segmented = segment(args, planned, pool, low)
         return finish(args, info, planned, segmented, timer)
 
@@ -244,7 +267,21 @@ def _settings(args, info, out: str, layout: lay.Layout) -> SegmentSettings:
         largest_component=args.largest_component, fill_holes=args.fill_holes, qc=args.qc, dicom_seg=args.dicom_seg,
         keep_phi=args.keep_phi, keep_localizers=args.keep_localizers, assume_modality=args.assume_modality,
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
-        partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs))
+        partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs),
+        selection=json.dumps(selection_rules(args, info).to_dict()), sample=args.sample, limit=args.limit,
+        seed=args.seed)
+
+
+def selection_rules(args, info) -> SelectionRules:
+    """The bundle's input_rules, with --select's keys (a file, or a mapping from --config) over them."""
+    override = args.select
+    where = "--select"
+    if isinstance(override, str):
+        where = override
+        override = load_config_file(override)
+    elif override is not None and not isinstance(override, dict):
+        raise ConfigError(f"select in --config must be a mapping of rules (got {type(override).__name__})")
+    return SelectionRules.from_dict(info.input_rules, "the bundle's input_rules").merged(override, where)
 
 
 def _task_slots(args, low: int) -> int:
@@ -289,16 +326,24 @@ def plan(args, info, inputs: tuple[str, ...], out: str, layout: lay.Layout | Non
     summaries = (scanned.groupby("bucket", num_partitions=max(1, min(layout.buckets, 2 * slots)))
                  .map_groups(merge_bucket, fn_kwargs={"settings": cfg}, batch_format="pyarrow"))
     planned = Planned(settings, layout)
+    counts: dict[int, TableCounts] = {}
+    todo: dict[int, int] = {}
+    found: dict[int, dict] = {}
     for r in summaries.iter_rows():  # one row per bucket: bounded by the layout, not the archive
         b = BucketSummary(**r)
         planned.listed, planned.reused, planned.scanned = (planned.listed + b.listed, planned.reused + b.reused,
                                                            planned.scanned + b.scanned)
         planned.seen.add(b.bucket)
-        planned.totals.add(TableCounts.from_json(b.counts))
-        if b.todo:
-            planned.pending.append((b.bucket, b.todo))
+        counts[b.bucket], todo[b.bucket] = TableCounts.from_json(b.counts), b.todo
+        found[b.bucket] = json.loads(b.contenders)
     if not planned.listed:
         raise InputError(f"no objects under {', '.join(inputs)}")
+    # The run-wide choices: one_per_study over studies spread across buckets, and --limit.
+    for bucket, demotion in choosing.decide(settings, found).items():
+        counts[bucket], todo[bucket] = demote_bucket(bucket, demotion, settings)
+    for c in counts.values():
+        planned.totals.add(c)
+    planned.pending = [(b, n) for b, n in sorted(todo.items()) if n]
     log.debug("planned; driver RSS %s", _rss_mib())
     planned.seconds = timer.seconds
     say(f"planning: {planned.listed:,} objects listed ({planned.scanned:,} headers read, {planned.reused:,} "
@@ -357,7 +402,10 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
         output=out, model=info.name, model_identity=planned.settings.model_identity,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         volumes_ok=totals.by_status.get(Status.OK, 0), volumes_failed=totals.by_status.get(Status.ERROR, 0),
-        objects_skipped=totals.by_status.get(Status.SKIPPED, 0), failures_by_type=dict(totals.by_error_type),
+        objects_skipped=totals.by_status.get(Status.SKIPPED, 0) - sum(totals.not_selected.values()),
+        failures_by_type=dict(totals.by_error_type), volumes_not_selected=sum(totals.not_selected.values()),
+        not_selected_by_rule=dict(totals.not_selected), selection=planned.settings.rules.to_dict(),
+        sample=args.sample, limit=args.limit, seed=args.seed,
         volume_table_parts_written=totals.parts_written, objects_listed=planned.listed,
         headers_read=planned.scanned, headers_unchanged=planned.reused, segmented_now=done.segmented,
         resumed_from_records=done.resumed, slices_now=done.slices,
@@ -371,8 +419,11 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
     report = segment_report(out, summary, totals.failures)
     print(f"segmented {done.segmented} volumes ({done.slices} slices, {summary.slices_per_second:.1f} slices/s) "
           f"in {timer.seconds:.0f}s; {summary.volumes_ok} ok, {summary.volumes_failed} failed, "
-          f"{summary.objects_skipped} objects skipped; {planned.listed} objects listed, {planned.scanned} headers "
+          + (f"{summary.volumes_not_selected} not selected, " if summary.volumes_not_selected else "")
+          + f"{summary.objects_skipped} objects skipped; {planned.listed} objects listed, {planned.scanned} headers "
           f"read -> {out}")
+    if summary.not_selected_by_rule:
+        print("  not selected, by rule: " + ", ".join(f"{k} {v}" for k, v in totals.not_selected.most_common()))
     print(safe(f"  report: {report}"))
     if done.resumed:
         print(f"  {done.resumed} already complete (recorded by an interrupted run; not redone)")

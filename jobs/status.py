@@ -70,7 +70,13 @@ def _main(argv: list[str]) -> int:
                      f"objects listed ({summary.headers_read:,} headers read)")
         lines.append(f"  model: {summary.model} (identity {summary.model_identity})")
         lines.append(f"  privacy: {summary.privacy()}")
-    lines.append(f"  volumes: {ok:,} ok, {failed:,} failed, {skipped:,} objects skipped")
+    not_selected = sum(agg.not_selected.values())
+    lines.append(f"  volumes: {ok:,} ok, {failed:,} failed, {not_selected:,} not selected, "
+                 f"{skipped - not_selected:,} objects skipped")
+    if summary:
+        lines.append(f"  selection: {summary.selection_line()}")
+    if agg.not_selected:
+        lines.append("  not selected, by rule: " + ", ".join(f"{k} {v:,}" for k, v in agg.not_selected.most_common()))
     if agg.by_error_type:
         lines.append("  failures by reason: " + ", ".join(f"{k} {v:,}" for k, v in agg.by_error_type.most_common()))
     if interrupted:

@@ -23,6 +23,7 @@ from unet_core.config import ModelConfig, PreprocessConfig, from_dict
 from unet_core.errors import ConfigError, InputError
 from unet_core.io import storage
 from unet_core.io.dicom.seg import check_segment_codes
+from unet_core.segmentation.selection import SelectionRules
 
 if TYPE_CHECKING:  # Keras is imported where a model is loaded or saved: reading a bundle's
     import keras  # description (every decode task does) must not pay for TensorFlow.
@@ -48,9 +49,13 @@ class BundleInfo:
     # a code being {"scheme": "SCT", "value": "...", "meaning": "..."}; labels not named get the
     # generic default (unet_core/io/dicom_seg.py, DEFAULT_CODES).
     segment_codes: dict = field(default_factory=dict)
+    # The input the model is made for: selection rules (unet_core/segmentation/selection.py) that
+    # `unet segment` applies unless --select overrides them key by key.
+    input_rules: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_segment_codes(self.segment_codes, self.label_names)
+        SelectionRules.from_dict(self.input_rules, "the bundle's input_rules")  # refused at packaging, not at a run
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -140,10 +145,12 @@ def _check_model_fits(model: keras.Model, info: BundleInfo) -> None:
 
 def package_model(keras_file: str, uri: str, preprocess: PreprocessConfig, threshold: float = 0.5,
                   label_names: list[str] | None = None, name: str = "user-model",
-                  keras_modules: list[str] | None = None, segment_codes: dict | None = None) -> BundleInfo:
+                  keras_modules: list[str] | None = None, segment_codes: dict | None = None,
+                  input_rules: dict | None = None) -> BundleInfo:
     """Turn a user's own `.keras` model (input (s, s, C), sigmoid or softmax output) into a bundle.
     `keras_modules` name the modules that register its custom layers, if it has any;
-    `segment_codes` the coded category and type of each foreground label in DICOM SEG output."""
+    `segment_codes` the coded category and type of each foreground label in DICOM SEG output;
+    `input_rules` the series it is made for (selection rules: the README, "Choosing what to segment")."""
 
     from unet_core.model.pretrained import load_model_file
 
@@ -154,6 +161,6 @@ def package_model(keras_file: str, uri: str, preprocess: PreprocessConfig, thres
     labels = label_names or (["background", "foreground"] if k == 1 else [f"label_{i}" for i in range(k)])
     info = BundleInfo(preprocess=preprocess, model=None, threshold=threshold, label_names=labels, name=name,
                       training={"source": os.path.basename(keras_file)}, keras_modules=list(keras_modules or []),
-                      segment_codes=dict(segment_codes or {}))
+                      segment_codes=dict(segment_codes or {}), input_rules=dict(input_rules or {}))
     save_bundle(uri, model, info)
     return info

@@ -54,7 +54,7 @@ SEGMENT_OUTPUT = OutputKind(
      "masks": re.compile(rf"masks/{VOLUME_ID}\.nii\.gz"), "slices": re.compile(rf"slices/{VOLUME_ID}\.parquet"),
      "qc": re.compile(rf"qc/{VOLUME_ID}\.png"), "seg": re.compile(rf"seg/{VOLUME_ID}\.dcm"),
      "report": re.compile(r"report/[a-z0-9_]+\.png")},
-    ("layout.json", "summary.json", "report.html", "evaluation.parquet"),
+    ("layout.json", "summary.json", "report.html", "evaluation.parquet", "plan.parquet"),
     ("series_index", "volumes", "plan", "records", "masks", "slices", "qc", "seg"))
 # Case ids are sanitised names ([A-Za-z0-9_.-]); Ray Data names the shards it writes.
 PREPARE_OUTPUT = OutputKind(

@@ -22,6 +22,7 @@ import jinja2
 import numpy as np
 
 from unet_core.io import storage
+from unet_core.segmentation.selection import rule_of
 from unet_core.segmentation.summary import RunSummary
 
 REPORT_FILE = "report.html"
@@ -31,7 +32,7 @@ MAX_PART_LINKS = 16
 GALLERY = 60
 ML_BINS = np.concatenate([[0.0], np.logspace(-2, 5, 57)])  # 0.01 mL .. 100 L, log-spaced
 HU_BINS = np.arange(-1000.0, 2001.0, 25.0)
-COLUMNS = ["volume_id", "status", "error_type", "finished", "n_slices", "mask_volume_ml", "mean_hu_in_mask",
+COLUMNS = ["volume_id", "status", "error_type", "error", "finished", "n_slices", "mask_volume_ml", "mean_hu_in_mask",
            "decode_seconds", "predict_seconds", "write_seconds", "qc_uri"]
 
 
@@ -59,6 +60,7 @@ class VolumeAggregates:
 
     by_status: Counter = field(default_factory=Counter)
     by_error_type: Counter = field(default_factory=Counter)
+    not_selected: Counter = field(default_factory=Counter)  # volumes left out, by the rule that did
     per_minute: Counter = field(default_factory=Counter)  # "YYYY-mm-ddTHH:MM" -> volumes finished
     slices_per_minute: Counter = field(default_factory=Counter)
     ml_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(ML_BINS) - 1, np.int64))
@@ -73,6 +75,8 @@ class VolumeAggregates:
             self.by_status[r["status"]] += 1
             if r["status"] == "error":
                 self.by_error_type[r.get("error_type") or "unknown"] += 1
+            elif r.get("error_type") == "not_selected":
+                self.not_selected[rule_of(r.get("error") or "")] += 1
             if r["status"] != "ok":
                 continue
             if r.get("finished"):
@@ -194,6 +198,7 @@ def segment_report(out: str, summary: RunSummary, failures: list[tuple[str, str]
         title=out, summary=summary, model_identity=summary.model_identity,
         written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         by_status=sorted(agg.by_status.items()), by_error_type=agg.by_error_type.most_common(),
+        not_selected=agg.not_selected.most_common(), selection=summary.selection_line(),
         failures=failures or [], plots=_Plots(plots), slowest=slowest,
         gallery=[{"volume_id": v, "href": relative(out, u)} for v, u in agg.gallery],
         gallery_more=agg.gallery_total > len(agg.gallery), gallery_total=agg.gallery_total, links=links,

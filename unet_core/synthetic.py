@@ -171,9 +171,11 @@ def dicom_series(
     series_description: str = "synthetic CT",
     study_uid: str | None = None,
     series_uid: str | None = None,
+    attributes: dict | None = None,
 ) -> tuple[list[tuple[str, bytes]], np.ndarray, np.ndarray]:
     """Write a phantom as a CT series. Returns ([(file name, bytes)] in instance order, HU and
-    labels on the series grid of `series_grid(spec)`)."""
+    labels on the series grid of `series_grid(spec)`). `attributes`: keyword -> value set on every
+    instance last (ImageType, ConvolutionKernel, FrameOfReferenceUID, ...)."""
     affine, shape = series_grid(spec)
     hu, labels = phantom_volume(phantom, affine, shape, seed, noise)
     row, col, positions = series_geometry_of(spec)
@@ -187,6 +189,8 @@ def dicom_series(
         stored = np.clip(hu[:, :, k].T + 1024.0, 0, 4095).astype(np.uint16)  # (rows, cols)
         ds = _ct_dataset(study_uid, series_uid, instance, pos, row, col, spec, patient_name,
                          patient_id, series_description)
+        for keyword, value in (attributes or {}).items():
+            setattr(ds, keyword, value)
         ds.PixelData = stored.tobytes()
         files.append((f"IM{instance:05d}.dcm", to_bytes(ds)))
     return files, hu, labels

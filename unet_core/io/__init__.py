@@ -41,7 +41,7 @@ def read_objects(uris: Sequence[str], limits: Limits | None = None) -> list[byte
     out: dict[str, bytes] = {}
     for container, members in by_archive.items():
         zipped = archive.Archive.shared(container, limits)  # kept open for this process's next volume
-        for uri in members:
+        for uri in sorted(members, key=lambda u: zipped.offset(archive.split_member(u)[1])):  # in stored order
             out[uri] = zipped.read(archive.split_member(uri)[1])
     return [out[u] if u in out else read_object(u, limits) for u in uris]
 

@@ -127,6 +127,14 @@ class Archive:
             out.append(Member(member_uri, info.filename, info.file_size, error, kind if error else None))
         return out
 
+    def offset(self, name: str) -> int:
+        """Where a member is stored (-1 when there is no such member): reading members in this
+        order reads the archive forwards, each range fetched once."""
+        try:
+            return self.zf.getinfo(name).header_offset
+        except KeyError:
+            return -1
+
     def read(self, name: str) -> bytes:
         """One member's bytes, read with a hard decompression limit (declared sizes can lie)."""
         limit = self.limits.max_decompressed_bytes

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from unet_core.errors import ErrorType
 from unet_core.segmentation import selection
@@ -69,9 +69,9 @@ def select(planned: list[PlannedVolume], s: SegmentSettings) -> list[PlannedVolu
 
 
 def contenders(planned: list[PlannedVolume], s: SegmentSettings) -> dict:
-    """{"study": [[volume id, study, frame of reference, thickness, slices, bucket]] of every
-    selected volume (one_per_study), "limit": [[rank, volume id, bucket]] of the `limit` lowest
-    ranks among the volumes to segment (--limit)}."""
+    """{"study": [[volume id, study, frame of reference, thickness, spacing, slices, bucket]] of
+    every selected volume (one_per_study); "limit": [rank, volume id] of the `limit` lowest ranks
+    among the volumes to segment, and "limit_max": the highest rank among them (--limit)}."""
     out: dict = {}
     if s.rules.one_per_study != "all":
         out["study"] = []
@@ -81,33 +81,40 @@ def contenders(planned: list[PlannedVolume], s: SegmentSettings) -> dict:
                 out["study"].append([p.volume_id, f.study_uid, f.frame_of_reference, f.slice_thickness,
                                      f.slice_spacing, f.n_slices, p.bucket])
     if s.limit is not None:
-        ranked = ((selection.sample_rank(p.volume_id, s.seed), p.volume_id, p.bucket)
-                  for p in planned if p.action == Action.SEGMENT)
+        ranked = [(selection.sample_rank(p.volume_id, s.seed), p.volume_id) for p in planned if p.action == Action.SEGMENT]
         out["limit"] = [list(r) for r in heapq.nsmallest(s.limit, ranked)]
+        out["limit_max"] = max((r for r, _ in ranked), default=-1.0)
     return out
 
 
-def decide(s: SegmentSettings, found: list[dict]) -> dict[int, dict[str, str]]:
-    """The run-wide choices over every bucket's contenders: {bucket: {volume id: why not}}."""
-    out: dict[int, dict[str, str]] = {}
+@dataclass
+class Demotion:
+    """What the run-wide choices leave out of one bucket: volumes by id, and (--limit) every
+    volume to segment whose rank is above `beyond`."""
+
+    why: dict[str, str] = field(default_factory=dict)
+    beyond: float | None = None
+
+
+def decide(s: SegmentSettings, found: dict[int, dict]) -> dict[int, Demotion]:
+    """The run-wide choices over every bucket's contenders ({bucket: contenders}). one_per_study
+    first; --limit then keeps the `limit` lowest ranks among the volumes to segment that are left."""
+    out: dict[int, Demotion] = {}
     if s.rules.one_per_study != "all":
-        rows = [r for c in found for r in c.get("study", [])]
+        rows = [r for c in found.values() for r in c.get("study", [])]
         facts = [(r[0], selection.VolumeFacts(study_uid=r[1], frame_of_reference=r[2], slice_thickness=r[3],
                                               slice_spacing=r[4], n_slices=r[5])) for r in rows]
         bucket = {r[0]: r[6] for r in rows}
         for vid, reason in selection.one_per_study(s.rules, facts).items():
-            out.setdefault(bucket[vid], {})[vid] = reason
+            out.setdefault(bucket[vid], Demotion()).why[vid] = reason
     if s.limit is not None:
-        ranked = sorted(tuple(r) for c in found for r in c.get("limit", []))
-        left_out = {vid for b in out.values() for vid in b}
-        kept = 0
-        for _, vid, b in ranked:
-            if vid in left_out:
-                continue
-            if kept < s.limit:
-                kept += 1
-            else:
-                out.setdefault(b, {})[vid] = f"beyond the --limit {s.limit} (seed {s.seed})"
+        left_out = {vid for d in out.values() for vid in d.why}
+        ranks = sorted(r for c in found.values() for r, vid in c.get("limit", []) if vid not in left_out)
+        if len(ranks) > s.limit:  # more to segment than the limit: keep the lowest ranks
+            cutoff = ranks[s.limit - 1]
+            for b, c in found.items():
+                if c.get("limit_max", -1.0) > cutoff:
+                    out.setdefault(b, Demotion()).beyond = cutoff
     return out
 
 
@@ -121,17 +128,23 @@ def not_selected_record(fields: dict, reason: str, facts: str, s: SegmentSetting
         model=s.model_name, model_identity=s.model_identity, selection_facts=facts, text_rules=s.rules.text_digest())
 
 
-def demote(planned: list[PlannedVolume], why: dict[str, str], s: SegmentSettings) -> list[PlannedVolume]:
-    """Planned volumes with those named in `why` turned into not_selected rows (set aside)."""
+def demote(planned: list[PlannedVolume], why: dict[str, str], s: SegmentSettings,
+           beyond: float | None = None) -> list[PlannedVolume]:
+    """Planned volumes with those named in `why`, and those to segment ranked above `beyond`
+    (--limit), turned into not_selected rows (set aside)."""
     out = []
     for p in planned:
-        if p.volume_id not in why:
+        reason = why.get(p.volume_id)
+        if reason is None and beyond is not None and p.action == Action.SEGMENT and (
+                selection.sample_rank(p.volume_id, s.seed) > beyond):
+            reason = f"beyond the --limit {s.limit} (seed {s.seed})"
+        if reason is None:
             out.append(p)
             continue
         n_objects = len(json.loads(p.members)) if p.action == Action.SEGMENT else json.loads(p.record).get("n_objects", 0)
         fields = {"volume_id": p.volume_id, "source": p.source, "format": p.format.value, "series_uid": p.series_uid,
                   "fingerprint": p.fingerprint, "n_objects": n_objects}
-        rec = not_selected_record(fields, why[p.volume_id], p.facts, s)
+        rec = not_selected_record(fields, reason, p.facts, s)
         out.append(replace(p, action=Action.SET_ASIDE, members="[]", record=json.dumps(rec.to_row())))
     return out
 

@@ -194,16 +194,23 @@ class VolumeFacts:
     contrast: bool | None = None
     study_uid: str = ""
     frame_of_reference: str = ""
+    rows: int = 0
+    columns: int = 0
     known: tuple[str, ...] = field(default_factory=lambda: RULE_KEYS)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
+    @property
+    def decoded_bytes(self) -> int:
+        """The volume's voxels as the pipeline holds them (float32)."""
+        return self.n_slices * self.rows * self.columns * 4
+
     @classmethod
     def from_json(cls, text: str) -> VolumeFacts | None:
         if not text:
             return None
-        d = json.loads(text)
+        d = {k: v for k, v in json.loads(text).items() if k in _FACT_FIELDS}  # facts of another version
         for key in ("image_type", "known"):
             d[key] = tuple(d[key])
         if d.get("pixel_spacing") is not None:
@@ -211,6 +218,7 @@ class VolumeFacts:
         return cls(**d)
 
 
+_FACT_FIELDS = {f.name for f in fields(VolumeFacts)}
 RULE_KEYS = ("modality", "image_type_includes", "image_type_excludes", "orientation", "slice_thickness_mm",
              "slice_spacing_mm", "min_slices", "max_slices", "pixel_spacing_mm", "body_part", "series_description",
              "convolution_kernel", "contrast", "one_per_study")
@@ -263,7 +271,7 @@ def facts_of_dicom(headers: list, n_slices: int) -> VolumeFacts:
         pixel_spacing=tuple(first.pixel_spacing) if first.pixel_spacing else None, body_part=first.body_part,
         description_match=(all(matches) if matches else None), kernel_match=(all(kernels) if kernels else None),
         contrast=any(h.contrast for h in headers), study_uid=first.study_uid,
-        frame_of_reference=first.frame_of_reference)
+        frame_of_reference=first.frame_of_reference, rows=first.rows, columns=first.columns)
 
 
 def facts_of_nifti(row) -> VolumeFacts:
@@ -271,7 +279,8 @@ def facts_of_nifti(row) -> VolumeFacts:
     axis, angle = orientation_of(row.orientation)
     return VolumeFacts(orientation=axis, orientation_angle=None if angle is None else round(angle, 2),
                        slice_spacing=row.slice_thickness, n_slices=row.frames,
-                       pixel_spacing=tuple(row.pixel_spacing) if row.pixel_spacing else None, known=NIFTI_KNOWN)
+                       pixel_spacing=tuple(row.pixel_spacing) if row.pixel_spacing else None, rows=row.rows,
+                       columns=row.columns, known=NIFTI_KNOWN)
 
 
 # ---- the verdict -------------------------------------------------------------------------------------
@@ -374,6 +383,16 @@ def one_per_study(rules: SelectionRules, candidates: list[tuple[str, VolumeFacts
         for vid, _ in ranked[1:]:
             out[vid] = f"study has a {why} series {winner} (one_per_study: {rules.one_per_study})"
     return out
+
+
+def rule_of(error: str) -> str:
+    """The rule a not_selected message names ("slice_thickness 5 mm not in ..." -> slice_thickness)."""
+    reason = error.split(": not selected: ", 1)[-1]
+    for key in ("--sample", "--limit", "one_per_study"):
+        if key in reason:
+            return key.lstrip("-")
+    first = reason.split(" ", 1)[0]
+    return "slices" if first.isdigit() else first
 
 
 # ---- trial runs -------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ class RunSummary:
     volumes_failed: int = 0
     objects_skipped: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
+    volumes_not_selected: int = 0  # left out by the selection rules, --sample or --limit (skipped rows)
+    not_selected_by_rule: dict[str, int] = field(default_factory=dict)
     volume_table_parts_written: int = 0
     # listing and planning
     objects_listed: int = 0
@@ -43,6 +45,10 @@ class RunSummary:
     dicom_seg: bool = False
     qc: bool = False
     keep_phi: bool = False
+    selection: dict = field(default_factory=dict)  # the selection rules (the bundle's, then --select's)
+    sample: float | None = None
+    limit: int | None = None
+    seed: int = 0
 
     def privacy(self) -> str:
         """What the output may carry of patients' identity, in one line."""
@@ -50,6 +56,15 @@ class RunSummary:
                   else "tables, reports and logs hold no patient name, ID or birth date")
         seg = "; seg/ carries the patient and study modules (DICOM SEG)" if self.dicom_seg else ""
         return tables + seg
+
+    def selection_line(self) -> str:
+        """The rules the output was made with, in one line."""
+        parts = [f"{k}={v}" for k, v in self.selection.items()]
+        if self.sample is not None:
+            parts.append(f"--sample {self.sample:g} (seed {self.seed})")
+        if self.limit is not None:
+            parts.append(f"--limit {self.limit} (seed {self.seed})")
+        return "; ".join(parts) if parts else "every volume (no selection rules)"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -2,13 +2,14 @@
 records this run wrote; and the counts a job summary needs (never rows)."""
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 from unet_core.errors import ITEM_ERRORS, ErrorType
 from unet_core.io import storage
-from unet_core.segmentation import choosing, planning
+from unet_core.segmentation import choosing, planning, selection
 from unet_core.segmentation.layout import index_part_uri, plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
     Action,
@@ -86,18 +87,13 @@ def count_rows(rows: list[dict]) -> TableCounts:
             if len(counts.failures) < MAX_FAILURES_SHOWN:
                 counts.failures.append((r["volume_id"], r["error"]))
         elif r["error_type"] == ErrorType.NOT_SELECTED.value:
-            counts.not_selected[_rule_of(r["error"])] += 1
+            counts.not_selected[selection.rule_of(r["error"])] += 1
     return counts
 
 
-def _rule_of(error: str) -> str:
-    """The rule a not_selected message names ("slice_thickness 5 mm not in ..." -> slice_thickness)."""
-    reason = error.split(": not selected: ", 1)[-1]
-    for key in ("--sample", "--limit", "one_per_study"):
-        if key in reason:
-            return key.lstrip("-")
-    first = reason.split(" ", 1)[0]
-    return "slices" if first.isdigit() else first
+def _identity(row: dict) -> tuple:
+    """What makes a table row another one: a part whose rows all keep it is not rewritten."""
+    return (row["volume_id"], row["fingerprint"], row["status"], row["error"], row.get("selection_facts") or "")
 
 
 def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> TableCounts:
@@ -107,7 +103,7 @@ def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) ->
     counts = count_rows(rows)
     previous = read_part(s.output, bucket)
     unchanged = (all(p.action != Action.SEGMENT for p in planned) and
-                 [(r["volume_id"], r["fingerprint"]) for r in previous] == [(r["volume_id"], r["fingerprint"]) for r in rows])
+                 [_identity(r) for r in previous] == [_identity(r) for r in rows])
     if not unchanged:
         if rows or previous:
             storage.write_bytes(volume_part_uri(s.output, bucket), table_bytes(VolumeRecord, rows))
@@ -152,12 +148,13 @@ def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> B
                          contenders=json.dumps(found))
 
 
-def demote_bucket(bucket: int, why: dict[str, str], s: SegmentSettings) -> tuple[TableCounts, int]:
+def demote_bucket(bucket: int, d: choosing.Demotion, s: SegmentSettings) -> tuple[TableCounts, int]:
     """The run-wide choices (choosing.decide) applied to one bucket already planned: its plan, or
     its table part when it had nothing to segment. Returns (counts so far, volumes to segment)."""
     uri = plan_part_uri(s.output, bucket)
+    why = d.why
     if storage.exists(uri):
-        planned = choosing.demote(read_plan(s.output, bucket), why, s)
+        planned = choosing.demote(read_plan(s.output, bucket), why, s, d.beyond)
         counts, todo = settle_bucket(bucket, planned, s)
         if not todo:
             storage.delete(uri)
@@ -219,3 +216,76 @@ def read_volume_table(out: str) -> list[dict]:
 
 def read_series_index(out: str) -> list[dict]:
     return read_table_folder(storage.join(out, "series_index"))
+
+
+# ---- the plan a user reads (unet segment --plan-only) ----------------------------------------------
+PLAN_TABLE = "plan.parquet"
+PLAN_COLUMNS = ("volume_id", "source", "study_uid", "format", "plan", "reason", "n_slices", "estimated_bytes")
+
+
+@dataclass
+class PlanTotals:
+    """What --plan-only prints: volumes by what a run would do with them, and the work to do."""
+
+    by_plan: Counter = field(default_factory=Counter)  # segment / done / not_selected / error / skipped
+    not_selected: Counter = field(default_factory=Counter)  # by rule
+    slices: int = 0  # of the volumes to segment
+    estimated_bytes: int = 0  # their voxels, decoded
+
+
+def _plan_row(vid: str, source: str, fmt: str, plan: str, reason: str, facts: str) -> dict:
+    f = selection.VolumeFacts.from_json(facts) if facts else None
+    return {"volume_id": vid, "source": source, "study_uid": f.study_uid if f else "", "format": fmt, "plan": plan,
+            "reason": reason, "n_slices": f.n_slices if f else 0, "estimated_bytes": f.decoded_bytes if f else 0}
+
+
+def _plan_of(row: dict) -> str:
+    if row["status"] == Status.OK.value:
+        return "done"
+    if row["error_type"] == ErrorType.NOT_SELECTED.value:
+        return "not_selected"
+    return row["status"]
+
+
+def plan_rows(out: str, bucket: int, pending: bool) -> list[dict]:
+    """One bucket's volumes (objects set aside are left out) as rows of the plan table."""
+    rows = []
+    if pending:
+        for p in read_plan(out, bucket):
+            if p.action == Action.SEGMENT:
+                rows.append(_plan_row(p.volume_id, p.source, p.format.value, "segment", "", p.facts))
+            elif not p.volume_id.startswith("obj-"):
+                r = json.loads(p.record)
+                rows.append(_plan_row(p.volume_id, p.source, p.format.value, _plan_of(r), r["error"] if r["status"]
+                                      != Status.OK.value else "", p.facts))
+    else:
+        for r in read_part(out, bucket):
+            if not r["volume_id"].startswith("obj-"):
+                rows.append(_plan_row(r["volume_id"], r["source"], r["format"], _plan_of(r),
+                                      r["error"] if r["status"] != Status.OK.value else "", r.get("selection_facts", "")))
+    return rows
+
+
+def write_plan_table(out: str, buckets: int, pending: set[int]) -> PlanTotals:
+    """plan.parquet: every volume with what a run would do with it, written part by part (one
+    bucket's rows held at a time)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, pa.int64() if c in ("n_slices", "estimated_bytes") else pa.string()) for c in PLAN_COLUMNS])
+    totals = PlanTotals()
+    sink = io.BytesIO()
+    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        for bucket in range(buckets):
+            rows = plan_rows(out, bucket, bucket in pending)
+            for r in rows:
+                totals.by_plan[r["plan"]] += 1
+                if r["plan"] == "segment":
+                    totals.slices += r["n_slices"]
+                    totals.estimated_bytes += r["estimated_bytes"]
+                elif r["plan"] == "not_selected":
+                    totals.not_selected[selection.rule_of(r["reason"])] += 1
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    storage.write_bytes(storage.join(out, PLAN_TABLE), sink.getvalue())
+    return totals

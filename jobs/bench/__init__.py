@@ -8,6 +8,7 @@
                         per object, re-runs with nothing new and with 1% new series
     unet bench zip      the same archive as a folder and as one zip, locally and on S3 (moto's
                         server): time side by side, and the GETs each sends
+    unet bench select   planning with the selection rules against without, on synthetic studies
     unet bench inference  predictor slices/s on this machine: float32, XLA, mixed_float16, mixed_bfloat16
     unet bench gpu      the one command for a machine with NVIDIA GPUs (see jobs/bench/gpu.py)
     unet bench all      io, train and segment (scale writes 220,000 files: run it by itself)
@@ -26,8 +27,8 @@ from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args
 from jobs.output import configure as configure_output
 
-BENCHES = ("io", "train", "segment", "scale", "zip", "inference", "gpu")
-MODULES = {"zip": "zipped"}  # a bench whose module is not named after it
+BENCHES = ("io", "train", "segment", "scale", "zip", "select", "inference", "gpu")
+MODULES = {"zip": "zipped", "select": "selecting"}  # a bench whose module is not named after it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale-objects", type=int, default=20_000, help="objects of the small archive (the large one has 10x)")
     c.add_argument("--scale-series-slices", type=int, default=50, help="objects (32x32 slices) per series")
     c.add_argument("--scale-factor", type=int, default=10)
+    q = p.add_argument_group("select")
+    q.add_argument("--select-objects", type=int, default=20_000, help="objects of the archive (136 per study)")
     z = p.add_argument_group("zip")
     z.add_argument("--zip-objects", type=int, default=20_000, help="objects of the archive (--scale-series-slices per series)")
     i = p.add_argument_group("inference")

@@ -1,0 +1,87 @@
+"""`unet bench select`: what the selection rules cost at planning. The same archive of synthetic
+hospital studies (unet_core/synthetic_studies.py: nine series per study, 136 objects), planned
+by `unet segment --plan-only` without rules and with the README's chest CT rules (seven rules, a
+kernel pattern, one_per_study), each a separate process on a fresh output, then each re-planned
+with nothing changed. Printed: planning seconds side by side and their ratio (target <= 1.1).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import yaml
+
+from jobs.bench.common import make_bundle
+from unet_core.synthetic_studies import write_studies
+
+SIZE = 32
+OBJECTS_PER_STUDY = 136  # scout 1, thin 32, thick 8, lung 32, contrast 32, coronal 13, sagittal 13, mip 4, dose 1
+CHEST = {"modality": ["CT"], "image_type_includes": ["ORIGINAL"], "image_type_excludes": ["LOCALIZER", "DERIVED"],
+         "orientation": "axial", "slice_thickness_mm": [0.5, 3.0], "convolution_kernel": "^B[1-4]", "contrast": "no",
+         "one_per_study": "thinnest"}
+_PLANNING = re.compile(r"planning: ([\d,]+) objects listed .* in (\d+)s")
+
+
+def _write(args: tuple[str, int, int]) -> int:
+    root, first, count = args
+    for p in range(first, first + count):
+        write_studies(os.path.join(root, f"batch{p:05d}"), n_patients=1, studies_per_patient=1, size=SIZE, seed=p)
+    return count
+
+
+def write_archive(root: str, studies: int) -> None:
+    step = 20
+    jobs = [(root, a, min(step, studies - a)) for a in range(0, studies, step)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(_write, jobs))
+
+
+def plan_only(archive: str, bundle: str, out: str, select: str | None) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "jobs.cli", "segment", "--input", archive, "--model", bundle, "--output", out,
+           "--plan-only", *(["--select", select] if select else [])]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if done.returncode != 0:
+        raise RuntimeError(f"unet segment --plan-only exited {done.returncode}:\n{done.stderr[-3000:]}")
+    m = _PLANNING.search(done.stderr)
+    return {"wall_s": wall, "planning_s": int(m.group(2)) if m else None, "printed": done.stdout}
+
+
+def run(args, work: str) -> dict:
+    os.makedirs(work, exist_ok=True)
+    bundle = os.path.join(work, "bundle")
+    make_bundle(bundle, SIZE, 8)
+    studies = max(1, args.select_objects // OBJECTS_PER_STUDY)
+    archive = os.path.join(work, f"archive{studies}")
+    t = time.perf_counter()
+    if not os.path.isdir(archive):
+        write_archive(archive, studies)
+    written = time.perf_counter() - t
+    rules = os.path.join(work, "chest.yaml")
+    with open(rules, "w") as f:
+        yaml.safe_dump(CHEST, f)
+    result: dict = {"studies": studies, "objects": studies * OBJECTS_PER_STUDY, "write_s": written}
+    for name, select in (("without", None), ("with", rules)):
+        out = os.path.join(work, f"out-{name}-{studies}")
+        subprocess.run(["rm", "-rf", out], check=True)
+        result[name] = {"first": plan_only(archive, bundle, out, select), "again": plan_only(archive, bundle, out, select)}
+    w, r = result["without"], result["with"]
+    print(f"select: {result['objects']:,} objects in {studies:,} studies (nine series each), planned by "
+          "`unet segment --plan-only`, each run a separate process")
+    print(f"  {'run':<28}{'without rules':>16}{'with rules':>14}{'ratio':>9}   target")
+    for run_name in ("first", "again"):
+        for key, label in (("planning_s", "planning, s"), ("wall_s", "whole process, s")):
+            a, b = w[run_name][key], r[run_name][key]
+            ratio = b / a if a else float("nan")
+            result[f"{run_name}_{key}_ratio"] = ratio
+            print(f"  {run_name + ': ' + label:<28}{a:>16.1f}{b:>14.1f}{ratio:>8.2f}x   "
+                  f"{'<= 1.1' if key == 'planning_s' else ''}")
+    print("  with rules: " + r["first"]["printed"].strip().splitlines()[0])
+    return result

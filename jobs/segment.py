@@ -416,7 +416,7 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
         keep_phi=args.keep_phi)
     summary.write()
 
-    report = segment_report(out, summary, totals.failures)
+    report = segment_report(out, summary)
     print(f"segmented {done.segmented} volumes ({done.slices} slices, {summary.slices_per_second:.1f} slices/s) "
           f"in {timer.seconds:.0f}s; {summary.volumes_ok} ok, {summary.volumes_failed} failed, "
           + (f"{summary.volumes_not_selected} not selected, " if summary.volumes_not_selected else "")

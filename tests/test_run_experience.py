@@ -99,7 +99,8 @@ def _check_page(page: Path) -> list[str]:
     assert parser.refs
     for ref in parser.refs:
         assert "://" not in ref and not ref.startswith("/"), ref  # relative: opens from a bucket or a laptop
-        assert (page.parent / ref).is_file(), f"{page}: {ref} does not resolve"
+        target = page.parent / ref
+        assert target.is_file() or (ref.endswith("/") and target.is_dir()), f"{page}: {ref} does not resolve"
     return parser.refs
 
 
@@ -111,12 +112,14 @@ def test_segment_report_and_status(small, tmp_path):
     refs = _check_page(out / "report.html")
     assert {"report/throughput.png", "report/volume_ml.png", "report/mean_hu.png", "summary.json"} <= set(refs)
     assert sum(r.startswith("qc/") for r in refs) == 6  # 3 montages, each an image inside its link
-    assert any(r.startswith("volumes/part-") for r in refs)
+    assert {"volumes/", "series_index/", "masks/", "qc/"} <= set(refs)  # each table folder once
+    assert not any(r.startswith("volumes/part-") for r in refs)
     page = (out / "report.html").read_text()
     assert "Slowest volumes" in page and "ok</td>" in page
     rc, status = run_unet("status", str(out))
     assert rc == 0
-    assert "volumes: 3 ok, 0 failed, 0 objects skipped" in status
+    assert "volumes: 3 ok, 0 failed, 0 not selected, 0 objects skipped" in status
+    assert "selection: every volume (no selection rules)" in status
     assert "a re-run would" in status and "report:" in status and "model: tiny" in status
     rc, status = run_unet("status", str(tmp_path))
     assert rc == 2 and "not a `unet segment` output" in status

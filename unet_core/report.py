@@ -28,11 +28,22 @@ from unet_core.segmentation.summary import RunSummary
 REPORT_FILE = "report.html"
 PLOTS_FOLDER = "report"
 SLOWEST = 10
-MAX_PART_LINKS = 16
+MAX_FAILURE_GROUPS = 40  # (reason, folder) groups listed; the rest are counted
+EXAMPLES = 3
+PER_SECOND_LIMIT = 7200  # distinct seconds kept for the throughput plot of a short run
+TABLES = (  # what the report links, once each, and how to read it
+    ("volumes", "the volume table: one row per volume (and per object set aside)"),
+    ("series_index", "the series index: one row per listed object"),
+    ("records", "per-volume completion records (ok/, error/)"),
+    ("masks", "masks, <volume_id>.nii.gz on the source grid"),
+    ("slices", "per-slice masks, <volume_id>.parquet"),
+    ("seg", "DICOM SEG, <volume_id>.dcm"),
+    ("qc", "QC montages, <volume_id>.png"),
+)
 GALLERY = 60
 ML_BINS = np.concatenate([[0.0], np.logspace(-2, 5, 57)])  # 0.01 mL .. 100 L, log-spaced
 HU_BINS = np.arange(-1000.0, 2001.0, 25.0)
-COLUMNS = ["volume_id", "status", "error_type", "error", "finished", "n_slices", "mask_volume_ml", "mean_hu_in_mask",
+COLUMNS = ["volume_id", "source", "status", "error_type", "error", "finished", "n_slices", "mask_volume_ml", "mean_hu_in_mask",
            "decode_seconds", "predict_seconds", "write_seconds", "qc_uri"]
 
 
@@ -63,6 +74,10 @@ class VolumeAggregates:
     not_selected: Counter = field(default_factory=Counter)  # volumes left out, by the rule that did
     per_minute: Counter = field(default_factory=Counter)  # "YYYY-mm-ddTHH:MM" -> volumes finished
     slices_per_minute: Counter = field(default_factory=Counter)
+    per_second: Counter = field(default_factory=Counter)  # "YYYY-mm-ddTHH:MM:SS" -> volumes (short runs)
+    slices_per_second: Counter = field(default_factory=Counter)
+    failure_groups: Counter = field(default_factory=Counter)  # (error type, folder) -> volumes / objects
+    failure_examples: dict = field(default_factory=dict)  # (error type, folder) -> a few sources
     ml_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(ML_BINS) - 1, np.int64))
     hu_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(HU_BINS) - 1, np.int64))
     slowest: list = field(default_factory=list)  # a min-heap of (seconds, volume id, row)
@@ -75,14 +90,18 @@ class VolumeAggregates:
             self.by_status[r["status"]] += 1
             if r["status"] == "error":
                 self.by_error_type[r.get("error_type") or "unknown"] += 1
+                self._failure(r)
             elif r.get("error_type") == "not_selected":
                 self.not_selected[rule_of(r.get("error") or "")] += 1
             if r["status"] != "ok":
                 continue
             if r.get("finished"):
-                minute = r["finished"][:16]
+                minute, second = r["finished"][:16], r["finished"][:19]
                 self.per_minute[minute] += 1
                 self.slices_per_minute[minute] += int(r.get("n_slices") or 0)
+                if second in self.per_second or len(self.per_second) < PER_SECOND_LIMIT:
+                    self.per_second[second] += 1
+                    self.slices_per_second[second] += int(r.get("n_slices") or 0)
             if r.get("mask_volume_ml") is not None:
                 ml.append(float(r["mask_volume_ml"]))
             if r.get("mean_hu_in_mask") is not None:
@@ -102,6 +121,24 @@ class VolumeAggregates:
             self.ml_hist += np.histogram(np.clip(ml, 0, ML_BINS[-1]), ML_BINS)[0]
         if hu:
             self.hu_hist += np.histogram(np.clip(hu, HU_BINS[0], HU_BINS[-1]), HU_BINS)[0]
+
+
+    def _failure(self, r: dict) -> None:
+        """Failures grouped by reason and folder (24 gzipped files of one folder are one line)."""
+        source = str(r.get("source") or "")
+        folder = source.rstrip("/").rsplit("/", 1)[0] + "/" if "/" in source.rstrip("/") else source
+        key = (r.get("error_type") or "unknown", folder)
+        self.failure_groups[key] += 1
+        examples = self.failure_examples.setdefault(key, [])
+        if len(examples) < EXAMPLES:
+            examples.append(source.rstrip("/").rsplit("/", 1)[-1] or r["volume_id"])
+
+    def failure_table(self) -> tuple[list[dict], int]:
+        """The largest groups first, and how many failures the groups not listed hold."""
+        groups = self.failure_groups.most_common()
+        shown = [{"reason": k[0], "folder": k[1], "count": n, "examples": self.failure_examples[k]}
+                 for k, n in groups[:MAX_FAILURE_GROUPS]]
+        return shown, sum(n for _, n in groups[MAX_FAILURE_GROUPS:])
 
 
 def aggregate_volume_table(out: str) -> VolumeAggregates:
@@ -137,17 +174,15 @@ def _plots(agg: VolumeAggregates) -> dict[str, bytes]:
 
     out = {}
     if agg.per_minute:
-        minutes = sorted(agg.per_minute)
-        t = [time.mktime(time.strptime(m, "%Y-%m-%dT%H:%M")) for m in minutes]
-        t0 = t[0]
-        x = [(v - t0) / 60.0 for v in t]
+        x, volumes, slices, width, unit = _throughput_series(agg)
         fig, ax = plt.subplots(figsize=(9, 3))
-        ax.bar(x, [agg.per_minute[m] for m in minutes], width=0.9, color="#4c78a8", label="volumes / min")
-        ax.set_xlabel(f"minutes after {minutes[0]}Z")
-        ax.set_ylabel("volumes finished / min")
+        ax.bar(x, volumes, width=width * 0.9, align="edge", color="#4c78a8")
+        ax.set_xlabel(f"{unit} after {min(agg.per_minute)}Z")
+        ax.set_ylabel(f"volumes finished per {width:g} {unit}")
         ax2 = ax.twinx()
-        ax2.plot(x, [agg.slices_per_minute[m] / 60.0 for m in minutes], color="#f58518", marker=".", label="slices/s")
+        ax2.plot([v + width / 2 for v in x], slices, color="#f58518", marker=".")
         ax2.set_ylabel("slices/s")
+        ax.set_xlim(0, max(x[-1] + width, width))
         ax.set_title("throughput over time")
         out["throughput.png"] = _png(fig)
     if agg.ml_hist.sum():
@@ -168,13 +203,38 @@ def _plots(agg: VolumeAggregates) -> dict[str, bytes]:
     return out
 
 
+def _throughput_series(agg: VolumeAggregates) -> tuple[list[float], list[int], list[float], float, str]:
+    """(bin starts, volumes per bin, slices/s per bin, bin width, unit) with the unit and bins chosen
+    from the run's length: seconds for a run of a few minutes, minutes up to a few hours, hours
+    beyond; about 40 bins."""
+    short = len(agg.per_second) < PER_SECOND_LIMIT and agg.per_second
+    counts, slice_counts = (agg.per_second, agg.slices_per_second) if short else (agg.per_minute, agg.slices_per_minute)
+    fmt = "%Y-%m-%dT%H:%M:%S" if short else "%Y-%m-%dT%H:%M"
+    stamps = {k: time.mktime(time.strptime(k, fmt)) for k in counts}
+    t0 = min(stamps.values())
+    span = max(stamps.values()) - t0 + (1 if short else 60)
+    unit, scale = ("seconds", 1.0) if span <= 300 else ("minutes", 60.0) if span <= 3 * 3600 else ("hours", 3600.0)
+    step = max(1.0 if short else 60.0, span / 40)
+    for nice in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400):
+        if nice >= step:
+            step = float(nice)
+            break
+    n_bins = int(span // step) + 1
+    volumes, slices = [0] * n_bins, [0] * n_bins
+    for k, t in stamps.items():
+        b = int((t - t0) // step)
+        volumes[b] += counts[k]
+        slices[b] += slice_counts[k]
+    return ([b * step / scale for b in range(n_bins)], volumes, [s / step for s in slices], step / scale, unit)
+
+
 def relative(out: str, uri: str) -> str:
     """A link from a page at the output's root to one of its objects."""
     prefix = out.rstrip("/") + "/"
     return uri[len(prefix):] if uri.startswith(prefix) else uri
 
 
-def segment_report(out: str, summary: RunSummary, failures: list[tuple[str, str]] | None = None) -> str:
+def segment_report(out: str, summary: RunSummary) -> str:
     """Write report.html (and report/*.png) at the root of a segment output; returns its URI."""
     agg = aggregate_volume_table(out)
     plots = {}
@@ -184,22 +244,24 @@ def segment_report(out: str, summary: RunSummary, failures: list[tuple[str, str]
     slowest = [{**row, "total": total, **{k: float(row.get(k) or 0.0) for k in
                                          ("decode_seconds", "predict_seconds", "write_seconds")}}
                for total, _, row in sorted(agg.slowest, key=lambda x: -x[0])]
-    links = [(name, name) for name in ("summary.json", "layout.json") if storage.exists(storage.join(out, name))]
-    for folder, label in (("volumes", "volume table part"), ("series_index", "series index part")):
+    links = [(name, name, "") for name in ("summary.json", "layout.json", "plan.parquet")
+             if storage.exists(storage.join(out, name))]
+    for folder, what in TABLES:
         try:
-            parts = [e.uri for e in storage.list_files(storage.join(out, folder)) if e.uri.endswith(".parquet")]
-        except Exception:  # noqa: BLE001 - none yet
-            parts = []
-        links += [(f"{label} {relative(out, u)}", relative(out, u)) for u in parts[:MAX_PART_LINKS]]
-        if len(parts) > MAX_PART_LINKS:
-            links.append((f"... and {len(parts) - MAX_PART_LINKS} more parts in {folder}/ (read the folder with any "
-                          "Parquet reader)", relative(out, parts[MAX_PART_LINKS])))
+            present = any(True for _ in storage.list_files(storage.join(out, folder)))
+        except Exception:  # noqa: BLE001 - not written by this output
+            present = False
+        if present:
+            how = " (a Parquet dataset: read the folder, e.g. pyarrow.parquet.read_table or pandas.read_parquet)" \
+                if folder in ("volumes", "series_index") else ""
+            links.append((f"{folder}/", f"{folder}/", what + how))
+    failure_groups, failures_not_listed = agg.failure_table()
     html = _env().get_template("segment_report.html.j2").render(
         title=out, summary=summary, model_identity=summary.model_identity,
         written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         by_status=sorted(agg.by_status.items()), by_error_type=agg.by_error_type.most_common(),
         not_selected=agg.not_selected.most_common(), selection=summary.selection_line(),
-        failures=failures or [], plots=_Plots(plots), slowest=slowest,
+        failures=failure_groups, failures_not_listed=failures_not_listed, plots=_Plots(plots), slowest=slowest,
         gallery=[{"volume_id": v, "href": relative(out, u)} for v, u in agg.gallery],
         gallery_more=agg.gallery_total > len(agg.gallery), gallery_total=agg.gallery_total, links=links,
     )

@@ -54,6 +54,13 @@ def plan_only(archive: str, bundle: str, out: str, select: str | None) -> dict:
     return {"wall_s": wall, "planning_s": int(m.group(2)) if m else None, "printed": done.stdout}
 
 
+def _warm(root: str) -> None:
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                f.read()
+
+
 def run(args, work: str) -> dict:
     os.makedirs(work, exist_ok=True)
     bundle = os.path.join(work, "bundle")
@@ -68,10 +75,18 @@ def run(args, work: str) -> dict:
     with open(rules, "w") as f:
         yaml.safe_dump(CHEST, f)
     result: dict = {"studies": studies, "objects": studies * OBJECTS_PER_STUDY, "write_s": written}
-    for name, select in (("without", None), ("with", rules)):
-        out = os.path.join(work, f"out-{name}-{studies}")
+    _warm(archive)  # both sides read from the page cache: the first run would otherwise pay for both
+    runs: dict = {"without": [], "with": []}
+    # Fresh outputs in the order without, with, with, without; then a re-plan of each (nothing
+    # changed). The best of each side's two first runs counts.
+    for name in ("without", "with", "with", "without"):
+        out = os.path.join(work, f"out-{name}-{len(runs[name])}")
         subprocess.run(["rm", "-rf", out], check=True)
-        result[name] = {"first": plan_only(archive, bundle, out, select), "again": plan_only(archive, bundle, out, select)}
+        runs[name].append((out, plan_only(archive, bundle, out, rules if name == "with" else None)))
+    for name in ("without", "with"):
+        out, first = min(runs[name], key=lambda r: r[1]["wall_s"])
+        result[name] = {"first": first, "firsts": [r[1]["wall_s"] for r in runs[name]],
+                        "again": plan_only(archive, bundle, out, rules if name == "with" else None)}
     w, r = result["without"], result["with"]
     print(f"select: {result['objects']:,} objects in {studies:,} studies (nine series each), planned by "
           "`unet segment --plan-only`, each run a separate process")

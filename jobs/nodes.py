@@ -32,10 +32,13 @@ class NodeWatch:
         self.alive: dict[str, dict] = {}
         self.lost: dict[str, str] = {}  # node id -> the line said
         self._thread = threading.Thread(target=self._run, daemon=True, name="unet-node-watch")
+        self._lock = threading.Lock()
 
     def start(self) -> NodeWatch:
+        global _CURRENT
         self._poll()
         self._thread.start()
+        _CURRENT = self
         return self
 
     def _run(self) -> None:
@@ -52,6 +55,10 @@ class NodeWatch:
 
         if not ray.is_initialized():
             raise RuntimeError("Ray is not initialised")
+        with self._lock:
+            self._poll_locked(ray)
+
+    def _poll_locked(self, ray) -> None:
         for node in ray.nodes():
             node_id = node["NodeID"]
             if node.get("Alive"):
@@ -85,4 +92,20 @@ def lost_node_line(node: dict, failed: int | None) -> str:
     where = f"{node.get('NodeManagerAddress', '?')} (node {node['NodeID'][:8]})"
     if failed is None:
         return f"lost node {where}: its tasks are retried on the other nodes"
+    if failed == 0:
+        return f"lost node {where}: no task of this job failed there; the job goes on without it"
     return f"lost node {where}: {failed} task{'s' if failed != 1 else ''} there failed and are retried on the other nodes"
+
+
+_CURRENT: NodeWatch | None = None
+
+
+def check_before_the_summary() -> None:
+    """One last look at the node table before a job prints its summary: a node lost in the last
+    seconds of a run is still said."""
+    if _CURRENT is None:
+        return
+    try:
+        _CURRENT._poll()
+    except Exception:  # noqa: BLE001 - the summary goes on without it
+        log.debug("the last node check failed", exc_info=True)

@@ -13,12 +13,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 import numpy as np
 import psutil
 
+from jobs.output import log
 from unet_core.errors import ConfigError
 from unet_core.inference import SlicePredictor
 from unet_core.segmentation.stages import PredictionFailed
@@ -42,6 +44,9 @@ class PredictorServer:
         return prob, self.predictor.model_seconds - before
 
 
+READY_ATTEMPTS = 10  # predictors restarted while they load (a node lost), before the job gives up
+
+
 class PredictorPool:
     def __init__(self, bundle_uri: str, batch_size: int, precision: str, xla: bool, min_size: int, max_size: int,
                  num_gpus: float):
@@ -59,11 +64,22 @@ class PredictorPool:
         self._last_used = [time.monotonic()] * min_size
         self.started = min_size
 
-    def ready(self) -> int:
-        """Block until the first `min_size` predictors have loaded; raises if the model cannot load."""
+    def ready(self, attempts: int = READY_ATTEMPTS) -> int:
+        """Block until the first `min_size` predictors have loaded; raises if the model cannot load.
+        A predictor whose node or process went while it loaded is restarted by Ray (max_restarts):
+        that is waited for, a few times; an exception of the model's own loading is raised at once."""
         import ray
 
-        ray.get([s.ready.remote() for s in self._servers])
+        for attempt in range(attempts):
+            try:
+                ray.get([s.ready.remote() for s in self._servers])
+                return len(self._servers)
+            except ray.exceptions.RayTaskError:
+                raise  # the bundle itself cannot load
+            except ray.exceptions.RayActorError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(2.0)  # Ray restarts it elsewhere
         return len(self._servers)
 
     def acquire(self, exclusive: bool = False) -> tuple[int, object] | None:
@@ -122,9 +138,13 @@ class PredictorPool:
 def start_pool(bundle_uri: str, batch_size: int, precision: str, xla: bool, min_size: int, max_size: int,
                num_gpus: float):
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # num_cpus=0: routing is bookkeeping; max_concurrency: `ready` blocks while `acquire` answers.
-    return ray.remote(PredictorPool).options(num_cpus=0, max_concurrency=64).remote(
+    # On the driver's node: the pool owns the predictors, and a node lost elsewhere must not take it
+    # (with the driver's node, the job goes anyway).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(PredictorPool).options(num_cpus=0, max_concurrency=64, scheduling_strategy=here).remote(
         bundle_uri, batch_size, precision, xla, min_size, max_size, num_gpus)
 
 
@@ -170,8 +190,11 @@ class Predictors:
 
         try:  # the predictors go now, not whenever their handles are collected
             ray.get(self.pool.shutdown.remote(), timeout=60)
+        except (ray.exceptions.RayError, TimeoutError):  # gone already: the job's own error is the one to show
+            log.debug("the predictor pool could not be shut down cleanly", exc_info=True)
         finally:
-            ray.kill(self.pool)
+            with contextlib.suppress(Exception):
+                ray.kill(self.pool)
             self.pool = None
 
 

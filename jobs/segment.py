@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import psutil
 
 from jobs.exits import Exit, run_main
+from jobs.nodes import check_before_the_summary
 from jobs.options import (
     add_limit_args,
     add_output_args,
@@ -390,6 +391,7 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
     hold a volume go), summary.json, the report, and what the user sees."""
     import ray
 
+    check_before_the_summary()  # a node lost in the last seconds is still said
     out, totals = planned.settings.output, planned.totals
     if planned.pending:
         for r in ray.data.from_items([{"bucket": b} for b, _ in planned.pending]).map(

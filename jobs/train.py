@@ -15,6 +15,7 @@ import os
 import sys
 
 from jobs.exits import Exit, run_main
+from jobs.nodes import check_before_the_summary
 from jobs.options import add_output_args, add_ray_args, apply_output_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log, say
@@ -187,6 +188,7 @@ def _main(argv: list[str]) -> int:
     info = write_bundle(result.checkpoint, output, model_cfg, pre, args.threshold, labels,
                         {"train": to_dict(train_cfg), "augment": to_dict(augment_cfg), "workers": args.workers,
                          "data": args.data, "data_identity": manifest["identity"], "run": f"{storage_uri}/{run_name}"})
+    check_before_the_summary()  # a node lost in the last seconds is still said
     t = info.training
     print(f"trained {len(t['history'])} epochs in {timer.seconds:.0f}s"
           f"{' (stopped early)' if t['stopped_early'] else ''}: best val Dice {t['best_val_dice']:.4f} at epoch "

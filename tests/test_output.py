@@ -107,12 +107,18 @@ def test_the_private_ray_api_the_quieting_patches_is_where_it_was():
         quieting.drop_raylet_noise(verbose=False)
         notice = {"pid": "raylet", "lines": [f"WARNING: 12 PYTHON {quieting.RAYLET_NOTICE} ..."]}
         other = {"pid": "raylet", "lines": ["something else"]}
+        # what the driver receives when a node goes (jobs/nodes.py says it in one line instead)
+        death = {"pid": "raylet", "lines": ["The node with node id: 3f2a and address: 10.0.0.7 and node name: "
+                                            "10.0.0.7 has been marked dead because the detector has missed too many "
+                                            "heartbeats from it."]}
         ray_worker.print_to_stdstream(notice, False)
         ray_worker.print_to_stdstream(other, False)
+        ray_worker.print_to_stdstream(death, False)
         assert printed == [other]
         quieting.drop_raylet_noise(verbose=True)  # patches the original again, not the filter
         ray_worker.print_to_stdstream(notice, False)
-        assert printed == [other, notice]
+        ray_worker.print_to_stdstream(death, False)
+        assert printed == [other, notice, death]
     finally:
         ray_worker.print_to_stdstream = saved
 
@@ -162,3 +168,12 @@ def test_report_groups_failures_by_reason_and_folder_and_scales_its_time_axis():
               for i, (h, m) in enumerate((h, m) for h in range(20) for m in (0, 30))])
     x, volumes, _, width, unit = _throughput_series(long)
     assert unit == "hours" and sum(volumes) == 40 and len(x) <= 41
+
+
+def test_a_lost_node_is_one_line_naming_it():
+    from jobs.nodes import lost_node_line
+
+    node = {"NodeID": "1a2b3c4d5e6f", "NodeManagerAddress": "10.0.3.7"}
+    assert lost_node_line(node, 5) == ("lost node 10.0.3.7 (node 1a2b3c4d): 5 tasks there failed and are retried on "
+                                       "the other nodes")
+    assert "\n" not in lost_node_line(node, None) and "retried" in lost_node_line(node, None)

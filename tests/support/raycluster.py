@@ -158,7 +158,7 @@ def worker_nodes(head: Head, count: int, num_cpus: int = 1, resources: str | Non
     all alive, and stops whichever are still running when the block exits."""
     nodes = []
     try:
-        for i in range(count):
+        for i in range(count):  # one at a time: nodes that register at once on one IP can time out
             ports = dict(zip(NODE_PORT_OPTIONS, free_ports(len(NODE_PORT_OPTIONS)), strict=True))
             cmd = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())", "start",
                    "--address", head.gcs, "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
@@ -167,16 +167,17 @@ def worker_nodes(head: Head, count: int, num_cpus: int = 1, resources: str | Non
                 cmd += [option, str(port)]
             log_path = Path(head.temp_dir) / f"node-{i}.log"
             log = open(log_path, "wb")  # noqa: SIM115 - the node's output, kept for a failing test
-            nodes.append(Node(subprocess.Popen(cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True), log_path))
-        deadline = time.monotonic() + 120
-        while _alive_nodes(head) < count + 1:
-            for n in nodes:
-                if n.proc.poll() is not None:
-                    raise RuntimeError(f"a worker node exited with {n.proc.returncode}:\n{n.log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the worker nodes did not join within 120 s")
-            time.sleep(1.0)
+            node = Node(subprocess.Popen(cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True), log_path)
+            nodes.append(node)
+            deadline = time.monotonic() + 120
+            while _alive_nodes(head) < i + 2:
+                if node.proc.poll() is not None:
+                    raise RuntimeError(f"a worker node exited with {node.proc.returncode}:\n"
+                                       f"{log_path.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a worker node did not join within 120 s")
+                time.sleep(1.0)
         yield nodes
     finally:
         for n in nodes:

@@ -265,7 +265,8 @@ def test_training_on_three_nodes_survives_losing_one_and_says_it_in_one_line(pre
 
     output = str(tmp_path / "model")
     token = secrets.token_hex(32)
-    with ray_head(token=token, num_cpus=2) as head, worker_nodes(head, 2, num_cpus=2) as nodes:
+    # One CPU on the head: at least one of the two training workers lands on a worker node.
+    with ray_head(token=token, num_cpus=1) as head, worker_nodes(head, 2, num_cpus=2) as nodes:
         proc = _unet("train", "--data", prepared, "--output", output, "--workers", "2", "--epochs", "12",
                      "--max-failures", "2", "--address", head.gcs, *SMALL_MODEL,
                      env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))

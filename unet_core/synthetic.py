@@ -196,15 +196,22 @@ def dicom_series(
     return files, hu, labels
 
 
-def _ct_dataset(study_uid, series_uid, instance, position, row, col, spec, patient_name, patient_id,
-                series_description) -> FileDataset:
+def new_dataset(sop_class: str, study_uid: str, series_uid: str) -> FileDataset:
+    """An empty instance of `sop_class` in explicit VR little endian, with its file meta, a new
+    SOP Instance UID and the given study and series."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid(UID_ROOT)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    return ds
+
+
+def _ct_dataset(study_uid, series_uid, instance, position, row, col, spec, patient_name, patient_id,
+                series_description) -> FileDataset:
+    ds = new_dataset(CTImageStorage, study_uid, series_uid)
     ds.FrameOfReferenceUID = generate_uid(UID_ROOT, entropy_srcs=[study_uid, "frame-of-reference"])
     ds.Modality, ds.Manufacturer, ds.BodyPartExamined = "CT", "unet-ray synthetic", "ABDOMEN"
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19700101", "O"

@@ -21,10 +21,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from unet_core.synthetic import UID_ROOT, Phantom, SeriesSpec, dicom_series, to_bytes
+from unet_core.synthetic import UID_ROOT, Phantom, SeriesSpec, dicom_series, new_dataset, to_bytes
 
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 
@@ -56,13 +55,7 @@ EXTENT_MM = 40.0  # along the slice normal: 32 thin slices, 8 thick, 13 reformat
 
 
 def _dose_report(study_uid: str, patient: str) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENHANCED_SR
-    meta.MediaStorageSOPInstanceUID = generate_uid(UID_ROOT)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_SR, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid(UID_ROOT)
+    ds = new_dataset(ENHANCED_SR, study_uid, generate_uid(UID_ROOT))
     ds.Modality, ds.SeriesDescription = "SR", "Dose Report"
     ds.PatientName, ds.PatientID = f"SYNTHETIC^{patient}", patient
     return to_bytes(ds)

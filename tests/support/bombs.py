@@ -25,6 +25,20 @@ from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, to_bytes
 CHUNK = 16 << 20
 
 
+def _zeros(n: int):
+    """n zero bytes in chunks of at most CHUNK (never n at once)."""
+    zeros = b"\0" * CHUNK
+    while n:
+        step = min(n, CHUNK)
+        yield zeros[:step]
+        n -= step
+
+
+def _write_zeros(f, n: int) -> None:
+    for chunk in _zeros(n):
+        f.write(chunk)
+
+
 def _one_slice(seed: int, rows: int = 16) -> pydicom.Dataset:
     (name, data), *_ = dicom_series(Phantom.random(seed), SeriesSpec(rows=rows, columns=rows, n_slices=1), seed=seed)[0]
     return pydicom.dcmread(io.BytesIO(data))
@@ -54,12 +68,7 @@ def deflate_bomb_dicom(inflated: int, seed: int = 901) -> bytes:
     z = zlib.compressobj(9, zlib.DEFLATED, -15)
     parts = [head.getvalue(), z.compress(_encoded(low)),
              z.compress(struct.pack("<HH2s2xI", 0x0099, 0x1010, b"OB", inflated))]
-    zeros = b"\0" * CHUNK
-    left = inflated
-    while left:
-        step = min(left, CHUNK)
-        parts.append(z.compress(zeros[:step]))
-        left -= step
+    parts += [z.compress(chunk) for chunk in _zeros(inflated)]
     parts += [z.compress(_encoded(high)), z.flush()]
     return b"".join(parts)
 
@@ -82,12 +91,7 @@ def zip_bomb(inflated: int, seed: int = 903) -> bytes:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         with zf.open("IM0001.dcm", "w", force_zip64=True) as member:
             member.write(first)
-            zeros = b"\0" * CHUNK
-            left = inflated
-            while left:
-                step = min(left, CHUNK)
-                member.write(zeros[:step])
-                left -= step
+            _write_zeros(member, inflated)
     return buf.getvalue()
 
 
@@ -97,10 +101,5 @@ def gzip_bomb_nifti(inflated: int) -> bytes:
     stream = io.BytesIO()
     with gzip.GzipFile(fileobj=stream, mode="wb", compresslevel=6, mtime=0) as gz:
         gz.write(image.to_bytes())
-        zeros = b"\0" * CHUNK
-        left = inflated
-        while left:
-            step = min(left, CHUNK)
-            gz.write(zeros[:step])
-            left -= step
+        _write_zeros(gz, inflated)
     return stream.getvalue()

@@ -17,6 +17,7 @@ any other change of the rules is decided from stored facts, without reading anyt
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -156,9 +157,7 @@ class SelectionRules:
 
     def text_digest(self) -> str:
         """Of the free-text patterns only: what the series index's match results were made with."""
-        if self.series_description is None and self.convolution_kernel is None:
-            return ""
-        return _digest({"series_description": self.series_description, "convolution_kernel": self.convolution_kernel})
+        return _text_digest(self.series_description, self.convolution_kernel)
 
     def text_matches(self, texts: dict[str, str]) -> tuple[bool | None, bool | None]:
         """(description matches, kernel matches) of one header's text; None where no pattern is set."""
@@ -168,6 +167,14 @@ class SelectionRules:
 
 def _search(pattern: str | None, text: str) -> bool | None:
     return None if pattern is None else re.search(pattern, text or "") is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _text_digest(description: str | None, kernel: str | None) -> str:
+    """Asked for once per object scanned: hashed once per pair of patterns."""
+    if description is None and kernel is None:
+        return ""
+    return _digest({"series_description": description, "convolution_kernel": kernel})
 
 
 def _digest(d: dict) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from jobs.exits import Exit
 from jobs.output import safe
-from unet_core.segmentation.summary import RunSummary
+from unet_core.segmentation.summary import RunSummary, describe_selection
 from unet_core.segmentation.tables import PLAN_TABLE, write_plan_table
 
 DEFAULT_SLICES_PER_SECOND = 20.0  # per predictor: a 256 x 256 U-Net of 16 filters on one CPU core
@@ -42,7 +42,8 @@ def plan_only(planned, out: str, predictors: int) -> int:
           f"{totals.estimated_bytes / GIB:,.1f} GiB decoded), {totals.by_plan['done']:,} done already, "
           f"{totals.by_plan['not_selected']:,} not selected, {totals.by_plan['error']:,} errors "
           f"({planned.listed:,} objects listed, {planned.scanned:,} headers read)")
-    print(f"  selection: {planned.settings.rules.to_dict() or 'every volume (no selection rules)'}")
+    s = planned.settings
+    print(f"  selection: {describe_selection(s.rules.to_dict(), s.sample, s.limit, s.seed)}")
     if totals.not_selected:
         print("  not selected, by rule: " + ", ".join(f"{k} {v:,}" for k, v in totals.not_selected.most_common()))
     if totals.slices:

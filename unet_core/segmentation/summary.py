@@ -11,6 +11,16 @@ from unet_core.io import storage
 SUMMARY_FILE = "summary.json"
 
 
+def describe_selection(rules: dict, sample: float | None, limit: int | None, seed: int) -> str:
+    """Selection rules (SelectionRules.to_dict), --sample and --limit in one line."""
+    parts = [f"{k}={v}" for k, v in rules.items()]
+    if sample is not None:
+        parts.append(f"--sample {sample:g} (seed {seed})")
+    if limit is not None:
+        parts.append(f"--limit {limit} (seed {seed})")
+    return "; ".join(parts) if parts else "every volume (no selection rules)"
+
+
 @dataclass
 class RunSummary:
     output: str
@@ -59,12 +69,7 @@ class RunSummary:
 
     def selection_line(self) -> str:
         """The rules the output was made with, in one line."""
-        parts = [f"{k}={v}" for k, v in self.selection.items()]
-        if self.sample is not None:
-            parts.append(f"--sample {self.sample:g} (seed {self.seed})")
-        if self.limit is not None:
-            parts.append(f"--limit {self.limit} (seed {self.seed})")
-        return "; ".join(parts) if parts else "every volume (no selection rules)"
+        return describe_selection(self.selection, self.sample, self.limit, self.seed)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

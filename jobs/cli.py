@@ -12,6 +12,7 @@ JOBS: dict[str, str] = {
     "train": "data-parallel U-Net training with Ray Train over the shards -> model bundle",
     "segment": "bulk segmentation of DICOM / NIfTI archives with Ray Data -> NIfTI + Parquet",
     "evaluate": "Dice, IoU and HD95 of predicted masks against ground truth",
+    "send": "store an output's DICOM SEGs at a PACS over DICOMweb (STOW-RS), once each",
     "status": "where an existing segment output stands, and what a re-run would do (no recompute)",
     "demo": "the whole product on a synthetic CT archive, on this machine",
     "bench": "benchmarks measured side by side (io, train, segment, scale, inference, gpu)",

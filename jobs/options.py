@@ -83,3 +83,56 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
         parser.error(f"unknown keys in {known.config}: {unknown}")
     parser.set_defaults(**values)
     return parser.parse_args(argv)
+
+
+def add_dicomweb_args(parser: argparse.ArgumentParser, sending_only: bool = False) -> None:
+    """DICOMweb reading and delivery (unet_core/io/dicomweb.py; credentials only from DICOMWEB_*)."""
+    g = parser.add_argument_group("DICOMweb (README: \"Reading from and delivering to a PACS\")")
+    if not sending_only:
+        g.add_argument("--dicomweb-query", default=None, metavar="FILE.yaml",
+                       help="QIDO-RS filters for dicomweb+https:// inputs (StudyDate, Modality, AccessionNumber, "
+                            "...), added to those in the URI; keeps identifying filters out of the command line")
+        g.add_argument("--send-seg", default=None, metavar="URL",
+                       help="store each DICOM SEG at this DICOMweb service (STOW-RS) once written; implies "
+                            "--dicom-seg. A re-run sends what was not sent")
+    g.add_argument("--dicomweb-concurrency", type=int, default=4,
+                   help="at most this many requests at once to a DICOMweb server (a PACS is a shared clinical "
+                        "system); with a DICOMweb input it also caps the scan tasks and the volumes in flight")
+    g.add_argument("--ca-bundle", default=None, metavar="FILE",
+                   help="CA certificates to verify the DICOMweb server's TLS certificate (DICOMWEB_CA_BUNDLE)")
+    g.add_argument("--insecure-http", action="store_true",
+                   help="allow DICOMweb credentials over plain http to another machine (DICOMWEB_ALLOW_HTTP=1)")
+
+
+def apply_dicomweb_args(args: argparse.Namespace, services: list[str]) -> None:
+    """Before anything is written or Ray starts: the settings every worker shares go to the
+    environment, and each service named is asked one small question (wrong credentials, a wrong
+    URL or a server that is down fail the job here, exit 5, having written nothing)."""
+    from unet_core.io import dicomweb
+
+    if args.dicomweb_concurrency < 1:
+        raise ConfigError("--dicomweb-concurrency must be at least 1")
+    if args.ca_bundle:
+        if not os.path.isfile(args.ca_bundle):
+            raise ConfigError(f"--ca-bundle {args.ca_bundle}: no such file")
+        os.environ["DICOMWEB_CA_BUNDLE"] = os.path.abspath(args.ca_bundle)
+    if args.insecure_http:
+        os.environ["DICOMWEB_ALLOW_HTTP"] = "1"
+    for uri in services:
+        dicomweb.probe(uri)
+
+
+def dicomweb_inputs(args: argparse.Namespace) -> list[str]:
+    """`--input` with --dicomweb-query's filters added to each DICOMweb service (validated)."""
+    from unet_core.io import dicomweb
+
+    query = load_config_file(args.dicomweb_query) if args.dicomweb_query else None
+    out = []
+    for uri in args.input:
+        if dicomweb.is_dicomweb(uri):
+            out.append(dicomweb.with_query(uri, query or {}))
+        elif query is not None:
+            raise ConfigError(f"--dicomweb-query applies to dicomweb+https:// inputs; {uri} is not one")
+        else:
+            out.append(uri)
+    return out

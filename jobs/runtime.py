@@ -22,7 +22,8 @@ def forwarded_storage_env() -> dict[str, str]:
 
 def job_settings_env() -> dict[str, str]:
     """This project's settings that every worker of a job must share (--private-outputs)."""
-    return {k: os.environ[k] for k in (PRIVATE_OUTPUTS_ENV,) if os.environ.get(k)}
+    return {k: os.environ[k] for k in (PRIVATE_OUTPUTS_ENV, "DICOMWEB_CA_BUNDLE", "DICOMWEB_ALLOW_HTTP")
+            if os.environ.get(k)}
 
 
 def cluster_address(address: str | None = None) -> str | None:

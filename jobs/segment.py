@@ -35,10 +35,13 @@ import psutil
 from jobs.exits import Exit, run_main
 from jobs.nodes import check_before_the_summary
 from jobs.options import (
+    add_dicomweb_args,
     add_limit_args,
     add_output_args,
     add_ray_args,
+    apply_dicomweb_args,
     apply_output_args,
+    dicomweb_inputs,
     limits_from,
     load_config_file,
     parse_with_config,
@@ -49,11 +52,13 @@ from jobs.plan_view import plan_only
 from jobs.predictors import Predictors, predict_with
 from jobs.progress import Progress, Timer
 from jobs.runtime import cluster_address, init_ray
+from jobs.send import deliver
+from jobs.send import report as report_sent
 from unet_core import ownership
 from unet_core.bundle import bundle_identity, read_info
 from unet_core.config import from_dict, to_dict
 from unet_core.errors import ConfigError, InputError
-from unet_core.io import listing, storage
+from unet_core.io import dicomweb, listing, storage
 from unet_core.io.lease import Lease
 from unet_core.report import segment_report
 from unet_core.segmentation import choosing, planning, sizing
@@ -120,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample", type=float, default=None, metavar="FRACTION",
                    help="segment this fraction of the selected volumes (by volume id hash; e.g. 0.01)")
     g.add_argument("--seed", type=int, default=0, help="of --limit and --sample")
+    add_dicomweb_args(p)
     add_output_args(p)
     add_ray_args(p)
     add_limit_args(p)
@@ -160,7 +166,8 @@ def plan_to_segment(row: dict, settings: dict) -> list[dict]:
 def segment_row(row: dict, settings: dict, pool) -> dict:
     s = from_dict(SegmentSettings, settings)
     rec, outcome = segment_volume(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
-    return {"status": rec.status.value, "n_slices": rec.n_slices, "outcome": outcome.value}
+    return {"status": rec.status.value, "n_slices": rec.n_slices, "outcome": outcome.value,
+            "sent": outcome == Outcome.DONE and bool(rec.sent)}
 
 
 def finish_bucket(row: dict, settings: dict) -> dict:
@@ -195,6 +202,7 @@ class Segmented:
     resumed: int = 0
     slices: int = 0
     failed: int = 0
+    sent: int = 0  # SEGs stored by the volume tasks (--send-seg)
     predictor_wait: float = 0.0
     seconds: float = 0.0
     pool_stats: dict = field(default_factory=dict)
@@ -211,6 +219,9 @@ def _main(argv: list[str]) -> int:
 
     info = read_info(args.model)
     selection_rules(args, info)  # a rule that cannot be read fails here, before anything is listed (exit 2)
+    args.input = dicomweb_inputs(args)
+    if args.send_seg:
+        args.send_seg, args.dicom_seg = dicomweb.destination(args.send_seg), True
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     if args.sample is not None and not 0 < args.sample <= 1:
@@ -222,6 +233,7 @@ def _main(argv: list[str]) -> int:
     # (docs/design.md, "Driver memory"). Read by the processes of a local instance; a cluster sets
     # it on its nodes (cluster/).
     os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
+    apply_dicomweb_args(args, [i for i in args.input if dicomweb.is_dicomweb(i)] + [args.send_seg or ""][:bool(args.send_seg)])
     storage.probe_writable(out)  # before anything is read: a refused output fails now (exit 5)
     timer = Timer()
     with Lease(out, "unet segment") as lease:  # one writer per output
@@ -270,7 +282,7 @@ def _settings(args, info, out: str, layout: lay.Layout) -> SegmentSettings:
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs),
         selection=json.dumps(selection_rules(args, info).to_dict()), sample=args.sample, limit=args.limit,
-        seed=args.seed)
+        seed=args.seed, send_seg=args.send_seg or "")
 
 
 def selection_rules(args, info) -> SelectionRules:
@@ -283,6 +295,14 @@ def selection_rules(args, info) -> SelectionRules:
     elif override is not None and not isinstance(override, dict):
         raise ConfigError(f"select in --config must be a mapping of rules (got {type(override).__name__})")
     return SelectionRules.from_dict(info.input_rules, "the bundle's input_rules").merged(override, where)
+
+
+def _web_cap(args, n: int) -> int:
+    """With a DICOMweb input, tasks that read it are at most --dicomweb-concurrency (each makes one
+    request at a time): the PACS sees at most that many requests at once. 0 in: no cap but that."""
+    if not (args.send_seg or any(dicomweb.is_dicomweb(i) for i in args.input)):
+        return n
+    return min(n, args.dicomweb_concurrency) if n else args.dicomweb_concurrency
 
 
 def _task_slots(args, low: int) -> int:
@@ -321,7 +341,7 @@ def plan(args, info, inputs: tuple[str, ...], out: str, layout: lay.Layout | Non
     cfg = to_dict(settings)
     scanned = (ray.data.from_items(parts, override_num_blocks=n_blocks)
                .map_batches(scan_partitions, fn_kwargs={"settings": cfg, "roots": list(listing.real_roots(list(inputs)))},
-                            batch_size=None, compute=ray.data.TaskPoolStrategy(size=min(slots, n_blocks))))
+                            batch_size=None, compute=ray.data.TaskPoolStrategy(size=_web_cap(args, min(slots, n_blocks)))))
     if n_blocks > sizing.SHUFFLE_BLOCKS:
         scanned = scanned.repartition(sizing.SHUFFLE_BLOCKS)
     summaries = (scanned.groupby("bucket", num_partitions=max(1, min(layout.buckets, 2 * slots)))
@@ -365,6 +385,7 @@ def segment(args, planned: Planned, predictors: Predictors, low: int) -> Segment
     slots = _task_slots(args, low)
     in_flight = sizing.volume_slots(args.decode_concurrency, cluster_address(args.address) is not None, slots,
                                     planned.todo)
+    in_flight = _web_cap(args, in_flight or 0) or None
     buckets = [{"bucket": b} for b, _ in planned.pending]
     todo = (ray.data.from_items(buckets, override_num_blocks=len(buckets))
             .flat_map(plan_to_segment, fn_kwargs={"settings": cfg})
@@ -379,6 +400,7 @@ def segment(args, planned: Planned, predictors: Predictors, low: int) -> Segment
                 done.segmented += 1
                 done.slices += int(r["n_slices"] or 0)
             done.failed += r["status"] != Status.OK
+            done.sent += bool(r["sent"])
             progress.update(done.segmented + done.resumed, done.failed, done.slices)
     done.pool_stats = predictors.stats()
     done.seconds = t.seconds
@@ -400,6 +422,8 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
     for b in set(range(planned.layout.buckets)) - planned.seen:
         storage.delete(lay.volume_part_uri(out, b))
     ownership.delete_owned(out, ("plan",))  # nothing is left there now; a local run's empty folder goes
+    # SEGs not stored yet (sent inline as written; these failed then, or are an earlier run's)
+    sent = deliver(out, planned.layout.buckets, args.send_seg, args.dicomweb_concurrency) if args.send_seg else None
     summary = RunSummary(
         output=out, model=info.name, model_identity=planned.settings.model_identity,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -415,7 +439,8 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
         predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=timer.seconds,
         predictors_started=done.pool_stats.get("predictors_started", 0),
         predictors_live=done.pool_stats.get("predictors_live", 0), dicom_seg=args.dicom_seg, qc=args.qc,
-        keep_phi=args.keep_phi)
+        keep_phi=args.keep_phi, sent_to=args.send_seg or "", segs_sent=done.sent + (sent.sent if sent else 0),
+        segs_send_failed=sent.failed if sent else 0)
     summary.write()
 
     report = segment_report(out, summary)
@@ -435,7 +460,11 @@ def finish(args, info, planned: Planned, done: Segmented, timer: Timer) -> int:
         print(f"  ... {summary.volumes_failed - len(totals.failures)} more; see {out}/volumes/")
     if totals.by_error_type:
         print("  failures by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.by_error_type.items())))
-    return EXIT_SOME_FAILED if summary.volumes_failed else Exit.OK
+    if sent is not None:
+        sent.sent += done.sent
+        sent.already -= done.sent  # sent by this run's volume tasks, then found stored by the pass above
+        report_sent(sent, args.send_seg)
+    return EXIT_SOME_FAILED if summary.volumes_failed or summary.segs_send_failed else Exit.OK
 
 
 def _rss_mib() -> str:

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import atexit
 import importlib
-import ipaddress
 import os
 import re
 import shlex
@@ -44,6 +43,7 @@ from jobs.output import log, say
 from jobs.quieting import quiet_library_loggers
 from jobs.runtime import FORWARDED_STORAGE_ENV, forwarded_storage_env
 from unet_core.errors import ConfigError
+from unet_core.net import is_loopback
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -150,16 +150,6 @@ class Cluster:
             raise ConfigError(f"lost the Ray Jobs API at {self.address}: {first_line(exc)}") from None
         except RuntimeError as exc:  # the SDK's way of saying "HTTP error" (e.g. no such job)
             raise ConfigError(f"{self.address}: {first_line(exc)}") from None
-
-
-def is_loopback(address: str) -> bool:
-    host = (urlsplit(address).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_transport(address: str, has_token: bool, insecure_http: bool) -> None:

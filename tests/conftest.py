@@ -20,7 +20,13 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest
 from hypothesis import settings
 
+from support import orthanc
 from support.bundles import SMALL_MODEL, analytic_bundle
+
+# The test PACS's credentials (tests/support/orthanc.py: not a secret), set before the session's
+# Ray starts so that its workers have them, as a deployment sets DICOMWEB_* on its nodes.
+os.environ.setdefault("DICOMWEB_USER", orthanc.USER)
+os.environ.setdefault("DICOMWEB_PASSWORD", orthanc.PASSWORD)
 
 settings.register_profile("default", max_examples=30, derandomize=True, database=None)
 settings.register_profile("e2e", max_examples=300, derandomize=True, database=None)
@@ -129,3 +135,14 @@ def phantom_bundle(work_bucket) -> str:
     """A bundle (in S3) that segments the phantom's target organ by its intensity band, with fixed
     weights: the pipeline's tests use it; `trained_bundle` is for the tests of training (e2e)."""
     return analytic_bundle(f"s3://{work_bucket}/models/analytic")
+
+
+@pytest.fixture(scope="session")
+def orthanc_binary():
+    """Orthanc and its DICOMweb plugin, installed if they can be (root with apt-get); else a skip
+    saying why. `.ci/run` installs them, so CI never skips."""
+    why = orthanc.ensure_installed()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)

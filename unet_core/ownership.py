@@ -75,6 +75,8 @@ def _norm(uri: str) -> str:
     if storage.is_s3(uri):
         bucket_key = uri[len("s3://"):]
         return "s3://" + re.sub(r"/+", "/", bucket_key).rstrip("/")
+    if storage.is_remote(uri):
+        return uri.rstrip("/")
     path = uri[len("file://"):] if uri.startswith("file://") else uri
     return os.path.realpath(os.path.abspath(path))
 
@@ -102,7 +104,7 @@ class OutputNames:
             real_in = _norm(given)
             if _inside(real_out, real_in) and real_out != real_in:
                 inside = True
-                if not storage.is_s3(given) and real_in != given.rstrip("/"):  # reached through a symlink
+                if not storage.is_remote(given) and real_in != given.rstrip("/"):  # reached through a symlink
                     prefixes.add(given.rstrip("/") + real_out[len(real_in):])
         return cls(tuple(sorted(prefixes)), inside)
 

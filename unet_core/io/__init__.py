@@ -8,7 +8,7 @@ from typing import Sequence
 
 from unet_core.config import Limits
 from unet_core.errors import EmptyFileError, StorageError
-from unet_core.io import archive, storage
+from unet_core.io import archive, dicomweb, storage
 from unet_core.io.dicom.grouping import single_series
 from unet_core.io.dicom.header import scan_header
 from unet_core.io.dicom.pixels import same_pixels
@@ -22,6 +22,8 @@ __all__ = ["Volume", "mask_to_nifti_bytes", "read_object", "read_volume"]
 def read_object(uri: str, limits: Limits | None = None) -> bytes:
     """Bytes of a stored object or of a zip member (`archive.zip!/path`)."""
     limits = limits or Limits()
+    if dicomweb.is_dicomweb(uri):
+        return dicomweb.read_instance(uri, limits.max_file_bytes)
     container, member = archive.split_member(uri)
     if member is None:
         return storage.read_bytes(container, max_bytes=limits.max_file_bytes)

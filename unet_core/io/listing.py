@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from unet_core.errors import StorageError
-from unet_core.io import storage
+from unet_core.io import dicomweb, storage
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class ObjectEntry:
     size: int
     version: str  # S3 ETag, or local mtime in ns: a changed object has a new version
     skip: str = ""  # why it is listed but never read (a FIFO, a device, a link not followed)
+
+
+# A DICOMweb instance is its SOP Instance UID: a changed image is a new instance (dicomweb.py).
+DICOMWEB_VERSION = "sop-instance-uid"
 
 
 def is_hidden(name: str) -> bool:
@@ -100,7 +104,15 @@ def list_level(prefix: str, follow_symlinks: bool = False, max_objects: int = 10
                roots: tuple[str, ...] = ()) -> Level:
     """The sub-prefixes of `prefix` and whether objects sit directly in it. A level holding more
     than `max_objects` objects (a flat folder) is not read to the end: `complete` is False and the
-    caller lists it as one unit instead of expanding it. Sub-prefixes are all read, however many."""
+    caller lists it as one unit instead of expanding it. Sub-prefixes are all read, however many.
+    A DICOMweb service's levels are its studies and their series; a series holds the objects."""
+    if dicomweb.is_dicomweb(prefix):
+        ref = dicomweb.parse(prefix)
+        if ref.instance:
+            return Level((), True, True, is_object=True)
+        if ref.series:
+            return Level((), True, True)
+        return Level(tuple(c.uri for c in dicomweb.children(ref)), False, True)
     if storage.is_s3(prefix):
         client, bucket, key = _s3(prefix)
         if key and not key.endswith("/"):
@@ -160,6 +172,12 @@ def iter_objects(prefix: str, recursive: bool = True, follow_symlinks: bool = Fa
     """Every object below `prefix` (or directly below it), streamed in listing order. `roots`: the
     real paths of every input of the listing; a linked folder inside one of them is listed there
     already, so it is not followed."""
+    if dicomweb.is_dicomweb(prefix):
+        ref = dicomweb.parse(prefix)
+        if recursive or ref.series:
+            for inst in dicomweb.iter_instances(ref):
+                yield ObjectEntry(inst.uri, 0, DICOMWEB_VERSION)
+        return
     if storage.is_s3(prefix):
         client, bucket, key = _s3(prefix)
         if key and not key.endswith("/"):
@@ -215,7 +233,7 @@ def iter_objects(prefix: str, recursive: bool = True, follow_symlinks: bool = Fa
 
 def real_roots(prefixes: list[str]) -> tuple[str, ...]:
     """Real paths of the local inputs (what `roots` wants)."""
-    return tuple(os.path.realpath(storage.resolve(p)[1]) for p in prefixes if not storage.is_s3(p))
+    return tuple(os.path.realpath(storage.resolve(p)[1]) for p in prefixes if not storage.is_remote(p))
 
 
 def _inside(real: str, roots: tuple[str, ...]) -> bool:

@@ -56,6 +56,11 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def is_remote(uri: str) -> bool:
+    """An object store or a DICOMweb service (unet_core.io.dicomweb): not a local path."""
+    return uri.startswith(("s3://", "dicomweb+http://", "dicomweb+https://"))
+
+
 # The lone surrogates that stand for bytes that are not UTF-8 in a name the filesystem gave.
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
@@ -114,8 +119,10 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         if not path or path.startswith("/"):
             raise ConfigError(f"{uri!r} is not a valid s3:// URI (expected s3://bucket/key)")
         return _s3_filesystem(s3_endpoint(), region), path
+    if uri.startswith(("dicomweb+http://", "dicomweb+https://")):
+        raise ConfigError(f"{uri}: a DICOMweb service is an input to read, not a place to write")
     if "://" in uri and not uri.startswith("file://"):
-        raise ConfigError(f"unsupported URI scheme in {uri!r}; use s3://, file:// or a path")
+        raise ConfigError(f"unsupported URI scheme in {uri!r}; use s3://, file://, dicomweb+https:// or a path")
     return pafs.LocalFileSystem(), _local_path(uri)
 
 

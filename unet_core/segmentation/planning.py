@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
-from unet_core.errors import ITEM_ERRORS, EmptyFileError, ErrorType, ItemFailure
-from unet_core.io import archive, listing, read_object, storage
+from unet_core.errors import ITEM_ERRORS, ErrorType, ItemFailure
+from unet_core.io import dicomweb, listing, read_object, storage
 from unet_core.io.dicom.grouping import (
     VolumeMembers,
     group_series,
@@ -31,10 +31,8 @@ from unet_core.io.dicom.grouping import (
     volume_id_of,
     volume_key,
 )
-from unet_core.io.dicom.header import scan_header
-from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 from unet_core.io.dicom.pixels import same_pixels
-from unet_core.io.nifti import NIFTI_HEADER_PREFIX, is_nifti_name, nifti_geometry, nifti_volume_id
+from unet_core.io.nifti import nifti_volume_id
 from unet_core.ownership import OutputNames
 from unet_core.segmentation import choosing, selection
 from unet_core.segmentation.layout import (
@@ -57,6 +55,7 @@ from unet_core.segmentation.records import (
     rows_from_bytes,
     table_bytes,
 )
+from unet_core.segmentation.scanning import scan_dicomweb, scan_object
 from unet_core.segmentation.selection import SelectionRules
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.volume import short_hash
@@ -84,12 +83,12 @@ def fan_out(inputs: list[str], depth: int | None = None, follow_symlinks: bool =
     would mean listing all of it here): it becomes one unit. Returns (units, depth reached)."""
     roots = listing.real_roots(inputs)
     units: list[Unit] = []
-    current, level = [p if storage.is_s3(p) or not os.path.isdir(storage.resolve(p)[1]) else p.rstrip("/") + "/"
+    current, level = [p if storage.is_remote(p) or not os.path.isdir(storage.resolve(p)[1]) else p.rstrip("/") + "/"
                       for p in inputs], 0
     seen: set[str] = set()  # real paths of local prefixes: a linked folder is expanded once
 
     def first_time(prefix: str) -> bool:
-        if storage.is_s3(prefix):
+        if storage.is_remote(prefix):
             return True
         real = os.path.realpath(storage.resolve(prefix)[1])
         if real in seen:
@@ -116,87 +115,6 @@ def fan_out(inputs: list[str], depth: int | None = None, follow_symlinks: bool =
                 nxt += [d for d in lv.dirs if first_time(d)]
         current, level = nxt, level + 1
     return units, level if depth is None else depth
-
-
-# ---- the scan -----------------------------------------------------------------------------------
-def _row(entry: listing.ObjectEntry, **kw) -> ObjectRow:
-    return ObjectRow(uri=kw.pop("uri", entry.uri), object_uri=entry.uri, object_size=entry.size,
-                     object_version=entry.version, size=kw.pop("size", entry.size), **kw)
-
-
-def _error_row(entry: listing.ObjectEntry, fmt: Format, exc: Exception, uri: str | None = None) -> ObjectRow:
-    failure = ItemFailure.of(uri or entry.uri, exc, "reading the header")
-    reason, error_type = failure.error, failure.error_type
-    return _row(entry, uri=uri or entry.uri, format=fmt, kind=ObjectKind.ERROR, reason=reason, error_type=error_type)
-
-
-def _dicom_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | None, limits: Limits,
-               rules: SelectionRules) -> ObjectRow:
-    if data is None:
-        data = storage.read_range(uri, 0, HEADER_PREFIX_BYTES) if size > HEADER_PREFIX_BYTES else storage.read_bytes(uri)
-    h = scan_header(data, uri, size, limits.max_decompressed_bytes)
-    if h is None:  # the header runs past the prefix
-        h = scan_header(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri,
-                        max_inflated=limits.max_decompressed_bytes)
-    # The free-text rules are decided here, where the text is read; only the result is kept.
-    h.description_match, h.kernel_match = rules.text_matches(getattr(h, "texts", {}))
-    h.text_rules = rules.text_digest()
-    return ObjectRow.from_row({**h.row(), "object_uri": entry.uri, "object_size": entry.size,
-                               "object_version": entry.version, "format": Format.DICOM.value})
-
-
-def _nifti_row(entry: listing.ObjectEntry, uri: str, size: int, data: bytes | None, limits: Limits,
-               rules: SelectionRules) -> ObjectRow:
-    """A NIfTI file with the geometry its header gives (for the selection rules); its header is
-    read again, whole, on decode."""
-    if data is None:
-        data = storage.read_range(uri, 0, NIFTI_HEADER_PREFIX)
-    geometry = nifti_geometry(data[:NIFTI_HEADER_PREFIX], uri, limits) or {}
-    return _row(entry, uri=uri, size=size, format=Format.NIFTI, text_rules=rules.text_digest(), **geometry)
-
-
-def scan_object(entry: listing.ObjectEntry, limits: Limits, rules: SelectionRules | None = None) -> list[ObjectRow]:
-    """The rows of one listed object: a NIfTI file's geometry, a DICOM object's header, a zip's
-    members. Never raises: whatever goes wrong becomes an error row."""
-    rules = rules or SelectionRules()
-    if entry.skip:
-        return [_row(entry, format=Format.DICOM, kind=ObjectKind.NON_IMAGE, reason=f"{entry.uri}: {entry.skip}",
-                     error_type=ErrorType.NOT_READ)]
-    row = _nifti_row if is_nifti_name(entry.uri) else _dicom_row
-    if not archive.is_zip_name(entry.uri):
-        try:
-            return [row(entry, entry.uri, entry.size, None, limits, rules)]
-        except Exception as exc:  # noqa: BLE001 - one object never stops the scan
-            return [_error_row(entry, Format.NIFTI if row is _nifti_row else Format.DICOM, exc)]
-    try:
-        zipped = archive.Archive.open(entry.uri, limits)  # opened once; on S3, ranged reads
-    except Exception as exc:  # noqa: BLE001
-        return [_error_row(entry, Format.ZIP, exc)]
-    with zipped:
-        return _scan_members(entry, zipped, limits, rules)
-
-
-def _scan_members(entry: listing.ObjectEntry, zipped: archive.Archive, limits: Limits,
-                  rules: SelectionRules) -> list[ObjectRow]:
-    try:
-        members = zipped.members()
-        if not members:
-            raise EmptyFileError(f"{entry.uri}: the zip archive holds no files", uri=entry.uri)
-    except Exception as exc:  # noqa: BLE001
-        return [_error_row(entry, Format.ZIP, exc)]
-    rows = []
-    for m in members:
-        if m.error:
-            rows.append(_row(entry, uri=m.uri, size=m.size, format=Format.DICOM, kind=ObjectKind.ERROR, reason=m.error,
-                             error_type=m.error_type))
-            continue
-        try:
-            member = zipped.read(m.name)
-            row = _nifti_row if is_nifti_name(m.uri) else _dicom_row
-            rows.append(row(entry, m.uri, len(member), member, limits, rules))
-        except Exception as exc:  # noqa: BLE001
-            rows.append(_error_row(entry, Format.DICOM, exc, uri=m.uri))
-    return rows
 
 
 def assign_volume(row: ObjectRow) -> ObjectRow:
@@ -240,6 +158,12 @@ def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits:
         before[r.object_uri].append(r)
     rows: list[ObjectRow] = []
     counts, reused = ScanCounts(), set()
+    series: list[listing.ObjectEntry] = []  # new DICOMweb instances of one series: one metadata request
+
+    def scanned(new: list[ObjectRow]) -> None:
+        rows.extend(assign_volume(r) for r in new)
+        counts.scanned += len(new)
+
     for entry in _entries(units, follow_symlinks, roots):
         if output is not None and output.excludes(entry.uri):
             continue
@@ -249,11 +173,20 @@ def scan_partition(units: Iterable[Unit], previous: Iterable[ObjectRow], limits:
             rows += old
             counts.reused += 1
             reused.add(entry.uri)
+        elif dicomweb.is_dicomweb(entry.uri):
+            if series and _series_of(series[0].uri) != _series_of(entry.uri):
+                scanned(scan_dicomweb(series, rules))
+                series = []
+            series.append(entry)
         else:
-            new = [assign_volume(r) for r in scan_object(entry, limits, rules)]
-            rows += new
-            counts.scanned += len(new)
+            scanned(scan_object(entry, limits, rules))
+    if series:
+        scanned(scan_dicomweb(series, rules))
     return rows, counts, reused
+
+
+def _series_of(uri: str) -> str:
+    return uri.rsplit("/instances/", 1)[0]
 
 
 def index_partition(partition: int, units: list[Unit], s: SegmentSettings,

@@ -205,6 +205,9 @@ class VolumeRecord(Record):
     keep_phi: bool = False  # made with --keep-phi: its metadata may hold patient name, ID and birth date
     selection_facts: str = ""  # JSON of selection.VolumeFacts: what the selection rules are decided on
     text_rules: str = ""  # digest of the free-text patterns its facts' matches were made with
+    sent: str = ""  # --send-seg / unet send: when its SEG was stored at `sent_to` (UTC, ISO 8601)
+    sent_to: str = ""  # the DICOMweb service it was stored at (never holds credentials)
+    send_error: str = ""  # why the last attempt to store it failed; the next run or `unet send` retries
 
 
 def table_bytes(cls: type[Record], rows: list[dict]) -> bytes:

@@ -24,6 +24,7 @@ from unet_core.io.dicom.seg import SegIdentity, SegSkipped, build_seg, seg_bytes
 from unet_core.io.dicom.series import SourceFrames, read_series_with_sources
 from unet_core.io.mask_codec import slices_table_bytes
 from unet_core.io.nifti import mask_to_nifti_bytes, read_nifti
+from unet_core.segmentation.delivery import send_record
 from unet_core.segmentation.layout import record_uri
 from unet_core.segmentation.records import (
     Format,
@@ -150,6 +151,8 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
                 rec.qc_uri = qc_uri
             if s.dicom_seg:
                 rec.seg_uri, rec.seg_skipped = write_seg(labels, sources, rec, s)
+            if s.send_seg and rec.seg_uri:  # a failed send keeps the volume ok: its row says, and a re-run sends
+                rec = send_record(rec, s.send_seg)
         except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
             rec = _failed(rec, ItemFailure.of(rec.source, exc, "writing the outputs"))
     rec.write_seconds = time.perf_counter() - t

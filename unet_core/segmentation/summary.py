@@ -59,6 +59,10 @@ class RunSummary:
     sample: float | None = None
     limit: int | None = None
     seed: int = 0
+    # delivery (--send-seg): SEGs stored at `sent_to` by this run, and those that failed (send_error)
+    sent_to: str = ""
+    segs_sent: int = 0
+    segs_send_failed: int = 0
 
     def privacy(self) -> str:
         """What the output may carry of patients' identity, in one line."""

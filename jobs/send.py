@@ -1,0 +1,88 @@
+"""`unet send OUTPUT --to URL`: store an existing `unet segment` output's DICOM SEGs at a DICOMweb
+service (STOW-RS): every ok volume whose SEG is not stored there yet. Each row of the volume table
+records `sent` and `sent_to`, or `send_error`; running it again sends only what is still pending.
+A SEG sent again is the same instance (its UIDs are deterministic): the server keeps one copy.
+
+Credentials: DICOMWEB_TOKEN, or DICOMWEB_USER and DICOMWEB_PASSWORD, or DICOMWEB_SESSION_FACTORY
+(README, "Reading from and delivering to a PACS").
+
+Exit status: 0 when every SEG is stored, 3 when some could not be (their rows say why), 2 for a
+usage error, 5 when the server cannot be reached or refuses the credentials (nothing sent).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from jobs.exits import Exit, run_main
+from jobs.options import add_dicomweb_args, apply_dicomweb_args
+from jobs.output import configure as configure_output
+from jobs.output import safe, say
+from jobs.progress import Progress
+from unet_core import ownership
+from unet_core.errors import ConfigError
+from unet_core.io import dicomweb, storage
+from unet_core.io.lease import Lease
+from unet_core.segmentation import layout as lay
+from unet_core.segmentation.delivery import SendCounts, send_pending
+from unet_core.segmentation.summary import RunSummary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unet send", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("output", help="the --output of a `unet segment --dicom-seg` run (local or s3://)")
+    p.add_argument("--to", required=True, metavar="URL", help="the DICOMweb service: dicomweb+https://host/dicom-web")
+    add_dicomweb_args(p, sending_only=True)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def deliver(out: str, buckets: int, dest: str, workers: int) -> SendCounts:
+    """Send every pending SEG of an output, with live progress over the table's parts."""
+    with Progress("send", buckets, "table parts") as progress:
+        parts = [0]
+
+        def seen(total: SendCounts) -> None:
+            parts[0] += 1
+            progress.update(parts[0], total.failed)
+
+        return send_pending(out, buckets, dest, workers, seen)
+
+
+def report(counts: SendCounts, dest: str) -> None:
+    print(f"sent {counts.sent} SEGs to {dest}; {counts.already} there already"
+          + (f"; {counts.failed} could not be sent" if counts.failed else ""))
+    for vid, error in counts.errors:
+        print(safe(f"  not sent: {vid}: {error}"))
+    if counts.failed:
+        print("  their rows say why (send_error); run `unet send` or the segment job again to retry them")
+
+
+def main(argv: list[str]) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    configure_output(args.verbose)
+    out = storage.absolute(args.output)
+    dest = dicomweb.destination(args.to)
+    layout = lay.read_layout(out) if ownership.check_output(out, ownership.SEGMENT_OUTPUT) else None
+    if layout is None:
+        raise ConfigError(f"{out} holds no finished `unet segment` run (no layout.json)")
+    apply_dicomweb_args(args, [dest])
+    t = time.monotonic()
+    with Lease(out, "unet send"):  # the table parts are rewritten: one writer per output
+        counts = deliver(out, layout.buckets, dest, args.dicomweb_concurrency)
+        summary = RunSummary.read(out)
+        if summary is not None and not summary.dicom_seg and not counts.sent + counts.already + counts.failed:
+            say(f"{out} was made without --dicom-seg: it has no SEGs to send (run unet segment --dicom-seg)")
+    report(counts, dest)
+    say(f"in {time.monotonic() - t:.0f}s")
+    return Exit.SOME_FAILED if counts.failed else Exit.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,206 @@
+"""`unet segment` straight from a PACS and back: a real Orthanc with its DICOMweb plugin on a
+loopback port (tests/support/orthanc.py; authentication on), loaded with a synthetic archive.
+
+- Read from DICOMweb, the masks equal the same archive read from a folder, voxel for voxel.
+- --send-seg stores one SEG per volume under its study, referencing its source series; a re-run
+  sends nothing; a changed instance redoes its volume and sends its new SEG once; `unet send`
+  then finds nothing pending.
+- Faults: wrong credentials (exit 5, nothing written), 429 answers with Retry-After through a
+  proxy (honoured: same masks), Orthanc stopped mid-run (storage rows, exit 3, a re-run resumes).
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from jobs import segment, send
+from jobs.exits import Exit
+from support.orthanc import Orthanc
+from support.throttle import ThrottlingProxy
+from unet_core.segmentation.summary import RunSummary
+from unet_core.segmentation.tables import read_volume_table
+from unet_core.synthetic_studies import write_studies
+
+pytestmark = pytest.mark.e2e
+ROLES = ("thin", "thick", "lung", "dose")
+
+
+def _files(root: str) -> list[str]:
+    return sorted(str(p) for p in Path(root).rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pacs") / "archive"
+    series = write_studies(str(root), n_patients=2, studies_per_patient=1, size=32, seed=21, roles=ROLES)
+    return str(root), {s.series_uid: s for s in series}
+
+
+@pytest.fixture(scope="module")
+def pacs(orthanc_binary, archive, tmp_path_factory):
+    with Orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        server.upload(_files(archive[0]))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def from_folder(archive, phantom_bundle, ray_local, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("folder") / "out")
+    assert segment.main(["--input", archive[0], "--model", phantom_bundle, "--output", out,
+                         "--batch-size", "8"]) == Exit.OK
+    return out
+
+
+def _masks(out: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    found = {}
+    for r in read_volume_table(out):
+        if r["status"] == "ok":
+            img = nib.load(r["mask_uri"])
+            found[r["volume_id"]] = (np.asarray(img.dataobj), img.affine)
+    return found
+
+
+def _same_masks(a: str, b: str) -> None:
+    ma, mb = _masks(a), _masks(b)
+    assert sorted(ma) == sorted(mb) and ma
+    for vid in ma:
+        assert np.array_equal(ma[vid][0], mb[vid][0]), vid
+        assert np.allclose(ma[vid][1], mb[vid][1]), vid
+
+
+def _segs(pacs: Orthanc) -> list:
+    return pacs.datasets_of_modality("SEG")
+
+
+def test_from_dicomweb_equals_the_folder_and_each_seg_is_sent_once(pacs, archive, from_folder, phantom_bundle,
+                                                                    tmp_path, capsys):
+    root, series = archive
+    out = str(tmp_path / "out")
+    args = ["--input", pacs.dicomweb, "--model", phantom_bundle, "--output", out, "--batch-size", "8",
+            "--send-seg", pacs.dicomweb]
+    assert segment.main(args) == Exit.OK
+    _same_masks(from_folder, out)
+    rows = [r for r in read_volume_table(out) if r["status"] == "ok"]
+    assert rows and all(r["sent"] and r["sent_to"] == pacs.dicomweb and not r["send_error"] for r in rows)
+    segs = _segs(pacs)
+    assert len(segs) == len(rows)
+    by_series = {r["series_uid"]: r for r in rows}
+    for seg in segs:  # under the source's study, referencing the source series
+        source = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+        assert source in by_series
+        assert seg.StudyInstanceUID == series[source].study_uid
+    assert f"sent {len(rows)} SEGs" in capsys.readouterr().out
+
+    # A re-run reads no header and sends nothing; the server keeps one copy of each SEG.
+    assert segment.main(args) == Exit.OK
+    s = RunSummary.read(out)
+    assert (s.headers_read, s.segmented_now, s.segs_sent) == (0, 0, 0)
+    assert len(_segs(pacs)) == len(rows)
+
+    # A changed image is a new instance: its volume alone is redone, and its new SEG sent once.
+    thin = next(s for s in series.values() if s.role == "thin")
+    first = sorted(p for p in _files(root) if pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID
+                   == thin.series_uid)[0]
+    ds = pydicom.dcmread(first)
+    old_uid = ds.SOPInstanceUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PixelData = (ds.pixel_array + 1).astype(ds.pixel_array.dtype).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    pacs.replace_instance(old_uid, buf.getvalue())
+    assert segment.main(args) == Exit.OK
+    s = RunSummary.read(out)
+    assert (s.headers_read, s.segmented_now, s.segs_sent) == (1, 1, 1)
+    assert len(_segs(pacs)) == len(rows) + 1
+
+    # `unet send` finds every SEG stored already.
+    assert send.main([out, "--to", pacs.dicomweb]) == Exit.OK
+    assert "sent 0 SEGs" in capsys.readouterr().out
+    assert len(_segs(pacs)) == len(rows) + 1
+
+
+def test_unet_send_stores_an_earlier_outputs_segs(pacs, archive, phantom_bundle, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert segment.main(["--input", archive[0], "--model", phantom_bundle, "--output", out, "--batch-size", "8",
+                         "--dicom-seg"]) == Exit.OK
+    before = len(_segs(pacs))
+    assert send.main([out, "--to", pacs.dicomweb]) == Exit.OK
+    rows = [r for r in read_volume_table(out) if r["status"] == "ok"]
+    assert all(r["sent"] for r in rows)
+    # These SEGs were made from the folder's instances, which the changed-instance test may have
+    # replaced in the PACS for one volume; either way each is one new instance, stored once.
+    added = len(_segs(pacs)) - before
+    assert 0 <= added <= len(rows)
+    assert send.main([out, "--to", pacs.dicomweb]) == Exit.OK
+    assert len(_segs(pacs)) - before == added
+    assert "sent 0 SEGs" in capsys.readouterr().out
+
+
+def test_wrong_credentials_fail_before_anything_is_written(pacs, phantom_bundle, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("DICOMWEB_PASSWORD", "wrong")
+    out = tmp_path / "out"
+    assert segment.main(["--input", pacs.dicomweb, "--model", phantom_bundle, "--output", str(out)]) == Exit.STORAGE
+    err = caplog.text
+    assert "access denied" in err and "DICOMWEB_USER" in err and "wrong" not in err
+    assert not out.exists()
+
+
+def test_429_with_retry_after_is_honoured(pacs, from_folder, phantom_bundle, tmp_path):
+    with ThrottlingProxy(pacs.port, every=5, retry_after="1") as proxy:
+        url = f"dicomweb+http://127.0.0.1:{proxy.port}/dicom-web"
+        out = str(tmp_path / "out")
+        assert segment.main(["--input", url, "--model", phantom_bundle, "--output", out, "--batch-size", "8"]) == Exit.OK
+    assert proxy.refused >= 5
+    assert all(p in proxy.forwarded_paths for p in proxy.paths)  # each refused request was asked again
+    # The PACS also holds the SEGs of the test above: they are not listed (not images).
+    _same_masks(from_folder, out)
+
+
+def _unet(*args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def test_orthanc_stopped_mid_run_gives_storage_rows_and_a_rerun_resumes(orthanc_binary, archive, phantom_bundle,
+                                                                          from_folder, tmp_path):
+    root, series = archive
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        server.upload(_files(root))
+        out = tmp_path / "out"
+        env = {**os.environ, "UNET_DICOMWEB_RETRIES": "2", **server.env()}
+        args = ["segment", "--input", server.dicomweb, "--model", phantom_bundle, "--output", str(out),
+                "--batch-size", "8", "--dicomweb-concurrency", "1", "--num-cpus", "2"]
+        proc = _unet(*args, env=env)
+        records = out / "records" / "ok"
+        deadline = time.time() + 300
+        while time.time() < deadline and not (records.exists() and any(records.iterdir())):
+            time.sleep(0.05)
+        server.stop()  # one volume is done, the others are not
+        text, _ = proc.communicate(timeout=300)
+        assert proc.returncode == Exit.SOME_FAILED, text
+        rows = [r for r in read_volume_table(str(out)) if not r["volume_id"].startswith("obj-")]
+        failed = [r for r in rows if r["status"] == "error"]
+        assert failed and all(r["error_type"] == "storage" for r in failed), failed
+        assert all("cannot be reached" in r["error"] for r in failed)
+        assert "Traceback" not in text
+
+        server.start()  # the same storage: the PACS is back
+        again = _unet(*args, env=env)
+        text, _ = again.communicate(timeout=300)
+        assert again.returncode == Exit.OK, text
+        s = RunSummary.read(str(out))
+        assert s.segmented_now == len(failed)
+        _same_masks(from_folder, str(out))
+    finally:
+        server.stop()

@@ -1,0 +1,248 @@
+"""The DICOMweb client's rules without a server: URIs and queries, where credentials may go, how
+answers are bounded, retried and classified. (Against a real Orthanc: tests/test_dicomweb.py.)"""
+from __future__ import annotations
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from unet_core.errors import ConfigError, ResourceLimitError, StorageError
+from unet_core.io import dicomweb, listing, storage
+
+
+def test_uris_parse_and_print_back():
+    ref = dicomweb.parse("dicomweb+https://pacs.example.org/dicom-web?Modality=CT&StudyDate=20240101-20241231")
+    assert ref.root == "https://pacs.example.org/dicom-web" and not ref.study
+    assert ref.filters(dicomweb.STUDY_KEYS) == {"StudyDate": "20240101-20241231"}
+    study = ref.below(study="1.2.3")
+    assert study.uri == "dicomweb+https://pacs.example.org/dicom-web/studies/1.2.3?Modality=CT"  # series keys only
+    inst = dicomweb.parse("dicomweb+http://127.0.0.1:8042/a/studies/1.2/series/1.2.3/instances/1.2.3.4/")
+    assert (inst.root, inst.study, inst.series, inst.instance) == ("http://127.0.0.1:8042/a", "1.2", "1.2.3", "1.2.3.4")
+    assert dicomweb.parse(inst.uri) == inst
+    # A Google-style root whose path holds more segments.
+    g = dicomweb.parse("dicomweb+https://h/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb/studies/1.2")
+    assert g.root.endswith("/dicomWeb") and g.study == "1.2"
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("dicomweb+https://user:pw@pacs/dicom-web", "must not hold credentials"),
+    ("dicomweb+https://pacs/dicom-web?PatientWeight=80", "unknown DICOMweb query keys PatientWeight"),
+    ("dicomweb+https:///dicom-web", "no host"),
+])
+def test_bad_uris_are_refused_with_the_reason(uri, words):
+    with pytest.raises(ConfigError, match=words):
+        dicomweb.parse(uri)
+
+
+def test_a_query_file_adds_keys_and_lists_become_any_of():
+    uri = dicomweb.with_query("dicomweb+https://pacs/dicom-web?Modality=CT",
+                              {"StudyDate": "20240101-20241231", "AccessionNumber": ["A1", "A2"]})
+    assert dicomweb.parse(uri).filters(dicomweb.STUDY_KEYS) == {"StudyDate": "20240101-20241231",
+                                                                 "AccessionNumber": "A1,A2"}
+    with pytest.raises(ConfigError, match="mapping"):
+        dicomweb.with_query("dicomweb+https://pacs/dicom-web", ["StudyDate"])
+
+
+def test_delivery_goes_to_a_service_root():
+    assert dicomweb.destination("dicomweb+https://pacs/dicom-web/") == "dicomweb+https://pacs/dicom-web"
+    with pytest.raises(ConfigError, match="service root"):
+        dicomweb.destination("dicomweb+https://pacs/dicom-web/studies/1.2")
+
+
+def test_a_dicomweb_uri_is_never_a_place_to_write():
+    with pytest.raises(ConfigError, match="not a place to write"):
+        storage.write_bytes("dicomweb+https://pacs/dicom-web/x", b"")
+
+
+@pytest.mark.parametrize("root, env, refused", [
+    ("http://pacs.hospital.org/dicom-web", {"DICOMWEB_PASSWORD": "s3cr3t-pw"}, True),
+    ("http://pacs.hospital.org/dicom-web", {"DICOMWEB_TOKEN": "s3cr3t-token"}, True),
+    ("http://pacs.hospital.org/dicom-web", {"DICOMWEB_TOKEN": "t", "DICOMWEB_ALLOW_HTTP": "1"}, False),
+    ("http://pacs.hospital.org/dicom-web", {}, False),  # nothing secret to leak
+    ("https://pacs.hospital.org/dicom-web", {"DICOMWEB_TOKEN": "t"}, False),
+    ("http://127.0.0.1:8042/dicom-web", {"DICOMWEB_TOKEN": "t"}, False),
+    ("http://localhost:8042/dicom-web", {"DICOMWEB_TOKEN": "t"}, False),
+])
+def test_credentials_never_go_over_plain_http_to_another_machine(root, env, refused, monkeypatch):
+    for k in dicomweb.AUTH_ENV:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if refused:
+        with pytest.raises(ConfigError, match="plain http") as info:
+            dicomweb.client(root)
+        assert "s3cr3t" not in str(info.value) and "pacs.hospital.org" in str(info.value)
+    else:
+        dicomweb.check_transport(root)
+
+
+def test_a_session_factory_is_the_plug_point_for_cloud_credentials(monkeypatch):
+    monkeypatch.setenv("DICOMWEB_SESSION_FACTORY", "tests_factory_module:make")
+    module = type(__import__("sys"))("tests_factory_module")
+    made = []
+
+    def make(root):
+        made.append(root)
+        s = requests.Session()
+        s.headers["Authorization"] = "Bearer from-the-cloud"
+        return s
+
+    module.make = make
+    monkeypatch.setitem(__import__("sys").modules, "tests_factory_module", module)
+    c = dicomweb.client("https://store.example/dicomWeb")
+    assert made == ["https://store.example/dicomWeb"]
+    assert c._session.headers["Authorization"] == "Bearer from-the-cloud"
+    assert c._session.verify is True  # TLS verification stays on
+
+
+class _Server:
+    """A tiny HTTP server whose handler a test sets: 429s, slow answers, huge answers."""
+
+    def __init__(self, handle):
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.root = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _answer(h, status: int, body: bytes = b"", headers: dict | None = None):
+    h.send_response(status)
+    for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
+        h.send_header(k, v)
+    h.end_headers()
+    h.wfile.write(body)
+
+
+def test_429_and_503_are_retried_as_long_as_retry_after_says(monkeypatch):
+    calls, slept = [], []
+    monkeypatch.setattr(dicomweb.time, "sleep", slept.append)
+
+    def handle(h):
+        calls.append(h.path)
+        if len(calls) == 1:
+            _answer(h, 429, headers={"Retry-After": "7"})
+        elif len(calls) == 2:
+            _answer(h, 503)
+        else:
+            _answer(h, 200, b'[{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}]',
+                    {"Content-Type": "application/dicom+json"})
+
+    server = _Server(handle)
+    try:
+        assert dicomweb.studies(dicomweb.parse("dicomweb+" + server.root)) == ["1.2.3"]
+    finally:
+        server.close()
+    assert len(calls) == 3 and slept[0] == 7.0 and 0 < slept[1] < 7.0
+
+
+@pytest.mark.parametrize("status, words", [(401, "access denied"), (403, "access denied"), (404, "not found"),
+                                           (400, "HTTP 400")])
+def test_refusals_are_not_retried_and_say_what_to_check(status, words, monkeypatch):
+    calls = []
+    monkeypatch.setattr(dicomweb.time, "sleep", lambda s: None)
+    server = _Server(lambda h: (calls.append(1), _answer(h, status)))
+    try:
+        with pytest.raises(StorageError, match=words):
+            dicomweb.studies(dicomweb.parse("dicomweb+" + server.root))
+    finally:
+        server.close()
+    assert len(calls) == 1
+
+
+def test_an_answer_over_the_budget_is_refused_before_it_is_parsed(monkeypatch):
+    big = b"x" * (3 * 2**20)
+
+    def handle(h):
+        h.send_response(200)
+        h.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=b')
+        h.send_header("Transfer-Encoding", "chunked")  # no length to check up front: counted as read
+        h.end_headers()
+        for i in range(0, len(big), 2**16):
+            piece = big[i:i + 2**16]
+            h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        h.wfile.write(b"0\r\n\r\n")
+
+    server = _Server(handle)
+    try:
+        with pytest.raises(ResourceLimitError, match="exceeds the limit of 1048576 bytes"):
+            dicomweb.read_instance(f"dicomweb+{server.root}/studies/1.2/series/1.2.3/instances/1.2.3.4", 2**20)
+    finally:
+        server.close()
+
+
+def test_a_server_that_never_answers_is_an_error_not_a_hang(monkeypatch):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    monkeypatch.setattr(dicomweb, "TIMEOUT", (1.0, 1.0))
+    monkeypatch.setattr(dicomweb.time, "sleep", lambda s: None)
+    result = {}
+
+    def ask():  # a thread of its own: a client made with this test's timeout
+        try:
+            dicomweb.studies(dicomweb.parse(f"dicomweb+http://127.0.0.1:{silent.getsockname()[1]}/dicom-web"))
+        except StorageError as exc:
+            result["error"] = str(exc)
+
+    try:
+        t = threading.Thread(target=ask)
+        t.start()
+        t.join(60)
+        assert not t.is_alive() and "cannot be reached" in result["error"]
+    finally:
+        silent.close()
+
+
+def test_listing_levels_are_studies_then_series_then_instances(monkeypatch):
+    monkeypatch.setattr(dicomweb, "studies", lambda ref: ["1.1", "1.2"])
+    monkeypatch.setattr(dicomweb, "series", lambda ref: ["1.1.7"] if ref.study == "1.1" else [])
+    monkeypatch.setattr(dicomweb, "instances", lambda ref: ["1.1.7.1", "1.1.7.2"])
+    root = "dicomweb+https://pacs/dicom-web"
+    level = listing.list_level(root)
+    assert level.dirs == (f"{root}/studies/1.1", f"{root}/studies/1.2") and not level.has_objects
+    assert listing.list_level(f"{root}/studies/1.1/series/1.1.7").has_objects
+    entries = list(listing.iter_objects(root))
+    assert [e.uri for e in entries] == [f"{root}/studies/1.1/series/1.1.7/instances/1.1.7.{i}" for i in (1, 2)]
+    assert {e.version for e in entries} == {listing.DICOMWEB_VERSION}
+
+
+@pytest.mark.parametrize("honours_offset", [True, False])
+def test_qido_answers_are_paged_and_a_server_that_ignores_offset_is_an_error(honours_offset, monkeypatch):
+    from urllib.parse import parse_qs, urlsplit
+
+    monkeypatch.setattr(dicomweb, "PAGE", 2)
+    uids = [f"1.2.{i}" for i in range(5)]
+
+    def handle(h):
+        q = parse_qs(urlsplit(h.path).query)
+        start = int(q["offset"][0]) if honours_offset else 0
+        page = uids[start:start + int(q["limit"][0])]
+        body = ("[" + ",".join(f'{{"0020000D": {{"vr": "UI", "Value": ["{u}"]}}}}' for u in page) + "]").encode()
+        _answer(h, 200, body, {"Content-Type": "application/dicom+json"})
+
+    server = _Server(handle)
+    try:
+        ref = dicomweb.parse("dicomweb+" + server.root)
+        if honours_offset:
+            assert dicomweb.studies(ref) == uids
+        else:
+            with pytest.raises(StorageError, match="does not page"):
+                dicomweb.studies(ref)
+    finally:
+        server.close()

@@ -11,7 +11,7 @@ import pytest
 
 from unet_core.io import listing, storage
 from unet_core.ownership import OutputNames
-from unet_core.segmentation import planning
+from unet_core.segmentation import planning, scanning
 from unet_core.segmentation.layout import Layout, bucket_of, choose_counts, partition_of
 from unet_core.segmentation.records import (
     Action,
@@ -165,14 +165,14 @@ def test_transient_errors_are_scanned_again(tmp_path, monkeypatch):
 def test_scan_guards_every_object(tmp_path, monkeypatch):
     """An unexpected exception in one object's scan becomes that object's row."""
     _series(tmp_path, "s", n=2)
-    real = planning.scan_header
+    real = scanning.scan_header
 
     def explode(data, uri, size=None, *args):
         if uri.endswith("IM00001.dcm"):
             raise RuntimeError("boom")
         return real(data, uri, size, *args)
 
-    monkeypatch.setattr(planning, "scan_header", explode)
+    monkeypatch.setattr(scanning, "scan_header", explode)
     rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
     bad = [r for r in rows if r.kind == ObjectKind.ERROR]
     assert len(bad) == 1 and bad[0].error_type == "internal" and "IM00001.dcm: " in bad[0].reason

@@ -300,7 +300,7 @@ def _pages(search: Callable[..., list[dict]], uri: str, action: str, tag: str) -
     answers: list[dict] = []
     seen: set[str] = set()
     while True:
-        page = _call(lambda: search(limit=PAGE, offset=len(answers)), uri, action)
+        page = _call(lambda offset=len(answers): search(limit=PAGE, offset=offset), uri, action)
         fresh = {a[tag]["Value"][0] for a in page if a.get(tag, {}).get("Value")} - seen
         if page and not fresh:
             raise StorageError(f"{uri}: the DICOMweb server answered the same page again ({action}, offset "

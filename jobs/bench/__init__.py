@@ -9,6 +9,8 @@
     unet bench zip      the same archive as a folder and as one zip, locally and on S3 (moto's
                         server): time side by side, and the GETs each sends
     unet bench select   planning with the selection rules against without, on synthetic studies
+    unet bench dicomweb the same archive from a folder and from a local Orthanc over DICOMweb: header
+                        scan and instance reads per second, and `unet segment` end to end
     unet bench inference  predictor slices/s on this machine: float32, XLA, mixed_float16, mixed_bfloat16
     unet bench gpu      the one command for a machine with NVIDIA GPUs (see jobs/bench/gpu.py)
     unet bench all      io, train and segment (scale writes 220,000 files: run it by itself)
@@ -27,7 +29,7 @@ from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args
 from jobs.output import configure as configure_output
 
-BENCHES = ("io", "train", "segment", "scale", "zip", "select", "inference", "gpu")
+BENCHES = ("io", "train", "segment", "scale", "zip", "select", "dicomweb", "inference", "gpu")
 MODULES = {"zip": "zipped", "select": "selecting"}  # a bench whose module is not named after it
 
 
@@ -59,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--select-objects", type=int, default=20_000, help="objects of the archive (136 per study)")
     z = p.add_argument_group("zip")
     z.add_argument("--zip-objects", type=int, default=20_000, help="objects of the archive (--scale-series-slices per series)")
+    w = p.add_argument_group("dicomweb")
+    w.add_argument("--web-objects", type=int, default=5_000, help="instances loaded into Orthanc")
+    w.add_argument("--dicomweb-concurrency", type=int, default=4, help="as unet segment's")
     i = p.add_argument_group("inference")
     i.add_argument("--infer-size", type=int, default=256)
     i.add_argument("--infer-filters", type=int, default=16, help="64 is the seed's (about 3 slices/s on 2 CPU cores)")

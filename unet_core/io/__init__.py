@@ -33,7 +33,8 @@ def read_object(uri: str, limits: Limits | None = None) -> bytes:
 def read_objects(uris: Sequence[str], limits: Limits | None = None) -> list[bytes]:
     """The bytes of several objects, in order: each zip archive among their containers is opened
     once and all its members needed here are read through it (a series exported as 300 members of
-    one zip costs one central directory read and 300 member reads, not 300 archive downloads)."""
+    one zip costs one central directory read and 300 member reads, not 300 archive downloads); the
+    instances of a DICOMweb series come in one WADO-RS request."""
     limits = limits or Limits()
     by_archive: dict[str, list[str]] = {}
     for uri in uris:
@@ -41,6 +42,13 @@ def read_objects(uris: Sequence[str], limits: Limits | None = None) -> list[byte
         if member is not None:
             by_archive.setdefault(container, []).append(uri)
     out: dict[str, bytes] = {}
+    by_series: dict[str, list[str]] = {}
+    for uri in uris:
+        if dicomweb.is_dicomweb(uri):
+            by_series.setdefault(uri.rsplit("/instances/", 1)[0], []).append(uri)
+    for members in by_series.values():
+        if len(members) > 1:  # one request for the series; an instance missing from it is asked alone
+            out.update(dicomweb.read_series(members, limits.max_file_bytes))
     for container, members in by_archive.items():
         zipped = archive.Archive.shared(container, limits)  # kept open for this process's next volume
         for uri in sorted(members, key=lambda u: zipped.offset(archive.split_member(u)[1])):  # in stored order

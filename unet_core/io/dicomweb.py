@@ -417,6 +417,44 @@ def read_instance(uri: str, max_bytes: int) -> bytes:
     return _call(fetch, uri, "WADO-RS retrieve")
 
 
+def read_series(uris: list[str], max_bytes: int) -> dict[str, bytes]:
+    """Instances of one series in one WADO-RS request (the whole series, streamed; parts the
+    volume does not need are dropped as they arrive): {uri: Part 10 bytes} of those found. The
+    answer is refused past `max_bytes` per instance asked for."""
+    from dicomweb_client.web import _Transaction
+
+    first = parse(uris[0])
+    ref = Ref(first.root, first.study, first.series)
+    wanted = {parse(u).instance: u for u in uris}
+
+    def fetch() -> dict[str, bytes]:
+        c = client(ref.root)
+        url = c._get_series_url(_Transaction.RETRIEVE, ref.study, ref.series)  # noqa: SLF001
+        c, response = _get(ref, url, 'multipart/related; type="application/dicom"; transfer-syntax=*',
+                           max_bytes * len(wanted))
+        found = {}
+        for part in c._decode_multipart_message(response, stream=True):  # noqa: SLF001
+            uid = sop_instance_uid(bytes(part[:8192])) or sop_instance_uid(bytes(part))
+            if uid in wanted:
+                found[wanted[uid]] = bytes(part)
+        return found
+
+    return _call(fetch, ref.uri, "WADO-RS retrieve")
+
+
+def sop_instance_uid(data: bytes) -> str:
+    """The SOP Instance UID of Part 10 bytes (a prefix may do); "" when it cannot be read."""
+    from io import BytesIO
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(ds.SOPInstanceUID).strip()
+    except Exception:  # noqa: BLE001 - unreadable here: read again alone, where the error names it
+        return ""
+
+
 # ---- delivering (STOW-RS) -------------------------------------------------------------------------
 def store(root_uri: str, data: bytes) -> None:
     """Store one Part 10 object. A SEG stored again under the same SOP Instance UID replaces, or

@@ -23,7 +23,8 @@ log = logging.getLogger("unet")
 QUIET_CATEGORIES = (DeprecationWarning, FutureWarning, PendingDeprecationWarning)
 # Loggers that write request and response headers (credentials, session tokens) at DEBUG: never
 # below INFO, even with -v.
-CREDENTIAL_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "aiobotocore", "requests_oauthlib")
+CREDENTIAL_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "aiobotocore", "requests_oauthlib",
+                      "dicomweb_client")  # dicomweb-client logs each request with its headers at DEBUG
 
 
 def worker_env(verbose: bool) -> dict[str, str]:

@@ -77,6 +77,8 @@ def _main(argv: list[str]) -> int:
         lines.append(f"  selection: {summary.selection_line()}")
     if agg.not_selected:
         lines.append("  not selected, by rule: " + ", ".join(f"{k} {v:,}" for k, v in agg.not_selected.most_common()))
+    if agg.delivery_line():
+        lines.append(f"  delivery: {agg.delivery_line()}")
     if agg.by_error_type:
         lines.append("  failures by reason: " + ", ".join(f"{k} {v:,}" for k, v in agg.by_error_type.most_common()))
     if interrupted:

@@ -23,7 +23,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from jobs import segment, send
+from jobs import segment, send, status
 from jobs.exits import Exit
 from support.orthanc import Orthanc
 from support.throttle import ThrottlingProxy
@@ -123,27 +123,40 @@ def test_from_dicomweb_equals_the_folder_and_each_seg_is_sent_once(pacs, archive
     assert (s.headers_read, s.segmented_now, s.segs_sent) == (1, 1, 1)
     assert len(_segs(pacs)) == len(rows) + 1
 
-    # `unet send` finds every SEG stored already.
+    # `unet send` finds every SEG stored already; `unet status` says where they went.
     assert send.main([out, "--to", pacs.dicomweb]) == Exit.OK
     assert "sent 0 SEGs" in capsys.readouterr().out
     assert len(_segs(pacs)) == len(rows) + 1
+    assert status.main([out]) == Exit.OK
+    assert f"delivery: {len(rows)} SEGs stored at {pacs.dicomweb}" in capsys.readouterr().out
 
 
-def test_unet_send_stores_an_earlier_outputs_segs(pacs, archive, phantom_bundle, tmp_path, capsys):
+def test_unet_send_records_refusals_and_a_second_send_stores_them_once(pacs, archive, phantom_bundle, tmp_path,
+                                                                      capsys):
     out = str(tmp_path / "out")
     assert segment.main(["--input", archive[0], "--model", phantom_bundle, "--output", out, "--batch-size", "8",
                          "--dicom-seg"]) == Exit.OK
     before = len(_segs(pacs))
-    assert send.main([out, "--to", pacs.dicomweb]) == Exit.OK
-    rows = [r for r in read_volume_table(out) if r["status"] == "ok"]
-    assert all(r["sent"] for r in rows)
-    # These SEGs were made from the folder's instances, which the changed-instance test may have
-    # replaced in the PACS for one volume; either way each is one new instance, stored once.
-    added = len(_segs(pacs)) - before
-    assert 0 <= added <= len(rows)
-    assert send.main([out, "--to", pacs.dicomweb]) == Exit.OK
-    assert len(_segs(pacs)) - before == added
-    assert "sent 0 SEGs" in capsys.readouterr().out
+    with ThrottlingProxy(pacs.port, every=0, post_status=400) as proxy:
+        to = f"dicomweb+http://127.0.0.1:{proxy.port}/dicom-web"
+        assert send.main([out, "--to", to]) == Exit.SOME_FAILED  # the PACS refuses every store
+        rows = [r for r in read_volume_table(out) if r["status"] == "ok"]
+        assert rows and all(not r["sent"] and "HTTP 400" in r["send_error"] for r in rows)
+        assert f"{len(rows)} could not be sent" in capsys.readouterr().out
+        assert len(_segs(pacs)) == before
+
+        proxy.post_status = None  # it takes them now: each pending SEG is sent once
+        assert send.main([out, "--to", to]) == Exit.OK
+        rows = [r for r in read_volume_table(out) if r["status"] == "ok"]
+        assert all(r["sent"] and r["sent_to"] == to and not r["send_error"] for r in rows)
+        assert f"sent {len(rows)} SEGs" in capsys.readouterr().out
+        after = len(_segs(pacs))
+        # Made from the folder, these SEGs may equal ones the PACS holds already (one volume's
+        # instances differ there after the changed-instance test): at most one new instance each.
+        assert before < after <= before + len(rows)
+        assert send.main([out, "--to", to]) == Exit.OK
+        assert "sent 0 SEGs" in capsys.readouterr().out
+    assert len(_segs(pacs)) == after
 
 
 def test_wrong_credentials_fail_before_anything_is_written(pacs, phantom_bundle, tmp_path, monkeypatch, caplog):
@@ -155,11 +168,14 @@ def test_wrong_credentials_fail_before_anything_is_written(pacs, phantom_bundle,
     assert not out.exists()
 
 
-def test_429_with_retry_after_is_honoured(pacs, from_folder, phantom_bundle, tmp_path):
+def test_429_with_retry_after_is_honoured(pacs, from_folder, phantom_bundle, tmp_path, capsys, caplog):
     with ThrottlingProxy(pacs.port, every=5, retry_after="1") as proxy:
         url = f"dicomweb+http://127.0.0.1:{proxy.port}/dicom-web"
         out = str(tmp_path / "out")
-        assert segment.main(["--input", url, "--model", phantom_bundle, "--output", out, "--batch-size", "8"]) == Exit.OK
+        assert segment.main(["--input", url, "--model", phantom_bundle, "--output", out, "--batch-size", "8",
+                             "-v"]) == Exit.OK
+    seen = capsys.readouterr()
+    assert pacs.auth[1] not in seen.out + seen.err + caplog.text  # -v shows everything but the password
     assert proxy.refused >= 5
     assert all(p in proxy.forwarded_paths for p in proxy.paths)  # each refused request was asked again
     # The PACS also holds the SEGs of the test above: they are not listed (not images).

@@ -44,7 +44,7 @@ GALLERY = 60
 ML_BINS = np.concatenate([[0.0], np.logspace(-2, 5, 57)])  # 0.01 mL .. 100 L, log-spaced
 HU_BINS = np.arange(-1000.0, 2001.0, 25.0)
 COLUMNS = ["volume_id", "source", "status", "error_type", "error", "finished", "n_slices", "mask_volume_ml", "mean_hu_in_mask",
-           "decode_seconds", "predict_seconds", "write_seconds", "qc_uri"]
+           "decode_seconds", "predict_seconds", "write_seconds", "qc_uri", "seg_uri", "sent", "sent_to", "send_error"]
 
 
 def _env():
@@ -83,6 +83,17 @@ class VolumeAggregates:
     slowest: list = field(default_factory=list)  # a min-heap of (seconds, volume id, row)
     gallery: list = field(default_factory=list)  # (volume id, qc uri)
     gallery_total: int = 0
+    delivered: Counter = field(default_factory=Counter)  # DICOMweb service -> SEGs stored there
+    send_failed: int = 0  # SEGs whose last attempt to store failed (send_error)
+
+    def delivery_line(self) -> str:
+        """Where the SEGs went (--send-seg, unet send), in one line; "" when none was sent."""
+        if not self.delivered and not self.send_failed:
+            return ""
+        parts = [f"{n:,} SEGs stored at {dest}" for dest, n in self.delivered.most_common()]
+        if self.send_failed:
+            parts.append(f"{self.send_failed:,} could not be sent (send_error; a re-run or unet send retries them)")
+        return "; ".join(parts)
 
     def add(self, rows: list[dict]) -> None:
         ml, hu = [], []
@@ -95,6 +106,10 @@ class VolumeAggregates:
                 self.not_selected[rule_of(r.get("error") or "")] += 1
             if r["status"] != "ok":
                 continue
+            if r.get("sent"):
+                self.delivered[r.get("sent_to") or "?"] += 1
+            elif r.get("send_error"):
+                self.send_failed += 1
             if r.get("finished"):
                 minute, second = r["finished"][:16], r["finished"][:19]
                 self.per_minute[minute] += 1
@@ -261,6 +276,7 @@ def segment_report(out: str, summary: RunSummary) -> str:
         written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         by_status=sorted(agg.by_status.items()), by_error_type=agg.by_error_type.most_common(),
         not_selected=agg.not_selected.most_common(), selection=summary.selection_line(),
+        delivery=agg.delivery_line(),
         failures=failure_groups, failures_not_listed=failures_not_listed, plots=_Plots(plots), slowest=slowest,
         gallery=[{"volume_id": v, "href": relative(out, u)} for v, u in agg.gallery],
         gallery_more=agg.gallery_total > len(agg.gallery), gallery_total=agg.gallery_total, links=links,

@@ -55,7 +55,7 @@ def run(args, work: str) -> dict:
     os.environ.setdefault("DICOMWEB_PASSWORD", PASSWORD)
     slices = args.scale_series_slices
     n_series = max(1, args.web_objects // slices)
-    archive = os.path.join(work, "archive")
+    archive = os.path.join(work, f"archive-{n_series}x{slices}")
     if not os.path.isdir(archive):
         write_archive(archive, 0, n_series, slices)
     files = [e.uri for e in listing.iter_objects(archive)]

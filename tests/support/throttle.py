@@ -1,7 +1,8 @@
 """An HTTP proxy on 127.0.0.1 that answers some requests "429 Too Many Requests" (with a
 Retry-After) instead of forwarding them: a PACS that rate-limits, for the DICOMweb tests.
 
-Every `every`-th request is refused; the others go to the target unchanged (headers, auth and
+Every `every`-th request is refused (0: none), and with `post_status` every POST is answered
+with that status; the others go to the target unchanged (headers, auth and
 body) and its answer comes back as it is. `refused` and `forwarded` count them; `paths` lists
 the refused request paths, so a test can check each was asked again.
 """
@@ -16,8 +17,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 
 
 class ThrottlingProxy:
-    def __init__(self, target_port: int, every: int = 4, retry_after: str = "1"):
+    def __init__(self, target_port: int, every: int = 4, retry_after: str = "1", post_status: int | None = None):
         self.target_port, self.every, self.retry_after = target_port, every, retry_after
+        self.post_status = post_status  # set: every POST (STOW-RS) is answered with this status
         self.refused = self.forwarded = self._n = 0
         self.paths: list[str] = []
         self.forwarded_paths: list[str] = []
@@ -34,12 +36,17 @@ class ThrottlingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy._lock:
                     proxy._n += 1
-                    refuse = proxy._n % proxy.every == 0
+                    refuse = proxy._n % proxy.every == 0 if proxy.every else False
                     (proxy.paths if refuse else proxy.forwarded_paths).append(self.path)
                     if refuse:
                         proxy.refused += 1
                     else:
                         proxy.forwarded += 1
+                if self.command == "POST" and proxy.post_status:
+                    self.send_response(proxy.post_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if refuse:
                     self.send_response(429)
                     self.send_header("Retry-After", proxy.retry_after)

@@ -7,9 +7,14 @@
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from pydicom.datadict import tag_for_keyword
+
 from unet_core.config import Limits
 from unet_core.errors import EmptyFileError, ErrorType, ItemFailure, StorageError, UnreadableFileError
 from unet_core.io import archive, dicomweb, listing, storage
+from unet_core.io.dicom.fastscan import FIELDS, Fields
 from unet_core.io.dicom.header import header_from_dataset, scan_header
 from unet_core.io.dicom.parse import HEADER_PREFIX_BYTES
 from unet_core.io.nifti import NIFTI_HEADER_PREFIX, is_nifti_name, nifti_geometry
@@ -102,11 +107,61 @@ PIXEL_TAGS = ("7FE00010", "7FE00008", "7FE00009")  # PixelData, FloatPixelData, 
 _BULK = ("BulkDataURI", "InlineBinary")
 
 
+# The attributes a header scan reads (the fast scan's, and an enhanced object's functional groups):
+# the rest of an instance's metadata (patient module, bulk data, ...) never becomes a Dataset here.
+HEADER_TAGS = frozenset(f"{tag_for_keyword(k):08X}" for k in (
+    *FIELDS, "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"))
+
+
+_FIELD_TAGS = {f"{tag_for_keyword(k):08X}": (k, vr, multi) for k, (vr, multi) in FIELDS.items()}
+_SEQUENCES = {f"{tag_for_keyword(k):08X}" for k in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")}
+
+
+def _json_text(v) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return repr(v) if isinstance(v, float) else str(v)
+    return None
+
+
+def _fields_of(meta: dict):
+    """The fast scan's Fields from DICOM JSON (values as pydicom gives them: strings, lists of
+    strings, ints for US), about 10x quicker than pydicom's `from_json`; None for an enhanced
+    object (functional groups) or a value of another shape: pydicom reads those."""
+    if any(t in meta for t in _SEQUENCES):
+        return None
+    values = {}
+    for tag, element in meta.items():
+        field = _FIELD_TAGS.get(tag.upper())
+        if field is None or not isinstance(element, dict) or not element.get("Value"):
+            continue
+        keyword, vr, multi = field
+        raw = element["Value"]
+        if not isinstance(raw, list):
+            return None
+        if vr == "US":
+            if not isinstance(raw[0], int) or isinstance(raw[0], bool):
+                return None
+            values[keyword] = raw[0]
+            continue
+        texts = [_json_text(v) for v in raw]
+        if any(t is None for t in texts):
+            return None
+        values[keyword] = texts if multi else texts[0]
+    return Fields(values=values, file_meta=SimpleNamespace(TransferSyntaxUID=""), encapsulated=False)
+
+
 def _dataset_of(meta: dict, uri: str):
-    """A pydicom Dataset of an instance's DICOM JSON, its bulk data (pixels, overlays) left out."""
+    """The attributes of an instance's DICOM JSON that the scan reads, as a Dataset."""
     import pydicom
 
-    kept = {tag: e for tag, e in meta.items() if not (isinstance(e, dict) and any(k in e for k in _BULK))}
+    fields = _fields_of(meta)
+    if fields is not None:
+        return fields
+
+    kept = {tag: e for tag, e in meta.items()
+            if tag.upper() in HEADER_TAGS and not (isinstance(e, dict) and any(k in e for k in _BULK))}
     try:
         return pydicom.Dataset.from_json(kept)
     except Exception as exc:  # noqa: BLE001 - the server's JSON is input: name the object, not the value

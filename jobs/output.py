@@ -49,7 +49,7 @@ def configure(verbose: bool) -> None:
         logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(level)
     log.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    cap_credential_loggers()
+    cap_credential_loggers(verbose)
 
     quiet_library_loggers(verbose)
     if not verbose:
@@ -58,13 +58,13 @@ def configure(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=".*[Pp]rogress bars disabled.*")
 
 
-def cap_credential_loggers() -> None:
+def cap_credential_loggers(verbose: bool = True) -> None:
     """botocore and urllib3 log request headers at DEBUG (an S3 session token among them): their
-    loggers stay at INFO or above whatever -v says."""
-    for name in CREDENTIAL_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.level < logging.INFO:  # NOTSET (0) included: it would inherit the root's DEBUG
-            logger.setLevel(logging.INFO)
+    loggers stay at INFO or above whatever -v says; without -v at WARNING, as every logger (their
+    own level would let INFO through: dicomweb-client says "search for studies" at INFO)."""
+    floor = logging.INFO if verbose else logging.WARNING
+    for name in CREDENTIAL_LOGGERS:  # never NOTSET: it would inherit the root's DEBUG under -v
+        logging.getLogger(name).setLevel(floor)
 
 
 def say(text: str) -> None:

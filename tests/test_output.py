@@ -84,6 +84,7 @@ def test_credential_loggers_stay_at_info_even_with_v(verbose):
         configure(verbose)
         for name in CREDENTIAL_LOGGERS:
             assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+            assert logging.getLogger(name).isEnabledFor(logging.INFO) == verbose, name  # quiet: nothing below WARNING
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)

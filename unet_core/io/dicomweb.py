@@ -374,7 +374,7 @@ def probe(uri: str) -> None:
     refuses the credentials fails the job now (exit 5), naming the service, not the archive."""
     ref = parse(uri)
     check_transport(ref.root)
-    _call(lambda: client(ref.root).search_for_studies(fields=["StudyInstanceUID"], limit=1), ref.root,
+    _call(lambda: client(ref.root).search_for_studies(fields=["StudyInstanceUID"], limit=1), "dicomweb+" + ref.root,
           "connecting", attempts=3)
 
 
@@ -474,7 +474,7 @@ def store(root_uri: str, data: bytes) -> None:
             raise StorageError(f"{root_uri}: the server refused the object (STOW-RS failure reason {reasons})",
                                uri=root_uri)
 
-    _call(post, ref.root, "STOW-RS store")
+    _call(post, "dicomweb+" + ref.root, "STOW-RS store")
 
 
 @functools.lru_cache(maxsize=64)

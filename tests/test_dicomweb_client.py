@@ -281,3 +281,57 @@ def test_the_header_from_dicom_json_equals_the_files_own_on_every_test_file():
         compared += 1
         quick += scanning._fields_of(meta) is not None
     assert compared > 30 and quick > 20
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"DICOMWEB_TOKEN": "tok-123"}, "Bearer tok-123"),
+    ({"DICOMWEB_USER": "unet", "DICOMWEB_PASSWORD": "pw"}, "Basic dW5ldDpwdw=="),
+    ({}, None),
+])
+def test_the_credentials_reach_the_server_as_the_variables_say(env, expected, monkeypatch):
+    for k in dicomweb.AUTH_ENV:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    seen = []
+
+    def handle(h):
+        seen.append(h.headers.get("Authorization"))
+        _answer(h, 200, b"[]", {"Content-Type": "application/dicom+json"})
+
+    server = _Server(handle)
+    try:
+        assert dicomweb.studies(dicomweb.parse("dicomweb+" + server.root)) == []
+    finally:
+        server.close()
+    assert seen == [expected]
+
+
+def _self_signed(folder) -> tuple[str, str]:
+    import subprocess
+
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_is_verified_always_and_a_ca_bundle_makes_a_private_ca_trusted(tmp_path, monkeypatch):
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server = _Server(lambda h: _answer(h, 200, b"[]", {"Content-Type": "application/dicom+json"}))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+    root = "dicomweb+" + server.root.replace("http://", "https://")
+    monkeypatch.setattr(dicomweb.time, "sleep", lambda s: None)
+    monkeypatch.delenv("DICOMWEB_CA_BUNDLE", raising=False)
+    try:
+        with pytest.raises(StorageError, match="TLS verification failed.*DICOMWEB_CA_BUNDLE"):
+            dicomweb.studies(dicomweb.parse(root))  # a certificate no CA of this machine signed
+        monkeypatch.setenv("DICOMWEB_CA_BUNDLE", cert)  # what --ca-bundle sets
+        assert dicomweb.studies(dicomweb.parse(root)) == []
+    finally:
+        server.close()

@@ -165,8 +165,31 @@ def _session(root: str):
             session.headers["Authorization"] = f"Bearer {token}"
         elif user:
             session.auth = (user, password)
-    session.verify = os.environ.get("DICOMWEB_CA_BUNDLE") or session.verify
+    bundle = os.environ.get("DICOMWEB_CA_BUNDLE")
+    if bundle:
+        # Not `session.verify`: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set system-wide on
+        # many machines) override it for every request. An adapter passes the bundle to each send.
+        session.mount("https://", _verify_adapter()(bundle))
     return session
+
+
+@functools.cache
+def _verify_adapter():
+    """The adapter class (built once requests is imported: this module imports it lazily)."""
+    import requests
+
+    class VerifyWith(requests.adapters.HTTPAdapter):
+        """Verify every https request against this CA bundle, whatever the environment says."""
+
+        def __init__(self, bundle: str):
+            super().__init__()
+            self.bundle = bundle
+
+        def send(self, request, **kwargs):
+            kwargs["verify"] = self.bundle
+            return super().send(request, **kwargs)
+
+    return VerifyWith
 
 
 AUTH_ENV = ("DICOMWEB_TOKEN", "DICOMWEB_USER", "DICOMWEB_PASSWORD", "DICOMWEB_SESSION_FACTORY", "DICOMWEB_CA_BUNDLE",

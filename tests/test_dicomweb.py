@@ -82,6 +82,27 @@ def _segs(pacs: Orthanc) -> list:
     return pacs.datasets_of_modality("SEG")
 
 
+def test_the_selection_rules_plan_the_same_volumes_from_dicomweb_as_from_the_folder(pacs, archive, phantom_bundle,
+                                                                                   tmp_path):
+    """The rules decide from the same header fields, whether they come from files or from WADO-RS
+    metadata; a free-text pattern (the kernel) is matched where the metadata is read."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    rules = tmp_path / "chest.yaml"
+    rules.write_text(yaml.safe_dump({"modality": ["CT"], "orientation": "axial", "slice_thickness_mm": [0.5, 3.0],
+                                     "convolution_kernel": "^B[1-4]", "one_per_study": "thinnest"}))
+    plans = {}
+    for side, uri in (("folder", archive[0]), ("dicomweb", pacs.dicomweb)):
+        out = tmp_path / side
+        assert segment.main(["--input", uri, "--model", phantom_bundle, "--output", str(out), "--select", str(rules),
+                             "--plan-only"]) == Exit.OK
+        plans[side] = sorted((r["volume_id"], r["plan"], r["reason"].split(": ", 1)[-1])
+                             for r in pq.read_table(out / "plan.parquet").to_pylist())
+    assert plans["folder"] == plans["dicomweb"]
+    assert {p for _, p, _ in plans["dicomweb"]} == {"segment", "not_selected"}
+
+
 def test_from_dicomweb_equals_the_folder_and_each_seg_is_sent_once(pacs, archive, from_folder, phantom_bundle,
                                                                     tmp_path, capsys):
     root, series = archive

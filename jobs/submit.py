@@ -47,7 +47,7 @@ from unet_core.net import is_loopback
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
+SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN", "DICOMWEB_TOKEN", "DICOMWEB_PASSWORD")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages when installed
 DIST_NAME = "unet-ray"
 
@@ -279,7 +279,8 @@ def job_env(pairs: list[str]) -> dict[str, str]:
             raise ConfigError("--env RAY_AUTH_TOKEN: the cluster's processes already hold the token; it is not passed on")
         if name in SECRET_NAMES:
             log.warning("--env %s: the value is visible to anyone who can read the job's runtime environment on the "
-                        "cluster's dashboard; prefer IAM roles / service accounts (cluster/README.md)", name)
+                        "cluster's dashboard; prefer IAM roles / service accounts, or a Kubernetes secret on the nodes "
+                        "(cluster/README.md)", name)
         env[name] = value
     return env
 

@@ -170,13 +170,15 @@ def test_job_options_are_checked_before_anything_is_sent(tmp_path):
 def test_runtime_env_ships_the_project_and_forwards_only_what_it_should(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.local:9000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-forward")
+    monkeypatch.setenv("DICOMWEB_PASSWORD", "do-not-forward")
     args = submit.build_parser().parse_args(["--packages", "pinned", "--env", "MY_SETTING=1", "--", "train"])
     renv = submit.runtime_env(args)
     staged = Path(renv["working_dir"])
     assert (staged / "jobs" / "cli.py").is_file() and (staged / "pyproject.toml").is_file()
     assert not (staged / ".venv").exists() and not (staged / "tests").exists()
     assert renv["env_vars"]["AWS_ENDPOINT_URL"] == "http://minio.local:9000" and renv["env_vars"]["MY_SETTING"] == "1"
-    assert "AWS_SECRET_ACCESS_KEY" not in renv["env_vars"]
+    assert "AWS_SECRET_ACCESS_KEY" not in renv["env_vars"] and "DICOMWEB_PASSWORD" not in renv["env_vars"]
+    assert "do-not-forward" not in str(renv)
     pins = renv["pip"]["packages"]
     assert any(p.startswith("tensorflow==") for p in pins) and not any(p.startswith("ray") for p in pins)
     with pytest.raises(submit.ConfigError, match="not passed on"):

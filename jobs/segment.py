@@ -76,7 +76,8 @@ INLINE_RESULT_BYTES = 1024  # task results under this size would live in the dri
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unet segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="prefixes or files: DICOM (any layout), NIfTI, .zip exports")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="prefixes or files: DICOM (any layout), NIfTI, .zip exports; or a PACS: dicomweb+https://host/path")
     p.add_argument("--model", required=True, help="model bundle (local or s3://)")
     p.add_argument("--output", required=True, help="output prefix (local or s3://)")
     p.add_argument("--config", help="JSON/YAML file of option values")

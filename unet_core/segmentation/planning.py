@@ -278,7 +278,9 @@ def _common_prefix(uris: list[str]) -> str:
     if len(uris) == 1:
         return uris[0]
     prefix = os.path.commonprefix(uris)
-    return prefix[: prefix.rfind("/") + 1] if "/" in prefix else prefix
+    prefix = prefix[: prefix.rfind("/") + 1] if "/" in prefix else prefix
+    # A DICOMweb series' instances: the series' own URI (a WADO-RS resource) names them.
+    return prefix[: -len("/instances/")] if dicomweb.is_dicomweb(prefix) and prefix.endswith("/instances/") else prefix
 
 
 def carries(prev: dict | None, fingerprint: str, s: SegmentSettings) -> bool:

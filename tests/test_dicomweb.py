@@ -113,6 +113,8 @@ def test_from_dicomweb_equals_the_folder_and_each_seg_is_sent_once(pacs, archive
     _same_masks(from_folder, out)
     rows = [r for r in read_volume_table(out) if r["status"] == "ok"]
     assert rows and all(r["sent"] and r["sent_to"] == pacs.dicomweb and not r["send_error"] for r in rows)
+    assert all(r["source"] == f"{pacs.dicomweb}/studies/{series[r['series_uid']].study_uid}/series/{r['series_uid']}"
+               for r in rows)  # a volume's source is its series' WADO-RS URI
     segs = _segs(pacs)
     assert len(segs) == len(rows)
     by_series = {r["series_uid"]: r for r in rows}

@@ -103,6 +103,27 @@ def test_the_selection_rules_plan_the_same_volumes_from_dicomweb_as_from_the_fol
     assert {p for _, p, _ in plans["dicomweb"]} == {"segment", "not_selected"}
 
 
+def test_a_query_file_filters_the_studies_listed(pacs, archive, phantom_bundle, tmp_path):
+    """QIDO-RS filters from --dicomweb-query (here one patient, CT) list only their studies; a
+    filter that matches nothing is a clear error, not an empty output."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    series = archive[1]
+    patient, study = next((s.patient, s.study_uid) for s in series.values())
+    query = tmp_path / "query.yaml"
+    query.write_text(yaml.safe_dump({"PatientID": patient, "Modality": "CT"}))
+    out = tmp_path / "out"
+    assert segment.main(["--input", pacs.dicomweb, "--dicomweb-query", str(query), "--model", phantom_bundle,
+                         "--output", str(out), "--plan-only"]) == Exit.OK
+    plan = pq.read_table(out / "plan.parquet").to_pylist()
+    assert plan and {r["study_uid"] for r in plan} == {study}
+    assert len(plan) == sum(s.study_uid == study and s.role != "dose" for s in series.values())
+    query.write_text(yaml.safe_dump({"StudyDate": "19000101-19000102"}))
+    assert segment.main(["--input", pacs.dicomweb, "--dicomweb-query", str(query), "--model", phantom_bundle,
+                         "--output", str(tmp_path / "none"), "--plan-only"]) == Exit.USAGE
+
+
 def test_from_dicomweb_equals_the_folder_and_each_seg_is_sent_once(pacs, archive, from_folder, phantom_bundle,
                                                                     tmp_path, capsys):
     root, series = archive

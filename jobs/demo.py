@@ -10,7 +10,6 @@ Outputs go under --output (local by default; `--storage s3://bucket/demo` for a 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 
 import numpy as np
@@ -46,8 +45,7 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    import pyarrow.parquet as pq
-
+    from unet_core.segmentation.records import rows_from_bytes
 
     args = build_parser().parse_args(argv)
     configure_output(args.verbose)
@@ -79,7 +77,7 @@ def _main(argv: list[str]) -> int:
     evaluate.main(["--pred", j("segmented"), "--truth", demo.truth, *ray_args])
 
     volumes = sorted(read_volume_table(j("segmented")), key=lambda r: (r["status"] != "ok", r["volume_id"]))
-    scores = {r["volume_id"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(j("segmented", "evaluation.parquet")))).to_pylist()}
+    scores = {r["volume_id"]: r for r in rows_from_bytes(storage.read_bytes(j("segmented", "evaluation.parquet")))}
     write_pictures(j("segmented"), j("pictures"), scores)
     summary = RunSummary.read(j("segmented"))
     print("\nvolume                        source                                      status   Dice   volume ml")

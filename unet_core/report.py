@@ -157,6 +157,7 @@ class VolumeAggregates:
 
 
 def aggregate_volume_table(out: str) -> VolumeAggregates:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     agg = VolumeAggregates()
@@ -166,7 +167,10 @@ def aggregate_volume_table(out: str) -> VolumeAggregates:
         return agg
     for e in entries:
         if e.uri.endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(storage.read_bytes(e.uri)))
+            # ParquetFile, not pq.read_table: the dataset reader pyarrow 26 uses there leaves a thread
+            # that aborts the process at exit ("terminate called without an active exception") in
+            # most runs of a short command such as `unet status`.
+            table = pq.ParquetFile(pa.BufferReader(storage.read_bytes(e.uri))).read()
             agg.add(table.select([c for c in COLUMNS if c in table.column_names]).to_pylist())
     return agg
 

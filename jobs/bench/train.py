@@ -16,6 +16,7 @@ from unet_core.training.shards import decode_rows
 
 
 def run(args, work: str) -> dict:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
 
@@ -47,7 +48,9 @@ def run(args, work: str) -> dict:
     from unet_core.model import build_unet
     from unet_core.model.losses import bce_loss
 
-    table = pq.read_table(os.path.join(prepared, "slices", "split=train")).to_pydict()
+    folder = os.path.join(prepared, "slices", "split=train")  # each file by itself: see unet_core/report.py
+    table = pa.concat_tables([pq.ParquetFile(os.path.join(folder, f)).read() for f in sorted(os.listdir(folder))
+                              if f.endswith(".parquet")]).to_pydict()
     x, y = decode_rows(np.array(table["image"], object), np.array(table["mask"], object), args.train_size, 1)
     n = (len(x) // args.train_batch) * args.train_batch
     x, y = x[:n], y[:n]

@@ -138,11 +138,6 @@ def _query_value(key, value) -> str:
     return str(value)
 
 
-def display(uri: str) -> str:
-    """A URI as the volume table and messages name it (it never holds credentials: `parse`)."""
-    return uri
-
-
 # ---- the client ---------------------------------------------------------------------------------
 _local = threading.local()
 

@@ -91,7 +91,7 @@ def add_dicomweb_args(parser: argparse.ArgumentParser, sending_only: bool = Fals
     if not sending_only:
         g.add_argument("--dicomweb-query", default=None, metavar="FILE.yaml",
                        help="QIDO-RS filters for dicomweb+https:// inputs (StudyDate, Modality, AccessionNumber, "
-                            "...), added to those in the URI; keeps identifying filters out of the command line")
+                            "...), added to those in the URI (out of the shell history; recorded with the inputs in layout.json)")
         g.add_argument("--send-seg", default=None, metavar="URL",
                        help="store each DICOM SEG at this DICOMweb service (STOW-RS) once written; implies "
                             "--dicom-seg. A re-run sends what was not sent")

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from unet_core.errors import ConfigError, ResourceLimitError, StorageError
-from unet_core.io import dicomweb, listing, storage
+from unet_core.io import dicomweb, dicomweb_auth, listing, storage
 
 
 def test_uris_parse_and_print_back():
@@ -67,7 +67,7 @@ def test_a_dicomweb_uri_is_never_a_place_to_write():
     ("http://localhost:8042/dicom-web", {"DICOMWEB_TOKEN": "t"}, False),
 ])
 def test_credentials_never_go_over_plain_http_to_another_machine(root, env, refused, monkeypatch):
-    for k in dicomweb.AUTH_ENV:
+    for k in dicomweb_auth.AUTH_ENV:
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -76,7 +76,7 @@ def test_credentials_never_go_over_plain_http_to_another_machine(root, env, refu
             dicomweb.client(root)
         assert "s3cr3t" not in str(info.value) and "pacs.hospital.org" in str(info.value)
     else:
-        dicomweb.check_transport(root)
+        dicomweb_auth.check_transport(root)
 
 
 def test_a_session_factory_is_the_plug_point_for_cloud_credentials(monkeypatch):
@@ -289,7 +289,7 @@ def test_the_header_from_dicom_json_equals_the_files_own_on_every_test_file():
     ({}, None),
 ])
 def test_the_credentials_reach_the_server_as_the_variables_say(env, expected, monkeypatch):
-    for k in dicomweb.AUTH_ENV:
+    for k in dicomweb_auth.AUTH_ENV:
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)

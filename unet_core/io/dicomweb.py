@@ -5,7 +5,7 @@ URIs name a service root and, below it, a study, a series or an instance:
     dicomweb+https://pacs.example.org/dicom-web[?Modality=CT&StudyDate=20240101-20241231]
     dicomweb+https://.../dicom-web/studies/<uid>[/series/<uid>[/instances/<uid>]]
 
-`dicomweb+http://` is for a PACS on this machine or a lab network (see "Transport" below).
+`dicomweb+http://` is for a PACS on this machine or a lab network (`dicomweb_auth.py`).
 
 Listing is QIDO-RS: studies (the study-level filters of the query), the series of a study (the
 series-level filters), the instances of a series. `list_level` and `iter_objects` give the same
@@ -20,21 +20,11 @@ gzip-encoded and expand). `dicomweb-client` (by the highdicom authors) builds th
 QIDO answers and decodes multipart messages; its own retrying is off because it neither honours
 Retry-After nor retries a refused connection: `_call` does both.
 
-Auth (the `DICOMWEB_*` variables of every process that talks to the service; on a cluster, set on
-its nodes, never in a job's runtime environment):
-- `DICOMWEB_TOKEN`: a bearer token;
-- `DICOMWEB_USER` and `DICOMWEB_PASSWORD`: HTTP basic auth;
-- `DICOMWEB_SESSION_FACTORY=module:function`: a function of the service URL returning a
-  `requests.Session` with its own auth (Google Cloud Healthcare, AWS HealthImaging, Azure: see
-  docs/design.md, "DICOMweb").
-TLS certificates are always verified: `DICOMWEB_CA_BUNDLE` names a CA bundle for a hospital's own
-CA. Credentials never go over plain http to another machine unless `DICOMWEB_ALLOW_HTTP=1`
-(`--insecure-http`): the same rule as `unet submit`.
+Credentials, TLS and the transport rule: `dicomweb_auth.py`.
 """
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import random
 import re
@@ -45,7 +35,7 @@ from typing import Callable, Iterator, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from unet_core.errors import ConfigError, ResourceLimitError, StorageError
-from unet_core.net import is_loopback
+from unet_core.io.dicomweb_auth import AUTH_ENV, check_transport, session_for
 
 T = TypeVar("T")
 SCHEMES = ("dicomweb+https://", "dicomweb+http://")
@@ -142,68 +132,6 @@ def _query_value(key, value) -> str:
 _local = threading.local()
 
 
-def _session(root: str):
-    import requests
-
-    factory = os.environ.get("DICOMWEB_SESSION_FACTORY", "")
-    if factory:
-        module, _, name = factory.partition(":")
-        try:
-            session = getattr(importlib.import_module(module), name)(root)
-        except Exception as exc:  # noqa: BLE001 - a plug point of the user's: say which and why
-            raise ConfigError(f"DICOMWEB_SESSION_FACTORY={factory} failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        session = requests.Session()
-        token = os.environ.get("DICOMWEB_TOKEN", "")
-        user, password = os.environ.get("DICOMWEB_USER", ""), os.environ.get("DICOMWEB_PASSWORD", "")
-        if token:
-            session.headers["Authorization"] = f"Bearer {token}"
-        elif user:
-            session.auth = (user, password)
-    bundle = os.environ.get("DICOMWEB_CA_BUNDLE")
-    if bundle:
-        # Not `session.verify`: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set system-wide on
-        # many machines) override it for every request. An adapter passes the bundle to each send.
-        session.mount("https://", _verify_adapter()(bundle))
-    return session
-
-
-@functools.cache
-def _verify_adapter():
-    """The adapter class (built once requests is imported: this module imports it lazily)."""
-    import requests
-
-    class VerifyWith(requests.adapters.HTTPAdapter):
-        """Verify every https request against this CA bundle, whatever the environment says."""
-
-        def __init__(self, bundle: str):
-            super().__init__()
-            self.bundle = bundle
-
-        def send(self, request, **kwargs):
-            kwargs["verify"] = self.bundle
-            return super().send(request, **kwargs)
-
-    return VerifyWith
-
-
-AUTH_ENV = ("DICOMWEB_TOKEN", "DICOMWEB_USER", "DICOMWEB_PASSWORD", "DICOMWEB_SESSION_FACTORY", "DICOMWEB_CA_BUNDLE",
-            "DICOMWEB_ALLOW_HTTP")
-
-
-def has_credentials() -> bool:
-    return any(os.environ.get(k) for k in AUTH_ENV[:4])
-
-
-def check_transport(root: str) -> None:
-    """Credentials go over https, or plain http to this machine; elsewhere only when allowed."""
-    if (root.startswith("http://") and has_credentials() and not is_loopback(root)
-            and os.environ.get("DICOMWEB_ALLOW_HTTP") != "1"):
-        raise ConfigError(f"refusing to send DICOMweb credentials over plain http to {urlsplit(root).hostname}: "
-                          "anyone on the path could read them and the images. Use dicomweb+https://, or pass "
-                          "--insecure-http (DICOMWEB_ALLOW_HTTP=1) if this network is yours")
-
-
 def client(root: str):
     """This thread's DICOMweb client of a service (its connections are reused)."""
     from dicomweb_client.api import DICOMwebClient
@@ -214,7 +142,7 @@ def client(root: str):
     key = (root, *(os.environ.get(k, "") for k in AUTH_ENV))  # other credentials: another client
     if key not in clients:
         check_transport(root)
-        c = DICOMwebClient(root, session=_session(root), timeout=TIMEOUT)
+        c = DICOMwebClient(root, session=session_for(root), timeout=TIMEOUT)
         c.set_http_retry_params(retry=False)  # `_call` retries, honouring Retry-After
         clients[key] = c
     return clients[key]

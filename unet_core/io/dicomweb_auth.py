@@ -1,0 +1,85 @@
+"""Who this tool is to a DICOMweb server: credentials, TLS and where they may be sent.
+
+Credentials come only from the environment of every process that talks to the service (on a
+cluster, set on its nodes, never in a job's runtime environment):
+- `DICOMWEB_TOKEN`: a bearer token;
+- `DICOMWEB_USER` and `DICOMWEB_PASSWORD`: HTTP basic auth;
+- `DICOMWEB_SESSION_FACTORY=module:function`: a function of the service URL returning a
+  `requests.Session` with its own auth (Google Cloud Healthcare, AWS HealthImaging, Azure: see
+  docs/design.md, "DICOMweb").
+TLS certificates are always verified: `DICOMWEB_CA_BUNDLE` names a CA bundle for a hospital's own
+CA. Credentials never go over plain http to another machine unless `DICOMWEB_ALLOW_HTTP=1`
+(`--insecure-http`): the same rule as `unet submit`.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from urllib.parse import urlsplit
+
+from unet_core.errors import ConfigError
+from unet_core.net import is_loopback
+
+
+def session_for(root: str):
+    """A requests Session for the service, with the credentials and CA the environment names."""
+    import requests
+
+    factory = os.environ.get("DICOMWEB_SESSION_FACTORY", "")
+    if factory:
+        module, _, name = factory.partition(":")
+        try:
+            session = getattr(importlib.import_module(module), name)(root)
+        except Exception as exc:  # noqa: BLE001 - a plug point of the user's: say which and why
+            raise ConfigError(f"DICOMWEB_SESSION_FACTORY={factory} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        session = requests.Session()
+        token = os.environ.get("DICOMWEB_TOKEN", "")
+        user, password = os.environ.get("DICOMWEB_USER", ""), os.environ.get("DICOMWEB_PASSWORD", "")
+        if token:
+            session.headers["Authorization"] = f"Bearer {token}"
+        elif user:
+            session.auth = (user, password)
+    bundle = os.environ.get("DICOMWEB_CA_BUNDLE")
+    if bundle:
+        # Not `session.verify`: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set system-wide on
+        # many machines) override it for every request. An adapter passes the bundle to each send.
+        session.mount("https://", _verify_adapter()(bundle))
+    return session
+
+
+@functools.cache
+def _verify_adapter():
+    """The adapter class (built once requests is imported: this module imports it lazily)."""
+    import requests
+
+    class VerifyWith(requests.adapters.HTTPAdapter):
+        """Verify every https request against this CA bundle, whatever the environment says."""
+
+        def __init__(self, bundle: str):
+            super().__init__()
+            self.bundle = bundle
+
+        def send(self, request, **kwargs):
+            kwargs["verify"] = self.bundle
+            return super().send(request, **kwargs)
+
+    return VerifyWith
+
+
+AUTH_ENV = ("DICOMWEB_TOKEN", "DICOMWEB_USER", "DICOMWEB_PASSWORD", "DICOMWEB_SESSION_FACTORY", "DICOMWEB_CA_BUNDLE",
+            "DICOMWEB_ALLOW_HTTP")
+
+
+def has_credentials() -> bool:
+    return any(os.environ.get(k) for k in AUTH_ENV[:4])
+
+
+def check_transport(root: str) -> None:
+    """Credentials go over https, or plain http to this machine; elsewhere only when allowed."""
+    if (root.startswith("http://") and has_credentials() and not is_loopback(root)
+            and os.environ.get("DICOMWEB_ALLOW_HTTP") != "1"):
+        raise ConfigError(f"refusing to send DICOMweb credentials over plain http to {urlsplit(root).hostname}: "
+                          "anyone on the path could read them and the images. Use dicomweb+https://, or pass "
+                          "--insecure-http (DICOMWEB_ALLOW_HTTP=1) if this network is yours")

@@ -145,6 +145,18 @@ def test_segment_survives_a_killed_predictor_worker(archive, bundle, reference, 
 
 def test_sigint_halfway_then_rerun_completes_with_identical_masks(archive, bundle, reference, tmp_path):
     out = str(tmp_path / "out")
+    # A test run started in the background by a shell without job control (`cmd &`) inherits
+    # SIGINT ignored, and so would the job: a user's terminal never does. Give the job the default.
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _sigint_then_rerun(archive, bundle, reference, out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_then_rerun(archive: str, bundle: str, reference, out: str) -> None:
     # One volume at a time, so that the interrupt lands halfway: with every volume in flight at
     # once, the other eight could finish within the 0.2 s it takes to see the second.
     proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",

@@ -131,7 +131,7 @@ def _answer(h, status: int, body: bytes = b"", headers: dict | None = None):
 
 def test_429_and_503_are_retried_as_long_as_retry_after_says(monkeypatch):
     calls, slept = [], []
-    monkeypatch.setattr(dicomweb.time, "sleep", slept.append)
+    monkeypatch.setattr(storage.time, "sleep", slept.append)
 
     def handle(h):
         calls.append(h.path)
@@ -155,7 +155,7 @@ def test_429_and_503_are_retried_as_long_as_retry_after_says(monkeypatch):
                                            (400, "HTTP 400")])
 def test_refusals_are_not_retried_and_say_what_to_check(status, words, monkeypatch):
     calls = []
-    monkeypatch.setattr(dicomweb.time, "sleep", lambda s: None)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     server = _Server(lambda h: (calls.append(1), _answer(h, status)))
     try:
         with pytest.raises(StorageError, match=words):
@@ -191,7 +191,7 @@ def test_a_server_that_never_answers_is_an_error_not_a_hang(monkeypatch):
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     monkeypatch.setattr(dicomweb, "TIMEOUT", (1.0, 1.0))
-    monkeypatch.setattr(dicomweb.time, "sleep", lambda s: None)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     result = {}
 
     def ask():  # a thread of its own: a client made with this test's timeout
@@ -326,7 +326,7 @@ def test_tls_is_verified_always_and_a_ca_bundle_makes_a_private_ca_trusted(tmp_p
     context.load_cert_chain(cert, key)
     server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
     root = "dicomweb+" + server.root.replace("http://", "https://")
-    monkeypatch.setattr(dicomweb.time, "sleep", lambda s: None)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     monkeypatch.delenv("DICOMWEB_CA_BUNDLE", raising=False)
     try:
         with pytest.raises(StorageError, match="TLS verification failed.*DICOMWEB_CA_BUNDLE"):

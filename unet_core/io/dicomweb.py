@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import re
 import threading
-import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from unet_core.errors import ConfigError, ResourceLimitError, StorageError
+from unet_core.io import storage
 from unet_core.io.dicomweb_auth import AUTH_ENV, check_transport, session_for
 
 T = TypeVar("T")
@@ -194,17 +193,8 @@ def _classify(exc: BaseException, uri: str, action: str) -> BaseException:
 def _call(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None) -> T:
     """Run one request, retrying refused connections, timeouts, 429 and 5xx with jittered
     exponential backoff, or as long as the server's Retry-After says (at most MAX_RETRY_AFTER)."""
-    attempts = attempts or RETRY_ATTEMPTS
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if attempt + 1 < attempts and _transient(exc):
-                wait = _retry_after(exc)
-                time.sleep(wait if wait is not None else RETRY_BASE_SECONDS * 2**attempt * (0.5 + random.random()))
-                continue
-            raise _classify(exc, uri, action) from exc
-    raise AssertionError("unreachable")
+    return storage.with_retry(fn, uri, action, attempts or RETRY_ATTEMPTS, transient=_transient, classify=_classify,
+                              base_seconds=RETRY_BASE_SECONDS, wait=_retry_after)
 
 
 def _capped(response, limit: int, uri: str) -> None:

@@ -165,17 +165,25 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def with_retry(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None) -> T:
-    """Run `fn`, retrying transient storage errors with jittered exponential backoff."""
+def with_retry(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None, *,
+               transient: Callable[[BaseException], bool] | None = None,
+               classify: Callable[[BaseException, str, str], BaseException] | None = None,
+               base_seconds: float = RETRY_BASE_SECONDS,
+               wait: Callable[[BaseException], float | None] | None = None) -> T:
+    """Run `fn`, retrying transient errors with jittered exponential backoff (or as long as
+    `wait` says for an error, e.g. a server's Retry-After). The defaults are object storage's;
+    the DICOMweb client passes its own rules."""
     attempts = attempts or RETRY_ATTEMPTS
+    transient, classify = transient or _is_transient, classify or _classify
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below
-            if attempt + 1 < attempts and _is_transient(exc):
-                time.sleep(RETRY_BASE_SECONDS * 2**attempt * (0.5 + random.random()))
+            if attempt + 1 < attempts and transient(exc):
+                told = wait(exc) if wait is not None else None
+                time.sleep(told if told is not None else base_seconds * 2**attempt * (0.5 + random.random()))
                 continue
-            raise _classify(exc, uri, action) from exc
+            raise classify(exc, uri, action) from exc
     raise AssertionError("unreachable")
 
 

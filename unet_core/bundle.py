@@ -52,6 +52,14 @@ class BundleInfo:
     # The input the model is made for: selection rules (unet_core/segmentation/selection.py) that
     # `unet segment` applies unless --select overrides them key by key.
     input_rules: dict = field(default_factory=dict)
+    # The prepared data's fingerprint (unet_core/recipe/fingerprint.py, `Fingerprint.to_dict`):
+    # per-case spacing and shape, foreground intensity statistics, class fractions. Empty for
+    # bundles made before the native recipe and for packaged models.
+    fingerprint: dict = field(default_factory=dict)
+    # Post-processing decided on the validation cases by `unet train`:
+    # {"largest_component": bool, "val_dice": {"plain": [...], "largest_component": [...]}}.
+    # `unet segment --largest-component auto` follows "largest_component"; empty means off.
+    postprocessing: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_segment_codes(self.segment_codes, self.label_names)

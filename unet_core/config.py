@@ -16,6 +16,9 @@ from unet_core.errors import ConfigError
 
 T = TypeVar("T")
 
+RECIPES = ("seed", "native")
+NORMALIZATIONS = ("window", "ct_foreground", "zscore")
+
 # Named CT windows as (lower HU, upper HU): level -/+ width/2.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     "abdomen": (-160.0, 240.0),  # L 40 / W 400, soft tissue
@@ -67,16 +70,45 @@ class PreprocessConfig:
     window: str | None = "abdomen"  # a name in CT_WINDOWS, or None to use window_lower/upper
     window_lower: float | None = None
     window_upper: float | None = None
+    # recipe "seed": each slice resized to input_size x input_size. recipe "native": slices
+    # resampled to target_spacing, input_size is the patch size, inference by sliding window.
     input_size: int = 256
     context_slices: int = 0  # neighbouring slices each side fed as extra channels
+    recipe: str = "seed"  # one of RECIPES; bundles made before the native recipe carry no key: "seed"
+    # "window": clip to the CT window, scale to [0, 1] (the seed's); "ct_foreground": clip to the
+    # dataset's foreground 0.5 / 99.5 percentiles, then z-score with its foreground mean and std
+    # (nnU-Net's CT scheme); "zscore": each image's own mean and std (non-CT modalities)
+    normalization: str = "window"
+    target_spacing: float | None = None  # in-plane mm for recipe "native"; None: each image's own spacing
+    foreground_mean: float | None = None  # the fingerprint's foreground statistics ("ct_foreground")
+    foreground_std: float | None = None
+    foreground_p005: float | None = None
+    foreground_p995: float | None = None
+    tile_overlap: float = 0.5  # sliding-window step is (1 - overlap) x patch
 
     def __post_init__(self) -> None:
         if self.modality not in ("CT", "uint8", "uint16"):
             raise ConfigError(f"modality must be CT, uint8 or uint16, got {self.modality!r}")
-        if self.modality == "CT":
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.modality == "CT" and self.normalization == "window":
             lower, upper = self.window_bounds()
             if not lower < upper:
                 raise ConfigError(f"window lower {lower} must be below upper {upper}")
+        if self.normalization == "ct_foreground":
+            stats = (self.foreground_mean, self.foreground_std, self.foreground_p005, self.foreground_p995)
+            if any(v is None for v in stats):
+                raise ConfigError("normalization ct_foreground needs the fingerprint's foreground mean, std and "
+                                  "0.5 / 99.5 percentiles")
+            if not self.foreground_std > 0 or not self.foreground_p005 < self.foreground_p995:
+                raise ConfigError(f"foreground statistics out of range: std {self.foreground_std}, percentiles "
+                                  f"{self.foreground_p005} / {self.foreground_p995}")
+        if self.target_spacing is not None and not self.target_spacing > 0:
+            raise ConfigError(f"target_spacing must be positive (mm), got {self.target_spacing}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ConfigError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
         if self.context_slices < 0:
             raise ConfigError("context_slices must be >= 0")
 
@@ -178,6 +210,8 @@ def _dataclass_in(hint: Any) -> type | None:
 
 __all__ = [
     "CT_WINDOWS",
+    "NORMALIZATIONS",
+    "RECIPES",
     "AugmentConfig",
     "Limits",
     "ModelConfig",

@@ -4,9 +4,13 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# MLflow's server for the tracking tests: the full `mlflow` package pins an older pyarrow than this
+# project's, so it lives in a venv of its own; the project needs only the client (the tracking extra).
+MLFLOW_VENV ?= .venv-mlflow
+MLFLOW_SERVER_VERSION ?= 3.17.2
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-e2e test-slow test-all demo bench bench-gpu clean
+.PHONY: install lint test test-e2e test-slow test-all demo bench bench-gpu clean mlflow-server
 
 install: $(STAMP)
 
@@ -15,6 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,codecs]'
 	@touch $(STAMP)
+
+mlflow-server: $(MLFLOW_VENV)/bin/mlflow
+
+$(MLFLOW_VENV)/bin/mlflow:
+	@test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet 'mlflow==$(MLFLOW_SERVER_VERSION)'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -26,10 +36,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	HYPOTHESIS_PROFILE=default $(PY) -m pytest $(PYTEST_ARGS)
 
-test-e2e: $(STAMP)
+test-e2e: $(STAMP) $(MLFLOW_VENV)/bin/mlflow
 	HYPOTHESIS_PROFILE=e2e $(PY) -m pytest -m '(e2e or fuzz) and not slow' --timeout 1800 $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(MLFLOW_VENV)/bin/mlflow
 	HYPOTHESIS_PROFILE=slow $(PY) -m pytest -m 'slow or fuzz' --timeout 3600 $(PYTEST_ARGS)
 
 test-all: test test-e2e test-slow
@@ -46,4 +56,4 @@ bench-gpu: $(STAMP)
 	$(VENV)/bin/unet bench gpu $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-output
+	rm -rf $(VENV) $(MLFLOW_VENV) build *.egg-info .pytest_cache demo-output

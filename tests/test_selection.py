@@ -243,7 +243,7 @@ def test_a_pattern_with_nested_quantifiers_takes_milliseconds_on_any_description
     rules = SelectionRules.from_dict({"series_description": EVIL}, "--select")
     started = time.perf_counter()
     assert rules.text_matches({"series_description": text}) == (found, None)
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 0.25  # measured: 0.03 ms at 41 characters, 14 ms at 10,000; re: years
 
 
 def test_the_evil_pattern_in_a_real_scan_of_a_41_character_description(tmp_path):

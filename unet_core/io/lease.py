@@ -150,7 +150,14 @@ class _S3Lease:
 
     def delete(self, version: str) -> None:
         try:
-            _s3_client().delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
+            try:
+                _s3_client().delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
+            except ClientError as exc:
+                if _code(exc) not in ("NotImplemented", "501", "InvalidArgument"):
+                    raise
+                # A store without conditional deletes: the lease was ours when release() read it
+                # just now, and a takeover needs it stale for STALE_SECONDS.
+                _s3_client().delete_object(Bucket=self.bucket, Key=self.key)
         except _S3_ERRORS as exc:  # a lease that changed is not ours to remove
             if _code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 log.warning("%s: the lease could not be removed (%s); the next run takes it over once stale",

@@ -292,3 +292,12 @@ def _free_pid() -> int:
         except PermissionError:
             pass
         pid -= 1
+
+
+def test_a_fence_is_made_from_the_output_and_the_token_alone(store):
+    from unet_core.io.lease import Fence
+
+    with Lease(store, "unet segment") as lease:
+        Fence.of(store, lease.info.token).check()
+        with pytest.raises(LeaseLost, match="another run took the output over"):
+            Fence.of(store, "f" * 32).check()

@@ -255,3 +255,27 @@ def test_the_demos_names():
         assert ownership.DEMO_OUTPUT.owns(name)
     for name in ("scans/ct.dcm", "README", "labelled", "modelx/a", "demo.json.bak"):
         assert not ownership.DEMO_OUTPUT.owns(name)
+
+
+def test_overwrite_checks_the_lease_before_each_removal(tmp_path):
+    """delete_owned(check=lease.check): a run that lost its output stops before its next delete."""
+    from unet_core.io.lease import Lease, LeaseLost
+
+    out = tmp_path / "out"
+    _tree(out, ["layout.json", f"masks/{VID}.nii.gz", "masks/dcm-00000000000000ff.nii.gz"])
+    lease = Lease(str(out), "unet segment", heartbeat_seconds=3600, confirm_seconds=0).acquire()
+    try:
+        calls = []
+
+        def check() -> None:
+            calls.append(1)
+            lease.check()
+
+        assert delete_owned(str(out), ("masks",), check=check) == (2, 0) and len(calls) == 2
+        _tree(out, [f"masks/{VID}.nii.gz"])
+        os.unlink(out / ".unet-lease.json")  # removed by hand (another run may create its own now)
+        with pytest.raises(LeaseLost):
+            delete_owned(str(out), ("masks",), check=lease.check)
+        assert os.path.exists(out / f"masks/{VID}.nii.gz")
+    finally:
+        lease.release()

@@ -24,7 +24,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from unet_core.errors import ConfigError, StorageError
 from unet_core.io import listing, storage
@@ -189,10 +189,12 @@ def owned_objects(output: str, kind: OutputKind = SEGMENT_OUTPUT) -> Iterator[st
                 yield uri
 
 
-def delete_owned(output: str, folders: tuple[str, ...], kind: OutputKind = SEGMENT_OUTPUT) -> tuple[int, int]:
+def delete_owned(output: str, folders: tuple[str, ...], kind: OutputKind = SEGMENT_OUTPUT,
+                 check: Callable[[], None] | None = None) -> tuple[int, int]:
     """Remove the objects this tool names in `folders` of the output; anything else there stays,
     and is logged. Returns (removed, left). An own folder that is a symbolic link is refused before
-    anything is removed (check_own_folders)."""
+    anything is removed (check_own_folders). `check` runs before each removal: the run's
+    `Lease.check`, which raises LeaseLost once another run holds the output."""
     check_own_folders(output, kind)
     removed = left = 0
     for folder in folders:
@@ -200,6 +202,8 @@ def delete_owned(output: str, folders: tuple[str, ...], kind: OutputKind = SEGME
         for uri in list(_objects(prefix)):
             relative = posixpath.join(folder, uri[len(prefix.rstrip("/")) + 1:])
             if kind.owns(relative):
+                if check is not None:
+                    check()
                 storage.delete(uri)
                 removed += 1
             else:

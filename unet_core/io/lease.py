@@ -263,6 +263,12 @@ class Fence:
     uri: str
     token: str
 
+    @classmethod
+    def of(cls, output: str, token: str) -> Fence:
+        """The fence of `output`'s lease with the holder's token (a settings field can carry the
+        token alone)."""
+        return cls(storage.join(output, LEASE_FILE), token)
+
     def check(self) -> None:
         """Raises LeaseLost when the output's lease is no longer this run's, StorageError when it
         cannot be read (then nothing may be written either)."""

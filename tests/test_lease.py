@@ -301,3 +301,21 @@ def test_a_fence_is_made_from_the_output_and_the_token_alone(store):
         Fence.of(store, lease.info.token).check()
         with pytest.raises(LeaseLost, match="another run took the output over"):
             Fence.of(store, "f" * 32).check()
+
+
+def test_a_write_that_landed_without_its_answer_is_still_ours(tmp_path):
+    """A retried conditional write whose first try landed is refused (the version moved): the lease
+    holding this run's own token is still this run's, at acquire and at a heartbeat."""
+    lease = Lease(str(tmp_path), "unet segment", heartbeat_seconds=0.1, confirm_seconds=0)
+    storage.write_bytes(storage.join(str(tmp_path), LEASE_FILE), lease.info.to_json())  # the create landed
+    lease.acquire()
+    try:
+        assert lease.took_over is None
+        storage.write_bytes(storage.join(str(tmp_path), LEASE_FILE), lease.info.to_json())  # a heartbeat landed
+        beat = lease.info.beat
+        time.sleep(0.6)
+        assert not lease.lost and lease.info.beat > beat + 1
+        lease.check()
+    finally:
+        lease.release()
+    assert not (tmp_path / LEASE_FILE).exists()

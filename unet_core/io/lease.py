@@ -321,6 +321,8 @@ class Lease:
             seen = self._store.read()
             if seen is None:
                 self._version = self._store.create(self._payload())
+            elif seen.info.token == self.info.token:  # our write landed, its answer was lost (a retry got 412)
+                self._version = seen.version
             elif self._gone(seen.info):
                 self._version = self._store.replace(self._payload(), seen.version)
                 if self._version is not None:
@@ -351,10 +353,14 @@ class Lease:
                 continue
             if version is None:  # the version we wrote is not there any more
                 try:
-                    holder = self.read()
+                    seen = self._store.read(age=False)
                 except (StorageError, ConfigError):
-                    holder = None
-                self._lose(_lost_message(self.uri, holder))
+                    seen = None
+                if seen is not None and seen.info.token == self.info.token:
+                    # Our write landed and its answer was lost: a retry of it found the new version.
+                    self._version, self._written, self._checked = seen.version, started, started
+                    continue
+                self._lose(_lost_message(self.uri, seen.info if seen else None))
                 return
             self._version, self._written, self._checked = version, started, started
 

@@ -103,12 +103,10 @@ def _main(argv: list[str]) -> int:
 
 def clear_output(out: str) -> None:
     """Make `out` the demo's and empty it: refused (ConfigError) when it holds objects the demo does
-    not name and no demo marker; otherwise the demo's own folders are removed by name, anything else
-    stays (and is logged), and the marker is written before anything else is."""
+    not name and no demo marker; otherwise the demo's own folders (it wrote everything in them) are
+    removed, anything else under `out` stays, and the marker is written before anything else is."""
     ownership.check_output(out, ownership.DEMO_OUTPUT)
-    _, left = ownership.delete_owned(out, ownership.DEMO_OUTPUT.overwrite, ownership.DEMO_OUTPUT)
-    if left:
-        print(f"left {left} objects in the demo's folders that it did not write (-v lists them)")
+    ownership.delete_owned(out, ownership.DEMO_OUTPUT.overwrite, ownership.DEMO_OUTPUT)
     storage.write_bytes(storage.join(out, ownership.DEMO_OUTPUT.marker),
                         json.dumps({"job": ownership.DEMO_OUTPUT.job, "folders": list(ownership.DEMO_FOLDERS)}).encode())
 

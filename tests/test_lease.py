@@ -319,3 +319,17 @@ def test_a_write_that_landed_without_its_answer_is_still_ours(tmp_path):
     finally:
         lease.release()
     assert not (tmp_path / LEASE_FILE).exists()
+
+
+def test_a_run_whose_heartbeat_stopped_fails_its_check_before_anyone_takes_over(tmp_path):
+    """No heartbeat written for STALE_SECONDS: another run may take the output over at any moment,
+    so the check fails even while the lease still reads as this run's."""
+    lease = Lease(str(tmp_path), "unet segment", stale_seconds=0.5, heartbeat_seconds=3600).acquire()
+    try:
+        lease.check()
+        time.sleep(0.6)
+        with pytest.raises(LeaseLost, match=r"no heartbeat could be written for \d+ s"):
+            lease.check()
+        assert json.loads((tmp_path / LEASE_FILE).read_bytes())["token"] == lease.info.token
+    finally:
+        lease.release()

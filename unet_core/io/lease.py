@@ -375,27 +375,33 @@ class Lease:
 
     def check(self) -> None:
         """Before each delete, table-part rewrite and send: raises LeaseLost once the heartbeat
-        thread found the lease gone; at most every `confirm_seconds` it also reads the lease back
-        (a lease removed by hand and created by another run is found here). A read that fails is
-        not a loss until the heartbeat has failed for STALE_SECONDS."""
+        thread found the lease gone, or once no heartbeat was written for STALE_SECONDS (another run
+        may take it over at any moment then). At most every `confirm_seconds` it also reads the lease
+        back (a lease removed by hand and created by another run is found here); a read that fails
+        is not a loss by itself."""
         if self._thread is None:
             raise LeaseLost(f"{self.uri}: this run does not hold the lease (not acquired, or released)")
         if self._lost.is_set():
             raise LeaseLost(f"{self.output}: {self._lost_why}")
         started = time.monotonic()
-        if started - self._checked < self.confirm:
+        overdue = started - self._written >= self.stale  # measured from before the last write that landed
+        if not overdue and started - self._checked < self.confirm:
             return
         try:
             holder = self._store.read(age=False)
         except (StorageError, ConfigError):
-            if started - self._written >= self.stale:
-                self._lose(f"the lease could not be read, and was last written {started - self._written:.0f} s ago")
-                raise LeaseLost(f"{self.output}: {self._lost_why}") from None
-            return
-        if holder is None or holder.info.token != self.info.token:
+            holder, read = None, False
+        else:
+            read = True
+        if read and (holder is None or holder.info.token != self.info.token):
             self._lose(_lost_message(self.uri, holder.info if holder else None))
+        elif overdue:
+            self._lose(f"no heartbeat could be written for {started - self._written:.0f} s, so another run may "
+                       "take the output over")
+        if self._lost.is_set():
             raise LeaseLost(f"{self.output}: {self._lost_why}")
-        self._checked = started
+        if read:
+            self._checked = started
 
     def fence(self) -> Fence:
         return Fence(self.uri, self.info.token)

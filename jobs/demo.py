@@ -5,21 +5,25 @@
 2. `unet prepare` -> `unet train` (2 Ray Train workers on CPU, a small U-Net) ->
    `unet segment --qc` over the archive -> `unet evaluate` against the truth;
 3. prints a table of volumes, Dice, speed and where every output went.
-Outputs go under --output (local by default; `--storage s3://bucket/demo` for a real bucket).
+Outputs go under --output (local by default; `--storage s3://bucket/demo` for a real bucket). The
+output must be empty, or an earlier demo's (its marker `demo.json`): a re-run removes only the
+demo's own folders, and a prefix holding anything else is refused (unet_core/ownership.py).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import numpy as np
 
 from jobs import evaluate, prepare, segment, train
 from jobs.exits import Exit, run_main
-from jobs.options import add_ray_args
+from jobs.options import add_ray_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.progress import Timer
 from jobs.runtime import init_ray
+from unet_core import ownership
 from unet_core.inference import qc_montage_png
 from unet_core.io import read_volume, storage
 from unet_core.segmentation.summary import RunSummary
@@ -31,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unet demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", "--storage", dest="output", default="demo-output",
                    help="where everything goes: a local folder, or s3://bucket/prefix for a real bucket")
+    p.add_argument("--config", help="JSON/YAML file of option values")
     p.add_argument("--cases", type=int, default=12, help="labelled training cases")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--workers", type=int, default=2)
@@ -47,16 +52,16 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     from unet_core.segmentation.records import rows_from_bytes
 
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
     out = args.output.rstrip("/")
     j = lambda *p: storage.join(out, *p)  # noqa: E731
     timer = Timer()
     ray_args = ["--address", args.address] if args.address else []
+    clear_output(out)  # before Ray starts: a prefix that is not the demo's is refused (exit 2)
     init_ray(args.address, args.num_cpus or (args.workers + 1 if not args.address else None), verbose=args.verbose)
 
     print(f"[1/5] writing {args.cases} labelled phantom cases and a synthetic archive under {out}")
-    storage.delete_tree(out)
     write_training_set(j("labelled"), args.cases, size=64, n_slices=16, seed=args.seed)
     demo = write_demo_archive(j("archive"), j("truth"), seed=100 + args.seed)
 
@@ -94,6 +99,16 @@ def _main(argv: list[str]) -> int:
           f"montages with predicted (red) and true (green) outlines {j('pictures')}/; tables {j('segmented', 'volumes')}/, "
           f"{j('segmented', 'evaluation.parquet')}")
     return Exit.OK if seg_rc in (Exit.OK, Exit.SOME_FAILED) else seg_rc
+
+
+def clear_output(out: str) -> None:
+    """Make `out` the demo's and empty it: refused (ConfigError) when it holds objects the demo does
+    not name and no demo marker; otherwise the demo's own folders (it wrote everything in them) are
+    removed, anything else under `out` stays, and the marker is written before anything else is."""
+    ownership.check_output(out, ownership.DEMO_OUTPUT)
+    ownership.delete_owned(out, ownership.DEMO_OUTPUT.overwrite, ownership.DEMO_OUTPUT)
+    storage.write_bytes(storage.join(out, ownership.DEMO_OUTPUT.marker),
+                        json.dumps({"job": ownership.DEMO_OUTPUT.job, "folders": list(ownership.DEMO_FOLDERS)}).encode())
 
 
 def write_pictures(segmented: str, pictures: str, scores: dict) -> None:

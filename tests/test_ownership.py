@@ -207,3 +207,75 @@ def test_fuzz_names_round_trip_through_listing_and_reading():
             assert sorted(storage.read_bytes(e.uri) for e in entries) == sorted(b"%d" % i for i in range(len(batch)))
 
     check()
+
+
+def test_an_own_folder_that_is_a_symlink_is_refused_and_nothing_is_deleted(tmp_path):
+    """`masks -> elsewhere`: --overwrite would delete elsewhere's files by name; refused instead,
+    by the first-run check and by the delete itself."""
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    _tree(elsewhere, [f"{VID}.nii.gz", "truth.nii.gz"])
+    _tree(out, ["layout.json", "volumes/part-00000.parquet"])
+    os.symlink(elsewhere, out / "masks")
+    for call in (lambda: check_output(str(out)), lambda: delete_owned(str(out), ownership.OVERWRITE_FOLDERS)):
+        with pytest.raises(ConfigError, match=rf"{out}/masks is a symbolic link \(to {elsewhere}\).*refuses"):
+            call()
+    assert sorted(os.listdir(elsewhere)) == sorted([f"{VID}.nii.gz", "truth.nii.gz"])
+    assert os.path.exists(out / "volumes/part-00000.parquet")  # refused before anything went
+    os.unlink(out / "masks")
+    (out / "seg").symlink_to(elsewhere, target_is_directory=True)  # prepare's and every folder alike
+    with pytest.raises(ConfigError, match="seg is a symbolic link"):
+        delete_owned(str(out), ("volumes",))
+    assert os.path.exists(out / "volumes/part-00000.parquet")
+
+
+def test_temporaries_are_swept_only_where_the_job_writes(tmp_path):
+    """A killed writer's `.tmp-*` files go from the output's top level and its own folders; an
+    input folder nested under the output keeps its own `.tmp-*` files (and a linked folder is not
+    entered)."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    _tree(out, [".tmp-layout", f"masks/.tmp-{VID}", "records/ok/.tmp-abc", "volumes/part-00000.parquet",
+                "archive/.tmp-scanner-export.dcm", "archive/series/.tmp-1", "archive/ct.dcm"])
+    _tree(outside, [".tmp-theirs"])
+    os.symlink(outside, out / "archive" / "linked")
+    assert ownership.sweep_temporaries(str(out)) == 3
+    left = sorted(os.path.relpath(os.path.join(d, n), out) for d, _, ns in os.walk(out, followlinks=True) for n in ns)
+    assert left == ["archive/.tmp-scanner-export.dcm", "archive/ct.dcm", "archive/linked/.tmp-theirs",
+                    "archive/series/.tmp-1", "volumes/part-00000.parquet"]
+    assert ownership.sweep_temporaries(str(tmp_path / "absent")) == 0
+    assert ownership.sweep_temporaries("s3://bucket/out") == 0  # no unfinished uploads are ever visible
+    os.symlink(outside, out / "qc")
+    with pytest.raises(ConfigError, match="qc is a symbolic link"):
+        ownership.sweep_temporaries(str(out))
+    assert os.path.exists(outside / ".tmp-theirs")
+
+
+def test_the_demos_names():
+    assert ownership.DEMO_OUTPUT.owns("demo.json") and ownership.DEMO_OUTPUT.owns("model.runs/run/ckpt/x")
+    for name in ("labelled/images/case_000.nii.gz", "segmented/layout.json", "pictures/a.png"):
+        assert ownership.DEMO_OUTPUT.owns(name)
+    for name in ("scans/ct.dcm", "README", "labelled", "modelx/a", "demo.json.bak"):
+        assert not ownership.DEMO_OUTPUT.owns(name)
+
+
+def test_overwrite_checks_the_lease_before_each_removal(tmp_path):
+    """delete_owned(check=lease.check): a run that lost its output stops before its next delete."""
+    from unet_core.io.lease import Lease, LeaseLost
+
+    out = tmp_path / "out"
+    _tree(out, ["layout.json", f"masks/{VID}.nii.gz", "masks/dcm-00000000000000ff.nii.gz"])
+    lease = Lease(str(out), "unet segment", heartbeat_seconds=3600, confirm_seconds=0).acquire()
+    try:
+        calls = []
+
+        def check() -> None:
+            calls.append(1)
+            lease.check()
+
+        assert delete_owned(str(out), ("masks",), check=check) == (2, 0) and len(calls) == 2
+        _tree(out, [f"masks/{VID}.nii.gz"])
+        os.unlink(out / ".unet-lease.json")  # removed by hand (another run may create its own now)
+        with pytest.raises(LeaseLost):
+            delete_owned(str(out), ("masks",), check=lease.check)
+        assert os.path.exists(out / f"masks/{VID}.nii.gz")
+    finally:
+        lease.release()

@@ -92,7 +92,7 @@ def test_a_second_run_on_one_output_is_refused_while_the_first_holds_it(tmp_path
     from unet_core.io.lease import Lease
 
     _archive(tmp_path / "archive", n_series=1)
-    with Lease(str(tmp_path / "out"), "unet segment", settle_seconds=0.0):
+    with Lease(str(tmp_path / "out"), "unet segment"):
         rc = _run("--input", str(tmp_path / "archive"), "--model", phantom_bundle, "--output", str(tmp_path / "out"))
     assert rc == Exit.USAGE
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # nothing written, the lease gone

@@ -5,6 +5,7 @@ the job runs it (scan, fragments, buckets, the run-wide choices), without Ray.""
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 
 import pytest
@@ -207,7 +208,7 @@ def test_rules_are_checked_when_read():
         SelectionRules.from_dict({"slice_thicknes_mm": [1, 2]})
     with pytest.raises(ConfigError, match="orientation must be one of"):
         SelectionRules.from_dict({"orientation": "oblique"})
-    with pytest.raises(ConfigError, match="not a valid regular expression"):
+    with pytest.raises(ConfigError, match=r"series_description pattern '\(' cannot be used \(missing \)"):
         SelectionRules.from_dict({"series_description": "("})
     with pytest.raises(ConfigError, match=r"\[min, max\]"):
         SelectionRules.from_dict({"slice_thickness_mm": [3, 1]})
@@ -227,3 +228,76 @@ def test_nifti_volumes_answer_geometry_rules_and_the_rest_is_unknown():
     assert selection.unknown_rules(rules, nifti) == ["modality"]
     assert "slice_spacing 2 mm not in [3, 5]" in selection.verdict(
         SelectionRules.from_dict({"slice_spacing_mm": [3, 5]}), nifti)
+
+
+EVIL = r"^(\w+\s?)+$"  # nested quantifiers: exponential on a backtracking engine
+
+
+@pytest.mark.parametrize("text, found", [
+    ("Abdomen Soft Tissue 2 0 B30f axial thin s", True),  # 41 characters, every one a word or a space
+    ("Abdomen Soft Tissue 2.0 B30f axial thin s", False),  # one '.': re would try 2^40 ways
+    ("word " * 2000, True),  # 10,000 characters
+    ("word " * 1999 + "word!", False),
+])
+def test_a_pattern_with_nested_quantifiers_takes_milliseconds_on_any_description(text, found):
+    rules = SelectionRules.from_dict({"series_description": EVIL}, "--select")
+    started = time.perf_counter()
+    assert rules.text_matches({"series_description": text}) == (found, None)
+    assert time.perf_counter() - started < 0.25  # measured: 0.03 ms at 41 characters, 14 ms at 10,000; re: years
+
+
+def test_the_evil_pattern_in_a_real_scan_of_a_41_character_description(tmp_path):
+    """The issue's hang: a header whose SeriesDescription has 41 characters, scanned with the rule."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SeriesDescription = "Abdomen Soft Tissue 2.0 B30f axial thin s"
+    assert len(ds.SeriesDescription) == 41
+    ds.save_as(tmp_path / "ct.dcm")
+    s = _settings({"series_description": EVIL})
+    started = time.perf_counter()
+    rows, counts, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], Limits(), False, (),
+                                              rules=s.rules)
+    assert time.perf_counter() - started < 5  # a header read; the match itself is microseconds
+    assert counts.scanned == 1 and [r.text_rules for r in rows] == [s.rules.text_digest()]
+
+
+@pytest.mark.parametrize("pattern", ["(?i)soft", "^B[1-4]", "B30f$", "soft|lung", r"\d\.\d", "(?i)^abd.*thin",
+                                     r"\bB3", "(?P<kernel>B[0-9]+)f", "[[:upper:]]{3}", "Soft", "^Tissue"])
+def test_patterns_keep_their_meaning(pattern):
+    """Found anywhere unless anchored (re.search), case-sensitive unless (?i): as Python's re says,
+    on the header texts of a CT archive (ASCII)."""
+    import re
+
+    for text in ("Abdomen Soft Tissue 2.0 B30f axial thin", "LUNG 1.0 B70f", "abdomen SOFT", "", "B3", "ct"):
+        assert SelectionRules.from_dict({"convolution_kernel": pattern}).text_matches(
+            {"convolution_kernel": text})[1] == (re.search(pattern.replace("[[:upper:]]", "[A-Z]"), text) is not None), \
+            (pattern, text)
+
+
+@pytest.mark.parametrize("pattern, why", [
+    (r"(B\d)\1", "invalid escape sequence"),  # a backreference
+    (r"Soft(?= Tissue)", "invalid perl operator"),  # look-ahead
+    (r"(?<!Lung )B30", "invalid perl operator"),  # look-behind
+    (r"B30f\Z", "invalid escape sequence"),  # Python's end of text; RE2 spells it \z
+])
+def test_a_pattern_re2_cannot_run_is_refused_at_load_naming_the_rule_and_the_pattern(pattern, why):
+    import re
+
+    with pytest.raises(ConfigError) as refused:
+        SelectionRules.from_dict({"modality": ["CT"], "series_description": pattern}, "model/bundle.json input_rules")
+    message = str(refused.value)
+    assert message.startswith(f"model/bundle.json input_rules: series_description pattern {pattern!r} cannot be "
+                              f"used ({why}")
+    assert "backreferences and look-around are not supported" in message
+    with pytest.raises(ConfigError, match=re.escape(f"--select: convolution_kernel pattern {pattern!r}")):
+        SelectionRules.from_dict({}).merged({"convolution_kernel": pattern}, "--select")
+
+
+def test_the_patterns_digests_are_unchanged():
+    """The series index keeps the digest of the patterns' text: moving to RE2 must not make every
+    earlier index stale (the values below are those of the `re` version)."""
+    rules = SelectionRules.from_dict({"series_description": "(?i)abdomen", "convolution_kernel": "^B[1-4]"})
+    assert rules.text_digest() == "b09b8de3f2c28d87"
+    assert rules.digest() == "b09b8de3f2c28d87"

@@ -10,6 +10,12 @@ of something. So, for each kind of output (`SEGMENT_OUTPUT`, `PREPARE_OUTPUT`: t
   would not have named (ground truth kept there, say) stays, and is reported: `delete_owned`.
 - An output inside an input is never listed as input (`OutputNames.excludes`); an input inside
   the output's own folders is refused (`check_inputs`).
+- An own folder that is a symbolic link (`masks -> /elsewhere`) is refused before anything is
+  written or removed: deleting by name through it would remove another folder's files
+  (`check_own_folders`, called by `check_output` and `delete_owned`).
+- Unfinished temporaries (`.tmp-*`) of a killed run are swept only where the job writes: the
+  output's top level and its own folders, never an input folder nested under the output
+  (`sweep_temporaries`).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from unet_core.errors import ConfigError, StorageError
 from unet_core.io import listing, storage
@@ -62,6 +68,12 @@ PREPARE_OUTPUT = OutputKind(
     {"cases": re.compile(r"cases/[A-Za-z0-9_.-]{1,200}\.json"),
      "slices": re.compile(r"slices/split=(?:train|val)/[A-Za-z0-9_.-]{1,200}\.parquet")},
     ("manifest.json",), ("cases", "slices"))
+# `unet demo` writes every object below these folders (synthetic inputs, and the outputs of the
+# jobs it runs); its marker is written before anything else, and a re-run removes only these.
+DEMO_FOLDERS = ("labelled", "archive", "truth", "prepared", "model", "model.runs", "segmented", "pictures")
+DEMO_OUTPUT = OutputKind(
+    "unet demo", "demo.json",
+    {folder: re.compile(rf"{re.escape(folder)}/.+") for folder in DEMO_FOLDERS}, ("demo.json",), DEMO_FOLDERS)
 OVERWRITE_FOLDERS = SEGMENT_OUTPUT.overwrite
 
 
@@ -148,7 +160,8 @@ def check_output(output: str, kind: OutputKind = SEGMENT_OUTPUT, inputs: tuple[s
     """A first run (no marker) may write into an empty prefix, or one that holds only objects this
     job names (an interrupted first run) or the job's own inputs; anything else is refused, naming
     a few of the objects found. With its marker the prefix is this job's. Returns whether the
-    marker is there."""
+    marker is there. An own folder that is a symbolic link is refused (check_own_folders)."""
+    check_own_folders(output, kind)
     if storage.exists(storage.join(output, kind.marker)):
         return True
     foreign = []
@@ -176,15 +189,21 @@ def owned_objects(output: str, kind: OutputKind = SEGMENT_OUTPUT) -> Iterator[st
                 yield uri
 
 
-def delete_owned(output: str, folders: tuple[str, ...], kind: OutputKind = SEGMENT_OUTPUT) -> tuple[int, int]:
+def delete_owned(output: str, folders: tuple[str, ...], kind: OutputKind = SEGMENT_OUTPUT,
+                 check: Callable[[], None] | None = None) -> tuple[int, int]:
     """Remove the objects this tool names in `folders` of the output; anything else there stays,
-    and is logged. Returns (removed, left)."""
+    and is logged. Returns (removed, left). An own folder that is a symbolic link is refused before
+    anything is removed (check_own_folders). `check` runs before each removal: the run's
+    `Lease.check`, which raises LeaseLost once another run holds the output."""
+    check_own_folders(output, kind)
     removed = left = 0
     for folder in folders:
         prefix = storage.join(output, folder)
         for uri in list(_objects(prefix)):
             relative = posixpath.join(folder, uri[len(prefix.rstrip("/")) + 1:])
             if kind.owns(relative):
+                if check is not None:
+                    check()
                 storage.delete(uri)
                 removed += 1
             else:
@@ -201,3 +220,52 @@ def _remove_empty_folders(path: str) -> None:
             os.rmdir(folder)  # only succeeds when empty
         except OSError:
             pass
+
+
+def check_own_folders(output: str, kind: OutputKind = SEGMENT_OUTPUT) -> None:
+    """A local output's own folders (`masks/`, `seg/`, ...) must be real folders: through a symbolic
+    link, `--overwrite` would delete (and a run would write) another folder's files by name.
+    Raises ConfigError naming the link and where it points; object stores have no links."""
+    if storage.is_remote(output):
+        return
+    root = storage.resolve(output)[1]
+    for folder in sorted(set(kind.folders) | set(kind.overwrite)):
+        path = os.path.join(root, folder)
+        if os.path.islink(path):
+            raise ConfigError(
+                f"{path} is a symbolic link (to {os.readlink(path)}), not a folder of this output: this tool "
+                f"writes and removes files by name in {folder}/, so it refuses to go through a link. Remove the "
+                "link, or write the output elsewhere")
+
+
+TEMPORARY_PREFIX = ".tmp-"  # storage.write_bytes' unfinished files, and its write probes
+
+
+def sweep_temporaries(output: str, kind: OutputKind = SEGMENT_OUTPUT) -> int:
+    """Remove the `.tmp-*` files a killed writer left where this job writes: directly in a local
+    output and anywhere in its own folders (links not followed, an own folder that is a link
+    refused). Input folders nested under the output are never entered. Object stores never show an
+    unfinished upload: nothing to sweep. Returns how many went."""
+    if storage.is_remote(output):
+        return 0
+    root = storage.resolve(output)[1]
+    if not os.path.isdir(root):
+        return 0
+    check_own_folders(output, kind)
+    swept = _sweep(root, [e.name for e in os.scandir(root) if e.is_file(follow_symlinks=False)])
+    for folder in sorted(set(kind.folders) | set(kind.overwrite)):
+        for current, _, names in os.walk(os.path.join(root, folder)):  # os.walk follows no links
+            swept += _sweep(current, names)
+    return swept
+
+
+def _sweep(folder: str, names: list[str]) -> int:
+    swept = 0
+    for name in names:
+        if name.startswith(TEMPORARY_PREFIX):
+            try:
+                os.unlink(os.path.join(folder, name))
+                swept += 1
+            except FileNotFoundError:  # another sweeper, or the writer finished it
+                pass
+    return swept

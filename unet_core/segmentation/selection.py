@@ -21,9 +21,10 @@ import functools
 import hashlib
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
+
+import re2
 
 from unet_core.errors import ConfigError
 
@@ -56,15 +57,39 @@ def _codes(value: Any, key: str, where: str) -> tuple[str, ...]:
 
 
 def _pattern(value: Any, key: str, where: str) -> str | None:
+    """A free-text rule's pattern, refused at load when RE2 cannot run it (ConfigError naming the
+    rule and the pattern). The pattern string itself is kept (digests are of the text)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise ConfigError(f"{where}: {key} must be a regular expression (got {value!r})")
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ConfigError(f"{where}: {key} is not a valid regular expression ({exc})") from None
+        _compiled(value)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ConfigError(
+            f"{where}: {key} pattern {value!r} cannot be used ({reason}). Selection patterns run on RE2, which "
+            "takes linear time on any header text: backreferences and look-around are not supported, and the end "
+            "of the text is \\z (or $), not \\Z") from None
     return value
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is reported once, as a ConfigError
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str):
+    """RE2, not `re`: patterns come from users and model bundles, and a backtracking engine takes
+    exponential time on some of them (`^(\\w+\\s?)+$` against 41 characters ran for minutes). RE2's
+    search takes time linear in the text, and keeps `re.search`'s meaning: found anywhere unless
+    anchored, inline flags such as (?i) as in Python; `\\w`, `\\d`, `\\s` and `\\b` are ASCII classes."""
+    return re2.compile(pattern, _RE2_OPTIONS)
 
 
 def _count(value: Any, key: str, where: str) -> int | None:
@@ -98,7 +123,7 @@ class SelectionRules:
     max_slices: int | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
     body_part: tuple[str, ...] = ()
-    series_description: str | None = None  # a regular expression, searched (re.search)
+    series_description: str | None = None  # a regular expression, searched (re.search's meaning, on RE2)
     convolution_kernel: str | None = None  # a regular expression, searched
     contrast: str = "any"
     one_per_study: str = "all"
@@ -166,7 +191,8 @@ class SelectionRules:
 
 
 def _search(pattern: str | None, text: str) -> bool | None:
-    return None if pattern is None else re.search(pattern, text or "") is not None
+    """Whether `pattern` is found anywhere in `text` (re.search's meaning), in linear time."""
+    return None if pattern is None else _compiled(pattern).search(text or "") is not None
 
 
 @functools.lru_cache(maxsize=16)

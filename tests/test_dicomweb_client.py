@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from unet_core.errors import ConfigError, ResourceLimitError, StorageError
-from unet_core.io import dicomweb, dicomweb_auth, listing, storage
+from unet_core.io import dicomweb, dicomweb_auth, dicomweb_http, listing, storage
 
 
 def test_uris_parse_and_print_back():
@@ -165,22 +165,48 @@ def test_refusals_are_not_retried_and_say_what_to_check(status, words, monkeypat
     assert len(calls) == 1
 
 
-def test_an_answer_over_the_budget_is_refused_before_it_is_parsed(monkeypatch):
-    big = b"x" * (3 * 2**20)
+def _chunked(h, content_type: str, pieces, sent: list | None = None):
+    """Answer 200 with chunked transfer encoding (no length to check up front), counting what went."""
+    h.send_response(200)
+    h.send_header("Content-Type", content_type)
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+    try:
+        for piece in pieces:
+            h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            if sent is not None:
+                sent.append(len(piece))
+        h.wfile.write(b"0\r\n\r\n")
+    except OSError:  # the client hung up: what the test wants to see
+        pass
+
+
+MULTIPART = 'multipart/related; type="application/dicom"; boundary=b'
+
+
+def test_a_part_over_the_per_instance_budget_is_refused_while_it_streams():
+    """A 64 MiB part to a client allowed 1 MiB per instance: refused after about 1 MiB, long
+    before the server could send it all (the whole answer's budget would have let it through)."""
+    sent: list[int] = []
+    piece = b"x" * 2**16
 
     def handle(h):
-        h.send_response(200)
-        h.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=b')
-        h.send_header("Transfer-Encoding", "chunked")  # no length to check up front: counted as read
-        h.end_headers()
-        for i in range(0, len(big), 2**16):
-            piece = big[i:i + 2**16]
-            h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-        h.wfile.write(b"0\r\n\r\n")
+        _chunked(h, MULTIPART, [b"--b\r\nContent-Type: application/dicom\r\n\r\n", *([piece] * 1024)], sent)
 
     server = _Server(handle)
     try:
-        with pytest.raises(ResourceLimitError, match="exceeds the limit of 1048576 bytes"):
+        uris = [f"dicomweb+{server.root}/studies/1.2/series/1.2.3/instances/1.2.3.{i}" for i in range(1, 65)]
+        with pytest.raises(ResourceLimitError, match="per-instance limit of 1048576 bytes"):
+            dicomweb.read_series(uris, 2**20)
+    finally:
+        server.close()
+    assert sum(sent) < 32 * 2**20
+
+
+def test_an_answer_that_is_not_multipart_is_refused_before_it_is_parsed():
+    server = _Server(lambda h: _chunked(h, MULTIPART, [b"x" * 2**16] * 48))
+    try:
+        with pytest.raises(StorageError, match="no multipart boundary"):
             dicomweb.read_instance(f"dicomweb+{server.root}/studies/1.2/series/1.2.3/instances/1.2.3.4", 2**20)
     finally:
         server.close()
@@ -190,7 +216,7 @@ def test_a_server_that_never_answers_is_an_error_not_a_hang(monkeypatch):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
-    monkeypatch.setattr(dicomweb, "TIMEOUT", (1.0, 1.0))
+    monkeypatch.setattr(dicomweb_http, "TIMEOUT", (1.0, 1.0))
     monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     result = {}
 

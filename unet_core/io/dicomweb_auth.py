@@ -8,8 +8,15 @@ cluster, set on its nodes, never in a job's runtime environment):
   `requests.Session` with its own auth (Google Cloud Healthcare, AWS HealthImaging, Azure: see
   docs/design.md, "DICOMweb").
 TLS certificates are always verified: `DICOMWEB_CA_BUNDLE` names a CA bundle for a hospital's own
-CA. Credentials never go over plain http to another machine unless `DICOMWEB_ALLOW_HTTP=1`
-(`--insecure-http`): the same rule as `unet submit`.
+CA (else `REQUESTS_CA_BUNDLE` or `CURL_CA_BUNDLE` where set, else certifi's). Credentials never go
+over plain http to another machine unless `DICOMWEB_ALLOW_HTTP=1` (`--insecure-http`): the same
+rule as `unet submit`.
+
+Nothing else in the environment speaks for this tool: every DICOMweb session has `trust_env` off,
+so requests adds no `~/.netrc` credentials (they would go to any host the netrc names, over plain
+http too, outside the rule above) and takes no proxy from HTTP(S)_PROXY / ALL_PROXY (a proxy sees
+the images). A site that needs a proxy sets it in its `DICOMWEB_SESSION_FACTORY` session
+(`session.proxies`), where it is explicit.
 """
 from __future__ import annotations
 
@@ -41,10 +48,13 @@ def session_for(root: str):
             session.headers["Authorization"] = f"Bearer {token}"
         elif user:
             session.auth = (user, password)
-    bundle = os.environ.get("DICOMWEB_CA_BUNDLE")
+    # No ~/.netrc, no proxies or CA from the environment behind the transport rule's back (above).
+    session.trust_env = False
+    bundle = (os.environ.get("DICOMWEB_CA_BUNDLE") or os.environ.get("REQUESTS_CA_BUNDLE")
+              or os.environ.get("CURL_CA_BUNDLE"))
     if bundle:
-        # Not `session.verify`: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set system-wide on
-        # many machines) override it for every request. An adapter passes the bundle to each send.
+        # An adapter, not `session.verify`: it passes the bundle to each send, whatever a session
+        # factory or requests' own environment handling would otherwise choose.
         session.mount("https://", _verify_adapter()(bundle))
     return session
 

@@ -59,7 +59,7 @@ class ThrottlingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy._lock:
                     proxy.received += 1
-                    if self.command == "GET" and self.path == LOGIN_PATH:
+                    if self.command == "GET" and self.path.split("?")[0] == LOGIN_PATH:
                         refuse = False
                     else:
                         proxy._n += 1
@@ -69,7 +69,7 @@ class ThrottlingProxy:
                             proxy.refused += 1
                         else:
                             proxy.forwarded += 1
-                if self.command == "GET" and self.path == LOGIN_PATH:
+                if self.command == "GET" and self.path.split("?")[0] == LOGIN_PATH:
                     return self._reply(200, LOGIN_PAGE, {"Content-Type": "text/html; charset=utf-8"})
                 if self.command == "POST" and proxy.post_redirect:
                     status, location = proxy.post_redirect

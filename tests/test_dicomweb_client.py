@@ -552,6 +552,32 @@ def test_a_server_that_trickles_fails_at_the_deadline_not_never(monkeypatch):
     assert time.monotonic() - start < 6
 
 
+def test_a_server_that_trickles_its_headers_fails_at_the_deadline_too(monkeypatch):
+    """The status line and headers a byte at a time: the connection is watched from its start."""
+    import time
+
+    monkeypatch.setattr(dicomweb_http, "DEADLINE_SECONDS", 1.5)
+    pause = threading.Event()
+
+    def handle(h):
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nX-Padding: " + b"x" * 10**5:
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+                pause.wait(0.2)
+        except OSError:
+            pass
+
+    server = _Server(handle)
+    start = time.monotonic()
+    try:
+        with pytest.raises(StorageError, match="did not finish its answer within 1.5 s"):
+            dicomweb.studies(dicomweb.parse("dicomweb+" + server.root))
+    finally:
+        server.close()
+    assert time.monotonic() - start < 6
+
+
 def test_a_server_with_endless_fresh_pages_stops_with_an_error(monkeypatch):
     from itertools import count
 

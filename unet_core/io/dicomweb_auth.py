@@ -20,12 +20,12 @@ the images). A site that needs a proxy sets it in its `DICOMWEB_SESSION_FACTORY`
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from urllib.parse import urlsplit
 
 from unet_core.errors import ConfigError
+from unet_core.io.dicomweb_http import watched_adapter
 from unet_core.net import is_loopback
 
 
@@ -52,30 +52,12 @@ def session_for(root: str):
     session.trust_env = False
     bundle = (os.environ.get("DICOMWEB_CA_BUNDLE") or os.environ.get("REQUESTS_CA_BUNDLE")
               or os.environ.get("CURL_CA_BUNDLE"))
-    if bundle:
-        # An adapter, not `session.verify`: it passes the bundle to each send, whatever a session
-        # factory or requests' own environment handling would otherwise choose.
-        session.mount("https://", _verify_adapter()(bundle))
+    # Every connection under the request deadline's watch; a CA bundle passed to each send (not
+    # `session.verify`, which a session factory or requests' environment handling may override).
+    adapter = watched_adapter()(bundle)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return session
-
-
-@functools.cache
-def _verify_adapter():
-    """The adapter class (built once requests is imported: this module imports it lazily)."""
-    import requests
-
-    class VerifyWith(requests.adapters.HTTPAdapter):
-        """Verify every https request against this CA bundle, whatever the environment says."""
-
-        def __init__(self, bundle: str):
-            super().__init__()
-            self.bundle = bundle
-
-        def send(self, request, **kwargs):
-            kwargs["verify"] = self.bundle
-            return super().send(request, **kwargs)
-
-    return VerifyWith
 
 
 AUTH_ENV = ("DICOMWEB_TOKEN", "DICOMWEB_USER", "DICOMWEB_PASSWORD", "DICOMWEB_SESSION_FACTORY", "DICOMWEB_CA_BUNDLE",

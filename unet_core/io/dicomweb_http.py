@@ -17,6 +17,7 @@ at the first budget it breaks:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -66,11 +67,17 @@ def _late(uri: str, seconds: float) -> StorageError:
                         "(UNET_DICOMWEB_DEADLINE)", uri=uri)
 
 
+_current = threading.local()  # the watch of the request this thread is making
+
+
 class _Watch:
-    """Cuts a request's connection at its deadline (a socket timeout bounds one read only)."""
+    """Cuts a request's connection at its deadline (a socket timeout bounds one read only). The
+    connection's socket is attached as soon as it is used (`watched_adapter`), so a server that
+    trickles its status line or headers is cut too, not only one that trickles its body."""
 
     def __init__(self, seconds: float):
         self.seconds, self.expired, self._sock = seconds, False, None
+        self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
@@ -78,14 +85,25 @@ class _Watch:
         self._timer.start()
         return self
 
+    def attach(self, sock) -> None:
+        with self._lock:
+            self._sock = sock
+            expired = self.expired
+        if expired:
+            self._cut()
+
     def watch(self, response) -> None:
+        """Attach the response's socket (a session whose adapter is not ours)."""
         connection = getattr(response.raw, "_connection", None)
-        self._sock = getattr(connection, "sock", None)
-        if self.expired:
-            self._expire()
+        if getattr(connection, "sock", None) is not None:
+            self.attach(connection.sock)
 
     def _expire(self) -> None:
-        self.expired = True
+        with self._lock:
+            self.expired = True
+        self._cut()
+
+    def _cut(self) -> None:
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -94,6 +112,59 @@ class _Watch:
 
     def stop(self) -> None:
         self._timer.cancel()
+
+
+@functools.cache
+def watched_adapter():
+    """A requests adapter class whose connections attach their socket to the calling thread's
+    request watch, and that verifies https against `bundle` when one is given (passed to each
+    send: whatever a session factory or requests' environment handling would choose)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class Watched:
+        def connect(self):
+            super().connect()
+            self._attach()
+
+        def request(self, *args, **kwargs):
+            if self.sock is not None:  # a kept-alive connection: attach before it is used again
+                self._attach()
+            return super().request(*args, **kwargs)
+
+        def _attach(self):
+            watch = getattr(_current, "watch", None)
+            if watch is not None and self.sock is not None:
+                watch.attach(self.sock)
+
+    class Conn(Watched, HTTPConnection):
+        pass
+
+    class TlsConn(Watched, HTTPSConnection):
+        pass
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Conn
+
+    class TlsPool(HTTPSConnectionPool):
+        ConnectionCls = TlsConn
+
+    class Adapter(HTTPAdapter):
+        def __init__(self, bundle: str | None = None):
+            self.bundle = bundle
+            super().__init__()
+
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
+
+        def send(self, request, **kwargs):
+            if self.bundle:
+                kwargs["verify"] = self.bundle
+            return super().send(request, **kwargs)
+
+    return Adapter
 
 
 @dataclass
@@ -147,7 +218,7 @@ def fetch(session, method: str, url: str, uri: str, limit: int, *, accept: str, 
           headers: dict | None = None, deadline: float | None = None) -> Answer:
     """One request, streamed, within `limit` bytes and the deadline. An HTTP error status raises
     requests' HTTPError (the caller's retry loop classifies it); a redirect raises StorageError."""
-    watch = _Watch(deadline or DEADLINE_SECONDS).start()
+    watch = _current.watch = _Watch(deadline or DEADLINE_SECONDS).start()
     try:
         response = session.request(method, url, params=params, data=data, stream=True, allow_redirects=False,
                                    timeout=TIMEOUT, headers={"Accept": accept, **(headers or {})})
@@ -156,6 +227,8 @@ def fetch(session, method: str, url: str, uri: str, limit: int, *, accept: str, 
         if watch.expired:
             raise _late(uri, watch.seconds) from None
         raise
+    finally:
+        _current.watch = None
     watch.watch(response)
     answer = Answer(response, uri, limit, watch)
     if response.is_redirect or 300 <= response.status_code < 400:

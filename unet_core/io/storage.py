@@ -250,7 +250,7 @@ def _classify(exc: BaseException, uri: str, action: str) -> BaseException:
         )
     if found.failure is Failure.TRANSIENT:
         return StorageError(f"{uri}: {action} failed after retries: the store is unreachable or overloaded "
-                            f"({found.code or f'HTTP {found.status}'})", uri=uri)
+                            f"({found.code if found.code not in ('', 'UNKNOWN') else f'HTTP {found.status}'})", uri=uri)
     return StorageError(f"{uri}: {action} failed: {exc}", uri=uri)
 
 

@@ -468,6 +468,18 @@ def test_a_redirect_is_never_followed_and_the_error_names_it(status, monkeypatch
     assert elsewhere_got == []
 
 
+def test_a_query_answer_is_read_within_its_budget(monkeypatch):
+    """A QIDO-RS page is streamed and refused past MAX_QIDO_BYTES (chunked: no length up front)."""
+    monkeypatch.setattr(dicomweb, "MAX_QIDO_BYTES", 2**20)
+    entry = b'{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}},'
+    server = _Server(lambda h: _chunked(h, "application/dicom+json", [b"["] + [entry * 1000] * 100))
+    try:
+        with pytest.raises(StorageError, match="a QIDO-RS page of the DICOMweb server exceeds 1048576 bytes"):
+            dicomweb.studies(dicomweb.parse("dicomweb+" + server.root))
+    finally:
+        server.close()
+
+
 def test_a_query_answer_that_is_a_login_page_is_an_error():
     server = _Server(lambda h: _answer(h, 200, b"<html>Sign in</html>", {"Content-Type": "text/html"}))
     try:

@@ -228,7 +228,11 @@ def _search(ref: Ref, url: str, fields: list[str], filters: dict[str, str], acti
     def page(limit: int, offset: int) -> list[dict]:
         params = [("includefield", f) for f in fields] + sorted(filters.items())
         params += [("limit", str(limit)), ("offset", str(offset))]
-        answers = http.read_json(_get(ref, url, "application/dicom+json", MAX_QIDO_BYTES, params), action)
+        try:
+            answers = http.read_json(_get(ref, url, "application/dicom+json", MAX_QIDO_BYTES, params), action)
+        except ResourceLimitError:  # the server's fault, not an object's: the listing fails (exit 5)
+            raise StorageError(f"{ref.uri}: a QIDO-RS page of the DICOMweb server exceeds {MAX_QIDO_BYTES} bytes "
+                               f"({action}, {limit} answers asked for)", uri=ref.uri) from None
         if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
             raise StorageError(f"{ref.uri}: the DICOMweb server's answer is not a list of DICOM JSON datasets "
                                f"({action})", uri=ref.uri)

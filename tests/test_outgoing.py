@@ -21,7 +21,7 @@ IDENT = SegIdentity("liver-unet", "0123456789abcdef", "0.1.0")
 
 @pytest.fixture(scope="module")
 def made():
-    """(SEG bytes, what its row expects, one source CT slice's bytes)."""
+    """(SEG bytes, what its row expects, one source CT slice's bytes, the volume id)."""
     files, _, truth = dicom_series(Phantom.random(3), SeriesSpec(rows=40, columns=48, n_slices=10, pixel_spacing=(7.0, 6.0), slice_step=9.0), seed=3, noise=False)
     files = [(f"mem://{name}", data) for name, data in files]
     groups, _ = group_series([scan_header(data, uri) for uri, data in files])
@@ -32,7 +32,7 @@ def made():
     source = sources.datasets[0]
     expected = outgoing.Expected(str(seg.SOPInstanceUID), str(source.StudyInstanceUID),
                                  str(source.SeriesInstanceUID))
-    return seg_bytes(seg), expected, files[0][1]
+    return seg_bytes(seg), expected, files[0][1], volume.volume_id
 
 
 def _edited(data: bytes, **values) -> bytes:
@@ -45,13 +45,20 @@ def _edited(data: bytes, **values) -> bytes:
 
 
 def test_the_rows_own_seg_is_deliverable(made):
-    data, expected, _ = made
+    data, expected, *_ = made
     ds = outgoing.check_outgoing(data, expected, "s3://b/out/seg/x.dcm")
     assert ds.SOPInstanceUID == expected.sop_instance_uid
 
 
+def test_the_expected_uid_is_the_one_build_seg_gives(made):
+    data, expected, *_ = made
+    volume_id = made[3]
+    assert outgoing.seg_instance_uid(volume_id, "fp", IDENT.model_identity) == expected.sop_instance_uid
+    assert outgoing.seg_instance_uid(volume_id, "fp2", IDENT.model_identity) != expected.sop_instance_uid
+
+
 def test_another_patients_ct_slice_is_refused_without_naming_the_patient(made):
-    _, expected, ct = made
+    _, expected, ct, _ = made
     ct = _edited(ct, PatientName="DOE^JANE", PatientID="MRN123")
     with pytest.raises(OutgoingObjectError, match=r"out/seg/x\.dcm: not sent: its SOP Class is CT Image Storage") \
             as info:
@@ -64,13 +71,13 @@ def test_another_patients_ct_slice_is_refused_without_naming_the_patient(made):
     ({"StudyInstanceUID": "1.2.3.4.6"}, "another study"),
 ])
 def test_a_seg_of_another_volume_or_study_is_refused(made, change, words):
-    data, expected, _ = made
+    data, expected, *_ = made
     with pytest.raises(OutgoingObjectError, match=words):
         outgoing.check_outgoing(_edited(data, **change), expected, "x.dcm")
 
 
 def test_a_seg_with_another_uid_or_source_series_is_refused(made):
-    data, expected, _ = made
+    data, expected, *_ = made
     ds = pydicom.dcmread(io.BytesIO(data))
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
     out = io.BytesIO()
@@ -85,7 +92,7 @@ def test_a_seg_with_another_uid_or_source_series_is_refused(made):
 
 
 def test_a_seg_in_the_rtstruct_folder_is_not_what_that_folder_holds(made, tmp_path):
-    data, expected, _ = made
+    data, expected, *_ = made
     out = str(tmp_path / "out")
     with pytest.raises(OutgoingObjectError, match="not one this tool writes there"):
         outgoing.outgoing(out, f"{out}/rtstruct/x.dcm", data, expected)

@@ -15,7 +15,8 @@ service account's credentials, two pure checks say it is the object the row mean
 
 Both raise `OutgoingObjectError` (an input error of that volume's row: its `send_error`), naming
 the file and what did not match, never a header value that could identify a patient.
-`outgoing(output, file_uri, data, expected)` runs both.
+`outgoing(output, file_uri, data, expected)` runs both; `seg_instance_uid(volume_id, fingerprint,
+model_identity)` is the SOP Instance UID the row's SEG must have (the rule of seg.py, not a copy).
 """
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ class Expected:
     study_instance_uid: str  # the source's study: a SEG or RTSTRUCT joins it
     source_series_uid: str  # the series it was made from: the only series it references
     sop_classes: frozenset[str] = field(default_factory=lambda: FOLDER_CLASSES["seg"] | FOLDER_CLASSES["rtstruct"])
+
+
+def seg_instance_uid(volume_id: str, fingerprint: str, model_identity: str) -> str:
+    """The deterministic SOP Instance UID `build_seg` gives a volume's SEG (from its row's fields)."""
+    from unet_core.io.dicom import seg
+
+    return seg._uid(volume_id, fingerprint, model_identity, "instance")  # noqa: SLF001 - the one rule, reused
 
 
 def _refuse(uri: str, why: str) -> OutgoingObjectError:

@@ -7,6 +7,10 @@ loopback port (tests/support/orthanc.py; authentication on), loaded with a synth
   then finds nothing pending.
 - Faults: wrong credentials (exit 5, nothing written), 429 answers with Retry-After through a
   proxy (honoured: same masks), Orthanc stopped mid-run (storage rows, exit 3, a re-run resumes).
+- A gateway in front of Orthanc that redirects STOW-RS: first the findings reproduced with
+  dicomweb-client as `store()` once used it (a 302 to a login page read as stored; a 307 POSTing
+  the object to another host), then `store()` and `unet send` refusing both; a gateway that
+  trickles its answers fails at the request's deadline.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from pydicom.uid import generate_uid
 from jobs import segment, send, status
 from jobs.exits import Exit
 from support.orthanc import Orthanc
-from support.throttle import ThrottlingProxy
+from support.throttle import LOGIN_PATH, ThrottlingProxy
 from unet_core.segmentation.summary import RunSummary
 from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic_studies import write_studies
@@ -264,3 +268,136 @@ def test_orthanc_stopped_mid_run_gives_storage_rows_and_a_rerun_resumes(orthanc_
         _same_masks(from_folder, str(out))
     finally:
         server.stop()
+
+
+# ---- a gateway that redirects or trickles (issue 32's findings, reproduced, then refused) -------------
+def _new_instance(archive) -> tuple[bytes, str]:
+    """One CT slice of the archive as a new instance (a new SOP Instance UID): bytes, UID."""
+    path = _files(archive[0])[0]
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue(), str(ds.SOPInstanceUID)
+
+
+def _held(pacs: Orthanc, uid: str) -> bool:
+    import requests
+
+    found = requests.post(f"{pacs.url}/tools/lookup", data=uid, auth=pacs.auth, timeout=60).json()
+    return any(f["Type"] == "Instance" for f in found)
+
+
+class _Recorder:
+    """Another host (127.0.0.2: loopback, but not the service's address) that records what it is sent."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies = self.bodies = []
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.2", 0), H)
+        self.url = f"http://127.0.0.2:{self.server.server_address[1]}/elsewhere/studies"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _library_store(root: str, data: bytes):
+    """What `store()` did before: dicomweb-client's store_instances, its answer read for failures."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    session.auth = (os.environ["DICOMWEB_USER"], os.environ["DICOMWEB_PASSWORD"])
+    c = DICOMwebClient(root, session=session)
+    c.set_http_retry_params(retry=False)
+    return c.store_instances([pydicom.dcmread(io.BytesIO(data))])
+
+
+def test_a_stow_redirected_to_a_login_page_is_not_a_store(pacs, archive):
+    from unet_core.errors import StorageError
+    from unet_core.io import dicomweb
+
+    data, uid = _new_instance(archive)
+    with ThrottlingProxy(pacs.port, every=0) as gateway:
+        gateway.post_redirect = (302, f"http://127.0.0.1:{gateway.port}{LOGIN_PATH}?next=%2Fdicom-web&sid=s3cr3t")
+        root = f"http://127.0.0.1:{gateway.port}/dicom-web"
+        # The finding: the 302 is followed to the login page, its 200 HTML reads as a success.
+        answer = _library_store(root, data)
+        assert not getattr(answer, "FailedSOPSequence", None) and not getattr(answer, "ReferencedSOPSequence", None)
+        assert gateway.received == 2 and not _held(pacs, uid)
+        # Now: a send_error naming the redirect and where it pointed (not its query), nothing stored.
+        with pytest.raises(StorageError, match=rf"redirect \(HTTP 302 to http://127.0.0.1:{gateway.port}"
+                                               rf"{LOGIN_PATH}\), which is not followed") as info:
+            dicomweb.store("dicomweb+" + root, data)
+        assert "s3cr3t" not in str(info.value)
+        assert gateway.received == 3  # the POST only: the login page was not asked for
+        # The same gateway once the session is back: stored, and acknowledged by Orthanc.
+        gateway.post_redirect = None
+        assert dicomweb.store("dicomweb+" + root, data) == (uid,)
+    assert _held(pacs, uid)
+
+
+def test_a_stow_redirected_to_another_host_sends_it_nothing(pacs, archive):
+    from unet_core.errors import StorageError
+    from unet_core.io import dicomweb
+
+    data, uid = _new_instance(archive)
+    elsewhere = _Recorder()
+    try:
+        with ThrottlingProxy(pacs.port, every=0, post_redirect=(307, elsewhere.url)) as gateway:
+            root = f"http://127.0.0.1:{gateway.port}/dicom-web"
+            # The finding: requests POSTs the object (patient data) again, to the other host.
+            _library_store(root, data)
+            assert len(elsewhere.bodies) == 1 and data in elsewhere.bodies[0]
+            with pytest.raises(StorageError, match=r"redirect \(HTTP 307 to http://127.0.0.2:\d+/elsewhere/studies\)"):
+                dicomweb.store("dicomweb+" + root, data)
+        assert len(elsewhere.bodies) == 1  # nothing more went there
+    finally:
+        elsewhere.close()
+    assert not _held(pacs, uid)
+
+
+def test_unet_send_behind_a_redirecting_gateway_marks_nothing_sent(pacs, archive, phantom_bundle, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert segment.main(["--input", archive[0], "--model", phantom_bundle, "--output", out, "--batch-size", "8",
+                         "--dicom-seg"]) == Exit.OK
+    before = len(_segs(pacs))
+    with ThrottlingProxy(pacs.port, every=0) as gateway:
+        gateway.post_redirect = (302, f"http://127.0.0.1:{gateway.port}{LOGIN_PATH}")
+        to = f"dicomweb+http://127.0.0.1:{gateway.port}/dicom-web"
+        assert send.main([out, "--to", to]) == Exit.SOME_FAILED
+        rows = [r for r in read_volume_table(out) if r["status"] == "ok"]
+        assert rows and all(not r["sent"] and not r["sent_to"] and "redirect (HTTP 302" in r["send_error"]
+                            for r in rows)
+        assert f"{len(rows)} could not be sent" in capsys.readouterr().out
+    assert len(_segs(pacs)) == before
+
+
+def test_a_gateway_that_trickles_its_answer_fails_at_the_deadline(pacs, monkeypatch):
+    from unet_core.errors import StorageError
+    from unet_core.io import dicomweb, dicomweb_http
+
+    monkeypatch.setattr(dicomweb_http, "DEADLINE_SECONDS", 2.0)
+    with ThrottlingProxy(pacs.port, every=0, trickle=0.5) as gateway:
+        start = time.monotonic()
+        with pytest.raises(StorageError, match="did not finish its answer within 2 s"):
+            dicomweb.studies(dicomweb.parse(f"dicomweb+http://127.0.0.1:{gateway.port}/dicom-web"))
+        assert time.monotonic() - start < 10

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from support.bundles import put
-from unet_core.errors import ConfigError, ResourceLimitError, StorageError
+from unet_core.errors import ConfigError, NotFoundError, ResourceLimitError, StorageError
 from unet_core.io import storage
 
 
@@ -40,10 +40,13 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(store):
 
 
 def test_missing_object_and_prefix(store):
-    with pytest.raises(StorageError, match=r"nope\.bin: object not found"):
+    with pytest.raises(NotFoundError, match=r"nope\.bin: object not found"):
         storage.read_bytes(storage.join(store, "nope.bin"))
-    with pytest.raises(StorageError, match="no such object or prefix"):
+    with pytest.raises(NotFoundError, match="no such object or prefix"):
         storage.list_files(storage.join(store, "nowhere/"))
+    with pytest.raises(NotFoundError, match="no such object"):
+        storage.stat(storage.join(store, "nope.bin"))
+    storage.delete(storage.join(store, "nope.bin"))  # already absent: nothing to do
 
 
 def test_size_limit_refuses_before_reading(store):
@@ -201,3 +204,83 @@ def test_local_outputs_follow_the_umask_or_are_private(tmp_path, monkeypatch):
     storage.write_bytes(str(tmp_path / "private.html"), b"x")
     assert st.S_IMODE(os.stat(tmp_path / "private.html").st_mode) == 0o600
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def _s3_error(code: str, message: str = "") -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+            "</Error>").encode()
+
+
+# (status, S3 error code, what it must become, requests the store may receive for one call). The
+# key holds "500" and the messages "timeout" and "not found": words that once decided.
+@pytest.mark.parametrize("status, code, expected, received", [
+    (503, "SlowDown", StorageError, "all"),
+    (500, "InternalError", StorageError, "all"),
+    (400, "InvalidRequest", StorageError, 1),
+    (403, "AccessDenied", StorageError, 1),
+    (404, "NoSuchKey", NotFoundError, 1),
+])
+def test_retries_follow_the_stores_codes_and_each_attempt_is_one_request(status, code, expected, received,
+                                                                         monkeypatch, s3_bucket, s3_server):
+    """A store that keeps answering one error, in front of moto (a counting proxy): pyarrow's and
+    botocore's own retries are off, so one call is at most our attempts, and only a throttle or a
+    5xx is retried; a 400 is neither transient nor "not found", however the key is named."""
+    from support.throttle import ThrottlingProxy
+    from unet_core.io import listing
+
+    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 3)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    key = f"s3://{s3_bucket}/Series500/timeout-not-found.dcm"
+    with ThrottlingProxy(int(s3_server.rsplit(":", 1)[1]), every=1, refuse_status=status,
+                         refuse_body=_s3_error(code, "Request timeout 500: resource not found")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        storage._s3_filesystem.cache_clear()
+        listing._s3_client.cache_clear()
+        try:
+            prefix = key.rsplit("/", 1)[0]
+            for target, call in ((key, lambda: storage.read_bytes(key)),  # pyarrow
+                                 (prefix, lambda: list(listing.iter_objects(prefix)))):  # botocore
+                path = "/" + target[len("s3://"):]
+                before = proxy.paths.count(path)
+                with pytest.raises(StorageError) as info:
+                    call()
+                assert type(info.value) is expected, info.value
+                # Requests for this object (botocore may also ask for the bucket's region on a 400).
+                assert proxy.paths.count(path) - before == (3 if received == "all" else received)
+                if expected is StorageError:
+                    assert "not found" not in str(info.value)
+        finally:
+            storage._s3_filesystem.cache_clear()
+            listing._s3_client.cache_clear()
+
+
+def test_a_code_is_read_from_the_library_never_from_the_key():
+    """pyarrow's S3 errors carry the AWS error name in a fixed form; the key they quote is not a
+    code, even when it looks like one."""
+    key = "s3://b/AWS Error SLOW_DOWN during GetObject operation/x.dcm"
+    fake = OSError(f"When reading information for key '{key[len('s3://b/'):]}' in bucket 'b': AWS Error "
+                   "UNKNOWN (HTTP status 400) during HeadObject operation: No response body.")
+    assert storage.diagnose(fake, key) == storage.Diagnosis(storage.Failure.OTHER, "UNKNOWN", 400)
+    assert storage.diagnose(OSError("AWS Error SLOW_DOWN during PutObject operation: 500"), "s3://b/k").failure \
+        is storage.Failure.TRANSIENT
+    assert storage.diagnose(ConnectionRefusedError(111, "refused")).failure is storage.Failure.TRANSIENT
+    assert storage.diagnose(OSError("connection timeout 500")).failure is storage.Failure.OTHER
+
+
+def test_a_store_that_refuses_deletes_is_not_read_as_already_deleted(monkeypatch, s3_bucket, s3_server):
+    from support.throttle import ThrottlingProxy
+
+    key = f"s3://{s3_bucket}/kept.bin"
+    put(key, b"x")
+    with ThrottlingProxy(int(s3_server.rsplit(":", 1)[1]), every=1, refuse_status=403,
+                         refuse_body=_s3_error("AccessDenied")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        storage._s3_filesystem.cache_clear()
+        try:
+            with pytest.raises(StorageError, match="access denied") as info:
+                storage.delete(key)
+            assert not isinstance(info.value, NotFoundError)
+        finally:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+            storage._s3_filesystem.cache_clear()
+    assert storage.read_bytes(key) == b"x"

@@ -6,7 +6,9 @@ There are four kinds, each its own class and none a subclass of another (docs/re
   item's row and the job goes on.
 - `StorageError`: the object store failed or refused, after the retries. For one object it is
   that item's row (`error_type` "storage"); for the job's own output or listing it stops the job
-  with exit status 5.
+  with exit status 5. Its subclass `NotFoundError` is raised only when the store said the object
+  (or bucket, or DICOMweb resource) does not exist: the one storage failure a caller may read as
+  "absent". Access denied, throttling and an unreachable store stay plain `StorageError`.
 - `ConfigError`: a usage or configuration error (a flag, a config file, a model bundle that
   does not fit, a cluster address); exit status 2.
 - `InternalError`: a bug or a failure the job could not recover from; exit status 1. Per item, an
@@ -160,6 +162,17 @@ class StorageError(_ItemError):
     """An object store refused or failed (missing object, forbidden, endpoint down), after retries."""
 
     reason = ErrorType.STORAGE
+
+
+class NotFoundError(StorageError):
+    """The store answered that the object does not exist (S3 NoSuchKey / NoSuchBucket / 404, a
+    missing local file, a DICOMweb 404). Nothing else: a refusal or an outage is a StorageError."""
+
+
+class OutgoingObjectError(InputError):
+    """A file about to be delivered is not the object its volume's row says it is (another SOP
+    Class, another SOP Instance UID, another study or source series, or outside the output's own
+    seg/ and rtstruct/ folders)."""
 
 
 # The failures that belong to one item (an object, a volume, a case) and become its row.

@@ -14,11 +14,16 @@ folders. An instance's `version` is fixed: an instance is its SOP Instance UID, 
 is a new instance (PS3.3 C.12.1.1.1); a series with a new or a removed instance is redone.
 
 Headers come from WADO-RS metadata (one request per series), without pixels; pixels from WADO-RS
-retrieve (multipart/related, application/dicom, as stored). Responses are read as streams and
-refused past a byte budget before anything parses them (a server's answer is input too: it may be
-gzip-encoded and expand). `dicomweb-client` (by the highdicom authors) builds the requests, reads
-QIDO answers and decodes multipart messages; its own retrying is off because it neither honours
-Retry-After nor retries a refused connection: `_call` does both.
+retrieve (multipart/related, application/dicom, as stored). A server's answer is input too: every
+answer (QIDO-RS pages included) is read as a stream within a byte budget, a per-part budget and a
+deadline, redirects are never followed, a listing stops past `MAX_ANSWERS`, UIDs from answers are
+checked as UIDs before they go into a URL, and what a retrieve returns is checked against what was
+asked for (`dicomweb_http.py`). A store is what the server acknowledges: `store` succeeds only
+when the STOW-RS answer's ReferencedSOPSequence names the object's own SOP Instance UID.
+`_call` retries refused connections, timeouts, 429 and 5xx (storage.with_retry decides which),
+honouring Retry-After. The requests are built here; `dicomweb-client` (by the highdicom authors)
+is no longer in the way of any answer (it follows redirects on POST and reads a 200 that is not
+DICOM as an empty success).
 
 Credentials, TLS and the transport rule: `dicomweb_auth.py`.
 """
@@ -28,11 +33,13 @@ import functools
 import os
 import re
 import threading
+import uuid
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from unet_core.errors import ConfigError, ResourceLimitError, StorageError
+from unet_core.errors import ConfigError, NotFoundError, ResourceLimitError, StorageError
+from unet_core.io import dicomweb_http as http
 from unet_core.io import storage
 from unet_core.io.dicomweb_auth import AUTH_ENV, check_transport, session_for
 
@@ -41,9 +48,10 @@ SCHEMES = ("dicomweb+https://", "dicomweb+http://")
 RETRY_ATTEMPTS = int(os.environ.get("UNET_DICOMWEB_RETRIES", "6"))
 RETRY_BASE_SECONDS = 0.5
 MAX_RETRY_AFTER = 60.0  # a Retry-After longer than this is waited this long, then asked again
-TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
-TIMEOUT = (10.0, 120.0)  # connect, read: a server that stops answering is an error, never a hang
 MAX_METADATA_BYTES = 512 * 2**20  # one series' metadata (about 10 KB per instance)
+MAX_QIDO_BYTES = 64 * 2**20  # one QIDO-RS page (1,000 answers of a few hundred bytes each)
+MAX_ANSWERS = int(os.environ.get("UNET_DICOMWEB_MAX_ANSWERS", "1000000"))  # one listing level, all pages
+MAX_STOW_ANSWER_BYTES = 2**20
 
 # Query keys, by the QIDO-RS level they filter (PS3.18 10.6.1.2). `Modality` filters studies by
 # ModalitiesInStudy and then series by Modality.
@@ -53,7 +61,7 @@ STUDY_KEYS = ("StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", 
 SERIES_KEYS = ("Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
                "PerformedProcedureStepStartDate", "Manufacturer")
 
-_UID = r"[0-9][0-9.]*"
+_UID = r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*"  # PS3.5 9.1
 _PATH = re.compile(rf"^(?P<root>.*?)(?:/studies/(?P<study>{_UID})(?:/series/(?P<series>{_UID})"
                    rf"(?:/instances/(?P<instance>{_UID}))?)?)?/*$")
 
@@ -81,6 +89,8 @@ class Ref:
         return out + (f"?{urlencode(self.query)}" if self.query else "")
 
     def below(self, **uids: str) -> "Ref":
+        for level, uid in uids.items():  # a server's answer: checked before it goes into a URL
+            http.check_uid(uid, "dicomweb+" + self.root, f"{level} UID")
         level_query = () if uids.get("series") or self.series else tuple(
             (k, v) for k, v in self.query if k in SERIES_KEYS)
         return replace(self, query=level_query, **uids)
@@ -106,6 +116,10 @@ def parse(uri: str) -> Ref:
     if unknown:
         raise ConfigError(f"unknown DICOMweb query keys {', '.join(unknown)}; the study keys are "
                           f"{', '.join(STUDY_KEYS)} and the series keys {', '.join(SERIES_KEYS)}")
+    segments = m["root"].split("/")
+    if "studies" in segments or "." in segments or ".." in segments or any("%" in x for x in segments):
+        raise ConfigError(f"{uri!r}: below a DICOMweb service, studies, series and instances are named by DICOM "
+                          "UIDs (digits and dots), and the path has no '.', '..' or percent-escapes")
     root = f"{parts.scheme}://{parts.netloc}{m['root'].rstrip('/')}"
     return Ref(root, m["study"] or "", m["series"] or "", m["instance"] or "", query)
 
@@ -132,7 +146,8 @@ _local = threading.local()
 
 
 def client(root: str):
-    """This thread's DICOMweb client of a service (its connections are reused)."""
+    """This thread's DICOMweb client of a service: it holds the session (credentials, TLS; its
+    connections are reused). The requests themselves are made here, through `dicomweb_http`."""
     from dicomweb_client.api import DICOMwebClient
 
     clients = getattr(_local, "clients", None)
@@ -141,15 +156,14 @@ def client(root: str):
     key = (root, *(os.environ.get(k, "") for k in AUTH_ENV))  # other credentials: another client
     if key not in clients:
         check_transport(root)
-        c = DICOMwebClient(root, session=session_for(root), timeout=TIMEOUT)
+        c = DICOMwebClient(root, session=session_for(root), timeout=http.TIMEOUT)
         c.set_http_retry_params(retry=False)  # `_call` retries, honouring Retry-After
         clients[key] = c
     return clients[key]
 
 
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
+def _session(root: str):
+    return client(root)._session  # noqa: SLF001 - the session it was given (session_for)
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -161,23 +175,18 @@ def _retry_after(exc: BaseException) -> float | None:
         return None  # an HTTP date: back off as usual
 
 
-def _transient(exc: BaseException) -> bool:
-    import requests
-
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
-        return True
-    return _status(exc) in TRANSIENT_STATUS
-
-
 def _classify(exc: BaseException, uri: str, action: str) -> BaseException:
+    """The final error of a request, in DICOMweb's words; which errors were retried, and which
+    mean "not found", is storage.diagnose's decision (the HTTP status, requests' error types)."""
     if isinstance(exc, (StorageError, ResourceLimitError, ConfigError)):
         return exc
-    status = _status(exc)
-    if status in (401, 403):
+    found = storage.diagnose(exc, uri)
+    status = found.status
+    if found.failure is storage.Failure.DENIED:
         return StorageError(f"{uri}: access denied by the DICOMweb server (HTTP {status}, {action}); check "
                             "DICOMWEB_TOKEN or DICOMWEB_USER / DICOMWEB_PASSWORD", uri=uri)
-    if status == 404:
-        return StorageError(f"{uri}: not found on the DICOMweb server ({action})", uri=uri)
+    if found.failure is storage.Failure.NOT_FOUND:
+        return NotFoundError(f"{uri}: not found on the DICOMweb server ({action})", uri=uri)
     if status is not None:
         return StorageError(f"{uri}: the DICOMweb server answered HTTP {status} ({action})", uri=uri)
     import requests
@@ -193,46 +202,49 @@ def _classify(exc: BaseException, uri: str, action: str) -> BaseException:
 def _call(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None) -> T:
     """Run one request, retrying refused connections, timeouts, 429 and 5xx with jittered
     exponential backoff, or as long as the server's Retry-After says (at most MAX_RETRY_AFTER)."""
-    return storage.with_retry(fn, uri, action, attempts or RETRY_ATTEMPTS, transient=_transient, classify=_classify,
+    return storage.with_retry(fn, uri, action, attempts or RETRY_ATTEMPTS, classify=_classify,
                               base_seconds=RETRY_BASE_SECONDS, wait=_retry_after)
 
 
-def _capped(response, limit: int, uri: str) -> None:
-    """Make `response` refuse to yield more than `limit` decoded bytes."""
-    length = response.headers.get("Content-Length")
-    if length and not response.headers.get("Content-Encoding") and int(length) > limit:
-        response.close()
-        raise ResourceLimitError(f"{uri}: the server's answer is {int(length)} bytes, over the limit of {limit} "
-                                 "(raise --max-file-bytes to allow it)", uri=uri)
-    chunks = response.iter_content
-
-    def iter_content(chunk_size=1, decode_unicode=False):
-        total = 0
-        for chunk in chunks(chunk_size, decode_unicode):
-            total += len(chunk)
-            if total > limit:
-                response.close()
-                raise ResourceLimitError(f"{uri}: the server's answer exceeds the limit of {limit} bytes "
-                                         "(raise --max-file-bytes to allow it)", uri=uri)
-            yield chunk
-
-    response.iter_content = iter_content
+def _get(ref: Ref, url: str, accept: str, limit: int, params=None) -> http.Answer:
+    return http.fetch(_session(ref.root), "GET", url, ref.uri, limit, accept=accept, params=params)
 
 
-def _get(ref: Ref, url: str, accept: str, limit: int):
-    c = client(ref.root)
-    response = c._http_get(url, headers={"Accept": accept}, stream=True)  # noqa: SLF001 - see the docstring
-    _capped(response, limit, ref.uri)
-    return c, response
+def _url(ref: Ref, study: str = "", series: str = "", instance: str = "") -> str:
+    out = ref.root
+    for name, uid in (("studies", study), ("series", series), ("instances", instance)):
+        if uid:
+            out += f"/{name}/{uid}"
+    return out
 
 
 # ---- listing (QIDO-RS) ----------------------------------------------------------------------------
 PAGE = 1000  # QIDO-RS answers asked per request (limit / offset)
 
 
+def _search(ref: Ref, url: str, fields: list[str], filters: dict[str, str], action: str):
+    """A QIDO-RS search as `_pages` calls it: one page, read within MAX_QIDO_BYTES."""
+
+    def page(limit: int, offset: int) -> list[dict]:
+        params = [("includefield", f) for f in fields] + sorted(filters.items())
+        params += [("limit", str(limit)), ("offset", str(offset))]
+        try:
+            answers = http.read_json(_get(ref, url, "application/dicom+json", MAX_QIDO_BYTES, params), action)
+        except ResourceLimitError:  # the server's fault, not an object's: the listing fails (exit 5)
+            raise StorageError(f"{ref.uri}: a QIDO-RS page of the DICOMweb server exceeds {MAX_QIDO_BYTES} bytes "
+                               f"({action}, {limit} answers asked for)", uri=ref.uri) from None
+        if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+            raise StorageError(f"{ref.uri}: the DICOMweb server's answer is not a list of DICOM JSON datasets "
+                               f"({action})", uri=ref.uri)
+        return answers
+
+    return page
+
+
 def _pages(search: Callable[..., list[dict]], uri: str, action: str, tag: str) -> list[dict]:
     """Every answer of a QIDO-RS search, a page at a time. A page shorter than asked is the last;
-    a server that ignores `offset` (the same page again) is an error, not an endless listing."""
+    a server that ignores `offset` (the same page again) is an error, not an endless listing, and
+    so is one that keeps answering fresh pages past MAX_ANSWERS."""
     answers: list[dict] = []
     seen: set[str] = set()
     while True:
@@ -245,19 +257,25 @@ def _pages(search: Callable[..., list[dict]], uri: str, action: str, tag: str) -
         seen |= fresh
         if len(page) < PAGE:
             return answers
+        if len(answers) >= MAX_ANSWERS:
+            raise StorageError(f"{uri}: the DICOMweb server kept answering past {MAX_ANSWERS} results ({action}); "
+                               "narrow the query (--dicomweb-query) or raise UNET_DICOMWEB_MAX_ANSWERS", uri=uri)
 
 
-def _uids(answers: list[dict], tag: str) -> list[str]:
-    return sorted({a[tag]["Value"][0] for a in answers if a.get(tag, {}).get("Value")})
+def _uids(answers: list[dict], tag: str, service: str, what: str) -> list[str]:
+    """The UIDs of the answers, each checked as a UID: they go into the next request's URL."""
+    found = {a[tag]["Value"][0] for a in answers if a.get(tag, {}).get("Value")}
+    return sorted(http.check_uid(u, service, what) for u in found)
 
 
 def studies(ref: Ref) -> list[str]:
     filters = ref.filters(STUDY_KEYS)
     if "Modality" in dict(ref.query) and "ModalitiesInStudy" not in filters:
         filters["ModalitiesInStudy"] = dict(ref.query)["Modality"]
-    return _uids(_pages(lambda **page: client(ref.root).search_for_studies(
-        fields=["StudyInstanceUID"], search_filters=filters, **page), ref.uri, "QIDO-RS study search", "0020000D"),
-        "0020000D")
+    action = "QIDO-RS study search"
+    answers = _pages(_search(ref, _url(ref) + "/studies", ["StudyInstanceUID"], filters, action), ref.uri, action,
+                     "0020000D")
+    return _uids(answers, "0020000D", "dicomweb+" + ref.root, "Study Instance UID")
 
 
 # Series of these modalities hold no image to segment (structured reports, presentation states,
@@ -268,10 +286,11 @@ NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN",
 
 
 def series(ref: Ref) -> list[str]:
-    answers = _pages(lambda **page: client(ref.root).search_for_series(
-        ref.study, fields=["SeriesInstanceUID", "Modality"], search_filters=ref.filters(SERIES_KEYS), **page),
-        ref.uri, "QIDO-RS series search", "0020000E")
-    return _uids([a for a in answers if _value(a, "00080060") not in NON_IMAGE_MODALITIES], "0020000E")
+    action = "QIDO-RS series search"
+    answers = _pages(_search(ref, _url(ref, ref.study) + "/series", ["SeriesInstanceUID", "Modality"],
+                             ref.filters(SERIES_KEYS), action), ref.uri, action, "0020000E")
+    return _uids([a for a in answers if _value(a, "00080060") not in NON_IMAGE_MODALITIES], "0020000E",
+                 "dicomweb+" + ref.root, "Series Instance UID")
 
 
 def _value(answer: dict, tag: str) -> str:
@@ -280,9 +299,10 @@ def _value(answer: dict, tag: str) -> str:
 
 
 def instances(ref: Ref) -> list[str]:
-    return _uids(_pages(lambda **page: client(ref.root).search_for_instances(
-        ref.study, ref.series, fields=["SOPInstanceUID"], **page), ref.uri, "QIDO-RS instance search", "00080018"),
-        "00080018")
+    action = "QIDO-RS instance search"
+    answers = _pages(_search(ref, _url(ref, ref.study, ref.series) + "/instances", ["SOPInstanceUID"], {}, action),
+                     ref.uri, action, "00080018")
+    return _uids(answers, "00080018", "dicomweb+" + ref.root, "SOP Instance UID")
 
 
 def children(ref: Ref) -> list[Ref]:
@@ -310,107 +330,150 @@ def probe(uri: str) -> None:
     refuses the credentials fails the job now (exit 5), naming the service, not the archive."""
     ref = parse(uri)
     check_transport(ref.root)
-    _call(lambda: client(ref.root).search_for_studies(fields=["StudyInstanceUID"], limit=1), "dicomweb+" + ref.root,
-          "connecting", attempts=3)
+    root = Ref(ref.root)
+    _call(lambda: _search(root, _url(root) + "/studies", ["StudyInstanceUID"], {}, "connecting")(1, 0),
+          "dicomweb+" + ref.root, "connecting", attempts=3)
 
 
 # ---- reading (WADO-RS) ----------------------------------------------------------------------------
-def series_metadata(ref: Ref, only: str = "") -> list[dict]:
-    """The DICOM JSON of a series' instances (or of one instance: `only`), without pixel data."""
-    import json
+def _same(meta: dict, tag: str, expected: str) -> bool:
+    values = (meta.get(tag) or {}).get("Value") or [""]
+    return str(values[0]).strip() == expected
 
-    from dicomweb_client.web import _Transaction
+
+def series_metadata(ref: Ref, only: str = "") -> list[dict]:
+    """The DICOM JSON of a series' instances (or of one instance: `only`), without pixel data;
+    refused when the server describes instances of another study or series (or another instance)."""
 
     def fetch() -> list[dict]:
-        c = client(ref.root)
-        url = (c._get_instances_url(_Transaction.RETRIEVE, ref.study, ref.series, only) if only  # noqa: SLF001
-               else c._get_series_url(_Transaction.RETRIEVE, ref.study, ref.series)) + "/metadata"  # noqa: SLF001
-        _, response = _get(ref, url, "application/dicom+json", MAX_METADATA_BYTES)
-        with response:
-            return json.loads(b"".join(response.iter_content(2**20)))
+        url = _url(ref, ref.study, ref.series, only) + "/metadata"
+        found = http.read_json(_get(ref, url, "application/dicom+json", MAX_METADATA_BYTES), "WADO-RS metadata")
+        if not isinstance(found, list) or not all(isinstance(m, dict) for m in found):
+            raise StorageError(f"{ref.uri}: the DICOMweb server's metadata is not a list of DICOM JSON datasets",
+                               uri=ref.uri)
+        for meta in found:
+            if not (_same(meta, "0020000D", ref.study) and _same(meta, "0020000E", ref.series)
+                    and (not only or _same(meta, "00080018", only))):
+                raise StorageError(f"{ref.uri}: the DICOMweb server's metadata describes an instance that was not "
+                                   "asked for (another study, series or instance)", uri=ref.uri)
+        return found
 
     return _call(fetch, ref.uri, "WADO-RS metadata")
 
 
-def read_instance(uri: str, max_bytes: int) -> bytes:
-    """One instance's Part 10 bytes, as stored (any transfer syntax); refused past `max_bytes`."""
-    from dicomweb_client.web import _Transaction
+def _uids_of(data: bytes) -> tuple[str, str, str]:
+    """(study, series, SOP instance) UIDs of Part 10 bytes (a prefix may do); "" where unreadable."""
+    from io import BytesIO
 
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True,
+                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+        return tuple(str(ds.get(k, "")).strip() for k in ("StudyInstanceUID", "SeriesInstanceUID",  # type: ignore[return-value]
+                                                           "SOPInstanceUID"))
+    except Exception:  # noqa: BLE001 - unreadable here: read again alone, where the error names it
+        return ("", "", "")
+
+
+def sop_instance_uid(data: bytes) -> str:
+    """The SOP Instance UID of Part 10 bytes (a prefix may do); "" when it cannot be read."""
+    return _uids_of(data)[2]
+
+
+def _part_uids(part: bytes) -> tuple[str, str, str]:
+    found = _uids_of(part[:8192])
+    return found if found[2] else _uids_of(part)
+
+
+def read_instance(uri: str, max_bytes: int) -> bytes:
+    """One instance's Part 10 bytes, as stored (any transfer syntax); refused past `max_bytes`,
+    and when the server answers another instance than the one asked for."""
     ref = parse(uri)
 
     def fetch() -> bytes:
-        c = client(ref.root)
-        url = c._get_instances_url(_Transaction.RETRIEVE, ref.study, ref.series, ref.instance)  # noqa: SLF001
-        c, response = _get(ref, url, 'multipart/related; type="application/dicom"; transfer-syntax=*', max_bytes)
-        if response.headers.get("Content-Type", "").startswith("application/dicom"):
-            with response:  # a server that sends the part bare (dicomweb-client tolerates it too)
-                return b"".join(response.iter_content(2**20))
-        parts = list(c._decode_multipart_message(response, stream=True))  # noqa: SLF001
+        url = _url(ref, ref.study, ref.series, ref.instance)
+        answer = _get(ref, url, 'multipart/related; type="application/dicom"; transfer-syntax=*',
+                      max_bytes + http.MAX_PART_HEADERS)
+        if answer.content_type.startswith("application/dicom"):  # a server that sends the part bare
+            parts = [http.read_all(answer)]
+        else:
+            parts = list(http.iter_parts(answer, max_bytes))
         if len(parts) != 1:
             raise StorageError(f"{uri}: the server answered {len(parts)} parts for one instance", uri=uri)
-        return bytes(parts[0])
+        if _part_uids(parts[0]) != (ref.study, ref.series, ref.instance):
+            raise StorageError(f"{uri}: the DICOMweb server answered another instance than the one asked for",
+                               uri=uri)
+        return parts[0]
 
     return _call(fetch, uri, "WADO-RS retrieve")
 
 
 def read_series(uris: list[str], max_bytes: int) -> dict[str, bytes]:
     """Instances of one series in one WADO-RS request (the whole series, streamed; parts the
-    volume does not need are dropped as they arrive): {uri: Part 10 bytes} of those found. The
-    answer is refused past `max_bytes` per instance asked for."""
-    from dicomweb_client.web import _Transaction
-
+    volume does not need are dropped as they arrive): {uri: Part 10 bytes} of those found. A part
+    over `max_bytes` is refused as it streams, the whole answer past `max_bytes` per instance
+    asked for, and a part of another study or series is an error."""
     first = parse(uris[0])
     ref = Ref(first.root, first.study, first.series)
     wanted = {parse(u).instance: u for u in uris}
 
     def fetch() -> dict[str, bytes]:
-        c = client(ref.root)
-        url = c._get_series_url(_Transaction.RETRIEVE, ref.study, ref.series)  # noqa: SLF001
-        c, response = _get(ref, url, 'multipart/related; type="application/dicom"; transfer-syntax=*',
-                           max_bytes * len(wanted))
+        url = _url(ref, ref.study, ref.series)
+        answer = _get(ref, url, 'multipart/related; type="application/dicom"; transfer-syntax=*',
+                      (max_bytes + http.MAX_PART_HEADERS) * len(wanted))
         found = {}
-        for part in c._decode_multipart_message(response, stream=True):  # noqa: SLF001
-            uid = sop_instance_uid(bytes(part[:8192])) or sop_instance_uid(bytes(part))
+        for part in http.iter_parts(answer, max_bytes):
+            study, series_uid, uid = _part_uids(part)
+            if uid and (study, series_uid) != (ref.study, ref.series):
+                raise StorageError(f"{ref.uri}: the DICOMweb server answered an instance of another study or series",
+                                   uri=ref.uri)
             if uid in wanted:
-                found[wanted[uid]] = bytes(part)
+                found[wanted[uid]] = part
         return found
 
     return _call(fetch, ref.uri, "WADO-RS retrieve")
 
 
-def sop_instance_uid(data: bytes) -> str:
-    """The SOP Instance UID of Part 10 bytes (a prefix may do); "" when it cannot be read."""
-    from io import BytesIO
-
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        return str(ds.SOPInstanceUID).strip()
-    except Exception:  # noqa: BLE001 - unreadable here: read again alone, where the error names it
-        return ""
-
-
 # ---- delivering (STOW-RS) -------------------------------------------------------------------------
-def store(root_uri: str, data: bytes) -> None:
-    """Store one Part 10 object. A SEG stored again under the same SOP Instance UID replaces, or
-    is kept once, by the server's rule: never a second copy."""
-    from io import BytesIO
-
-    import pydicom
-
+def store(root_uri: str, data: bytes, expected: Sequence[str] = ()) -> tuple[str, ...]:
+    """Store one Part 10 object, as given, and return the SOP Instance UIDs the server
+    acknowledged. `expected` (default: the object's own SOP Instance UID) must be the object's
+    UID and must be in the answer's ReferencedSOPSequence: a redirect, an HTML or empty 200, an
+    answer naming other instances or a FailedSOPSequence entry are StorageErrors that say which.
+    A SEG stored again under the same SOP Instance UID replaces, or is kept once, by the
+    server's rule: never a second copy."""
     ref = parse(root_uri)
-    ds = pydicom.dcmread(BytesIO(data))
+    service = "dicomweb+" + ref.root
+    own = sop_instance_uid(data)
+    if not own:
+        raise StorageError(f"{root_uri}: the object to store has no readable SOP Instance UID", uri=root_uri)
+    expected = tuple(expected) or (own,)
+    if own not in expected:
+        raise StorageError(f"{root_uri}: the object to store is SOP instance {own}, not the one expected "
+                           f"({', '.join(expected)}): not sent", uri=root_uri)
+    boundary = uuid.uuid4().hex
+    body = b"".join((f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), data,
+                     f"\r\n--{boundary}--\r\n".encode()))
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
 
-    def post() -> None:
-        answer = client(ref.root).store_instances([ds])
-        failed = getattr(answer, "FailedSOPSequence", None) or []
+    def post() -> tuple[str, ...]:
+        answer = http.fetch(_session(ref.root), "POST", _url(ref) + "/studies", service, MAX_STOW_ANSWER_BYTES,
+                            accept="application/dicom+json, application/dicom+xml;q=0.9", data=body,
+                            headers={"Content-Type": content_type})
+        said = http.acknowledged(answer)
+        failed = [reason for uid, reason in said.failed if uid in expected or not uid]
         if failed:
-            reasons = ", ".join(str(getattr(f, "FailureReason", "?")) for f in failed)
-            raise StorageError(f"{root_uri}: the server refused the object (STOW-RS failure reason {reasons})",
-                               uri=root_uri)
+            raise StorageError(f"{service}: the server refused the object (STOW-RS failure reason "
+                               f"{', '.join(r or '?' for r in failed)})", uri=service)
+        missing = [uid for uid in expected if uid not in said.stored]
+        if missing:
+            others = f" (it names {len(said.stored)} other instance(s))" if said.stored else ""
+            raise StorageError(f"{service}: the server's STOW-RS answer does not acknowledge SOP instance "
+                               f"{', '.join(missing)}{others}: not recorded as stored", uri=service)
+        return said.stored
 
-    _call(post, "dicomweb+" + ref.root, "STOW-RS store")
+    return _call(post, service, "STOW-RS store")
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,17 +8,24 @@ cluster, set on its nodes, never in a job's runtime environment):
   `requests.Session` with its own auth (Google Cloud Healthcare, AWS HealthImaging, Azure: see
   docs/design.md, "DICOMweb").
 TLS certificates are always verified: `DICOMWEB_CA_BUNDLE` names a CA bundle for a hospital's own
-CA. Credentials never go over plain http to another machine unless `DICOMWEB_ALLOW_HTTP=1`
-(`--insecure-http`): the same rule as `unet submit`.
+CA (else `REQUESTS_CA_BUNDLE` or `CURL_CA_BUNDLE` where set, else certifi's). Credentials never go
+over plain http to another machine unless `DICOMWEB_ALLOW_HTTP=1` (`--insecure-http`): the same
+rule as `unet submit`.
+
+Nothing else in the environment speaks for this tool: every DICOMweb session has `trust_env` off,
+so requests adds no `~/.netrc` credentials (they would go to any host the netrc names, over plain
+http too, outside the rule above) and takes no proxy from HTTP(S)_PROXY / ALL_PROXY (a proxy sees
+the images). A site that needs a proxy sets it in its `DICOMWEB_SESSION_FACTORY` session
+(`session.proxies`), where it is explicit.
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from urllib.parse import urlsplit
 
 from unet_core.errors import ConfigError
+from unet_core.io.dicomweb_http import watched_adapter
 from unet_core.net import is_loopback
 
 
@@ -41,31 +48,16 @@ def session_for(root: str):
             session.headers["Authorization"] = f"Bearer {token}"
         elif user:
             session.auth = (user, password)
-    bundle = os.environ.get("DICOMWEB_CA_BUNDLE")
-    if bundle:
-        # Not `session.verify`: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set system-wide on
-        # many machines) override it for every request. An adapter passes the bundle to each send.
-        session.mount("https://", _verify_adapter()(bundle))
+    # No ~/.netrc, no proxies or CA from the environment behind the transport rule's back (above).
+    session.trust_env = False
+    bundle = (os.environ.get("DICOMWEB_CA_BUNDLE") or os.environ.get("REQUESTS_CA_BUNDLE")
+              or os.environ.get("CURL_CA_BUNDLE"))
+    # Every connection under the request deadline's watch; a CA bundle passed to each send (not
+    # `session.verify`, which a session factory or requests' environment handling may override).
+    adapter = watched_adapter()(bundle)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return session
-
-
-@functools.cache
-def _verify_adapter():
-    """The adapter class (built once requests is imported: this module imports it lazily)."""
-    import requests
-
-    class VerifyWith(requests.adapters.HTTPAdapter):
-        """Verify every https request against this CA bundle, whatever the environment says."""
-
-        def __init__(self, bundle: str):
-            super().__init__()
-            self.bundle = bundle
-
-        def send(self, request, **kwargs):
-            kwargs["verify"] = self.bundle
-            return super().send(request, **kwargs)
-
-    return VerifyWith
 
 
 AUTH_ENV = ("DICOMWEB_TOKEN", "DICOMWEB_USER", "DICOMWEB_PASSWORD", "DICOMWEB_SESSION_FACTORY", "DICOMWEB_CA_BUNDLE",

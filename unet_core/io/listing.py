@@ -27,7 +27,7 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator
 
-from unet_core.errors import StorageError
+from unet_core.errors import NotFoundError, StorageError
 from unet_core.io import dicomweb, storage
 
 
@@ -53,7 +53,8 @@ def _s3_client(endpoint: str | None, region: str):
     from botocore.config import Config
 
     return boto3.client("s3", endpoint_url=endpoint, region_name=region,
-                        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60))
+                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5,
+                                      read_timeout=60))  # one attempt: storage.with_retry is the retry loop
 
 
 def _s3(prefix: str) -> tuple:
@@ -131,7 +132,7 @@ def list_level(prefix: str, follow_symlinks: bool = False, max_objects: int = 10
     if os.path.isfile(path):
         return Level((), True, True, is_object=True)
     if not os.path.isdir(path):
-        raise StorageError(f"{prefix}: no such object or prefix", uri=prefix)
+        raise NotFoundError(f"{prefix}: no such object or prefix", uri=prefix)
     dirs, n_objects = [], 0
     try:
         with os.scandir(path) as it:
@@ -197,7 +198,7 @@ def iter_objects(prefix: str, recursive: bool = True, follow_symlinks: bool = Fa
         yield _local_entry(path, os.stat(path))
         return
     if not os.path.isdir(path):
-        raise StorageError(f"{prefix}: no such object or prefix", uri=prefix)
+        raise NotFoundError(f"{prefix}: no such object or prefix", uri=prefix)
     # Real paths of the folders walked: with links followed, none is walked twice.
     seen = {os.path.realpath(path)}
     stack = [(path, os.path.realpath(path))]

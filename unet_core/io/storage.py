@@ -12,15 +12,23 @@ Writes never expose a half-written object: callers hand complete bytes to `write
 they go to a temporary file in the same folder and are renamed over the target; on S3 a single
 PUT (or a multipart upload) is only visible once complete. Transient errors (connection refused,
 throttling, 5xx) are retried with exponential backoff; missing and forbidden objects are not.
+Whether an error is transient, "not found" or "access denied" is decided here, once, for every
+store and the DICOMweb client (`diagnose`): from the libraries' own codes (botocore's error code
+and HTTP status, the error name and HTTP status pyarrow's S3 layer reports, errno, requests'
+status), never from words in a message that also quotes the object's key. Each call is at most
+our attempts: pyarrow's and botocore's own retries are off under ours.
 """
 from __future__ import annotations
 
 import contextlib
+import enum
+import errno
 import functools
 import io
 import os
 import random
 import re
+import sys
 import tempfile
 import time
 import uuid
@@ -30,20 +38,12 @@ from urllib.parse import quote, unquote_to_bytes, urlparse
 
 import pyarrow.fs as pafs
 
-from unet_core.errors import ITEM_ERRORS, ConfigError, ResourceLimitError, StorageError
+from unet_core.errors import ITEM_ERRORS, ConfigError, NotFoundError, ResourceLimitError, StorageError
 
 T = TypeVar("T")
 
 RETRY_ATTEMPTS = int(os.environ.get("UNET_STORAGE_RETRIES", "6"))
 RETRY_BASE_SECONDS = 0.25
-_TRANSIENT_MARKERS = (
-    "connect", "connection", "timed out", "timeout", "network", "throttl", "slow_down",
-    "slowdown", "service_unavailable", "serviceunavailable", "internal_failure", "internalerror",
-    "request_time_too_skewed", "503", "500", "502", "504", "broken pipe", "reset by peer",
-    "curlcode", "unable to connect", "temporarily",
-)
-_FORBIDDEN_MARKERS = ("access_denied", "accessdenied", "forbidden", "403", "invalidaccesskeyid",
-                      "signaturedoesnotmatch", "expired")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,11 @@ def s3_endpoint() -> str | None:
 def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
     kwargs: dict = {
         "region": region,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+        # One attempt per call: `with_retry` is the one retry loop (pyarrow's own would multiply it).
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=1),
+        # A small object is one PUT on close, not a multipart upload of three requests: fewer
+        # requests to fail per attempt, and none left open when an attempt fails.
+        "allow_delayed_open": True,
         "connect_timeout": 5.0,
         "request_timeout": 60.0,
     }
@@ -138,48 +142,134 @@ def basename(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
+class Failure(enum.Enum):
+    """What a library's exception means for a caller."""
+
+    NOT_FOUND = "not found"  # the object, bucket or resource does not exist: the only "absent"
+    DENIED = "access denied"  # credentials or policy: not retried
+    TRANSIENT = "transient"  # throttling, 5xx, a refused or dropped connection, a timeout: retried
+    OTHER = "other"  # anything else (an HTTP 400, a bad request, a full disk): not retried
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    failure: Failure
+    code: str = ""  # the library's own name for it (an S3 error code, an errno name)
+    status: int | None = None  # the HTTP status, where there was one
+
+
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NO_SUCH_KEY", "NO_SUCH_BUCKET",
+                             "RESOURCE_NOT_FOUND"})
+DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                          "InvalidToken", "AllAccessDisabled", "AccountProblem", "ACCESS_DENIED",
+                          "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN",
+                          "INVALID_CLIENT_TOKEN_ID", "MISSING_AUTHENTICATION_TOKEN", "UNRECOGNIZED_CLIENT"})
+TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                             "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests", "SLOW_DOWN",
+                             "THROTTLING", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "NETWORK_CONNECTION",
+                             "REQUEST_TIMEOUT"})
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_ERRNO = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                             errno.EPIPE, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EAGAIN})
+# pyarrow's S3 layer reports the AWS SDK's error name and the HTTP status in a fixed form
+# ("AWS Error SLOW_DOWN during PutObject operation", "AWS Error UNKNOWN (HTTP status 503) during
+# HeadObject operation"): its only structured part. The key and bucket it also quotes are removed
+# before this is looked for, so no object name can pose as a code.
+_ARROW_AWS = re.compile(r"AWS Error (?P<code>[A-Z_]+|\[code \d+\])(?: \(HTTP status (?P<status>\d{3})\))? during \w+ "
+                        r"operation")
+
+
+def _by_code(code: str, status: int | None) -> Failure:
+    if code in NOT_FOUND_CODES or status == 404:
+        return Failure.NOT_FOUND
+    if code in DENIED_CODES or status in (401, 403):
+        return Failure.DENIED
+    if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
+        return Failure.TRANSIENT
+    return Failure.OTHER
+
+
+def _module_type(module: str, name: str) -> type | None:
+    """A library's exception class, if that library is loaded (nothing is imported for this)."""
+    return getattr(sys.modules.get(module), name, None)
+
+
+def diagnose(exc: BaseException, uri: str = "") -> Diagnosis:
+    """What `exc` means (see the module docstring); `uri` names the object it was about (its
+    key and bucket are never read as a code)."""
+    client_error = _module_type("botocore.exceptions", "ClientError")
+    if client_error is not None and isinstance(exc, client_error):
+        error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+        code, status = str(error.get("Code", "")), meta.get("HTTPStatusCode")
+        return Diagnosis(_by_code(code, status), code, status)
+    for module, name in (("requests.exceptions", "SSLError"), ("botocore.exceptions", "SSLError")):
+        kind = _module_type(module, name)
+        if kind is not None and isinstance(exc, kind):  # a certificate does not fix itself
+            return Diagnosis(Failure.OTHER, name)
+    for module, names in (("botocore.exceptions", ("ConnectionError", "HTTPClientError")),
+                          ("requests.exceptions", ("ConnectionError", "Timeout", "ChunkedEncodingError"))):
+        kinds = tuple(t for t in (_module_type(module, n) for n in names) if t is not None)
+        if kinds and isinstance(exc, kinds):
+            return Diagnosis(Failure.TRANSIENT, type(exc).__name__)
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):  # requests' HTTPError (the DICOMweb client)
+        return Diagnosis(_by_code("", status), "", status)
+    if isinstance(exc, FileNotFoundError):
+        return Diagnosis(Failure.NOT_FOUND, "ENOENT")
+    if isinstance(exc, PermissionError):
+        return Diagnosis(Failure.DENIED, errno.errorcode.get(exc.errno or 0, ""))
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return Diagnosis(Failure.TRANSIENT, type(exc).__name__)
+    if isinstance(exc, OSError):
+        if exc.errno in TRANSIENT_ERRNO:
+            return Diagnosis(Failure.TRANSIENT, errno.errorcode[exc.errno])
+        text = str(exc)
+        if uri.startswith("s3://"):
+            bucket, _, key = uri[len("s3://"):].partition("/")
+            for name in sorted({key.rstrip("/"), bucket} - {""}, key=len, reverse=True):
+                text = text.replace(name, "")
+        m = _ARROW_AWS.search(text)
+        if m:
+            status = int(m["status"]) if m["status"] else None
+            return Diagnosis(_by_code(m["code"], status), m["code"], status)
+    return Diagnosis(Failure.OTHER, type(exc).__name__)
+
+
 def _classify(exc: BaseException, uri: str, action: str) -> BaseException:
     if isinstance(exc, ITEM_ERRORS):
         return exc
-    text = str(exc).lower()
-    if isinstance(exc, FileNotFoundError) or "no_such_key" in text or "nosuchkey" in text or "not found" in text:
-        return StorageError(f"{uri}: object not found ({action})", uri=uri)
-    if "no_such_bucket" in text or "nosuchbucket" in text:
-        return StorageError(f"{uri}: bucket does not exist ({action})", uri=uri)
-    if any(m in text for m in _FORBIDDEN_MARKERS):
+    found = diagnose(exc, uri)
+    if found.failure is Failure.NOT_FOUND:
+        what = "bucket" if found.code in ("NoSuchBucket", "NO_SUCH_BUCKET") else "object"
+        return NotFoundError(f"{uri}: {what} not found ({action})", uri=uri)
+    if found.failure is Failure.DENIED:
         return StorageError(
             f"{uri}: access denied ({action}); check the credentials (AWS_ACCESS_KEY_ID / role) and "
             "the bucket policy", uri=uri,
         )
+    if found.failure is Failure.TRANSIENT:
+        return StorageError(f"{uri}: {action} failed after retries: the store is unreachable or overloaded "
+                            f"({found.code if found.code not in ('', 'UNKNOWN') else f'HTTP {found.status}'})", uri=uri)
     return StorageError(f"{uri}: {action} failed: {exc}", uri=uri)
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
-    text = str(exc).lower()
-    if any(m in text for m in _FORBIDDEN_MARKERS) or "no_such" in text or "nosuch" in text:
-        return False
-    return isinstance(exc, (OSError, ConnectionError, TimeoutError)) and any(
-        m in text for m in _TRANSIENT_MARKERS
-    )
-
-
 def with_retry(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None, *,
-               transient: Callable[[BaseException], bool] | None = None,
                classify: Callable[[BaseException, str, str], BaseException] | None = None,
                base_seconds: float = RETRY_BASE_SECONDS,
                wait: Callable[[BaseException], float | None] | None = None) -> T:
-    """Run `fn`, retrying transient errors with jittered exponential backoff (or as long as
-    `wait` says for an error, e.g. a server's Retry-After). The defaults are object storage's;
-    the DICOMweb client passes its own rules."""
+    """Run `fn`, retrying what `diagnose` calls transient with jittered exponential backoff (or as
+    long as `wait` says for an error, e.g. a server's Retry-After). `classify` words the final
+    error (the DICOMweb client passes its own); which errors are retried is decided here only."""
     attempts = attempts or RETRY_ATTEMPTS
-    transient, classify = transient or _is_transient, classify or _classify
+    classify = classify or _classify
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below
-            if attempt + 1 < attempts and transient(exc):
+            if isinstance(exc, ITEM_ERRORS):  # already ours (a budget, a refusal): never retried
+                raise
+            if attempt + 1 < attempts and diagnose(exc, uri).failure is Failure.TRANSIENT:
                 told = wait(exc) if wait is not None else None
                 time.sleep(told if told is not None else base_seconds * 2**attempt * (0.5 + random.random()))
                 continue
@@ -231,7 +321,7 @@ def stat(uri: str) -> tuple[int, int]:
     fs, path = _for_reading(uri)
     info = with_retry(lambda: fs.get_file_info(path), uri, "stat")
     if info.type != pafs.FileType.File:
-        raise StorageError(f"{uri}: no such object", uri=uri)
+        raise NotFoundError(f"{uri}: no such object", uri=uri)
     return int(info.size), int(info.mtime_ns or 0)
 
 
@@ -302,10 +392,11 @@ def exists(uri: str) -> bool:
 
 
 def delete(uri: str) -> None:
+    """Remove one object; one that is not there is already removed. Any other failure raises."""
     fs, path = resolve(uri)
     try:
         with_retry(lambda: fs.delete_file(path), uri, "delete")
-    except StorageError:
+    except NotFoundError:
         pass
 
 
@@ -325,7 +416,7 @@ def list_files(prefix: str) -> list[FileEntry]:
         if i.type == pafs.FileType.File and not i.base_name.startswith(".tmp-")
     ]
     if not entries and info.type == pafs.FileType.NotFound:
-        raise StorageError(f"{prefix}: no such object or prefix", uri=prefix)
+        raise NotFoundError(f"{prefix}: no such object or prefix", uri=prefix)
     return sorted(entries, key=lambda e: e.uri)
 
 

@@ -9,20 +9,22 @@ import numpy as np
 
 def polygon_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """bool (i, j) grid of `shape`: voxel centres inside the closed polygon (n, 2) of (i, j)
-    points, by the even-odd rule. A centre lying on an edge fails the test (it is ambiguous)."""
+    points, by the even-odd rule, row by row. A centre lying on an edge fails the test (it is
+    ambiguous)."""
     p = np.asarray(polygon, float)
-    q = np.roll(p, -1, axis=0)
-    ii, jj = np.meshgrid(np.arange(shape[0], dtype=float), np.arange(shape[1], dtype=float), indexing="ij")
+    x1, y1 = p[:, 0], p[:, 1]
+    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
     inside = np.zeros(shape, bool)
-    for (x1, y1), (x2, y2) in zip(p.tolist(), q.tolist(), strict=True):
-        if y1 == y2:
-            on = (jj == y1) & (ii >= min(x1, x2)) & (ii <= max(x1, x2))
-            assert not on.any(), "a voxel centre lies on a contour"
-            continue
-        crosses = (y1 > jj) != (y2 > jj)
-        x = x1 + (jj - y1) * (x2 - x1) / (y2 - y1)
-        assert not (crosses & (x == ii)).any(), "a voxel centre lies on a contour"
-        inside ^= crosses & (x > ii)
+    centres = np.arange(shape[0], dtype=float)
+    flat = y1 == y2
+    for j in range(max(0, int(np.ceil(p[:, 1].min()))), min(shape[1] - 1, int(np.floor(p[:, 1].max()))) + 1):
+        on_flat = flat & (y1 == j)
+        for a, b in zip(x1[on_flat].tolist(), x2[on_flat].tolist(), strict=True):
+            assert not ((centres >= min(a, b)) & (centres <= max(a, b))).any(), "a voxel centre lies on a contour"
+        crosses = ~flat & ((y1 > j) != (y2 > j))
+        xs = np.sort(x1[crosses] + (j - y1[crosses]) * (x2[crosses] - x1[crosses]) / (y2[crosses] - y1[crosses]))
+        assert not np.isin(xs, centres).any(), "a voxel centre lies on a contour"
+        inside[:, j] = (len(xs) - np.searchsorted(xs, centres, side="right")) % 2 == 1
     return inside
 
 

@@ -123,7 +123,7 @@ def _slice_refs(sources: SourceFrames, where: str) -> list[_SliceRef]:
 def ds_text(values: np.ndarray) -> str:
     """Decimal strings of finite mm values, backslash-separated, each at most 16 characters:
     rounded to DECIMALS, trailing zeros dropped ("12.5", "-3", "0")."""
-    values = np.asarray(values, float)
+    values = np.round(np.asarray(values, float), DECIMALS)
     if not np.isfinite(values).all() or (np.abs(values) >= 1e10).any():
         raise ValueError("contour coordinates must be finite and under 10^10 mm")
     text = "\\".join(f"{v:.{DECIMALS}f}" for v in values.tolist())

@@ -159,36 +159,41 @@ def plane_polygons(plane: np.ndarray) -> list[np.ndarray]:
             joins[(int(owner[w]), w)] = (hole, v, w)
 
     loop_vertices = [starts[path].tolist() for path in loops]
+    by_loop: dict[int, list[tuple[int, int, int, int]]] = {}  # loop -> [(position of the corner, hole, top, met)]
+    for (loop, corner), (hole, top, met) in joins.items():
+        by_loop.setdefault(loop, []).append((loop_vertices[loop].index(corner), hole, top, met))
     polygons = []
     for root in np.flatnonzero(area2 > 0).tolist():
-        walked = _walk(root, loop_vertices, joins)
+        walked = _walk(root, loop_vertices, by_loop)
         va, vb = np.divmod(np.asarray(walked, np.int64), stride)
         corners = _simplify(np.stack([va, vb], axis=1))
         polygons.append(corners.astype(np.float64) + (i0 - 0.5, j0 - 0.5))
     return polygons
 
 
-def _walk(root: int, loop_vertices: list[list[int]], joins: dict) -> list[int]:
+def _walk(root: int, loop_vertices: list[list[int]], by_loop: dict[int, list[tuple[int, int, int, int]]]) -> list[int]:
     """The corners of a root loop with its joined holes spliced in (each hole: down its cut,
     round the hole, back up the cut). Iterative: holes can chain deep in a noisy mask."""
     out: list[int] = []
-    stack = [(root, loop_vertices[root], 0, None)]
+    # (corners from where the walk enters the loop, its joins by position there, next join, next position, way back)
+    stack: list[tuple[list[int], list, int, int, list[int] | None]] = [
+        (loop_vertices[root], sorted(by_loop.get(root, ())), 0, 0, None)]
     while stack:
-        loop, verts, i, back = stack.pop()
-        if i == len(verts):
+        verts, joins, n, pos, back = stack.pop()
+        if n == len(joins):
+            out.extend(verts[pos:])
             if back is not None:  # close the hole and walk back up its cut
                 out.append(verts[0])
                 out.extend(back)
             continue
-        x = verts[i]
-        out.append(x)
-        stack.append((loop, verts, i + 1, back))
-        join = joins.get((loop, x))
-        if join is not None:
-            hole, top, met = join
-            cut = list(range(met, top + 1))  # corners from `met` down the grid line to `top`
-            out.extend(cut[1:-1])
-            hv = loop_vertices[hole]
-            k = hv.index(top)
-            stack.append((hole, hv[k:] + hv[:k], 0, cut[::-1][1:]))
+        at, hole, top, met = joins[n]
+        out.extend(verts[pos:at + 1])
+        stack.append((verts, joins, n + 1, at + 1, back))
+        cut = list(range(met, top + 1))  # corners from `met` down the grid line to `top`
+        out.extend(cut[1:-1])
+        hv = loop_vertices[hole]
+        k = hv.index(top)
+        rotated = hv[k:] + hv[:k]
+        hole_joins = sorted(((p - k) % len(hv), *rest) for p, *rest in by_loop.get(hole, ()))
+        stack.append((rotated, hole_joins, 0, 0, cut[::-1][1:]))
     return out

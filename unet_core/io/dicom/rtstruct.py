@@ -18,7 +18,6 @@ See docs/design.md, "RT Structure Sets".
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,9 +55,6 @@ DECIMALS = 4
 PALETTE = ((255, 0, 0), (0, 200, 0), (0, 100, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220),
            (255, 120, 0), (150, 255, 100), (255, 100, 180), (120, 80, 40), (128, 128, 255), (200, 200, 200))
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
-_ZEROS = re.compile(r"(\.\d*?)0+(?=\\|$)")
-_POINT = re.compile(r"\.(?=\\|$)")
-_NEGATIVE_ZERO = re.compile(r"(?:(?<=\\)|^)-0(?=\\|$)")
 
 
 class RtstructSkipped(Exception):
@@ -122,12 +118,13 @@ def _slice_refs(sources: SourceFrames, where: str) -> list[_SliceRef]:
 
 def ds_text(values: np.ndarray) -> str:
     """Decimal strings of finite mm values, backslash-separated, each at most 16 characters:
-    rounded to DECIMALS, trailing zeros dropped ("12.5", "-3", "0")."""
-    values = np.round(np.asarray(values, float), DECIMALS)
+    rounded to DECIMALS, written as the shortest decimal that reads back as the rounded value
+    ("12.5", "-3", "0")."""
+    values = np.round(np.asarray(values, float), DECIMALS) + 0.0  # + 0.0: no "-0"
     if not np.isfinite(values).all() or (np.abs(values) >= 1e10).any():
         raise ValueError("contour coordinates must be finite and under 10^10 mm")
-    text = "\\".join(f"{v:.{DECIMALS}f}" for v in values.tolist())
-    return _NEGATIVE_ZERO.sub("0", _POINT.sub("", _ZEROS.sub(r"\1", text)))
+    # repr is fixed-point below 1e16 and at most 4 decimals after the rounding: 16 characters
+    return ("\\".join(map(repr, values.tolist())) + "\\").replace(".0\\", "\\")[:-1]
 
 
 def _contour_data(text: str) -> RawDataElement:
@@ -203,8 +200,7 @@ def build_rtstruct(labels: np.ndarray, sources: SourceFrames, label_names: list[
         raise ValueError(f"{where}: labels of shape {labels.shape} do not match {len(sources.frames)} source frames")
     if labels.size and int(labels.max()) >= len(label_names):
         raise ValueError(f"{where}: label value {int(labels.max())} has no name in {label_names}")
-    present = np.zeros(len(label_names), bool)
-    present[np.unique(labels)] = True
+    present = np.bincount(labels.ravel(), minlength=len(label_names)) > 0
     rois = [k for k in range(1, len(label_names)) if present[k]]
     absent = tuple(label_names[k] for k in range(1, len(label_names)) if not present[k])
     if not rois:
@@ -247,9 +243,10 @@ def build_rtstruct(labels: np.ndarray, sources: SourceFrames, label_names: list[
     rt.StructureSetROISequence = Sequence([_structure_set_roi(k, label_names[k], frame_of_reference, ident)
                                            for k in rois])
     contours_by_roi: dict[int, list[Dataset]] = {k: [] for k in rois}
+    by_slice = np.ascontiguousarray(np.moveaxis(labels, 2, 0))  # (k, i, j): each plane one block of memory
     for s, ref in enumerate(refs):
-        plane_labels = labels[:, :, s]
-        for k in np.unique(plane_labels).tolist():
+        plane_labels = by_slice[s]
+        for k in np.flatnonzero(np.bincount(plane_labels.ravel(), minlength=len(label_names))).tolist():
             if k:
                 contours_by_roi[k].extend(_contours(plane_labels == k, ref))
     roi_contours = []
@@ -266,6 +263,11 @@ def build_rtstruct(labels: np.ndarray, sources: SourceFrames, label_names: list[
     if _non_ascii([*label_names, ident.model_name, *(str(v.value) for v in rt if v.VR in ("PN", "LO", "SH", "LT"))]):
         rt.SpecificCharacterSet = "ISO_IR 192"
     rt.file_meta = _file_meta(rt)
+    for item in roi_contours:
+        for contour in item.ContourSequence:
+            # Says the raw ContourData is already in the encoding it will be written in; without it
+            # pydicom converts every value to a DSfloat and back (most of the writing time).
+            contour.set_original_encoding(False, True, contour._character_set)
     return RtStruct(rt, absent, tuple(sorted(repaired)), sum(len(c) for c in contours_by_roi.values()))
 
 

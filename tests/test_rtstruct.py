@@ -185,6 +185,20 @@ def test_a_label_without_voxels_gets_no_roi_and_is_named():
         _build(np.full(volume.shape, 7, np.uint8), sources)
 
 
+def test_no_rtstruct_without_source_images_or_one_frame_of_reference():
+    [(volume, sources)] = read_files([(f"mem://{n}", d) for n, d in series_files("axial")])
+    labels = hard_labels(volume.shape)
+    with pytest.raises(RtstructSkipped, match="NIfTI input has no DICOM source images"):
+        _build(labels, None)
+    sources.datasets[2].FrameOfReferenceUID = "1.2.3.4"
+    with pytest.raises(RtstructSkipped, match="do not share one Frame of Reference UID.*found 2"):
+        _build(labels, sources)
+    for ds in sources.datasets:
+        del ds.FrameOfReferenceUID
+    with pytest.raises(RtstructSkipped, match="found 0"):
+        _build(labels, sources)
+
+
 def test_ds_values_fit_16_characters_with_a_tenth_of_a_micrometre():
     assert ds_text(np.array([12.5, -3.0, -0.00001, 1234567.123456, 0.1 + 0.2])) == "12.5\\-3\\0\\1234567.1235\\0.3"
     assert max(len(v) for v in ds_text(np.array([-9999999999.99994, 123.45678])).split("\\")) <= 16

@@ -57,6 +57,9 @@ PALETTE = ((255, 0, 0), (0, 200, 0), (0, 100, 255), (255, 200, 0), (200, 0, 255)
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
 
 
+NO_SOURCES = "NIfTI input has no DICOM source images to reference"  # SEG's reason, word for word
+
+
 class RtstructSkipped(Exception):
     """This volume cannot have an RTSTRUCT (the reason is recorded; the volume itself is fine)."""
 
@@ -185,17 +188,22 @@ def _non_ascii(values: Iterable) -> bool:
     return any(isinstance(v, str) and not v.isascii() for v in values)
 
 
-def build_rtstruct(labels: np.ndarray, sources: SourceFrames, label_names: list[str], codes: dict,
+def build_rtstruct(labels: np.ndarray, sources: SourceFrames | None, label_names: list[str], codes: dict,
                    ident: SegIdentity, volume_id: str, fingerprint: str,
                    repaired: set[str] | None = None) -> RtStruct:
     """The RT Structure Set of one volume's labels: uint (i = column, j = row, k = slice in the
     order of `sources.frames`) with values 0 .. len(label_names) - 1, on the source grid.
     `codes` are the bundle's segment codes (label name -> {"category", "type"}); a label with
-    codes gets its type as RT ROI Identification Code. Raises RtstructSkipped when no label has
-    a voxel (a structure set needs at least one ROI)."""
+    codes gets its type as RT ROI Identification Code. Raises RtstructSkipped (the reason for
+    `rtstruct_skipped`) when there are no source images (a NIfTI input), when they have no one
+    frame of reference, or when no label has a voxel (a structure set needs at least one ROI)."""
+    if sources is None:
+        raise RtstructSkipped(NO_SOURCES)
     labels = np.asarray(labels)
     repaired = set() if repaired is None else repaired
     where = f"volume {volume_id}"
+    if labels.dtype.kind not in "ub":
+        raise ValueError(f"{where}: labels must be unsigned integers, not {labels.dtype}")
     if labels.ndim != 3 or labels.shape[2] != len(sources.frames):
         raise ValueError(f"{where}: labels of shape {labels.shape} do not match {len(sources.frames)} source frames")
     if labels.size and int(labels.max()) >= len(label_names):
@@ -205,9 +213,13 @@ def build_rtstruct(labels: np.ndarray, sources: SourceFrames, label_names: list[
     absent = tuple(label_names[k] for k in range(1, len(label_names)) if not present[k])
     if not rois:
         raise RtstructSkipped("no foreground voxels: a structure set needs at least one ROI")
+    frames_of_reference = {str(ds.get("FrameOfReferenceUID", "") or "") for ds in sources.datasets}
+    if len(frames_of_reference) != 1 or "" in frames_of_reference:
+        raise RtstructSkipped("the source images do not share one Frame of Reference UID (an RTSTRUCT's "
+                              f"contours are in exactly one; found {len(frames_of_reference - {''})})")
     refs = _slice_refs(sources, where)
     first = sources.datasets[0]
-    frame_of_reference = str(first.FrameOfReferenceUID)
+    frame_of_reference = frames_of_reference.pop()
     now = datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     keys = (volume_id, fingerprint, ident.model_identity, NAMESPACE)
@@ -329,4 +341,4 @@ def rtstruct_bytes(rt: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["RtStruct", "RtstructSkipped", "build_rtstruct", "ds_text", "rtstruct_bytes"]
+__all__ = ["NO_SOURCES", "RtStruct", "RtstructSkipped", "build_rtstruct", "ds_text", "rtstruct_bytes"]

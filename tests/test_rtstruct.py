@@ -185,6 +185,13 @@ def test_a_label_without_voxels_gets_no_roi_and_is_named():
         _build(np.full(volume.shape, 7, np.uint8), sources)
 
 
+def test_a_mask_of_noise_gets_no_rtstruct_and_says_why():
+    [(volume, sources)] = read_files([(f"mem://{n}", d) for n, d in series_files("axial")])
+    labels = (np.indices(volume.shape).sum(axis=0) % 2).astype(np.uint8)  # a 3D checkerboard: 1 voxel, 1 contour
+    with pytest.raises(RtstructSkipped, match=r"more than 1,000 contours \(over 1,\d+ by slice 2 of 6\)"):
+        build_rtstruct(labels, sources, NAMES, {}, IDENT, "v", "fp", max_contours=1000)
+
+
 def test_no_rtstruct_without_source_images_or_one_frame_of_reference():
     [(volume, sources)] = read_files([(f"mem://{n}", d) for n, d in series_files("axial")])
     labels = hard_labels(volume.shape)

@@ -51,6 +51,10 @@ NAMESPACE = "rtstruct"  # keeps these UIDs apart from the SEG's of the same volu
 # most 16 characters for any |coordinate| < 10^10 mm, and a vertex moves at most 0.00005 mm,
 # far below any pixel spacing, so no voxel centre changes side.
 DECIMALS = 4
+# More contours than this in one structure set is noise, not anatomy (the 512 x 512 x 300 benchmark
+# volume of five organs has 4,447): a planning system could not use it, and a salt-and-pepper
+# mask would take minutes to write and hundreds of MB. Such a volume gets no RTSTRUCT, with why.
+MAX_CONTOURS = 50_000
 # ROI Display Colors (RGB), by ROI number, repeating after the last.
 PALETTE = ((255, 0, 0), (0, 200, 0), (0, 100, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220),
            (255, 120, 0), (150, 255, 100), (255, 100, 180), (120, 80, 40), (128, 128, 255), (200, 200, 200))
@@ -190,7 +194,7 @@ def _non_ascii(values: Iterable) -> bool:
 
 def build_rtstruct(labels: np.ndarray, sources: SourceFrames | None, label_names: list[str], codes: dict,
                    ident: SegIdentity, volume_id: str, fingerprint: str,
-                   repaired: set[str] | None = None) -> RtStruct:
+                   repaired: set[str] | None = None, max_contours: int = MAX_CONTOURS) -> RtStruct:
     """The RT Structure Set of one volume's labels: uint (i = column, j = row, k = slice in the
     order of `sources.frames`) with values 0 .. len(label_names) - 1, on the source grid.
     `codes` are the bundle's segment codes (label name -> {"category", "type"}); a label with
@@ -261,6 +265,10 @@ def build_rtstruct(labels: np.ndarray, sources: SourceFrames | None, label_names
         for k in np.flatnonzero(np.bincount(plane_labels.ravel(), minlength=len(label_names))).tolist():
             if k:
                 contours_by_roi[k].extend(_contours(plane_labels == k, ref))
+                n_contours = sum(len(c) for c in contours_by_roi.values())
+                if n_contours > max_contours:
+                    raise RtstructSkipped(f"the labels break into more than {max_contours:,} contours (over "
+                                          f"{n_contours:,} by slice {s + 1} of {len(refs)}): noise, not structures")
     roi_contours = []
     for k in rois:
         item = Dataset()

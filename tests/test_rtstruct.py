@@ -33,7 +33,7 @@ IDENT = SegIdentity("organs-unet", "0123456789abcdef", "0.1.0")
 
 def _check_plane(plane: np.ndarray) -> list[np.ndarray]:
     polygons = plane_polygons(plane)
-    for combine in ("xor", "or"):
+    for combine in ("xor", "or", "nonzero"):
         np.testing.assert_array_equal(read_back(polygons, plane.shape, combine), plane, err_msg=combine)
     for p in polygons:
         assert len(p) >= 4
@@ -93,6 +93,8 @@ def test_the_rasteriser_of_these_tests_can_fail():
         polygon_inside(square + 0.5, (3, 3))  # through voxel centres: ambiguous
     nested = [square * 2 + 0.5, square + 0.5 + 0.5]
     assert read_back(nested, (5, 5), "or").sum() > read_back(nested, (5, 5), "xor").sum()
+    assert read_back(nested, (5, 5), "nonzero").sum() == read_back(nested, (5, 5), "or").sum()  # same turning sense
+    assert read_back([nested[0], nested[1][::-1]], (5, 5), "nonzero").sum() == read_back(nested, (5, 5), "xor").sum()
 
 
 def _build(labels, sources, names=NAMES, codes=None, volume_id="vol", fingerprint="fp", repaired=None):
@@ -107,7 +109,7 @@ def test_rtstruct_gives_back_the_labels_on_every_geometry(name):
     ds = pydicom.dcmread(io.BytesIO(rtstruct_bytes(rt.dataset)))
     assert rt.absent_labels == ("absent",)
     assert [r.ROIName for r in ds.StructureSetROISequence] == ["organ", "body", "specks"]
-    for combine in ("xor", "or"):
+    for combine in ("xor", "or", "nonzero"):
         masks = roi_masks(ds, volume.affine, volume.shape, combine)
         for k, roi in enumerate(NAMES[1:4], start=1):
             np.testing.assert_array_equal(masks[roi], labels == k, err_msg=f"{roi} read by {combine}")

@@ -15,7 +15,7 @@ def roi_masks(ds: pydicom.Dataset, affine_ras: np.ndarray, shape: tuple[int, int
               combine: str = "xor") -> dict[str, np.ndarray]:
     """ROI name -> bool mask on the grid (RAS affine, (i, j, k) shape): each contour's points are
     mapped to grid indices; they must lie in one grid slice k (within 1e-3 voxel), and the
-    slice's contours are combined by `combine` ("xor" or "or")."""
+    slice's contours are combined by `combine` ("xor", "or" or "nonzero")."""
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
     to_grid = np.linalg.inv(affine_ras) @ LPS_TO_RAS
     out = {}

@@ -259,6 +259,21 @@ def test_invalid_patient_and_study_values_are_left_out_by_keyword():
     assert sources.datasets[0].PatientBirthDate == "31/12/1960"  # the source is untouched
 
 
+def test_a_patient_name_in_another_character_set_is_kept():
+    edited = []
+    for name, data in series_files("axial"):
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "MÜLLER^JÖRG"
+        edited.append((f"mem://{name}", to_bytes(ds)))
+    assert "MÜLLER".encode("latin-1") in edited[0][1]
+    [(volume, sources)] = read_files(edited)
+    data = rtstruct_bytes(_build(hard_labels(volume.shape), sources).dataset)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert (ds.SpecificCharacterSet, str(ds.PatientName)) == ("ISO_IR 192", "MÜLLER^JÖRG")
+    assert "MÜLLER".encode("utf-8") in data
+
+
 def test_bundle_codes_become_roi_identification_codes_and_names_are_kept():
     [(volume, sources)] = read_files([(f"mem://{n}", d) for n, d in series_files("axial")])
     names = ["background", "Leber", "Körper", "specks", "absent"]

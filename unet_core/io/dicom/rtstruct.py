@@ -180,12 +180,14 @@ def _valid_or_empty(source: Dataset, keyword: str, repaired: set[str]) -> str:
     """A type 2 value of the source, or "" when it is absent or not valid for its VR."""
     if keyword not in source:
         return ""
-    fixed = Dataset()
-    fixed.add_new(source.data_element(keyword).tag, source.data_element(keyword).VR, source[keyword].value)
-    if not _valid(fixed.data_element(keyword)):
+    try:
+        element = source.data_element(keyword)
+    except Exception:  # noqa: BLE001 - a raw element pydicom cannot convert is not valid either
+        element = None
+    if element is None or not _valid(element):
         repaired.add(keyword)
         return ""
-    return fixed[keyword].value or ""
+    return element.value or ""
 
 
 def _non_ascii(values: Iterable) -> bool:
@@ -233,48 +235,23 @@ def build_rtstruct(labels: np.ndarray, sources: SourceFrames | None, label_names
     rt.SOPInstanceUID = _uid(*keys, "instance")
     rt.InstanceCreationDate, rt.InstanceCreationTime = date, time
     _copy_patient_and_study(rt, first, repaired)
-    rt.Modality = "RTSTRUCT"
-    rt.SeriesInstanceUID = _uid(*keys, "series")
-    try:
-        rt.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + SERIES_NUMBER_OFFSET
-    except (TypeError, ValueError):
-        rt.SeriesNumber = SERIES_NUMBER_OFFSET
-    rt.SeriesDate, rt.SeriesTime = date, time
-    rt.SeriesDescription = f"{SERIES_DESCRIPTION} {ident.model_name}"[:64]
-    rt.OperatorsName = None
+    _series_and_equipment(rt, first, ident, _uid(*keys, "series"), date, time)
     # The Frame of Reference module: the sources' frame (dicom3tools' RT Structure Set IOD has it).
     rt.FrameOfReferenceUID = frame_of_reference
     rt.PositionReferenceIndicator = _valid_or_empty(first, "PositionReferenceIndicator", repaired)
-    rt.Manufacturer = "unet-ray"
-    rt.ManufacturerModelName = ident.model_name[:64]
-    rt.SoftwareVersions = ident.software_version
-    rt.DeviceSerialNumber = "none"
-    rt.InstanceNumber = 1
     rt.StructureSetLabel = STRUCTURE_SET_LABEL
-    rt.StructureSetName = f"{ident.model_name}"[:64]
+    rt.StructureSetName = ident.model_name[:64]
     rt.StructureSetDescription = f"{ident.model_name} {ident.model_identity}"[:1024]
     rt.StructureSetDate, rt.StructureSetTime = date, time
-    rt.ReferencedFrameOfReferenceSequence = Sequence([_frame_of_reference(frame_of_reference, str(first.StudyInstanceUID),
-                                                                          refs)])
+    rt.ReferencedFrameOfReferenceSequence = Sequence([
+        _frame_of_reference(frame_of_reference, str(first.StudyInstanceUID), refs)])
     rt.StructureSetROISequence = Sequence([_structure_set_roi(k, label_names[k], frame_of_reference, ident)
                                            for k in rois])
-    contours_by_roi: dict[int, list[Dataset]] = {k: [] for k in rois}
-    by_slice = np.ascontiguousarray(np.moveaxis(labels, 2, 0))  # (k, i, j): each plane one block of memory
-    for s, ref in enumerate(refs):
-        plane_labels = by_slice[s]
-        for k in np.flatnonzero(np.bincount(plane_labels.ravel(), minlength=len(label_names))).tolist():
-            if k:
-                contours_by_roi[k].extend(_contours(plane_labels == k, ref))
-                n_contours = sum(len(c) for c in contours_by_roi.values())
-                if n_contours > max_contours:
-                    raise RtstructSkipped(f"the labels break into more than {max_contours:,} contours (over "
-                                          f"{n_contours:,} by slice {s + 1} of {len(refs)}): noise, not structures")
+    contours_by_roi = _all_contours(labels, refs, rois, len(label_names), max_contours)
     roi_contours = []
     for k in rois:
         item = Dataset()
         item.ROIDisplayColor = list(PALETTE[(k - 1) % len(PALETTE)])
-        for n, contour in enumerate(contours_by_roi[k], start=1):
-            contour.ContourNumber = n
         item.ContourSequence = Sequence(contours_by_roi[k])
         item.ReferencedROINumber = k
         roi_contours.append(item)
@@ -289,6 +266,45 @@ def build_rtstruct(labels: np.ndarray, sources: SourceFrames | None, label_names
             # pydicom converts every value to a DSfloat and back (most of the writing time).
             contour.set_original_encoding(False, True, contour._character_set)
     return RtStruct(rt, absent, tuple(sorted(repaired)), sum(len(c) for c in contours_by_roi.values()))
+
+
+def _series_and_equipment(rt: Dataset, first: Dataset, ident: SegIdentity, series_uid: str, date: str,
+                          time: str) -> None:
+    """The RT Series and General Equipment modules: a new series in the source study."""
+    rt.Modality = "RTSTRUCT"
+    rt.SeriesInstanceUID = series_uid
+    try:
+        rt.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + SERIES_NUMBER_OFFSET
+    except (TypeError, ValueError):
+        rt.SeriesNumber = SERIES_NUMBER_OFFSET
+    rt.SeriesDate, rt.SeriesTime = date, time
+    rt.SeriesDescription = f"{SERIES_DESCRIPTION} {ident.model_name}"[:64]
+    rt.OperatorsName = None
+    rt.Manufacturer = "unet-ray"
+    rt.ManufacturerModelName = ident.model_name[:64]
+    rt.SoftwareVersions = ident.software_version
+    rt.DeviceSerialNumber = "none"
+    rt.InstanceNumber = 1
+
+
+def _all_contours(labels: np.ndarray, refs: list[_SliceRef], rois: list[int], n_labels: int,
+                  max_contours: int) -> dict[int, list[Dataset]]:
+    """ROI number -> its Contour Sequence items, slice by slice, numbered from 1."""
+    out: dict[int, list[Dataset]] = {k: [] for k in rois}
+    total = 0
+    by_slice = np.ascontiguousarray(np.moveaxis(labels, 2, 0))  # (k, i, j): each plane one block of memory
+    for s, ref in enumerate(refs):
+        plane_labels = by_slice[s]
+        for k in np.flatnonzero(np.bincount(plane_labels.ravel(), minlength=n_labels)[1:]).tolist():
+            contours = _contours(plane_labels == k + 1, ref)
+            for n, contour in enumerate(contours, start=len(out[k + 1]) + 1):
+                contour.ContourNumber = n
+            out[k + 1].extend(contours)
+            total += len(contours)
+            if total > max_contours:
+                raise RtstructSkipped(f"the labels break into more than {max_contours:,} contours (over "
+                                      f"{total:,} by slice {s + 1} of {len(refs)}): noise, not structures")
+    return out
 
 
 def _frame_of_reference(uid: str, study_uid: str, refs: list[_SliceRef]) -> Dataset:

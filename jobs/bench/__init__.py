@@ -29,7 +29,7 @@ from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args
 from jobs.output import configure as configure_output
 
-BENCHES = ("io", "train", "segment", "scale", "zip", "select", "dicomweb", "inference", "gpu")
+BENCHES = ("io", "train", "segment", "scale", "zip", "select", "dicomweb", "inference", "gpu", "rtstruct")
 MODULES = {"zip": "zipped", "select": "selecting"}  # a bench whose module is not named after it
 
 

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-worker", type=float, default=1)
     s.add_argument("--memory-per-worker", type=float, default=None, help="GiB reserved per worker")
     s.add_argument("--cache-gb-per-worker", type=float, default=2.0,
-                   help="keep a worker's decoded shard in memory after the first epoch when it fits (0: stream every epoch)")
+                   help="most memory a worker's share of the encoded slices may take; a larger share is refused "
+                        "before training (0: no limit)")
     s.add_argument("--max-failures", type=int, default=2, help="worker failures survived by restarting from the last checkpoint")
     r = p.add_argument_group("recipe (the seed's by default)")
     r.add_argument("--epochs", type=int, default=d.epochs)
@@ -130,18 +131,12 @@ def _main(argv: list[str]) -> int:
     import ray
     from ray.train import (
         CheckpointConfig,
-        DataConfig,
         FailureConfig,
         RunConfig,
         ScalingConfig,
     )
     from ray.train.tensorflow import TensorflowTrainer
 
-
-    fs, data_path = storage.resolve(storage.join(args.data, "slices"))
-    read_args = {"filesystem": fs, "num_cpus": 0.25}
-    train_ds = ray.data.read_parquet(f"{data_path}/split=train", **read_args).randomize_block_order(seed=args.seed)
-    val_ds = ray.data.read_parquet(f"{data_path}/split=val", **read_args)
 
     total_cpus = float(ray.cluster_resources().get("CPU", 0))
     reserve = cpu_reservation(args.workers, args.cpus_per_worker, total_cpus)
@@ -154,7 +149,7 @@ def _main(argv: list[str]) -> int:
         resources["memory"] = int(args.memory_per_worker * 1024**3)
     run_fs, run_path = storage.resolve(storage_uri)
     loop_config = {
-        "model": to_dict(model_cfg), "train": to_dict(train_cfg), "augment": to_dict(augment_cfg),
+        "data": storage.join(args.data, "slices"), "model": to_dict(model_cfg), "train": to_dict(train_cfg), "augment": to_dict(augment_cfg),
         "steps_per_epoch": plan.steps_per_epoch, "val_batch_size": plan.val_batch_size, "val_steps": plan.val_steps,
         "cpus_per_worker": args.cpus_per_worker, "cache_gb_per_worker": args.cache_gb_per_worker,
         "initial_weights": args.initial_weights,
@@ -170,8 +165,6 @@ def _main(argv: list[str]) -> int:
         run_config=RunConfig(name=run_name, storage_path=run_path, storage_filesystem=run_fs,
                              failure_config=FailureConfig(max_failures=args.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": train_ds, "val": val_ds},
-        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
     say(f"training on {n_train:,} train / {n_val:,} val slices: {args.workers} workers x batch {args.batch_size}, "
         f"{plan.steps_per_epoch} steps per epoch, up to {args.epochs} epochs")

@@ -18,7 +18,7 @@ from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, from_dict
 from unet_core.io import storage
 from unet_core.training.callbacks import CallbackState, end_of_epoch
 from unet_core.training.events import EpochDone, HistoryEvent, HistoryKind, Resumed, StepDone
-from unet_core.training.shards import decode_rows
+from unet_core.training.rows import epoch_order, read_split
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -30,6 +30,8 @@ def train_loop_per_worker(config: dict) -> None:
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
+    # Seeded runs repeat bit for bit: deterministic kernels (and reductions in a fixed order).
+    tf.config.experimental.enable_op_determinism()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
     import keras
@@ -83,13 +85,11 @@ def train_loop_per_worker(config: dict) -> None:
         augment=augment_cfg, jit_compile=train_cfg.xla,
     )
     size, channels = model_cfg.input_size, model_cfg.input_channels
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     writer = tf.summary.create_file_writer(tb_dir) if rank == 0 else None
 
     budget = int(float(config.get("cache_gb_per_worker") or 0) * 1024**3)
-    train_cache = ShardCache(train_shard, size, channels, budget)
-    val_cache = ShardCache(val_shard, size, channels, budget)
+    train_rows = read_split(storage.join(config["data"], "split=train"), rank, world, size, channels, budget)
+    val_rows = read_split(storage.join(config["data"], "split=val"), rank, world, size, channels, budget)
 
     # Rank 0 tells the driver where it stands (jobs/train.py prints one line per epoch from it).
     progress = config.get("progress") if rank == 0 else None
@@ -98,7 +98,8 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, train_cfg.epochs):
         t0 = last_told = time.perf_counter()
         total = None
-        for i, (x, y) in train_cache.batches(train_cfg.batch_size, config["steps_per_epoch"], train_cfg.seed + epoch):
+        for i, (x, y) in batches(train_rows, train_cfg.batch_size, config["steps_per_epoch"],
+                                 epoch_order(len(train_rows), train_cfg.seed, epoch, rank)):
             seed = tf.constant([train_cfg.seed * 100_003 + epoch, i * world + rank], tf.int64)
             total = accumulate(total, steps.train_step(tf.constant(x), tf.constant(y), seed))
             if progress is not None and time.perf_counter() - last_told > 1.0:
@@ -106,7 +107,7 @@ def train_loop_per_worker(config: dict) -> None:
                 progress.put.remote(StepDone(epoch, i + 1, config["steps_per_epoch"]))
         train_seconds = time.perf_counter() - t0
         vtotal = None
-        for _, (x, y) in val_cache.batches(config["val_batch_size"], config["val_steps"]):
+        for _, (x, y) in batches(val_rows, config["val_batch_size"], config["val_steps"], np.arange(len(val_rows))):
             vtotal = accumulate(vtotal, steps.eval_step(tf.constant(x), tf.constant(y)))
         metrics = {**scores(total, "train_"), **scores(vtotal, "val_")}
         metrics["replica_weight_spread"] = replica_weight_spread(strategy, model)
@@ -157,49 +158,11 @@ def _load_initial(model, config: dict) -> None:
                         freeze_encoder=bool(config.get("freeze_encoder")))
 
 
-class ShardCache:
-    """A worker's shard: streamed from Ray Data on the first pass (prefetched, locally
-    shuffled), and kept decoded in memory for later epochs when it fits `budget_bytes`; a shard
-    that does not fit streams every epoch. Restarting a streaming split costs seconds per epoch,
-    which dominates small datasets.
-
-    Every call yields exactly `n_steps` batches (docs/design.md, fact 3: unequal step counts across
-    workers hang the collectives); further rows of a streamed epoch are drained, not trained on.
-    """
-
-    def __init__(self, shard, size: int, channels: int, budget_bytes: int):
-        self.shard, self.size, self.channels, self.budget = shard, size, channels, budget_bytes
-        self.cached: tuple | None = None
-        self.cacheable = budget_bytes > 0
-
-    def batches(self, batch_size: int, n_steps: int, seed: int | None = None):
-        if self.cached is not None:
-            x, y = self.cached
-            order = np.random.default_rng(seed).permutation(len(x)) if seed is not None else np.arange(len(x))
-            for i in range(n_steps):
-                idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
-                yield i, (x[idx], y[idx])
-            return
-
-        kept, used = [], 0
-        it = self.shard.iter_batches(
-            batch_size=batch_size, batch_format="numpy", drop_last=False, prefetch_batches=2,
-            local_shuffle_buffer_size=batch_size * 8 if seed is not None else None, local_shuffle_seed=seed,
-        )
-        i = 0
-        for batch in it:
-            x, y = decode_rows(batch["image"], batch["mask"], self.size, self.channels)
-            if self.cacheable:
-                used += x.nbytes + y.nbytes
-                if used > self.budget:
-                    self.cacheable, kept = False, []
-                else:
-                    kept.append((x, y))
-            if i < n_steps and len(x) == batch_size:
-                yield i, (x, y)
-                i += 1
-        if self.cacheable and kept:
-            self.cached = (np.concatenate([k[0] for k in kept]), np.concatenate([k[1] for k in kept]))
+def batches(rows, batch_size: int, n_steps: int, order: np.ndarray):
+    """Exactly `n_steps` batches of `rows` in `order` (docs/design.md, fact 3: unequal step
+    counts across workers hang the collectives)."""
+    for i in range(n_steps):
+        yield i, rows.decode_stacked(order[i * batch_size:(i + 1) * batch_size])
 
 
 def replica_weight_spread(strategy, model) -> float:

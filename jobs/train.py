@@ -31,7 +31,10 @@ from unet_core.errors import ITEM_ERRORS, ConfigError, JobError
 from unet_core.io import storage
 from unet_core.plots import training_curves_png
 from unet_core.report import training_report_html
+from unet_core.training.loop import LoopConfig
 from unet_core.training.plan import StepPlan, cpu_reservation, local_cpus, training_summary
+
+FINGERPRINT = "fingerprint.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,13 +151,12 @@ def _main(argv: list[str]) -> int:
     if args.memory_per_worker:
         resources["memory"] = int(args.memory_per_worker * 1024**3)
     run_fs, run_path = storage.resolve(storage_uri)
-    loop_config = {
-        "data": storage.join(args.data, "slices"), "model": to_dict(model_cfg), "train": to_dict(train_cfg), "augment": to_dict(augment_cfg),
-        "steps_per_epoch": plan.steps_per_epoch, "val_batch_size": plan.val_batch_size, "val_steps": plan.val_steps,
-        "cpus_per_worker": args.cpus_per_worker, "cache_gb_per_worker": args.cache_gb_per_worker,
-        "initial_weights": args.initial_weights,
-        "transfer": args.transfer, "freeze_encoder": args.freeze_encoder,
-    }
+    loop = LoopConfig(model=model_cfg, train=train_cfg, plan=plan, augment=augment_cfg,
+                      recipe=pre.get("recipe", "seed"), threads=int(args.cpus_per_worker),
+                      initial_weights=args.initial_weights, transfer=args.transfer,
+                      freeze_encoder=args.freeze_encoder)
+    loop_config = {"loop": to_dict(loop), "data": storage.join(args.data, "slices"),
+                   "cache_gb_per_worker": args.cache_gb_per_worker}
 
     box = ray.remote(num_cpus=0)(EventBox).remote()
     loop_config["progress"] = box
@@ -179,6 +181,7 @@ def _main(argv: list[str]) -> int:
         raise JobError("training finished without a checkpoint")
 
     info = write_bundle(result.checkpoint, output, model_cfg, pre, args.threshold, labels,
+                        read_fingerprint(args.data),
                         {"train": to_dict(train_cfg), "augment": to_dict(augment_cfg), "workers": args.workers,
                          "data": args.data, "data_identity": manifest["identity"], "run": f"{storage_uri}/{run_name}"})
     check_before_the_summary()  # a node lost in the last seconds is still said
@@ -196,9 +199,22 @@ def _run_exists(storage_uri: str, run_name: str) -> bool:
         return False
 
 
+def read_fingerprint(prepared: str) -> dict:
+    """`<prepared>/fingerprint.json` (written by `unet prepare` for the native recipe), or {} for
+    prepared data made without one."""
+    uri = storage.join(prepared, FINGERPRINT)
+    if not storage.exists(uri):
+        return {}
+    fingerprint = json.loads(storage.read_bytes(uri))
+    if not isinstance(fingerprint, dict):
+        raise ConfigError(f"{uri}: a fingerprint is a JSON object, found {type(fingerprint).__name__}")
+    return fingerprint
+
+
 def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: dict, threshold: float,
-                 labels: list[str], meta: dict):
-    """The bundle from a run's latest checkpoint: the best weights, the history, the curves."""
+                 labels: list[str], fingerprint: dict, meta: dict):
+    """The bundle from a run's latest checkpoint: the best weights, the history, the curves, and
+    the prepared data's fingerprint."""
 
     from unet_core.model import build_unet
     from unet_core.training.state import load_best_weights, read_state
@@ -217,7 +233,8 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
     training = training_summary(state["callbacks"], state.get("events", []), meta)
     history = training["history"]
     info = BundleInfo(preprocess=from_dict(PreprocessConfig, preprocess), model=model_cfg, threshold=threshold,
-                      label_names=labels, training=training, name=storage.basename(output))
+                      label_names=labels, training=training, name=storage.basename(output),
+                      fingerprint=fingerprint)
 
     extra = {"curves.png": training_curves_png(history, title=storage.basename(output)),
              "history.json": json.dumps(history, indent=1).encode(),

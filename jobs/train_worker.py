@@ -21,18 +21,18 @@ def train_loop_per_worker(config: dict) -> None:
     # Threads and determinism before the strategy, and the strategy before anything (Keras
     # included) initialises TensorFlow's context in this process.
     configure_tensorflow(cfg.threads)
-    run_training(RayHost(config), cfg)
+    run_training(RayHost(config, cfg), cfg)
 
 
 class RayHost:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, cfg: LoopConfig):
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self._data, self._box = config["data"], config.get("progress")
         self._budget = int(float(config.get("cache_gb_per_worker") or 0) * 1024**3)
-        self._cfg = from_dict(LoopConfig, config["loop"])
+        self._size, self._channels = cfg.model.input_size, cfg.model.input_channels
 
     def make_strategy(self):
         import tensorflow as tf
@@ -40,9 +40,8 @@ class RayHost:
         return tf.distribute.MultiWorkerMirroredStrategy()
 
     def rows(self, split: str) -> WorkerRows:
-        model = self._cfg.model
-        return read_split(storage.join(self._data, f"split={split}"), self.rank, self.world, model.input_size,
-                          model.input_channels, self._budget)
+        return read_split(storage.join(self._data, f"split={split}"), self.rank, self.world, self._size,
+                          self._channels, self._budget)
 
     @contextlib.contextmanager
     def resume_folder(self) -> Iterator[str | None]:

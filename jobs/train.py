@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reduce-lr-patience", type=int, default=d.reduce_lr_patience)
     r.add_argument("--reduce-lr-factor", type=float, default=d.reduce_lr_factor)
     r.add_argument("--min-learning-rate", type=float, default=d.min_learning_rate)
-    r.add_argument("--seed", type=int, default=d.seed)
+    r.add_argument("--seed", type=int, default=d.seed,
+                   help="initial weights, data order, patches and augmentation: the same seed, data, --workers and "
+                        "--cpus-per-worker give the same weights, bit for bit")
     r.add_argument("--precision", default=d.precision, choices=["float32", "mixed_float16", "mixed_bfloat16"])
     r.add_argument("--xla", action="store_true", help="compile the step with XLA")
     r.add_argument("--no-augment", action="store_true", help="switch off the seed's augmentation")

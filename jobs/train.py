@@ -31,7 +31,10 @@ from unet_core.errors import ITEM_ERRORS, ConfigError, JobError
 from unet_core.io import storage
 from unet_core.plots import training_curves_png
 from unet_core.report import training_report_html
+from unet_core.training.loop import LoopConfig
 from unet_core.training.plan import StepPlan, cpu_reservation, local_cpus, training_summary
+
+FINGERPRINT = "fingerprint.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-worker", type=float, default=1)
     s.add_argument("--memory-per-worker", type=float, default=None, help="GiB reserved per worker")
     s.add_argument("--cache-gb-per-worker", type=float, default=2.0,
-                   help="keep a worker's decoded shard in memory after the first epoch when it fits (0: stream every epoch)")
+                   help="most memory a worker's share of the encoded slices may take; a larger share is refused "
+                        "before training (0: no limit)")
     s.add_argument("--max-failures", type=int, default=2, help="worker failures survived by restarting from the last checkpoint")
     r = p.add_argument_group("recipe (the seed's by default)")
     r.add_argument("--epochs", type=int, default=d.epochs)
@@ -60,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reduce-lr-patience", type=int, default=d.reduce_lr_patience)
     r.add_argument("--reduce-lr-factor", type=float, default=d.reduce_lr_factor)
     r.add_argument("--min-learning-rate", type=float, default=d.min_learning_rate)
-    r.add_argument("--seed", type=int, default=d.seed)
+    r.add_argument("--seed", type=int, default=d.seed,
+                   help="initial weights, data order, patches and augmentation: the same seed, data, --workers and "
+                        "--cpus-per-worker give the same weights, bit for bit")
     r.add_argument("--precision", default=d.precision, choices=["float32", "mixed_float16", "mixed_bfloat16"])
     r.add_argument("--xla", action="store_true", help="compile the step with XLA")
     r.add_argument("--no-augment", action="store_true", help="switch off the seed's augmentation")
@@ -130,18 +136,12 @@ def _main(argv: list[str]) -> int:
     import ray
     from ray.train import (
         CheckpointConfig,
-        DataConfig,
         FailureConfig,
         RunConfig,
         ScalingConfig,
     )
     from ray.train.tensorflow import TensorflowTrainer
 
-
-    fs, data_path = storage.resolve(storage.join(args.data, "slices"))
-    read_args = {"filesystem": fs, "num_cpus": 0.25}
-    train_ds = ray.data.read_parquet(f"{data_path}/split=train", **read_args).randomize_block_order(seed=args.seed)
-    val_ds = ray.data.read_parquet(f"{data_path}/split=val", **read_args)
 
     total_cpus = float(ray.cluster_resources().get("CPU", 0))
     reserve = cpu_reservation(args.workers, args.cpus_per_worker, total_cpus)
@@ -153,13 +153,12 @@ def _main(argv: list[str]) -> int:
     if args.memory_per_worker:
         resources["memory"] = int(args.memory_per_worker * 1024**3)
     run_fs, run_path = storage.resolve(storage_uri)
-    loop_config = {
-        "model": to_dict(model_cfg), "train": to_dict(train_cfg), "augment": to_dict(augment_cfg),
-        "steps_per_epoch": plan.steps_per_epoch, "val_batch_size": plan.val_batch_size, "val_steps": plan.val_steps,
-        "cpus_per_worker": args.cpus_per_worker, "cache_gb_per_worker": args.cache_gb_per_worker,
-        "initial_weights": args.initial_weights,
-        "transfer": args.transfer, "freeze_encoder": args.freeze_encoder,
-    }
+    loop = LoopConfig(model=model_cfg, train=train_cfg, plan=plan, augment=augment_cfg,
+                      recipe=pre.get("recipe", "seed"), threads=int(args.cpus_per_worker),
+                      initial_weights=args.initial_weights, transfer=args.transfer,
+                      freeze_encoder=args.freeze_encoder)
+    loop_config = {"loop": to_dict(loop), "data": storage.join(args.data, "slices"),
+                   "cache_gb_per_worker": args.cache_gb_per_worker}
 
     box = ray.remote(num_cpus=0)(EventBox).remote()
     loop_config["progress"] = box
@@ -170,8 +169,6 @@ def _main(argv: list[str]) -> int:
         run_config=RunConfig(name=run_name, storage_path=run_path, storage_filesystem=run_fs,
                              failure_config=FailureConfig(max_failures=args.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": train_ds, "val": val_ds},
-        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
     say(f"training on {n_train:,} train / {n_val:,} val slices: {args.workers} workers x batch {args.batch_size}, "
         f"{plan.steps_per_epoch} steps per epoch, up to {args.epochs} epochs")
@@ -186,6 +183,7 @@ def _main(argv: list[str]) -> int:
         raise JobError("training finished without a checkpoint")
 
     info = write_bundle(result.checkpoint, output, model_cfg, pre, args.threshold, labels,
+                        read_fingerprint(args.data),
                         {"train": to_dict(train_cfg), "augment": to_dict(augment_cfg), "workers": args.workers,
                          "data": args.data, "data_identity": manifest["identity"], "run": f"{storage_uri}/{run_name}"})
     check_before_the_summary()  # a node lost in the last seconds is still said
@@ -203,9 +201,22 @@ def _run_exists(storage_uri: str, run_name: str) -> bool:
         return False
 
 
+def read_fingerprint(prepared: str) -> dict:
+    """`<prepared>/fingerprint.json` (written by `unet prepare` for the native recipe), or {} for
+    prepared data made without one."""
+    uri = storage.join(prepared, FINGERPRINT)
+    if not storage.exists(uri):
+        return {}
+    fingerprint = json.loads(storage.read_bytes(uri))
+    if not isinstance(fingerprint, dict):
+        raise ConfigError(f"{uri}: a fingerprint is a JSON object, found {type(fingerprint).__name__}")
+    return fingerprint
+
+
 def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: dict, threshold: float,
-                 labels: list[str], meta: dict):
-    """The bundle from a run's latest checkpoint: the best weights, the history, the curves."""
+                 labels: list[str], fingerprint: dict, meta: dict):
+    """The bundle from a run's latest checkpoint: the best weights, the history, the curves, and
+    the prepared data's fingerprint."""
 
     from unet_core.model import build_unet
     from unet_core.training.state import load_best_weights, read_state
@@ -224,7 +235,8 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
     training = training_summary(state["callbacks"], state.get("events", []), meta)
     history = training["history"]
     info = BundleInfo(preprocess=from_dict(PreprocessConfig, preprocess), model=model_cfg, threshold=threshold,
-                      label_names=labels, training=training, name=storage.basename(output))
+                      label_names=labels, training=training, name=storage.basename(output),
+                      fingerprint=fingerprint)
 
     extra = {"curves.png": training_curves_png(history, title=storage.basename(output)),
              "history.json": json.dumps(history, indent=1).encode(),

@@ -1,212 +1,65 @@
-"""The Ray Train worker loop: wiring only. Each worker streams its equal shard of the slices,
-runs the distributed step from `unet_core.training.step`, and reports metrics and checkpoints.
-
-Every worker runs exactly `steps_per_epoch` steps (docs/design.md, fact 3: unequal step counts hang the
-collectives), and takes the same callback decisions, because every metric it sees is reduced
-across all workers.
+"""The Ray Train worker: Ray's side of `unet_core.training.loop.Host` (rank, world size, the
+multi-worker strategy, this worker's rows, reports and checkpoints, rank 0's progress), and the
+call into the loop. Every training decision is in unet_core/training/loop.py.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
+import contextlib
+from typing import Iterator
 
-import numpy as np
-
-from unet_core.config import AugmentConfig, ModelConfig, TrainConfig, from_dict
+from unet_core.config import from_dict
 from unet_core.io import storage
-from unet_core.training.callbacks import CallbackState, end_of_epoch
-from unet_core.training.events import EpochDone, HistoryEvent, HistoryKind, Resumed, StepDone
-from unet_core.training.shards import decode_rows
+from unet_core.training.events import TrainEvent
+from unet_core.training.loop import LoopConfig, configure_tensorflow, run_training
+from unet_core.training.rows import WorkerRows, read_split
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import tensorflow as tf
-
-    # The strategy configures collective ops, which must happen before anything (Keras included)
-    # initialises TensorFlow's context in this process.
-    threads = int(config.get("cpus_per_worker") or 0)
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-
-    import keras
-    import ray.train
-
-    from unet_core.model import build_unet
-    from unet_core.model.losses import get_loss
-    from unet_core.training.state import (
-        load_state,
-        make_optimizer,
-        save_state,
-        set_learning_rate,
-        set_precision,
-    )
-    from unet_core.training.step import DistributedSteps, accumulate, scores
-
-    model_cfg = from_dict(ModelConfig, config["model"])
-    train_cfg = from_dict(TrainConfig, config["train"])
-    augment_cfg = from_dict(AugmentConfig, config["augment"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    set_precision(train_cfg)
-    keras.utils.set_random_seed(train_cfg.seed)  # identical initial weights on every worker
-    with strategy.scope():
-        model = build_unet(model_cfg)
-        if config.get("initial_weights"):
-            _load_initial(model, config)
-        optimizer = make_optimizer(train_cfg)
-        optimizer.build(model.trainable_variables)
-
-    callbacks = CallbackState(learning_rate=train_cfg.learning_rate)
-    best_weights = model.get_weights()
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    tb_dir = tempfile.mkdtemp(prefix="tb-")
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            last, callbacks, best_weights, info = load_state(folder, model, optimizer)
-            if os.path.isdir(os.path.join(folder, "tensorboard")):
-                shutil.copytree(os.path.join(folder, "tensorboard"), tb_dir, dirs_exist_ok=True)
-        start_epoch = last + 1
-        set_learning_rate(optimizer, callbacks.learning_rate)
-        history = [HistoryEvent.from_json(e) for e in info.get("events", [])]
-        history.append(HistoryEvent(HistoryKind.RESUMED, start_epoch))
-    if callbacks.stopped_early:
-        start_epoch = train_cfg.epochs  # the restored run had already finished
-
-    steps = DistributedSteps(
-        model, optimizer, get_loss(train_cfg.loss, model_cfg.num_classes), strategy,
-        global_batch_size=train_cfg.batch_size * world, num_classes=model_cfg.num_classes,
-        augment=augment_cfg, jit_compile=train_cfg.xla,
-    )
-    size, channels = model_cfg.input_size, model_cfg.input_channels
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    writer = tf.summary.create_file_writer(tb_dir) if rank == 0 else None
-
-    budget = int(float(config.get("cache_gb_per_worker") or 0) * 1024**3)
-    train_cache = ShardCache(train_shard, size, channels, budget)
-    val_cache = ShardCache(val_shard, size, channels, budget)
-
-    # Rank 0 tells the driver where it stands (jobs/train.py prints one line per epoch from it).
-    progress = config.get("progress") if rank == 0 else None
-    if progress is not None and start_epoch:
-        progress.put.remote(Resumed(start_epoch))
-    for epoch in range(start_epoch, train_cfg.epochs):
-        t0 = last_told = time.perf_counter()
-        total = None
-        for i, (x, y) in train_cache.batches(train_cfg.batch_size, config["steps_per_epoch"], train_cfg.seed + epoch):
-            seed = tf.constant([train_cfg.seed * 100_003 + epoch, i * world + rank], tf.int64)
-            total = accumulate(total, steps.train_step(tf.constant(x), tf.constant(y), seed))
-            if progress is not None and time.perf_counter() - last_told > 1.0:
-                last_told = time.perf_counter()
-                progress.put.remote(StepDone(epoch, i + 1, config["steps_per_epoch"]))
-        train_seconds = time.perf_counter() - t0
-        vtotal = None
-        for _, (x, y) in val_cache.batches(config["val_batch_size"], config["val_steps"]):
-            vtotal = accumulate(vtotal, steps.eval_step(tf.constant(x), tf.constant(y)))
-        metrics = {**scores(total, "train_"), **scores(vtotal, "val_")}
-        metrics["replica_weight_spread"] = replica_weight_spread(strategy, model)
-        n_slices = config["steps_per_epoch"] * train_cfg.batch_size * world
-        metrics.update(epoch=epoch, learning_rate=callbacks.learning_rate, train_seconds=train_seconds,
-                       slices_per_second=n_slices / max(train_seconds, 1e-9), epoch_seconds=time.perf_counter() - t0)
-        decision = end_of_epoch(callbacks, epoch, metrics, train_cfg)
-        if decision.improved:
-            best_weights = model.get_weights()
-        if decision.new_learning_rate is not None:
-            set_learning_rate(optimizer, decision.new_learning_rate)
-        if decision.stop:
-            history.append(HistoryEvent(HistoryKind.EARLY_STOPPING, epoch, callbacks.best_epoch))
-            model.set_weights(best_weights)  # restore_best_weights
-        if progress is not None:
-            progress.put.remote(EpochDone(epoch, train_cfg.epochs, metrics, decision.new_learning_rate, decision.stop,
-                                          callbacks.best_epoch, callbacks.best_value))
-        if writer is not None:
-            with writer.as_default(step=epoch):
-                for key, value in metrics.items():
-                    if isinstance(value, float):
-                        tf.summary.scalar(key, value)
-            writer.flush()
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                save_state(folder, model, optimizer, best_weights, callbacks, epoch,
-                           {"events": [e.to_json() for e in history], "world_size": world})
-                shutil.copytree(tb_dir, os.path.join(folder, "tensorboard"))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)
-        if decision.stop:
-            break
+    """Ray Train's per-worker function. config: "loop" (LoopConfig as a dict), "data" (the
+    prepared slices folder), "cache_gb_per_worker", "progress" (an EventBox actor, or None)."""
+    cfg = from_dict(LoopConfig, config["loop"])
+    # Threads and determinism before the strategy, and the strategy before anything (Keras
+    # included) initialises TensorFlow's context in this process.
+    configure_tensorflow(cfg.threads)
+    run_training(RayHost(config, cfg), cfg)
 
 
-def _load_initial(model, config: dict) -> None:
-    """Initial weights from a bundle, a .keras model file or a .weights.h5 file (local or s3)."""
-    from unet_core.model.pretrained import load_pretrained
+class RayHost:
+    def __init__(self, config: dict, cfg: LoopConfig):
+        import ray.train
 
-    source = config["initial_weights"]
-    with tempfile.TemporaryDirectory() as tmp:
-        if storage.exists(storage.join(source, "bundle.json")):
-            source = storage.join(source, "model.keras")
-        local = os.path.join(tmp, storage.basename(source))
-        with open(local, "wb") as f:
-            f.write(storage.read_bytes(source))
-        load_pretrained(model, local, mode=config.get("transfer", "full"),
-                        freeze_encoder=bool(config.get("freeze_encoder")))
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self._data, self._box = config["data"], config.get("progress")
+        self._budget = int(float(config.get("cache_gb_per_worker") or 0) * 1024**3)
+        self._size, self._channels = cfg.model.input_size, cfg.model.input_channels
 
+    def make_strategy(self):
+        import tensorflow as tf
 
-class ShardCache:
-    """A worker's shard: streamed from Ray Data on the first pass (prefetched, locally
-    shuffled), and kept decoded in memory for later epochs when it fits `budget_bytes`; a shard
-    that does not fit streams every epoch. Restarting a streaming split costs seconds per epoch,
-    which dominates small datasets.
+        return tf.distribute.MultiWorkerMirroredStrategy()
 
-    Every call yields exactly `n_steps` batches (docs/design.md, fact 3: unequal step counts across
-    workers hang the collectives); further rows of a streamed epoch are drained, not trained on.
-    """
+    def rows(self, split: str) -> WorkerRows:
+        return read_split(storage.join(self._data, f"split={split}"), self.rank, self.world, self._size,
+                          self._channels, self._budget)
 
-    def __init__(self, shard, size: int, channels: int, budget_bytes: int):
-        self.shard, self.size, self.channels, self.budget = shard, size, channels, budget_bytes
-        self.cached: tuple | None = None
-        self.cacheable = budget_bytes > 0
+    @contextlib.contextmanager
+    def resume_folder(self) -> Iterator[str | None]:
+        import ray.train
 
-    def batches(self, batch_size: int, n_steps: int, seed: int | None = None):
-        if self.cached is not None:
-            x, y = self.cached
-            order = np.random.default_rng(seed).permutation(len(x)) if seed is not None else np.arange(len(x))
-            for i in range(n_steps):
-                idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
-                yield i, (x[idx], y[idx])
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
             return
+        with checkpoint.as_directory() as folder:
+            yield folder
 
-        kept, used = [], 0
-        it = self.shard.iter_batches(
-            batch_size=batch_size, batch_format="numpy", drop_last=False, prefetch_batches=2,
-            local_shuffle_buffer_size=batch_size * 8 if seed is not None else None, local_shuffle_seed=seed,
-        )
-        i = 0
-        for batch in it:
-            x, y = decode_rows(batch["image"], batch["mask"], self.size, self.channels)
-            if self.cacheable:
-                used += x.nbytes + y.nbytes
-                if used > self.budget:
-                    self.cacheable, kept = False, []
-                else:
-                    kept.append((x, y))
-            if i < n_steps and len(x) == batch_size:
-                yield i, (x, y)
-                i += 1
-        if self.cacheable and kept:
-            self.cached = (np.concatenate([k[0] for k in kept]), np.concatenate([k[1] for k in kept]))
+    def report(self, metrics: dict, checkpoint_folder: str | None) -> None:
+        import ray.train
 
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None
+        ray.train.report(metrics, checkpoint=checkpoint)
 
-def replica_weight_spread(strategy, model) -> float:
-    """max - min over replicas of a float64 checksum of all weights: 0.0 when every replica
-    holds the same weights. Gathered through the strategy's own collectives."""
-    import tensorflow as tf
-
-    checksum = float(sum(np.sum(w, dtype=np.float64) + np.sum(np.abs(w), dtype=np.float64) for w in model.get_weights()))
-    values = strategy.gather(strategy.run(lambda: tf.constant([checksum], tf.float64)), axis=0).numpy()
-    return float(values.max() - values.min())
+    def progress(self, event: TrainEvent) -> None:
+        if self.rank == 0 and self._box is not None:  # rank 0 tells the driver where it stands
+            self._box.put.remote(event)

@@ -61,7 +61,7 @@ PREPARE_OUTPUT = OutputKind(
     "unet prepare", "manifest.json",
     {"cases": re.compile(r"cases/[A-Za-z0-9_.-]{1,200}\.json"),
      "slices": re.compile(r"slices/split=(?:train|val)/[A-Za-z0-9_.-]{1,200}\.parquet")},
-    ("manifest.json",), ("cases", "slices"))
+    ("manifest.json", "fingerprint.json"), ("cases", "slices"))
 OVERWRITE_FOLDERS = SEGMENT_OUTPUT.overwrite
 
 

@@ -93,7 +93,8 @@ def plan_preprocess(request: PlanRequest, fingerprint: Fingerprint | None) -> Pr
     if request.target_spacing == SOURCE_SPACING:
         target = None
     elif request.target_spacing is None:
-        target = fingerprint.median_in_plane_spacing()  # type: ignore[union-attr]
+        # Rounded to a micrometre: spacings read from float32 headers carry digits that mean nothing.
+        target = round(fingerprint.median_in_plane_spacing(), 3)  # type: ignore[union-attr]
     else:
         target = float(request.target_spacing)
     stats = {}

@@ -157,3 +157,31 @@ def test_dataset_labels_binary_with_foreground_labels(tmp_path, ray_local):
     pre = from_dict(PreprocessConfig, m["preprocess"])
     assert (pre.target_spacing, pre.normalization, pre.window) == (6.0, "window", "bone")
     assert all(set(np.frombuffer(r["mask"], np.uint8)) <= {0, 1} for r in _rows(out))
+
+
+def test_native_context_slices_are_the_neighbours_at_the_target_spacing():
+    rng = np.random.default_rng(0)
+    slices = rng.normal(0, 100, (4, 30, 20)).astype(np.float32)
+    cfg = PreprocessConfig(modality="uint16", recipe="native", normalization="zscore", target_spacing=1.5,
+                           context_slices=1)
+    x = native_model_input(slices, (1.0, 1.0), cfg)
+    alone = native_model_input(slices, (1.0, 1.0), PreprocessConfig(modality="uint16", recipe="native",
+                                                                    normalization="zscore", target_spacing=1.5))
+    assert x.shape == (4, 20, 13, 3) and alone.shape == (4, 20, 13, 1)
+    np.testing.assert_array_equal(x[..., 1], alone[..., 0])
+    np.testing.assert_array_equal(x[1:, :, :, 0], alone[:-1, :, :, 0])  # the slice before
+    np.testing.assert_array_equal(x[0, :, :, 0], alone[0, :, :, 0])  # edges repeat
+
+
+def test_a_2d_case_under_the_native_recipe_keeps_its_own_pixels():
+    from unet_core.training.shards import image2d_rows
+
+    pixels = np.arange(12 * 9, dtype=np.uint16).reshape(12, 9) * 100
+    mask = (pixels > 5000).astype(np.uint8)
+    cfg = PreprocessConfig(modality="uint16", recipe="native", normalization="zscore", target_spacing=0.5,
+                           input_size=32)
+    (row,) = image2d_rows(pixels, 16, mask, "p", "train", cfg)
+    assert (row["height"], row["width"], row["size"]) == (12, 9, 32)
+    x = np.frombuffer(row["image"], np.float16).reshape(12, 9)
+    np.testing.assert_allclose(x, (pixels - pixels.mean()) / pixels.std(), atol=2e-3)
+    assert row["mask"] == mask.tobytes()

@@ -278,6 +278,8 @@ def _fingerprint(ray, train_items: list[dict], cfg: dict, needed: bool) -> Finge
                                          tuple(row["class_voxels"]), row["n_foreground"],
                                          np.frombuffer(row["sample"], np.float32)))
     if not cases:
+        if not needed:  # the seed recipe plans without it: the second pass reports the cases' errors
+            return None
         raise InputError("no training case could be read for the fingerprint; see the case errors with -v")
     return pool(cases, seed=cfg["seed"])
 

@@ -78,7 +78,14 @@ def test_the_total_sample_stays_under_the_cap():
         samples_per_case(0)
 
 
-def test_no_foreground_at_all_is_a_clear_error():
+def test_no_foreground_at_all_leaves_no_statistics_and_the_plan_that_needs_them_says_so():
+    from unet_core.recipe.plan import PlanRequest, plan_preprocess
+
     cases = [case_fingerprint("empty", np.zeros((4, 4, 2)), np.zeros((4, 4, 2), np.uint8), (1, 1, 1), 10, 0)]
+    fp = pool(cases, seed=0)
+    assert fp.intensity == [] and fp.class_fractions == [1.0, 0.0]
+    assert plan_preprocess(PlanRequest(normalization="zscore", modality="uint16"), fp).target_spacing == 1.0
+    with pytest.raises(ConfigError, match="no foreground voxels in the training cases' masks"):
+        plan_preprocess(PlanRequest(), fp)
     with pytest.raises(ConfigError, match="no foreground voxels in the training cases"):
-        pool(cases, seed=0)
+        intensity_stats(np.zeros(0))

@@ -58,7 +58,7 @@ class IntensityStats:
 @dataclass(frozen=True)
 class Fingerprint:
     cases: list[dict]  # CaseFingerprint.to_dict of each training case, sorted by case id
-    intensity: list[IntensityStats]  # one per channel (one channel is supported)
+    intensity: list[IntensityStats]  # one per channel (one channel is supported); empty without foreground
     class_fractions: list[float]  # voxel fraction of label 0, 1, ... over the training cases
     seed: int
     max_samples: int = MAX_SAMPLES
@@ -139,13 +139,15 @@ def pool(cases: list[CaseFingerprint], seed: int, channel: str = "0",
     if not cases:
         raise ConfigError("the fingerprint needs at least one training case")
     ordered = sorted(cases, key=lambda c: c.case_id)
-    stats = intensity_stats(np.concatenate([c.sample for c in ordered]), channel)
+    sample = np.concatenate([c.sample for c in ordered])
+    # No foreground at all (empty masks): no intensity statistics; a plan that needs them says so.
+    stats = [intensity_stats(sample, channel)] if sample.size else []
     k = max(len(c.class_voxels) for c in ordered)
     totals = np.zeros(k, dtype=np.int64)
     for c in ordered:
         totals[: len(c.class_voxels)] += c.class_voxels
     fractions = (totals / max(int(totals.sum()), 1)).tolist()
-    return Fingerprint(cases=[c.to_dict() for c in ordered], intensity=[stats], class_fractions=fractions, seed=seed,
+    return Fingerprint(cases=[c.to_dict() for c in ordered], intensity=stats, class_fractions=fractions, seed=seed,
                        max_samples=max_samples)
 
 

@@ -102,6 +102,9 @@ def plan_preprocess(request: PlanRequest, fingerprint: Fingerprint | None) -> Pr
         if request.modality != "CT":
             raise ConfigError(f"--normalization ct_foreground is for CT (Hounsfield units), not {request.modality}; "
                               "use zscore")
+        if not fingerprint.intensity:  # type: ignore[union-attr]
+            raise ConfigError("no foreground voxels in the training cases' masks: --normalization ct_foreground has no "
+                              "statistics to use; check the masks (or --foreground-labels), or use --normalization window")
         s = fingerprint.intensity[0]  # type: ignore[union-attr]
         if not s.std > 0 or not s.p005 < s.p995:
             raise ConfigError(f"the training foreground's intensities are constant (mean {s.mean:g}, 0.5 / 99.5 "
@@ -120,6 +123,7 @@ def describe(pre: PreprocessConfig, fingerprint: Fingerprint | None) -> list[str
         lines.append(f"  fingerprint of {len(fingerprint.cases)} training cases: in-plane spacing "
                      f"{sp.min():.3g}-{sp.max():.3g} mm (median {np.median(sp):.3g}); class fractions "
                      + ", ".join(f"{k}: {f:.4f}" for k, f in enumerate(fingerprint.class_fractions)))
+    if fingerprint is not None and fingerprint.intensity:
         s = fingerprint.intensity[0]
         lines.append(f"  foreground intensities ({s.n_samples:,} sampled): mean {s.mean:.1f}, std {s.std:.1f}, "
                      f"0.5 / 99.5 percentiles {s.p005:.1f} / {s.p995:.1f}")

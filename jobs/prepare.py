@@ -269,8 +269,8 @@ def _fingerprint(ray, train_items: list[dict], cfg: dict, needed: bool) -> Finge
     ds = ray.data.from_items(volumes, override_num_blocks=len(volumes)).map(fingerprint_case, fn_kwargs={"cfg": fp_cfg})
     cases = []
     with Progress("fingerprint", len(volumes), "cases") as progress:
-        for row in ds.iter_rows():
-            progress.update(advance=1)
+        for n, row in enumerate(ds.iter_rows(), start=1):
+            progress.update(done=n, amount=n)
             if row["error"]:
                 log.info("fingerprint: %s", safe(row["error"]))
                 continue  # the second pass reports it with the case

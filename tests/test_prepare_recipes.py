@@ -120,7 +120,9 @@ def test_prepare_each_recipe_end_to_end(tmp_path, ray_local):
     median = float(np.median([SPACINGS[c] for c in train]))
     assert (pre.recipe, pre.normalization, pre.target_spacing) == ("native", "ct_foreground", median)
     assert (pre.foreground_mean, pre.foreground_p005) == (fp["intensity"][0]["mean"], fp["intensity"][0]["p005"])
-    for row in _rows(native_out):
+    native_rows = _rows(native_out)
+    assert max(int(np.frombuffer(r["mask"], np.uint8).max()) for r in native_rows) == 3  # labels kept, not binary
+    for row in native_rows:
         s = SPACINGS[row["case_id"]]
         n = int(round(330 / s))
         assert (row["height"], row["width"]) == target_shape((n, n), (s, s), median)

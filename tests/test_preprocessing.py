@@ -62,3 +62,25 @@ def test_probabilities_to_labels():
     np.testing.assert_array_equal(P.probabilities_to_labels(p, 0.5), [[0, 1]])
     soft = np.array([[[0.1, 0.2, 0.7]]], np.float32)
     np.testing.assert_array_equal(P.probabilities_to_labels(soft, 0.5), [[2]])
+
+
+def test_ct_foreground_normalisation_clips_to_the_percentiles_then_zscores():
+    cfg = PreprocessConfig(recipe="native", normalization="ct_foreground", foreground_mean=100.0, foreground_std=50.0,
+                           foreground_p005=-100.0, foreground_p995=400.0)
+    hu = np.array([[-1000.0, -100.0, 100.0], [150.0, 400.0, 3000.0]], np.float32)
+    out = P.normalise(hu, cfg)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[-4.0, -4.0, 0.0], [1.0, 6.0, 6.0]])
+    np.testing.assert_array_equal(hu[0], [-1000.0, -100.0, 100.0])  # the input is not modified
+
+
+def test_zscore_normalisation_uses_the_whole_images_own_statistics():
+    cfg = PreprocessConfig(modality="uint16", recipe="native", normalization="zscore")
+    x = np.array([[[1.0, 3.0]], [[5.0, 7.0]]], np.float32)  # (n, H, W): one image of two slices
+    np.testing.assert_allclose(P.normalise(x, cfg), (x - 4.0) / np.sqrt(5.0), rtol=1e-6)
+    assert (P.normalise(np.full((2, 3, 3), 9.0), cfg) == 0).all()  # a constant image: zeros, not NaN
+
+
+def test_window_normalisation_is_unchanged_by_the_native_options():
+    hu = np.linspace(-300, 400, 50, dtype=np.float32)
+    np.testing.assert_array_equal(P.normalise(hu, PreprocessConfig(recipe="native")), P.window_ct(hu, -160.0, 240.0))

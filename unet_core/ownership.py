@@ -67,7 +67,7 @@ PREPARE_OUTPUT = OutputKind(
     "unet prepare", "manifest.json",
     {"cases": re.compile(r"cases/[A-Za-z0-9_.-]{1,200}\.json"),
      "slices": re.compile(r"slices/split=(?:train|val)/[A-Za-z0-9_.-]{1,200}\.parquet")},
-    ("manifest.json",), ("cases", "slices"))
+    ("manifest.json", "fingerprint.json"), ("cases", "slices"))
 # `unet demo` writes every object below these folders (synthetic inputs, and the outputs of the
 # jobs it runs); its marker is written before anything else, and a re-run removes only these.
 DEMO_FOLDERS = ("labelled", "archive", "truth", "prepared", "model", "model.runs", "segmented", "pictures")

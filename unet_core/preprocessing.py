@@ -11,6 +11,9 @@ import numpy as np
 from unet_core.config import PreprocessConfig
 from unet_core.errors import ConfigError
 
+# A constant image z-scores to zeros rather than to a division by zero (nnU-Net uses 1e-8 too).
+ZSCORE_MIN_STD = 1e-8
+
 
 def window_ct(hu: np.ndarray, lower: float, upper: float) -> np.ndarray:
     """Clip Hounsfield units to [lower, upper] and scale to [0, 1] as float32."""
@@ -28,7 +31,25 @@ def normalise_uint(image: np.ndarray, bits: int) -> np.ndarray:
 
 
 def normalise(voxels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Intensities to [0, 1] as the bundle's preprocessing says."""
+    """Intensities as the bundle's preprocessing says, float32 of the input's shape.
+
+    "window" (the seed's): CT clipped to the window and scaled to [0, 1]; uint8 / uint16 divided
+    by 255 / 65535. "ct_foreground": clipped to the training foreground's 0.5 / 99.5 percentiles,
+    then (x - mean) / std with its mean and std (nnU-Net's CT scheme). "zscore": (x - mean) / std
+    with the mean and std of `voxels` itself, so pass one whole image (a volume's slices
+    (n, H, W)), never a part of one.
+    """
+    if cfg.normalization == "ct_foreground":
+        x = np.clip(np.asarray(voxels, dtype=np.float32), np.float32(cfg.foreground_p005),
+                    np.float32(cfg.foreground_p995))
+        x -= np.float32(cfg.foreground_mean)
+        x /= np.float32(cfg.foreground_std)
+        return x
+    if cfg.normalization == "zscore":
+        x = np.asarray(voxels, dtype=np.float32)
+        # Statistics in float64: a float32 sum over a large volume loses digits.
+        mean, std = float(np.mean(x, dtype=np.float64)), float(np.std(x, dtype=np.float64))
+        return (x - np.float32(mean)) / np.float32(max(std, ZSCORE_MIN_STD))
     if cfg.modality == "CT":
         return window_ct(voxels, *cfg.window_bounds())
     return normalise_uint(voxels, 8 if cfg.modality == "uint8" else 16)

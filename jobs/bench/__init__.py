@@ -13,6 +13,8 @@
                         scan and instance reads per second, and `unet segment` end to end
     unet bench inference  predictor slices/s on this machine: float32, XLA, mixed_float16, mixed_bfloat16
     unet bench gpu      the one command for a machine with NVIDIA GPUs (see jobs/bench/gpu.py)
+    unet bench quality  the seed recipe against the native recipe on synthetic CT where resolution
+                        matters: held-out Dice / HD95, each recipe's ceiling, train and segment speed
     unet bench all      io, train and segment (scale writes 220,000 files: run it by itself)
 
 Nothing here is asserted in tests: results go to docs/benchmarks.md with the command.
@@ -29,7 +31,7 @@ from jobs.exits import Exit, run_main
 from jobs.options import add_ray_args
 from jobs.output import configure as configure_output
 
-BENCHES = ("io", "train", "segment", "scale", "zip", "select", "dicomweb", "inference", "gpu", "rtstruct")
+BENCHES = ("io", "train", "segment", "scale", "zip", "select", "dicomweb", "inference", "gpu", "rtstruct", "quality")
 MODULES = {"zip": "zipped", "select": "selecting"}  # a bench whose module is not named after it
 
 
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--infer-filters", type=int, default=16, help="64 is the seed's (about 3 slices/s on 2 CPU cores)")
     i.add_argument("--infer-batch", type=int, default=16)
     i.add_argument("--infer-batches", type=int, default=4)
+    q = p.add_argument_group("quality")
+    q.add_argument("--quality-quick", action="store_true", help="a small task (64 mm field, 2 epochs) for a test")
+    q.add_argument("--quality-size", type=int, default=None, help="seed input size = native patch size (default 256; quick 64)")
+    q.add_argument("--quality-epochs", type=int, default=None, help="the same budget for both recipes (default 40; quick 2)")
+    q.add_argument("--quality-seeds", type=int, default=None, help="training seeds per recipe (default 3; quick 1)")
+    q.add_argument("--quality-filters", type=int, default=16, help="base filters of the one network both recipes train")
+    q.add_argument("--quality-batch", type=int, default=8)
     g = p.add_argument_group("gpu")
     g.add_argument("--gpu-dry-run", action="store_true",
                    help="run every section on CPU at toy sizes, GPUs declared to a local Ray (tests the code, not the GPU)")

@@ -1,0 +1,161 @@
+"""`unet bench quality`: the seed recipe against the native recipe on a task where resolution matters.
+
+The task (unet_core/synthetic_quality.py): synthetic CT with thin cortical shells and small
+vessels, training cases at mixed spacings (0.6-1.0 mm), one held-out case finer (0.6 mm) than the
+training median. For each recipe, with the same network and the same training budget, through
+the CLI's own functions: `unet prepare --dataset` -> `unet train` -> `unet segment` on the held-out
+case, with and without `--tta flip`. It prints per recipe:
+  ceiling        Dice / HD95 of a perfect model at the recipe's resolution (the truth through the
+                 recipe's grid and back, unet_core/recipe/ceiling.py)
+  held-out       Dice / HD95 of the trained model, over --quality-seeds training seeds (mean, spread)
+  train          training slices/s (the bundle's summary)
+  segment        source slices/s of `unet segment` on the held-out case, without and with --tta flip
+Foreground: cortical bone and vessels together (a binary task).
+
+`--quality-quick` is a small size for a test (a 64 mm field of view, 2 epochs); the default is
+realistic (a 320 mm field, 0.6 mm held out: 533 x 533 slices) and takes hours on 2 CPU cores.
+A step this build cannot run (the native recipe's training on patches and `--tta flip` arrive with
+their own changes) is reported as not run, with its reason; the rest is still measured.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import io
+import json
+import os
+import time
+
+import numpy as np
+
+from jobs import prepare, segment, train
+from unet_core.config import PreprocessConfig, from_dict
+from unet_core.evaluation import dice, hausdorff95
+from unet_core.io import read_volume
+from unet_core.io.orientation import to_canonical
+from unet_core.recipe.ceiling import ceiling_labels
+from unet_core.synthetic_quality import QualityTask, write_quality_task
+
+QUICK = QualityTask(train_spacings=(0.7, 0.8, 0.9, 1.0, 0.75), heldout_spacing=0.6, fov=64.0, n_slices=4)
+REALISTIC = QualityTask()
+RECIPES = ("seed", "native")
+
+
+def run(args, work: str) -> dict:
+    task = QUICK if args.quality_quick else REALISTIC
+    size = args.quality_size or (64 if args.quality_quick else 256)
+    epochs = args.quality_epochs or (2 if args.quality_quick else 40)
+    seeds = list(range(args.quality_seeds or (1 if args.quality_quick else 3)))
+    os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, "task")
+    heldout = write_quality_task(data, task)
+    truth = read_volume(heldout["heldout_label"])
+    results: dict = {"task": {"train_spacings": list(task.train_spacings), "heldout_spacing": task.heldout_spacing,
+                              "fov_mm": task.fov, "slices_per_case": task.n_slices, "heldout_shape": list(truth.shape)},
+                     "budget": {"size": size, "epochs": epochs, "base_filters": args.quality_filters,
+                                "batch": args.quality_batch, "seeds": seeds}}
+    for recipe in RECIPES:
+        results[recipe] = _recipe(args, recipe, data, heldout, truth, size, epochs, seeds, os.path.join(work, recipe))
+    _print(results)
+    return results
+
+
+def _recipe(args, recipe: str, data: str, heldout: dict, truth, size: int, epochs: int, seeds: list[int],
+            work: str) -> dict:
+    prepared = os.path.join(work, "prepared")
+    rc = prepare.main(["--dataset", data, "--output", prepared, "--overwrite", "--recipe", recipe, "--input-size",
+                       str(size), "--foreground-labels", "1,2", "--val-fraction", "0.2", "--seed", "0", *_ray(args)])
+    if rc != 0:
+        return {"error": f"unet prepare exited {rc}"}
+    pre = from_dict(PreprocessConfig, prepare.read_prepared(prepared)["preprocess"])
+    out: dict = {"plan": {"target_spacing": pre.target_spacing, "normalization": pre.normalization,
+                          "input_size": pre.input_size}, "ceiling": ceiling(truth, pre), "runs": []}
+    for seed in seeds:
+        out["runs"].append(_train_and_segment(args, prepared, heldout, truth, epochs, seed,
+                                              os.path.join(work, f"seed{seed}"), recipe))
+    dices = [r["dice"] for r in out["runs"] if "dice" in r]
+    if dices:
+        out["dice_mean"], out["dice_spread"] = float(np.mean(dices)), float(np.max(dices) - np.min(dices))
+    return out
+
+
+def ceiling(truth, pre: PreprocessConfig) -> dict:
+    """Dice and HD95 (mm) of the held-out truth through the recipe's grid and back (binary)."""
+    labels, _ = to_canonical((truth.voxels > 0).astype(np.uint8), truth.affine)
+    spacing = tuple(float(s) for s in np.linalg.norm(truth.affine[:3, :3], axis=0))
+    slices = np.moveaxis(labels, 2, 0)
+    best = ceiling_labels(slices, spacing[:2], pre)
+    return {"dice": dice(best, slices), "hd95_mm": hausdorff95(best, slices, (spacing[2], *spacing[:2]))}
+
+
+def _train_and_segment(args, prepared: str, heldout: dict, truth, epochs: int, seed: int, work: str,
+                       recipe: str) -> dict:
+    if recipe == "native" and importlib.util.find_spec("unet_core.training.patches") is None:
+        return {"seed": seed, "error": "not run: this build has no training on patches (unet_core/training/patches.py)"}
+    bundle = os.path.join(work, "bundle")
+    rc = train.main(["--data", prepared, "--output", bundle, "--workers", "1", "--cpus-per-worker", "1",
+                     "--max-failures", "0",
+                     "--epochs", str(epochs), "--batch-size", str(args.quality_batch), "--base-filters",
+                     str(args.quality_filters), "--seed", str(seed), "--early-stopping-patience", "1000",
+                     "--loss", "bce_dice", *_ray(args)])
+    if rc != 0:
+        return {"seed": seed, "error": f"unet train exited {rc}"}
+    info = json.load(open(os.path.join(bundle, "bundle.json")))
+    run: dict = {"seed": seed, "train_slices_per_s": info["training"].get("slices_per_second")}
+    n_slices = int(truth.shape[2])
+    for tta in (False, True):
+        name = "tta" if tta else "plain"
+        output = os.path.join(work, f"segment-{name}")
+        started = time.perf_counter()
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):  # an unknown --tta is argparse's usage error, said below
+            try:
+                rc = segment.main(["--input", os.path.dirname(heldout["heldout_image"]), "--model", bundle,
+                                   "--output", output, *(["--tta", "flip"] if tta else []), *_ray(args)])
+            except SystemExit as exc:
+                rc = int(exc.code or 0)
+        seconds = time.perf_counter() - started
+        masks = glob.glob(os.path.join(output, "masks", "*.nii.gz"))
+        if rc != 0 or len(masks) != 1:
+            run[f"segment_{name}_error"] = (f"unet segment{' --tta flip' if tta else ''} exited {rc}"
+                                            + (" (--tta arrives with sliding-window inference)" if tta else ""))
+            continue
+        run[f"segment_{name}_slices_per_s"] = n_slices / seconds
+        if not tta:
+            pred = read_volume(masks[0]).voxels > 0
+            run["dice"] = dice(pred, truth.voxels > 0)
+            run["hd95_mm"] = hausdorff95(pred, truth.voxels > 0, truth.spacing)
+    return run
+
+
+def _ray(args) -> list[str]:
+    return ["--address", args.address] if args.address else []
+
+
+def _print(results: dict) -> None:
+    t = results["task"]
+    print(f"\nquality task: training spacings {t['train_spacings']} mm, held-out {t['heldout_spacing']} mm "
+          f"{t['heldout_shape']}; budget {results['budget']}")
+    for recipe in RECIPES:
+        r = results[recipe]
+        if "error" in r:
+            print(f"  {recipe:7s} {r['error']}")
+            continue
+        c = r["ceiling"]
+        plan = r["plan"]
+        print(f"  {recipe:7s} plan {plan}; ceiling Dice {c['dice']:.4f}, HD95 {c['hd95_mm']:.2f} mm")
+        for run in r["runs"]:
+            if "error" in run:
+                print(f"          seed {run['seed']}: {run['error']}")
+                continue
+            parts = [f"seed {run['seed']}: held-out Dice {run.get('dice', float('nan')):.4f}, "
+                     f"HD95 {run.get('hd95_mm', float('nan')):.2f} mm",
+                     f"train {run['train_slices_per_s'] or 0:.1f} slices/s"]
+            for name in ("plain", "tta"):
+                key = f"segment_{name}_slices_per_s"
+                parts.append(f"segment{' --tta flip' if name == 'tta' else ''} "
+                             + (f"{run[key]:.2f} source slices/s" if key in run else run.get(f"segment_{name}_error", "")))
+            print("          " + "; ".join(parts))
+        if "dice_mean" in r:
+            print(f"          Dice over {len(r['runs'])} seeds: mean {r['dice_mean']:.4f}, spread {r['dice_spread']:.4f}")

@@ -118,18 +118,26 @@ def stitch(tiles: np.ndarray, layout: TileLayout) -> np.ndarray:
     if tiles.ndim != 4 or tiles.shape[1:3] != (p, p) or tiles.shape[0] % t:
         raise ConfigError(f"tile predictions {tiles.shape} do not fit {t} tiles of {p} x {p} per slice")
     n, k = tiles.shape[0] // t, tiles.shape[3]
-    w = _gaussian_map(p, SIGMA_FRACTION)
-    ph, pw = layout.padded
-    acc = np.zeros((n, ph, pw, k), np.float32)
-    norm = np.zeros((ph, pw), np.float32)
+    acc = np.zeros((n, *layout.padded, k), np.float32)
     grid = tiles.reshape(n, t, p, p, k)
-    si, sj = layout.starts
-    for a, (i, j) in enumerate((i, j) for i in si for j in sj):
-        acc[:, i:i + p, j:j + p] += grid[:, a].astype(np.float32) * w[None, :, :, None]
-        norm[i:i + p, j:j + p] += w
-    acc /= norm[None, :, :, None]
+    for a, ((i, j), weight) in enumerate(_tile_weights(layout)):
+        acc[:, i:i + p, j:j + p] += grid[:, a].astype(np.float32) * weight[None, :, :, None]
     (oi, oj), (h, wd) = layout.offset, layout.shape
     return acc[:, oi:oi + h, oj:oj + wd]
+
+
+def _tile_weights(layout: TileLayout) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """((i, j), (p, p) float32 weights) per tile position: the Gaussian map divided by the sum of
+    the maps over every tile covering each pixel. Normalised before, not after, accumulating: a
+    pixel under one tile gets weight w / w = 1 exactly, so its prediction passes unchanged."""
+    p = layout.patch
+    w = _gaussian_map(p, SIGMA_FRACTION)
+    si, sj = layout.starts
+    positions = [(int(i), int(j)) for i in si for j in sj]
+    norm = np.zeros(layout.padded, np.float32)
+    for i, j in positions:
+        norm[i:i + p, j:j + p] += w
+    return [((i, j), w / norm[i:i + p, j:j + p]) for i, j in positions]
 
 
 def mirrored(x: np.ndarray, tiles_per_slice: int) -> np.ndarray:

@@ -106,7 +106,7 @@ def extract_tiles(slices: np.ndarray, layout: TileLayout, pad_value: float | np.
     si, sj = layout.starts
     p = layout.patch
     win = np.lib.stride_tricks.sliding_window_view(x, (p, p), axis=(1, 2))  # (n, H'-p+1, W'-p+1, C, p, p)
-    tiles = win[:, si][:, :, sj]  # (n, ti, tj, C, p, p): a copy, only of the tiles
+    tiles = win[:, si[:, None], sj[None, :]]  # (n, ti, tj, C, p, p): a copy of the tiles only
     return np.ascontiguousarray(np.moveaxis(tiles, 3, -1)).reshape(-1, p, p, x.shape[3])
 
 

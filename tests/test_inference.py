@@ -169,3 +169,39 @@ def test_truth_pairs_by_volume_id_or_the_nifti_sources_name():
         "dcm-0123456789abcdef.nii.gz", "dcm-0123456789abcdef.nii"]
     names = truth_names({"volume_id": "nii-0123456789abcdef", "format": "nifti", "source": "s3://a/patient_0.nii.gz"})
     assert "patient_0.nii.gz" in names and "patient_0.nii" in names
+
+
+def test_a_native_bundle_segments_by_sliding_window_through_the_predictor(tmp_path):
+    """A saved native-recipe bundle (patch 16) through SlicePredictor: tiles of every slice in
+    fixed batches, with and without TTA, back on the source grid of an oblique series, where the
+    model's intensity band puts them: the phantom's organ."""
+    import keras
+
+    from support.dicom_factory import write_series
+    from unet_core.io import read_volume
+    from unet_core.synthetic import TARGET, SeriesSpec
+
+    band = keras.layers.Conv2D(2, 1, activation="relu")
+    head = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    model = keras.Sequential([keras.Input((16, 16, 1)), band, head])
+    band.set_weights([np.ones((1, 1, 1, 2), np.float32), np.array([-0.3, -0.8], np.float32)])  # 0..200 HU window
+    head.set_weights([np.array([60.0, -200.0], np.float32).reshape(1, 1, 2, 1), np.array([-6.0], np.float32)])
+    pre = PreprocessConfig(recipe="native", input_size=16, target_spacing=4.0, window=None, window_lower=0.0,
+                           window_upper=200.0)
+    save_bundle(str(tmp_path / "native"), model, BundleInfo(preprocess=pre, model=None, name="native"))
+    _, _, truth = write_series(tmp_path / "s", SeriesSpec(orientation="oblique", rows=36, columns=44, n_slices=5,
+                                                          pixel_spacing=(5.5, 6.5)))
+    volume = read_volume(str(tmp_path / "s"))
+    predictor = SlicePredictor(str(tmp_path / "native"), batch_size=7)
+    info = predictor.info
+    assert info.preprocess.recipe == "native"
+    results = {}
+    for tta in (False, True):
+        x = prepare_volume(volume, info.preprocess, tta=tta)
+        assert len(x) % 7 and len(x) > 7 * 4  # several batches, the last one padded
+        labels = finish_volume(predictor.predict(x), volume, info.threshold, PostProcess(), preprocess=info.preprocess,
+                               tta=tta)
+        results[tta] = labels
+        assert labels.shape == volume.shape
+        assert dice(labels, truth == TARGET) > 0.9
+    assert dice(results[False], results[True]) > 0.98  # a 1x1 model is flip-equivariant up to float rounding

@@ -1,16 +1,32 @@
 """Inference on volumes, as pure functions and one callable class (Ray only maps them).
 
-    prepare_volume(volume, preprocess) -> model input of the canonical slices
-    SlicePredictor(bundle)(batch)       -> probabilities (model loaded once, in __init__)
-    finish_volume(prob, volume, ...)    -> labels on the source grid, post-processed, with stats
+    prepare_volume(volume, preprocess, tta)   -> model input rows of the canonical slices
+    SlicePredictor(bundle)(batch)              -> probabilities (model loaded once, in __init__)
+    finish_volume(prob, volume, threshold, post, preprocess=, tta=)
+                                               -> labels on the source grid, post-processed
 
-Shapes: a volume is (i, j, k) on its source grid; the model sees slices of the canonical
-(closest-RAS) grid, (n, size, size, channels); probabilities come back (n, size, size, K).
+Shapes: a volume is (i, j, k) on its source grid; the model sees rows of the canonical
+(closest-RAS) grid's slices, (rows, size, size, channels), and gives (rows, size, size, K).
+- recipe "seed" (and bundles made before the native recipe): one row per slice, the slice resized
+  to size x size; probabilities resized back linearly.
+- recipe "native": each slice resampled to the target spacing, padded to the patch if smaller,
+  cut into overlapping patch x patch tiles (unet_core/recipe/sliding.py); the rows are every tile
+  of every slice, slice-major. `finish_volume` recomputes the same layout (a pure function of the
+  canonical shape, the spacing and the plan), stitches with Gaussian weights, resamples the
+  probabilities (not labels) linearly back to the canonical slice grid, then thresholds.
+- `tta`: each slice's rows under the four 2D mirrors (`sliding.MIRRORS`) in turn; the predictions
+  are flipped back and averaged before stitching. It costs 4x the model's work.
+
+Size. The rows of a volume are `SlidingPlan.rows`: a 512 x 512 x 1000 CT at 0.7 mm with a 0.7 mm
+target and a 256 patch is 9 tiles a slice, 9,000 rows of 256 x 256: 1.2 GB of float16 input and as
+much of probabilities per class (4.7 GB each with TTA). `iter_model_input` and `finish_slices`
+work a run of slices at a time (`max_rows` rows), so a stage can hold one run, not the volume.
 """
 from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,17 +37,95 @@ from unet_core.config import PreprocessConfig
 from unet_core.io.orientation import canonical_grid, from_canonical, to_canonical
 from unet_core.plots import display_slice
 from unet_core.preprocessing import (
+    normalise,
     probabilities_to_grid,
     probabilities_to_labels,
+    slices_at_target,
     slices_to_model_input,
 )
+from unet_core.recipe import sliding
+from unet_core.recipe.resample import in_plane_spacing, resample_slices, target_shape
 from unet_core.volume import Volume
 
+MAX_CHUNK_ROWS = 1024  # model-input rows per run of slices: 128 MiB of float16 at 256 x 256
 
-def prepare_volume(volume: Volume, preprocess: PreprocessConfig) -> np.ndarray:
-    """(n, size, size, channels) float16 model input of the canonical axial slices."""
+
+@dataclass(frozen=True)
+class SlidingPlan:
+    """Where a volume's model-input rows come from: a pure function of the volume's canonical grid
+    (shape, spacing) and the bundle's preprocessing. `source` is the canonical slice (I, J),
+    `target` the slice at the recipe's spacing (the seed recipe: its input size), `layout` the
+    tiles (None for the seed recipe: one row per slice)."""
+
+    n_slices: int
+    source: tuple[int, int]
+    target: tuple[int, int]
+    layout: sliding.TileLayout | None
+    tta: bool
+
+    @property
+    def rows_per_slice(self) -> int:
+        return (self.layout.tiles_per_slice if self.layout else 1) * (len(sliding.MIRRORS) if self.tta else 1)
+
+    @property
+    def rows(self) -> int:
+        return self.n_slices * self.rows_per_slice
+
+    def chunks(self, max_rows: int = MAX_CHUNK_ROWS) -> list[range]:
+        """Runs of slices of at most `max_rows` rows (at least one slice each)."""
+        per = max(1, max_rows // self.rows_per_slice)
+        return [range(a, min(a + per, self.n_slices)) for a in range(0, self.n_slices, per)]
+
+
+def sliding_plan(volume: Volume, preprocess: PreprocessConfig, tta: bool = False) -> SlidingPlan:
+    """The row layout of a volume, without touching its voxels."""
+    shape, affine = canonical_grid(volume.affine, volume.shape)
+    source = (int(shape[0]), int(shape[1]))
+    if preprocess.recipe != "native":
+        size = preprocess.input_size
+        return SlidingPlan(int(shape[2]), source, (size, size), None, tta)
+    target = target_shape(source, in_plane_spacing(affine), preprocess.target_spacing)
+    layout = sliding.TileLayout(target, preprocess.input_size, preprocess.tile_overlap)
+    return SlidingPlan(int(shape[2]), source, target, layout, tta)
+
+
+def _canonical_slices(volume: Volume) -> np.ndarray:
     canonical, _ = to_canonical(volume.voxels, volume.affine)
-    return slices_to_model_input(np.moveaxis(canonical, 2, 0), preprocess).astype(np.float16)
+    return np.moveaxis(canonical, 2, 0)  # (n, I, J)
+
+
+def prepare_volume(volume: Volume, preprocess: PreprocessConfig, tta: bool = False) -> np.ndarray:
+    """(rows, size, size, channels) float16 model input of the canonical axial slices: one row per
+    slice (recipe seed), or every tile of every slice (recipe native); with `tta`, each slice's
+    rows under the four mirrors. See the module's docstring for the order and the size."""
+    if preprocess.recipe != "native":
+        x = slices_to_model_input(_canonical_slices(volume), preprocess)
+        return (sliding.mirrored(x, 1) if tta else x).astype(np.float16)
+    parts = [x for _, x in iter_model_input(volume, preprocess, tta)]
+    return np.concatenate(parts) if parts else np.zeros((0, preprocess.input_size, preprocess.input_size,
+                                                         preprocess.channels), np.float16)
+
+
+def iter_model_input(volume: Volume, preprocess: PreprocessConfig, tta: bool = False,
+                     max_rows: int = MAX_CHUNK_ROWS) -> Iterator[tuple[range, np.ndarray]]:
+    """(slices, float16 rows) a run of canonical slices at a time, at most `max_rows` rows each
+    (one slice's rows at least); their concatenation is `prepare_volume`. Voxels are normalised
+    once for the whole volume (a per-image normalisation sees the whole image)."""
+    plan = sliding_plan(volume, preprocess, tta)
+    slices = _canonical_slices(volume)
+    if plan.layout is None:  # the seed's rows are small (model size): made at once, as before
+        x = slices_to_model_input(slices, preprocess)
+        for ks in plan.chunks(max_rows):
+            rows = x[ks.start:ks.stop]
+            yield ks, (sliding.mirrored(rows, 1) if tta else rows).astype(np.float16)
+        return
+    normalised = normalise(slices, preprocess)
+    for ks in plan.chunks(max_rows):
+        x = slices_at_target(normalised, plan.target, preprocess.context_slices, ks)
+        # Padding as in training: the normalised value of the slice's minimum (its background).
+        tiles = sliding.extract_tiles(x, plan.layout, x.min(axis=(1, 2, 3)))
+        tiles = sliding.mirrored(tiles, plan.layout.tiles_per_slice) if tta else tiles
+        yield ks, tiles.astype(np.float16)
 
 
 class SlicePredictor:
@@ -111,17 +205,44 @@ def postprocess(labels: np.ndarray, cfg: PostProcess) -> np.ndarray:
     return out
 
 
-def finish_volume(prob: np.ndarray, volume: Volume, threshold: float, post: PostProcess) -> np.ndarray:
-    """Model-size probabilities of the canonical slices -> uint8 labels on the source grid.
-    Probabilities are resized linearly to the canonical slice size, then thresholded (argmax for
-    several classes), post-processed in 3D, and reoriented exactly back to the source grid."""
-    shape, _ = canonical_grid(volume.affine, volume.shape)
-    size = shape[:2]
-    labels = np.empty((prob.shape[0], *size), np.uint8)
-    for k in range(prob.shape[0]):  # slice by slice keeps the float32 working set small
-        labels[k] = probabilities_to_labels(probabilities_to_grid(prob[k:k + 1].astype(np.float32), size), threshold)[0]
-    labels = postprocess(np.moveaxis(labels, 0, 2), post)
-    return from_canonical(labels, volume.affine, volume.shape)
+def finish_volume(prob: np.ndarray, volume: Volume, threshold: float, post: PostProcess, *,
+                  preprocess: PreprocessConfig | None = None, tta: bool = False) -> np.ndarray:
+    """Model-output rows of a volume (as `prepare_volume` made them) -> uint8 labels on the source
+    grid. Probabilities are taken to the canonical slice grid linearly (un-mirrored and averaged
+    with `tta`; stitched for recipe native), thresholded (argmax for several classes),
+    post-processed in 3D, and reoriented exactly back to the source grid. Without `preprocess`
+    (or with the seed recipe) the rows are one per slice at any model size, as before the native
+    recipe. The work goes a run of slices at a time, so its float32 working set stays small."""
+    plan = sliding_plan(volume, preprocess or PreprocessConfig(input_size=int(prob.shape[1])), tta)
+    if prob.shape[0] != plan.rows:
+        raise ValueError(f"{prob.shape[0]} probability rows do not fit the volume's {plan.rows} "
+                         f"({plan.n_slices} slices x {plan.rows_per_slice})")
+    labels = np.empty((*plan.source, plan.n_slices), np.uint8)
+    per = plan.rows_per_slice
+    for ks in plan.chunks():
+        labels[:, :, ks.start:ks.stop] = finish_slices(prob[ks.start * per:ks.stop * per], plan, threshold)
+    return labels_to_source(labels, volume, post)
+
+
+def finish_slices(prob: np.ndarray, plan: SlidingPlan, threshold: float) -> np.ndarray:
+    """The model-output rows of a run of slices -> (I, J, n) uint8 canonical labels."""
+    n = prob.shape[0] // plan.rows_per_slice
+    if plan.layout is None:
+        if plan.tta:
+            prob = sliding.unmirrored_mean(prob, 1)
+        labels = np.empty((n, *plan.source), np.uint8)
+        for k in range(n):  # slice by slice keeps the float32 working set small
+            labels[k] = probabilities_to_labels(probabilities_to_grid(prob[k:k + 1].astype(np.float32), plan.source),
+                                                threshold)[0]
+        return np.moveaxis(labels, 0, 2)
+    tiles = sliding.unmirrored_mean(prob, plan.layout.tiles_per_slice) if plan.tta else prob
+    on_target = sliding.stitch(tiles, plan.layout)
+    return np.moveaxis(probabilities_to_labels(resample_slices(on_target, plan.source), threshold), 0, 2)
+
+
+def labels_to_source(labels: np.ndarray, volume: Volume, post: PostProcess) -> np.ndarray:
+    """(I, J, n) canonical labels -> post-processed labels on the volume's source grid."""
+    return from_canonical(postprocess(labels, post), volume.affine, volume.shape)
 
 
 def volume_stats(labels: np.ndarray, volume: Volume) -> dict:

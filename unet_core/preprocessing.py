@@ -113,3 +113,20 @@ def probabilities_to_labels(prob: np.ndarray, threshold: float) -> np.ndarray:
 def probabilities_to_grid(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Model output (n, s, s, K) -> (n, H, W, K) on the source slice grid, linearly."""
     return np.moveaxis(resize_linear(np.moveaxis(prob, -1, 1), size), 1, -1)
+
+
+def slices_at_target(normalised: np.ndarray, shape: tuple[int, int], context_slices: int,
+                     ks: range | None = None) -> np.ndarray:
+    """The native recipe's model slices: (n, H, W) normalised slices -> (len(ks), shape[0],
+    shape[1], 1 + 2c) float32, resampled bilinearly (half-pixel centres) to `shape` (the slice grid
+    at the target spacing, `recipe.resample.target_shape`), slice k with slices k-c..k+c as
+    channels (edges repeat, as `slices_to_model_input`). `ks` picks the slices (all by default);
+    only they and their neighbours are resampled, so a volume can be prepared a run of slices at a
+    time."""
+    n = normalised.shape[0]
+    ks = range(n) if ks is None else ks
+    c = context_slices
+    lo, hi = max(0, ks.start - c), min(n, ks.stop + c)
+    x = resize_linear(normalised[lo:hi], shape)
+    idx = np.clip(np.arange(ks.start, ks.stop)[:, None] + np.arange(-c, c + 1)[None, :], 0, n - 1) - lo
+    return np.moveaxis(x[idx], 1, -1)

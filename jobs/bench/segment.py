@@ -7,6 +7,10 @@ On one archive of DICOM CT series (written here) and one model bundle:
                   other; the model stage runs in a fresh process as in a predictor actor (import
                   TensorFlow, load and trace the model, then predict the in-memory inputs)
   naive loop      the seed's way: one file at a time, one `model.predict` per slice, then write
+  recipes         in one process, the same volumes and the same network: the seed recipe (each
+                  slice resized to the input size) against the native recipe (sliding-window
+                  tiles of that size at the target spacing, Gaussian stitching), with and without
+                  --tta flip: source slices/s through prepare -> model -> finish, and the ratios
 It prints orchestration efficiency = (sum of the stage times alone) / (end-to-end time) for the
 archive and for one 4x larger, the speed-up over the naive loop, and the peak memory summed over
 all Ray processes for both archives.
@@ -18,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -27,7 +31,7 @@ from jobs.bench.common import RayMemorySampler, make_bundle, write_ct_archive
 from jobs.predictors import no_predictor_left
 from jobs.runtime import init_ray
 from unet_core.bundle import load_bundle, read_info
-from unet_core.inference import PostProcess, SlicePredictor, finish_volume, prepare_volume
+from unet_core.inference import PostProcess, SlicePredictor, finish_volume, prepare_volume, sliding_plan
 from unet_core.io import mask_to_nifti_bytes, read_volume, storage
 from unet_core.io.dicom.grouping import group_series
 from unet_core.io.dicom.header import scan_header
@@ -36,6 +40,7 @@ from unet_core.io.dicom.seg import SegIdentity, build_seg, seg_bytes, software_v
 from unet_core.io.dicom.series import read_series_with_sources
 from unet_core.io.orientation import canonical_grid, from_canonical
 from unet_core.preprocessing import probabilities_to_grid, probabilities_to_labels
+from unet_core.recipe.resample import in_plane_spacing
 from unet_core.segmentation.sizing import local_cpus
 from unet_core.segmentation.summary import RunSummary
 
@@ -136,6 +141,71 @@ def _end_to_end(archive: str, bundle: str, out: str, concurrency: int) -> dict:
     return {**summary, "peak_ray_rss_bytes": mem.peak, "peak_by_process_gib": {k: round(v / 1024**3, 2) for k, v in sorted(mem.parts.items())}}
 
 
+RECIPE_SERIES = 4  # volumes of the recipe comparison (native + TTA runs 4x the native's tiles)
+
+
+def _native_bundle(seed_bundle: str, path: str, target_spacing: float) -> str:
+    """The seed bundle's model file (the same network and weights) with a native-recipe plan:
+    tiles of the seed's input size at `target_spacing` mm."""
+    info = read_info(seed_bundle)
+    info.preprocess = replace(info.preprocess, recipe="native", target_spacing=target_spacing)
+    storage.write_bytes(storage.join(path, "model.keras"), storage.read_bytes(storage.join(seed_bundle, "model.keras")))
+    storage.write_bytes(storage.join(path, "bundle.json"), info.to_json().encode())
+    return path
+
+
+def _recipes(archive: str, bundle: str, scratch: str, size: int) -> dict:
+    """Seed against native (at the archive's own spacing, the plan's median for such data, and at
+    the spacing where a slice is one tile) and native + TTA, on the same volumes, in one process:
+    prepare -> predict -> finish per volume, timed by stage."""
+    folders = sorted({os.path.dirname(e.uri) for e in storage.list_files(archive)})[:RECIPE_SERIES]
+    volumes = [read_volume(f) for f in folders]
+    spacing = in_plane_spacing(canonical_grid(volumes[0].affine, volumes[0].shape)[1])[0]
+    one_tile = spacing * canonical_grid(volumes[0].affine, volumes[0].shape)[0][0] / size
+    native = _native_bundle(bundle, os.path.join(scratch, "native"), spacing)
+    coarse = _native_bundle(bundle, os.path.join(scratch, "native-one-tile"), one_tile)
+    variants = (("seed", bundle, False), (f"native at {spacing:.2f} mm", native, False),
+                (f"native at {spacing:.2f} mm + TTA", native, True), (f"native at {one_tile:.2f} mm", coarse, False))
+    n_slices = sum(v.shape[2] for v in volumes)
+    out = {}
+    for label, uri, tta in variants:
+        predictor = SlicePredictor(uri, batch_size=16)
+        predictor.warm_up()
+        pre = predictor.info.preprocess
+        times = {"prepare_s": 0.0, "model_s": 0.0, "finish_s": 0.0}
+        rows = 0
+        for v in volumes:
+            t = time.perf_counter()
+            x = prepare_volume(v, pre, tta=tta)
+            times["prepare_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            prob = predictor.predict(x)
+            times["model_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            finish_volume(prob, v, predictor.info.threshold, PostProcess(), preprocess=pre, tta=tta)
+            times["finish_s"] += time.perf_counter() - t
+            rows += len(x)
+        total = sum(times.values())
+        out[label] = {**times, "rows_per_slice": rows / n_slices, "slices_per_s": n_slices / total,
+                      "rows_per_s_in_model": rows / times["model_s"],
+                      "tiles_per_slice": sliding_plan(volumes[0], pre).rows_per_slice}
+    base = out["seed"]["slices_per_s"]
+    for r in out.values():
+        r["ratio_to_seed"] = r["slices_per_s"] / base
+    out["volumes"], out["slices"] = len(volumes), n_slices
+    return out
+
+
+def print_recipes(r: dict, size: int, filters: int) -> None:
+    print(f"  recipes, same network ({filters} base filters, input / patch {size}), {r['volumes']} volumes, "
+          f"{r['slices']} source slices, in one process (prepare -> model -> finish):")
+    for label, v in r.items():
+        if isinstance(v, dict):
+            print(f"    {label:<28}{v['slices_per_s']:7.1f} source slices/s  {v['ratio_to_seed']:5.2f}x the seed's  "
+                  f"({v['rows_per_slice']:.0f} model rows a slice, {v['rows_per_s_in_model']:.0f} rows/s in the model; "
+                  f"prepare {v['prepare_s']:.1f}s, model {v['model_s']:.1f}s, finish {v['finish_s']:.1f}s)")
+
+
 STAGES = ("scan_s", "decode_s", "model_s", "write_s")
 
 
@@ -160,6 +230,7 @@ def run(args, work: str) -> dict:
     alone = _stages_alone(small, bundle, os.path.join(work, "scratch"))
     alone_large = _stages_alone(large, bundle, os.path.join(work, "scratch4x"))
     naive = _naive_loop(small, bundle, os.path.join(work, "scratch-naive"))
+    recipes = _recipes(small, bundle, os.path.join(work, "scratch-recipes"), size)
 
     out = {"archive": f"{series} CT series of {slices} x {rows}x{rows} slices; model {filters} base filters at {size}"}
     for tag, e, a in (("", e2e, alone), ("4x_", e2e_large, alone_large)):
@@ -173,6 +244,7 @@ def run(args, work: str) -> dict:
                 "speedup_over_naive": out["end_to_end_slices_per_s"] / naive["slices_per_s"],
                 "peak_rss_gib": e2e["peak_ray_rss_bytes"] / 1024**3, "peak_rss_4x_gib": e2e_large["peak_ray_rss_bytes"] / 1024**3,
                 "memory_growth_4x": e2e_large["peak_ray_rss_bytes"] / e2e["peak_ray_rss_bytes"]})
+    out["recipes"] = recipes
     print(f"segment ({out['archive']}; the 4x archive has {4 * series} series):")
     for name, tag, e, a in (("archive", "", e2e, alone), ("4x archive", "4x_", e2e_large, alone_large)):
         print(f"  {name} ({a['slices']} slices)")
@@ -192,4 +264,5 @@ def run(args, work: str) -> dict:
     print(f"  peak memory, all Ray processes: {out['peak_rss_gib']:.2f} GiB; 4x archive {out['peak_rss_4x_gib']:.2f} GiB; "
           f"growth {out['memory_growth_4x']:.2f}x (target < 1.25)")
     print(f"    at the peak: {out['peak_by_process_gib']}; 4x archive {out['4x_peak_by_process_gib']}")
+    print_recipes(recipes, size, filters)
     return out

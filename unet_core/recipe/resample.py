@@ -25,3 +25,18 @@ def in_plane_spacing(affine: np.ndarray) -> tuple[float, float]:
     """The (i, j) voxel sizes in mm of a canonical grid's affine."""
     sx, sy = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :2], axis=0)
     return float(sx), float(sy)
+
+
+def resample_slices(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(n, H, W, C) float -> (n, shape[0], shape[1], C) float32, bilinear on half-pixel centres
+    (`preprocessing.resize_linear`). Used both ways: model input to the target grid, and
+    probabilities (never labels) back to the source slice grid, so a slice that went to the target
+    spacing and back lands on its own pixels."""
+    from unet_core.preprocessing import resize_linear  # preprocessing imports nothing of recipe/
+
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ConfigError(f"expected (n, H, W, C) slices, got shape {x.shape}")
+    if tuple(x.shape[1:3]) == tuple(shape):
+        return x.astype(np.float32, copy=False)
+    return np.moveaxis(resize_linear(np.moveaxis(x, -1, 1), shape), 1, -1)

@@ -54,24 +54,21 @@ def _metadata(ds: pydicom.Dataset, members: VolumeMembers, keep_phi: bool) -> di
 
 def to_hu(raws: list[np.ndarray], rescales: list[tuple[float, float]], order: np.ndarray) -> np.ndarray:
     """Stored (rows, cols) planes -> float32 (i = column, j = row, k) in position order: one
-    preallocated (k, row, column) array filled plane by plane, the rescale applied once to the
-    whole volume when every plane shares it (as in almost every series), and returned as a
-    transposed view (no copy). float32 holds every stored integer value up to 2^24 exactly."""
+    preallocated (k, row, column) array, each plane converted and rescaled while it is in the
+    cache (float32(stored) * float32(slope) + float32(intercept), as a whole-volume rescale would
+    give), returned as a transposed view (no copy). float32 holds every stored integer value up to
+    2^24 exactly."""
     rows, cols = raws[0].shape
     out = np.empty((len(order), rows, cols), np.float32)
     for k, i in enumerate(order):
-        out[k] = raws[i]
-    if len(set(rescales)) == 1:
-        slope, intercept = rescales[0]
+        plane = out[k]
+        slope, intercept = rescales[i]
         if slope != 1.0:
-            out *= np.float32(slope)
+            np.multiply(raws[i], np.float32(slope), out=plane, casting="unsafe")
+        else:
+            plane[...] = raws[i]
         if intercept != 0.0:
-            out += np.float32(intercept)
-    else:
-        for k, i in enumerate(order):
-            slope, intercept = rescales[i]
-            out[k] *= np.float32(slope)
-            out[k] += np.float32(intercept)
+            plane += np.float32(intercept)
     return out.transpose(2, 1, 0)
 
 
@@ -79,20 +76,29 @@ def _check_values(voxels: np.ndarray, rescales: list[tuple[float, float]], uri_o
                   series_uid: str) -> None:
     """Non-finite or absurd values after the rescale make the volume unusable (as NaN does in
     NIfTI): InvalidVolumeError naming the first bad slice's object, with the counts and the
-    rescales that caused them."""
-    finite = np.isfinite(voxels)
-    wild = np.abs(np.where(finite, voxels, 0.0)) > MAX_ABS_VALUE
-    n_bad = int(voxels.size - np.count_nonzero(finite))
-    n_out = int(np.count_nonzero(wild))
-    if n_bad or n_out:
-        slopes = sorted(set(rescales))[:3]
-        k = int(np.flatnonzero((~finite | wild).any(axis=(0, 1)))[0])
-        uri = uri_of_slice[k]
-        raise InvalidVolumeError(
-            f"{uri}: series {series_uid} has {n_bad} non-finite and {n_out} out-of-range (|value| > "
-            f"{MAX_ABS_VALUE:g}) voxel values of {voxels.size} after the rescale (slope, intercept: "
-            f"{', '.join(f'{a:g}, {b:g}' for a, b in slopes)}); the series' RescaleSlope / RescaleIntercept "
-            "are wrong", uri=uri)
+    rescales that caused them. `voxels` is (i, j, k) float32. The common case costs a min and a max
+    (NaN propagates through both, infinities are beyond the bound): no whole-volume temporary;
+    only a volume that fails is counted, slice by slice."""
+    lo, hi = float(voxels.min()), float(voxels.max())
+    if -MAX_ABS_VALUE <= lo and hi <= MAX_ABS_VALUE:  # False for NaN too
+        return
+    n_bad = n_out = 0
+    first = None
+    for k in range(voxels.shape[2]):
+        plane = voxels[:, :, k]
+        finite = np.isfinite(plane)
+        bad = plane.size - int(np.count_nonzero(finite))
+        out = int(np.count_nonzero(np.abs(np.where(finite, plane, 0.0)) > MAX_ABS_VALUE))
+        n_bad, n_out = n_bad + bad, n_out + out
+        if first is None and (bad or out):
+            first = k
+    slopes = sorted(set(rescales))[:3]
+    uri = uri_of_slice[first if first is not None else 0]
+    raise InvalidVolumeError(
+        f"{uri}: series {series_uid} has {n_bad} non-finite and {n_out} out-of-range (|value| > "
+        f"{MAX_ABS_VALUE:g}) voxel values of {voxels.size} after the rescale (slope, intercept: "
+        f"{', '.join(f'{a:g}, {b:g}' for a, b in slopes)}); the series' RescaleSlope / RescaleIntercept "
+        "are wrong", uri=uri)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID
 
 from unet_core.errors import (
     EmptyFileError,
@@ -34,8 +34,10 @@ from unet_core.io.dicom.parse import (
     DEFAULT_MAX_INFLATED,
     PIXEL_GROUP,
     code_string,
+    inflating_reader,
     library_errors,
     parse,
+    parse_deflated,
     text,
     transfer_syntax,
     uid_string,
@@ -376,19 +378,27 @@ def scan_header(data: bytes, uri: str, size: int | None = None,
         fast = fast_scan(data)  # explicit VR little endian up to the pixel data: about 2x pydicom's parse
         if fast is not None:
             return _check_pixel_length(header_from_dataset(fast[0], uri, size, has_pixels=True), data, fast[1], size)
+        reader = inflating_reader(data, uri, max_inflated)
+        if reader is not None:
+            # Deflated: inflated as far as the header goes (the pixel data is never inflated here);
+            # a prefix that ends before the header does asks for the whole object.
+            try:
+                ds, at_pixels = parse_deflated(reader, uri)
+            except ResourceLimitError:
+                raise
+            except InputError:
+                if reader.starved and not complete:
+                    return None
+                raise
+            if not at_pixels and reader.starved and not complete:
+                return None
+            return header_from_dataset(ds, uri, size, has_pixels=at_pixels)
         try:
             ds, stop = parse(data, uri, stop_before_pixels=True, max_inflated=max_inflated)
         except InputError as exc:
             if not complete and not isinstance(exc, EmptyFileError):
                 return None
             raise
-        if transfer_syntax(ds, uri) == DeflatedExplicitVRLittleEndian:
-            # Deflated: where parsing stopped is an offset into the inflated stream, not into `data`;
-            # the whole object tells whether pixel data follows.
-            if not complete:
-                return None
-            ds, _ = parse(data, uri, stop_before_pixels=False, max_inflated=max_inflated)
-            return header_from_dataset(ds, uri, size, has_pixels="PixelData" in ds)
         tag = data[stop:stop + 4]
         at_pixels = len(tag) == 4 and PIXEL_GROUP in (int.from_bytes(tag[:2], "little"), int.from_bytes(tag[:2], "big"))
         if not at_pixels and not complete:

@@ -182,7 +182,8 @@ def read_series_with_sources(
     if keep_sources:
         for kept_ds in kept:  # the voxels are out of the buffers now; a SEG needs headers only
             with library_errors(members.headers[0].uri):
-                del kept_ds.PixelData
+                if "PixelData" in kept_ds:  # a deflated object's header never held it
+                    del kept_ds.PixelData
     volume = Volume(
         voxels=voxels, affine=geometry.affine, volume_id=members.volume_id,
         modality=first.modality or "OT", sources=tuple(members.uris),

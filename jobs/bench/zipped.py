@@ -20,9 +20,6 @@ import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from jobs.bench.common import make_bundle
-from jobs.bench.scale import SLICE, run_segment, write_archive
-
 
 class RequestCounter:
     """WSGI middleware: the requests an app serves by method, and the body bytes of its GETs."""
@@ -116,6 +113,8 @@ def upload(folder: str, zip_path: str, bucket: str) -> None:
 
 
 def _side_by_side(inputs: dict[str, str], bundle: str, work: str, counter: RequestCounter | None) -> dict:
+    from jobs.bench.scale import run_segment
+
     os.makedirs(work, exist_ok=True)
     out = {}
     for name, uri in inputs.items():
@@ -129,6 +128,10 @@ def _side_by_side(inputs: dict[str, str], bundle: str, work: str, counter: Reque
 
 
 def run(args, work: str) -> dict:
+    # Imported here: the request counter and the S3 server above serve tests too, without Ray.
+    from jobs.bench.common import make_bundle
+    from jobs.bench.scale import SLICE, write_archive
+
     os.makedirs(work, exist_ok=True)
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, SLICE, 8)
@@ -160,6 +163,8 @@ def run(args, work: str) -> dict:
 
 
 def _print(r: dict) -> None:
+    from jobs.bench.scale import SLICE
+
     mib = 2 ** 20
     print(f"zip: {r['objects']:,} objects ({r['series']} series of {SLICE}x{SLICE} slices), "
           f"{r['folder_bytes'] / mib:,.1f} MiB as files, {r['zip_bytes'] / mib:,.1f} MiB as one zip; "

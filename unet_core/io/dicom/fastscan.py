@@ -42,6 +42,9 @@ FIELDS = {
     "ContrastBolusRoute": ("LO", False), "SeriesDescription": ("LO", False), "ConvolutionKernel": ("SH", False),
 }
 _WANT = {tag_for_keyword(k): k for k in FIELDS}
+# What decoding a classic slice needs of its header (fast_pixels): the walk keeps these only.
+_PIXEL_WANT = {tag_for_keyword(k): k for k in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated",
+                                               "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept")}
 # Enhanced objects keep their geometry in these sequences: pydicom parses those.
 _BAIL = {tag_for_keyword("PerFrameFunctionalGroupsSequence"), tag_for_keyword("SharedFunctionalGroupsSequence")}
 
@@ -113,7 +116,7 @@ def _value(vr: str, raw: bytes, multi: bool):
 def fast_pixels(data: bytes) -> tuple[Fields, memoryview] | None:
     """(fields, the pixel data value) of a complete object on the fast path, or None: native
     pixels, or the encapsulated items (basic offset table and fragments) of a compressed syntax."""
-    found = fast_scan(data)
+    found = fast_scan(data, _PIXEL_WANT)
     if found is None:
         return None
     fields, pos = found
@@ -131,8 +134,9 @@ def fast_pixels(data: bytes) -> tuple[Fields, memoryview] | None:
     return fields, memoryview(data)[start:start + length]
 
 
-def fast_scan(data: bytes) -> tuple[Fields, int] | None:
-    """(fields, offset of the PixelData element) or None (parse with pydicom)."""
+def fast_scan(data: bytes, want: dict[int, str] = _WANT) -> tuple[Fields, int] | None:
+    """(fields, offset of the PixelData element) or None (parse with pydicom). `want`: the tags
+    whose values are kept (keyword by tag), all of FIELDS unless a caller needs fewer."""
     end = len(data)
     if end < 144 or data[128:132] != b"DICM":
         return None
@@ -158,7 +162,7 @@ def fast_scan(data: bytes) -> tuple[Fields, int] | None:
     # The walk is the scan's cost (about 45 elements per CT header): one unpack per element reads
     # tag, VR and short length at once; the long form's length only when the VR has one.
     head, long_length = _HEAD.unpack_from, _U32.unpack_from
-    want, long_vrs = _WANT, _LONG_VRS
+    long_vrs = _LONG_VRS
     while True:
         if pos + 8 > end:
             return None
@@ -193,10 +197,10 @@ def fast_scan(data: bytes) -> tuple[Fields, int] | None:
     values = {}
     try:
         for keyword, (vr, value) in raw.items():
-            want, multi = FIELDS[keyword]
-            if vr.decode("ascii") != want:
+            expected, multi = FIELDS[keyword]
+            if vr.decode("ascii") != expected:
                 return None
-            v = _value(want, value, multi)
+            v = _value(expected, value, multi)
             if v not in (None, ""):
                 values[keyword] = v
     except UnicodeDecodeError:

@@ -52,36 +52,34 @@ def _metadata(ds: pydicom.Dataset, members: VolumeMembers, keep_phi: bool) -> di
     return meta
 
 
-def to_hu(raws: list[np.ndarray], rescales: list[tuple[float, float]], order: np.ndarray) -> np.ndarray:
-    """Stored (rows, cols) planes -> float32 (i = column, j = row, k) in position order: one
-    preallocated (k, row, column) array, each plane converted and rescaled while it is in the
-    cache (float32(stored) * float32(slope) + float32(intercept), as a whole-volume rescale would
-    give), returned as a transposed view (no copy). float32 holds every stored integer value up to
-    2^24 exactly."""
+def to_hu(raws: list[np.ndarray], rescales: list[tuple[float, float]], order: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Stored (rows, cols) planes -> (float32 (i = column, j = row, k) in position order, whether
+    every value is finite and within MAX_ABS_VALUE). One preallocated (k, row, column) array; each
+    plane converted, rescaled (float32(stored) * float32(slope) + float32(intercept), as a
+    whole-volume rescale would give) and bounded by its min and max while it is in the cache (NaN
+    fails both comparisons; no whole-volume temporary). Returned as a transposed view (no copy).
+    float32 holds every stored integer value up to 2^24 exactly."""
     rows, cols = raws[0].shape
     out = np.empty((len(order), rows, cols), np.float32)
+    within = True
     for k, i in enumerate(order):
         plane = out[k]
         slope, intercept = rescales[i]
+        np.copyto(plane, raws[i], casting="unsafe")
         if slope != 1.0:
-            np.multiply(raws[i], np.float32(slope), out=plane, casting="unsafe")
-        else:
-            plane[...] = raws[i]
+            plane *= np.float32(slope)
         if intercept != 0.0:
             plane += np.float32(intercept)
-    return out.transpose(2, 1, 0)
+        within = within and -MAX_ABS_VALUE <= float(plane.min()) and float(plane.max()) <= MAX_ABS_VALUE
+    return out.transpose(2, 1, 0), within
 
 
 def _check_values(voxels: np.ndarray, rescales: list[tuple[float, float]], uri_of_slice: list[str],
                   series_uid: str) -> None:
     """Non-finite or absurd values after the rescale make the volume unusable (as NaN does in
     NIfTI): InvalidVolumeError naming the first bad slice's object, with the counts and the
-    rescales that caused them. `voxels` is (i, j, k) float32. The common case costs a min and a max
-    (NaN propagates through both, infinities are beyond the bound): no whole-volume temporary;
-    only a volume that fails is counted, slice by slice."""
-    lo, hi = float(voxels.min()), float(voxels.max())
-    if -MAX_ABS_VALUE <= lo and hi <= MAX_ABS_VALUE:  # False for NaN too
-        return
+    rescales that caused them. `voxels` is (i, j, k) float32; called when `to_hu` found a value
+    out of bounds, to count them slice by slice."""
     n_bad = n_out = 0
     first = None
     for k in range(voxels.shape[2]):
@@ -176,9 +174,10 @@ def read_series_with_sources(
     problem = affine_problem(geometry.affine)
     if problem:  # slices whose own geometry passed, but not together (slice spacing, say)
         raise SeriesGeometryError(f"{first.uri}: series {members.series_uid}: {problem}", uri=first.uri)
-    voxels = to_hu(planes.raws, planes.rescales, geometry.order)
-    _check_values(voxels, planes.rescales, [members.headers[planes.refs[i][0]].uri for i in geometry.order],
-                  members.series_uid)
+    voxels, within = to_hu(planes.raws, planes.rescales, geometry.order)
+    if not within:
+        _check_values(voxels, planes.rescales, [members.headers[planes.refs[i][0]].uri for i in geometry.order],
+                      members.series_uid)
     if keep_sources:
         for kept_ds in kept:  # the voxels are out of the buffers now; a SEG needs headers only
             with library_errors(members.headers[0].uri):

@@ -103,7 +103,8 @@ class _Ranges(io.RawIOBase):
         if want <= 0:
             return 0
         if not (self._start <= self._pos and self._pos + want <= self._start + len(self._data)):
-            end = min(self._size, max(self.plan.get(self._pos, 0), self._pos + max(want, _MIN_RANGE)))
+            planned = self.plan.get(self._pos)
+            end = min(self._size, max(planned, self._pos + want) if planned else self._pos + max(want, _MIN_RANGE))
             self._data = b""  # the old range goes before the new one arrives
             self._data, self._start = self._raw.read_at(end - self._pos, self._pos), self._pos
             self.fetched, self.reads = self.fetched + len(self._data), self.reads + 1

@@ -121,3 +121,43 @@ def test_a_process_reads_an_unchanged_archive_directory_once_and_a_changed_one_a
             zf.writestr("x", b"x")
         assert read_objects([f"{other}!/x"]) == [b"x"]
     assert len(archive._SHARED) == archive.SHARED_ARCHIVES
+
+
+def test_a_volume_read_from_a_zip_on_s3_fetches_its_members_bytes_not_a_fixed_range(monkeypatch):
+    """A zip of 12 series folders on S3 (moto's server behind a counter of the bytes its GETs
+    return): reading one series' members fetches one range of about the members' own bytes (at
+    most 1.2x their stored size; local headers are the rest), not an 8 MiB read-ahead (90x for
+    small slices). A series larger than a range (made 256 KiB here) reads each byte once."""
+    import random
+
+    import boto3
+
+    from jobs.bench.zipped import CountingS3
+    from unet_core.io import read_objects
+
+    monkeypatch.setattr(archive, "RANGE_BYTES", 256 * 1024)
+    rng = random.Random(3)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for s in range(12):  # incompressible 3 KiB "slices", 40 per series; series 11 is 600 KiB
+            for i in range(40 if s < 11 else 6):
+                zf.writestr(f"series_{s:02d}/IM{i:04d}.dcm", rng.randbytes(3072 if s < 11 else 100 * 1024))
+    data = buf.getvalue()
+    archive._SHARED.clear()
+    with CountingS3() as s3:
+        boto3.client("s3").create_bucket(Bucket="zips")
+        uri = "s3://zips/export.zip"
+        storage.write_bytes(uri, data)
+        infos = {i.filename: i for i in zipfile.ZipFile(io.BytesIO(data)).infolist()}
+        for series in ("series_03", "series_07", "series_11"):
+            names = sorted(n for n in infos if n.startswith(series + "/"))
+            archive.Archive.shared(uri)  # the central directory, read once per process: not counted
+            s3.counter.reset()
+            got = read_objects([f"{uri}!/{n}" for n in names])
+            stored = sum(infos[n].compress_size for n in names)
+            served = s3.counter.snapshot()
+            assert got == [zipfile.ZipFile(io.BytesIO(data)).read(n) for n in names]
+            assert served["get_bytes"] <= 1.2 * stored, (series, served, stored)
+            gets = served["requests"]["GET"]
+            assert gets <= -(-stored // archive.RANGE_BYTES) + len(names) * (series == "series_11"), (series, gets)
+    archive._SHARED.clear()

@@ -491,6 +491,61 @@ def test_a_deflate_bomb_is_stopped_at_the_budget_not_inflated_whole(tmp_path):
     assert ok.kind == "image" and ok.transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
 
 
+@pytest.fixture(scope="module")
+def deflated_multiframe(tmp_path_factory) -> tuple[bytes, np.ndarray]:
+    """A deflated object of 24 frames of 512 x 512 signed values (12 MiB of pixel data; values
+    that repeat, so deflate is quick), and its stored values."""
+    paths, _, _ = write_series(tmp_path_factory.mktemp("deflated"), SeriesSpec(rows=512, columns=512, n_slices=1))
+    ds = pydicom.dcmread(paths[0])
+    stored = np.resize(np.random.default_rng(5).integers(-1000, 2000, 4099, dtype=np.int16), (24, 512, 512))
+    ds.NumberOfFrames, ds.PixelData = 24, stored.tobytes()
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), stored
+
+
+def test_the_header_scan_of_a_deflated_object_inflates_its_header_only(deflated_multiframe):
+    """A deflated object whose pixel data inflates to 12 MiB: the scan inflates the header (and at
+    most one inflate step past it), never the pixel data. It once inflated the whole object."""
+    import tracemalloc
+
+    from unet_core.io.dicom.parse import INFLATE_STEP, inflating_reader, parse_deflated
+
+    data, _ = deflated_multiframe
+    reader = inflating_reader(data, "big.dcm", 2**31)
+    ds, at_pixels = parse_deflated(reader, "big.dcm")
+    assert at_pixels and "PixelData" not in ds and int(ds.NumberOfFrames) == 24
+    assert reader.inflated <= INFLATE_STEP, reader.inflated
+    tracemalloc.start()
+    h = scan_header(data, "big.dcm")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert h.kind == "image" and h.frames == 24, h.reason
+    assert peak < 4 * INFLATE_STEP, peak
+
+
+def test_a_deflated_object_is_inflated_into_one_buffer(deflated_multiframe):
+    """The full decode of a deflated object holds its pixel data once (inflated straight into the
+    buffer the stored values view), plus the reader's window: not the inflated stream, a joined
+    copy and pydicom's copy of the pixel value, which took the deflate bomb to twice its budget."""
+    import tracemalloc
+
+    from unet_core.io.dicom.pixels import decode_frames
+
+    data, stored = deflated_multiframe
+    pixel_bytes = stored.nbytes  # 12 MiB
+    tracemalloc.start()
+    ds, pixels = decode_frames(data, "big.dcm")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert np.array_equal(pixels, stored)
+    assert peak < pixel_bytes + 4 * 2**20, (peak, pixel_bytes)
+    with pytest.raises(ResourceLimitError, match=f"pixel data \\({pixel_bytes} bytes\\) inflates beyond"):  # checked before it is allocated
+        decode_frames(data, "big.dcm", max_inflated=pixel_bytes)
+
+
 @pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "JPEGLSLossless", "RLELossless"])
 def test_a_frame_that_declares_another_size_is_never_decoded(tmp_path, syntax):
     """A compressed frame whose own codestream header (J2K SIZ, JPEG-LS SOF55, RLE segments)

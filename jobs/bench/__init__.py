@@ -17,7 +17,10 @@
                         matters: held-out Dice / HD95, each recipe's ceiling, train and segment speed
     unet bench all      io, train and segment (scale writes 220,000 files: run it by itself)
 
-Nothing here is asserted in tests: results go to docs/benchmarks.md with the command.
+Results go to docs/benchmarks.md with the command. `--check` (io, zip, select) compares each
+measured ratio with its target (jobs/bench/common.py: TARGETS), prints both, and exits 3 when one
+falls short; `--quick` sizes a bench to run in about a minute (CI runs `unet bench io --check
+--quick`, and the same for zip and select).
 """
 from __future__ import annotations
 
@@ -40,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=[*BENCHES, "all"])
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--check", action="store_true",
+                   help="io, zip, select: exit 3 when a measured ratio falls short of its target (both are printed)")
+    p.add_argument("--quick", action="store_true",
+                   help="io, zip, select: sizes that run in about a minute (what --check runs in CI)")
     g = p.add_argument_group("io")
     g.add_argument("--io-slices", type=int, default=48, help="slices of the 512 x 512 series (JPEG 2000: a sixth)")
     g.add_argument("--io-repeats", type=int, default=5, help="alternating rounds; the best of each side counts")
@@ -92,10 +99,32 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_output(verbose=False)  # a benchmark prints its own table
+    if args.quick:
+        _quick(args)
     work = args.workdir or tempfile.mkdtemp(prefix="unet-bench-")
     which = ["io", "train", "segment"] if args.which == "all" else [args.which]
     results = {name: importlib.import_module(f"jobs.bench.{MODULES.get(name, name)}").run(args, os.path.join(work, name)) for name in which}
+    checks = [c for r in results.values() for c in r.pop("checks", [])]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump({**results, "checks": [{"key": c.key, "measured": c.measured, "target": str(c.target), "ok": c.ok}
+                                             for c in checks]}, f, indent=2)
+    if args.check:
+        from jobs.bench.common import report_checks
+
+        if not checks:
+            print(f"check: unet bench {args.which} has no targets (io, zip and select have)")
+            return Exit.USAGE
+        return Exit.OK if report_checks(checks) else Exit.SOME_FAILED
     return Exit.OK
+
+
+QUICK = {"io_slices": 24, "io_repeats": 5, "zip_objects": 2_000, "select_objects": 4_080}
+
+
+def _quick(args: argparse.Namespace) -> None:
+    """--quick: the sizes CI checks at, unless given on the command line."""
+    defaults = build_parser().parse_args([args.which])
+    for key, value in QUICK.items():
+        if getattr(args, key) == getattr(defaults, key):
+            setattr(args, key, value)

@@ -1,7 +1,9 @@
-"""What the benchmarks share: synthetic archives, an untrained bundle, a memory sampler."""
+"""What the benchmarks share: synthetic archives, an untrained bundle, a memory sampler, and the
+targets `--check` holds each measured ratio to."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import psutil
 
@@ -60,3 +62,60 @@ class RayMemorySampler(Ticker):
                 continue
         if sum(parts.values()) > self.peak:
             self.peak, self.parts = sum(parts.values()), parts
+
+
+# ---- targets ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """What a measured ratio must reach: at least `at_least`, or at most `at_most`."""
+
+    what: str
+    at_least: float | None = None
+    at_most: float | None = None
+
+    def met(self, measured: float) -> bool:
+        if measured != measured:  # NaN: nothing was measured
+            return False
+        return (self.at_least is None or measured >= self.at_least) and (self.at_most is None or measured <= self.at_most)
+
+    def __str__(self) -> str:
+        return f">= {self.at_least:g}" if self.at_least is not None else f"<= {self.at_most:g}"
+
+
+# Every target of `unet bench ... --check`, in one place (docs/benchmarks.md gives the figures).
+TARGETS: dict[str, Target] = {
+    "io.header_scan": Target("header scan, against pydicom's dcmread(stop_before_pixels, specific_tags)", at_least=2.5),
+    "io.uncompressed": Target("full decode, uncompressed, against dcmread + pixel_array + rescale", at_least=1.0),
+    "io.rle": Target("full decode, RLE, against dcmread + pixel_array + rescale", at_least=1.0),
+    "io.j2k": Target("full decode, JPEG 2000, against the codec alone", at_least=0.8),
+    "zip.s3_bytes": Target("bytes S3 returned for the zip's members, against the members' stored bytes", at_most=1.2),
+    "zip.local_time": Target("the zip's run time against the folder's, locally", at_most=1.2),
+    "zip.s3_time": Target("the zip's run time against the folder's, on S3", at_most=1.2),
+    "select.planning": Target("planning with the chest CT rules against without", at_most=1.1),
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    key: str  # of TARGETS
+    measured: float
+
+    @property
+    def target(self) -> Target:
+        return TARGETS[self.key]
+
+    @property
+    def ok(self) -> bool:
+        return self.target.met(self.measured)
+
+    def line(self) -> str:
+        return (f"  {'ok    ' if self.ok else 'FAILED'} {self.key:<18}{self.measured:>8.2f}x   target {self.target!s:<8}"
+                f"{self.target.what}")
+
+
+def report_checks(checks: list[Check]) -> bool:
+    """Print each measured ratio against its target; True when all are met."""
+    print("check: measured against the targets (jobs/bench/common.py: TARGETS)")
+    for c in checks:
+        print(c.line())
+    return all(c.ok for c in checks)

@@ -9,6 +9,15 @@ Archive: CT series of 32x32 slices (50 objects per series), one folder per serie
 the same files under the same relative names, deflated as a PACS or viewer exports them. S3 is
 moto's server on 127.0.0.1, in this process, behind a counter of the requests it serves. Model:
 an untrained 8-filter U-Net at 32x32 (speed only). Needs the `test` extra (moto) for the S3 half.
+
+    --quick             no `unet segment` runs: the zip's volumes read in this process from the
+                        counted S3 server as a decode task reads them (`read_objects` of each
+                        series' members), bytes returned against the members' stored bytes
+
+Checks (`--check`, targets in jobs/bench/common.py): the bytes S3 returned for the zip against what
+the run must read (full: every member twice, by the header scan and by decode, as the folder run
+reads every object twice; quick: each volume's members once), and, full only, the zip's time
+against the folder's, locally and on S3.
 """
 from __future__ import annotations
 
@@ -19,9 +28,6 @@ import time
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-
-from jobs.bench.common import make_bundle
-from jobs.bench.scale import SLICE, run_segment, write_archive
 
 
 class RequestCounter:
@@ -116,6 +122,8 @@ def upload(folder: str, zip_path: str, bucket: str) -> None:
 
 
 def _side_by_side(inputs: dict[str, str], bundle: str, work: str, counter: RequestCounter | None) -> dict:
+    from jobs.bench.scale import run_segment
+
     os.makedirs(work, exist_ok=True)
     out = {}
     for name, uri in inputs.items():
@@ -128,11 +136,68 @@ def _side_by_side(inputs: dict[str, str], bundle: str, work: str, counter: Reque
     return out
 
 
+def member_bytes(zip_path: str) -> int:
+    """The members' stored (compressed) bytes: what reading every member once must fetch."""
+    with zipfile.ZipFile(zip_path) as z:
+        return sum(i.compress_size for i in z.infolist())
+
+
+def _volumes_read(zip_path: str) -> dict:
+    """Each series folder of the zip read from the counted S3 server as a decode task reads a
+    volume (`read_objects` of its members; the archive's central directory, read once per
+    process, is counted apart): bytes returned against the members' stored bytes."""
+    from unet_core.io import archive, read_objects
+
+    with zipfile.ZipFile(zip_path) as z:
+        infos = [i for i in z.infolist() if not i.is_dir()]
+    by_series: dict[str, list[zipfile.ZipInfo]] = {}
+    for info in infos:
+        by_series.setdefault(os.path.dirname(info.filename), []).append(info)
+    with CountingS3() as s3:
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bench-zip-quick")
+        uri = "s3://bench-zip-quick/archive.zip"
+        with open(zip_path, "rb") as f:
+            boto3.client("s3").put_object(Bucket="bench-zip-quick", Key="archive.zip", Body=f.read())
+        archive._SHARED.clear()
+        s3.counter.reset()
+        archive.Archive.shared(uri)
+        directory = s3.counter.snapshot()
+        s3.counter.reset()
+        t = time.perf_counter()
+        for members in by_series.values():
+            read_objects([f"{uri}!/{i.filename}" for i in members])
+        seconds = time.perf_counter() - t
+        served = s3.counter.snapshot()
+        archive._SHARED.clear()
+    stored = sum(i.compress_size for i in infos)
+    return {"volumes": len(by_series), "members": len(infos), "member_bytes": stored, "get_bytes": served["get_bytes"],
+            "gets": served["requests"].get("GET", 0), "directory_bytes": directory["get_bytes"], "read_s": seconds,
+            "ratio": served["get_bytes"] / stored}
+
+
 def run(args, work: str) -> dict:
+    # Imported here: the request counter and the S3 server above serve tests too, without Ray.
+    from jobs.bench.common import TARGETS, Check, make_bundle
+    from jobs.bench.scale import SLICE, write_archive
+
     os.makedirs(work, exist_ok=True)
+    slices = args.scale_series_slices
+    if args.quick:
+        n_series = max(1, args.zip_objects // slices)
+        folder, zip_path = os.path.join(work, "archive"), os.path.join(work, "archive.zip")
+        write_archive(folder, 0, n_series, slices)
+        write_zip(folder, zip_path)
+        q = _volumes_read(zip_path)
+        print(f"zip --quick: {q['members']:,} members in {q['volumes']} series folders, each series read from moto's "
+              "S3 server as a decode task reads a volume")
+        print(f"  bytes returned {q['get_bytes']:,} for {q['member_bytes']:,} stored bytes of members: "
+              f"{q['ratio']:.3f}x (target {TARGETS['zip.s3_bytes']}); {q['gets']:,} GETs; central directory "
+              f"{q['directory_bytes']:,} bytes, once per process; {q['read_s']:.1f} s")
+        return {"quick": q, "checks": [Check("zip.s3_bytes", q["ratio"])]}
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, SLICE, 8)
-    slices = args.scale_series_slices
     n_series = max(1, args.zip_objects // slices)
     folder, zip_path = os.path.join(work, "archive"), os.path.join(work, "archive.zip")
     t = time.perf_counter()
@@ -155,11 +220,19 @@ def run(args, work: str) -> dict:
             result["upload_s"] = time.perf_counter() - t
             result["s3"] = _side_by_side({"folder": "s3://bench-zip/folder", "zip": "s3://bench-zip/zip/archive.zip"},
                                          bundle, os.path.join(work, "s3"), s3.counter)
+    result["member_bytes"] = member_bytes(zip_path)
     _print(result)
+    checks = [Check(f"zip.{where}_time", result[f"{where}_ratio"]) for where in ("local", "s3") if where in result]
+    if "s3" in result:  # every member is read twice: by the header scan, then by decode
+        checks.append(Check("zip.s3_bytes", result["s3"]["zip"]["get_bytes"] / (2 * result["member_bytes"])))
+    result["checks"] = checks
     return result
 
 
 def _print(r: dict) -> None:
+    from jobs.bench.common import TARGETS
+    from jobs.bench.scale import SLICE
+
     mib = 2 ** 20
     print(f"zip: {r['objects']:,} objects ({r['series']} series of {SLICE}x{SLICE} slices), "
           f"{r['folder_bytes'] / mib:,.1f} MiB as files, {r['zip_bytes'] / mib:,.1f} MiB as one zip; "
@@ -180,3 +253,5 @@ def _print(r: dict) -> None:
             print(f"  S3 {name:<6}: {gets:,} GETs ({gets / r['objects']:.3f} per object), "
                   f"{run['get_bytes'] / mib:,.1f} MiB returned ({run['get_bytes'] / size:.2f}x the input), "
                   f"{run['requests'].get('HEAD', 0):,} HEADs, {run['requests'].get('LIST', 0):,} LISTs")
+        print(f"  S3 zip bytes against every member read twice (scan, decode): "
+              f"{r['s3']['zip']['get_bytes'] / (2 * r['member_bytes']):.3f}x   target {TARGETS['zip.s3_bytes']}")

@@ -20,6 +20,7 @@ from pydicom.uid import UID
 from unet_core.errors import (
     InputError,
     NoPixelDataError,
+    ResourceLimitError,
     TruncatedFileError,
     UnreadableFileError,
     UnsupportedPixelDataError,
@@ -27,7 +28,15 @@ from unet_core.errors import (
 from unet_core.io.dicom.codestream import check_frame
 from unet_core.io.dicom.fastscan import fast_pixels
 from unet_core.io.dicom.header import DicomHeader, frame_item, frames_of, integer
-from unet_core.io.dicom.parse import DEFAULT_MAX_INFLATED, library_errors, parse, value
+from unet_core.io.dicom.parse import (
+    DEFAULT_MAX_INFLATED,
+    InflatingReader,
+    inflating_reader,
+    library_errors,
+    parse,
+    parse_deflated,
+    value,
+)
 
 log = logging.getLogger(__name__)
 CODECS_HINT = "install the codecs extra: pip install 'unet-ray[codecs]'"
@@ -146,9 +155,55 @@ def _truncation(text: str, exc: BaseException) -> bool:
                                                                           "insufficient"))
 
 
+def _deflated_frames(reader: InflatingReader, uri: str) -> tuple[pydicom.Dataset, np.ndarray]:
+    """(header without PixelData, (frames, rows, cols) stored values) of a deflated data set: the
+    header inflated by pydicom through the reader, then the pixel data (native: deflate carries no
+    compressed pixels) inflated straight into one buffer of the size the header declares, checked
+    against what is left of the budget before it is allocated. Peak memory: the pixel data plus
+    the reader's window (about 2 MiB); the stored values are a view of that buffer."""
+    ds, at_pixels = parse_deflated(reader, uri)
+    if not at_pixels:
+        raise NoPixelDataError(f"{uri}: DICOM object has no pixel data", uri=uri)
+    element = reader.read(12)  # tag, VR, 2 reserved bytes, 32-bit length (explicit VR little endian)
+    if len(element) < 12 or element[4:6] not in (b"OB", b"OW"):
+        raise UnreadableFileError(f"{uri}: the deflated data set's pixel data element cannot be read", uri=uri)
+    length = int.from_bytes(element[8:12], "little")
+    if length == 0xFFFFFFFF:
+        raise UnsupportedPixelDataError(f"{uri}: encapsulated pixel data in a deflated data set is not a "
+                                        "valid encoding", uri=uri)
+    frames = frames_of(ds, uri)
+    if frames < 1:
+        raise UnreadableFileError(f"{uri}: NumberOfFrames is not a positive whole number", uri=uri)
+    rows, columns = integer(ds, "Rows", uri), integer(ds, "Columns", uri)
+    samples, bits = integer(ds, "SamplesPerPixel", uri) or 1, integer(ds, "BitsAllocated", uri)
+    expected = rows * columns * frames * samples * bits // 8
+    if expected > length:
+        raise TruncatedFileError(f"{uri}: pixel data is truncated: {length} of {expected} bytes", uri=uri)
+    if expected > reader.room:
+        raise ResourceLimitError(f"{uri}: the deflated data set's pixel data ({expected} bytes) inflates beyond "
+                                 f"{reader.limit} bytes (--max-decompressed-bytes); not read", uri=uri)
+    buf = bytearray(expected)
+    have = reader.readinto(buf)
+    if have < expected:
+        raise TruncatedFileError(f"{uri}: pixel data is truncated: {have} of {expected} bytes", uri=uri)
+    try:
+        stored = int(value(ds, "BitsStored", uri, bits) or bits)
+        signed = int(value(ds, "PixelRepresentation", uri, 0) or 0) == 1
+    except (TypeError, ValueError):
+        stored, signed = 0, False
+    pixels = from_buffer(buf, bits, stored, signed, samples, frames, rows, columns)
+    if pixels is None:
+        raise UnsupportedPixelDataError(f"{uri}: deflated pixel data of {samples} samples, {bits} bits allocated "
+                                        f"and {stored} stored cannot be read", uri=uri)
+    return ds, pixels
+
+
 def decode_frames(data: bytes, uri: str, max_inflated: int = DEFAULT_MAX_INFLATED) -> tuple[pydicom.Dataset, np.ndarray]:
     """(dataset, raw stored values as (frames, rows, cols)) for one object. Uncompressed pixel data
     is a view of the buffer; compressed data goes through its codec once (pydicom's decoders)."""
+    reader = inflating_reader(data, uri, max_inflated)
+    if reader is not None:
+        return _deflated_frames(reader, uri)
     ds, _ = parse(data, uri, stop_before_pixels=False, max_inflated=max_inflated)
     if "PixelData" not in ds:
         raise NoPixelDataError(f"{uri}: DICOM object has no pixel data", uri=uri)

@@ -52,47 +52,51 @@ def _metadata(ds: pydicom.Dataset, members: VolumeMembers, keep_phi: bool) -> di
     return meta
 
 
-def to_hu(raws: list[np.ndarray], rescales: list[tuple[float, float]], order: np.ndarray) -> np.ndarray:
-    """Stored (rows, cols) planes -> float32 (i = column, j = row, k) in position order: one
-    preallocated (k, row, column) array filled plane by plane, the rescale applied once to the
-    whole volume when every plane shares it (as in almost every series), and returned as a
-    transposed view (no copy). float32 holds every stored integer value up to 2^24 exactly."""
+def to_hu(raws: list[np.ndarray], rescales: list[tuple[float, float]], order: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Stored (rows, cols) planes -> (float32 (i = column, j = row, k) in position order, whether
+    every value is finite and within MAX_ABS_VALUE). One preallocated (k, row, column) array; each
+    plane converted, rescaled (float32(stored) * float32(slope) + float32(intercept), as a
+    whole-volume rescale would give) and bounded by its min and max while it is in the cache (NaN
+    fails both comparisons; no whole-volume temporary). Returned as a transposed view (no copy).
+    float32 holds every stored integer value up to 2^24 exactly."""
     rows, cols = raws[0].shape
     out = np.empty((len(order), rows, cols), np.float32)
+    within = True
     for k, i in enumerate(order):
-        out[k] = raws[i]
-    if len(set(rescales)) == 1:
-        slope, intercept = rescales[0]
+        plane = out[k]
+        slope, intercept = rescales[i]
+        np.copyto(plane, raws[i], casting="unsafe")
         if slope != 1.0:
-            out *= np.float32(slope)
+            plane *= np.float32(slope)
         if intercept != 0.0:
-            out += np.float32(intercept)
-    else:
-        for k, i in enumerate(order):
-            slope, intercept = rescales[i]
-            out[k] *= np.float32(slope)
-            out[k] += np.float32(intercept)
-    return out.transpose(2, 1, 0)
+            plane += np.float32(intercept)
+        within = within and -MAX_ABS_VALUE <= float(plane.min()) and float(plane.max()) <= MAX_ABS_VALUE
+    return out.transpose(2, 1, 0), within
 
 
 def _check_values(voxels: np.ndarray, rescales: list[tuple[float, float]], uri_of_slice: list[str],
                   series_uid: str) -> None:
     """Non-finite or absurd values after the rescale make the volume unusable (as NaN does in
     NIfTI): InvalidVolumeError naming the first bad slice's object, with the counts and the
-    rescales that caused them."""
-    finite = np.isfinite(voxels)
-    wild = np.abs(np.where(finite, voxels, 0.0)) > MAX_ABS_VALUE
-    n_bad = int(voxels.size - np.count_nonzero(finite))
-    n_out = int(np.count_nonzero(wild))
-    if n_bad or n_out:
-        slopes = sorted(set(rescales))[:3]
-        k = int(np.flatnonzero((~finite | wild).any(axis=(0, 1)))[0])
-        uri = uri_of_slice[k]
-        raise InvalidVolumeError(
-            f"{uri}: series {series_uid} has {n_bad} non-finite and {n_out} out-of-range (|value| > "
-            f"{MAX_ABS_VALUE:g}) voxel values of {voxels.size} after the rescale (slope, intercept: "
-            f"{', '.join(f'{a:g}, {b:g}' for a, b in slopes)}); the series' RescaleSlope / RescaleIntercept "
-            "are wrong", uri=uri)
+    rescales that caused them. `voxels` is (i, j, k) float32; called when `to_hu` found a value
+    out of bounds, to count them slice by slice."""
+    n_bad = n_out = 0
+    first = None
+    for k in range(voxels.shape[2]):
+        plane = voxels[:, :, k]
+        finite = np.isfinite(plane)
+        bad = plane.size - int(np.count_nonzero(finite))
+        out = int(np.count_nonzero(np.abs(np.where(finite, plane, 0.0)) > MAX_ABS_VALUE))
+        n_bad, n_out = n_bad + bad, n_out + out
+        if first is None and (bad or out):
+            first = k
+    slopes = sorted(set(rescales))[:3]
+    uri = uri_of_slice[first if first is not None else 0]
+    raise InvalidVolumeError(
+        f"{uri}: series {series_uid} has {n_bad} non-finite and {n_out} out-of-range (|value| > "
+        f"{MAX_ABS_VALUE:g}) voxel values of {voxels.size} after the rescale (slope, intercept: "
+        f"{', '.join(f'{a:g}, {b:g}' for a, b in slopes)}); the series' RescaleSlope / RescaleIntercept "
+        "are wrong", uri=uri)
 
 
 @dataclass
@@ -170,13 +174,15 @@ def read_series_with_sources(
     problem = affine_problem(geometry.affine)
     if problem:  # slices whose own geometry passed, but not together (slice spacing, say)
         raise SeriesGeometryError(f"{first.uri}: series {members.series_uid}: {problem}", uri=first.uri)
-    voxels = to_hu(planes.raws, planes.rescales, geometry.order)
-    _check_values(voxels, planes.rescales, [members.headers[planes.refs[i][0]].uri for i in geometry.order],
-                  members.series_uid)
+    voxels, within = to_hu(planes.raws, planes.rescales, geometry.order)
+    if not within:
+        _check_values(voxels, planes.rescales, [members.headers[planes.refs[i][0]].uri for i in geometry.order],
+                      members.series_uid)
     if keep_sources:
         for kept_ds in kept:  # the voxels are out of the buffers now; a SEG needs headers only
             with library_errors(members.headers[0].uri):
-                del kept_ds.PixelData
+                if "PixelData" in kept_ds:  # a deflated object's header never held it
+                    del kept_ds.PixelData
     volume = Volume(
         voxels=voxels, affine=geometry.affine, volume_id=members.volume_id,
         modality=first.modality or "OT", sources=tuple(members.uris),

@@ -10,6 +10,7 @@ from jobs.exits import Exit
 JOBS: dict[str, str] = {
     "prepare": "labelled cases (NIfTI, DICOM, 2D images) -> Parquet slice shards, split by case",
     "train": "data-parallel U-Net training with Ray Train over the shards -> model bundle",
+    "tune": "hyperparameter search of unet train with Ray Tune (ASHA), trials tracked in MLflow",
     "segment": "bulk segmentation of DICOM / NIfTI archives with Ray Data -> NIfTI + Parquet",
     "evaluate": "Dice, IoU and HD95 of predicted masks against ground truth",
     "send": "store an output's DICOM SEGs at a PACS over DICOMweb (STOW-RS), once each",

@@ -60,6 +60,7 @@ from unet_core.config import from_dict, to_dict
 from unet_core.errors import ConfigError, InputError
 from unet_core.io import dicomweb, listing, storage
 from unet_core.io.lease import Lease
+from unet_core.recipe.postprocess import resolve_postprocess
 from unet_core.report import segment_report
 from unet_core.segmentation import choosing, planning, sizing
 from unet_core.segmentation import layout as lay
@@ -96,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_float16", "mixed_bfloat16"])
     p.add_argument("--xla", action="store_true")
     p.add_argument("--threshold", type=float, default=None, help="override the bundle's threshold")
-    p.add_argument("--largest-component", action="store_true", help="keep the largest 3D connected component per label")
+    p.add_argument("--largest-component", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                   help="keep only the largest 3D connected component per label: auto (default) follows the "
+                        "bundle's decision, taken by `unet train` on the validation cases; on; off")
+    p.add_argument("--tta", default="none", choices=["none", "flip"],
+                   help="flip: average the 4 mirrored passes of each slice (4x the model's work; native recipe "
+                        "and seed recipe alike)")
     p.add_argument("--fill-holes", action="store_true", help="fill holes in 3D per label")
     p.add_argument("--qc", action="store_true", help="write a PNG montage per volume")
     p.add_argument("--dicom-seg", action="store_true",
@@ -278,7 +284,8 @@ def _settings(args, info, out: str, layout: lay.Layout) -> SegmentSettings:
         output=out, bundle_info=info.to_json(), model_name=info.name, model_identity=bundle_identity(args.model),
         threshold=args.threshold if args.threshold is not None else info.threshold,
         modality="CT" if info.preprocess.modality == "CT" else None, limits=limits_from(args),
-        largest_component=args.largest_component, fill_holes=args.fill_holes, qc=args.qc, dicom_seg=args.dicom_seg,
+        largest_component=resolve_postprocess(info, args.largest_component).largest_component,
+        fill_holes=args.fill_holes, tta=args.tta == "flip", qc=args.qc, dicom_seg=args.dicom_seg,
         keep_phi=args.keep_phi, keep_localizers=args.keep_localizers, assume_modality=args.assume_modality,
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs),

@@ -10,9 +10,13 @@ The result is a model bundle at `--output`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import sys
+import tempfile
+from dataclasses import dataclass
 
 from jobs.exits import Exit, run_main
 from jobs.nodes import check_before_the_summary
@@ -25,12 +29,13 @@ from jobs.quieting import import_tensorflow
 from jobs.runtime import init_ray
 from jobs.train_progress import EventBox, TrainWatcher
 from jobs.train_worker import train_loop_per_worker
-from unet_core.bundle import BundleInfo, save_bundle
+from unet_core.bundle import INFO_FILE, MODEL_FILE, BundleInfo, bundle_identity, save_bundle
 from unet_core.config import AugmentConfig, ModelConfig, PreprocessConfig, TrainConfig, from_dict, to_dict
 from unet_core.errors import ITEM_ERRORS, ConfigError, JobError
 from unet_core.io import storage
 from unet_core.plots import training_curves_png
 from unet_core.report import training_report_html
+from unet_core.tracking import BUNDLE_ARTIFACT, DEFAULT_EXPERIMENT, Tracker, TrackingConfig, display_uri, require_client
 from unet_core.training.loop import LoopConfig
 from unet_core.training.plan import StepPlan, cpu_reservation, local_cpus, training_summary
 
@@ -43,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="output of `unet prepare` (local or s3://)")
     p.add_argument("--output", required=True, help="where the model bundle goes (local or s3://)")
     p.add_argument("--storage", default=None, help="Ray Train run storage for checkpoints and TensorBoard (default: <output>.runs)")
-    p.add_argument("--run-name", default=None, help="name of the run under --storage (default: the bundle's name)")
+    p.add_argument("--run-name", default=None, help="name of the run under --storage and in MLflow (default: the bundle's name)")
     p.add_argument("--resume", action="store_true", help="continue the run --run-name from its latest checkpoint")
     p.add_argument("--config", help="JSON/YAML file of option values")
     s = p.add_argument_group("scaling")
@@ -83,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--initial-weights", default=None, help="a bundle, .keras or .weights.h5 (local or s3://)")
     w.add_argument("--transfer", default="full", choices=["full", "encoder"])
     w.add_argument("--freeze-encoder", action="store_true")
+    t = p.add_argument_group("tracking (MLflow; pip install 'unet-ray[tracking]')")
+    t.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking server (default: MLFLOW_TRACKING_URI); credentials from MLflow's own "
+                        "variables (MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME / _PASSWORD)")
+    t.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment")
+    t.add_argument("--register-model", default=None, metavar="NAME",
+                   help="register the bundle as a new version of this model (segment it with --model models:/NAME/N)")
     add_output_args(p)
     add_ray_args(p)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -93,11 +105,52 @@ def main(argv: list[str]) -> int:
     return run_main(_main, argv)
 
 
+@dataclass
+class TrainRun:
+    """One training run, decided from its options before Ray starts (what `unet tune` runs once
+    per trial)."""
+
+    args: argparse.Namespace
+    manifest: dict
+    labels: list[str]
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    augment_cfg: AugmentConfig
+    plan: StepPlan
+    output: str
+    storage_uri: str
+    run_name: str
+
+    @property
+    def pre(self) -> dict:
+        return self.manifest["preprocess"]
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    return parse_with_config(parser, argv)
+
+
+def tracking_config(args: argparse.Namespace) -> TrackingConfig:
+    cfg = TrackingConfig.from_options(args.tracking_uri, args.experiment, args.run_name, args.register_model)
+    if cfg.uri:
+        require_client()
+    return cfg
+
+
 def _main(argv: list[str]) -> int:
-    args = parse_with_config(build_parser(), argv)
+    args = parse_args(build_parser(), argv)
     configure_output(args.verbose)
     apply_output_args(args)
+    tracking = tracking_config(args)
+    run = plan_run(args)
+    start_ray(args, run)
+    fit_and_write(run, tracking=tracking)
+    return Exit.OK
 
+
+def plan_run(args: argparse.Namespace, check_run: bool = True) -> TrainRun:
+    """Every check that needs no Ray: the prepared data, the model, the step plan, the run's name
+    (a run that exists needs --resume; --resume needs one), and a writable output."""
     manifest = read_prepared(args.data)
     pre = manifest["preprocess"]
     labels = args.label_names.split(",") if args.label_names else None
@@ -114,25 +167,35 @@ def _main(argv: list[str]) -> int:
                             min_learning_rate=args.min_learning_rate, seed=args.seed, precision=args.precision,
                             xla=args.xla)
     augment_cfg = AugmentConfig(enabled=not args.no_augment)
-
     n_train, n_val = manifest["counts"]["train"], manifest["counts"]["val"]
     plan = StepPlan.for_run(n_train, n_val, args.workers, args.batch_size)
 
     output = args.output.rstrip("/")
     storage_uri = (args.storage or f"{output}.runs").rstrip("/")
     run_name = args.run_name or storage.basename(output)
-    run_exists = _run_exists(storage_uri, run_name)
-    if run_exists and not args.resume:
-        raise ConfigError(f"run {run_name!r} already exists in {storage_uri}; pass --resume to continue it, "
-                          "or choose another --run-name")
-    if args.resume and not run_exists:
-        raise ConfigError(f"--resume: no run {run_name!r} with checkpoints in {storage_uri}")
+    if check_run:
+        run_exists = _run_exists(storage_uri, run_name)
+        if run_exists and not args.resume:
+            raise ConfigError(f"run {run_name!r} already exists in {storage_uri}; pass --resume to continue it, "
+                              "or choose another --run-name")
+        if args.resume and not run_exists:
+            raise ConfigError(f"--resume: no run {run_name!r} with checkpoints in {storage_uri}")
+        storage.probe_writable(output)  # a refused output fails before training, not after (exit 5)
+    return TrainRun(args, manifest, labels, model_cfg, train_cfg, augment_cfg, plan, output, storage_uri, run_name)
 
 
-    storage.probe_writable(output)  # a refused output fails before training, not after (exit 5)
+def start_ray(args: argparse.Namespace, run: TrainRun) -> None:
     init_ray(args.address, args.num_cpus or local_cpus(args.workers, args.cpus_per_worker, os.cpu_count() or 1),
              verbose=args.verbose)
     import_tensorflow(args.verbose)  # quietly, before Ray Train's TensorFlow integration imports it
+
+
+def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | None = None,
+                  quiet: bool = False) -> BundleInfo:
+    """Ray Train over the prepared slices, then the bundle from the best checkpoint; tracked in
+    MLflow when `tracking.uri` is set (params first, each epoch as rank 0 reports it, the bundle
+    and the registered version at the end). `callbacks` are Ray Train UserCallbacks (`unet tune`
+    passes Tune's)."""
     import ray
     from ray.train import (
         CheckpointConfig,
@@ -142,7 +205,7 @@ def _main(argv: list[str]) -> int:
     )
     from ray.train.tensorflow import TensorflowTrainer
 
-
+    args, plan = run.args, run.plan
     total_cpus = float(ray.cluster_resources().get("CPU", 0))
     reserve = cpu_reservation(args.workers, args.cpus_per_worker, total_cpus)
     if reserve != args.cpus_per_worker:
@@ -152,46 +215,117 @@ def _main(argv: list[str]) -> int:
         resources["GPU"] = args.gpus_per_worker
     if args.memory_per_worker:
         resources["memory"] = int(args.memory_per_worker * 1024**3)
-    run_fs, run_path = storage.resolve(storage_uri)
-    loop = LoopConfig(model=model_cfg, train=train_cfg, plan=plan, augment=augment_cfg,
-                      recipe=pre.get("recipe", "seed"), threads=int(args.cpus_per_worker),
+    run_fs, run_path = storage.resolve(run.storage_uri)
+    loop = LoopConfig(model=run.model_cfg, train=run.train_cfg, plan=plan, augment=run.augment_cfg,
+                      recipe=run.pre.get("recipe", "seed"), threads=int(args.cpus_per_worker),
                       initial_weights=args.initial_weights, transfer=args.transfer,
                       freeze_encoder=args.freeze_encoder)
     loop_config = {"loop": to_dict(loop), "data": storage.join(args.data, "slices"),
                    "cache_gb_per_worker": args.cache_gb_per_worker}
 
+    tracker = _open_tracker(run, tracking, resources, quiet)
     box = ray.remote(num_cpus=0)(EventBox).remote()
     loop_config["progress"] = box
     trainer = TensorflowTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.gpus_per_worker > 0,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=run_name, storage_path=run_path, storage_filesystem=run_fs,
+        run_config=RunConfig(name=run.run_name, storage_path=run_path, storage_filesystem=run_fs,
                              failure_config=FailureConfig(max_failures=args.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or None),
     )
-    say(f"training on {n_train:,} train / {n_val:,} val slices: {args.workers} workers x batch {args.batch_size}, "
-        f"{plan.steps_per_epoch} steps per epoch, up to {args.epochs} epochs")
+    n_train, n_val = run.manifest["counts"]["train"], run.manifest["counts"]["val"]
+    if not quiet:
+        say(f"training on {n_train:,} train / {n_val:,} val slices: {args.workers} workers x batch "
+            f"{args.batch_size}, {plan.steps_per_epoch} steps per epoch, up to {args.epochs} epochs")
     timer = Timer()
+    on_epoch = (lambda e: tracker.log_metrics(e.metrics, e.epoch)) if tracker.active else None
     try:
-        with TrainWatcher(box):
+        with TrainWatcher(box, on_epoch=on_epoch, quiet=quiet):
             result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - Ray raises TrainingFailedError / WorkerGroupError
-        raise JobError(f"training run {run_name!r} failed after {args.max_failures} restart(s): {exc}\n"
-                       f"its checkpoints are in {storage_uri}/{run_name}; fix the cause and re-run with --resume") from exc
+        tracker.close("FAILED")
+        raise JobError(f"training run {run.run_name!r} failed after {args.max_failures} restart(s): {exc}\n"
+                       f"its checkpoints are in {run.storage_uri}/{run.run_name}; fix the cause and re-run with "
+                       "--resume") from exc
     if result.checkpoint is None:
+        tracker.close("FAILED")
         raise JobError("training finished without a checkpoint")
 
-    info = write_bundle(result.checkpoint, output, model_cfg, pre, args.threshold, labels,
+    info = write_bundle(result.checkpoint, run.output, run.model_cfg, run.pre, args.threshold, run.labels,
                         read_fingerprint(args.data),
-                        {"train": to_dict(train_cfg), "augment": to_dict(augment_cfg), "workers": args.workers,
-                         "data": args.data, "data_identity": manifest["identity"], "run": f"{storage_uri}/{run_name}"})
+                        {"train": to_dict(run.train_cfg), "augment": to_dict(run.augment_cfg), "workers": args.workers,
+                         "data": args.data, "data_identity": run.manifest["identity"],
+                         "run": f"{run.storage_uri}/{run.run_name}"})
+    version = _log_bundle(run, tracker, tracking)
+    tracker.close()
+    if quiet:
+        return info
     check_before_the_summary()  # a node lost in the last seconds is still said
     t = info.training
     print(f"trained {len(t['history'])} epochs in {timer.seconds:.0f}s"
           f"{' (stopped early)' if t['stopped_early'] else ''}: best val Dice {t['best_val_dice']:.4f} at epoch "
-          f"{t['best_epoch'] + 1}; {t['slices_per_second']:.1f} slices/s; bundle -> {output}")
-    return Exit.OK
+          f"{t['best_epoch'] + 1}; {t['slices_per_second']:.1f} slices/s; bundle -> {run.output}")
+    if tracking.uri:
+        if tracker.lost:
+            print(f"tracking was lost ({tracker.lost}); the bundle is complete at {run.output}")
+        else:
+            print(f"tracked as run {tracker.run_id} in experiment {tracking.experiment!r} at "
+                  f"{display_uri(tracking.uri)}" + (f"; registered as models:/{tracking.register_model}/{version}"
+                                                     if version else ""))
+    return info
+
+
+def _tracking_file(run: TrainRun) -> str:
+    """Where a run keeps its MLflow run id, so that --resume continues the same MLflow run."""
+    return f"{run.storage_uri}/{run.run_name}.tracking.json"
+
+
+def _open_tracker(run: TrainRun, tracking: TrackingConfig, resources: dict, quiet: bool) -> Tracker:
+    if not tracking.uri:
+        return Tracker(tracking)
+    import ray
+
+    run_id = None
+    if run.args.resume and storage.exists(_tracking_file(run)):
+        run_id = json.loads(storage.read_bytes(_tracking_file(run))).get("run_id")
+    cfg = dataclasses.replace(tracking, run_id=run_id, run_name=tracking.run_name or run.run_name)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    tags = {"unet.workers": str(run.args.workers), "unet.nodes": str(len(nodes)),
+            "unet.worker_resources": json.dumps(resources, sort_keys=True),
+            "unet.data_identity": str(run.manifest.get("identity")),
+            "unet.fingerprint_digest": _digest(read_fingerprint(run.args.data))}
+    tracker = Tracker.open(cfg, tags=tags, warn=say)
+    if tracker.run_id and not run_id:
+        storage.write_bytes(_tracking_file(run), json.dumps({"run_id": tracker.run_id}).encode())
+    options = {k: v for k, v in vars(run.args).items() if k not in ("config", "verbose")}
+    tracker.log_params({"option": options, "plan": run.pre, "model": to_dict(run.model_cfg),
+                        "steps": to_dict(run.plan)})
+    return tracker
+
+
+def _log_bundle(run: TrainRun, tracker: Tracker, tracking: TrackingConfig) -> str | None:
+    """The bundle's files as the run's `bundle` artifact folder (curves.png also at the top),
+    then, with --register-model, a new version of that model."""
+    if not tracker.active:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, BUNDLE_ARTIFACT)
+        os.makedirs(folder)
+        for name in (INFO_FILE, MODEL_FILE, "report.html", "curves.png", "history.json"):
+            uri = storage.join(run.output, name)
+            if storage.exists(uri):
+                with open(os.path.join(folder, name), "wb") as f:
+                    f.write(storage.read_bytes(uri))
+        tracker.log_folder(folder, BUNDLE_ARTIFACT)
+        tracker.log_file(os.path.join(folder, "curves.png"))
+    if tracking.register_model:
+        return tracker.register(tracking.register_model, bundle_identity(run.output))
+    return None
+
+
+def _digest(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16] if fingerprint else "none"
 
 
 def _run_exists(storage_uri: str, run_name: str) -> bool:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from jobs.progress import Progress, Ticker
 from unet_core.training.events import EpochDone, Resumed, StepDone, TrainEvent
@@ -40,14 +41,21 @@ class TrainWatcher(Ticker):
     """Drains an EventBox from a thread while `trainer.fit()` blocks: a step progress display per
     epoch, one line per epoch, and learning-rate changes, early stopping and resumption said once."""
 
-    def __init__(self, box, stream=None):
+    def __init__(self, box, stream=None, on_epoch: Callable[[EpochDone], None] | None = None, quiet: bool = False):
         super().__init__()
         self.box, self.stream = box, stream or sys.stderr
+        self.on_epoch, self.quiet = on_epoch, quiet  # on_epoch: e.g. tracking each epoch as it ends
         self.epochs_seen: list[EpochDone] = []
         self._progress: Progress | None = None
         self._epoch = None
 
     def _handle(self, e: TrainEvent) -> None:
+        if isinstance(e, EpochDone):
+            self.epochs_seen.append(e)
+            if self.on_epoch is not None:
+                self.on_epoch(e)
+        if self.quiet:
+            return
         if isinstance(e, Resumed):
             self._print(f"resumed from the last checkpoint: epoch {e.epoch + 1}")
         elif isinstance(e, StepDone):
@@ -59,7 +67,6 @@ class TrainWatcher(Ticker):
         elif isinstance(e, EpochDone):
             self._close_progress()
             self._epoch = None
-            self.epochs_seen.append(e)
             self._print(epoch_line(e))
             if e.new_learning_rate is not None:
                 self._print(f"  learning rate reduced to {e.new_learning_rate:.2e} (val Dice did not improve)")

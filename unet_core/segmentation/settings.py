@@ -24,6 +24,7 @@ class SegmentSettings:
     limits: Limits = field(default_factory=Limits)
     largest_component: bool = False
     fill_holes: bool = False
+    tta: bool = False  # --tta flip: the 4 mirrored passes of each slice, averaged
     qc: bool = False
     dicom_seg: bool = False  # a DICOM SEG per DICOM volume (seg/<volume id>.dcm)
     keep_phi: bool = False

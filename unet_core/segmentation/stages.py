@@ -92,7 +92,7 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
         if s.modality and volume.modality is not None and volume.modality not in (s.modality, "OT"):
             raise InputError(f"{planned.source}: modality {volume.modality} does not match the model's "
                              f"{s.modality}", uri=planned.source)
-        return Decoded(volume, prepare_volume(volume, info.preprocess), None, time.perf_counter() - t, sources)
+        return Decoded(volume, prepare_volume(volume, info.preprocess, tta=s.tta), None, time.perf_counter() - t, sources)
     except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
         return Decoded(None, None, ItemFailure.of(planned.source, exc, "decoding"), time.perf_counter() - t)
 
@@ -137,7 +137,8 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
     vid = rec.volume_id
     if rec.status == Status.OK and volume is not None:
         try:
-            labels = finish_volume(np.asarray(prob), volume, s.threshold, PostProcess(s.largest_component, s.fill_holes))
+            labels = finish_volume(np.asarray(prob), volume, s.threshold, PostProcess(s.largest_component, s.fill_holes),
+                                   preprocess=BundleInfo.from_json(s.bundle_info).preprocess, tta=s.tta)
             stats = volume_stats(labels, volume)
             mask_uri = storage.join(s.output, "masks", f"{vid}.nii.gz")
             storage.write_bytes(mask_uri, mask_to_nifti_bytes(labels, volume))

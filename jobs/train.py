@@ -31,7 +31,7 @@ from jobs.train_progress import EventBox, TrainWatcher
 from jobs.train_worker import train_loop_per_worker
 from unet_core.bundle import INFO_FILE, MODEL_FILE, BundleInfo, bundle_identity, save_bundle
 from unet_core.config import AugmentConfig, ModelConfig, PreprocessConfig, TrainConfig, from_dict, to_dict
-from unet_core.errors import ITEM_ERRORS, ConfigError, JobError
+from unet_core.errors import ConfigError, JobError, NotFoundError
 from unet_core.io import storage
 from unet_core.plots import training_curves_png
 from unet_core.report import training_report_html
@@ -331,7 +331,7 @@ def _digest(fingerprint: dict) -> str:
 def _run_exists(storage_uri: str, run_name: str) -> bool:
     try:
         return any("checkpoint_" in e.uri for e in storage.list_files(storage.join(storage_uri, run_name)))
-    except ITEM_ERRORS:
+    except NotFoundError:
         return False
 
 

@@ -138,6 +138,21 @@ def phantom_bundle(work_bucket) -> str:
 
 
 @pytest.fixture(scope="session")
+def mlflow_tracking(tmp_path_factory):
+    """A real `mlflow server` (SQLite store, served artifacts) on a loopback port for the session;
+    skipped where none can run (tests/support/mlflow_server.py), failed under CI."""
+    from support import mlflow_server
+
+    reason = mlflow_server.skip_or_fail_reason()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with mlflow_server.MlflowServer(str(tmp_path_factory.mktemp("mlflow"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def orthanc_binary():
     """Orthanc and its DICOMweb plugin, installed if they can be (root with apt-get); else a skip
     saying why. `.ci/run` installs them, so CI never skips."""

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from support import mlflow_server
 from support.bundles import tiny_bundle
 from unet_core.bundle import bundle_identity
 from unet_core.errors import ConfigError, InputError
@@ -19,15 +18,9 @@ from unet_core.tracking import BUNDLE_ARTIFACT, Tracker, TrackingConfig
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    reason = mlflow_server.skip_or_fail_reason()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with mlflow_server.MlflowServer(str(tmp_path_factory.mktemp("mlflow"))) as srv:
-        yield srv
+@pytest.fixture
+def server(mlflow_tracking):
+    return mlflow_tracking
 
 
 def _client(server):

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from unet_core.errors import ConfigError, StorageError
+from unet_core.errors import ConfigError, NotFoundError
 from unet_core.io import listing, storage
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,13 @@ def check_inputs(inputs: tuple[str, ...], output: str, kind: OutputKind = SEGMEN
 
 
 def _objects(prefix: str) -> Iterator[str]:
-    """URIs below a prefix, streamed (nothing when it does not exist); hidden names are skipped."""
+    """URIs below a prefix, streamed (nothing when it does not exist); hidden names are skipped. A
+    listing that fails otherwise (access denied, an outage) raises: an ownership check that saw
+    nothing must not pass."""
     try:
         for entry in listing.iter_objects(prefix, recursive=True):
             yield entry.uri
-    except StorageError:
+    except NotFoundError:
         return
 
 

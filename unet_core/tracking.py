@@ -15,8 +15,9 @@ MLflow's own environment variables (`MLFLOW_TRACKING_TOKEN`, `MLFLOW_TRACKING_US
 
 The client is `mlflow-skinny` (the `tracking` extra); without it, `--tracking-uri` says what to
 install. The MLflow client retries a refused connection for minutes by default; unless the user
-set them, requests here are retried twice with a 10 s timeout, so a dead server is noticed in
-seconds and only once.
+set them, requests here are retried twice with a 60 s timeout, so a dead server is noticed within
+a minute and only once; a run created twice by a retried request is made
+one again (TOKEN_TAG).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import logging
 import math
 import os
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -42,8 +44,9 @@ MAX_PARAM_VALUE = 6000
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 # Quick failure unless the user chose otherwise (MLflow's defaults: 7 retries, 120 s).
-_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+TOKEN_TAG = "unet.run_token"  # makes creating a run idempotent (a retried POST can create two)
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,16 @@ class Tracker:
             tags[MLFLOW_RUN_NAME] = self.cfg.run_name
         if self.cfg.parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.cfg.parent_run_id
+        token = uuid.uuid4().hex
+        tags[TOKEN_TAG] = token
         run = self._client.create_run(self.experiment_id, tags=tags, run_name=self.cfg.run_name)
-        self.run_id = run.info.run_id
+        # The client retries a POST whose answer timed out, and the server may have created the run
+        # both times: keep the first of the runs this tracker made (its token proves it), delete the rest.
+        made = self._client.search_runs([self.experiment_id], filter_string=f"tags.`{TOKEN_TAG}` = '{token}'",
+                                        order_by=["attributes.start_time ASC"])
+        for extra in made[1:]:
+            self._client.delete_run(extra.info.run_id)
+        self.run_id = made[0].info.run_id if made else run.info.run_id
 
     def _guard(self, what: str, call: Callable[[], T]) -> T | None:
         if self.lost is not None or self.cfg.uri is None:

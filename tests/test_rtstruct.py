@@ -247,15 +247,19 @@ def test_invalid_patient_and_study_values_are_left_out_by_keyword():
         ds.StudyTime = "25:61"
         ds.StudyDescription = "WHOLE BODY " * 10
         ds.PositionReferenceIndicator = "X" * 80  # LO holds 64
+        ds.PatientIdentityRemoved = "yes please"  # CS: upper case, digits, space, underscore; 16 at most
+        ds.DeidentificationMethod = "BASIC PROFILE"
         edited.append((f"mem://{name}", to_bytes(ds)))
     [(volume, sources)] = read_files(edited)
     rt = _build(hard_labels(volume.shape), sources)
     data = rtstruct_bytes(rt.dataset)
-    assert rt.repaired == ("PatientBirthDate", "PositionReferenceIndicator", "StudyDescription", "StudyTime")
+    assert rt.repaired == ("PatientBirthDate", "PatientIdentityRemoved", "PositionReferenceIndicator",
+                           "StudyDescription", "StudyTime")
     assert b"31/12/1960" not in data and b"25:61" not in data and b"WHOLE BODY" not in data and b"XXXX" not in data
     assert "PositionReferenceIndicator" in rt.note() and "no ROI: absent" in rt.note()
     ds = pydicom.dcmread(io.BytesIO(data))
     assert ds.PatientBirthDate == "" and ds.StudyTime == "" and "StudyDescription" not in ds
+    assert "PatientIdentityRemoved" not in ds and ds.DeidentificationMethod == "BASIC PROFILE"
     assert sources.datasets[0].PatientBirthDate == "31/12/1960"  # the source is untouched
 
 

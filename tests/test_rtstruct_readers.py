@@ -1,6 +1,7 @@
 """RT Structure Sets checked by programs that share no code with this project (e2e tier: they run
 external programs): `dciodvfy` (Debian dicom3tools) validates the object of every geometry, and
-two independent readers rasterise it back onto the source grid voxel for voxel:
+two independent readers rasterise it back onto the source grid voxel for voxel (dciodvfy checks
+the SEG of the same volumes too):
 
 - dcmrtstruct2nii (PyPI; SimpleITK geometry, scikit-image polygon fill, XOR): every geometry.
 - plastimatch (Debian), both its default union of a slice's contours and `--xor-contours`:
@@ -28,7 +29,7 @@ from support.orthanc import Orthanc
 from support.rt_cases import CASES, ENHANCED, NAMES, hard_labels, read_files, series_files
 from unet_core.io import read_objects
 from unet_core.io.dicom.rtstruct import build_rtstruct, rtstruct_bytes
-from unet_core.io.dicom.seg import SegIdentity
+from unet_core.io.dicom.seg import SegIdentity, build_seg, seg_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +77,18 @@ def tools():
 def test_dciodvfy_finds_nothing_in_the_rtstruct_of_every_geometry(tools, tmp_path, name):
     kw = {} if name == ENHANCED else {"attributes": COMPLETE_STUDY}  # pydicom's enhanced CT has both
     _, path, _, _ = _case(tmp_path, name, **kw)
+    assert _dciodvfy(path) == []
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_dciodvfy_finds_nothing_in_the_seg_of_every_geometry(tools, tmp_path, name):
+    """The SEG of the same volumes and labels (the issue holds both objects to this), "absent"
+    left out: a SEG segment needs no voxels, but its labels are 0 .. n - 1 of the names given."""
+    kw = {} if name == ENHANCED else {"attributes": COMPLETE_STUDY}
+    [(volume, sources)] = read_files([(f"mem://{n}", d) for n, d in series_files(name, **kw)])
+    path = os.path.join(tmp_path, "seg.dcm")
+    with open(path, "wb") as f:
+        f.write(seg_bytes(build_seg(hard_labels(volume.shape), sources, NAMES[:4], {}, IDENT, volume.volume_id, "fp")))
     assert _dciodvfy(path) == []
 
 

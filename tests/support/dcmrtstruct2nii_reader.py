@@ -6,8 +6,8 @@ the image SimpleITK reads; the mask is put back on a volume grid through patient
 Two adaptations, both outside the rasterisation: dcmrtstruct2nii 5 (2023) calls
 `pydicom.read_file`, an alias of `dcmread` that pydicom 3 removed, so the alias is given back for
 the call; and its image reader (SimpleITK's series reader) turns an enhanced multi-frame object
-into a 2D image, so a folder holding one multi-frame object is read with `SimpleITK.ReadImage`,
-which keeps its frames' geometry."""
+into a 4D image (x, y, frames, 1), so a folder of one multi-frame object is read with
+`SimpleITK.ReadImage`, which keeps its frames' geometry."""
 from __future__ import annotations
 
 import contextlib

@@ -153,9 +153,11 @@ def plane_polygons(plane: np.ndarray) -> list[np.ndarray]:
                 joins[(met, v)] = (hole, v, v)
                 continue
             above = np.flatnonzero(owner_grid[ta, :tb] >= 0)
-            if len(above) == 0:
-                raise AssertionError(f"hole at corner ({ta}, {tb}) has no boundary above it")
+            if len(above) == 0:  # cannot happen: the foreground above a hole's top edge has an outline
+                raise RuntimeError(f"contours: the hole at corner ({ta}, {tb}) has no boundary above it")
             w = ta * stride + int(above[-1])
+            if (int(owner[w]), w) in joins:  # cannot happen: one cut reaches a corner, from below
+                raise RuntimeError(f"contours: two holes join at corner {divmod(w, stride)}")
             joins[(int(owner[w]), w)] = (hole, v, w)
 
     loop_vertices = [starts[path].tolist() for path in loops]

@@ -166,7 +166,7 @@ def _contours(plane: np.ndarray, ref: _SliceRef) -> list[Dataset]:
 def _copy_patient_and_study(rt: Dataset, source: Dataset, repaired: set[str]) -> None:
     """The patient, general study and patient study modules, as for SEG (`seg._source_copy`)."""
     fixed = _source_copy(source, repaired)
-    for keyword in ("StudyInstanceUID", "PatientIdentityRemoved", "DeidentificationMethod", *_TYPE2, *_TYPE3):
+    for keyword in ("StudyInstanceUID", *_TYPE2, *_TYPE3):
         if keyword not in fixed:
             continue
         element = fixed.data_element(keyword)
@@ -174,10 +174,15 @@ def _copy_patient_and_study(rt: Dataset, source: Dataset, repaired: set[str]) ->
         if element.VR == "PN" and value is not None:  # re-encoded in this object's character set
             value = [str(v) for v in value] if isinstance(value, (list, pydicom.multival.MultiValue)) else str(value)
         rt.add_new(element.tag, element.VR, value)
+    # A de-identified source's flags (patient module, type 3) stay with what is derived from it.
+    for keyword in ("PatientIdentityRemoved", "DeidentificationMethod"):
+        if value := _valid_or_empty(source, keyword, repaired):
+            setattr(rt, keyword, value)
 
 
 def _valid_or_empty(source: Dataset, keyword: str, repaired: set[str]) -> str:
-    """A type 2 value of the source, or "" when it is absent or not valid for its VR."""
+    """A value of the source, or "" when it is absent or not valid for its VR (then named in
+    `repaired`)."""
     if keyword not in source:
         return ""
     try:

@@ -19,6 +19,7 @@ from unet_core.inference import (
     iter_model_input,
     labels_to_source,
     prepare_volume,
+    segment_in_runs,
     sliding_plan,
 )
 from unet_core.io import read_volume
@@ -138,8 +139,17 @@ def test_runs_of_slices_give_the_whole_volumes_labels(volumes):
         labels[:, :, ks.start:ks.stop] = finish_slices(smooth_model(x), plan, 0.5)
     np.testing.assert_array_equal(np.concatenate(rows), whole)
     post = PostProcess(largest_component=True)
-    np.testing.assert_array_equal(labels_to_source(labels, volume, post),
-                                  finish_volume(smooth_model(whole), volume, 0.5, post, preprocess=pre, tta=True))
+    want = finish_volume(smooth_model(whole), volume, 0.5, post, preprocess=pre, tta=True)
+    np.testing.assert_array_equal(labels_to_source(labels, volume, post), want)
+    calls = []
+
+    def predict(x):
+        calls.append(len(x))
+        return smooth_model(x)
+
+    np.testing.assert_array_equal(segment_in_runs(volume, pre, predict, 0.5, post, tta=True, max_rows=2 * plan.rows_per_slice),
+                                  want)
+    assert len(calls) == 3 and max(calls) == 2 * plan.rows_per_slice  # 5 slices in runs of 2
 
 
 def test_small_slices_are_padded_with_the_background_and_cropped_back(volumes):

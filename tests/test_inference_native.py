@@ -173,3 +173,30 @@ def test_rows_that_do_not_fit_the_volume_are_refused(volumes):
     x = prepare_volume(volume, pre)
     with pytest.raises(ValueError, match="do not fit"):
         finish_volume(band_model(x[1:]), volume, 0.5, PostProcess(), preprocess=pre)
+
+
+def test_tta_with_the_seed_recipe_averages_the_mirrored_slices(volumes):
+    """--tta applies to the seed recipe too: four mirrored rows a slice, flipped back and averaged.
+    A pointwise model gives the plain labels; a model that shifts its input gives the labels of
+    the mean of its four mirrored versions, not its own."""
+    volume = volumes["oblique"]
+    seed = PreprocessConfig(input_size=32, **WINDOW)
+    plain = finish_volume(smooth_model(prepare_volume(volume, seed)), volume, 0.5, PostProcess())
+    x = prepare_volume(volume, seed, tta=True)
+    assert len(x) == 4 * volume.shape[2]
+    np.testing.assert_array_equal(finish_volume(smooth_model(x), volume, 0.5, PostProcess(), preprocess=seed, tta=True),
+                                  plain)
+
+    def shifted(rows):
+        return smooth_model(np.roll(rows, 3, axis=2))
+
+    def symmetrised(rows):  # the mean of the mirrors of the shifted model, as TTA should give it
+        out = np.zeros(rows.shape, np.float32)
+        for axes in ((), (1,), (2,), (1, 2)):
+            out += np.flip(shifted(np.flip(rows, axes)), axes)
+        return out / np.float32(4)
+
+    rows = prepare_volume(volume, seed)
+    with_tta = finish_volume(shifted(x), volume, 0.5, PostProcess(), preprocess=seed, tta=True)
+    np.testing.assert_array_equal(with_tta, finish_volume(symmetrised(rows), volume, 0.5, PostProcess()))
+    assert (with_tta != finish_volume(shifted(rows), volume, 0.5, PostProcess())).any()

@@ -217,7 +217,8 @@ def finish_volume(prob: np.ndarray, volume: Volume, threshold: float, post: Post
     plan = sliding_plan(volume, preprocess or PreprocessConfig(input_size=int(prob.shape[1])), tta)
     if prob.shape[0] != plan.rows:
         raise ValueError(f"{prob.shape[0]} probability rows do not fit the volume's {plan.rows} "
-                         f"({plan.n_slices} slices x {plan.rows_per_slice})")
+                         f"({plan.n_slices} slices x {plan.rows_per_slice}); pass the bundle's preprocess and the "
+                         "tta that prepare_volume was given")
     labels = np.empty((*plan.source, plan.n_slices), np.uint8)
     per = plan.rows_per_slice
     for ks in plan.chunks():

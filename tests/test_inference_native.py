@@ -19,6 +19,7 @@ from unet_core.inference import (
     iter_model_input,
     labels_to_source,
     prepare_volume,
+    segment_in_runs,
     sliding_plan,
 )
 from unet_core.io import read_volume
@@ -138,8 +139,17 @@ def test_runs_of_slices_give_the_whole_volumes_labels(volumes):
         labels[:, :, ks.start:ks.stop] = finish_slices(smooth_model(x), plan, 0.5)
     np.testing.assert_array_equal(np.concatenate(rows), whole)
     post = PostProcess(largest_component=True)
-    np.testing.assert_array_equal(labels_to_source(labels, volume, post),
-                                  finish_volume(smooth_model(whole), volume, 0.5, post, preprocess=pre, tta=True))
+    want = finish_volume(smooth_model(whole), volume, 0.5, post, preprocess=pre, tta=True)
+    np.testing.assert_array_equal(labels_to_source(labels, volume, post), want)
+    calls = []
+
+    def predict(x):
+        calls.append(len(x))
+        return smooth_model(x)
+
+    np.testing.assert_array_equal(segment_in_runs(volume, pre, predict, 0.5, post, tta=True, max_rows=2 * plan.rows_per_slice),
+                                  want)
+    assert len(calls) == 3 and max(calls) == 2 * plan.rows_per_slice  # 5 slices in runs of 2
 
 
 def test_small_slices_are_padded_with_the_background_and_cropped_back(volumes):
@@ -163,3 +173,30 @@ def test_rows_that_do_not_fit_the_volume_are_refused(volumes):
     x = prepare_volume(volume, pre)
     with pytest.raises(ValueError, match="do not fit"):
         finish_volume(band_model(x[1:]), volume, 0.5, PostProcess(), preprocess=pre)
+
+
+def test_tta_with_the_seed_recipe_averages_the_mirrored_slices(volumes):
+    """--tta applies to the seed recipe too: four mirrored rows a slice, flipped back and averaged.
+    A pointwise model gives the plain labels; a model that shifts its input gives the labels of
+    the mean of its four mirrored versions, not its own."""
+    volume = volumes["oblique"]
+    seed = PreprocessConfig(input_size=32, **WINDOW)
+    plain = finish_volume(smooth_model(prepare_volume(volume, seed)), volume, 0.5, PostProcess())
+    x = prepare_volume(volume, seed, tta=True)
+    assert len(x) == 4 * volume.shape[2]
+    np.testing.assert_array_equal(finish_volume(smooth_model(x), volume, 0.5, PostProcess(), preprocess=seed, tta=True),
+                                  plain)
+
+    def shifted(rows):
+        return smooth_model(np.roll(rows, 3, axis=2))
+
+    def symmetrised(rows):  # the mean of the mirrors of the shifted model, as TTA should give it
+        out = np.zeros(rows.shape, np.float32)
+        for axes in ((), (1,), (2,), (1, 2)):
+            out += np.flip(shifted(np.flip(rows, axes)), axes)
+        return out / np.float32(4)
+
+    rows = prepare_volume(volume, seed)
+    with_tta = finish_volume(shifted(x), volume, 0.5, PostProcess(), preprocess=seed, tta=True)
+    np.testing.assert_array_equal(with_tta, finish_volume(symmetrised(rows), volume, 0.5, PostProcess()))
+    assert (with_tta != finish_volume(shifted(rows), volume, 0.5, PostProcess())).any()

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from support.dicom_factory import write_series  # noqa: E402
 from unet_core.bundle import BundleInfo  # noqa: E402
-from unet_core.inference import PostProcess, finish_volume, prepare_volume  # noqa: E402
+from unet_core.inference import PostProcess, finish_volume, prepare_volume, segment_in_runs  # noqa: E402
 from unet_core.io import read_volume  # noqa: E402
 from unet_core.synthetic import SeriesSpec  # noqa: E402
 
@@ -89,6 +89,9 @@ def digests(tmp: str, name: str) -> tuple[str, str]:
     x = prepare_volume(volume, info.preprocess)
     labels = finish_volume(model_function(x, classes), volume, info.threshold, PostProcess(largest_component=largest))
     assert labels.shape == volume.shape and labels.dtype == np.uint8
+    in_runs = segment_in_runs(volume, info.preprocess, lambda rows: model_function(rows, classes), info.threshold,
+                              PostProcess(largest_component=largest), max_rows=2)
+    np.testing.assert_array_equal(in_runs, labels)  # the chunked path of a stage that holds a run at a time
     return hashlib.sha256(x.tobytes()).hexdigest()[:24], hashlib.sha256(labels.tobytes()).hexdigest()[:24]
 
 

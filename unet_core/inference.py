@@ -20,13 +20,14 @@ Shapes: a volume is (i, j, k) on its source grid; the model sees rows of the can
 Size. The rows of a volume are `SlidingPlan.rows`: a 512 x 512 x 1000 CT at 0.7 mm with a 0.7 mm
 target and a 256 patch is 9 tiles a slice, 9,000 rows of 256 x 256: 1.2 GB of float16 input and as
 much of probabilities per class (4.7 GB each with TTA). `iter_model_input` and `finish_slices`
-work a run of slices at a time (`max_rows` rows), so a stage can hold one run, not the volume.
+work a run of slices at a time (`max_rows` rows), so a stage can hold one run, not the volume;
+`segment_in_runs` is that loop with a predict callable.
 """
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,7 +217,8 @@ def finish_volume(prob: np.ndarray, volume: Volume, threshold: float, post: Post
     plan = sliding_plan(volume, preprocess or PreprocessConfig(input_size=int(prob.shape[1])), tta)
     if prob.shape[0] != plan.rows:
         raise ValueError(f"{prob.shape[0]} probability rows do not fit the volume's {plan.rows} "
-                         f"({plan.n_slices} slices x {plan.rows_per_slice})")
+                         f"({plan.n_slices} slices x {plan.rows_per_slice}); pass the bundle's preprocess and the "
+                         "tta that prepare_volume was given")
     labels = np.empty((*plan.source, plan.n_slices), np.uint8)
     per = plan.rows_per_slice
     for ks in plan.chunks():
@@ -243,6 +245,19 @@ def finish_slices(prob: np.ndarray, plan: SlidingPlan, threshold: float) -> np.n
 def labels_to_source(labels: np.ndarray, volume: Volume, post: PostProcess) -> np.ndarray:
     """(I, J, n) canonical labels -> post-processed labels on the volume's source grid."""
     return from_canonical(postprocess(labels, post), volume.affine, volume.shape)
+
+
+def segment_in_runs(volume: Volume, preprocess: PreprocessConfig, predict: Callable[[np.ndarray], np.ndarray],
+                    threshold: float, post: PostProcess, tta: bool = False,
+                    max_rows: int = MAX_CHUNK_ROWS) -> np.ndarray:
+    """`finish_volume(predict(prepare_volume(...)), ...)` a run of slices at a time: at most
+    `max_rows` rows of model input and of probabilities are held at once, plus the volume's uint8
+    canonical labels. `predict` maps (rows, size, size, C) float16 to (rows, size, size, K)."""
+    plan = sliding_plan(volume, preprocess, tta)
+    labels = np.empty((*plan.source, plan.n_slices), np.uint8)
+    for ks, x in iter_model_input(volume, preprocess, tta, max_rows):
+        labels[:, :, ks.start:ks.stop] = finish_slices(np.asarray(predict(x)), plan, threshold)
+    return labels_to_source(labels, volume, post)
 
 
 def volume_stats(labels: np.ndarray, volume: Volume) -> dict:

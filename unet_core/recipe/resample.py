@@ -32,7 +32,7 @@ def resample_slices(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     (`preprocessing.resize_linear`). Used both ways: model input to the target grid, and
     probabilities (never labels) back to the source slice grid, so a slice that went to the target
     spacing and back lands on its own pixels."""
-    from unet_core.preprocessing import resize_linear  # preprocessing imports nothing of recipe/
+    from unet_core.preprocessing import resize_linear  # here: preprocessing may import this module
 
     x = np.asarray(x)
     if x.ndim != 4:

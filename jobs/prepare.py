@@ -304,7 +304,12 @@ def read_fingerprint(uri: str) -> dict | None:
     """The prepared data's fingerprint (`Fingerprint.to_dict`), or None when it has none (data
     prepared before the fingerprint, or the seed's 2D layout). For BundleInfo.fingerprint."""
     m = storage.join(uri, FINGERPRINT)
-    return json.loads(storage.read_bytes(m)) if storage.exists(m) else None
+    if not storage.exists(m):
+        return None
+    fingerprint = json.loads(storage.read_bytes(m))
+    if not isinstance(fingerprint, dict):
+        raise ConfigError(f"{m}: a fingerprint is a JSON object, found {type(fingerprint).__name__}")
+    return fingerprint
 
 
 def case_summary_uri(out: str, case_id: str) -> str:

@@ -23,7 +23,7 @@ from jobs.nodes import check_before_the_summary
 from jobs.options import add_output_args, add_ray_args, apply_output_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import log, say
-from jobs.prepare import read_prepared
+from jobs.prepare import read_fingerprint, read_prepared
 from jobs.progress import Timer
 from jobs.quieting import import_tensorflow
 from jobs.runtime import init_ray
@@ -38,8 +38,6 @@ from unet_core.report import training_report_html
 from unet_core.tracking import BUNDLE_ARTIFACT, DEFAULT_EXPERIMENT, Tracker, TrackingConfig, display_uri, require_client
 from unet_core.training.loop import LoopConfig
 from unet_core.training.plan import StepPlan, cpu_reservation, local_cpus, training_summary
-
-FINGERPRINT = "fingerprint.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +151,8 @@ def plan_run(args: argparse.Namespace, check_run: bool = True) -> TrainRun:
     (a run that exists needs --resume; --resume needs one), and a writable output."""
     manifest = read_prepared(args.data)
     pre = manifest["preprocess"]
-    labels = args.label_names.split(",") if args.label_names else None
+    # Label names: the command line's, else those the prepared data carries (dataset.json's).
+    labels = args.label_names.split(",") if args.label_names else manifest.get("label_names")
     num_classes = args.num_classes or (1 if manifest["binary"] else len(labels or []))
     if num_classes < 1:
         raise ConfigError("multi-class shards (prepared with --labels) need --num-classes or --label-names")
@@ -253,7 +252,7 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
         raise JobError("training finished without a checkpoint")
 
     info = write_bundle(result.checkpoint, run.output, run.model_cfg, run.pre, args.threshold, run.labels,
-                        read_fingerprint(args.data),
+                        read_fingerprint(args.data) or {},
                         {"train": to_dict(run.train_cfg), "augment": to_dict(run.augment_cfg), "workers": args.workers,
                          "data": args.data, "data_identity": run.manifest["identity"],
                          "run": f"{run.storage_uri}/{run.run_name}"})
@@ -294,7 +293,7 @@ def _open_tracker(run: TrainRun, tracking: TrackingConfig, resources: dict, quie
     tags = {"unet.workers": str(run.args.workers), "unet.nodes": str(len(nodes)),
             "unet.worker_resources": json.dumps(resources, sort_keys=True),
             "unet.data_identity": str(run.manifest.get("identity")),
-            "unet.fingerprint_digest": _digest(read_fingerprint(run.args.data))}
+            "unet.fingerprint_digest": _digest(read_fingerprint(run.args.data) or {})}
     tracker = Tracker.open(cfg, tags=tags, warn=say)
     if tracker.run_id and not run_id:
         storage.write_bytes(_tracking_file(run), json.dumps({"run_id": tracker.run_id}).encode())
@@ -333,18 +332,6 @@ def _run_exists(storage_uri: str, run_name: str) -> bool:
         return any("checkpoint_" in e.uri for e in storage.list_files(storage.join(storage_uri, run_name)))
     except NotFoundError:
         return False
-
-
-def read_fingerprint(prepared: str) -> dict:
-    """`<prepared>/fingerprint.json` (written by `unet prepare` for the native recipe), or {} for
-    prepared data made without one."""
-    uri = storage.join(prepared, FINGERPRINT)
-    if not storage.exists(uri):
-        return {}
-    fingerprint = json.loads(storage.read_bytes(uri))
-    if not isinstance(fingerprint, dict):
-        raise ConfigError(f"{uri}: a fingerprint is a JSON object, found {type(fingerprint).__name__}")
-    return fingerprint
 
 
 def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: dict, threshold: float,

@@ -13,6 +13,8 @@
                         scan and instance reads per second, and `unet segment` end to end
     unet bench inference  predictor slices/s on this machine: float32, XLA, mixed_float16, mixed_bfloat16
     unet bench gpu      the one command for a machine with NVIDIA GPUs (see jobs/bench/gpu.py)
+    unet bench rtstruct writing an RTSTRUCT for a 512 x 512 x 300 volume of several labels, against
+                        predicting it (CPU seconds of each)
     unet bench quality  the seed recipe against the native recipe on synthetic CT where resolution
                         matters: held-out Dice / HD95, each recipe's ceiling, train and segment speed
     unet bench all      io, train and segment (scale writes 220,000 files: run it by itself)

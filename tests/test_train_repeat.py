@@ -37,7 +37,9 @@ def _train(prepared: str, output: str, seed: int) -> dict[str, np.ndarray]:
 
 
 def _burners(n: int) -> list[subprocess.Popen]:
-    code = f"import time\nend = time.time() + {BURN_SECONDS}\nwhile time.time() < end: pass\n"
+    # At the niceness Ray gives its workers (15), so that they compete with the training workers
+    # for CPU: at 0 they would starve them, and the run would take hours, not differ.
+    code = f"import os, time\nos.nice(15)\nend = time.time() + {BURN_SECONDS}\nwhile time.time() < end: pass\n"
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
 
 

@@ -15,13 +15,13 @@ import pytest
 
 from jobs import status
 from jobs.exits import Exit
-from tests.support.segment_run import bright, serial_run
+from tests.support.segment_run import bright, serial_plan, serial_run
 from unet_core.report import aggregate_volume_table
 from unet_core.segmentation.layout import LAYOUT_VERSION, Layout
 from unet_core.segmentation.records import SET_ASIDE_PREFIX, RowKind, Status, VolumeRecord
 from unet_core.segmentation.selection import Rule
 from unet_core.segmentation.store import Folder, OutputStore
-from unet_core.segmentation.tables import read_volume_table
+from unet_core.segmentation.tables import read_volume_table, write_plan_table
 from unet_core.synthetic_studies import write_studies
 
 
@@ -153,3 +153,17 @@ def test_a_volume_whose_prediction_fails_is_an_error_row_and_redone_next_run(stu
     fixed = serial_run([str(root)], str(out), predict=bright)
     assert fixed.done.segmented == failed.done.failed and fixed.summary.volumes_failed == len(
         [r for r in _rows(out) if r.kind == RowKind.SET_ASIDE and r.status == Status.ERROR])
+
+
+def test_plan_only_counts_what_a_run_would_do_and_the_run_then_does_it(studies, tmp_path):
+    root, out = _archive(studies, tmp_path), tmp_path / "out"
+    run, planned = serial_plan([str(root)], str(out), rules={"one_per_study": "thinnest"})
+    totals = write_plan_table(str(out), planned.layout.buckets, set(planned.pending_buckets))
+    table = pq.read_table(out / "plan.parquet").to_pylist()
+    assert totals.by_plan["segment"] == planned.todo == 2 == sum(r["plan"] == "segment" for r in table)
+    assert totals.not_selected == {"one_per_study": len(table) - 2}
+    assert {r["rule"] for r in table if r["plan"] == "not_selected"} == {"one_per_study"}
+    assert totals.slices == sum(r["n_slices"] for r in table if r["plan"] == "segment") > 0
+    assert not (out / "masks").exists()  # nothing segmented
+    done = serial_run([str(root)], str(out), rules={"one_per_study": "thinnest"})
+    assert done.done.segmented == 2 and done.summary.not_selected_by_rule == dict(totals.not_selected)

@@ -22,7 +22,7 @@ import jinja2
 import numpy as np
 
 from unet_core.io import storage
-from unet_core.segmentation.records import VolumeRecord
+from unet_core.segmentation.records import Status, VolumeRecord
 from unet_core.segmentation.store import (
     LAYOUT_FILE,
     PLAN_TABLE,
@@ -33,6 +33,7 @@ from unet_core.segmentation.store import (
     OutputStore,
 )
 from unet_core.segmentation.summary import RunSummary
+from unet_core.segmentation.tables import TableCounts
 
 __all__ = ["REPORT_FILE", "VolumeAggregates", "aggregate_volume_table", "segment_report", "training_report_html"]
 SLOWEST = 10
@@ -73,11 +74,10 @@ def safe_href(link: str) -> str:
 
 @dataclass
 class VolumeAggregates:
-    """What the segment report shows, accumulated over the volume table's rows."""
+    """What the segment report and `unet status` show, accumulated over the volume table's rows:
+    the counts the job's summary also counts by (tables.TableCounts), and the report's own."""
 
-    by_status: Counter = field(default_factory=Counter)
-    by_error_type: Counter = field(default_factory=Counter)
-    not_selected: Counter = field(default_factory=Counter)  # volumes left out, by the rule that did
+    counts: TableCounts = field(default_factory=TableCounts)
     per_minute: Counter = field(default_factory=Counter)  # "YYYY-mm-ddTHH:MM" -> volumes finished
     slices_per_minute: Counter = field(default_factory=Counter)
     per_second: Counter = field(default_factory=Counter)  # "YYYY-mm-ddTHH:MM:SS" -> volumes (short runs)
@@ -92,6 +92,18 @@ class VolumeAggregates:
     delivered: Counter = field(default_factory=Counter)  # DICOMweb service -> SEGs stored there
     send_failed: int = 0  # SEGs whose last attempt to store failed (send_error)
 
+    @property
+    def by_status(self) -> Counter:
+        return self.counts.by_status
+
+    @property
+    def by_error_type(self) -> Counter:
+        return self.counts.by_error_type
+
+    @property
+    def not_selected(self) -> Counter:  # volumes left out, by the rule that did
+        return self.counts.not_selected
+
     def delivery_line(self) -> str:
         """Where the SEGs went (--send-seg, unet send), in one line; "" when none was sent."""
         if not self.delivered and not self.send_failed:
@@ -104,13 +116,10 @@ class VolumeAggregates:
     def add(self, rows: list[VolumeRecord]) -> None:
         ml, hu = [], []
         for r in rows:
-            self.by_status[r.status.value] += 1
-            if r.status == "error":
-                self.by_error_type[r.error_type.value or "unknown"] += 1
+            self.counts.add_row(r)
+            if r.status == Status.ERROR:
                 self._failure(r)
-            elif r.not_selected:
-                self.not_selected[r.rule.value] += 1
-            if r.status != "ok":
+            if r.status != Status.OK:
                 continue
             if r.sent:
                 self.delivered[r.sent_to or "?"] += 1

@@ -46,8 +46,9 @@ class RunResult:
     sent: SendCounts | None
 
 
-def serial_run(inputs: list[str], out: str, overwrite: bool = False, predict=bright, **kw) -> RunResult:
-    """One whole `unet segment` run in this process (settings: `segment_settings`'s keywords)."""
+def serial_plan(inputs: list[str], out: str, overwrite: bool = False, predict=bright,
+                **kw) -> tuple[SegmentRun, Planned]:
+    """Open the output and plan, as `unet segment` (and --plan-only) does, in this process."""
     store = OutputStore(out)
     ins = tuple(inputs)
     opened = open_output(store, ins, overwrite)
@@ -55,7 +56,12 @@ def serial_run(inputs: list[str], out: str, overwrite: bool = False, predict=bri
     units, layout = run.layout(ins, opened.layout, kw.get("follow_symlinks", False))
     s = segment_settings(out, **{"partitions": layout.partitions, "buckets": layout.buckets, "inputs": layout.inputs,
                                  "resume": not overwrite, **kw})
-    planned = run.plan(units, s, layout)
+    return run, run.plan(units, s, layout)
+
+
+def serial_run(inputs: list[str], out: str, overwrite: bool = False, predict=bright, **kw) -> RunResult:
+    """One whole `unet segment` run in this process (settings: `segment_settings`'s keywords)."""
+    run, planned = serial_plan(inputs, out, overwrite, predict, **kw)
     done = run.segment(planned)
     totals = run.finish(planned)
     sent = run.deliver(planned, 2)

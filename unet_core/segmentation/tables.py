@@ -32,13 +32,23 @@ MAX_FAILURES_SHOWN = 20
 
 @dataclass
 class TableCounts:
-    """What a volume-table part adds to a job's summary."""
+    """The counts of volume-table rows: the one aggregation that the job's summary, `unet status`,
+    the report and --plan-only count rows by (`add_row`); parts add up (`add`)."""
 
     by_status: Counter = field(default_factory=Counter)
     by_error_type: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (volume id, error), a few
     parts_written: int = 0
     not_selected: Counter = field(default_factory=Counter)  # volumes left out, by the rule that did
+
+    def add_row(self, r: VolumeRecord) -> None:
+        self.by_status[r.status.value] += 1
+        if r.status == Status.ERROR:
+            self.by_error_type[r.error_type.value or "error"] += 1
+            if len(self.failures) < MAX_FAILURES_SHOWN:
+                self.failures.append((r.volume_id, r.error))
+        elif r.not_selected:
+            self.not_selected[r.rule.value] += 1
 
     def add(self, other: "TableCounts") -> None:
         self.by_status.update(other.by_status)
@@ -75,13 +85,7 @@ def _row_of(p: PlannedVolume, s: SegmentSettings) -> VolumeRecord:
 def count_rows(rows: list[VolumeRecord]) -> TableCounts:
     counts = TableCounts()
     for r in rows:
-        counts.by_status[r.status.value] += 1
-        if r.status == Status.ERROR:
-            counts.by_error_type[r.error_type.value or "error"] += 1
-            if len(counts.failures) < MAX_FAILURES_SHOWN:
-                counts.failures.append((r.volume_id, r.error))
-        elif r.not_selected:
-            counts.not_selected[r.rule.value] += 1
+        counts.add_row(r)
     return counts
 
 
@@ -235,17 +239,22 @@ class PlanTotals:
     """What --plan-only prints: volumes by what a run would do with them, and the work to do."""
 
     by_plan: Counter = field(default_factory=Counter)  # Plan -> volumes
-    not_selected: Counter = field(default_factory=Counter)  # by rule
+    rows: TableCounts = field(default_factory=TableCounts)  # of the volumes not to segment
     slices: int = 0  # of the volumes to segment
     estimated_bytes: int = 0  # their voxels, decoded
 
-    def add(self, r: PlanRow) -> None:
+    @property
+    def not_selected(self) -> Counter:  # by rule
+        return self.rows.not_selected
+
+    def add(self, r: PlanRow, rec: VolumeRecord | None) -> None:
+        """A row of the plan table, and the table row it stands for (None: a volume to segment)."""
         self.by_plan[r.plan.value] += 1
-        if r.plan == Plan.SEGMENT:
+        if rec is None:
             self.slices += r.n_slices
             self.estimated_bytes += r.estimated_bytes
-        elif r.plan == Plan.NOT_SELECTED:
-            self.not_selected[r.rule.value] += 1
+        else:
+            self.rows.add_row(rec)
 
 
 def _plan_row(rec: VolumeRecord, plan: Plan, facts: str) -> PlanRow:
@@ -261,20 +270,21 @@ def _plan_of(rec: VolumeRecord) -> Plan:
     return Plan.NOT_SELECTED if rec.not_selected else Plan(rec.status.value)
 
 
-def plan_rows(out: str, bucket: int, pending: bool) -> list[PlanRow]:
-    """One bucket's volumes (objects set aside are left out) as rows of the plan table."""
+def plan_rows(out: str, bucket: int, pending: bool) -> list[tuple[PlanRow, VolumeRecord | None]]:
+    """One bucket's volumes (objects set aside are left out) as rows of the plan table, each with
+    its table row (None for a volume to segment)."""
     store, rows = OutputStore(out), []
     if pending:
         for p in store.read_plan(bucket):
             if p.action == Action.SEGMENT:
                 rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid,
                                    status=Status.OK)
-                rows.append(_plan_row(rec, Plan.SEGMENT, p.facts))
+                rows.append((_plan_row(rec, Plan.SEGMENT, p.facts), None))
             elif p.kind == RowKind.VOLUME:
                 rec = VolumeRecord.from_stored(json.loads(p.record))
-                rows.append(_plan_row(rec, _plan_of(rec), p.facts))
+                rows.append((_plan_row(rec, _plan_of(rec), p.facts), rec))
     else:
-        rows = [_plan_row(r, _plan_of(r), r.selection_facts or "") for r in store.read_volumes(bucket)
+        rows = [(_plan_row(r, _plan_of(r), r.selection_facts or ""), r) for r in store.read_volumes(bucket)
                 if r.kind == RowKind.VOLUME]
     return rows
 
@@ -290,9 +300,9 @@ def write_plan_table(out: str, buckets: int, pending: set[int]) -> PlanTotals:
     with pq.ParquetWriter(sink, PlanRow.arrow_schema(), compression="zstd") as writer:
         for bucket in range(buckets):
             rows = plan_rows(out, bucket, bucket in pending)
-            for r in rows:
-                totals.add(r)
+            for r, rec in rows:
+                totals.add(r, rec)
             if rows:
-                writer.write_table(pa.Table.from_pylist([r.to_row() for r in rows], schema=PlanRow.arrow_schema()))
+                writer.write_table(pa.Table.from_pylist([r.to_row() for r, _ in rows], schema=PlanRow.arrow_schema()))
     storage.write_bytes(OutputStore(out).plan_table_uri, sink.getvalue())
     return totals

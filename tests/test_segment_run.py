@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -168,19 +167,3 @@ def test_plan_only_counts_what_a_run_would_do_and_the_run_then_does_it(studies, 
     assert not (out / "masks").exists()  # nothing segmented
     done = serial_run([str(root)], str(out), rules={"one_per_study": "thinnest"})
     assert done.done.segmented == 2 and done.summary.not_selected_by_rule == dict(totals.not_selected)
-
-
-def test_a_new_column_reaches_the_table_and_old_rows_take_its_default(studies, tmp_path):
-    root, out = _archive(studies, tmp_path), tmp_path / "out"
-    serial_run([str(root)], str(out))
-    store = OutputStore(str(out))
-    bucket = next(b for b in range(store.read_layout().buckets) if store.read_volumes(b))
-    rows = [replace(r, reviewed_by="dr x") for r in store.read_volumes(bucket)]
-    store.write_volumes(bucket, rows)
-    assert "reviewed_by" in pq.read_schema(store.volume_part_uri(bucket)).names
-    assert {r.reviewed_by for r in store.read_volumes(bucket)} == {"dr x"}
-    _as_layout_3(out)  # a part without the column: its rows take the default
-    table = pq.read_table(store.volume_part_uri(bucket)).drop_columns(["reviewed_by"])
-    pq.write_table(table, store.volume_part_uri(bucket))
-    assert {r.reviewed_by for r in store.read_volumes(bucket)} == {""}
-    assert serial_run([str(root)], str(out)).done.segmented == 0

@@ -220,7 +220,6 @@ class VolumeRecord(Record):
     send_error: str = ""  # why the last attempt to store it failed; the next run or `unet send` retries
     kind: RowKind = RowKind.VOLUME
     rule: Rule = Rule.NONE  # what left a not_selected volume out
-    reviewed_by: str = ""  # who checked the mask (an analyst's column; a review tool writes it)
 
     @classmethod
     def from_stored(cls, row: dict) -> VolumeRecord:

@@ -37,6 +37,7 @@ LAYOUT_FILE = "layout.json"
 SUMMARY_FILE = "summary.json"
 PLAN_TABLE = "plan.parquet"
 REPORT_FILE = "report.html"
+EVALUATION_TABLE = "evaluation.parquet"  # unet evaluate's, by default
 PLOTS_FOLDER = "report"
 
 
@@ -230,6 +231,10 @@ class OutputStore:
     @property
     def plan_table_uri(self) -> str:
         return self.uri(PLAN_TABLE)
+
+    @property
+    def evaluation_uri(self) -> str:
+        return self.uri(EVALUATION_TABLE)
 
     @property
     def report_uri(self) -> str:

@@ -75,6 +75,9 @@ class RayExecutor:
     on_cluster: bool
     web_cap: Callable[[int], int]
 
+    def ready(self) -> None:
+        self.predictors.ready()
+
     def slots(self) -> int:
         import ray
 

@@ -125,13 +125,12 @@ def _main(argv: list[str]) -> int:
                 return plan_only(planned, out, high)
             done, used = Segmented(), Pool()
             if planned.todo:
-                wait = Timer()
-                pool.ready()
-                waited = wait.seconds  # start-up the scan did not hide
+                ready = run.ready(planned)
                 with Progress("segment", planned.todo, "volumes", rate_unit="slices") as progress:
-                    done = run.segment(planned, lambda d: progress.update(d.segmented + d.resumed, d.failed, d.slices))
+                    done = run.segment(planned, lambda d: progress.update(d.segmented + d.resumed, d.failed, d.slices),
+                                       ready)
                 stats = pool.stats()
-                used = Pool(waited, stats.get("predictors_started", 0), stats.get("predictors_live", 0))
+                used = Pool(stats.get("predictors_started", 0), stats.get("predictors_live", 0))
         return finish(args, run, planned, done, used, timer)
 
 

@@ -56,6 +56,7 @@ def test_a_run_then_a_rerun_then_a_change(studies, tmp_path):
     assert first.done.segmented == len(volumes) == first.summary.volumes_ok and first.done.failed == 0
     assert first.summary.objects_skipped + first.summary.volumes_failed == len(aside)
     assert first.summary.headers_read == first.summary.objects_listed > 0
+    assert 0 <= first.summary.predictor_wait_seconds <= first.summary.pipeline_seconds  # the wait is in the pipeline
     store = OutputStore(str(out))
     for r in volumes:  # every output the row names, and its completion record
         assert os.path.exists(r.mask_uri) and os.path.exists(r.slices_uri)

@@ -1,6 +1,7 @@
 """What a segment run asks of the machinery that runs it, and the serial executor that runs it in
 this process (for tests, a debugger, a laptop without Ray).
 
+    Executor.ready()                      the predictors can take work (a run with volumes to segment)
     Executor.plan_buckets(work, s)        map `scan_stage` over the listing partitions, group the
                                           fragments by volume bucket, map `merge_stage` over the
                                           buckets -> one BucketSummary per bucket holding rows
@@ -44,6 +45,9 @@ class VolumeDone:
 
 
 class Executor(Protocol):
+    def ready(self) -> None:
+        """Block until the predictors can take work (called once, before the first volume)."""
+
     def plan_buckets(self, work: list[PartitionWork], s: SegmentSettings,
                      roots: tuple[str, ...]) -> Iterable[BucketSummary]: ...
 
@@ -83,6 +87,9 @@ class SerialExecutor:
     """Every stage in this process, one item after another, with `predict` as the model."""
 
     predict: Predict
+
+    def ready(self) -> None:
+        return None
 
     def plan_buckets(self, work: list[PartitionWork], s: SegmentSettings,
                      roots: tuple[str, ...]) -> Iterator[BucketSummary]:

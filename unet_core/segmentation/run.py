@@ -101,7 +101,9 @@ class Segmented:
     slices: int = 0
     failed: int = 0
     sent: int = 0  # SEGs stored by the volume tasks (--send-seg)
-    seconds: float = 0.0
+    predictor_wait: float = 0.0  # start-up of the predictors the planning did not hide
+    seconds: float = 0.0  # from the wait for the predictors to the last volume
+    started: float = 0.0  # time.perf_counter() when the wait began
 
     def add(self, v: VolumeDone) -> None:
         if v.outcome == Outcome.RESUMED:
@@ -117,7 +119,6 @@ class Segmented:
 class Pool:
     """What the predictor pool reports for the summary."""
 
-    wait_seconds: float = 0.0  # start-up the scan did not hide
     started: int = 0
     live: int = 0
 
@@ -175,16 +176,27 @@ class SegmentRun:
         planned.scanned += b.scanned
         planned.seen.add(b.bucket)
 
-    def segment(self, planned: Planned, on_volume: Callable[[Segmented], None] | None = None) -> Segmented:
-        """Decode -> predict -> finish and write, for every volume the plan marks."""
-        done, t = Segmented(), time.monotonic()
+    def ready(self, planned: Planned) -> Segmented:
+        """Wait for the predictors when the plan has volumes to segment; returns the Segmented
+        that `segment` fills (the wait counted)."""
+        done = Segmented(started=time.perf_counter())
+        if planned.todo:
+            self.executor.ready()
+            done.predictor_wait = time.perf_counter() - done.started
+        return done
+
+    def segment(self, planned: Planned, on_volume: Callable[[Segmented], None] | None = None,
+                done: Segmented | None = None) -> Segmented:
+        """Decode -> predict -> finish and write, for every volume the plan marks (after `ready`,
+        which it calls when `done` is not given)."""
+        done = done if done is not None else self.ready(planned)
         if not planned.todo:
             return done
         for v in self.executor.segment_volumes(planned.pending_buckets, planned.settings, planned.todo):
             done.add(v)
             if on_volume is not None:
                 on_volume(done)
-        done.seconds = time.monotonic() - t
+        done.seconds = time.perf_counter() - done.started
         return done
 
     def finish(self, planned: Planned) -> TableCounts:
@@ -227,7 +239,7 @@ def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: Send
         headers_read=planned.scanned, headers_unchanged=planned.reused, segmented_now=done.segmented,
         resumed_from_records=done.resumed, slices_now=done.slices,
         slices_per_second=done.slices / max(done.seconds, 1e-9), scan_seconds=planned.seconds,
-        predictor_wait_seconds=pool.wait_seconds, pipeline_seconds=done.seconds, total_seconds=total_seconds,
+        predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=total_seconds,
         predictors_started=pool.started, predictors_live=pool.live, dicom_seg=s.dicom_seg, qc=s.qc,
         keep_phi=s.keep_phi, sent_to=s.send_seg, segs_sent=done.sent + (sent.sent if sent else 0),
         segs_send_failed=sent.failed if sent else 0)

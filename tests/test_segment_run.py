@@ -16,7 +16,7 @@ import pytest
 from jobs import status
 from jobs.exits import Exit
 from tests.support.segment_run import bright, serial_plan, serial_run
-from unet_core.report import aggregate_volume_table
+from unet_core.report import aggregate_volume_table, segment_report
 from unet_core.segmentation.layout import LAYOUT_VERSION, Layout
 from unet_core.segmentation.records import SET_ASIDE_PREFIX, RowKind, Status, VolumeRecord
 from unet_core.segmentation.selection import Rule
@@ -168,3 +168,13 @@ def test_plan_only_counts_what_a_run_would_do_and_the_run_then_does_it(studies, 
     assert not (out / "masks").exists()  # nothing segmented
     done = serial_run([str(root)], str(out), rules={"one_per_study": "thinnest"})
     assert done.done.segmented == 2 and done.summary.not_selected_by_rule == dict(totals.not_selected)
+
+
+def test_the_report_links_what_the_output_holds(studies, tmp_path):
+    root, out = _archive(studies, tmp_path), tmp_path / "out"
+    made = serial_run([str(root)], str(out))
+    (out / "seg").mkdir()  # an empty folder is nothing to link
+    html = open(segment_report(str(out), made.summary)).read()
+    for link in ("summary.json", "layout.json", "volumes/", "series_index/", "records/", "masks/", "slices/"):
+        assert f'href="{link}"' in html, link
+    assert 'href="seg/"' not in html and 'href="plan.parquet"' not in html and 'href="qc/"' not in html

@@ -268,9 +268,9 @@ def segment_report(out: str, summary: RunSummary) -> str:
     slowest = [{**row, "total": total, **{k: float(row.get(k) or 0.0) for k in
                                          ("decode_seconds", "predict_seconds", "write_seconds")}}
                for total, _, row in sorted(agg.slowest, key=lambda x: -x[0])]
-    links = [(name, name, "") for name in (SUMMARY_FILE, LAYOUT_FILE, PLAN_TABLE) if store.holds(name)]
+    links = [(name, name, "") for name in (SUMMARY_FILE, LAYOUT_FILE, PLAN_TABLE) if store.has_file(name)]
     for folder, what in TABLES:
-        if store.holds(folder.value):
+        if store.has_folder(folder):
             how = " (a Parquet dataset: read the folder, e.g. pyarrow.parquet.read_table or pandas.read_parquet)" \
                 if folder in (Folder.VOLUMES, Folder.SERIES_INDEX) else ""
             links.append((f"{folder.value}/", f"{folder.value}/", what + how))

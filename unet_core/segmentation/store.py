@@ -243,12 +243,13 @@ class OutputStore:
     def plot_uri(self, name: str) -> str:
         return self.uri(PLOTS_FOLDER, name)
 
-    def holds(self, name: str) -> bool:
-        """Whether a run-wide file or a folder of the output exists."""
-        uri = self.uri(name)
-        if storage.exists(uri):
-            return True
+    def has_file(self, name: str) -> bool:
+        """Whether a run-wide file (summary.json, layout.json, plan.parquet) exists."""
+        return storage.exists(self.uri(name))
+
+    def has_folder(self, folder: Folder) -> bool:
+        """Whether a folder of the output holds anything."""
         try:
-            return any(True for _ in storage.list_files(uri))
+            return any(True for _ in storage.list_files(self.folder(folder)))
         except ITEM_ERRORS:
             return False

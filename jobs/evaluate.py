@@ -22,7 +22,8 @@ from jobs.runtime import init_ray
 from unet_core.errors import ConfigError, InputError, ItemFailure
 from unet_core.evaluation import evaluate_case, truth_names
 from unet_core.io import storage
-from unet_core.segmentation.tables import read_volume_table
+from unet_core.segmentation.records import RowKind, Status
+from unet_core.segmentation.store import OutputStore
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,11 +64,11 @@ def _main(argv: list[str]) -> int:
     configure_output(args.verbose)
     apply_output_args(args)
 
-    table = read_volume_table(args.pred)
+    table = OutputStore(args.pred).volume_table()
     if not table:
         raise InputError(f"{args.pred}: no volume table (volumes/); run `unet segment --output {args.pred}` first",
                          uri=args.pred)
-    volumes = [r for r in table if r["status"] == "ok"]
+    volumes = [r for r in table if r.status == Status.OK and r.kind == RowKind.VOLUME]
     truth_files = {storage.basename(e.uri): e.uri for e in storage.list_files(args.truth)}
     explicit = {}
     if args.pairs:
@@ -75,12 +76,12 @@ def _main(argv: list[str]) -> int:
             explicit[row["volume_id"]] = row["truth"]
     items, unmatched = [], []
     for v in volumes:
-        names = truth_names(v)
-        truth = explicit.get(v["volume_id"]) or next((truth_files[n] for n in names if n in truth_files), None)
+        names = truth_names(v.to_row())
+        truth = explicit.get(v.volume_id) or next((truth_files[n] for n in names if n in truth_files), None)
         if truth:
-            items.append({"volume_id": v["volume_id"], "truth": truth, "mask_uri": v["mask_uri"]})
+            items.append({"volume_id": v.volume_id, "truth": truth, "mask_uri": v.mask_uri})
         else:
-            unmatched.append(v["volume_id"])
+            unmatched.append(v.volume_id)
     for vid in unmatched:
         log.warning("no ground truth for %s", vid)
     if not items:
@@ -103,7 +104,7 @@ def _main(argv: list[str]) -> int:
             rows.append(r)
             progress.update(len(rows), sum(x["status"] != "ok" for x in rows))
     rows.sort(key=lambda r: r["volume_id"])
-    out_uri = args.output or storage.join(args.pred, "evaluation.parquet")
+    out_uri = args.output or OutputStore(args.pred).evaluation_uri
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buf, compression="zstd")
     storage.write_bytes(out_uri, buf.getvalue())

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from jobs.exits import Exit
 from jobs.output import safe
+from unet_core.segmentation.store import PLAN_TABLE
 from unet_core.segmentation.summary import RunSummary, describe_selection
-from unet_core.segmentation.tables import PLAN_TABLE, write_plan_table
+from unet_core.segmentation.tables import write_plan_table
 
 DEFAULT_SLICES_PER_SECOND = 20.0  # per predictor: a 256 x 256 U-Net of 16 filters on one CPU core
 GIB = 2**30

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from jobs.exits import Exit, run_main
 from jobs.options import add_dicomweb_args, apply_dicomweb_args
@@ -24,8 +26,8 @@ from unet_core import ownership
 from unet_core.errors import ConfigError
 from unet_core.io import dicomweb, storage
 from unet_core.io.lease import Lease
-from unet_core.segmentation import layout as lay
 from unet_core.segmentation.delivery import SendCounts, send_pending
+from unet_core.segmentation.store import OutputStore
 from unet_core.segmentation.summary import RunSummary
 
 
@@ -39,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def deliver(out: str, buckets: int, dest: str, workers: int) -> SendCounts:
-    """Send every pending SEG of an output, with live progress over the table's parts."""
+@contextmanager
+def deliver_progress(buckets: int) -> Iterator[Callable[[SendCounts], None]]:
+    """Live progress over the table's parts while SEGs are sent: yields send_pending's callback."""
     with Progress("send", buckets, "table parts") as progress:
         parts = [0]
 
@@ -48,6 +51,12 @@ def deliver(out: str, buckets: int, dest: str, workers: int) -> SendCounts:
             parts[0] += 1
             progress.update(parts[0], total.failed)
 
+        yield seen
+
+
+def deliver(out: str, buckets: int, dest: str, workers: int) -> SendCounts:
+    """Send every pending SEG of an output, with live progress over the table's parts."""
+    with deliver_progress(buckets) as seen:
         return send_pending(out, buckets, dest, workers, seen)
 
 
@@ -69,7 +78,7 @@ def _main(argv: list[str]) -> int:
     configure_output(args.verbose)
     out = storage.absolute(args.output)
     dest = dicomweb.destination(args.to)
-    layout = lay.read_layout(out) if ownership.check_output(out, ownership.SEGMENT_OUTPUT) else None
+    layout = OutputStore(out).read_layout() if ownership.check_output(out, ownership.SEGMENT_OUTPUT) else None
     if layout is None:
         raise ConfigError(f"{out} holds no finished `unet segment` run (no layout.json)")
     apply_dicomweb_args(args, [dest])

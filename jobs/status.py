@@ -16,7 +16,9 @@ from jobs.output import safe
 from unet_core.bundle import bundle_identity
 from unet_core.errors import ITEM_ERRORS, ConfigError
 from unet_core.io import storage
-from unet_core.report import REPORT_FILE, aggregate_volume_table
+from unet_core.report import aggregate_volume_table
+from unet_core.segmentation.records import Status
+from unet_core.segmentation.store import Folder, OutputStore
 from unet_core.segmentation.summary import RunSummary
 
 RECORDS_COUNTED = 10_000  # completion records of an interrupted run, counted up to this many
@@ -55,14 +57,16 @@ def _main(argv: list[str]) -> int:
     configure_output(args.verbose)
 
     out = args.output.rstrip("/")
-    layout, summary = _json(storage.join(out, "layout.json")), RunSummary.read(out)
+    store = OutputStore(out)
+    layout, summary = _json(store.layout_uri), RunSummary.read(out)
     if layout is None:
         raise ConfigError(f"{out}: not a `unet segment` output (no layout.json)")
     agg = aggregate_volume_table(out)
     ok, failed, skipped = (agg.by_status.get(k, 0) for k in ("ok", "error", "skipped"))
     inputs = ", ".join(layout.get("inputs", []))
-    interrupted = summary is None or storage.exists(storage.join(out, "plan")) and any(
-        e.uri.endswith(".parquet") for e in storage.list_files(storage.join(out, "plan")))
+    plan = store.folder(Folder.PLAN)
+    interrupted = summary is None or storage.exists(plan) and any(
+        e.uri.endswith(".parquet") for e in storage.list_files(plan))
     lines = [f"{out}: unet segment output of {inputs}"]
     if summary:
         lines.append(f"  last run: finished {summary.finished}, {summary.total_seconds:.0f}s, "
@@ -82,7 +86,7 @@ def _main(argv: list[str]) -> int:
     if agg.by_error_type:
         lines.append("  failures by reason: " + ", ".join(f"{k} {v:,}" for k, v in agg.by_error_type.most_common()))
     if interrupted:
-        n, more = _count(storage.join(out, "records", "ok"), RECORDS_COUNTED)
+        n, more = _count(store.records_folder(Status.OK), RECORDS_COUNTED)
         lines.append(f"  the last run did not finish: a re-run resumes; {n:,}{'+' if more else ''} volumes already "
                      "have completion records and are not redone")
     redo_all = False
@@ -94,8 +98,8 @@ def _main(argv: list[str]) -> int:
     if not redo_all:
         lines.append(f"  a re-run would: list the inputs again and read only new or changed objects' headers; retry "
                      f"the {failed:,} failed volumes; carry the {ok:,} ok volumes over unless their objects changed")
-    if storage.exists(storage.join(out, REPORT_FILE)):
-        lines.append(f"  report: {storage.join(out, REPORT_FILE)}")
+    if storage.exists(store.report_uri):
+        lines.append(f"  report: {store.report_uri}")
     print(safe("\n".join(lines)).replace("\\x0a", "\n"))
     return Exit.SOME_FAILED if failed else Exit.OK
 

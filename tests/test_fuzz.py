@@ -44,6 +44,7 @@ from support.mutate import (
     mutate_dicom,
     mutate_nifti,
 )
+from tests.support.segment_run import segment_settings
 from unet_core.bundle import BundleInfo
 from unet_core.config import PreprocessConfig
 from unet_core.errors import InputError, ItemFailure
@@ -54,7 +55,6 @@ from unet_core.segmentation.records import (
     VolumeRecord,
     members_from_json,
 )
-from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import segment_volume
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
 
@@ -96,8 +96,8 @@ def run_case(files: dict[str, bytes]) -> tuple[dict[str, VolumeRecord], dict[str
         for name, data in inputs.items():
             (root / "in" / name).parent.mkdir(parents=True, exist_ok=True)
             (root / "in" / name).write_bytes(data)
-        s = SegmentSettings(output=str(root / "out"), bundle_info=BUNDLE_INFO, model_name="fuzz",
-                            model_identity="fuzz-1", threshold=0.5, buckets=1, resume=False)
+        s = segment_settings(str(root / "out"), bundle_info=BUNDLE_INFO, model_name="fuzz", model_identity="fuzz-1",
+                             buckets=1, resume=False)
         with time_limit(HANG_SECONDS):
             rows, _, _ = planning.scan_partition([planning.Unit(str(root / "in"), True)], [], s.limits, False, ())
             planned = planning.merge_bucket(planning.fragments_of(rows, 1), {}, s)

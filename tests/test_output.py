@@ -148,24 +148,29 @@ def test_report_links_are_relative_or_https_only():
 def test_report_groups_failures_by_reason_and_folder_and_scales_its_time_axis():
     """24 identical failures of one folder are one line with a count and examples; the throughput
     of a one-minute run is binned in seconds, of a day-long run in hours."""
+    from unet_core.errors import ErrorType
     from unet_core.report import VolumeAggregates, _throughput_series
+    from unet_core.segmentation.records import Format, Status, VolumeRecord
+
+    def row(**kw) -> VolumeRecord:
+        return VolumeRecord(**{"source": "", "format": Format.DICOM, "series_uid": "", **kw})
 
     agg = VolumeAggregates()
-    agg.add([{"volume_id": f"obj-{i:016x}", "source": f"/a/gz/f{i}.dcm", "status": "error", "error_type": "not_dicom",
-              "error": "x"} for i in range(24)]
-            + [{"volume_id": "dcm-1", "source": "/a/ct/", "status": "error", "error_type": "truncated", "error": "y"}])
+    agg.add([row(volume_id=f"obj-{i:016x}", source=f"/a/gz/f{i}.dcm", status=Status.ERROR, error_type=ErrorType.NOT_DICOM, error="x")
+             for i in range(24)]
+            + [row(volume_id="dcm-1", source="/a/ct/", status=Status.ERROR, error_type=ErrorType.TRUNCATED, error="y")])
     groups, rest = agg.failure_table()
     assert rest == 0 and groups[0] == {"reason": "not_dicom", "folder": "/a/gz/", "count": 24,
                                        "examples": ["f0.dcm", "f1.dcm", "f2.dcm"]}
     assert groups[1]["folder"] == "/a/" and groups[1]["count"] == 1
 
     short = VolumeAggregates()
-    short.add([{"volume_id": f"v{i}", "status": "ok", "finished": f"2026-01-01T10:00:{i:02d}Z", "n_slices": 10}
+    short.add([row(volume_id=f"v{i}", status=Status.OK, finished=f"2026-01-01T10:00:{i:02d}Z", n_slices=10)
                for i in range(0, 60, 3)])
     x, volumes, slices, width, unit = _throughput_series(short)
     assert unit == "seconds" and sum(volumes) == 20 and 20 <= len(x) <= 61 and max(slices) > 0
     long = VolumeAggregates()
-    long.add([{"volume_id": f"v{i}", "status": "ok", "finished": f"2026-01-01T{h:02d}:{m:02d}:00Z", "n_slices": 1}
+    long.add([row(volume_id=f"v{i}", status=Status.OK, finished=f"2026-01-01T{h:02d}:{m:02d}:00Z", n_slices=1)
               for i, (h, m) in enumerate((h, m) for h in range(20) for m in (0, 30))])
     x, volumes, _, width, unit = _throughput_series(long)
     assert unit == "hours" and sum(volumes) == 40 and len(x) <= 41

@@ -11,12 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from unet_core.bundle import BundleInfo
-from unet_core.config import PreprocessConfig
+from tests.support.segment_run import segment_settings
 from unet_core.io.dicom.fastscan import FIELDS
 from unet_core.segmentation import planning
 from unet_core.segmentation.records import Action
-from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import segment_volume
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, to_bytes
 
@@ -46,8 +44,7 @@ def test_a_broken_attribute_is_named_never_quoted(tmp_path, keyword, caplog):
         target.add(pydicom.DataElement(pydicom.datadict.tag_for_keyword(keyword), vr, MARKER))
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_bytes(to_bytes(ds) if k else data)  # one good slice, two broken
-    s = SegmentSettings(output=str(tmp_path / "out"), bundle_info=BundleInfo(PreprocessConfig(input_size=16)).to_json(),
-                        model_name="m", model_identity="id", threshold=0.5, buckets=1, resume=False, dicom_seg=True)
+    s = segment_settings(str(tmp_path / "out"), model_identity="id", buckets=1, resume=False, dicom_seg=True)
     rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path / "in"), True)], [], s.limits, False, ())
     texts = [json.dumps(r.to_row()) for r in rows]
     for p in planning.merge_bucket(planning.fragments_of(rows, 1), {}, s):

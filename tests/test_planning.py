@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 
 import pydicom
 import pytest
 
+from tests.support.segment_run import segment_settings
 from unet_core.io import listing, storage
 from unet_core.ownership import OutputNames
 from unet_core.segmentation import planning, scanning
@@ -19,21 +21,17 @@ from unet_core.segmentation.records import (
     ObjectKind,
     ObjectRow,
     PlannedVolume,
+    RowKind,
     Status,
     VolumeRecord,
     members_from_json,
     rows_from_bytes,
     table_bytes,
 )
-from unet_core.segmentation.settings import SegmentSettings
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
 
-LIMITS = SegmentSettings(output="o", bundle_info="{}", model_name="m", model_identity="id", threshold=0.5).limits
-
-
-def _settings(**kw) -> SegmentSettings:
-    return SegmentSettings(**{"output": "o", "bundle_info": "{}", "model_name": "m", "model_identity": "id-1",
-                              "threshold": 0.5, "buckets": 4, **kw})
+LIMITS = segment_settings().limits
+_settings = segment_settings
 
 
 def _series(root, name: str, n: int = 6, seed: int = 0) -> list[str]:
@@ -113,7 +111,9 @@ def test_fan_out_is_repeatable_and_leaves_flat_folders_whole(tmp_path):
         (many / f"d{i:04d}").mkdir(parents=True)
     (many / "d0007" / "x.dcm").write_bytes(b"x")
     units, depth = planning.fan_out([str(tmp_path)])
-    assert depth == planning.MAX_FANOUT_DEPTH or depth >= 2
+    # level 1 (p0..p2, flat, many) holds 5 folders; level 2 holds 1,106, past TARGET_UNITS: it stops there
+    assert depth == 2 < planning.MAX_FANOUT_DEPTH
+    assert planning.Unit(str(tmp_path / "p0" / "s1") + "/", True) in units  # the folders of level 2, whole
     assert planning.Unit(str(flat) + "/", True) in units
     assert planning.Unit(str(tmp_path) + "/", False) in units  # the objects directly at the top
     assert planning.Unit(str(many / "d0007") + "/", True) in units and len(units) > 1100
@@ -223,8 +223,8 @@ def test_the_change_rule(tmp_path):
     rows = _rows(tmp_path, "s", n=4)
     s = _settings()
     (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, s)
-    done = VolumeRecord(volume_id=p.volume_id, source=p.source, format="dicom", series_uid=p.series_uid,
-                        status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1").to_row()
+    done = VolumeRecord(volume_id=p.volume_id, source=p.source, format=Format.DICOM, series_uid=p.series_uid,
+                        status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1")
 
     def plan(members, previous, **kw):
         (q,) = planning.merge_bucket(planning.fragments_of(members, 4), {p.volume_id: previous}, _settings(**kw))
@@ -232,10 +232,10 @@ def test_the_change_rule(tmp_path):
 
     assert plan(rows, done).action == Action.CARRY  # unchanged: carried over
     carried = json.loads(plan(rows, done).record)
-    assert {k: v for k, v in carried.items() if k != "selection_facts"} == {k: v for k, v in done.items()
-                                                                        if k != "selection_facts"}
+    assert {k: v for k, v in carried.items() if k != "selection_facts"} == {
+        k: v for k, v in done.to_row().items() if k != "selection_facts"}
     assert json.loads(carried["selection_facts"])["n_slices"] == len(rows)  # made from the members, kept
-    assert plan(rows, {**done, "status": "error"}).action == Action.SEGMENT  # failed last time: again
+    assert plan(rows, replace(done, status=Status.ERROR)).action == Action.SEGMENT  # failed last time: again
     assert plan(rows, done, model_identity="id-2").action == Action.SEGMENT  # another model
     replaced = [ObjectRow.from_row({**rows[0].to_row(), "object_version": "new"}), *rows[1:]]
     assert plan(replaced, done).action == Action.SEGMENT  # a file replaced
@@ -244,10 +244,10 @@ def test_the_change_rule(tmp_path):
     assert plan(rows + [late], done).action == Action.SEGMENT  # a late slice arrived
     # an output this run asks for and the last run did not write: redone; present or refused: carried
     assert plan(rows, done, dicom_seg=True).action == Action.SEGMENT
-    assert plan(rows, {**done, "seg_uri": "o/seg/v.dcm"}, dicom_seg=True).action == Action.CARRY
-    assert plan(rows, {**done, "seg_skipped": "no sources"}, dicom_seg=True).action == Action.CARRY
+    assert plan(rows, replace(done, seg_uri="o/seg/v.dcm"), dicom_seg=True).action == Action.CARRY
+    assert plan(rows, replace(done, seg_skipped="no sources"), dicom_seg=True).action == Action.CARRY
     assert plan(rows, done, qc=True).action == Action.SEGMENT
-    assert plan(rows, {**done, "qc_uri": "o/qc/v.png"}, qc=True).action == Action.CARRY
+    assert plan(rows, replace(done, qc_uri="o/qc/v.png"), qc=True).action == Action.CARRY
 
 
 def test_objects_set_aside_become_rows_with_reasons(tmp_path):
@@ -257,6 +257,7 @@ def test_objects_set_aside_become_rows_with_reasons(tmp_path):
     record = json.loads(p.record)
     assert p.action == Action.SET_ASIDE and record["status"] == "error" and record["error_type"] == "not_dicom"
     assert record["volume_id"].startswith("obj-") and record["source"].endswith("notes.txt")
+    assert p.kind == RowKind.SET_ASIDE and record["kind"] == RowKind.SET_ASIDE
 
 
 def test_unchanged_fragments_travel_without_members(tmp_path):
@@ -270,10 +271,10 @@ def test_unchanged_fragments_travel_without_members(tmp_path):
     assert all(f.members == "" for f in halves)
     assert planning.combine(f.fingerprint for f in halves) == whole[0].fingerprint  # split-independent
     (p,) = planning.merge_bucket(whole, {}, s)
-    done = VolumeRecord(volume_id=p.volume_id, source=p.source, format="dicom", series_uid=p.series_uid,
-                        status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1").to_row()
+    done = VolumeRecord(volume_id=p.volume_id, source=p.source, format=Format.DICOM, series_uid=p.series_uid,
+                        status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1")
     (carried,) = planning.merge_bucket(halves, {p.volume_id: done}, s)  # no loader needed
-    assert carried.action == Action.CARRY and json.loads(carried.record) == done
+    assert carried.action == Action.CARRY and json.loads(carried.record) == done.to_row()
     (wants_seg,) = planning.merge_bucket(halves, {p.volume_id: done}, _settings(dicom_seg=True),
                                          lambda part, vid: rows[:2] if part == 1 else rows[2:])
     assert wants_seg.action == Action.SEGMENT and len(members_from_json(wants_seg.members)) == 4
@@ -284,7 +285,7 @@ def test_unchanged_fragments_travel_without_members(tmp_path):
         asked.append(partition)
         return [r for r in (rows[:2] if partition == 1 else rows[2:]) if r.volume_id == vid]
 
-    (again,) = planning.merge_bucket(halves, {p.volume_id: {**done, "status": "error"}}, s, load)
+    (again,) = planning.merge_bucket(halves, {p.volume_id: replace(done, status=Status.ERROR)}, s, load)
     assert again.action == Action.SEGMENT and sorted(asked) == [1, 2]
     assert sorted(m.uri for m in members_from_json(again.members)) == sorted(r.uri for r in rows)
     gone = planning.fragments_of(rows[:3], 4, 1, {r.uri for r in rows})  # a slice deleted
@@ -439,8 +440,8 @@ def test_a_rerun_with_another_privacy_setting_redoes_the_rows(tmp_path):
     (and the other way round), so identifiers never survive dropping the switch."""
     rows = _rows(tmp_path, "s", n=3)
     (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings())
-    done = {**VolumeRecord(volume_id=p.volume_id, source=p.source, format="dicom", series_uid=p.series_uid,
-                           status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1", keep_phi=True).to_row()}
+    done = VolumeRecord(volume_id=p.volume_id, source=p.source, format=Format.DICOM, series_uid=p.series_uid,
+                        status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1", keep_phi=True)
     (again,) = planning.merge_bucket(planning.fragments_of(rows, 4), {p.volume_id: done}, _settings(keep_phi=True))
     assert again.action == Action.CARRY
     (dropped,) = planning.merge_bucket(planning.fragments_of(rows, 4), {p.volume_id: done}, _settings())

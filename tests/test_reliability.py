@@ -203,6 +203,7 @@ def test_the_phi_search_finds_identifiers_when_they_are_kept(tmp_path, s3_server
 def test_a_record_that_cannot_be_written_is_an_error_row_not_a_crash(tmp_path):
     """The output store refuses the completion record: that volume is an error row of this run's
     table (not recorded complete, so the next run redoes it), and the job goes on."""
+    from tests.support.segment_run import segment_settings
     from unet_core.errors import ErrorType
     from unet_core.segmentation.records import (
         Action,
@@ -211,14 +212,13 @@ def test_a_record_that_cannot_be_written_is_an_error_row_not_a_crash(tmp_path):
         Status,
         VolumeRecord,
     )
-    from unet_core.segmentation.settings import SegmentSettings
     from unet_core.segmentation.stages import Outcome, finish_and_write
     from unet_core.segmentation.tables import write_part
 
     blocked = tmp_path / "out"
     blocked.mkdir()
     (blocked / "records").write_bytes(b"a file where the records folder should be")
-    s = SegmentSettings(output=str(blocked), bundle_info="{}", model_name="m", model_identity="0" * 16, threshold=0.5)
+    s = segment_settings(str(blocked), model_identity="0" * 16, buckets=1)
     rec = VolumeRecord(volume_id="dcm-0123", source="s3://archive/series/", format="dicom", series_uid="1.2",
                        status=Status.ERROR, error="s3://archive/series/: truncated", error_type="truncated",
                        fingerprint="f" * 16)

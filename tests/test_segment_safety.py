@@ -3,33 +3,14 @@ own, never lists its own outputs as inputs, removes only what it wrote, and leav
 for byte (in-process runs on the session's Ray, with the analytic bundle)."""
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
 
 from jobs import segment
 from jobs.exits import Exit
+from tests.support.tree import digest, small_archive
 from unet_core.segmentation.summary import RunSummary
-from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
-
-
-def _archive(root, n_series: int = 2) -> None:
-    for s in range(n_series):
-        spec = SeriesSpec(rows=32, columns=32, n_slices=4, pixel_spacing=(12.0, 12.0), slice_step=15.0)
-        for name, data in dicom_series(Phantom.random(s), spec, seed=s)[0]:
-            path = root / f"series{s}" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-
-
-def _digest(root) -> dict[str, str]:
-    out = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 def _run(*args: str) -> int:
@@ -38,28 +19,28 @@ def _run(*args: str) -> int:
 
 def test_an_input_inside_the_outputs_own_folders_is_refused_and_untouched(tmp_path, ray_local, phantom_bundle):
     d = tmp_path / "d"
-    _archive(d / "volumes")
-    before = _digest(d)
+    small_archive(d / "volumes")
+    before = digest(d)
     assert _run("--input", str(d / "volumes"), "--model", phantom_bundle, "--output", str(d)) == Exit.USAGE
-    assert _digest(d) == before
+    assert digest(d) == before
 
 
 def test_a_folder_that_is_not_an_output_is_refused_and_untouched(tmp_path, ray_local, phantom_bundle):
-    _archive(tmp_path / "archive")
+    small_archive(tmp_path / "archive")
     (tmp_path / "results" / "masks").mkdir(parents=True)
     (tmp_path / "results" / "masks" / "truth.nii.gz").write_bytes(b"ground truth")
     (tmp_path / "results" / "notes.txt").write_bytes(b"mine")
-    before = _digest(tmp_path)
+    before = digest(tmp_path)
     assert _run("--input", str(tmp_path / "archive"), "--model", phantom_bundle, "--output",
                 str(tmp_path / "results")) == Exit.USAGE
-    assert _digest(tmp_path) == before
+    assert digest(tmp_path) == before
 
 
 def test_relative_output_inside_the_input_twice_and_overwrite_keep_everything_else(tmp_path, ray_local,
                                                                                   phantom_bundle, monkeypatch):
     archive = tmp_path / "archive"
-    _archive(archive)
-    inputs_before = _digest(archive)
+    small_archive(archive)
+    inputs_before = digest(archive)
     monkeypatch.chdir(archive)
     args = ("--input", ".", "--model", phantom_bundle, "--output", "out")
     assert _run(*args) == Exit.OK
@@ -73,13 +54,13 @@ def test_relative_output_inside_the_input_twice_and_overwrite_keep_everything_el
     assert _run(*args, "--overwrite") == Exit.OK
     assert RunSummary.read(str(archive / "out")).segmented_now == 2
     assert (archive / "out" / "masks" / "truth.nii.gz").read_bytes() == b"ground truth"
-    after = _digest(archive)
+    after = digest(archive)
     assert {k: v for k, v in after.items() if not k.startswith("out/")} == inputs_before
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_an_output_of_this_tool_is_reused_and_only_its_names_go(tmp_path, ray_local, phantom_bundle, overwrite):
-    _archive(tmp_path / "archive", n_series=1)
+    small_archive(tmp_path / "archive", n_series=1)
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "archive"), "--model", phantom_bundle, "--output", str(out)]
     assert _run(*args) == Exit.OK
@@ -91,7 +72,7 @@ def test_an_output_of_this_tool_is_reused_and_only_its_names_go(tmp_path, ray_lo
 def test_a_second_run_on_one_output_is_refused_while_the_first_holds_it(tmp_path, phantom_bundle):
     from unet_core.io.lease import Lease
 
-    _archive(tmp_path / "archive", n_series=1)
+    small_archive(tmp_path / "archive", n_series=1)
     with Lease(str(tmp_path / "out"), "unet segment"):
         rc = _run("--input", str(tmp_path / "archive"), "--model", phantom_bundle, "--output", str(tmp_path / "out"))
     assert rc == Exit.USAGE
@@ -103,7 +84,7 @@ def test_a_series_with_latin1_and_control_character_names_is_segmented(tmp_path,
     mask is the one the same series gets under plain names."""
     import nibabel as nib
 
-    _archive(tmp_path / "plain", n_series=1)
+    small_archive(tmp_path / "plain", n_series=1)
     odd = os.path.join(os.fsencode(tmp_path), b"odd", b"caf\xe9")
     os.makedirs(odd)
     for i, name in enumerate(sorted(os.listdir(tmp_path / "plain" / "series0"))):

@@ -10,10 +10,11 @@ from collections import defaultdict
 
 import pytest
 
+from tests.support.segment_run import segment_settings
 from unet_core.config import Limits
 from unet_core.errors import ConfigError
 from unet_core.segmentation import choosing, planning, selection
-from unet_core.segmentation.records import Action
+from unet_core.segmentation.records import Action, RowKind, Status, VolumeRecord
 from unet_core.segmentation.selection import SelectionRules, VolumeFacts
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.synthetic_studies import write_studies
@@ -29,8 +30,7 @@ def studies(tmp_path_factory):
 
 
 def _settings(rules: dict | None = None, **kw) -> SegmentSettings:
-    return SegmentSettings(output="o", bundle_info="{}", model_name="m", model_identity="id-1", threshold=0.5,
-                           selection=json.dumps(rules or {}), **{"buckets": 5, **kw})
+    return segment_settings(rules=rules or {}, **{"buckets": 5, **kw})
 
 
 def plan(root: str, s: SegmentSettings, previous: dict | None = None) -> list:
@@ -52,7 +52,7 @@ def outcome(root: str, series, s: SegmentSettings, previous: dict | None = None)
     role = {x.series_uid: (x.study_uid, x.role) for x in series}
     out = {}
     for p in plan(root, s, previous):
-        if p.volume_id.startswith("obj-"):
+        if p.kind != RowKind.VOLUME:
             continue
         rec = json.loads(p.record) if p.record else {}
         out[role[p.series_uid]] = (p.action, rec.get("status", ""), rec.get("error", ""))
@@ -177,23 +177,22 @@ def test_a_changed_rule_on_a_rerun_redoes_only_the_differences(studies):
     first = _settings({"orientation": "axial"})
     rows = {}
     for p in plan(root, first):
-        if p.volume_id.startswith("obj-"):
+        if p.kind != RowKind.VOLUME:
             continue
         if p.action == Action.SEGMENT:  # as if the run had segmented it
-            rec = {"volume_id": p.volume_id, "source": p.source, "format": p.format.value, "series_uid": p.series_uid,
-                   "status": "ok", "error": "", "error_type": "", "fingerprint": p.fingerprint, "n_objects": 1,
-                   "model_identity": "id-1", "keep_phi": False, "qc_uri": "", "seg_uri": "", "seg_skipped": "",
-                   "selection_facts": p.facts, "text_rules": ""}
+            rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid,
+                               status=Status.OK, fingerprint=p.fingerprint, n_objects=1, model_identity="id-1",
+                               selection_facts=p.facts)
         else:
-            rec = json.loads(p.record)
+            rec = VolumeRecord.from_stored(json.loads(p.record))
         rows[p.volume_id] = rec
     second = _settings({"orientation": "any", "slice_thickness_mm": [0, 3]})
     after = {p.volume_id: p for p in plan(root, second, rows)}
     for vid, p in after.items():
-        if vid.startswith("obj-"):
+        if p.kind != RowKind.VOLUME:
             continue
         f = VolumeFacts.from_json(p.facts)
-        was_ok = rows[vid]["status"] == "ok"
+        was_ok = rows[vid].status == Status.OK
         now = (f.slice_thickness or 0) <= 3
         if was_ok and now:
             assert p.action == Action.CARRY, vid  # unchanged and still selected: not redone

@@ -7,8 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from unet_core.bundle import BundleInfo
-from unet_core.config import PreprocessConfig
+from tests.support.segment_run import segment_settings
 from unet_core.errors import (
     ConfigError,
     InputError,
@@ -19,8 +18,8 @@ from unet_core.errors import (
 )
 from unet_core.segmentation import planning
 from unet_core.segmentation.records import Action, Status
-from unet_core.segmentation.settings import SegmentSettings
-from unet_core.segmentation.stages import PredictionFailed, read_record, segment_volume
+from unet_core.segmentation.stages import PredictionFailed, segment_volume
+from unet_core.segmentation.store import OutputStore
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
 
 
@@ -28,8 +27,7 @@ def _planned(tmp_path):
     for fname, data in dicom_series(Phantom.random(3), SeriesSpec(rows=16, columns=16, n_slices=5), seed=3)[0]:
         (tmp_path / "in" / fname).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "in" / fname).write_bytes(data)
-    s = SegmentSettings(output=str(tmp_path / "out"), bundle_info=BundleInfo(PreprocessConfig(input_size=16)).to_json(),
-                        model_name="m", model_identity="id-1", threshold=0.5, buckets=1, resume=False)
+    s = segment_settings(str(tmp_path / "out"), buckets=1, resume=False)
     rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path / "in"), True)], [], s.limits, False, ())
     (p,) = planning.merge_bucket(planning.fragments_of(rows, 1), {}, s)
     assert p.action == Action.SEGMENT
@@ -44,7 +42,7 @@ def test_a_good_volume_is_ok(tmp_path):
     p, s = _planned(tmp_path)
     rec, how = segment_volume(p, s, _ones)
     assert how == "done" and rec.status == Status.OK and rec.mask_voxels == 16 * 16 * 5
-    assert os.path.exists(rec.mask_uri) and read_record(s.output, p.volume_id, p.fingerprint).status == Status.OK
+    assert os.path.exists(rec.mask_uri) and OutputStore(s.output).read_record(p.volume_id, p.fingerprint).status == Status.OK
 
 
 @pytest.mark.parametrize("stage", ["decode", "predict", "write"])
@@ -65,9 +63,11 @@ def test_an_unexpected_exception_in_any_stage_is_the_volumes_internal_row(tmp_pa
     assert how == "done" and rec.status == Status.ERROR and rec.error_type == "internal"
     # the exception's type is named; its text (which could quote data) goes to the -v log only
     assert rec.error.startswith(p.source) and "(RuntimeError" in rec.error and "boom" not in rec.error
-    assert not rec.mask_uri and not (tmp_path / "out" / "masks").exists() or stage == "write"
+    # nothing of the volume's outputs was written before the failure (the write stage fails in
+    # the mask's statistics, before its first object), and its row names none
+    assert not rec.mask_uri and not rec.slices_uri and not (tmp_path / "out" / "masks").exists()
     # the error is recorded, so the volume table has its row and the next run retries it
-    assert read_record(s.output, p.volume_id, p.fingerprint).error_type == "internal"
+    assert OutputStore(s.output).read_record(p.volume_id, p.fingerprint).error_type == "internal"
 
 
 def test_a_prediction_that_fails_every_attempt_is_a_prediction_row(tmp_path):

@@ -22,29 +22,36 @@ import jinja2
 import numpy as np
 
 from unet_core.io import storage
-from unet_core.segmentation.selection import rule_of
+from unet_core.segmentation.records import Status, VolumeRecord
+from unet_core.segmentation.store import (
+    LAYOUT_FILE,
+    PLAN_TABLE,
+    PLOTS_FOLDER,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    Folder,
+    OutputStore,
+)
 from unet_core.segmentation.summary import RunSummary
+from unet_core.segmentation.tables import TableCounts
 
-REPORT_FILE = "report.html"
-PLOTS_FOLDER = "report"
+__all__ = ["REPORT_FILE", "VolumeAggregates", "aggregate_volume_table", "segment_report", "training_report_html"]
 SLOWEST = 10
 MAX_FAILURE_GROUPS = 40  # (reason, folder) groups listed; the rest are counted
 EXAMPLES = 3
 PER_SECOND_LIMIT = 7200  # distinct seconds kept for the throughput plot of a short run
 TABLES = (  # what the report links, once each, and how to read it
-    ("volumes", "the volume table: one row per volume (and per object set aside)"),
-    ("series_index", "the series index: one row per listed object"),
-    ("records", "per-volume completion records (ok/, error/)"),
-    ("masks", "masks, <volume_id>.nii.gz on the source grid"),
-    ("slices", "per-slice masks, <volume_id>.parquet"),
-    ("seg", "DICOM SEG, <volume_id>.dcm"),
-    ("qc", "QC montages, <volume_id>.png"),
+    (Folder.VOLUMES, "the volume table: one row per volume (and per object set aside: kind set_aside)"),
+    (Folder.SERIES_INDEX, "the series index: one row per listed object"),
+    (Folder.RECORDS, "per-volume completion records (ok/, error/)"),
+    (Folder.MASKS, "masks, <volume_id>.nii.gz on the source grid"),
+    (Folder.SLICES, "per-slice masks, <volume_id>.parquet"),
+    (Folder.SEG, "DICOM SEG, <volume_id>.dcm"),
+    (Folder.QC, "QC montages, <volume_id>.png"),
 )
 GALLERY = 60
 ML_BINS = np.concatenate([[0.0], np.logspace(-2, 5, 57)])  # 0.01 mL .. 100 L, log-spaced
 HU_BINS = np.arange(-1000.0, 2001.0, 25.0)
-COLUMNS = ["volume_id", "source", "status", "error_type", "error", "finished", "n_slices", "mask_volume_ml", "mean_hu_in_mask",
-           "decode_seconds", "predict_seconds", "write_seconds", "qc_uri", "seg_uri", "sent", "sent_to", "send_error"]
 
 
 def _env():
@@ -67,11 +74,10 @@ def safe_href(link: str) -> str:
 
 @dataclass
 class VolumeAggregates:
-    """What the segment report shows, accumulated over the volume table's rows."""
+    """What the segment report and `unet status` show, accumulated over the volume table's rows:
+    the counts the job's summary also counts by (tables.TableCounts), and the report's own."""
 
-    by_status: Counter = field(default_factory=Counter)
-    by_error_type: Counter = field(default_factory=Counter)
-    not_selected: Counter = field(default_factory=Counter)  # volumes left out, by the rule that did
+    counts: TableCounts = field(default_factory=TableCounts)
     per_minute: Counter = field(default_factory=Counter)  # "YYYY-mm-ddTHH:MM" -> volumes finished
     slices_per_minute: Counter = field(default_factory=Counter)
     per_second: Counter = field(default_factory=Counter)  # "YYYY-mm-ddTHH:MM:SS" -> volumes (short runs)
@@ -86,6 +92,18 @@ class VolumeAggregates:
     delivered: Counter = field(default_factory=Counter)  # DICOMweb service -> SEGs stored there
     send_failed: int = 0  # SEGs whose last attempt to store failed (send_error)
 
+    @property
+    def by_status(self) -> Counter:
+        return self.counts.by_status
+
+    @property
+    def by_error_type(self) -> Counter:
+        return self.counts.by_error_type
+
+    @property
+    def not_selected(self) -> Counter:  # volumes left out, by the rule that did
+        return self.counts.not_selected
+
     def delivery_line(self) -> str:
         """Where the SEGs went (--send-seg, unet send), in one line; "" when none was sent."""
         if not self.delivered and not self.send_failed:
@@ -95,58 +113,55 @@ class VolumeAggregates:
             parts.append(f"{self.send_failed:,} could not be sent (send_error; a re-run or unet send retries them)")
         return "; ".join(parts)
 
-    def add(self, rows: list[dict]) -> None:
+    def add(self, rows: list[VolumeRecord]) -> None:
         ml, hu = [], []
         for r in rows:
-            self.by_status[r["status"]] += 1
-            if r["status"] == "error":
-                self.by_error_type[r.get("error_type") or "unknown"] += 1
+            self.counts.add_row(r)
+            if r.status == Status.ERROR:
                 self._failure(r)
-            elif r.get("error_type") == "not_selected":
-                self.not_selected[rule_of(r.get("error") or "")] += 1
-            if r["status"] != "ok":
+            if r.status != Status.OK:
                 continue
-            if r.get("sent"):
-                self.delivered[r.get("sent_to") or "?"] += 1
-            elif r.get("send_error"):
+            if r.sent:
+                self.delivered[r.sent_to or "?"] += 1
+            elif r.send_error:
                 self.send_failed += 1
-            if r.get("finished"):
-                minute, second = r["finished"][:16], r["finished"][:19]
+            if r.finished:
+                minute, second = r.finished[:16], r.finished[:19]
                 self.per_minute[minute] += 1
-                self.slices_per_minute[minute] += int(r.get("n_slices") or 0)
+                self.slices_per_minute[minute] += int(r.n_slices or 0)
                 if second in self.per_second or len(self.per_second) < PER_SECOND_LIMIT:
                     self.per_second[second] += 1
-                    self.slices_per_second[second] += int(r.get("n_slices") or 0)
-            if r.get("mask_volume_ml") is not None:
-                ml.append(float(r["mask_volume_ml"]))
-            if r.get("mean_hu_in_mask") is not None:
-                hu.append(float(r["mean_hu_in_mask"]))
-            total = sum(float(r.get(k) or 0.0) for k in ("decode_seconds", "predict_seconds", "write_seconds"))
-            item = (total, r["volume_id"], {k: r.get(k) for k in ("volume_id", "n_slices", "decode_seconds",
-                                                                   "predict_seconds", "write_seconds")})
+                    self.slices_per_second[second] += int(r.n_slices or 0)
+            if r.mask_volume_ml is not None:
+                ml.append(float(r.mask_volume_ml))
+            if r.mean_hu_in_mask is not None:
+                hu.append(float(r.mean_hu_in_mask))
+            times = {k: float(getattr(r, k) or 0.0) for k in ("decode_seconds", "predict_seconds", "write_seconds")}
+            total = sum(times.values())
+            item = (total, r.volume_id, {"volume_id": r.volume_id, "n_slices": r.n_slices, **times})
             if len(self.slowest) < SLOWEST:
                 heapq.heappush(self.slowest, item)
             elif total > self.slowest[0][0]:
                 heapq.heapreplace(self.slowest, item)
-            if r.get("qc_uri"):
+            if r.qc_uri:
                 self.gallery_total += 1
                 if len(self.gallery) < GALLERY:
-                    self.gallery.append((r["volume_id"], r["qc_uri"]))
+                    self.gallery.append((r.volume_id, r.qc_uri))
         if ml:
             self.ml_hist += np.histogram(np.clip(ml, 0, ML_BINS[-1]), ML_BINS)[0]
         if hu:
             self.hu_hist += np.histogram(np.clip(hu, HU_BINS[0], HU_BINS[-1]), HU_BINS)[0]
 
 
-    def _failure(self, r: dict) -> None:
+    def _failure(self, r: VolumeRecord) -> None:
         """Failures grouped by reason and folder (24 gzipped files of one folder are one line)."""
-        source = str(r.get("source") or "")
+        source = str(r.source or "")
         folder = source.rstrip("/").rsplit("/", 1)[0] + "/" if "/" in source.rstrip("/") else source
-        key = (r.get("error_type") or "unknown", folder)
+        key = (r.error_type.value or "unknown", folder)
         self.failure_groups[key] += 1
         examples = self.failure_examples.setdefault(key, [])
         if len(examples) < EXAMPLES:
-            examples.append(source.rstrip("/").rsplit("/", 1)[-1] or r["volume_id"])
+            examples.append(source.rstrip("/").rsplit("/", 1)[-1] or r.volume_id)
 
     def failure_table(self) -> tuple[list[dict], int]:
         """The largest groups first, and how many failures the groups not listed hold."""
@@ -157,21 +172,11 @@ class VolumeAggregates:
 
 
 def aggregate_volume_table(out: str) -> VolumeAggregates:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """The aggregates of an output's volume table, read part by part through its store (any
+    layout version it reads; one part's rows held at a time)."""
     agg = VolumeAggregates()
-    try:
-        entries = storage.list_files(storage.join(out, "volumes"))
-    except Exception:  # noqa: BLE001 - no table yet: an empty report
-        return agg
-    for e in entries:
-        if e.uri.endswith(".parquet"):
-            # ParquetFile, not pq.read_table: the dataset reader pyarrow 26 uses there leaves a thread
-            # that aborts the process at exit ("terminate called without an active exception") in
-            # most runs of a short command such as `unet status`.
-            table = pq.ParquetFile(pa.BufferReader(storage.read_bytes(e.uri))).read()
-            agg.add(table.select([c for c in COLUMNS if c in table.column_names]).to_pylist())
+    for part in OutputStore(out).volume_parts():
+        agg.add(part)
     return agg
 
 
@@ -249,31 +254,26 @@ def _throughput_series(agg: VolumeAggregates) -> tuple[list[float], list[int], l
 
 def relative(out: str, uri: str) -> str:
     """A link from a page at the output's root to one of its objects."""
-    prefix = out.rstrip("/") + "/"
-    return uri[len(prefix):] if uri.startswith(prefix) else uri
+    return OutputStore(out).relative(uri)
 
 
 def segment_report(out: str, summary: RunSummary) -> str:
     """Write report.html (and report/*.png) at the root of a segment output; returns its URI."""
     agg = aggregate_volume_table(out)
+    store = OutputStore(out)
     plots = {}
     for name, data in _plots(agg).items():
-        storage.write_bytes(storage.join(out, PLOTS_FOLDER, name), data)
+        storage.write_bytes(store.plot_uri(name), data)
         plots[name.split(".")[0]] = f"{PLOTS_FOLDER}/{name}"
     slowest = [{**row, "total": total, **{k: float(row.get(k) or 0.0) for k in
                                          ("decode_seconds", "predict_seconds", "write_seconds")}}
                for total, _, row in sorted(agg.slowest, key=lambda x: -x[0])]
-    links = [(name, name, "") for name in ("summary.json", "layout.json", "plan.parquet")
-             if storage.exists(storage.join(out, name))]
+    links = [(name, name, "") for name in (SUMMARY_FILE, LAYOUT_FILE, PLAN_TABLE) if store.has_file(name)]
     for folder, what in TABLES:
-        try:
-            present = any(True for _ in storage.list_files(storage.join(out, folder)))
-        except Exception:  # noqa: BLE001 - not written by this output
-            present = False
-        if present:
+        if store.has_folder(folder):
             how = " (a Parquet dataset: read the folder, e.g. pyarrow.parquet.read_table or pandas.read_parquet)" \
-                if folder in ("volumes", "series_index") else ""
-            links.append((f"{folder}/", f"{folder}/", what + how))
+                if folder in (Folder.VOLUMES, Folder.SERIES_INDEX) else ""
+            links.append((f"{folder.value}/", f"{folder.value}/", what + how))
     failure_groups, failures_not_listed = agg.failure_table()
     html = _env().get_template("segment_report.html.j2").render(
         title=out, summary=summary, model_identity=summary.model_identity,
@@ -285,7 +285,7 @@ def segment_report(out: str, summary: RunSummary) -> str:
         gallery=[{"volume_id": v, "href": relative(out, u)} for v, u in agg.gallery],
         gallery_more=agg.gallery_total > len(agg.gallery), gallery_total=agg.gallery_total, links=links,
     )
-    uri = storage.join(out, REPORT_FILE)
+    uri = store.report_uri
     storage.write_bytes(uri, html.encode())
     return uri
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 
 from unet_core.errors import ErrorType
 from unet_core.segmentation import selection
-from unet_core.segmentation.records import Action, Format, PlannedVolume, Status, VolumeRecord
+from unet_core.segmentation.records import Action, Format, PlannedVolume, RowKind, Status, VolumeRecord
+from unet_core.segmentation.selection import Rule
 from unet_core.segmentation.settings import SegmentSettings
 
 
@@ -30,15 +31,15 @@ def facts_of(members, fmt: Format) -> str:
     return selection.facts_of_dicom(members.headers, n_slices).to_json()
 
 
-def stored_facts(prev: dict | None, s: SegmentSettings) -> selection.VolumeFacts | None:
+def stored_facts(prev: VolumeRecord | None, s: SegmentSettings) -> selection.VolumeFacts | None:
     """A previous row's selection facts, when they were made with this run's free-text patterns."""
-    if not prev or not prev.get("selection_facts") or (prev.get("text_rules") or "") != s.rules.text_digest():
+    if prev is None or not prev.selection_facts or (prev.text_rules or "") != s.rules.text_digest():
         return None
-    return selection.VolumeFacts.from_json(prev["selection_facts"])
+    return selection.VolumeFacts.from_json(prev.selection_facts)
 
 
-def was_not_selected(prev: dict | None, fp: str) -> bool:
-    return bool(prev) and prev["fingerprint"] == fp and prev["error_type"] == ErrorType.NOT_SELECTED.value
+def was_not_selected(prev: VolumeRecord | None, fp: str) -> bool:
+    return prev is not None and prev.fingerprint == fp and prev.error_type == ErrorType.NOT_SELECTED
 
 
 def _status(p: PlannedVolume) -> str:
@@ -47,7 +48,7 @@ def _status(p: PlannedVolume) -> str:
 
 def _candidate(p: PlannedVolume) -> bool:
     """A volume the rules decide on: to segment, or carried (ok, or left out by the last rules)."""
-    if p.volume_id.startswith("obj-") or not p.facts:
+    if p.kind != RowKind.VOLUME or not p.facts:
         return False
     return p.action == Action.SEGMENT or (p.action == Action.CARRY and _status(p) in (Status.OK, Status.SKIPPED))
 
@@ -57,14 +58,14 @@ def select(planned: list[PlannedVolume], s: SegmentSettings) -> list[PlannedVolu
     again gets this run's message; a volume the rules take again after leaving it out last time
     was planned from its members (planning.merge_bucket), so it is segmented."""
     rules = s.rules
-    why: dict[str, str] = {}
+    why: dict[str, Why] = {}
     for p in planned:
         if not _candidate(p):
             continue
-        if reason := selection.verdict(rules, selection.VolumeFacts.from_json(p.facts)):
-            why[p.volume_id] = reason
+        if refused := selection.refusal(rules, selection.VolumeFacts.from_json(p.facts)):
+            why[p.volume_id] = Why(*refused)
         elif s.sample is not None and not selection.in_sample(p.volume_id, s.sample, s.seed):
-            why[p.volume_id] = f"not in the --sample {s.sample:g} (seed {s.seed})"
+            why[p.volume_id] = Why(Rule.SAMPLE, f"not in the --sample {s.sample:g} (seed {s.seed})")
     return demote(planned, why, s)
 
 
@@ -87,12 +88,20 @@ def contenders(planned: list[PlannedVolume], s: SegmentSettings) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class Why:
+    """Why a volume is left out: the rule, and the message its row carries."""
+
+    rule: Rule
+    reason: str
+
+
 @dataclass
 class Demotion:
     """What the run-wide choices leave out of one bucket: volumes by id, and (--limit) every
     volume to segment whose rank is above `beyond`."""
 
-    why: dict[str, str] = field(default_factory=dict)
+    why: dict[str, Why] = field(default_factory=dict)
     beyond: float | None = None
 
 
@@ -106,7 +115,7 @@ def decide(s: SegmentSettings, found: dict[int, dict]) -> dict[int, Demotion]:
                                               slice_spacing=r[4], n_slices=r[5])) for r in rows]
         bucket = {r[0]: r[6] for r in rows}
         for vid, reason in selection.one_per_study(s.rules, facts).items():
-            out.setdefault(bucket[vid], Demotion()).why[vid] = reason
+            out.setdefault(bucket[vid], Demotion()).why[vid] = Why(Rule.ONE_PER_STUDY, reason)
     if s.limit is not None:
         left_out = {vid for d in out.values() for vid in d.why}
         ranks = sorted(r for c in found.values() for r, vid in c.get("limit", []) if vid not in left_out)
@@ -118,17 +127,17 @@ def decide(s: SegmentSettings, found: dict[int, dict]) -> dict[int, Demotion]:
     return out
 
 
-def not_selected_record(fields: dict, reason: str, facts: str, s: SegmentSettings) -> VolumeRecord:
-    """The skipped row of a volume left out: its identity and facts, none of its outputs."""
+def not_selected_record(rec: VolumeRecord, why: Why, facts: str, s: SegmentSettings) -> VolumeRecord:
+    """The skipped row of a volume left out (`rec` gives its identity): its facts, none of its outputs."""
     n_slices = selection.VolumeFacts.from_json(facts).n_slices if facts else 0
     return VolumeRecord(
-        volume_id=fields["volume_id"], source=fields["source"], format=fields["format"], series_uid=fields["series_uid"],
-        status=Status.SKIPPED, error=f"{fields['source']}: not selected: {reason}", error_type=ErrorType.NOT_SELECTED,
-        fingerprint=fields["fingerprint"], n_objects=int(fields.get("n_objects") or 0), n_slices=n_slices,
+        volume_id=rec.volume_id, source=rec.source, format=rec.format, series_uid=rec.series_uid,
+        status=Status.SKIPPED, error=f"{rec.source}: not selected: {why.reason}", error_type=ErrorType.NOT_SELECTED,
+        rule=why.rule, fingerprint=rec.fingerprint, n_objects=rec.n_objects, n_slices=n_slices,
         model=s.model_name, model_identity=s.model_identity, selection_facts=facts, text_rules=s.rules.text_digest())
 
 
-def demote(planned: list[PlannedVolume], why: dict[str, str], s: SegmentSettings,
+def demote(planned: list[PlannedVolume], why: dict[str, Why], s: SegmentSettings,
            beyond: float | None = None) -> list[PlannedVolume]:
     """Planned volumes with those named in `why`, and those to segment ranked above `beyond`
     (--limit), turned into not_selected rows (set aside)."""
@@ -137,19 +146,19 @@ def demote(planned: list[PlannedVolume], why: dict[str, str], s: SegmentSettings
         reason = why.get(p.volume_id)
         if reason is None and beyond is not None and p.action == Action.SEGMENT and (
                 selection.sample_rank(p.volume_id, s.seed) > beyond):
-            reason = f"beyond the --limit {s.limit} (seed {s.seed})"
+            reason = Why(Rule.LIMIT, f"beyond the --limit {s.limit} (seed {s.seed})")
         if reason is None:
             out.append(p)
             continue
         n_objects = len(json.loads(p.members)) if p.action == Action.SEGMENT else json.loads(p.record).get("n_objects", 0)
-        fields = {"volume_id": p.volume_id, "source": p.source, "format": p.format.value, "series_uid": p.series_uid,
-                  "fingerprint": p.fingerprint, "n_objects": n_objects}
-        rec = not_selected_record(fields, reason, p.facts, s)
+        ident = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid,
+                             status=Status.SKIPPED, fingerprint=p.fingerprint, n_objects=int(n_objects or 0))
+        rec = not_selected_record(ident, reason, p.facts, s)
         out.append(replace(p, action=Action.SET_ASIDE, members="[]", record=json.dumps(rec.to_row())))
     return out
 
 
-def demote_rows(rows: list[dict], why: dict[str, str], s: SegmentSettings) -> list[dict]:
+def demote_rows(rows: list[VolumeRecord], why: dict[str, Why], s: SegmentSettings) -> list[VolumeRecord]:
     """Volume-table rows with those named in `why` turned into not_selected rows."""
-    return [not_selected_record(r, why[r["volume_id"]], r.get("selection_facts") or "", s).to_row()
-            if r["volume_id"] in why else r for r in rows]
+    return [not_selected_record(r, why[r.volume_id], r.selection_facts or "", s) if r.volume_id in why else r
+            for r in rows]

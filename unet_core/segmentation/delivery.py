@@ -18,8 +18,8 @@ from typing import Callable
 
 from unet_core.errors import ItemFailure, StorageError
 from unet_core.io import dicomweb, storage
-from unet_core.segmentation.layout import volume_part_uri
-from unet_core.segmentation.records import Status, VolumeRecord, table_bytes
+from unet_core.segmentation.records import RowKind, Status, VolumeRecord
+from unet_core.segmentation.store import OutputStore
 
 MAX_ERRORS_SHOWN = 10
 
@@ -40,10 +40,9 @@ def send_record(rec: VolumeRecord, dest: str, data: bytes | None = None) -> Volu
         return replace(rec, sent="", sent_to="", send_error=error)
 
 
-def is_pending(row: dict, dest: str) -> bool:
+def is_pending(rec: VolumeRecord, dest: str) -> bool:
     """An ok row with a SEG that is not stored at `dest`."""
-    return (row.get("status") == Status.OK.value and bool(row.get("seg_uri"))
-            and not (row.get("sent") and row.get("sent_to") == dest))
+    return rec.status == Status.OK and bool(rec.seg_uri) and not (rec.sent and rec.sent_to == dest)
 
 
 @dataclass
@@ -62,20 +61,18 @@ class SendCounts:
 
 def send_part(out: str, bucket: int, dest: str) -> SendCounts:
     """Send the pending SEGs of one volume-table part; the part is rewritten when any row changed."""
-    from unet_core.segmentation.tables import read_part  # tables -> stages -> this module
-
-    rows, counts, changed = read_part(out, bucket), SendCounts(), False
+    store = OutputStore(out)
+    rows, counts, changed = store.read_volumes(bucket), SendCounts(), False
     for i, row in enumerate(rows):
-        if row.get("status") != Status.OK.value or row.get("volume_id", "").startswith("obj-"):
+        if row.status != Status.OK or row.kind != RowKind.VOLUME:
             continue
-        if not row.get("seg_uri"):
+        if not row.seg_uri:
             counts.without_seg += 1
         elif not is_pending(row, dest):
             counts.already += 1
         else:
-            known = {k: v for k, v in row.items() if k in VolumeRecord.__dataclass_fields__}
-            rec = send_record(VolumeRecord.from_row(known), dest)
-            rows[i], changed = {**row, **rec.to_row()}, True
+            rec = send_record(row, dest)
+            rows[i], changed = rec, True
             if rec.send_error:
                 counts.failed += 1
                 if len(counts.errors) < MAX_ERRORS_SHOWN:
@@ -83,7 +80,7 @@ def send_part(out: str, bucket: int, dest: str) -> SendCounts:
             else:
                 counts.sent += 1
     if changed:
-        storage.write_bytes(volume_part_uri(out, bucket), table_bytes(VolumeRecord, rows))
+        store.write_volumes(bucket, rows)
     return counts
 
 

@@ -1,15 +1,5 @@
-"""Where a segment run keeps its outputs, and the partitioning that lets a re-run find the state of
-the last one without holding it anywhere whole.
-
-    <output>/layout.json                  partitions, buckets, fan-out depth, inputs (this file)
-    <output>/series_index/part-PPPPP.parquet  ObjectRow of every object of listing partition P:
-                                          the manifest a re-run joins its listing against
-    <output>/volumes/part-BBBBB.parquet   VolumeRecord of every volume of bucket B: the volume table
-    <output>/plan/part-BBBBB.parquet      PlannedVolume of a bucket with volumes to segment, while a
-                                          run is under way (removed when its table part is written)
-    <output>/records/ok|error/<volume_id>.parquet  completion records, the unit of exactly-once
-    <output>/masks|slices|qc/<volume_id>.*  per-volume outputs
-    <output>/summary.json
+"""How a segment run partitions its output so that a re-run finds the state of the last one
+without holding it anywhere whole (where each part lives: store.py).
 
 A listing unit (a prefix, or the objects directly in one) belongs to partition
 crc32(unit) % partitions; a volume to bucket crc32(volume_id) % buckets. Both counts are fixed by
@@ -22,9 +12,13 @@ import json
 import zlib
 from dataclasses import asdict, dataclass
 
-from unet_core.io import storage
-
-LAYOUT_VERSION = 3  # 2: fragments routed to buckets by DICOM series (planning.bucket_key); 3: NIfTI ids are hashes
+# 2: fragments routed to buckets by DICOM series (planning.bucket_key); 3: NIfTI ids are hashes;
+# 4: the volume table's `kind` and `rule` columns (a set-aside object was known by its "obj-" id, a
+# not_selected row's rule by its message), `format` an enum.
+LAYOUT_VERSION = 4
+# Versions a re-run reuses as they are: 3 has the same partitioning and ids; its rows gain their
+# kind and rule as they are read (records.VolumeRecord.from_stored).
+READABLE_VERSIONS = (3, 4)
 TARGET_UNITS = 256  # listing units wanted for parallel listing (fan-out stops at that many)
 MAX_FANOUT_DEPTH = 4
 MAX_PARTITIONS = 1024
@@ -58,34 +52,6 @@ def partition_of(unit: str, partitions: int) -> int:
 
 def bucket_of(volume_id: str, buckets: int) -> int:
     return stable_hash(volume_id) % buckets
-
-
-def layout_uri(out: str) -> str:
-    return storage.join(out, "layout.json")
-
-
-def index_part_uri(out: str, partition: int) -> str:
-    return storage.join(out, "series_index", f"part-{partition:05d}.parquet")
-
-
-def volume_part_uri(out: str, bucket: int) -> str:
-    return storage.join(out, "volumes", f"part-{bucket:05d}.parquet")
-
-
-def plan_part_uri(out: str, bucket: int) -> str:
-    return storage.join(out, "plan", f"part-{bucket:05d}.parquet")
-
-
-def record_uri(out: str, status: str, volume_id: str) -> str:
-    return storage.join(out, "records", status, f"{volume_id}.parquet")
-
-
-def read_layout(out: str) -> Layout | None:
-    uri = layout_uri(out)
-    if not storage.exists(uri):
-        return None
-    layout = Layout.from_json(storage.read_bytes(uri).decode())
-    return layout if layout.version == LAYOUT_VERSION else None
 
 
 def choose_counts(n_units: int) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
 from unet_core.errors import ITEM_ERRORS, ErrorType, ItemFailure
-from unet_core.io import dicomweb, listing, read_object, storage
+from unet_core.io import dicomweb, listing, storage
 from unet_core.io.dicom.grouping import (
     VolumeMembers,
     group_series,
@@ -33,31 +33,28 @@ from unet_core.io.dicom.grouping import (
 )
 from unet_core.io.dicom.pixels import same_pixels
 from unet_core.io.nifti import nifti_volume_id
+from unet_core.io.volumes import read_object
 from unet_core.ownership import OutputNames
 from unet_core.segmentation import choosing, selection
-from unet_core.segmentation.layout import (
-    MAX_FANOUT_DEPTH,
-    TARGET_UNITS,
-    bucket_of,
-    index_part_uri,
-)
+from unet_core.segmentation.layout import MAX_FANOUT_DEPTH, TARGET_UNITS, bucket_of
 from unet_core.segmentation.records import (
+    SET_ASIDE_PREFIX,
     Action,
     Format,
     Fragment,
     ObjectKind,
     ObjectRow,
     PlannedVolume,
+    RowKind,
     Status,
     VolumeRecord,
     members_from_json,
     members_json,
-    rows_from_bytes,
-    table_bytes,
 )
 from unet_core.segmentation.scanning import scan_dicomweb, scan_object
 from unet_core.segmentation.selection import SelectionRules
 from unet_core.segmentation.settings import SegmentSettings
+from unet_core.segmentation.store import OutputStore
 from unet_core.volume import short_hash
 
 # Error types of a scan that say nothing about the object itself: scanned again next run.
@@ -121,7 +118,7 @@ def assign_volume(row: ObjectRow) -> ObjectRow:
     """The volume an object's header places it in: a DICOM image by series key, a NIfTI file by
     itself; an object set aside is a row of its own ("obj-...")."""
     if row.kind != ObjectKind.IMAGE:
-        vid = "obj-" + short_hash(row.uri)
+        vid = SET_ASIDE_PREFIX + short_hash(row.uri)
     elif row.format == Format.NIFTI:
         vid = nifti_volume_id(row.uri)
     else:
@@ -193,18 +190,15 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
                     roots: tuple[str, ...]) -> tuple[list[Fragment], ScanCounts]:
     """One listing partition of a run: joined with its series_index part of the last run, scanned
     where needed, its part rewritten when anything changed; returns its volume fragments."""
-    part_uri = index_part_uri(s.output, partition)
-    try:
-        previous = [ObjectRow.from_row(r) for r in rows_from_bytes(storage.read_bytes(part_uri))]
-    except ITEM_ERRORS:
-        previous = []
+    store = OutputStore(s.output)
+    previous = store.read_index(partition)
     rows, counts, reused = scan_partition(units, previous, s.limits, s.follow_symlinks, roots,
                                           OutputNames.of(s.output, tuple(s.inputs)), s.rules)
     if counts.scanned or len(rows) != len(previous):
         if rows:
-            storage.write_bytes(part_uri, table_bytes(ObjectRow, [r.to_row() for r in rows]))
+            store.write_index(partition, rows)
         elif previous:
-            storage.delete(part_uri)
+            store.delete_index(partition)
     frags = fragments_of(rows, s.buckets, partition, reused)
     if frags:
         frags[0] = replace(frags[0], listed=counts.listed, reused=counts.reused, scanned=counts.scanned)
@@ -260,8 +254,9 @@ def combine(fingerprints: Iterable[str]) -> str:
 
 
 def set_aside_record(row: ObjectRow, s: SegmentSettings) -> VolumeRecord:
-    return VolumeRecord(volume_id=row.volume_id if row.volume_id.startswith("obj-") else "obj-" + short_hash(row.uri),
-                        source=row.uri, format=row.format.value, series_uid=row.series_uid,
+    vid = row.volume_id if row.volume_id.startswith(SET_ASIDE_PREFIX) else SET_ASIDE_PREFIX + short_hash(row.uri)
+    return VolumeRecord(volume_id=vid, kind=RowKind.SET_ASIDE, source=row.uri, format=row.format,
+                        series_uid=row.series_uid,
                         status=Status.SKIPPED if row.kind == ObjectKind.NON_IMAGE else Status.ERROR,
                         error=row.reason, error_type=row.error_type, fingerprint=fingerprint([row]), n_objects=1,
                         model=s.model_name, model_identity=s.model_identity)
@@ -271,7 +266,7 @@ def _set_aside(row: ObjectRow, s: SegmentSettings, bucket: int) -> PlannedVolume
     rec = set_aside_record(row, s)
     return PlannedVolume(volume_id=rec.volume_id, bucket=bucket, action=Action.SET_ASIDE,
                          fingerprint=rec.fingerprint, format=row.format, source=row.uri, series_uid=row.series_uid,
-                         members="[]", record=json.dumps(rec.to_row()))
+                         members="[]", record=json.dumps(rec.to_row()), kind=RowKind.SET_ASIDE)
 
 
 def _common_prefix(uris: list[str]) -> str:
@@ -283,33 +278,33 @@ def _common_prefix(uris: list[str]) -> str:
     return prefix[: -len("/instances/")] if dicomweb.is_dicomweb(prefix) and prefix.endswith("/instances/") else prefix
 
 
-def carries(prev: dict | None, fingerprint: str, s: SegmentSettings) -> bool:
+def carries(prev: VolumeRecord | None, fingerprint: str, s: SegmentSettings) -> bool:
     """The change rule: a volume's last row is carried over, unread, when its inputs (fingerprint)
     are the same and, for a volume, it was ok with the same model and has every output this run
-    asks for. An object set aside ("obj-...") is carried when its inputs are the same."""
-    if prev is None or prev["fingerprint"] != fingerprint:
+    asks for. An object set aside is carried when its inputs are the same."""
+    if prev is None or prev.fingerprint != fingerprint:
         return False
-    if prev["volume_id"].startswith("obj-"):
+    if prev.kind == RowKind.SET_ASIDE:
         return True
-    return prev["status"] == Status.OK.value and prev["model_identity"] == s.model_identity and s.made_as_asked(prev)
+    return prev.status == Status.OK and prev.model_identity == s.model_identity and s.made_as_asked(prev)
 
 
-def _carry(prev: dict, bucket: int, facts: str | None = None, text_rules: str = "") -> PlannedVolume:
+def _carry(prev: VolumeRecord, bucket: int, facts: str | None = None, text_rules: str = "") -> PlannedVolume:
     """The last run's row, as it is; with `facts`, those (made now from the members) replace its own."""
     if facts is not None:
-        prev = {**prev, "selection_facts": facts, "text_rules": text_rules}
-    return PlannedVolume(volume_id=prev["volume_id"], bucket=bucket, action=Action.CARRY,
-                         fingerprint=prev["fingerprint"], format=Format(prev["format"]), source=prev["source"],
-                         series_uid=prev["series_uid"], members="[]", record=json.dumps(prev),
-                         facts=prev.get("selection_facts") or "")
+        prev = replace(prev, selection_facts=facts, text_rules=text_rules)
+    return PlannedVolume(volume_id=prev.volume_id, bucket=bucket, action=Action.CARRY,
+                         fingerprint=prev.fingerprint, format=prev.format, source=prev.source,
+                         series_uid=prev.series_uid, members="[]", record=json.dumps(prev.to_row()),
+                         facts=prev.selection_facts or "", kind=prev.kind)
 
 
-def _plan(members: VolumeMembers, fmt: Format, source: str, previous: dict[str, dict], s: SegmentSettings,
+def _plan(members: VolumeMembers, fmt: Format, source: str, previous: dict[str, VolumeRecord], s: SegmentSettings,
           bucket: int) -> PlannedVolume:
     fp = fingerprint(members.headers)
     prev = previous.get(members.volume_id)
     facts = choosing.facts_of(members, fmt)
-    if carries(prev, fp, s) and not members.volume_id.startswith("obj-"):
+    if carries(prev, fp, s) and prev is not None and prev.kind == RowKind.VOLUME:
         return _carry(prev, bucket, facts, s.rules.text_digest())
     return PlannedVolume(volume_id=members.volume_id, bucket=bucket, action=Action.SEGMENT, fingerprint=fp,
                          format=fmt, source=source, series_uid=members.series_uid, members=members_json(members.headers),
@@ -319,7 +314,7 @@ def _plan(members: VolumeMembers, fmt: Format, source: str, previous: dict[str, 
 MemberLoader = Callable[[int, str], list[ObjectRow]]  # (partition, volume id) -> its rows there
 
 
-def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: SegmentSettings,
+def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, VolumeRecord], s: SegmentSettings,
                  load_members: MemberLoader | None = None) -> list[PlannedVolume]:
     """The fragments of one bucket's volumes, merged, deduplicated and planned. `previous` maps a
     volume id to its row in the last run's volume table (same bucket). A volume whose fragments
@@ -345,8 +340,8 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
         if (unread and carries(prev, fp, s) and (not selecting or stored is not None)) or (
                 stored is not None and choosing.was_not_selected(prev, fp) and selection.verdict(s.rules, stored)):
             out.append(_carry(prev, frags[0].bucket))
-            if prev["format"] == Format.DICOM.value and prev["series_uid"]:
-                largest[prev["series_uid"]] = max(largest[prev["series_uid"]], int(prev.get("n_objects") or 0))
+            if prev is not None and prev.format == Format.DICOM and prev.series_uid:
+                largest[prev.series_uid] = max(largest[prev.series_uid], prev.n_objects or 0)
             continue
         members: list[ObjectRow] = []
         for f in frags:
@@ -372,7 +367,7 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, dict], s: Se
     return choosing.select(out, s) if selecting else out
 
 
-def _plan_volume(vid: str, members: list[ObjectRow], previous: dict[str, dict], largest: dict[str, int],
+def _plan_volume(vid: str, members: list[ObjectRow], previous: dict[str, VolumeRecord], largest: dict[str, int],
                  s: SegmentSettings, bucket: int) -> list[PlannedVolume]:
     """One volume id's members -> its planned volume(s) and the objects set aside from it."""
     first = members[0]
@@ -416,7 +411,7 @@ def _volume_error(p: PlannedVolume, g: VolumeMembers, s: SegmentSettings, error_
     """A volume that planning already knows cannot be segmented: its error row, nothing read. It
     keeps its members (the objects it stands for)."""
     rec = VolumeRecord(
-        volume_id=p.volume_id, source=p.source, format=p.format.value, series_uid=p.series_uid, status=Status.ERROR,
+        volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid, status=Status.ERROR,
         error=message, error_type=error_type, fingerprint=p.fingerprint,
         n_objects=len(g.headers), model=s.model_name, model_identity=s.model_identity)
     return replace(p, action=Action.SET_ASIDE, members=members_json(g.headers), record=json.dumps(rec.to_row()))

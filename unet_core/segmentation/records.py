@@ -19,8 +19,10 @@ from typing import Any, ClassVar, TypeVar
 
 from unet_core.errors import ErrorType
 from unet_core.io.dicom.header import DicomHeader, ObjectKind
+from unet_core.segmentation.selection import Rule, rule_of
 
 R = TypeVar("R", bound="Record")
+SET_ASIDE_PREFIX = "obj-"  # the id of an object set aside: "obj-" + a hash of its URI (never read back)
 
 
 class Status(enum.StrEnum):
@@ -33,6 +35,13 @@ class Action(enum.StrEnum):
     SEGMENT = "segment"  # new or changed: decode, predict, write
     CARRY = "carry"  # complete and unchanged since the last run: its row is carried over
     SET_ASIDE = "set_aside"  # an object that forms no volume: its row is written, nothing else
+
+
+class RowKind(enum.StrEnum):
+    """What a row of the volume table stands for."""
+
+    VOLUME = "volume"  # a volume: segmented, carried, failed or not selected
+    SET_ASIDE = "set_aside"  # an object that forms no volume (a report, a duplicate, junk): id "obj-..."
 
 
 class Format(enum.StrEnum):
@@ -168,6 +177,7 @@ class PlannedVolume(Record):
     members: str  # JSON list of ObjectRow rows, in volume order (SEGMENT, and a volume's error found at planning)
     record: str  # JSON of the VolumeRecord (CARRY, SET_ASIDE); "" for SEGMENT
     facts: str = ""  # JSON of the volume's selection.VolumeFacts ("" for objects set aside)
+    kind: RowKind = RowKind.VOLUME
 
 
 @dataclass
@@ -176,7 +186,7 @@ class VolumeRecord(Record):
 
     volume_id: str
     source: str
-    format: str
+    format: Format
     series_uid: str
     status: Status
     error: str = ""
@@ -208,6 +218,26 @@ class VolumeRecord(Record):
     sent: str = ""  # --send-seg / unet send: when its SEG was stored at `sent_to` (UTC, ISO 8601)
     sent_to: str = ""  # the DICOMweb service it was stored at (never holds credentials)
     send_error: str = ""  # why the last attempt to store it failed; the next run or `unet send` retries
+    kind: RowKind = RowKind.VOLUME
+    rule: Rule = Rule.NONE  # what left a not_selected volume out
+
+    @classmethod
+    def from_stored(cls, row: dict) -> VolumeRecord:
+        """A row of a stored table or record, of this layout version or an earlier one: columns
+        it does not know are left out, missing ones take their defaults; a layout-3 row (no `kind`
+        column) gets its kind from its id and its rule from its message."""
+        fields = cls._field_converters()
+        known = {k: v for k, v in row.items() if k in fields}
+        if "kind" not in row:
+            vid = str(row.get("volume_id") or "")
+            known["kind"] = RowKind.SET_ASIDE if vid.startswith(SET_ASIDE_PREFIX) else RowKind.VOLUME
+            if row.get("error_type") == ErrorType.NOT_SELECTED.value:
+                known["rule"] = rule_of(str(row.get("error") or ""))
+        return cls.from_row(known)
+
+    @property
+    def not_selected(self) -> bool:
+        return self.error_type == ErrorType.NOT_SELECTED
 
 
 def table_bytes(cls: type[Record], rows: list[dict]) -> bytes:
@@ -238,5 +268,5 @@ def members_from_json(text: str) -> list[ObjectRow]:
 
 
 __all__ = ["Action", "ErrorType", "Format", "Fragment", "ObjectKind", "ObjectRow",
-           "PlannedVolume", "Record", "Status", "VolumeRecord", "members_from_json", "members_json",
+           "PlannedVolume", "Record", "RowKind", "Rule", "SET_ASIDE_PREFIX", "Status", "VolumeRecord", "members_from_json", "members_json",
            "rows_from_bytes", "table_bytes"]

@@ -5,7 +5,8 @@ before any pixel is read.
                                         "input_rules"); unknown keys and bad values are refused
     facts_of_dicom(headers, ...)        what a DICOM volume's headers say, as VolumeFacts
     facts_of_nifti(row)                 what a NIfTI header says (the rest is unknown)
-    verdict(rules, facts)               None (selected) or the first rule failed, with the values
+    refusal(rules, facts)               None (selected) or (the first Rule failed, why, with the values)
+    verdict(rules, facts)               just the why of `refusal`
     one_per_study(rules, candidates)    the volumes that lose to another series of their study
     in_sample(volume_id, fraction, seed), sample_rank(volume_id, seed)   --sample and --limit
 
@@ -17,6 +18,7 @@ any other change of the rules is decided from stored facts, without reading anyt
 """
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import json
@@ -108,6 +110,28 @@ def _choice(value: Any, key: str, where: str, allowed: tuple[str, ...], default:
     if value not in allowed:
         raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)} (got {value!r})")
     return value
+
+
+class Rule(enum.StrEnum):
+    """What left a volume out (a not_selected row's `rule`): a selection rule, or the run's
+    --sample, --limit or one_per_study. The values are the names summaries and reports count by."""
+
+    NONE = ""  # a row that was not left out
+    MODALITY = "modality"
+    IMAGE_TYPE = "image_type"  # image_type_includes / image_type_excludes
+    ORIENTATION = "orientation"
+    SLICE_THICKNESS = "slice_thickness"
+    SLICE_SPACING = "slice_spacing"
+    SLICES = "slices"  # min_slices / max_slices
+    PIXEL_SPACING = "pixel_spacing"
+    BODY_PART = "body_part"
+    SERIES_DESCRIPTION = "series_description"
+    CONVOLUTION_KERNEL = "convolution_kernel"
+    CONTRAST = "contrast"
+    ONE_PER_STUDY = "one_per_study"
+    SAMPLE = "sample"
+    LIMIT = "limit"
+    UNKNOWN = "unknown"  # a layout-3 row whose message names no rule this version knows
 
 
 @dataclass(frozen=True)
@@ -329,53 +353,61 @@ def _in(value: float | None, bounds: tuple[float, float], name: str) -> str | No
     return None
 
 
-def verdict(rules: SelectionRules, f: VolumeFacts) -> str | None:
+def refusal(rules: SelectionRules, f: VolumeFacts) -> tuple[Rule, str] | None:
     """None when the volume passes every rule its format can answer; else the first rule it
-    fails, with the values (never free text: a description or kernel is named by its rule)."""
+    fails and why, with the values (never free text: a description or kernel is named by its rule)."""
     known = set(f.known)
-    checks = []
+    checks: list[tuple[Rule, str | None]] = []
     if rules.modality and "modality" in known:
-        checks.append(None if f.modality.upper() in rules.modality else
-                      f"modality {f.modality or 'unknown'} not in [{', '.join(rules.modality)}]")
+        checks.append((Rule.MODALITY, None if f.modality.upper() in rules.modality else
+                      f"modality {f.modality or 'unknown'} not in [{', '.join(rules.modality)}]"))
     if rules.image_type_includes and "image_type_includes" in known:
         missing = [v for v in rules.image_type_includes if v not in f.image_type]
-        checks.append(f"image_type {'/'.join(f.image_type) or 'unknown'} lacks {', '.join(missing)}" if missing else None)
+        checks.append((Rule.IMAGE_TYPE, f"image_type {'/'.join(f.image_type) or 'unknown'} lacks {', '.join(missing)}"
+                       if missing else None))
     if rules.image_type_excludes and "image_type_excludes" in known:
         present = [v for v in rules.image_type_excludes if v in f.image_type]
-        checks.append(f"image_type {'/'.join(f.image_type)} has {', '.join(present)}" if present else None)
+        checks.append((Rule.IMAGE_TYPE, f"image_type {'/'.join(f.image_type)} has {', '.join(present)}" if present else None))
     if rules.orientation != "any" and "orientation" in known:
         if not f.orientation:
-            checks.append(f"orientation unknown (no ImageOrientationPatient), the rules ask for {rules.orientation}")
+            checks.append((Rule.ORIENTATION, f"orientation unknown (no ImageOrientationPatient), the rules ask for {rules.orientation}"))
         elif f.orientation != rules.orientation or (f.orientation_angle or 0) > rules.orientation_tolerance_deg:
-            checks.append(f"orientation {f.orientation} ({f.orientation_angle:g} deg off the axis), not "
-                          f"{rules.orientation} within {rules.orientation_tolerance_deg:g} deg")
+            checks.append((Rule.ORIENTATION, f"orientation {f.orientation} ({f.orientation_angle:g} deg off the axis), not "
+                          f"{rules.orientation} within {rules.orientation_tolerance_deg:g} deg"))
     if rules.slice_thickness_mm and "slice_thickness_mm" in known:
-        checks.append(_in(f.slice_thickness, rules.slice_thickness_mm, "slice_thickness"))
+        checks.append((Rule.SLICE_THICKNESS, _in(f.slice_thickness, rules.slice_thickness_mm, "slice_thickness")))
     if rules.slice_spacing_mm and "slice_spacing_mm" in known:
-        checks.append(_in(f.slice_spacing, rules.slice_spacing_mm, "slice_spacing"))
+        checks.append((Rule.SLICE_SPACING, _in(f.slice_spacing, rules.slice_spacing_mm, "slice_spacing")))
     if rules.min_slices and "min_slices" in known and f.n_slices < rules.min_slices:
-        checks.append(f"{f.n_slices} slices, fewer than min_slices {rules.min_slices}")
+        checks.append((Rule.SLICES, f"{f.n_slices} slices, fewer than min_slices {rules.min_slices}"))
     if rules.max_slices and "max_slices" in known and f.n_slices > rules.max_slices:
-        checks.append(f"{f.n_slices} slices, more than max_slices {rules.max_slices}")
+        checks.append((Rule.SLICES, f"{f.n_slices} slices, more than max_slices {rules.max_slices}"))
     if rules.pixel_spacing_mm and "pixel_spacing_mm" in known:
         lo, hi = rules.pixel_spacing_mm
         if f.pixel_spacing is None:
-            checks.append(f"pixel_spacing unknown, the rules ask for [{_mm(lo)}, {_mm(hi)}] mm")
+            checks.append((Rule.PIXEL_SPACING, f"pixel_spacing unknown, the rules ask for [{_mm(lo)}, {_mm(hi)}] mm"))
         elif not all(lo <= v <= hi for v in f.pixel_spacing):
-            checks.append(f"pixel_spacing {' x '.join(_mm(v) for v in f.pixel_spacing)} mm not in [{_mm(lo)}, {_mm(hi)}]")
+            checks.append((Rule.PIXEL_SPACING,
+                           f"pixel_spacing {' x '.join(_mm(v) for v in f.pixel_spacing)} mm not in [{_mm(lo)}, {_mm(hi)}]"))
     if rules.body_part and "body_part" in known:
-        checks.append(None if f.body_part.upper() in rules.body_part else
-                      f"body_part {f.body_part or 'unknown'} not in [{', '.join(rules.body_part)}]")
+        checks.append((Rule.BODY_PART, None if f.body_part.upper() in rules.body_part else
+                      f"body_part {f.body_part or 'unknown'} not in [{', '.join(rules.body_part)}]"))
     if rules.series_description is not None and "series_description" in known and not f.description_match:
-        checks.append(f"series_description does not match {rules.series_description!r}")
+        checks.append((Rule.SERIES_DESCRIPTION, f"series_description does not match {rules.series_description!r}"))
     if rules.convolution_kernel is not None and "convolution_kernel" in known and not f.kernel_match:
-        checks.append(f"convolution_kernel does not match {rules.convolution_kernel!r}")
+        checks.append((Rule.CONVOLUTION_KERNEL, f"convolution_kernel does not match {rules.convolution_kernel!r}"))
     if rules.contrast != "any" and "contrast" in known:
         want = rules.contrast == "yes"
         if bool(f.contrast) != want:
-            checks.append(f"contrast {'yes' if f.contrast else 'no'} (ContrastBolusAgent / ContrastBolusRoute "
-                          f"{'present' if f.contrast else 'absent'}), the rules ask for {rules.contrast}")
-    return next((c for c in checks if c), None)
+            checks.append((Rule.CONTRAST, f"contrast {'yes' if f.contrast else 'no'} (ContrastBolusAgent / ContrastBolusRoute "
+                          f"{'present' if f.contrast else 'absent'}), the rules ask for {rules.contrast}"))
+    return next(((rule, why) for rule, why in checks if why), None)
+
+
+def verdict(rules: SelectionRules, f: VolumeFacts) -> str | None:
+    """None when the volume is selected; else why not (`refusal`'s message)."""
+    found = refusal(rules, f)
+    return found[1] if found else None
 
 
 def unknown_rules(rules: SelectionRules, f: VolumeFacts) -> list[str]:
@@ -418,14 +450,15 @@ def one_per_study(rules: SelectionRules, candidates: list[tuple[str, VolumeFacts
     return out
 
 
-def rule_of(error: str) -> str:
-    """The rule a not_selected message names ("slice_thickness 5 mm not in ..." -> slice_thickness)."""
+def rule_of(error: str) -> Rule:
+    """The rule a not_selected message names ("slice_thickness 5 mm not in ..." -> slice_thickness):
+    only for rows of layout version 3, which had no `rule` column (records.VolumeRecord.from_stored)."""
     reason = error.split(": not selected: ", 1)[-1]
     for key in ("--sample", "--limit", "one_per_study"):
         if key in reason:
-            return key.lstrip("-")
+            return Rule(key.lstrip("-"))
     first = reason.split(" ", 1)[0]
-    return "slices" if first.isdigit() else first
+    return Rule.SLICES if first.isdigit() else Rule(first) if first in Rule._value2member_map_ else Rule.UNKNOWN
 
 
 # ---- trial runs -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from unet_core.config import Limits
 from unet_core.errors import ConfigError
+from unet_core.segmentation.records import VolumeRecord
 from unet_core.segmentation.selection import SelectionRules
 
 
@@ -50,16 +51,16 @@ class SegmentSettings:
     def rules(self) -> SelectionRules:
         return SelectionRules.from_dict(json.loads(self.selection), "the run's selection rules")
 
-    def made_as_asked(self, row: dict) -> bool:
+    def made_as_asked(self, rec: VolumeRecord) -> bool:
         """Whether a volume's earlier ok row was made as this run asks: every output it asks for
         (a run that adds --qc or --dicom-seg redoes the volumes without them), and the same privacy
         setting (a run with or without --keep-phi redoes the rows made the other way: identifiers
         never survive dropping it)."""
-        if bool(row.get("keep_phi", False)) != self.keep_phi:
+        if bool(rec.keep_phi) != self.keep_phi:
             return False
-        if self.qc and not row.get("qc_uri"):
+        if self.qc and not rec.qc_uri:
             return False
-        return not (self.dicom_seg and not row.get("seg_uri") and not row.get("seg_skipped"))
+        return not (self.dicom_seg and not rec.seg_uri and not rec.seg_skipped)
 
     def __post_init__(self) -> None:
         if self.prediction_attempts < 1 or self.partitions < 1 or self.buckets < 1:

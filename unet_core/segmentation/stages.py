@@ -16,26 +16,19 @@ from typing import Callable
 import numpy as np
 
 from unet_core.bundle import BundleInfo
-from unet_core.errors import ITEM_ERRORS, ErrorType, InputError, ItemFailure
+from unet_core.errors import ErrorType, InputError, ItemFailure
 from unet_core.inference import PostProcess, finish_volume, prepare_volume, qc_montage_png, volume_stats
-from unet_core.io import read_object, read_objects, storage
+from unet_core.io import storage
 from unet_core.io.dicom.grouping import VolumeMembers
 from unet_core.io.dicom.seg import SegIdentity, SegSkipped, build_seg, seg_bytes, software_version
 from unet_core.io.dicom.series import SourceFrames, read_series_with_sources
 from unet_core.io.mask_codec import slices_table_bytes
 from unet_core.io.nifti import mask_to_nifti_bytes, read_nifti
+from unet_core.io.volumes import read_object, read_objects
 from unet_core.segmentation.delivery import send_record
-from unet_core.segmentation.layout import record_uri
-from unet_core.segmentation.records import (
-    Format,
-    PlannedVolume,
-    Status,
-    VolumeRecord,
-    members_from_json,
-    rows_from_bytes,
-    table_bytes,
-)
+from unet_core.segmentation.records import Format, PlannedVolume, Status, VolumeRecord, members_from_json
 from unet_core.segmentation.settings import SegmentSettings
+from unet_core.segmentation.store import OutputStore, VolumeOutput
 from unet_core.volume import Volume
 
 
@@ -98,7 +91,7 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
 
 
 def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
-    return VolumeRecord(volume_id=planned.volume_id, source=planned.source, format=planned.format.value,
+    return VolumeRecord(volume_id=planned.volume_id, source=planned.source, format=planned.format,
                         series_uid=planned.series_uid, fingerprint=planned.fingerprint,
                         n_objects=len(json.loads(planned.members)), model=s.model_name,
                         model_identity=s.model_identity, keep_phi=s.keep_phi, selection_facts=planned.facts,
@@ -108,8 +101,8 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
 def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:
     """One volume through decode -> predict -> finish -> write. Returns (record, outcome)."""
     if s.resume:
-        found = read_record(s.output, planned.volume_id, planned.fingerprint, ok_only=True)
-        if found is not None and found.model_identity == s.model_identity and s.made_as_asked(found.to_row()):
+        found = OutputStore(s.output).read_record(planned.volume_id, planned.fingerprint, ok_only=True)
+        if found is not None and found.model_identity == s.model_identity and s.made_as_asked(found):
             return found, Outcome.RESUMED
     d = decode_volume(planned, s)
     rec = _record(planned, s, status=Status.OK, decode_seconds=d.seconds)
@@ -134,20 +127,20 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
     """Labels on the source grid, outputs written, then the completion record (last)."""
 
     t = time.perf_counter()
-    vid = rec.volume_id
+    vid, store = rec.volume_id, OutputStore(s.output)
     if rec.status == Status.OK and volume is not None:
         try:
             labels = finish_volume(np.asarray(prob), volume, s.threshold, PostProcess(s.largest_component, s.fill_holes),
                                    preprocess=BundleInfo.from_json(s.bundle_info).preprocess, tta=s.tta)
             stats = volume_stats(labels, volume)
-            mask_uri = storage.join(s.output, "masks", f"{vid}.nii.gz")
+            mask_uri = store.output_uri(VolumeOutput.MASK, vid)
             storage.write_bytes(mask_uri, mask_to_nifti_bytes(labels, volume))
-            slices_uri = storage.join(s.output, "slices", f"{vid}.parquet")
+            slices_uri = store.output_uri(VolumeOutput.SLICES, vid)
             storage.write_bytes(slices_uri, slices_table_bytes(vid, labels))
             rec = replace(rec, mask_uri=mask_uri, slices_uri=slices_uri, modality=volume.modality or "",
                           metadata=json.dumps(volume.metadata, default=str), **stats)
             if s.qc:
-                qc_uri = storage.join(s.output, "qc", f"{vid}.png")
+                qc_uri = store.output_uri(VolumeOutput.QC, vid)
                 storage.write_bytes(qc_uri, qc_montage_png(volume, labels, title=vid))
                 rec.qc_uri = qc_uri
             if s.dicom_seg:
@@ -159,7 +152,7 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
     rec.write_seconds = time.perf_counter() - t
     rec.finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        write_record(s.output, rec)
+        store.write_record(rec)
     except Exception as exc:  # noqa: BLE001 - the store failed past its retries (or worse): redo next run
         failure = ItemFailure.of(rec.source, exc, "recording the result")
         return _failed(rec, ItemFailure(f"{rec.source}: the result could not be recorded: {failure.error}",
@@ -173,7 +166,7 @@ def write_seg(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecor
     """Write the volume's DICOM SEG: (seg uri, "") or ("", why there is none)."""
 
     if sources is None:
-        return "", ("NIfTI input has no DICOM source images to reference" if rec.format == Format.NIFTI.value
+        return "", ("NIfTI input has no DICOM source images to reference" if rec.format == Format.NIFTI
                     else "no source images were kept")
     info = BundleInfo.from_json(s.bundle_info)
     repaired: set[str] = set()
@@ -187,29 +180,8 @@ def write_seg(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecor
     except Exception as exc:  # noqa: BLE001 - highdicom's text may quote a source value: its type only
         failure = ItemFailure.of(rec.source, exc, "building the DICOM SEG")
         return "", failure.error
-    uri = storage.join(s.output, "seg", f"{rec.volume_id}.dcm")
+    uri = OutputStore(s.output).output_uri(VolumeOutput.SEG, rec.volume_id)
     storage.write_bytes(uri, data)
     note = (f"written; left empty or out for values not valid for their VR: {', '.join(sorted(repaired))}"
             if repaired else "")
     return uri, note
-
-
-def write_record(out: str, rec: VolumeRecord) -> None:
-    """Publish a volume's completion record; an ok record replaces an earlier error record."""
-    status = Status.OK.value if rec.status == Status.OK else Status.ERROR.value
-    storage.write_bytes(record_uri(out, status, rec.volume_id), table_bytes(VolumeRecord, [rec.to_row()]))
-    if status == Status.OK.value:
-        storage.delete(record_uri(out, Status.ERROR.value, rec.volume_id))
-
-
-def read_record(out: str, volume_id: str, fingerprint: str, ok_only: bool = False) -> VolumeRecord | None:
-    """This fingerprint's completion record of a volume (ok first, then error), if there is one."""
-    for status in (Status.OK.value,) if ok_only else (Status.OK.value, Status.ERROR.value):
-        try:
-            rows = rows_from_bytes(storage.read_bytes(record_uri(out, status, volume_id)))
-        except ITEM_ERRORS:
-            continue
-        rec = VolumeRecord.from_row({k: v for k, v in rows[0].items() if k in VolumeRecord.__dataclass_fields__})
-        if rec.fingerprint == fingerprint:
-            return rec
-    return None

@@ -7,8 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from unet_core.errors import ITEM_ERRORS
 from unet_core.io import storage
-
-SUMMARY_FILE = "summary.json"
+from unet_core.segmentation.store import OutputStore
 
 
 def describe_selection(rules: dict, sample: float | None, limit: int | None, seed: int) -> str:
@@ -87,7 +86,7 @@ class RunSummary:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def write(self) -> str:
-        uri = storage.join(self.output, SUMMARY_FILE)
+        uri = OutputStore(self.output).summary_uri
         storage.write_bytes(uri, self.to_json().encode())
         return uri
 
@@ -95,6 +94,6 @@ class RunSummary:
     def read(cls, out: str) -> RunSummary | None:
         """The output's summary, or None when no run has finished there."""
         try:
-            return cls.from_json(storage.read_bytes(storage.join(out, SUMMARY_FILE)).decode())
+            return cls.from_json(storage.read_bytes(OutputStore(out).summary_uri).decode())
         except ITEM_ERRORS:
             return None

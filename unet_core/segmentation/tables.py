@@ -1,41 +1,54 @@
 """The volume table, one part per bucket, from a bucket's planned volumes and the completion
-records this run wrote; and the counts a job summary needs (never rows)."""
+records this run wrote; and the counts a job summary needs (never rows). Every part is read and
+written through the output's store (store.py)."""
 from __future__ import annotations
 
+import enum
 import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from unet_core.errors import ITEM_ERRORS, ErrorType
+from unet_core.errors import ErrorType
 from unet_core.io import storage
 from unet_core.segmentation import choosing, planning, selection
-from unet_core.segmentation.layout import index_part_uri, plan_part_uri, volume_part_uri
 from unet_core.segmentation.records import (
     Action,
+    Format,
     Fragment,
     ObjectRow,
     PlannedVolume,
+    Record,
+    RowKind,
     Status,
     VolumeRecord,
-    rows_from_bytes,
-    table_bytes,
 )
+from unet_core.segmentation.selection import Rule
 from unet_core.segmentation.settings import SegmentSettings
-from unet_core.segmentation.stages import read_record
+from unet_core.segmentation.store import OutputStore
 
 MAX_FAILURES_SHOWN = 20
 
 
 @dataclass
 class TableCounts:
-    """What a volume-table part adds to a job's summary."""
+    """The counts of volume-table rows: the one aggregation that the job's summary, `unet status`,
+    the report and --plan-only count rows by (`add_row`); parts add up (`add`)."""
 
     by_status: Counter = field(default_factory=Counter)
     by_error_type: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (volume id, error), a few
     parts_written: int = 0
     not_selected: Counter = field(default_factory=Counter)  # volumes left out, by the rule that did
+
+    def add_row(self, r: VolumeRecord) -> None:
+        self.by_status[r.status.value] += 1
+        if r.status == Status.ERROR:
+            self.by_error_type[r.error_type.value or "error"] += 1
+            if len(self.failures) < MAX_FAILURES_SHOWN:
+                self.failures.append((r.volume_id, r.error))
+        elif r.not_selected:
+            self.not_selected[r.rule.value] += 1
 
     def add(self, other: "TableCounts") -> None:
         self.by_status.update(other.by_status)
@@ -56,57 +69,48 @@ class TableCounts:
                    d["parts_written"], Counter(d.get("not_selected", {})))
 
 
-def read_part(out: str, bucket: int) -> list[dict]:
-    """The last run's rows of one volume-table part ([] when there is none)."""
-    uri = volume_part_uri(out, bucket)
-    try:
-        return rows_from_bytes(storage.read_bytes(uri))
-    except ITEM_ERRORS:
-        return []
-
-
-def _row_of(p: PlannedVolume, s: SegmentSettings) -> dict:
+def _row_of(p: PlannedVolume, s: SegmentSettings) -> VolumeRecord:
     if p.action != Action.SEGMENT:
-        return json.loads(p.record)
-    rec = read_record(s.output, p.volume_id, p.fingerprint)
+        return VolumeRecord.from_stored(json.loads(p.record))
+    rec = OutputStore(s.output).read_record(p.volume_id, p.fingerprint)
     if rec is None:
-        rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format.value, series_uid=p.series_uid,
+        rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid,
                            status=Status.ERROR, fingerprint=p.fingerprint, model=s.model_name,
                            model_identity=s.model_identity, error_type=ErrorType.NOT_RECORDED,
                            error=f"{p.source}: no completion record was written for this volume (the output store "
                                  "failed, or the run stopped first); the next run redoes it")
-    return rec.to_row()
+    return rec
 
 
-def count_rows(rows: list[dict]) -> TableCounts:
+def count_rows(rows: list[VolumeRecord]) -> TableCounts:
     counts = TableCounts()
     for r in rows:
-        counts.by_status[r["status"]] += 1
-        if r["status"] == Status.ERROR.value:
-            counts.by_error_type[r["error_type"] or "error"] += 1
-            if len(counts.failures) < MAX_FAILURES_SHOWN:
-                counts.failures.append((r["volume_id"], r["error"]))
-        elif r["error_type"] == ErrorType.NOT_SELECTED.value:
-            counts.not_selected[selection.rule_of(r["error"])] += 1
+        counts.add_row(r)
     return counts
 
 
-def _identity(row: dict) -> tuple:
-    """What makes a table row another one: a part whose rows all keep it is not rewritten."""
-    return (row["volume_id"], row["fingerprint"], row["status"], row["error"], row.get("selection_facts") or "")
+def _identity(row: VolumeRecord) -> tuple:
+    """What makes a table row another one: a part whose rows all keep it is not rewritten (a
+    layout-3 part, which lacks the kind and rule columns, always is)."""
+    return (row.volume_id, row.fingerprint, row.status, row.error, row.selection_facts or "", row.kind, row.rule)
+
+
+def _table_order(r: VolumeRecord) -> tuple:
+    return r.status != Status.OK, r.volume_id
 
 
 def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> TableCounts:
     """Write the volume-table part of `bucket` (ok rows first, then by volume id); a part whose
     rows are all carried over unchanged is left as it is."""
-    rows = sorted((_row_of(p, s) for p in planned), key=lambda r: (r["status"] != Status.OK.value, r["volume_id"]))
+    store = OutputStore(s.output)
+    rows = sorted((_row_of(p, s) for p in planned), key=_table_order)
     counts = count_rows(rows)
-    previous = read_part(s.output, bucket)
+    previous = store.read_volumes(bucket)
     unchanged = (all(p.action != Action.SEGMENT for p in planned) and
-                 [_identity(r) for r in previous] == [_identity(r) for r in rows])
+                 [_identity(r) for r in previous] == [_identity(r) for r in rows] and not store.outdated(bucket))
     if not unchanged:
         if rows or previous:
-            storage.write_bytes(volume_part_uri(s.output, bucket), table_bytes(VolumeRecord, rows))
+            store.write_volumes(bucket, rows)
             counts.parts_written = 1
     return counts
 
@@ -118,7 +122,7 @@ def settle_bucket(bucket: int, planned: list[PlannedVolume], s: SegmentSettings)
     todo = sum(p.action == Action.SEGMENT for p in planned)
     if not todo:
         return write_part(bucket, planned, s), 0
-    storage.write_bytes(plan_part_uri(s.output, bucket), table_bytes(PlannedVolume, [p.to_row() for p in planned]))
+    OutputStore(s.output).write_plan(bucket, planned)
     return TableCounts(), todo
 
 
@@ -135,11 +139,14 @@ class BucketSummary:
     scanned: int = 0
     contenders: str = "{}"  # choosing.contenders JSON: what one_per_study and --limit decide on
 
+    def contenders_dict(self) -> dict:
+        return json.loads(self.contenders)
+
 
 def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> BucketSummary:
     """All fragments of one volume bucket -> its plan (kept in storage) and its summary."""
 
-    previous = {r["volume_id"]: r for r in read_part(s.output, bucket)}
+    previous = {r.volume_id: r for r in OutputStore(s.output).read_volumes(bucket)}
     planned = planning.merge_bucket(fragments, previous, s, IndexParts(s.output))
     found = choosing.contenders(planned, s) if s.selecting else {}
     counts, todo = settle_bucket(bucket, planned, s)
@@ -151,32 +158,28 @@ def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> B
 def demote_bucket(bucket: int, d: choosing.Demotion, s: SegmentSettings) -> tuple[TableCounts, int]:
     """The run-wide choices (choosing.decide) applied to one bucket already planned: its plan, or
     its table part when it had nothing to segment. Returns (counts so far, volumes to segment)."""
-    uri = plan_part_uri(s.output, bucket)
+    store = OutputStore(s.output)
     why = d.why
-    if storage.exists(uri):
-        planned = choosing.demote(read_plan(s.output, bucket), why, s, d.beyond)
+    if store.has_plan(bucket):
+        planned = choosing.demote(store.read_plan(bucket), why, s, d.beyond)
         counts, todo = settle_bucket(bucket, planned, s)
         if not todo:
-            storage.delete(uri)
+            store.delete_plan(bucket)
         return counts, todo
-    rows = choosing.demote_rows(read_part(s.output, bucket), why, s)
-    rows.sort(key=lambda r: (r["status"] != Status.OK.value, r["volume_id"]))
-    storage.write_bytes(volume_part_uri(s.output, bucket), table_bytes(VolumeRecord, rows))
+    rows = choosing.demote_rows(store.read_volumes(bucket), why, s)
+    rows.sort(key=_table_order)
+    store.write_volumes(bucket, rows)
     counts = count_rows(rows)
     counts.parts_written = 1
     return counts, 0
 
 
-def read_plan(out: str, bucket: int, action: Action | None = None) -> list[PlannedVolume]:
-    rows = rows_from_bytes(storage.read_bytes(plan_part_uri(out, bucket)))
-    return [p for p in map(PlannedVolume.from_row, rows) if action is None or p.action == action]
-
-
 def finish_bucket(bucket: int, s: SegmentSettings) -> TableCounts:
     """The table part of a bucket whose volumes were segmented: from its plan and the completion
     records they wrote. The plan goes once the part is written."""
-    counts = write_part(bucket, read_plan(s.output, bucket), s)
-    storage.delete(plan_part_uri(s.output, bucket))
+    store = OutputStore(s.output)
+    counts = write_part(bucket, store.read_plan(bucket), s)
+    store.delete_plan(bucket)
     return counts
 
 
@@ -186,83 +189,103 @@ class IndexParts:
     none of their objects changed."""
 
     def __init__(self, out: str):
-        self.out, self.parts = out, {}
+        self.store, self.parts = OutputStore(out), {}
 
     def __call__(self, partition: int, volume_id: str) -> list[ObjectRow]:
         if partition not in self.parts:
-            rows = rows_from_bytes(storage.read_bytes(index_part_uri(self.out, partition)))
-            self.parts[partition] = [ObjectRow.from_row(r) for r in rows]
+            self.parts[partition] = self.store.read_index(partition)
         return [r for r in self.parts[partition] if r.volume_id == volume_id]
 
 
-def read_table_folder(uri: str) -> list[dict]:
-    """Every row of a Parquet dataset folder (local or s3://), part by part: for tests, the demo
-    and small outputs. Large outputs are read with any Parquet engine (`pyarrow.dataset`, DuckDB,
-    Spark) pointed at the folder."""
-    rows: list[dict] = []
-    try:
-        entries = storage.list_files(uri)
-    except ITEM_ERRORS:
-        return rows
-    for e in entries:
-        if e.uri.endswith(".parquet"):
-            rows += rows_from_bytes(storage.read_bytes(e.uri))
-    return rows
-
-
 def read_volume_table(out: str) -> list[dict]:
-    return read_table_folder(storage.join(out, "volumes"))
+    """Every row of the volume table as plain values (this layout's columns, whatever layout wrote
+    it): for tests, the demo and small outputs. Large outputs are read part by part, or with any
+    Parquet engine (`pyarrow.dataset`, DuckDB, Spark) pointed at the folder."""
+    return [r.to_row() for r in OutputStore(out).volume_table()]
 
 
 def read_series_index(out: str) -> list[dict]:
-    return read_table_folder(storage.join(out, "series_index"))
+    return [r.to_row() for r in OutputStore(out).series_index()]
 
 
 # ---- the plan a user reads (unet segment --plan-only) ----------------------------------------------
-PLAN_TABLE = "plan.parquet"
-PLAN_COLUMNS = ("volume_id", "source", "study_uid", "format", "plan", "reason", "n_slices", "estimated_bytes")
+class Plan(enum.StrEnum):
+    """What a run would do with a volume (the plan table's `plan`)."""
+
+    SEGMENT = "segment"
+    DONE = "done"
+    NOT_SELECTED = "not_selected"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class PlanRow(Record):
+    """One row of plan.parquet: a volume and what a run would do with it."""
+
+    volume_id: str
+    source: str
+    study_uid: str
+    format: Format
+    plan: Plan
+    reason: str
+    n_slices: int
+    estimated_bytes: int  # its voxels, decoded
+    rule: Rule = Rule.NONE  # what leaves a not_selected volume out
 
 
 @dataclass
 class PlanTotals:
     """What --plan-only prints: volumes by what a run would do with them, and the work to do."""
 
-    by_plan: Counter = field(default_factory=Counter)  # segment / done / not_selected / error / skipped
-    not_selected: Counter = field(default_factory=Counter)  # by rule
+    by_plan: Counter = field(default_factory=Counter)  # Plan -> volumes
+    rows: TableCounts = field(default_factory=TableCounts)  # of the volumes not to segment
     slices: int = 0  # of the volumes to segment
     estimated_bytes: int = 0  # their voxels, decoded
 
+    @property
+    def not_selected(self) -> Counter:  # by rule
+        return self.rows.not_selected
 
-def _plan_row(vid: str, source: str, fmt: str, plan: str, reason: str, facts: str) -> dict:
+    def add(self, r: PlanRow, rec: VolumeRecord | None) -> None:
+        """A row of the plan table, and the table row it stands for (None: a volume to segment)."""
+        self.by_plan[r.plan.value] += 1
+        if rec is None:
+            self.slices += r.n_slices
+            self.estimated_bytes += r.estimated_bytes
+        else:
+            self.rows.add_row(rec)
+
+
+def _plan_row(rec: VolumeRecord, plan: Plan, facts: str) -> PlanRow:
     f = selection.VolumeFacts.from_json(facts) if facts else None
-    return {"volume_id": vid, "source": source, "study_uid": f.study_uid if f else "", "format": fmt, "plan": plan,
-            "reason": reason, "n_slices": f.n_slices if f else 0, "estimated_bytes": f.decoded_bytes if f else 0}
+    return PlanRow(volume_id=rec.volume_id, source=rec.source, study_uid=f.study_uid if f else "", format=rec.format,
+                   plan=plan, reason=rec.error if plan not in (Plan.SEGMENT, Plan.DONE) else "",
+                   n_slices=f.n_slices if f else 0, estimated_bytes=f.decoded_bytes if f else 0, rule=rec.rule)
 
 
-def _plan_of(row: dict) -> str:
-    if row["status"] == Status.OK.value:
-        return "done"
-    if row["error_type"] == ErrorType.NOT_SELECTED.value:
-        return "not_selected"
-    return row["status"]
+def _plan_of(rec: VolumeRecord) -> Plan:
+    if rec.status == Status.OK:
+        return Plan.DONE
+    return Plan.NOT_SELECTED if rec.not_selected else Plan(rec.status.value)
 
 
-def plan_rows(out: str, bucket: int, pending: bool) -> list[dict]:
-    """One bucket's volumes (objects set aside are left out) as rows of the plan table."""
-    rows = []
+def plan_rows(out: str, bucket: int, pending: bool) -> list[tuple[PlanRow, VolumeRecord | None]]:
+    """One bucket's volumes (objects set aside are left out) as rows of the plan table, each with
+    its table row (None for a volume to segment)."""
+    store, rows = OutputStore(out), []
     if pending:
-        for p in read_plan(out, bucket):
+        for p in store.read_plan(bucket):
             if p.action == Action.SEGMENT:
-                rows.append(_plan_row(p.volume_id, p.source, p.format.value, "segment", "", p.facts))
-            elif not p.volume_id.startswith("obj-"):
-                r = json.loads(p.record)
-                rows.append(_plan_row(p.volume_id, p.source, p.format.value, _plan_of(r), r["error"] if r["status"]
-                                      != Status.OK.value else "", p.facts))
+                rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid,
+                                   status=Status.OK)
+                rows.append((_plan_row(rec, Plan.SEGMENT, p.facts), None))
+            elif p.kind == RowKind.VOLUME:
+                rec = VolumeRecord.from_stored(json.loads(p.record))
+                rows.append((_plan_row(rec, _plan_of(rec), p.facts), rec))
     else:
-        for r in read_part(out, bucket):
-            if not r["volume_id"].startswith("obj-"):
-                rows.append(_plan_row(r["volume_id"], r["source"], r["format"], _plan_of(r),
-                                      r["error"] if r["status"] != Status.OK.value else "", r.get("selection_facts", "")))
+        rows = [(_plan_row(r, _plan_of(r), r.selection_facts or ""), r) for r in store.read_volumes(bucket)
+                if r.kind == RowKind.VOLUME]
     return rows
 
 
@@ -272,20 +295,14 @@ def write_plan_table(out: str, buckets: int, pending: set[int]) -> PlanTotals:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(c, pa.int64() if c in ("n_slices", "estimated_bytes") else pa.string()) for c in PLAN_COLUMNS])
     totals = PlanTotals()
     sink = io.BytesIO()
-    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(sink, PlanRow.arrow_schema(), compression="zstd") as writer:
         for bucket in range(buckets):
             rows = plan_rows(out, bucket, bucket in pending)
-            for r in rows:
-                totals.by_plan[r["plan"]] += 1
-                if r["plan"] == "segment":
-                    totals.slices += r["n_slices"]
-                    totals.estimated_bytes += r["estimated_bytes"]
-                elif r["plan"] == "not_selected":
-                    totals.not_selected[selection.rule_of(r["reason"])] += 1
+            for r, rec in rows:
+                totals.add(r, rec)
             if rows:
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-    storage.write_bytes(storage.join(out, PLAN_TABLE), sink.getvalue())
+                writer.write_table(pa.Table.from_pylist([r.to_row() for r, _ in rows], schema=PlanRow.arrow_schema()))
+    storage.write_bytes(OutputStore(out).plan_table_uri, sink.getvalue())
     return totals

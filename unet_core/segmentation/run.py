@@ -1,0 +1,245 @@
+"""The segment run as a domain object: open the output, plan, segment, finish, deliver and
+summarise, calling an executor (executor.py) for the work that fans out. Every decision of a run
+is here; jobs/segment.py parses arguments, starts Ray and prints.
+
+    open_output(store, inputs, overwrite)   ownership checks, the last run's layout (or none),
+                                            what an earlier run left half-done removed
+    run = SegmentRun(store, executor)
+    run.layout(inputs, layout, follow)      listing units and the layout (written on a first run)
+    run.plan(units, settings)               Planned: counts per bucket, the run-wide choices
+                                            (one_per_study, --limit) applied, the buckets to segment
+    run.segment(planned, on_volume)         Segmented: volumes done, resumed, failed, slices
+    run.finish(planned)                     the table parts written; stale parts and the plan gone
+    run.deliver(planned, workers, progress) SEGs not stored yet sent (--send-seg)
+    summarise(...)                          the RunSummary of the run
+
+The driver holds counters and one small summary per bucket, never a row per object or volume.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from unet_core import ownership
+from unet_core.errors import InputError
+from unet_core.io import listing, storage
+from unet_core.segmentation import choosing, planning
+from unet_core.segmentation.delivery import SendCounts, send_pending
+from unet_core.segmentation.executor import Executor, PartitionWork, VolumeDone
+from unet_core.segmentation.layout import Layout, choose_counts, partition_of
+from unet_core.segmentation.records import Status
+from unet_core.segmentation.settings import SegmentSettings
+from unet_core.segmentation.stages import Outcome
+from unet_core.segmentation.store import Folder, OutputStore
+from unet_core.segmentation.summary import RunSummary
+from unet_core.segmentation.tables import BucketSummary, TableCounts, demote_bucket
+
+# What a run keeps of the last one unless --overwrite: the manifest and table are reused, an
+# interrupted run's plan is not.
+REUSED_FOLDERS = (Folder.SERIES_INDEX.value, Folder.VOLUMES.value, Folder.PLAN.value)
+
+
+@dataclass
+class Opened:
+    """What opening an output found and removed."""
+
+    layout: Layout | None  # the last run's, when this run can reuse it
+    swept: int = 0  # unfinished temporary files of an interrupted run
+    removed: int = 0  # objects of earlier runs this one does not reuse
+    left: int = 0  # objects in the output's folders this tool did not write (kept)
+    other_inputs: tuple[str, ...] = ()  # the last run's inputs, when they differ from this run's
+
+
+def open_output(store: OutputStore, inputs: tuple[str, ...], overwrite: bool) -> Opened:
+    """Check that the output is this tool's (or empty) and reuse the last run's layout where it
+    can. Only objects this tool names are removed (ownership.py)."""
+    out = store.root
+    ownership.check_inputs(inputs, out)
+    ownership.check_output(out, ownership.SEGMENT_OUTPUT)
+    opened = Opened(None, swept=storage.sweep_temporaries(out))
+    layout = None if overwrite else store.read_layout()
+    if layout is not None and layout.inputs != inputs:
+        opened.other_inputs, layout = layout.inputs, None
+    if layout is not None:
+        layout = store.upgrade_layout(layout)
+    folders = ownership.OVERWRITE_FOLDERS if overwrite else REUSED_FOLDERS
+    opened.removed, opened.left = ownership.delete_owned(out, folders if layout is None else (Folder.PLAN.value,))
+    opened.layout = layout
+    return opened
+
+
+@dataclass
+class Planned:
+    """What planning tells the driver: bounded by the layout's buckets, never by the archive."""
+
+    settings: SegmentSettings
+    layout: Layout
+    listed: int = 0
+    reused: int = 0
+    scanned: int = 0
+    seconds: float = 0.0
+    totals: TableCounts = field(default_factory=TableCounts)  # rows settled at planning
+    pending: list[tuple[int, int]] = field(default_factory=list)  # (bucket, volumes to segment)
+    seen: set[int] = field(default_factory=set)  # buckets that hold rows
+
+    @property
+    def todo(self) -> int:
+        return sum(n for _, n in self.pending)
+
+    @property
+    def pending_buckets(self) -> list[int]:
+        return [b for b, _ in self.pending]
+
+
+@dataclass
+class Segmented:
+    """What segmenting did, counted as the volumes come back."""
+
+    segmented: int = 0
+    resumed: int = 0
+    slices: int = 0
+    failed: int = 0
+    sent: int = 0  # SEGs stored by the volume tasks (--send-seg)
+    predictor_wait: float = 0.0  # start-up of the predictors the planning did not hide
+    seconds: float = 0.0  # from the wait for the predictors to the last volume
+    started: float = 0.0  # time.perf_counter() when the wait began
+
+    def add(self, v: VolumeDone) -> None:
+        if v.outcome == Outcome.RESUMED:
+            self.resumed += 1
+        else:
+            self.segmented += 1
+            self.slices += v.n_slices
+        self.failed += v.status != Status.OK
+        self.sent += v.sent
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What the predictor pool reports for the summary."""
+
+    started: int = 0
+    live: int = 0
+
+
+class SegmentRun:
+    def __init__(self, store: OutputStore, executor: Executor):
+        self.store, self.executor = store, executor
+
+    def layout(self, inputs: tuple[str, ...], layout: Layout | None,
+               follow_symlinks: bool) -> tuple[list[planning.Unit], Layout]:
+        """The listing units (fanned out to the last run's depth when it is reused) and the layout;
+        a first run's layout is written now."""
+        units, depth = planning.fan_out(list(inputs), layout.depth if layout else None, follow_symlinks)
+        if not units:
+            raise InputError(f"no objects under {', '.join(inputs)}")
+        if layout is None:
+            layout = Layout(inputs, depth, *choose_counts(len(units)))
+            self.store.write_layout(layout)
+        return units, layout
+
+    def plan(self, units: list[planning.Unit], s: SegmentSettings, layout: Layout,
+             started: float | None = None) -> Planned:
+        """Listing, manifest join and header scan per listing partition; fragments merged and
+        planned per volume bucket (each bucket's plan stays in the store); then the run-wide
+        choices over every bucket's contenders. `seconds` counts from `started` (a
+        time.perf_counter() value; default: now)."""
+        t = time.perf_counter() if started is None else started
+        roots = tuple(listing.real_roots(list(s.inputs)))
+        by_partition: dict[int, list[planning.Unit]] = {}
+        for u in units:
+            by_partition.setdefault(partition_of(u.key, layout.partitions), []).append(u)
+        work = [PartitionWork(p, tuple(by_partition.get(p, ()))) for p in range(layout.partitions)]
+        planned = Planned(s, layout)
+        counts: dict[int, TableCounts] = {}
+        todo: dict[int, int] = {}
+        found: dict[int, dict] = {}
+        for b in self.executor.plan_buckets(work, s, roots):  # one per bucket: bounded by the layout
+            self._add(planned, b)
+            counts[b.bucket], todo[b.bucket] = TableCounts.from_json(b.counts), b.todo
+            found[b.bucket] = b.contenders_dict()
+        if not planned.listed:
+            raise InputError(f"no objects under {', '.join(s.inputs)}")
+        for bucket, demotion in choosing.decide(s, found).items():
+            counts[bucket], todo[bucket] = demote_bucket(bucket, demotion, s)
+        for c in counts.values():
+            planned.totals.add(c)
+        planned.pending = [(b, n) for b, n in sorted(todo.items()) if n]
+        planned.seconds = time.perf_counter() - t
+        return planned
+
+    @staticmethod
+    def _add(planned: Planned, b: BucketSummary) -> None:
+        planned.listed += b.listed
+        planned.reused += b.reused
+        planned.scanned += b.scanned
+        planned.seen.add(b.bucket)
+
+    def ready(self, planned: Planned) -> Segmented:
+        """Wait for the predictors when the plan has volumes to segment; returns the Segmented
+        that `segment` fills (the wait counted)."""
+        done = Segmented(started=time.perf_counter())
+        if planned.todo:
+            self.executor.ready()
+            done.predictor_wait = time.perf_counter() - done.started
+        return done
+
+    def segment(self, planned: Planned, on_volume: Callable[[Segmented], None] | None = None,
+                done: Segmented | None = None) -> Segmented:
+        """Decode -> predict -> finish and write, for every volume the plan marks (after `ready`,
+        which it calls when `done` is not given)."""
+        done = done if done is not None else self.ready(planned)
+        if not planned.todo:
+            return done
+        for v in self.executor.segment_volumes(planned.pending_buckets, planned.settings, planned.todo):
+            done.add(v)
+            if on_volume is not None:
+                on_volume(done)
+        done.seconds = time.perf_counter() - done.started
+        return done
+
+    def finish(self, planned: Planned) -> TableCounts:
+        """The table parts of the buckets that had volumes to segment (parts of buckets that no
+        longer hold a volume go; so does the plan folder, empty now). Returns the table's counts."""
+        totals = TableCounts()
+        totals.add(planned.totals)
+        if planned.pending:
+            for c in self.executor.finish_buckets(planned.pending_buckets, planned.settings):
+                totals.add(c)
+        for b in set(range(planned.layout.buckets)) - planned.seen:
+            self.store.delete_volumes(b)
+        ownership.delete_owned(self.store.root, (Folder.PLAN.value,))  # a local run's empty folder goes
+        return totals
+
+    def deliver(self, planned: Planned, workers: int,
+                progress: Callable[[SendCounts], None] | None = None) -> SendCounts | None:
+        """SEGs not stored yet at --send-seg's service (sent inline as written: these failed then,
+        or are an earlier run's); None when the run sends nothing."""
+        dest = planned.settings.send_seg
+        if not dest:
+            return None
+        return send_pending(self.store.root, planned.layout.buckets, dest, workers, progress)
+
+
+def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: SendCounts | None, pool: Pool,
+              total_seconds: float) -> RunSummary:
+    """The run's summary.json record, from the table's counts and this run's work."""
+    s = planned.settings
+    not_selected = sum(totals.not_selected.values())
+    return RunSummary(
+        output=s.output, model=s.model_name, model_identity=s.model_identity,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        volumes_ok=totals.by_status.get(Status.OK, 0), volumes_failed=totals.by_status.get(Status.ERROR, 0),
+        objects_skipped=totals.by_status.get(Status.SKIPPED, 0) - not_selected,
+        failures_by_type=dict(totals.by_error_type), volumes_not_selected=not_selected,
+        not_selected_by_rule=dict(totals.not_selected), selection=s.rules.to_dict(),
+        sample=s.sample, limit=s.limit, seed=s.seed,
+        volume_table_parts_written=totals.parts_written, objects_listed=planned.listed,
+        headers_read=planned.scanned, headers_unchanged=planned.reused, segmented_now=done.segmented,
+        resumed_from_records=done.resumed, slices_now=done.slices,
+        slices_per_second=done.slices / max(done.seconds, 1e-9), scan_seconds=planned.seconds,
+        predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=total_seconds,
+        predictors_started=pool.started, predictors_live=pool.live, dicom_seg=s.dicom_seg, qc=s.qc,
+        keep_phi=s.keep_phi, sent_to=s.send_seg, segs_sent=done.sent + (sent.sent if sent else 0),
+        segs_send_failed=sent.failed if sent else 0)

@@ -22,7 +22,8 @@ def forwarded_storage_env() -> dict[str, str]:
 
 def job_settings_env() -> dict[str, str]:
     """This project's settings that every worker of a job must share (--private-outputs)."""
-    return {k: os.environ[k] for k in (PRIVATE_OUTPUTS_ENV, "DICOMWEB_CA_BUNDLE", "DICOMWEB_ALLOW_HTTP")
+    return {k: os.environ[k] for k in (PRIVATE_OUTPUTS_ENV, "DICOMWEB_CA_BUNDLE", "DICOMWEB_ALLOW_HTTP",
+                                       "MLFLOW_TRACKING_URI")
             if os.environ.get(k)}
 
 

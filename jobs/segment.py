@@ -48,7 +48,8 @@ from jobs.runtime import cluster_address, init_ray
 from jobs.segment_args import selection_rules, settings_of, web_cap
 from jobs.segment_view import print_outcome, rss_mib
 from jobs.send import deliver_progress
-from unet_core.bundle import read_info
+from unet_core import registry
+from unet_core.bundle import read_info, resolve
 from unet_core.errors import ConfigError
 from unet_core.io import dicomweb, storage
 from unet_core.io.lease import Lease
@@ -74,6 +75,13 @@ def _main(argv: list[str]) -> int:
     configure_output(args.verbose)
     apply_output_args(args)
 
+    model = args.model  # as given: a registered model is recorded by its reference
+    if registry.is_model_uri(model):
+        # Every process of the job reads the registry from MLFLOW_TRACKING_URI (a cluster's nodes
+        # get it with the job's settings: jobs/runtime.py); credentials stay MLflow's own variables.
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if cluster_address(args.address) is None:  # a local instance's workers read the driver's checked copy
+            args.model = resolve(model)
     info = read_info(args.model)
     selection_rules(args, info)  # a rule that cannot be read fails here, before anything is listed (exit 2)
     args.input = dicomweb_inputs(args)
@@ -117,7 +125,7 @@ def _main(argv: list[str]) -> int:
             units, layout = run.layout(inputs, opened.layout, args.follow_symlinks)
             say(f"planning: listing {', '.join(inputs)} ({len(units):,} folders in {layout.partitions} partitions), "
                 "reading new headers, grouping volumes ...")
-            planned = run.plan(units, settings_of(args, info, out, layout), layout, started=timer.start)
+            planned = run.plan(units, settings_of(args, info, out, layout, model), layout, started=timer.start)
             log.debug("planned; driver RSS %s", rss_mib())
             say(f"planning: {planned.listed:,} objects listed ({planned.scanned:,} headers read, {planned.reused:,} "
                 f"unchanged) in {planned.seconds:.0f}s; {planned.todo:,} volumes to segment")

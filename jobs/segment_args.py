@@ -3,6 +3,7 @@ them (the help text is jobs/segment.py's docstring)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 
 from jobs.options import (
@@ -13,6 +14,7 @@ from jobs.options import (
     limits_from,
     load_config_file,
 )
+from unet_core import registry
 from unet_core.bundle import bundle_identity
 from unet_core.errors import ConfigError
 from unet_core.io import dicomweb
@@ -26,7 +28,11 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unet segment", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True,
                    help="prefixes or files: DICOM (any layout), NIfTI, .zip exports; or a PACS: dicomweb+https://host/path")
-    p.add_argument("--model", required=True, help="model bundle (local or s3://)")
+    p.add_argument("--model", required=True,
+                   help="model bundle (local or s3://), or a registered model: models:/NAME/VERSION, models:/NAME@ALIAS")
+    p.add_argument("--tracking-uri", default=None,
+                   help="the MLflow registry of a models:/ model (default: MLFLOW_TRACKING_URI; its credentials from "
+                        "MLflow's own variables)")
     p.add_argument("--output", required=True, help="output prefix (local or s3://)")
     p.add_argument("--config", help="JSON/YAML file of option values")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model call")
@@ -87,9 +93,24 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def settings_of(args, info, out: str, layout: Layout) -> SegmentSettings:
+def model_of(model: str, info) -> dict:
+    """The model's name and identity as the tables record them. A registered model is named by its
+    registry reference and version, and its identity covers the version too: a new version is a
+    model change for the re-run rule even when its files are the same."""
+    identity = bundle_identity(model)
+    ref = registry.parse_model_uri(model)
+    if ref is None:
+        return {"model_name": info.name, "model_identity": identity}
+    got = registry.fetch(ref, None, bundle_identity)
+    versioned = hashlib.sha256(f"{identity}:{got.registry}:{ref.name}:{got.version}".encode()).hexdigest()[:16]
+    return {"model_name": f"models:/{ref.name}/{got.version}", "model_identity": versioned,
+            "model_registry": got.registry, "model_version": got.version, "model_run_id": got.run_id or ""}
+
+
+def settings_of(args, info, out: str, layout: Layout, model: str | None = None) -> SegmentSettings:
+    """`model`: the model as the user named it (a models:/ reference), when args.model is its copy."""
     return SegmentSettings(
-        output=out, bundle_info=info.to_json(), model_name=info.name, model_identity=bundle_identity(args.model),
+        output=out, bundle_info=info.to_json(), **model_of(model or args.model, info),
         threshold=args.threshold if args.threshold is not None else info.threshold,
         modality="CT" if info.preprocess.modality == "CT" else None, limits=limits_from(args),
         largest_component=resolve_postprocess(info, args.largest_component).largest_component,

@@ -115,3 +115,37 @@ def test_a_server_that_is_down_costs_one_warning_and_seconds(tmp_path):
 def test_credentials_in_the_uri_are_refused():
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_USERNAME"):
         TrackingConfig(uri="http://user:secret@127.0.0.1:5000")
+
+
+def test_unet_segment_takes_a_registered_model_and_the_tables_name_it(server, tmp_path, ray_local, monkeypatch):
+    import json as _json
+
+    from jobs import segment
+    from support.tree import small_archive
+    from unet_core.segmentation.tables import read_volume_table
+
+    bundle = tiny_bundle(str(tmp_path / "bundle"))
+    tracker = Tracker.open(TrackingConfig(uri=server.uri, experiment="unet-test", run_name="to-segment"))
+    tracker.log_folder(bundle, BUNDLE_ARTIFACT)
+    version = tracker.register("segmenter", bundle_identity(bundle))
+    small_archive(tmp_path / "archive", n_series=2)
+    monkeypatch.setenv("UNET_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = str(tmp_path / "out")
+    args = ["--input", str(tmp_path / "archive"), "--model", f"models:/segmenter/{version}", "--output", out,
+            "--tracking-uri", server.uri, "--batch-size", "8"]
+    assert segment.main(args) == 0
+    rows = [r for r in read_volume_table(out) if r["status"] == "ok"]
+    assert len(rows) == 2
+    assert {(r["model"], r["model_version"], r["model_run_id"]) for r in rows} == {
+        (f"models:/segmenter/{version}", version, tracker.run_id)}
+    assert {r["model_registry"] for r in rows} == {server.uri}
+    summary = _json.loads(open(os.path.join(out, "summary.json")).read())
+    assert (summary["model_version"], summary["model_run_id"]) == (version, tracker.run_id)
+
+    # A new version of the same files is a model change: the re-run redoes both volumes.
+    again = tracker.register("segmenter", bundle_identity(bundle))
+    args[3] = f"models:/segmenter/{again}"
+    assert segment.main(args) == 0
+    summary = _json.loads(open(os.path.join(out, "summary.json")).read())
+    assert summary["model_version"] == again and summary["segmented_now"] == 2

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from unet_core import registry
 from unet_core.config import ModelConfig, PreprocessConfig, from_dict
 from unet_core.errors import ConfigError, InputError
 from unet_core.io import storage
@@ -95,7 +96,16 @@ def save_bundle(uri: str, model: keras.Model, info: BundleInfo, extra: dict[str,
     storage.write_bytes(storage.join(uri, INFO_FILE), info.to_json().encode())
 
 
+def resolve(uri: str) -> str:
+    """Where a bundle's files are: the URI itself, or for a registered model (`models:/NAME/VERSION`,
+    `models:/NAME@ALIAS`) its checked copy in the local cache (unet_core/registry.py; the registry's
+    address from MLFLOW_TRACKING_URI, as in every process of a job)."""
+    ref = registry.parse_model_uri(uri)
+    return uri if ref is None else registry.fetch(ref, None, bundle_identity).path
+
+
 def read_info(uri: str) -> BundleInfo:
+    uri = resolve(uri)
     info_uri = storage.join(uri, INFO_FILE)
     if not storage.exists(info_uri):
         raise InputError(f"{uri}: not a model bundle (no {INFO_FILE}); train one with `unet train` or "
@@ -105,6 +115,7 @@ def read_info(uri: str) -> BundleInfo:
 
 
 def load_bundle(uri: str) -> tuple[keras.Model, BundleInfo]:
+    uri = resolve(uri)
     info = read_info(uri)
 
     for module in info.keras_modules:
@@ -130,6 +141,7 @@ def load_bundle(uri: str) -> tuple[keras.Model, BundleInfo]:
 
 def bundle_identity(uri: str) -> str:
     """A short content identity of a bundle (sha256 of bundle.json + model.keras)."""
+    uri = resolve(uri)
 
     h = hashlib.sha256()
     for name in (INFO_FILE, MODEL_FILE):

@@ -19,11 +19,13 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Callable
 
 from unet_core.errors import ConfigError, InputError
 from unet_core.tracking import IDENTITY_TAG, check_uri, display_uri, require_client
 
 SCHEME = "models:/"
+BUNDLE_FILES = ("bundle.json", "model.keras")  # what a fetched folder must hold (unet_core/bundle.py)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,255}$")
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
@@ -79,8 +81,10 @@ def cache_root() -> str:
     return os.environ.get("UNET_MODEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "unet-ray", "models")
 
 
-def fetch(ref: ModelRef, tracking_uri: str | None, cache_dir: str | None = None) -> RegisteredBundle:
-    """The registered version's bundle, downloaded once into the cache and checked."""
+def fetch(ref: ModelRef, tracking_uri: str | None, identity_of: Callable[[str], str],
+          cache_dir: str | None = None) -> RegisteredBundle:
+    """The registered version's bundle, downloaded once into the cache and checked with
+    `identity_of(folder)` (bundle.bundle_identity) against the identity recorded at registration."""
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
         raise ConfigError(f"{ref.uri} needs the registry's address: give --tracking-uri or set MLFLOW_TRACKING_URI")
@@ -101,12 +105,12 @@ def fetch(ref: ModelRef, tracking_uri: str | None, cache_dir: str | None = None)
     expected = (mv.tags or {}).get(IDENTITY_TAG)
     key = hashlib.sha256(shown.encode()).hexdigest()[:12]
     folder = os.path.join(cache_dir or cache_root(), key, _safe(ref.name), version)
-    if not _holds(folder, expected):
+    if not _holds(folder, expected, identity_of):
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(folder))
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=tracking_uri)
-            if not _holds(local, expected):
+            if not _holds(local, expected, identity_of):
                 raise InputError(f"{ref.uri} (version {version}): the registered files are not the bundle that was "
                                  f"registered (identity differs from {IDENTITY_TAG}); re-register the model",
                                  uri=ref.uri)
@@ -114,20 +118,15 @@ def fetch(ref: ModelRef, tracking_uri: str | None, cache_dir: str | None = None)
             os.replace(local, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    from unet_core.bundle import bundle_identity, read_info
-
-    read_info(folder)  # a bundle.json this version of the tool reads
     return RegisteredBundle(ref=ref, registry=shown, version=version, run_id=mv.run_id or None,
-                            identity=expected or bundle_identity(folder), path=folder)
+                            identity=expected or identity_of(folder), path=folder)
 
 
-def _holds(folder: str, expected: str | None) -> bool:
+def _holds(folder: str, expected: str | None, identity_of: Callable[[str], str]) -> bool:
     """A complete bundle folder whose identity is `expected` (any identity when none was recorded)."""
-    from unet_core.bundle import INFO_FILE, MODEL_FILE, bundle_identity
-
-    if not all(os.path.isfile(os.path.join(folder, f)) for f in (INFO_FILE, MODEL_FILE)):
+    if not all(os.path.isfile(os.path.join(folder, f)) for f in BUNDLE_FILES):
         return False
-    return expected is None or bundle_identity(folder) == expected
+    return expected is None or identity_of(folder) == expected
 
 
 def _safe(name: str) -> str:

@@ -205,6 +205,10 @@ class VolumeRecord(Record):
     modality: str = ""
     model: str = ""
     model_identity: str = ""
+    # A registered model (--model models:/NAME/VERSION): the registry, the version and the MLflow run.
+    model_registry: str = ""
+    model_version: str = ""
+    model_run_id: str = ""
     decode_seconds: float = 0.0
     predict_seconds: float = 0.0
     model_seconds: float = 0.0

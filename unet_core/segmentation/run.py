@@ -228,7 +228,8 @@ def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: Send
     s = planned.settings
     not_selected = sum(totals.not_selected.values())
     return RunSummary(
-        output=s.output, model=s.model_name, model_identity=s.model_identity,
+        output=s.output, model=s.model_name, model_identity=s.model_identity, model_registry=s.model_registry,
+        model_version=s.model_version, model_run_id=s.model_run_id,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         volumes_ok=totals.by_status.get(Status.OK, 0), volumes_failed=totals.by_status.get(Status.ERROR, 0),
         objects_skipped=totals.by_status.get(Status.SKIPPED, 0) - not_selected,

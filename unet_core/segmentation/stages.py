@@ -94,7 +94,9 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
     return VolumeRecord(volume_id=planned.volume_id, source=planned.source, format=planned.format,
                         series_uid=planned.series_uid, fingerprint=planned.fingerprint,
                         n_objects=len(json.loads(planned.members)), model=s.model_name,
-                        model_identity=s.model_identity, keep_phi=s.keep_phi, selection_facts=planned.facts,
+                        model_identity=s.model_identity, model_registry=s.model_registry,
+                        model_version=s.model_version, model_run_id=s.model_run_id,
+                        keep_phi=s.keep_phi, selection_facts=planned.facts,
                         text_rules=s.rules.text_digest(), **kw)
 
 

@@ -86,7 +86,8 @@ def test_no_process_of_a_job_goes_over_the_budget_while_it_meets_each_bomb(tmp_p
     assert any("raylet" in cmd for _, cmd in peaks) and any("PredictorServer" in cmd for _, cmd in peaks), peaks
     worst = max(peaks.items(), key=lambda kv: kv[1])
     assert worst[1] < (budget or DEFAULT_BUDGET) + MARGIN, f"{worst[0]} peaked at {worst[1] / GIB:.2f} GiB"
-    print(f"budget {(budget or DEFAULT_BUDGET) / GIB:.2f} GiB: the highest process peaked at {worst[1] / GIB:.2f} GiB")
+    print(f"budget {(budget or DEFAULT_BUDGET) / GIB:.2f} GiB: the highest process peaked at {worst[1] / GIB:.2f} GiB: "
+          f"{worst[0]}")
 
     by_folder = {Path(r["source"]).relative_to(root).parts[0]: r for r in read_volume_table(str(out))}
     assert {k: (r["status"], r["error_type"]) for k, r in by_folder.items()} == {

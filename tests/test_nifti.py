@@ -120,6 +120,29 @@ def test_gzip_bomb_is_stopped_at_the_limit():
         read_nifti(bomb, "bomb.nii.gz", Limits(max_decompressed_bytes=1_000_000))
 
 
+def test_a_gzip_bomb_header_is_peeked_in_one_step_at_the_default_budget():
+    """A .nii.gz whose stream goes on with 64 MiB of zeros past a small image, read at the default
+    budget (2 GiB): the header peek (scan and decode) inflates one step, and the decode stops
+    just past the image's declared bytes. The peek once inflated up to the whole budget (a job
+    meeting the bombs at the default budget peaked at 2.30 GiB in one process with it, 0.91 GiB
+    without: tests/test_bombs_memory.py)."""
+    import tracemalloc
+
+    from support.bombs import gzip_bomb_nifti
+    from unet_core.io.nifti import GUNZIP_STEP, gunzip_limited, nifti_geometry
+
+    bomb = gzip_bomb_nifti(64 * 2**20)
+    tracemalloc.start()
+    head = gunzip_limited(bomb, Limits().max_decompressed_bytes, "bomb.nii.gz", stop_after=544)
+    geometry = nifti_geometry(bomb[:64 * 1024], "bomb.nii.gz")
+    with pytest.raises(ResourceLimitError, match="gzip expands beyond the limit"):
+        read_nifti(bomb, "bomb.nii.gz")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert 544 <= len(head) <= GUNZIP_STEP and geometry is not None
+    assert peak < 8 * GUNZIP_STEP, peak  # the bomb inflated whole would be 64 MiB, twice over
+
+
 def test_declared_size_beyond_budget_is_refused_before_reading():
     data = _nii(np.zeros((100, 100, 100), np.uint8))
     with pytest.raises(ResourceLimitError, match=r"declared shape \(100, 100, 100\) needs 4000000 bytes"):

@@ -106,7 +106,7 @@ def _main(argv: list[str]) -> int:
     work = args.workdir or tempfile.mkdtemp(prefix="unet-bench-")
     which = ["io", "train", "segment"] if args.which == "all" else [args.which]
     results = {name: importlib.import_module(f"jobs.bench.{MODULES.get(name, name)}").run(args, os.path.join(work, name)) for name in which}
-    checks = [c for r in results.values() for c in r.pop("checks", [])]
+    checks = [c for r in results.values() if isinstance(r, dict) for c in r.pop("checks", [])]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**results, "checks": [{"key": c.key, "measured": c.measured, "target": str(c.target), "ok": c.ok}

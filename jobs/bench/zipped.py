@@ -14,10 +14,11 @@ an untrained 8-filter U-Net at 32x32 (speed only). Needs the `test` extra (moto)
                         counted S3 server as a decode task reads them (`read_objects` of each
                         series' members), bytes returned against the members' stored bytes
 
-Checks (`--check`, targets in jobs/bench/common.py): the bytes S3 returned for the zip against what
-the run must read (full: every member twice, by the header scan and by decode, as the folder run
-reads every object twice; quick: each volume's members once), and, full only, the zip's time
-against the folder's, locally and on S3.
+Checks (`--check`, targets in jobs/bench/common.py): the bytes S3 returned for each volume's
+members against their stored bytes (the --quick measurement, also made after a full run), and,
+full only, the zip's time against the folder's, locally and on S3. A full run also prints its
+whole-run bytes against every member read twice (header scan, then decode, as the folder run reads
+every object twice), which adds the central directory once per process and the local headers.
 """
 from __future__ import annotations
 
@@ -223,14 +224,16 @@ def run(args, work: str) -> dict:
     result["member_bytes"] = member_bytes(zip_path)
     _print(result)
     checks = [Check(f"zip.{where}_time", result[f"{where}_ratio"]) for where in ("local", "s3") if where in result]
-    if "s3" in result:  # every member is read twice: by the header scan, then by decode
-        checks.append(Check("zip.s3_bytes", result["s3"]["zip"]["get_bytes"] / (2 * result["member_bytes"])))
+    if "s3" in result:  # the volumes' reads alone (a whole run adds a central directory per process)
+        q = result["volumes_read"] = _volumes_read(zip_path)
+        print(f"  S3 zip, each volume's members read as a decode task reads them: {q['ratio']:.3f}x their stored "
+              f"bytes   target {TARGETS['zip.s3_bytes']}")
+        checks.append(Check("zip.s3_bytes", q["ratio"]))
     result["checks"] = checks
     return result
 
 
 def _print(r: dict) -> None:
-    from jobs.bench.common import TARGETS
     from jobs.bench.scale import SLICE
 
     mib = 2 ** 20
@@ -253,5 +256,6 @@ def _print(r: dict) -> None:
             print(f"  S3 {name:<6}: {gets:,} GETs ({gets / r['objects']:.3f} per object), "
                   f"{run['get_bytes'] / mib:,.1f} MiB returned ({run['get_bytes'] / size:.2f}x the input), "
                   f"{run['requests'].get('HEAD', 0):,} HEADs, {run['requests'].get('LIST', 0):,} LISTs")
-        print(f"  S3 zip bytes against every member read twice (scan, decode): "
-              f"{r['s3']['zip']['get_bytes'] / (2 * r['member_bytes']):.3f}x   target {TARGETS['zip.s3_bytes']}")
+        print(f"  S3 zip, the whole run against every member read twice (scan, decode): "
+              f"{r['s3']['zip']['get_bytes'] / (2 * r['member_bytes']):.3f}x (local headers, and the central "
+              "directory once per process)")

@@ -40,32 +40,38 @@ def nifti_volume_id(uri: str) -> str:
     return f"nii-{short_hash(uri)}"
 
 
+GUNZIP_STEP = 1 << 20  # most one inflate call produces: a header peek inflates one step, not the budget
+_GZ_INPUT_STEP = 64 * 1024  # compressed bytes fed per call (zlib copies what it leaves unconsumed)
+
+
 def gunzip_limited(data: bytes, limit: int, uri: str, stop_after: int | None = None) -> bytes:
     """Expand gzip `data`; more than `limit` bytes raises ResourceLimitError. With `stop_after`,
-    return once that many bytes are out (a header peek)."""
+    return once that many bytes are out (a header peek: one inflate step, whatever the budget).
+    Inflated in steps of GUNZIP_STEP into one growing buffer: a step of the whole budget once
+    took the header peek of a gzip bomb to the budget (2 GiB at the default)."""
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out, total, view = [], 0, memoryview(data)
-    chunk = 1 << 20
+    out, view, pos, tail = bytearray(), memoryview(data), 0, b""
     try:
-        for start in range(0, len(data), chunk):
-            piece = d.decompress(view[start:start + chunk], limit + 1 - total)
-            total += len(piece)
-            out.append(piece)
-            while d.unconsumed_tail and total <= limit:
-                piece = d.decompress(d.unconsumed_tail, limit + 1 - total)
-                total += len(piece)
-                out.append(piece)
-            if total > limit:
+        while not d.eof:
+            if not tail and pos < len(data):
+                tail = view[pos:pos + _GZ_INPUT_STEP]
+                pos += len(tail)
+            piece = d.decompress(tail, min(GUNZIP_STEP, limit + 1 - len(out)))
+            tail = d.unconsumed_tail
+            if not piece and not tail and pos >= len(data):
+                break  # the input ended before the stream did
+            out += piece
+            if len(out) > limit:
                 raise ResourceLimitError(
                     f"{uri}: gzip expands beyond the limit of {limit} bytes (raise --max-decompressed-bytes)", uri=uri
                 )
-            if stop_after is not None and total >= stop_after:
-                return b"".join(out)
+            if stop_after is not None and len(out) >= stop_after:
+                return bytes(out)
     except zlib.error as exc:
         raise TruncatedFileError(f"{uri}: corrupt gzip stream ({library_error(exc)})", uri=uri) from exc
     if not d.eof and stop_after is None:
         raise TruncatedFileError(f"{uri}: gzip stream ends early (file truncated)", uri=uri)
-    return b"".join(out)
+    return bytes(out)
 
 
 def _header(raw: bytes, uri: str):

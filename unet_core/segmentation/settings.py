@@ -19,10 +19,10 @@ class SegmentSettings:
     bundle_info: str  # the bundle's bundle.json text: preprocessing, labels, threshold
     model_name: str
     model_identity: str
+    threshold: float
     model_registry: str = ""  # --model models:/NAME/VERSION: where the registry is (scheme, host, path)
     model_version: str = ""
     model_run_id: str = ""
-    threshold: float
     modality: str | None = None  # a volume of another modality is refused (None: any)
     assume_modality: str | None = None  # the modality of volumes whose format does not say (NIfTI)
     limits: Limits = field(default_factory=Limits)

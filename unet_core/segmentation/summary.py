@@ -25,10 +25,10 @@ class RunSummary:
     output: str
     model: str
     model_identity: str
+    finished: str  # UTC, ISO 8601
     model_registry: str = ""  # a registered model's registry, version and MLflow run (--model models:/...)
     model_version: str = ""
     model_run_id: str = ""
-    finished: str  # UTC, ISO 8601
     # the volume table after the run
     volumes_ok: int = 0
     volumes_failed: int = 0

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-slices", type=int, default=32, help="slices per case")
     t.add_argument("--train-filters", type=int, default=16)
     t.add_argument("--train-epochs", type=int, default=4)
+    t.add_argument("--train-tracking-uri", default=None,
+                   help="an MLflow server: also train once tracked there, to measure tracking's overhead")
     t.add_argument("--train-batch", type=int, default=8)
     s = p.add_argument_group("segment")
     s.add_argument("--seg-series", type=int, default=32, help="CT series of 256x256 slices in the archive (x4 for the large one)")

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+
+from jobs.bench.serving import stop_process_group, wait_until_answering
 
 BINARY = "Orthanc"
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
@@ -83,27 +83,12 @@ class Orthanc:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([BINARY, str(config)], stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                if requests.get(self.url + "/system", auth=self.auth, timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"Orthanc did not answer within {timeout} s: {self.log.read_text()[-2000:]}")
+        wait_until_answering(self.proc, lambda: requests.get(self.url + "/system", auth=self.auth, timeout=2).ok,
+                             timeout, "Orthanc", lambda: self.log.read_text()[-2000:])
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process_group(self.proc)
         self.proc = None
 
     def __enter__(self) -> "Orthanc":

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 
 import requests
+
+from jobs.bench.serving import stop_process_group, wait_until_answering
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INSTALL = "make mlflow-server (a venv with mlflow==3.17.2 at .venv-mlflow)"
@@ -57,29 +58,12 @@ class MlflowServer:
              "--artifacts-destination", os.path.join(self.folder, "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}; see {self.folder}/server.log")
-            try:
-                if requests.get(f"{self.uri}/health", timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s; see {self.folder}/server.log")
+        wait_until_answering(self.proc, lambda: requests.get(f"{self.uri}/health", timeout=2).ok, timeout,
+                             "mlflow server", lambda: f"see {self.folder}/server.log", interval=0.5)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            import signal
-
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
+        stop_process_group(self.proc)
         self.proc = None
         if getattr(self, "log", None):
             self.log.close()

@@ -51,23 +51,23 @@ def test_a_run_logs_params_metrics_and_a_bundle_and_registers_a_checked_version(
     history = _client(server).get_metric_history(tracker.run_id, "val_dice")
     assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.75)]
 
-    got = fetch(ModelRef("liver", version="1"), server.uri, cache_dir=str(tmp_path / "cache"))
+    got = fetch(ModelRef("liver", version="1"), server.uri, bundle_identity, cache_dir=str(tmp_path / "cache"))
     assert (got.version, got.run_id, got.identity) == ("1", tracker.run_id, identity)
     assert bundle_identity(got.path) == identity
-    assert fetch(ModelRef("liver", version="1"), server.uri, cache_dir=str(tmp_path / "cache")).path == got.path
+    assert fetch(ModelRef("liver", version="1"), server.uri, bundle_identity, cache_dir=str(tmp_path / "cache")).path == got.path
 
     # A cached file changed underneath is noticed and fetched again.
     with open(os.path.join(got.path, "bundle.json"), "a") as f:
         f.write(" ")
-    again = fetch(ModelRef("liver", version="1"), server.uri, cache_dir=str(tmp_path / "cache"))
+    again = fetch(ModelRef("liver", version="1"), server.uri, bundle_identity, cache_dir=str(tmp_path / "cache"))
     assert bundle_identity(again.path) == identity
 
     # An alias names the same version.
     _client(server).set_registered_model_alias("liver", "champion", "1")
-    assert fetch(ModelRef("liver", alias="champion"), server.uri, cache_dir=str(tmp_path / "cache")).version == "1"
+    assert fetch(ModelRef("liver", alias="champion"), server.uri, bundle_identity, cache_dir=str(tmp_path / "cache")).version == "1"
 
     with pytest.raises(ConfigError, match="models:/liver/9: not found in the registry"):
-        fetch(ModelRef("liver", version="9"), server.uri, cache_dir=str(tmp_path / "cache"))
+        fetch(ModelRef("liver", version="9"), server.uri, bundle_identity, cache_dir=str(tmp_path / "cache"))
 
 
 def test_a_version_whose_files_differ_from_the_registered_identity_is_refused(server, tmp_path):
@@ -76,7 +76,7 @@ def test_a_version_whose_files_differ_from_the_registered_identity_is_refused(se
     tracker.log_folder(bundle, BUNDLE_ARTIFACT)
     version = tracker.register("tampered", "0" * 16)  # not the identity of what was logged
     with pytest.raises(InputError, match="not the bundle that was registered"):
-        fetch(ModelRef("tampered", version=version), server.uri, cache_dir=str(tmp_path / "cache"))
+        fetch(ModelRef("tampered", version=version), server.uri, bundle_identity, cache_dir=str(tmp_path / "cache"))
     assert not any("bundle.json" in files for _, _, files in os.walk(tmp_path / "cache"))  # nothing published
 
 

@@ -14,7 +14,7 @@ from jobs.exits import Exit, run_main
 from jobs.output import configure as configure_output
 from jobs.output import safe
 from unet_core.bundle import bundle_identity
-from unet_core.errors import ITEM_ERRORS, ConfigError
+from unet_core.errors import ConfigError, NotFoundError
 from unet_core.io import storage
 from unet_core.report import aggregate_volume_table
 from unet_core.segmentation.records import Status
@@ -34,16 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _json(uri: str) -> dict | None:
+    """A JSON object of the output (None when it is not there; any other failure raises)."""
     try:
-        return json.loads(storage.read_bytes(uri))
-    except (*ITEM_ERRORS, ValueError):
+        data = storage.read_bytes(uri)
+    except NotFoundError:
         return None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"{uri}: not valid JSON ({exc.__class__.__name__}); it is not this tool's, "
+                          "or it was edited") from None
 
 
 def _count(prefix: str, limit: int) -> tuple[int, bool]:
     try:
         entries = storage.list_files(prefix)
-    except ITEM_ERRORS:
+    except NotFoundError:
         return 0, False
     return min(len(entries), limit), len(entries) > limit
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
-from unet_core.errors import ITEM_ERRORS, ErrorType, ItemFailure
+from unet_core.errors import ITEM_ERRORS, ErrorType, ItemFailure, NotFoundError
 from unet_core.io import dicomweb, listing, storage
 from unet_core.io.dicom.grouping import (
     VolumeMembers,
@@ -209,7 +209,7 @@ def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...
     for unit in units:
         try:
             yield from listing.iter_objects(unit.prefix, unit.recursive, follow_symlinks, roots)
-        except ITEM_ERRORS:
+        except NotFoundError:
             if unit.recursive:  # a folder removed since the fan-out listed it
                 continue
             raise

@@ -20,7 +20,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from unet_core.errors import ITEM_ERRORS
+from unet_core.errors import NotFoundError
 from unet_core.io import storage
 from unet_core.segmentation.layout import LAYOUT_VERSION, READABLE_VERSIONS, Layout
 from unet_core.segmentation.records import (
@@ -107,7 +107,7 @@ class OutputStore:
         """The last run's rows of one listing partition ([] when there is none)."""
         try:
             data = storage.read_bytes(self.index_part_uri(partition))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return []
         return [ObjectRow.from_row(r) for r in rows_from_bytes(data)]
 
@@ -125,7 +125,7 @@ class OutputStore:
         """The last run's rows of one volume-table part ([] when there is none)."""
         try:
             data = storage.read_bytes(self.volume_part_uri(bucket))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return []
         return [VolumeRecord.from_stored(r) for r in rows_from_bytes(data)]
 
@@ -141,7 +141,7 @@ class OutputStore:
 
         try:
             data = storage.read_bytes(self.volume_part_uri(bucket))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return False
         names = set(pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names)
         return not set(VolumeRecord.arrow_schema().names) <= names
@@ -166,7 +166,7 @@ class OutputStore:
     def _parts(self, folder: Folder) -> list[str]:
         try:
             entries = storage.list_files(self.folder(folder))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return []
         return sorted(e.uri for e in entries if e.uri.endswith(".parquet"))
 
@@ -206,7 +206,7 @@ class OutputStore:
         for status in (Status.OK,) if ok_only else (Status.OK, Status.ERROR):
             try:
                 rows = rows_from_bytes(storage.read_bytes(self.record_uri(status, volume_id)))
-            except ITEM_ERRORS:
+            except NotFoundError:
                 continue
             rec = VolumeRecord.from_stored(rows[0])
             if rec.fingerprint == fingerprint:
@@ -251,5 +251,5 @@ class OutputStore:
         """Whether a folder of the output holds anything."""
         try:
             return any(True for _ in storage.list_files(self.folder(folder)))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return False

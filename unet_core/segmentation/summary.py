@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from unet_core.errors import ITEM_ERRORS
+from unet_core.errors import NotFoundError
 from unet_core.io import storage
 from unet_core.segmentation.store import OutputStore
 
@@ -95,5 +95,5 @@ class RunSummary:
         """The output's summary, or None when no run has finished there."""
         try:
             return cls.from_json(storage.read_bytes(OutputStore(out).summary_uri).decode())
-        except ITEM_ERRORS:
+        except NotFoundError:
             return None

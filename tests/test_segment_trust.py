@@ -1,0 +1,69 @@
+"""Issue 32 on the segment run, on the serial executor: only "not found" is absence (an output
+object that cannot be read fails `unet status` / `unet send` with exit 5, naming it)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pytest
+
+from jobs import send, status
+from jobs.exits import Exit
+from tests.support.segment_run import serial_run
+from unet_core.io import dicomweb
+from unet_core.segmentation.store import OutputStore
+from unet_core.synthetic_studies import write_studies
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    write_studies(str(root), n_patients=1, studies_per_patient=1, size=16, seed=5, roles=("thick",))
+    return root
+
+
+@pytest.fixture
+def output(studies, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(studies, root)
+    out = str(tmp_path / "out")
+    serial_run([str(root)], out)
+    return out
+
+
+def _unreadable(uri: str) -> None:
+    """Replace an object by a folder of the same name: it is there, and reading it fails."""
+    os.remove(uri)
+    os.makedirs(uri)
+
+
+def test_status_fails_with_the_storage_error_when_the_summary_cannot_be_read(output, caplog):
+    _unreadable(OutputStore(output).summary_uri)
+    with caplog.at_level(logging.ERROR, logger="unet"):
+        assert status.main([output]) == Exit.STORAGE
+    assert "summary.json" in caplog.text and "not a `unet segment` output" not in caplog.text
+
+
+def test_status_fails_with_the_storage_error_when_the_layout_cannot_be_read(output, caplog):
+    _unreadable(OutputStore(output).layout_uri)
+    with caplog.at_level(logging.ERROR, logger="unet"):
+        assert status.main([output]) == Exit.STORAGE
+    assert "layout.json" in caplog.text and "not a `unet segment` output" not in caplog.text
+
+
+def test_status_of_a_folder_without_layout_is_still_not_a_segment_output(tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    with caplog.at_level(logging.ERROR, logger="unet"):
+        assert status.main([str(tmp_path / "empty")]) == Exit.USAGE
+    assert "not a `unet segment` output" in caplog.text
+
+
+def test_send_fails_with_the_storage_error_when_a_table_part_cannot_be_read(output, caplog, monkeypatch):
+    monkeypatch.setattr(dicomweb, "probe", lambda uri: None)  # no server: the part fails before any send
+    store = OutputStore(output)
+    part = next(store.volume_part_uri(b) for b in range(4) if os.path.exists(store.volume_part_uri(b)))
+    _unreadable(part)
+    with caplog.at_level(logging.ERROR, logger="unet"):
+        assert send.main([output, "--to", "dicomweb+http://127.0.0.1:9/dicom-web"]) == Exit.STORAGE
+    assert os.path.basename(part) in caplog.text

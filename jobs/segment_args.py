@@ -16,6 +16,7 @@ from jobs.options import (
 from unet_core.bundle import bundle_identity
 from unet_core.errors import ConfigError
 from unet_core.io import dicomweb
+from unet_core.io.lease import Lease
 from unet_core.recipe.postprocess import resolve_postprocess
 from unet_core.segmentation.layout import Layout
 from unet_core.segmentation.selection import SelectionRules
@@ -87,7 +88,8 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def settings_of(args, info, out: str, layout: Layout) -> SegmentSettings:
+def settings_of(args, info, out: str, layout: Layout, lease: Lease | None = None) -> SegmentSettings:
+    """The run's settings; `lease` (held) gives the token its tasks check before each write."""
     return SegmentSettings(
         output=out, bundle_info=info.to_json(), model_name=info.name, model_identity=bundle_identity(args.model),
         threshold=args.threshold if args.threshold is not None else info.threshold,
@@ -98,7 +100,7 @@ def settings_of(args, info, out: str, layout: Layout) -> SegmentSettings:
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs),
         selection=json.dumps(selection_rules(args, info).to_dict()), sample=args.sample, limit=args.limit,
-        seed=args.seed, send_seg=args.send_seg or "")
+        seed=args.seed, send_seg=args.send_seg or "", lease_token=lease.info.token if lease is not None else "")
 
 
 def selection_rules(args, info) -> SelectionRules:

@@ -1,18 +1,21 @@
 """Issue 32 on the segment run, on the serial executor: only "not found" is absence (an output
-object that cannot be read fails `unet status` / `unet send` with exit 5, naming it)."""
+object that cannot be read fails `unet status` / `unet send` with exit 5, naming it); a run that
+lost its lease stops and changes nothing more."""
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 
 from jobs import send, status
 from jobs.exits import Exit
-from tests.support.segment_run import serial_run
+from tests.support.segment_run import bright, serial_run
 from unet_core.io import dicomweb
-from unet_core.segmentation.store import OutputStore
+from unet_core.io.lease import LEASE_FILE, Lease, LeaseInfo, LeaseLost
+from unet_core.segmentation.store import Folder, OutputStore
 from unet_core.synthetic_studies import write_studies
 
 
@@ -67,3 +70,43 @@ def test_send_fails_with_the_storage_error_when_a_table_part_cannot_be_read(outp
     with caplog.at_level(logging.ERROR, logger="unet"):
         assert send.main([output, "--to", "dicomweb+http://127.0.0.1:9/dicom-web"]) == Exit.STORAGE
     assert os.path.basename(part) in caplog.text
+
+
+# ---- the lease fence -------------------------------------------------------------------------------
+def _files(out: str) -> dict[str, float]:
+    return {os.path.join(d, n): os.stat(os.path.join(d, n)).st_mtime_ns
+            for d, _, names in os.walk(out) for n in names if n != LEASE_FILE}
+
+
+def test_a_run_whose_lease_is_taken_over_stops_and_writes_nothing_more(tmp_path):
+    root = tmp_path / "in"
+    write_studies(str(root), n_patients=1, studies_per_patient=1, size=16, seed=5, roles=("thick", "coronal", "mip"))
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    lease_file = os.path.join(out, LEASE_FILE)
+    seen: dict[str, float] = {}
+
+    def taken_over(x):
+        if not seen:  # another run takes the output over while this one predicts its first volume
+            info = LeaseInfo.from_json(open(lease_file, "rb").read(), lease_file)
+            with open(lease_file, "wb") as f:
+                f.write(replace(info, token="another-run").to_json())
+            seen.update(_files(out))
+        return bright(x)
+
+    with Lease(out, "unet segment") as lease, pytest.raises(LeaseLost):
+        serial_run([str(root)], out, predict=taken_over, lease_token=lease.info.token)
+    assert seen, "the run never reached a prediction"
+    assert _files(out) == seen  # nothing written, rewritten or deleted after the takeover
+    store = OutputStore(out)
+    assert not os.path.exists(store.folder(Folder.RECORDS)) and not os.path.exists(store.folder(Folder.MASKS))
+
+
+def test_a_fenced_run_that_keeps_its_lease_completes(studies, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(studies, root)
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    with Lease(out, "unet segment") as lease:
+        result = serial_run([str(root)], out, lease_token=lease.info.token)
+    assert result.summary.volumes_ok >= 1 and not os.path.exists(OutputStore(out).folder(Folder.PLAN))

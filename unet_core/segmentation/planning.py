@@ -54,7 +54,6 @@ from unet_core.segmentation.records import (
 from unet_core.segmentation.scanning import scan_dicomweb, scan_object
 from unet_core.segmentation.selection import SelectionRules
 from unet_core.segmentation.settings import SegmentSettings
-from unet_core.segmentation.store import OutputStore
 from unet_core.volume import short_hash
 
 # Error types of a scan that say nothing about the object itself: scanned again next run.
@@ -190,7 +189,7 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
                     roots: tuple[str, ...]) -> tuple[list[Fragment], ScanCounts]:
     """One listing partition of a run: joined with its series_index part of the last run, scanned
     where needed, its part rewritten when anything changed; returns its volume fragments."""
-    store = OutputStore(s.output)
+    store = s.store()
     previous = store.read_index(partition)
     rows, counts, reused = scan_partition(units, previous, s.limits, s.follow_symlinks, roots,
                                           OutputNames.of(s.output, tuple(s.inputs)), s.rules)

@@ -23,7 +23,7 @@ from typing import Callable
 
 from unet_core import ownership
 from unet_core.errors import InputError
-from unet_core.io import listing, storage
+from unet_core.io import listing
 from unet_core.segmentation import choosing, planning
 from unet_core.segmentation.delivery import SendCounts, send_pending
 from unet_core.segmentation.executor import Executor, PartitionWork, VolumeDone
@@ -51,20 +51,23 @@ class Opened:
     other_inputs: tuple[str, ...] = ()  # the last run's inputs, when they differ from this run's
 
 
-def open_output(store: OutputStore, inputs: tuple[str, ...], overwrite: bool) -> Opened:
+def open_output(store: OutputStore, inputs: tuple[str, ...], overwrite: bool,
+                check: Callable[[], None] | None = None) -> Opened:
     """Check that the output is this tool's (or empty) and reuse the last run's layout where it
-    can. Only objects this tool names are removed (ownership.py)."""
+    can. Only objects this tool names are removed (ownership.py); `check` (the run's
+    `Lease.check`) runs before each removal."""
     out = store.root
     ownership.check_inputs(inputs, out)
     ownership.check_output(out, ownership.SEGMENT_OUTPUT)
-    opened = Opened(None, swept=storage.sweep_temporaries(out))
+    opened = Opened(None, swept=ownership.sweep_temporaries(out, ownership.SEGMENT_OUTPUT))
     layout = None if overwrite else store.read_layout()
     if layout is not None and layout.inputs != inputs:
         opened.other_inputs, layout = layout.inputs, None
     if layout is not None:
         layout = store.upgrade_layout(layout)
     folders = ownership.OVERWRITE_FOLDERS if overwrite else REUSED_FOLDERS
-    opened.removed, opened.left = ownership.delete_owned(out, folders if layout is None else (Folder.PLAN.value,))
+    opened.removed, opened.left = ownership.delete_owned(out, folders if layout is None else (Folder.PLAN.value,),
+                                                         check=check)
     opened.layout = layout
     return opened
 
@@ -207,9 +210,11 @@ class SegmentRun:
         if planned.pending:
             for c in self.executor.finish_buckets(planned.pending_buckets, planned.settings):
                 totals.add(c)
+        store = planned.settings.store()  # fenced by the run's lease
         for b in set(range(planned.layout.buckets)) - planned.seen:
-            self.store.delete_volumes(b)
-        ownership.delete_owned(self.store.root, (Folder.PLAN.value,))  # a local run's empty folder goes
+            store.delete_volumes(b)
+        ownership.delete_owned(self.store.root, (Folder.PLAN.value,),  # a local run's empty folder goes
+                               check=store.check_lease)
         return totals
 
     def deliver(self, planned: Planned, workers: int,
@@ -219,6 +224,7 @@ class SegmentRun:
         dest = planned.settings.send_seg
         if not dest:
             return None
+        planned.settings.check_lease()  # delivery rewrites table parts and sends: only while the run holds the output
         return send_pending(self.store.root, planned.layout.buckets, dest, workers, progress)
 
 

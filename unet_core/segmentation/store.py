@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from unet_core.errors import NotFoundError
 from unet_core.io import storage
+from unet_core.io.lease import Fence
 from unet_core.segmentation.layout import LAYOUT_VERSION, READABLE_VERSIONS, Layout
 from unet_core.segmentation.records import (
     Action,
@@ -65,9 +66,17 @@ class VolumeOutput(enum.Enum):
 
 @dataclass(frozen=True)
 class OutputStore:
-    """One output prefix (local or s3://, without a trailing "/")."""
+    """One output prefix (local or s3://, without a trailing "/"). With a `fence` (the run's lease
+    token), every write and delete first checks that the run still holds the output's lease: one
+    that lost it raises LeaseLost and changes nothing."""
 
     root: str
+    fence: Fence | None = field(default=None, compare=False)
+
+    def check_lease(self) -> None:
+        """Raises LeaseLost once the output's lease is not this run's (no fence: nothing to check)."""
+        if self.fence is not None:
+            self.fence.check()
 
     def uri(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
@@ -88,6 +97,7 @@ class OutputStore:
         return layout if layout.version in READABLE_VERSIONS else None
 
     def write_layout(self, layout: Layout) -> None:
+        self.check_lease()
         storage.write_bytes(self.layout_uri, layout.to_json().encode())
 
     def upgrade_layout(self, layout: Layout) -> Layout:
@@ -112,9 +122,11 @@ class OutputStore:
         return [ObjectRow.from_row(r) for r in rows_from_bytes(data)]
 
     def write_index(self, partition: int, rows: list[ObjectRow]) -> None:
+        self.check_lease()
         storage.write_bytes(self.index_part_uri(partition), table_bytes(ObjectRow, [r.to_row() for r in rows]))
 
     def delete_index(self, partition: int) -> None:
+        self.check_lease()
         storage.delete(self.index_part_uri(partition))
 
     # ---- the volume table (per bucket) -------------------------------------------------------------
@@ -131,6 +143,7 @@ class OutputStore:
 
     def write_volumes(self, bucket: int, records: list[VolumeRecord]) -> None:
         """One volume-table part, whole (write, then publish)."""
+        self.check_lease()
         storage.write_bytes(self.volume_part_uri(bucket), table_bytes(VolumeRecord, [r.to_row() for r in records]))
 
     def outdated(self, bucket: int) -> bool:
@@ -147,6 +160,7 @@ class OutputStore:
         return not set(VolumeRecord.arrow_schema().names) <= names
 
     def delete_volumes(self, bucket: int) -> None:
+        self.check_lease()
         storage.delete(self.volume_part_uri(bucket))
 
     def volume_parts(self) -> Iterator[list[VolumeRecord]]:
@@ -182,9 +196,11 @@ class OutputStore:
         return [p for p in map(PlannedVolume.from_row, rows) if action is None or p.action == action]
 
     def write_plan(self, bucket: int, planned: list[PlannedVolume]) -> None:
+        self.check_lease()
         storage.write_bytes(self.plan_part_uri(bucket), table_bytes(PlannedVolume, [p.to_row() for p in planned]))
 
     def delete_plan(self, bucket: int) -> None:
+        self.check_lease()
         storage.delete(self.plan_part_uri(bucket))
 
     # ---- completion records (per volume) -----------------------------------------------------------
@@ -196,6 +212,7 @@ class OutputStore:
 
     def write_record(self, rec: VolumeRecord) -> None:
         """Publish a volume's completion record; an ok record replaces an earlier error record."""
+        self.check_lease()
         status = Status.OK if rec.status == Status.OK else Status.ERROR
         storage.write_bytes(self.record_uri(status, rec.volume_id), table_bytes(VolumeRecord, [rec.to_row()]))
         if status == Status.OK:

@@ -1,6 +1,6 @@
 """Issue 32 on the segment run, on the serial executor: only "not found" is absence (an output
 object that cannot be read fails `unet status` / `unet send` with exit 5, naming it); a run that
-lost its lease stops and changes nothing more."""
+lost its lease stops and changes nothing more; a bug that fails every volume stops the run (exit 1)."""
 from __future__ import annotations
 
 import logging
@@ -11,10 +11,12 @@ from dataclasses import replace
 import pytest
 
 from jobs import send, status
-from jobs.exits import Exit
+from jobs.exits import Exit, run_main
 from tests.support.segment_run import bright, serial_run
+from unet_core.errors import InternalError
 from unet_core.io import dicomweb
 from unet_core.io.lease import LEASE_FILE, Lease, LeaseInfo, LeaseLost
+from unet_core.segmentation.run import BREAKER_INTERNAL_ROWS
 from unet_core.segmentation.store import Folder, OutputStore
 from unet_core.synthetic_studies import write_studies
 
@@ -110,3 +112,33 @@ def test_a_fenced_run_that_keeps_its_lease_completes(studies, tmp_path):
     with Lease(out, "unet segment") as lease:
         result = serial_run([str(root)], out, lease_token=lease.info.token)
     assert result.summary.volumes_ok >= 1 and not os.path.exists(OutputStore(out).folder(Folder.PLAN))
+
+
+# ---- the breaker -----------------------------------------------------------------------------------
+def test_a_bug_that_fails_every_volume_stops_the_run_as_a_bug(tmp_path):
+    root = tmp_path / "in"
+    write_studies(str(root), n_patients=8, studies_per_patient=1, size=16, seed=7, roles=("thick", "coronal", "mip"))
+    out = str(tmp_path / "out")
+    calls = []
+
+    def broken(x):
+        calls.append(1)
+        return {}["probabilities"]  # a regression: a plain KeyError on every volume
+
+    with pytest.raises(InternalError, match="looks like a bug") as caught:
+        serial_run([str(root)], out, predict=broken)
+    assert len(calls) == BREAKER_INTERNAL_ROWS  # stopped at the 20th, not after every volume
+    assert f"{BREAKER_INTERNAL_ROWS} of the {BREAKER_INTERNAL_ROWS} volumes" in str(caught.value)
+    assert run_main(lambda argv: serial_run([str(root)], out, predict=broken), []) == Exit.INTERNAL
+
+
+def test_internal_errors_below_the_breaker_stay_error_rows(studies, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(studies, root)
+
+    def broken(x):
+        raise KeyError("probabilities")
+
+    result = serial_run([str(root)], str(tmp_path / "out"), predict=broken)
+    assert result.done.internal == result.done.failed >= 1
+    assert result.summary.failures_by_type.get("internal") == result.done.internal

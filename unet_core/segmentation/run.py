@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from unet_core import ownership
-from unet_core.errors import InputError
+from unet_core.errors import InputError, InternalError
 from unet_core.io import listing
 from unet_core.segmentation import choosing, planning
 from unet_core.segmentation.delivery import SendCounts, send_pending
@@ -38,6 +38,12 @@ from unet_core.segmentation.tables import BucketSummary, TableCounts, demote_buc
 # What a run keeps of the last one unless --overwrite: the manifest and table are reused, an
 # interrupted run's plan is not.
 REUSED_FOLDERS = (Folder.SERIES_INDEX.value, Folder.VOLUMES.value, Folder.PLAN.value)
+
+# The breaker: a run stops (exit 1) once this many volumes failed with an internal error and they
+# are more than this fraction of the volumes it segmented. Bad data fails with a reason; a
+# regression fails every volume the same way and should not be written up as N bad volumes.
+BREAKER_INTERNAL_ROWS = 20
+BREAKER_FRACTION = 0.5
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Segmented:
     resumed: int = 0
     slices: int = 0
     failed: int = 0
+    internal: int = 0  # failed now with an unexpected exception (error_type internal)
     sent: int = 0  # SEGs stored by the volume tasks (--send-seg)
     predictor_wait: float = 0.0  # start-up of the predictors the planning did not hide
     seconds: float = 0.0  # from the wait for the predictors to the last volume
@@ -115,7 +122,12 @@ class Segmented:
             self.segmented += 1
             self.slices += v.n_slices
         self.failed += v.status != Status.OK
+        self.internal += v.internal
         self.sent += v.sent
+
+    def looks_like_a_bug(self) -> bool:
+        """Whether the breaker trips: many internal errors, and most of what was segmented now."""
+        return self.internal >= BREAKER_INTERNAL_ROWS and self.internal > BREAKER_FRACTION * self.segmented
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,12 @@ class SegmentRun:
             return done
         for v in self.executor.segment_volumes(planned.pending_buckets, planned.settings, planned.todo):
             done.add(v)
+            if done.looks_like_a_bug():
+                raise InternalError(
+                    f"{done.internal} of the {done.segmented} volumes segmented so far failed with an internal error "
+                    "(an unexpected exception, not bad input): this looks like a bug, so the run stopped. Their "
+                    f"rows in {self.store.root} name the exception; run with -v for its traceback. Volumes "
+                    "already done are kept; a re-run redoes the failed ones")
             if on_volume is not None:
                 on_volume(done)
         done.seconds = time.perf_counter() - done.started

@@ -128,7 +128,7 @@ def _main(argv: list[str]) -> int:
             if planned.todo:
                 ready = run.ready(planned)
                 with Progress("segment", planned.todo, "volumes", rate_unit="slices") as progress:
-                    done = run.segment(planned, lambda d: progress.update(d.segmented + d.resumed, d.failed, d.slices),
+                    done = run.segment(planned, lambda d: progress.update(d.segmented + d.resumed + d.retried, d.failed, d.slices),
                                        ready)
                 stats = pool.stats()
                 used = Pool(stats.get("predictors_started", 0), stats.get("predictors_live", 0))

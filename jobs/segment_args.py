@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 
 from jobs.options import (
     add_dicomweb_args,
@@ -100,7 +101,8 @@ def settings_of(args, info, out: str, layout: Layout, lease: Lease | None = None
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs),
         selection=json.dumps(selection_rules(args, info).to_dict()), sample=args.sample, limit=args.limit,
-        seed=args.seed, send_seg=args.send_seg or "", lease_token=lease.info.token if lease is not None else "")
+        seed=args.seed, send_seg=args.send_seg or "", run_id=uuid.uuid4().hex,
+        lease_token=lease.info.token if lease is not None else "")
 
 
 def selection_rules(args, info) -> SelectionRules:

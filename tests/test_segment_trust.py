@@ -1,6 +1,7 @@
 """Issue 32 on the segment run, on the serial executor: only "not found" is absence (an output
 object that cannot be read fails `unet status` / `unet send` with exit 5, naming it); a run that
-lost its lease stops and changes nothing more; a bug that fails every volume stops the run (exit 1)."""
+lost its lease stops and changes nothing more; a bug that fails every volume stops the run (exit 1); volumes found complete after a retry are
+named as such, not as an interrupted run's."""
 from __future__ import annotations
 
 import logging
@@ -12,11 +13,13 @@ import pytest
 
 from jobs import send, status
 from jobs.exits import Exit, run_main
-from tests.support.segment_run import bright, serial_run
+from jobs.segment_view import print_outcome
+from tests.support.segment_run import bright, serial_plan, serial_run
 from unet_core.errors import InternalError
 from unet_core.io import dicomweb
 from unet_core.io.lease import LEASE_FILE, Lease, LeaseInfo, LeaseLost
-from unet_core.segmentation.run import BREAKER_INTERNAL_ROWS
+from unet_core.segmentation.executor import SerialExecutor, segment_stage, volumes_stage
+from unet_core.segmentation.run import BREAKER_INTERNAL_ROWS, Pool, summarise
 from unet_core.segmentation.store import Folder, OutputStore
 from unet_core.synthetic_studies import write_studies
 
@@ -142,3 +145,47 @@ def test_internal_errors_below_the_breaker_stay_error_rows(studies, tmp_path):
     result = serial_run([str(root)], str(tmp_path / "out"), predict=broken)
     assert result.done.internal == result.done.failed >= 1
     assert result.summary.failures_by_type.get("internal") == result.done.internal
+
+
+# ---- the summary's wording of volumes found complete -------------------------------------------------
+class RetryingExecutor(SerialExecutor):
+    """The serial executor, with the first volume's task run twice: as Ray retries a task whose
+    node was lost after the task had written its completion record."""
+
+    def segment_volumes(self, buckets, s, volumes):
+        first = True
+        for bucket in buckets:
+            for planned in volumes_stage(bucket, s):
+                if first:
+                    segment_stage(planned, s, self.predict)  # its result lost with its node
+                    first = False
+                yield segment_stage(planned, s, self.predict)
+
+
+def test_a_volume_found_complete_after_a_retry_is_not_called_an_interrupted_runs(studies, tmp_path, capsys):
+    root = tmp_path / "in"
+    shutil.copytree(studies, root)
+    out = str(tmp_path / "out")
+    run, planned = serial_plan([str(root)], out, run_id="run-1")
+    run.executor = RetryingExecutor(bright)
+    done = run.segment(planned)
+    totals = run.finish(planned)
+    summary = summarise(planned, done, totals, None, Pool(), 0.0)
+    assert (done.retried, done.resumed, summary.retried_complete, summary.resumed_from_records) == (1, 0, 1, 0)
+    print_outcome(planned, done, totals, summary, None, "report.html", 0.0)
+    text = capsys.readouterr().out
+    assert "1 found complete after a retry (recorded by this run's own earlier attempt" in text
+    assert "interrupted" not in text
+
+
+def test_a_volume_recorded_by_an_interrupted_run_is_named_as_such(studies, tmp_path, capsys):
+    root = tmp_path / "in"
+    shutil.copytree(studies, root)
+    out = str(tmp_path / "out")
+    run, planned = serial_plan([str(root)], out, run_id="run-1")
+    first = run.segment(planned)  # interrupted before its table parts were written
+    result = serial_run([str(root)], out, run_id="run-2")
+    assert (result.done.resumed, result.done.retried) == (first.segmented, 0)
+    assert result.summary.resumed_from_records == first.segmented and result.summary.retried_complete == 0
+    print_outcome(result.planned, result.done, result.totals, result.summary, None, "report.html", 0.0)
+    assert f"{first.segmented} already complete (recorded by an interrupted run" in capsys.readouterr().out

@@ -77,7 +77,7 @@ def volumes_stage(bucket: int, s: SegmentSettings) -> list[PlannedVolume]:
 def segment_stage(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> VolumeDone:
     rec, outcome = segment_volume(planned, s, predict)
     return VolumeDone(rec.status, rec.n_slices, outcome, outcome == Outcome.DONE and bool(rec.sent),
-                      outcome != Outcome.RESUMED and rec.error_type == ErrorType.INTERNAL)
+                      outcome == Outcome.DONE and rec.error_type == ErrorType.INTERNAL)
 
 
 def finish_stage(bucket: int, s: SegmentSettings) -> TableCounts:

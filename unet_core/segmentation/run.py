@@ -106,7 +106,8 @@ class Segmented:
     """What segmenting did, counted as the volumes come back."""
 
     segmented: int = 0
-    resumed: int = 0
+    resumed: int = 0  # complete already: recorded by an earlier (interrupted) run
+    retried: int = 0  # complete already: recorded by this run's own earlier attempt (a retried task)
     slices: int = 0
     failed: int = 0
     internal: int = 0  # failed now with an unexpected exception (error_type internal)
@@ -118,6 +119,8 @@ class Segmented:
     def add(self, v: VolumeDone) -> None:
         if v.outcome == Outcome.RESUMED:
             self.resumed += 1
+        elif v.outcome == Outcome.RETRIED:
+            self.retried += 1
         else:
             self.segmented += 1
             self.slices += v.n_slices
@@ -261,7 +264,7 @@ def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: Send
         sample=s.sample, limit=s.limit, seed=s.seed,
         volume_table_parts_written=totals.parts_written, objects_listed=planned.listed,
         headers_read=planned.scanned, headers_unchanged=planned.reused, segmented_now=done.segmented,
-        resumed_from_records=done.resumed, slices_now=done.slices,
+        resumed_from_records=done.resumed, retried_complete=done.retried, slices_now=done.slices,
         slices_per_second=done.slices / max(done.seconds, 1e-9), scan_seconds=planned.seconds,
         predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=total_seconds,
         predictors_started=pool.started, predictors_live=pool.live, dicom_seg=s.dicom_seg, qc=s.qc,

@@ -43,6 +43,7 @@ class SegmentSettings:
     limit: int | None = None  # --limit: at most this many of the selected volumes (by volume id hash)
     seed: int = 0  # of --sample and --limit
     send_seg: str = ""  # --send-seg: a DICOMweb service each SEG is stored at (STOW-RS) once written
+    run_id: str = ""  # this run's, in its completion records: a record of this run is a retried task's
     lease_token: str = ""  # the run's lease (io/lease.py): checked before each delete, part rewrite and send
 
     @property

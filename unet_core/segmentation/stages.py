@@ -50,6 +50,7 @@ class Outcome(enum.StrEnum):
 
     DONE = "done"  # segmented now (ok or error), its record written
     RESUMED = "resumed"  # a record of this fingerprint and model was already there: not redone
+    RETRIED = "retried"  # as RESUMED, but written by this run: its task was retried (a lost node or worker)
     UNRECORDED = "unrecorded"  # the completion record could not be written; redone next run
 
 
@@ -102,9 +103,9 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
 def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:
     """One volume through decode -> predict -> finish -> write. Returns (record, outcome)."""
     if s.resume:
-        found = OutputStore(s.output).read_record(planned.volume_id, planned.fingerprint, ok_only=True)
-        if found is not None and found.model_identity == s.model_identity and s.made_as_asked(found):
-            return found, Outcome.RESUMED
+        found = OutputStore(s.output).find_record(planned.volume_id, planned.fingerprint, ok_only=True)
+        if found is not None and found[0].model_identity == s.model_identity and s.made_as_asked(found[0]):
+            return found[0], Outcome.RETRIED if s.run_id and found[1] == s.run_id else Outcome.RESUMED
     d = decode_volume(planned, s)
     rec = _record(planned, s, status=Status.OK, decode_seconds=d.seconds)
     prob = None
@@ -157,7 +158,7 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
     rec.write_seconds = time.perf_counter() - t
     rec.finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        store.write_record(rec)
+        store.write_record(rec, s.run_id)
     except LeaseLost:
         raise
     except Exception as exc:  # noqa: BLE001 - the store failed past its retries (or worse): redo next run

@@ -40,6 +40,7 @@ PLAN_TABLE = "plan.parquet"
 REPORT_FILE = "report.html"
 EVALUATION_TABLE = "evaluation.parquet"  # unet evaluate's, by default
 PLOTS_FOLDER = "report"
+RUN_ID_KEY = b"unet_run_id"  # a completion record's Parquet metadata: the run that wrote it
 
 
 class Folder(enum.StrEnum):
@@ -210,24 +211,41 @@ class OutputStore:
     def record_uri(self, status: Status, volume_id: str) -> str:
         return self.uri(Folder.RECORDS.value, status.value, f"{volume_id}.parquet")
 
-    def write_record(self, rec: VolumeRecord) -> None:
-        """Publish a volume's completion record; an ok record replaces an earlier error record."""
+    def write_record(self, rec: VolumeRecord, run_id: str = "") -> None:
+        """Publish a volume's completion record (naming the run that wrote it, in the file's metadata);
+        an ok record replaces an earlier error record."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         self.check_lease()
         status = Status.OK if rec.status == Status.OK else Status.ERROR
-        storage.write_bytes(self.record_uri(status, rec.volume_id), table_bytes(VolumeRecord, [rec.to_row()]))
+        schema = VolumeRecord.arrow_schema().with_metadata({RUN_ID_KEY: run_id.encode()})
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([rec.to_row()], schema=schema), buf, compression="zstd")
+        storage.write_bytes(self.record_uri(status, rec.volume_id), buf.getvalue().to_pybytes())
         if status == Status.OK:
             storage.delete(self.record_uri(Status.ERROR, rec.volume_id))
 
     def read_record(self, volume_id: str, fingerprint: str, ok_only: bool = False) -> VolumeRecord | None:
         """This fingerprint's completion record of a volume (ok first, then error), if there is one."""
+        found = self.find_record(volume_id, fingerprint, ok_only)
+        return found[0] if found is not None else None
+
+    def find_record(self, volume_id: str, fingerprint: str,
+                    ok_only: bool = False) -> tuple[VolumeRecord, str] | None:
+        """(record, the id of the run that wrote it ("" for a record of an older version)), or None."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         for status in (Status.OK,) if ok_only else (Status.OK, Status.ERROR):
             try:
-                rows = rows_from_bytes(storage.read_bytes(self.record_uri(status, volume_id)))
+                data = storage.read_bytes(self.record_uri(status, volume_id))
             except NotFoundError:
                 continue
-            rec = VolumeRecord.from_stored(rows[0])
+            part = pq.ParquetFile(pa.BufferReader(data))
+            rec = VolumeRecord.from_stored(part.read().to_pylist()[0])
             if rec.fingerprint == fingerprint:
-                return rec
+                return rec, (part.schema_arrow.metadata or {}).get(RUN_ID_KEY, b"").decode()
         return None
 
     # ---- per-volume outputs ------------------------------------------------------------------------

@@ -40,7 +40,8 @@ class RunSummary:
     headers_unchanged: int = 0
     # this run's work
     segmented_now: int = 0
-    resumed_from_records: int = 0
+    resumed_from_records: int = 0  # found complete, recorded by an earlier (interrupted) run
+    retried_complete: int = 0  # found complete after a retry: recorded by this run's own earlier attempt
     slices_now: int = 0
     slices_per_second: float = 0.0
     # where the time went

@@ -70,9 +70,7 @@ def _main(argv: list[str]) -> int:
     agg = aggregate_volume_table(out)
     ok, failed, skipped = (agg.by_status.get(k, 0) for k in ("ok", "error", "skipped"))
     inputs = ", ".join(layout.get("inputs", []))
-    plan = store.folder(Folder.PLAN)
-    interrupted = summary is None or storage.exists(plan) and any(
-        e.uri.endswith(".parquet") for e in storage.list_files(plan))
+    interrupted = summary is None or store.has_folder(Folder.PLAN)  # a plan part left: the last run did not finish
     lines = [f"{out}: unet segment output of {inputs}"]
     if summary:
         lines.append(f"  last run: finished {summary.finished}, {summary.total_seconds:.0f}s, "

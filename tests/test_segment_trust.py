@@ -189,3 +189,16 @@ def test_a_volume_recorded_by_an_interrupted_run_is_named_as_such(studies, tmp_p
     assert result.summary.resumed_from_records == first.segmented and result.summary.retried_complete == 0
     print_outcome(result.planned, result.done, result.totals, result.summary, None, "report.html", 0.0)
     assert f"{first.segmented} already complete (recorded by an interrupted run" in capsys.readouterr().out
+
+
+def test_status_says_when_the_last_run_did_not_finish_after_a_finished_one(studies, tmp_path, capsys):
+    root = tmp_path / "in"
+    shutil.copytree(studies, root)
+    out = str(tmp_path / "out")
+    serial_run([str(root)], out)
+    write_studies(str(root / "new"), n_patients=1, studies_per_patient=1, size=16, seed=9, roles=("thick",))
+    run, planned = serial_plan([str(root)], out)
+    run.segment(planned)  # interrupted before its table parts were written: its plan is still there
+    assert planned.todo and os.listdir(OutputStore(out).folder(Folder.PLAN))
+    assert status.main([out]) == Exit.OK
+    assert "the last run did not finish" in capsys.readouterr().out

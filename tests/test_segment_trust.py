@@ -202,3 +202,32 @@ def test_status_says_when_the_last_run_did_not_finish_after_a_finished_one(studi
     assert planned.todo and os.listdir(OutputStore(out).folder(Folder.PLAN))
     assert status.main([out]) == Exit.OK
     assert "the last run did not finish" in capsys.readouterr().out
+
+
+def test_a_domain_error_inside_rays_wrapping_reaches_the_job_as_itself():
+    from jobs.ray_executor import as_domain_errors, domain_error
+
+    lost = LeaseLost("o/.unet-lease.json: another run holds the output")
+
+    class RayTaskErrorLike(RuntimeError, LeaseLost):  # Ray's dual class (as_instanceof_cause)
+        __module__ = "ray.exceptions"
+
+        def __init__(self, cause):
+            RuntimeError.__init__(self, "long Ray text")
+            self.cause = cause
+
+    class UserCodeExceptionLike(Exception):
+        pass
+
+    try:
+        try:
+            raise RayTaskErrorLike(lost)
+        except RayTaskErrorLike as e:
+            raise UserCodeExceptionLike("Ray Data: exception in user code") from e
+    except UserCodeExceptionLike as wrapped:
+        assert domain_error(wrapped) is lost
+    with pytest.raises(LeaseLost) as caught, as_domain_errors():
+        raise UserCodeExceptionLike("x") from RayTaskErrorLike(lost)
+    assert caught.value is lost
+    with pytest.raises(KeyError), as_domain_errors():  # anything else stays as it is
+        raise KeyError("probabilities")

@@ -19,8 +19,8 @@ GIB = 2**30
 def throughput(out: str, predictors: int) -> tuple[float, str]:
     """(slices per second, where that figure comes from)."""
     try:
-        last = RunSummary.read(out)
-    except Exception:  # noqa: BLE001 - no earlier run (or an unreadable summary): the default
+        last = RunSummary.read(out)  # None: no earlier run; a store that fails raises (exit 5)
+    except ValueError:  # a summary that is not this tool's JSON: the estimate is a guide, use the default
         last = None
     if last is not None and last.slices_now >= 100 and last.slices_per_second > 0:
         return last.slices_per_second, f"this output's last run ({last.finished})"

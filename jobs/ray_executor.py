@@ -11,18 +11,48 @@ Settings cross to the workers as `to_dict(settings)` and are rebuilt there (`fro
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from jobs.predictors import Predictors, predict_with
 from unet_core.config import from_dict, to_dict
+from unet_core.errors import UnetError
 from unet_core.segmentation import executor as ex
 from unet_core.segmentation import planning, sizing
 from unet_core.segmentation.records import Fragment, PlannedVolume, Status
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import Outcome
 from unet_core.segmentation.tables import BucketSummary, TableCounts
+
+
+def domain_error(exc: BaseException) -> UnetError | None:
+    """The project's own error inside Ray's wrapping of a task's exception (RayTaskError, Ray Data's
+    UserCodeException), if there is one."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UnetError) and not type(e).__module__.startswith("ray"):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
+
+
+@contextlib.contextmanager
+def as_domain_errors() -> Iterator[None]:
+    """A domain error raised in a task (LeaseLost, a storage error past its retries) reaches the
+    job as itself, so the job's exit status is its own (exits.run_main), not an internal error's."""
+    try:
+        yield
+    except Exception as exc:
+        found = domain_error(exc)
+        if found is None or found is exc:
+            raise
+        raise found from exc
 
 
 # ---- stage wiring (each body is a stage function of executor.py) ------------------------------------
@@ -54,7 +84,8 @@ def plan_to_segment(row: dict, settings: dict) -> list[dict]:
 def segment_row(row: dict, settings: dict, pool) -> dict:
     s = from_dict(SegmentSettings, settings)
     done = ex.segment_stage(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
-    return {"status": done.status.value, "n_slices": done.n_slices, "outcome": done.outcome.value, "sent": done.sent}
+    return {"status": done.status.value, "n_slices": done.n_slices, "outcome": done.outcome.value, "sent": done.sent,
+            "internal": done.internal}
 
 
 def finish_bucket(row: dict, settings: dict) -> dict:
@@ -102,8 +133,9 @@ class RayExecutor:
             scanned = scanned.repartition(sizing.SHUFFLE_BLOCKS)
         summaries = (scanned.groupby("bucket", num_partitions=max(1, min(s.buckets, 2 * slots)))
                      .map_groups(merge_bucket, fn_kwargs={"settings": cfg}, batch_format="pyarrow"))
-        for r in summaries.iter_rows():
-            yield BucketSummary(**r)
+        with as_domain_errors():
+            for r in summaries.iter_rows():
+                yield BucketSummary(**r)
 
     def segment_volumes(self, buckets: list[int], s: SegmentSettings, volumes: int):
         import ray
@@ -116,12 +148,15 @@ class RayExecutor:
                 .repartition(sizing.segment_blocks(volumes, in_flight or int(ray.cluster_resources().get("CPU", 1)))))
         records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": self.predictors.pool}, num_cpus=1,
                            compute=ray.data.TaskPoolStrategy(size=in_flight))
-        for r in records.iter_rows():
-            yield ex.VolumeDone(Status(r["status"]), int(r["n_slices"] or 0), Outcome(r["outcome"]), bool(r["sent"]))
+        with as_domain_errors():
+            for r in records.iter_rows():
+                yield ex.VolumeDone(Status(r["status"]), int(r["n_slices"] or 0), Outcome(r["outcome"]),
+                                    bool(r["sent"]), bool(r.get("internal")))
 
     def finish_buckets(self, buckets: list[int], s: SegmentSettings):
         import ray
 
-        for r in ray.data.from_items([{"bucket": b} for b in buckets]).map(
-                finish_bucket, fn_kwargs={"settings": to_dict(s)}).iter_rows():
-            yield TableCounts.from_json(r["counts"])
+        with as_domain_errors():
+            for r in ray.data.from_items([{"bucket": b} for b in buckets]).map(
+                    finish_bucket, fn_kwargs={"settings": to_dict(s)}).iter_rows():
+                yield TableCounts.from_json(r["counts"])

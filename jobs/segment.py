@@ -100,12 +100,13 @@ def _main(argv: list[str]) -> int:
     os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_RESULT_BYTES))
     apply_dicomweb_args(args, [i for i in args.input if dicomweb.is_dicomweb(i)] + [args.send_seg or ""][:bool(args.send_seg)])
     storage.probe_writable(out)  # before anything is read: a refused output fails now (exit 5)
-    timer, store = Timer(), OutputStore(out)
+    timer = Timer()
     with Lease(out, "unet segment") as lease:  # one writer per output
+        store = OutputStore(out, lease.fence())  # its writes and deletes stop once the lease is lost
         if lease.took_over:
             say(f"took over the output from a run that is gone: {lease.took_over.describe(time.time())}")
         inputs = tuple(storage.absolute(i) for i in args.input)
-        opened = open_output(store, inputs, args.overwrite)
+        opened = open_output(store, inputs, args.overwrite, check=lease.check)
         if opened.swept:
             log.info("removed %d unfinished temporary files of an interrupted run under %s", opened.swept, out)
         if opened.other_inputs:
@@ -125,7 +126,7 @@ def _main(argv: list[str]) -> int:
             units, layout = run.layout(inputs, opened.layout, args.follow_symlinks)
             say(f"planning: listing {', '.join(inputs)} ({len(units):,} folders in {layout.partitions} partitions), "
                 "reading new headers, grouping volumes ...")
-            planned = run.plan(units, settings_of(args, info, out, layout, model), layout, started=timer.start)
+            planned = run.plan(units, settings_of(args, info, out, layout, lease, model), layout, started=timer.start)
             log.debug("planned; driver RSS %s", rss_mib())
             say(f"planning: {planned.listed:,} objects listed ({planned.scanned:,} headers read, {planned.reused:,} "
                 f"unchanged) in {planned.seconds:.0f}s; {planned.todo:,} volumes to segment")
@@ -135,7 +136,7 @@ def _main(argv: list[str]) -> int:
             if planned.todo:
                 ready = run.ready(planned)
                 with Progress("segment", planned.todo, "volumes", rate_unit="slices") as progress:
-                    done = run.segment(planned, lambda d: progress.update(d.segmented + d.resumed, d.failed, d.slices),
+                    done = run.segment(planned, lambda d: progress.update(d.segmented + d.resumed + d.retried, d.failed, d.slices),
                                        ready)
                 stats = pool.stats()
                 used = Pool(stats.get("predictors_started", 0), stats.get("predictors_live", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import uuid
 
 from jobs.options import (
     add_dicomweb_args,
@@ -18,6 +19,7 @@ from unet_core import registry
 from unet_core.bundle import bundle_identity
 from unet_core.errors import ConfigError
 from unet_core.io import dicomweb
+from unet_core.io.lease import Lease
 from unet_core.recipe.postprocess import resolve_postprocess
 from unet_core.segmentation.layout import Layout
 from unet_core.segmentation.selection import SelectionRules
@@ -107,8 +109,10 @@ def model_of(model: str, info) -> dict:
             "model_registry": got.registry, "model_version": got.version, "model_run_id": got.run_id or ""}
 
 
-def settings_of(args, info, out: str, layout: Layout, model: str | None = None) -> SegmentSettings:
-    """`model`: the model as the user named it (a models:/ reference), when args.model is its copy."""
+def settings_of(args, info, out: str, layout: Layout, lease: Lease | None = None,
+                model: str | None = None) -> SegmentSettings:
+    """The run's settings; `lease` (held) gives the token its tasks check before each write; `model`
+    is the model as the user named it (a models:/ reference) when args.model is its local copy."""
     return SegmentSettings(
         output=out, bundle_info=info.to_json(), **model_of(model or args.model, info),
         threshold=args.threshold if args.threshold is not None else info.threshold,
@@ -119,7 +123,8 @@ def settings_of(args, info, out: str, layout: Layout, model: str | None = None) 
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs),
         selection=json.dumps(selection_rules(args, info).to_dict()), sample=args.sample, limit=args.limit,
-        seed=args.seed, send_seg=args.send_seg or "")
+        seed=args.seed, send_seg=args.send_seg or "", run_id=uuid.uuid4().hex,
+        lease_token=lease.info.token if lease is not None else "")
 
 
 def selection_rules(args, info) -> SelectionRules:

@@ -27,6 +27,8 @@ def print_outcome(planned: Planned, done: Segmented, totals: TableCounts, summar
     print(safe(f"  report: {report}"))
     if done.resumed:
         print(f"  {done.resumed} already complete (recorded by an interrupted run; not redone)")
+    if done.retried:
+        print(f"  {done.retried} found complete after a retry (recorded by this run's own earlier attempt; not redone)")
     for vid, error in totals.failures:
         print(safe(f"  failed: {vid}: {error}"))
     if summary.volumes_failed > len(totals.failures):

@@ -14,7 +14,7 @@ from jobs.exits import Exit, run_main
 from jobs.output import configure as configure_output
 from jobs.output import safe
 from unet_core.bundle import bundle_identity
-from unet_core.errors import ITEM_ERRORS, ConfigError
+from unet_core.errors import ConfigError, NotFoundError
 from unet_core.io import storage
 from unet_core.report import aggregate_volume_table
 from unet_core.segmentation.records import Status
@@ -34,16 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _json(uri: str) -> dict | None:
+    """A JSON object of the output (None when it is not there; any other failure raises)."""
     try:
-        return json.loads(storage.read_bytes(uri))
-    except (*ITEM_ERRORS, ValueError):
+        data = storage.read_bytes(uri)
+    except NotFoundError:
         return None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"{uri}: not valid JSON ({exc.__class__.__name__}); it is not this tool's, "
+                          "or it was edited") from None
 
 
 def _count(prefix: str, limit: int) -> tuple[int, bool]:
     try:
         entries = storage.list_files(prefix)
-    except ITEM_ERRORS:
+    except NotFoundError:
         return 0, False
     return min(len(entries), limit), len(entries) > limit
 
@@ -64,9 +70,7 @@ def _main(argv: list[str]) -> int:
     agg = aggregate_volume_table(out)
     ok, failed, skipped = (agg.by_status.get(k, 0) for k in ("ok", "error", "skipped"))
     inputs = ", ".join(layout.get("inputs", []))
-    plan = store.folder(Folder.PLAN)
-    interrupted = summary is None or storage.exists(plan) and any(
-        e.uri.endswith(".parquet") for e in storage.list_files(plan))
+    interrupted = summary is None or store.has_folder(Folder.PLAN)  # a plan part left: the last run did not finish
     lines = [f"{out}: unet segment output of {inputs}"]
     if summary:
         lines.append(f"  last run: finished {summary.finished}, {summary.total_seconds:.0f}s, "

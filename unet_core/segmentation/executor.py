@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Protocol
 
+from unet_core.errors import ErrorType
 from unet_core.segmentation import planning
 from unet_core.segmentation.records import Action, Fragment, PlannedVolume, Status
 from unet_core.segmentation.settings import SegmentSettings
@@ -42,6 +43,7 @@ class VolumeDone:
     n_slices: int
     outcome: Outcome
     sent: bool  # its SEG was stored at --send-seg's service by this task
+    internal: bool = False  # segmented now and failed with an unexpected exception (error_type internal)
 
 
 class Executor(Protocol):
@@ -74,7 +76,8 @@ def volumes_stage(bucket: int, s: SegmentSettings) -> list[PlannedVolume]:
 
 def segment_stage(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> VolumeDone:
     rec, outcome = segment_volume(planned, s, predict)
-    return VolumeDone(rec.status, rec.n_slices, outcome, outcome == Outcome.DONE and bool(rec.sent))
+    return VolumeDone(rec.status, rec.n_slices, outcome, outcome == Outcome.DONE and bool(rec.sent),
+                      outcome == Outcome.DONE and rec.error_type == ErrorType.INTERNAL)
 
 
 def finish_stage(bucket: int, s: SegmentSettings) -> TableCounts:

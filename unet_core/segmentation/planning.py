@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from unet_core.config import Limits
-from unet_core.errors import ITEM_ERRORS, ErrorType, ItemFailure
+from unet_core.errors import ITEM_ERRORS, ErrorType, ItemFailure, NotFoundError
 from unet_core.io import dicomweb, listing, storage
 from unet_core.io.dicom.grouping import (
     VolumeMembers,
@@ -54,7 +54,6 @@ from unet_core.segmentation.records import (
 from unet_core.segmentation.scanning import scan_dicomweb, scan_object
 from unet_core.segmentation.selection import SelectionRules
 from unet_core.segmentation.settings import SegmentSettings
-from unet_core.segmentation.store import OutputStore
 from unet_core.volume import short_hash
 
 # Error types of a scan that say nothing about the object itself: scanned again next run.
@@ -190,7 +189,7 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
                     roots: tuple[str, ...]) -> tuple[list[Fragment], ScanCounts]:
     """One listing partition of a run: joined with its series_index part of the last run, scanned
     where needed, its part rewritten when anything changed; returns its volume fragments."""
-    store = OutputStore(s.output)
+    store = s.store()
     previous = store.read_index(partition)
     rows, counts, reused = scan_partition(units, previous, s.limits, s.follow_symlinks, roots,
                                           OutputNames.of(s.output, tuple(s.inputs)), s.rules)
@@ -209,7 +208,7 @@ def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...
     for unit in units:
         try:
             yield from listing.iter_objects(unit.prefix, unit.recursive, follow_symlinks, roots)
-        except ITEM_ERRORS:
+        except NotFoundError:
             if unit.recursive:  # a folder removed since the fan-out listed it
                 continue
             raise

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from unet_core import ownership
-from unet_core.errors import InputError
-from unet_core.io import listing, storage
+from unet_core.errors import InputError, InternalError
+from unet_core.io import listing
 from unet_core.segmentation import choosing, planning
 from unet_core.segmentation.delivery import SendCounts, send_pending
 from unet_core.segmentation.executor import Executor, PartitionWork, VolumeDone
@@ -39,6 +39,12 @@ from unet_core.segmentation.tables import BucketSummary, TableCounts, demote_buc
 # interrupted run's plan is not.
 REUSED_FOLDERS = (Folder.SERIES_INDEX.value, Folder.VOLUMES.value, Folder.PLAN.value)
 
+# The breaker: a run stops (exit 1) once this many volumes failed with an internal error and they
+# are more than this fraction of the volumes it segmented. Bad data fails with a reason; a
+# regression fails every volume the same way and should not be written up as N bad volumes.
+BREAKER_INTERNAL_ROWS = 20
+BREAKER_FRACTION = 0.5
+
 
 @dataclass
 class Opened:
@@ -51,20 +57,23 @@ class Opened:
     other_inputs: tuple[str, ...] = ()  # the last run's inputs, when they differ from this run's
 
 
-def open_output(store: OutputStore, inputs: tuple[str, ...], overwrite: bool) -> Opened:
+def open_output(store: OutputStore, inputs: tuple[str, ...], overwrite: bool,
+                check: Callable[[], None] | None = None) -> Opened:
     """Check that the output is this tool's (or empty) and reuse the last run's layout where it
-    can. Only objects this tool names are removed (ownership.py)."""
+    can. Only objects this tool names are removed (ownership.py); `check` (the run's
+    `Lease.check`) runs before each removal."""
     out = store.root
     ownership.check_inputs(inputs, out)
     ownership.check_output(out, ownership.SEGMENT_OUTPUT)
-    opened = Opened(None, swept=storage.sweep_temporaries(out))
+    opened = Opened(None, swept=ownership.sweep_temporaries(out, ownership.SEGMENT_OUTPUT))
     layout = None if overwrite else store.read_layout()
     if layout is not None and layout.inputs != inputs:
         opened.other_inputs, layout = layout.inputs, None
     if layout is not None:
         layout = store.upgrade_layout(layout)
     folders = ownership.OVERWRITE_FOLDERS if overwrite else REUSED_FOLDERS
-    opened.removed, opened.left = ownership.delete_owned(out, folders if layout is None else (Folder.PLAN.value,))
+    opened.removed, opened.left = ownership.delete_owned(out, folders if layout is None else (Folder.PLAN.value,),
+                                                         check=check)
     opened.layout = layout
     return opened
 
@@ -97,9 +106,11 @@ class Segmented:
     """What segmenting did, counted as the volumes come back."""
 
     segmented: int = 0
-    resumed: int = 0
+    resumed: int = 0  # complete already: recorded by an earlier (interrupted) run
+    retried: int = 0  # complete already: recorded by this run's own earlier attempt (a retried task)
     slices: int = 0
     failed: int = 0
+    internal: int = 0  # failed now with an unexpected exception (error_type internal)
     sent: int = 0  # SEGs stored by the volume tasks (--send-seg)
     predictor_wait: float = 0.0  # start-up of the predictors the planning did not hide
     seconds: float = 0.0  # from the wait for the predictors to the last volume
@@ -108,11 +119,18 @@ class Segmented:
     def add(self, v: VolumeDone) -> None:
         if v.outcome == Outcome.RESUMED:
             self.resumed += 1
+        elif v.outcome == Outcome.RETRIED:
+            self.retried += 1
         else:
             self.segmented += 1
             self.slices += v.n_slices
         self.failed += v.status != Status.OK
+        self.internal += v.internal
         self.sent += v.sent
+
+    def looks_like_a_bug(self) -> bool:
+        """Whether the breaker trips: many internal errors, and most of what was segmented now."""
+        return self.internal >= BREAKER_INTERNAL_ROWS and self.internal > BREAKER_FRACTION * self.segmented
 
 
 @dataclass(frozen=True)
@@ -194,6 +212,12 @@ class SegmentRun:
             return done
         for v in self.executor.segment_volumes(planned.pending_buckets, planned.settings, planned.todo):
             done.add(v)
+            if done.looks_like_a_bug():
+                raise InternalError(
+                    f"{done.internal} of the {done.segmented} volumes segmented so far failed with an internal error "
+                    "(an unexpected exception, not bad input): this looks like a bug, so the run stopped. Their "
+                    f"rows in {self.store.root} name the exception; run with -v for its traceback. Volumes "
+                    "already done are kept; a re-run redoes the failed ones")
             if on_volume is not None:
                 on_volume(done)
         done.seconds = time.perf_counter() - done.started
@@ -207,9 +231,11 @@ class SegmentRun:
         if planned.pending:
             for c in self.executor.finish_buckets(planned.pending_buckets, planned.settings):
                 totals.add(c)
+        store = planned.settings.store()  # fenced by the run's lease
         for b in set(range(planned.layout.buckets)) - planned.seen:
-            self.store.delete_volumes(b)
-        ownership.delete_owned(self.store.root, (Folder.PLAN.value,))  # a local run's empty folder goes
+            store.delete_volumes(b)
+        ownership.delete_owned(self.store.root, (Folder.PLAN.value,),  # a local run's empty folder goes
+                               check=store.check_lease)
         return totals
 
     def deliver(self, planned: Planned, workers: int,
@@ -219,6 +245,7 @@ class SegmentRun:
         dest = planned.settings.send_seg
         if not dest:
             return None
+        planned.settings.check_lease()  # delivery rewrites table parts and sends: only while the run holds the output
         return send_pending(self.store.root, planned.layout.buckets, dest, workers, progress)
 
 
@@ -238,7 +265,7 @@ def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: Send
         sample=s.sample, limit=s.limit, seed=s.seed,
         volume_table_parts_written=totals.parts_written, objects_listed=planned.listed,
         headers_read=planned.scanned, headers_unchanged=planned.reused, segmented_now=done.segmented,
-        resumed_from_records=done.resumed, slices_now=done.slices,
+        resumed_from_records=done.resumed, retried_complete=done.retried, slices_now=done.slices,
         slices_per_second=done.slices / max(done.seconds, 1e-9), scan_seconds=planned.seconds,
         predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=total_seconds,
         predictors_started=pool.started, predictors_live=pool.live, dicom_seg=s.dicom_seg, qc=s.qc,

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 from unet_core.config import Limits
 from unet_core.errors import ConfigError
+from unet_core.io.lease import Fence
 from unet_core.segmentation.records import VolumeRecord
 from unet_core.segmentation.selection import SelectionRules
+from unet_core.segmentation.store import OutputStore
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,20 @@ class SegmentSettings:
     limit: int | None = None  # --limit: at most this many of the selected volumes (by volume id hash)
     seed: int = 0  # of --sample and --limit
     send_seg: str = ""  # --send-seg: a DICOMweb service each SEG is stored at (STOW-RS) once written
+    run_id: str = ""  # this run's, in its completion records: a record of this run is a retried task's
+    lease_token: str = ""  # the run's lease (io/lease.py): checked before each delete, part rewrite and send
+
+    @property
+    def fence(self) -> Fence | None:
+        return Fence.of(self.output, self.lease_token) if self.lease_token else None
+
+    def store(self) -> OutputStore:
+        """The output, fenced by the run's lease (unfenced without a token: tests, --plan-only views)."""
+        return OutputStore(self.output, self.fence)
+
+    def check_lease(self) -> None:
+        """Raises LeaseLost once another run holds the output (no token: nothing to check)."""
+        self.store().check_lease()
 
     @property
     def selecting(self) -> bool:

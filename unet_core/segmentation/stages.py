@@ -22,6 +22,7 @@ from unet_core.io import storage
 from unet_core.io.dicom.grouping import VolumeMembers
 from unet_core.io.dicom.seg import SegIdentity, SegSkipped, build_seg, seg_bytes, software_version
 from unet_core.io.dicom.series import SourceFrames, read_series_with_sources
+from unet_core.io.lease import LeaseLost
 from unet_core.io.mask_codec import slices_table_bytes
 from unet_core.io.nifti import mask_to_nifti_bytes, read_nifti
 from unet_core.io.volumes import read_object, read_objects
@@ -49,6 +50,7 @@ class Outcome(enum.StrEnum):
 
     DONE = "done"  # segmented now (ok or error), its record written
     RESUMED = "resumed"  # a record of this fingerprint and model was already there: not redone
+    RETRIED = "retried"  # as RESUMED, but written by this run: its task was retried (a lost node or worker)
     UNRECORDED = "unrecorded"  # the completion record could not be written; redone next run
 
 
@@ -103,9 +105,9 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
 def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:
     """One volume through decode -> predict -> finish -> write. Returns (record, outcome)."""
     if s.resume:
-        found = OutputStore(s.output).read_record(planned.volume_id, planned.fingerprint, ok_only=True)
-        if found is not None and found.model_identity == s.model_identity and s.made_as_asked(found):
-            return found, Outcome.RESUMED
+        found = OutputStore(s.output).find_record(planned.volume_id, planned.fingerprint, ok_only=True)
+        if found is not None and found[0].model_identity == s.model_identity and s.made_as_asked(found[0]):
+            return found[0], Outcome.RETRIED if s.run_id and found[1] == s.run_id else Outcome.RESUMED
     d = decode_volume(planned, s)
     rec = _record(planned, s, status=Status.OK, decode_seconds=d.seconds)
     prob = None
@@ -129,7 +131,8 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
     """Labels on the source grid, outputs written, then the completion record (last)."""
 
     t = time.perf_counter()
-    vid, store = rec.volume_id, OutputStore(s.output)
+    vid, store = rec.volume_id, s.store()
+    store.check_lease()  # a run that lost the output writes nothing more (LeaseLost stops the job)
     if rec.status == Status.OK and volume is not None:
         try:
             labels = finish_volume(np.asarray(prob), volume, s.threshold, PostProcess(s.largest_component, s.fill_holes),
@@ -148,13 +151,18 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
             if s.dicom_seg:
                 rec.seg_uri, rec.seg_skipped = write_seg(labels, sources, rec, s)
             if s.send_seg and rec.seg_uri:  # a failed send keeps the volume ok: its row says, and a re-run sends
+                store.check_lease()
                 rec = send_record(rec, s.send_seg)
+        except LeaseLost:
+            raise
         except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
             rec = _failed(rec, ItemFailure.of(rec.source, exc, "writing the outputs"))
     rec.write_seconds = time.perf_counter() - t
     rec.finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        store.write_record(rec)
+        store.write_record(rec, s.run_id)
+    except LeaseLost:
+        raise
     except Exception as exc:  # noqa: BLE001 - the store failed past its retries (or worse): redo next run
         failure = ItemFailure.of(rec.source, exc, "recording the result")
         return _failed(rec, ItemFailure(f"{rec.source}: the result could not be recorded: {failure.error}",

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from unet_core.errors import ITEM_ERRORS
+from unet_core.errors import NotFoundError
 from unet_core.io import storage
+from unet_core.io.lease import Fence
 from unet_core.segmentation.layout import LAYOUT_VERSION, READABLE_VERSIONS, Layout
 from unet_core.segmentation.records import (
     Action,
@@ -39,6 +40,7 @@ PLAN_TABLE = "plan.parquet"
 REPORT_FILE = "report.html"
 EVALUATION_TABLE = "evaluation.parquet"  # unet evaluate's, by default
 PLOTS_FOLDER = "report"
+RUN_ID_KEY = b"unet_run_id"  # a completion record's Parquet metadata: the run that wrote it
 
 
 class Folder(enum.StrEnum):
@@ -65,9 +67,17 @@ class VolumeOutput(enum.Enum):
 
 @dataclass(frozen=True)
 class OutputStore:
-    """One output prefix (local or s3://, without a trailing "/")."""
+    """One output prefix (local or s3://, without a trailing "/"). With a `fence` (the run's lease
+    token), every write and delete first checks that the run still holds the output's lease: one
+    that lost it raises LeaseLost and changes nothing."""
 
     root: str
+    fence: Fence | None = field(default=None, compare=False)
+
+    def check_lease(self) -> None:
+        """Raises LeaseLost once the output's lease is not this run's (no fence: nothing to check)."""
+        if self.fence is not None:
+            self.fence.check()
 
     def uri(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
@@ -88,6 +98,7 @@ class OutputStore:
         return layout if layout.version in READABLE_VERSIONS else None
 
     def write_layout(self, layout: Layout) -> None:
+        self.check_lease()
         storage.write_bytes(self.layout_uri, layout.to_json().encode())
 
     def upgrade_layout(self, layout: Layout) -> Layout:
@@ -107,14 +118,16 @@ class OutputStore:
         """The last run's rows of one listing partition ([] when there is none)."""
         try:
             data = storage.read_bytes(self.index_part_uri(partition))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return []
         return [ObjectRow.from_row(r) for r in rows_from_bytes(data)]
 
     def write_index(self, partition: int, rows: list[ObjectRow]) -> None:
+        self.check_lease()
         storage.write_bytes(self.index_part_uri(partition), table_bytes(ObjectRow, [r.to_row() for r in rows]))
 
     def delete_index(self, partition: int) -> None:
+        self.check_lease()
         storage.delete(self.index_part_uri(partition))
 
     # ---- the volume table (per bucket) -------------------------------------------------------------
@@ -125,12 +138,13 @@ class OutputStore:
         """The last run's rows of one volume-table part ([] when there is none)."""
         try:
             data = storage.read_bytes(self.volume_part_uri(bucket))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return []
         return [VolumeRecord.from_stored(r) for r in rows_from_bytes(data)]
 
     def write_volumes(self, bucket: int, records: list[VolumeRecord]) -> None:
         """One volume-table part, whole (write, then publish)."""
+        self.check_lease()
         storage.write_bytes(self.volume_part_uri(bucket), table_bytes(VolumeRecord, [r.to_row() for r in records]))
 
     def outdated(self, bucket: int) -> bool:
@@ -141,12 +155,13 @@ class OutputStore:
 
         try:
             data = storage.read_bytes(self.volume_part_uri(bucket))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return False
         names = set(pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names)
         return not set(VolumeRecord.arrow_schema().names) <= names
 
     def delete_volumes(self, bucket: int) -> None:
+        self.check_lease()
         storage.delete(self.volume_part_uri(bucket))
 
     def volume_parts(self) -> Iterator[list[VolumeRecord]]:
@@ -166,7 +181,7 @@ class OutputStore:
     def _parts(self, folder: Folder) -> list[str]:
         try:
             entries = storage.list_files(self.folder(folder))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return []
         return sorted(e.uri for e in entries if e.uri.endswith(".parquet"))
 
@@ -182,9 +197,11 @@ class OutputStore:
         return [p for p in map(PlannedVolume.from_row, rows) if action is None or p.action == action]
 
     def write_plan(self, bucket: int, planned: list[PlannedVolume]) -> None:
+        self.check_lease()
         storage.write_bytes(self.plan_part_uri(bucket), table_bytes(PlannedVolume, [p.to_row() for p in planned]))
 
     def delete_plan(self, bucket: int) -> None:
+        self.check_lease()
         storage.delete(self.plan_part_uri(bucket))
 
     # ---- completion records (per volume) -----------------------------------------------------------
@@ -194,23 +211,41 @@ class OutputStore:
     def record_uri(self, status: Status, volume_id: str) -> str:
         return self.uri(Folder.RECORDS.value, status.value, f"{volume_id}.parquet")
 
-    def write_record(self, rec: VolumeRecord) -> None:
-        """Publish a volume's completion record; an ok record replaces an earlier error record."""
+    def write_record(self, rec: VolumeRecord, run_id: str = "") -> None:
+        """Publish a volume's completion record (naming the run that wrote it, in the file's metadata);
+        an ok record replaces an earlier error record."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.check_lease()
         status = Status.OK if rec.status == Status.OK else Status.ERROR
-        storage.write_bytes(self.record_uri(status, rec.volume_id), table_bytes(VolumeRecord, [rec.to_row()]))
+        schema = VolumeRecord.arrow_schema().with_metadata({RUN_ID_KEY: run_id.encode()})
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([rec.to_row()], schema=schema), buf, compression="zstd")
+        storage.write_bytes(self.record_uri(status, rec.volume_id), buf.getvalue().to_pybytes())
         if status == Status.OK:
             storage.delete(self.record_uri(Status.ERROR, rec.volume_id))
 
     def read_record(self, volume_id: str, fingerprint: str, ok_only: bool = False) -> VolumeRecord | None:
         """This fingerprint's completion record of a volume (ok first, then error), if there is one."""
+        found = self.find_record(volume_id, fingerprint, ok_only)
+        return found[0] if found is not None else None
+
+    def find_record(self, volume_id: str, fingerprint: str,
+                    ok_only: bool = False) -> tuple[VolumeRecord, str] | None:
+        """(record, the id of the run that wrote it ("" for a record of an older version)), or None."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         for status in (Status.OK,) if ok_only else (Status.OK, Status.ERROR):
             try:
-                rows = rows_from_bytes(storage.read_bytes(self.record_uri(status, volume_id)))
-            except ITEM_ERRORS:
+                data = storage.read_bytes(self.record_uri(status, volume_id))
+            except NotFoundError:
                 continue
-            rec = VolumeRecord.from_stored(rows[0])
+            part = pq.ParquetFile(pa.BufferReader(data))
+            rec = VolumeRecord.from_stored(part.read().to_pylist()[0])
             if rec.fingerprint == fingerprint:
-                return rec
+                return rec, (part.schema_arrow.metadata or {}).get(RUN_ID_KEY, b"").decode()
         return None
 
     # ---- per-volume outputs ------------------------------------------------------------------------
@@ -251,5 +286,5 @@ class OutputStore:
         """Whether a folder of the output holds anything."""
         try:
             return any(True for _ in storage.list_files(self.folder(folder)))
-        except ITEM_ERRORS:
+        except NotFoundError:
             return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from unet_core.errors import ITEM_ERRORS
+from unet_core.errors import NotFoundError
 from unet_core.io import storage
 from unet_core.segmentation.store import OutputStore
 
@@ -43,7 +43,8 @@ class RunSummary:
     headers_unchanged: int = 0
     # this run's work
     segmented_now: int = 0
-    resumed_from_records: int = 0
+    resumed_from_records: int = 0  # found complete, recorded by an earlier (interrupted) run
+    retried_complete: int = 0  # found complete after a retry: recorded by this run's own earlier attempt
     slices_now: int = 0
     slices_per_second: float = 0.0
     # where the time went
@@ -98,5 +99,5 @@ class RunSummary:
         """The output's summary, or None when no run has finished there."""
         try:
             return cls.from_json(storage.read_bytes(OutputStore(out).summary_uri).decode())
-        except ITEM_ERRORS:
+        except NotFoundError:
             return None

@@ -102,7 +102,7 @@ def _table_order(r: VolumeRecord) -> tuple:
 def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> TableCounts:
     """Write the volume-table part of `bucket` (ok rows first, then by volume id); a part whose
     rows are all carried over unchanged is left as it is."""
-    store = OutputStore(s.output)
+    store = s.store()
     rows = sorted((_row_of(p, s) for p in planned), key=_table_order)
     counts = count_rows(rows)
     previous = store.read_volumes(bucket)
@@ -122,7 +122,7 @@ def settle_bucket(bucket: int, planned: list[PlannedVolume], s: SegmentSettings)
     todo = sum(p.action == Action.SEGMENT for p in planned)
     if not todo:
         return write_part(bucket, planned, s), 0
-    OutputStore(s.output).write_plan(bucket, planned)
+    s.store().write_plan(bucket, planned)
     return TableCounts(), todo
 
 
@@ -158,7 +158,7 @@ def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> B
 def demote_bucket(bucket: int, d: choosing.Demotion, s: SegmentSettings) -> tuple[TableCounts, int]:
     """The run-wide choices (choosing.decide) applied to one bucket already planned: its plan, or
     its table part when it had nothing to segment. Returns (counts so far, volumes to segment)."""
-    store = OutputStore(s.output)
+    store = s.store()
     why = d.why
     if store.has_plan(bucket):
         planned = choosing.demote(store.read_plan(bucket), why, s, d.beyond)
@@ -177,7 +177,7 @@ def demote_bucket(bucket: int, d: choosing.Demotion, s: SegmentSettings) -> tupl
 def finish_bucket(bucket: int, s: SegmentSettings) -> TableCounts:
     """The table part of a bucket whose volumes were segmented: from its plan and the completion
     records they wrote. The plan goes once the part is written."""
-    store = OutputStore(s.output)
+    store = s.store()
     counts = write_part(bucket, store.read_plan(bucket), s)
     store.delete_plan(bucket)
     return counts

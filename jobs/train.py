@@ -252,7 +252,7 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
         raise JobError("training finished without a checkpoint")
 
     info = write_bundle(result.checkpoint, run.output, run.model_cfg, run.pre, args.threshold, run.labels,
-                        read_fingerprint(args.data) or {},
+                        read_fingerprint(args.data),
                         {"train": to_dict(run.train_cfg), "augment": to_dict(run.augment_cfg), "workers": args.workers,
                          "data": args.data, "data_identity": run.manifest["identity"],
                          "run": f"{run.storage_uri}/{run.run_name}"})
@@ -335,7 +335,7 @@ def _run_exists(storage_uri: str, run_name: str) -> bool:
 
 
 def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: dict, threshold: float,
-                 labels: list[str], fingerprint: dict, meta: dict):
+                 labels: list[str], fingerprint: dict | None, meta: dict):
     """The bundle from a run's latest checkpoint: the best weights, the history, the curves, and
     the prepared data's fingerprint."""
 
@@ -357,7 +357,7 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
     history = training["history"]
     info = BundleInfo(preprocess=from_dict(PreprocessConfig, preprocess), model=model_cfg, threshold=threshold,
                       label_names=labels, training=training, name=storage.basename(output),
-                      fingerprint=fingerprint)
+                      fingerprint=fingerprint or {})
 
     extra = {"curves.png": training_curves_png(history, title=storage.basename(output)),
              "history.json": json.dumps(history, indent=1).encode(),

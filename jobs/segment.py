@@ -14,6 +14,7 @@ summaries, never a row per object or per volume. Outputs under
     slices/<volume_id>.parquet       per-slice masks (unet_core.io.mask_codec encoding)
     qc/<volume_id>.png               with --qc: montage with the mask outline
     seg/<volume_id>.dcm              with --dicom-seg: DICOM SEG on the source images (DICOM volumes)
+    rtstruct/<volume_id>.dcm         with --rtstruct: DICOM RT Structure Set on the source images (DICOM volumes)
     volumes/part-*.parquet           the volume table: one row per volume and per object set aside
     series_index/part-*.parquet      every object: what it is, which volume it went to, or why not
     records/ok|error/<volume_id>.parquet  completion records, written last

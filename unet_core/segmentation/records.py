@@ -198,6 +198,8 @@ class VolumeRecord(Record):
     qc_uri: str = ""
     seg_uri: str = ""  # the DICOM SEG (--dicom-seg)
     seg_skipped: str = ""  # why a volume has no SEG although one was asked for
+    rtstruct_uri: str = ""  # the DICOM RT Structure Set (--rtstruct)
+    rtstruct_skipped: str = ""  # why a volume has no RTSTRUCT although one was asked for (or what it left out)
     n_slices: int = 0
     mask_voxels: int = 0
     mask_volume_ml: float = 0.0

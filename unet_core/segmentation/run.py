@@ -240,6 +240,6 @@ def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: Send
         resumed_from_records=done.resumed, slices_now=done.slices,
         slices_per_second=done.slices / max(done.seconds, 1e-9), scan_seconds=planned.seconds,
         predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=total_seconds,
-        predictors_started=pool.started, predictors_live=pool.live, dicom_seg=s.dicom_seg, qc=s.qc,
+        predictors_started=pool.started, predictors_live=pool.live, dicom_seg=s.dicom_seg, rtstruct=s.rtstruct, qc=s.qc,
         keep_phi=s.keep_phi, sent_to=s.send_seg, segs_sent=done.sent + (sent.sent if sent else 0),
         segs_send_failed=sent.failed if sent else 0)

@@ -52,6 +52,7 @@ class RunSummary:
     predictors_live: int = 0
     # what the output was made with
     dicom_seg: bool = False
+    rtstruct: bool = False
     qc: bool = False
     keep_phi: bool = False
     selection: dict = field(default_factory=dict)  # the selection rules (the bundle's, then --select's)
@@ -68,7 +69,8 @@ class RunSummary:
         tables = ("the tables' metadata column holds patient name, ID and birth date (--keep-phi)" if self.keep_phi
                   else "tables, reports and logs hold no patient name, ID or birth date")
         seg = "; seg/ carries the patient and study modules (DICOM SEG)" if self.dicom_seg else ""
-        return tables + seg
+        rt = "; rtstruct/ carries the patient and study modules (RTSTRUCT)" if self.rtstruct else ""
+        return tables + seg + rt
 
     def selection_line(self) -> str:
         """The rules the output was made with, in one line."""

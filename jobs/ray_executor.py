@@ -117,7 +117,7 @@ class RayExecutor:
         records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": self.predictors.pool}, num_cpus=1,
                            compute=ray.data.TaskPoolStrategy(size=in_flight))
         for r in records.iter_rows():
-            yield ex.VolumeDone(Status(r["status"]), int(r["n_slices"] or 0), Outcome(r["outcome"]), bool(r["sent"]))
+            yield ex.VolumeDone(Status(r["status"]), int(r["n_slices"] or 0), Outcome(r["outcome"]), int(r["sent"] or 0))
 
     def finish_buckets(self, buckets: list[int], s: SegmentSettings):
         import ray

@@ -79,7 +79,8 @@ def _main(argv: list[str]) -> int:
     selection_rules(args, info)  # a rule that cannot be read fails here, before anything is listed (exit 2)
     args.input = dicomweb_inputs(args)
     if args.send_seg:
-        args.send_seg, args.dicom_seg = dicomweb.destination(args.send_seg), True
+        # --send-seg's meaning kept: a SEG, unless the run asks for RTSTRUCTs only
+        args.send_seg, args.dicom_seg = dicomweb.destination(args.send_seg), args.dicom_seg or not args.rtstruct
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     if args.sample is not None and not 0 < args.sample <= 1:

@@ -92,6 +92,8 @@ class VolumeAggregates:
     gallery_total: int = 0
     delivered: Counter = field(default_factory=Counter)  # DICOMweb service -> SEGs stored there
     send_failed: int = 0  # SEGs whose last attempt to store failed (send_error)
+    rtstructs_delivered: Counter = field(default_factory=Counter)  # DICOMweb service -> RTSTRUCTs stored there
+    rtstruct_send_failed: int = 0  # RTSTRUCTs whose last attempt to store failed (rtstruct_send_error)
     segs: int = 0  # ok volumes with a DICOM SEG (seg_uri)
     rtstructs: int = 0  # ok volumes with an RT Structure Set (rtstruct_uri)
 
@@ -114,12 +116,16 @@ class VolumeAggregates:
         return self.counts.not_selected
 
     def delivery_line(self) -> str:
-        """Where the SEGs went (--send-seg, unet send), in one line; "" when none was sent."""
-        if not self.delivered and not self.send_failed:
+        """Where the SEGs and RTSTRUCTs went (--send, unet send), in one line; "" when none was sent."""
+        if not (self.delivered or self.send_failed or self.rtstructs_delivered or self.rtstruct_send_failed):
             return ""
         parts = [f"{n:,} SEGs stored at {dest}" for dest, n in self.delivered.most_common()]
+        parts += [f"{n:,} RTSTRUCTs stored at {dest}" for dest, n in self.rtstructs_delivered.most_common()]
         if self.send_failed:
             parts.append(f"{self.send_failed:,} could not be sent (send_error; a re-run or unet send retries them)")
+        if self.rtstruct_send_failed:
+            parts.append(f"{self.rtstruct_send_failed:,} RTSTRUCTs could not be sent (rtstruct_send_error; a re-run "
+                         "or unet send retries them)")
         return "; ".join(parts)
 
     def add(self, rows: list[VolumeRecord]) -> None:
@@ -136,6 +142,10 @@ class VolumeAggregates:
                 self.delivered[r.sent_to or "?"] += 1
             elif r.send_error:
                 self.send_failed += 1
+            if r.rtstruct_sent:
+                self.rtstructs_delivered[r.rtstruct_sent_to or "?"] += 1
+            elif r.rtstruct_send_error:
+                self.rtstruct_send_failed += 1
             if r.finished:
                 minute, second = r.finished[:16], r.finished[:19]
                 self.per_minute[minute] += 1

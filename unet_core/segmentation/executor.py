@@ -41,7 +41,7 @@ class VolumeDone:
     status: Status
     n_slices: int
     outcome: Outcome
-    sent: bool  # its SEG was stored at --send-seg's service by this task
+    sent: int  # its DICOM objects (SEG, RTSTRUCT) stored at --send's service by this task
 
 
 class Executor(Protocol):
@@ -74,7 +74,7 @@ def volumes_stage(bucket: int, s: SegmentSettings) -> list[PlannedVolume]:
 
 def segment_stage(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> VolumeDone:
     rec, outcome = segment_volume(planned, s, predict)
-    return VolumeDone(rec.status, rec.n_slices, outcome, outcome == Outcome.DONE and bool(rec.sent))
+    return VolumeDone(rec.status, rec.n_slices, outcome, (bool(rec.sent) + bool(rec.rtstruct_sent)) if outcome == Outcome.DONE else 0)
 
 
 def finish_stage(bucket: int, s: SegmentSettings) -> TableCounts:

@@ -10,7 +10,7 @@ is here; jobs/segment.py parses arguments, starts Ray and prints.
                                             (one_per_study, --limit) applied, the buckets to segment
     run.segment(planned, on_volume)         Segmented: volumes done, resumed, failed, slices
     run.finish(planned)                     the table parts written; stale parts and the plan gone
-    run.deliver(planned, workers, progress) SEGs not stored yet sent (--send-seg)
+    run.deliver(planned, workers, progress) SEGs and RTSTRUCTs not stored yet sent (--send)
     summarise(...)                          the RunSummary of the run
 
 The driver holds counters and one small summary per bucket, never a row per object or volume.
@@ -100,7 +100,7 @@ class Segmented:
     resumed: int = 0
     slices: int = 0
     failed: int = 0
-    sent: int = 0  # SEGs stored by the volume tasks (--send-seg)
+    sent: int = 0  # SEGs and RTSTRUCTs stored by the volume tasks (--send)
     predictor_wait: float = 0.0  # start-up of the predictors the planning did not hide
     seconds: float = 0.0  # from the wait for the predictors to the last volume
     started: float = 0.0  # time.perf_counter() when the wait began
@@ -214,7 +214,7 @@ class SegmentRun:
 
     def deliver(self, planned: Planned, workers: int,
                 progress: Callable[[SendCounts], None] | None = None) -> SendCounts | None:
-        """SEGs not stored yet at --send-seg's service (sent inline as written: these failed then,
+        """SEGs and RTSTRUCTs not stored yet at --send's service (sent inline as written: these failed then,
         or are an earlier run's); None when the run sends nothing."""
         dest = planned.settings.send_seg
         if not dest:

@@ -41,7 +41,7 @@ class SegmentSettings:
     sample: float | None = None  # --sample: this fraction of the selected volumes (by volume id hash)
     limit: int | None = None  # --limit: at most this many of the selected volumes (by volume id hash)
     seed: int = 0  # of --sample and --limit
-    send_seg: str = ""  # --send-seg: a DICOMweb service each SEG is stored at (STOW-RS) once written
+    send_seg: str = ""  # --send (--send-seg): a DICOMweb service each SEG and RTSTRUCT is stored at (STOW-RS) once written
 
     @property
     def selecting(self) -> bool:

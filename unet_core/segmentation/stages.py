@@ -96,7 +96,15 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
                         series_uid=planned.series_uid, fingerprint=planned.fingerprint,
                         n_objects=len(json.loads(planned.members)), model=s.model_name,
                         model_identity=s.model_identity, keep_phi=s.keep_phi, selection_facts=planned.facts,
-                        text_rules=s.rules.text_digest(), **kw)
+                        text_rules=s.rules.text_digest(), study_uid=_study_uid(planned), **kw)
+
+
+def _study_uid(planned: PlannedVolume) -> str:
+    """The volume's study, as its members' headers say (NIfTI and set-aside: "")."""
+    if planned.format == Format.NIFTI or not planned.members:
+        return ""
+    members = members_from_json(planned.members)
+    return members[0].study_uid if members else ""
 
 
 def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:
@@ -148,8 +156,8 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
                 rec.seg_uri, rec.seg_skipped = write_seg(labels, sources, rec, s)
             if s.rtstruct:
                 rec.rtstruct_uri, rec.rtstruct_skipped = write_rtstruct(labels, sources, rec, s)
-            if s.send_seg and rec.seg_uri:  # a failed send keeps the volume ok: its row says, and a re-run sends
-                rec = send_record(rec, s.send_seg)
+            if s.send_seg:  # a failed send keeps the volume ok: its row says, and a re-run sends
+                rec = send_record(rec, s.send_seg, s.output)
         except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
             rec = _failed(rec, ItemFailure.of(rec.source, exc, "writing the outputs"))
     rec.write_seconds = time.perf_counter() - t

@@ -59,7 +59,8 @@ class RunSummary:
     sample: float | None = None
     limit: int | None = None
     seed: int = 0
-    # delivery (--send-seg): SEGs stored at `sent_to` by this run, and those that failed (send_error)
+    # delivery (--send): DICOM objects (SEGs and RTSTRUCTs, despite the names) stored at `sent_to` by
+    # this run, and those that failed (send_error, rtstruct_send_error)
     sent_to: str = ""
     segs_sent: int = 0
     segs_send_failed: int = 0

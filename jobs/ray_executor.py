@@ -54,7 +54,8 @@ def plan_to_segment(row: dict, settings: dict) -> list[dict]:
 def segment_row(row: dict, settings: dict, pool) -> dict:
     s = from_dict(SegmentSettings, settings)
     done = ex.segment_stage(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
-    return {"status": done.status.value, "n_slices": done.n_slices, "outcome": done.outcome.value, "sent": done.sent}
+    return {"status": done.status.value, "n_slices": done.n_slices, "outcome": done.outcome.value, "sent": done.sent,
+            "rtstructs_sent": done.rtstructs_sent}
 
 
 def finish_bucket(row: dict, settings: dict) -> dict:
@@ -117,7 +118,8 @@ class RayExecutor:
         records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": self.predictors.pool}, num_cpus=1,
                            compute=ray.data.TaskPoolStrategy(size=in_flight))
         for r in records.iter_rows():
-            yield ex.VolumeDone(Status(r["status"]), int(r["n_slices"] or 0), Outcome(r["outcome"]), int(r["sent"] or 0))
+            yield ex.VolumeDone(Status(r["status"]), int(r["n_slices"] or 0), Outcome(r["outcome"]), int(r["sent"] or 0),
+                                int(r["rtstructs_sent"] or 0))
 
     def finish_buckets(self, buckets: list[int], s: SegmentSettings):
         import ray

@@ -136,6 +136,7 @@ def test_send_stores_both_kinds_once_and_refuses_an_edited_row(studies, tmp_path
     assert all(r.sent and r.sent_to == DEST and r.rtstruct_sent and r.rtstruct_sent_to == DEST
                and not r.send_error and not r.rtstruct_send_error for r in rows)
     assert len(pacs.stored) == 2 * len(rows) == first.done.sent + first.sent.sent
+    assert first.done.rtstructs_sent + first.sent.rtstructs_sent == len(rows)
     for r in rows:  # the deterministic UIDs the rows' checks expect
         assert delivery.Kind.SEG.instance_uid(r) in pacs.stored
         assert delivery.Kind.RTSTRUCT.instance_uid(r) in pacs.stored

@@ -42,6 +42,7 @@ class VolumeDone:
     n_slices: int
     outcome: Outcome
     sent: int  # its DICOM objects (SEG, RTSTRUCT) stored at --send's service by this task
+    rtstructs_sent: int = 0  # of `sent`, its RTSTRUCT
 
 
 class Executor(Protocol):
@@ -74,7 +75,9 @@ def volumes_stage(bucket: int, s: SegmentSettings) -> list[PlannedVolume]:
 
 def segment_stage(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> VolumeDone:
     rec, outcome = segment_volume(planned, s, predict)
-    return VolumeDone(rec.status, rec.n_slices, outcome, (bool(rec.sent) + bool(rec.rtstruct_sent)) if outcome == Outcome.DONE else 0)
+    now = outcome == Outcome.DONE
+    return VolumeDone(rec.status, rec.n_slices, outcome, int(now and bool(rec.sent)) + int(now and bool(rec.rtstruct_sent)),
+                      int(now and bool(rec.rtstruct_sent)))
 
 
 def finish_stage(bucket: int, s: SegmentSettings) -> TableCounts:

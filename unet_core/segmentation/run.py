@@ -101,6 +101,7 @@ class Segmented:
     slices: int = 0
     failed: int = 0
     sent: int = 0  # SEGs and RTSTRUCTs stored by the volume tasks (--send)
+    rtstructs_sent: int = 0  # of `sent`, RTSTRUCTs
     predictor_wait: float = 0.0  # start-up of the predictors the planning did not hide
     seconds: float = 0.0  # from the wait for the predictors to the last volume
     started: float = 0.0  # time.perf_counter() when the wait began
@@ -113,6 +114,7 @@ class Segmented:
             self.slices += v.n_slices
         self.failed += v.status != Status.OK
         self.sent += v.sent
+        self.rtstructs_sent += v.rtstructs_sent
 
 
 @dataclass(frozen=True)

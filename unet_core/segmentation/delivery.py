@@ -73,10 +73,11 @@ def send_one(rec: VolumeRecord, dest: str, out: str, kind: Kind, study_uid: str 
     file_col, sent_col, to_col, error_col = kind.columns
     uri = getattr(rec, file_col)
     try:
+        outgoing.deliverable_folder(out, uri)  # a file outside seg/ and rtstruct/ is not even read
         data = storage.read_bytes(uri)
-        uid = expected_of(rec, kind, study_uid)
-        outgoing.outgoing(out, uri, data, uid)
-        dicomweb.store(dest, data, expected=[uid.sop_instance_uid])
+        expected = expected_of(rec, kind, study_uid)
+        outgoing.outgoing(out, uri, data, expected)
+        dicomweb.store(dest, data, expected=[expected.sop_instance_uid])
         return replace(rec, **{sent_col: _now(), to_col: dest, error_col: ""})
     except Exception as exc:  # noqa: BLE001 - one object, not the job: its row says why
         failure = ItemFailure.of(uri, exc, f"sending the {kind.label}")

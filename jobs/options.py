@@ -186,9 +186,10 @@ def add_dicomweb_args(parser: argparse.ArgumentParser, sending_only: bool = Fals
         g.add_argument("--dicomweb-query", default=None, metavar="FILE.yaml",
                        help="QIDO-RS filters for dicomweb+https:// inputs (StudyDate, Modality, AccessionNumber, "
                             "...), added to those in the URI (out of the shell history; recorded with the inputs in layout.json)")
-        g.add_argument("--send-seg", default=None, metavar="URL",
-                       help="store each DICOM SEG at this DICOMweb service (STOW-RS) once written; implies "
-                            "--dicom-seg. A re-run sends what was not sent")
+        g.add_argument("--send", "--send-seg", dest="send_seg", default=None, metavar="URL",
+                       help="store every DICOM object the run makes (SEG, RTSTRUCT) at this DICOMweb service "
+                            "(STOW-RS) once written; implies --dicom-seg unless --rtstruct is given. A re-run "
+                            "sends what was not sent (--send-seg: the same)")
     g.add_argument("--dicomweb-concurrency", type=int, default=4,
                    help="at most this many requests at once to a DICOMweb server (a PACS is a shared clinical "
                         "system); with a DICOMweb input it also caps the scan tasks and the volumes in flight")

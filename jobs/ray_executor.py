@@ -85,7 +85,7 @@ def segment_row(row: dict, settings: dict, pool) -> dict:
     s = from_dict(SegmentSettings, settings)
     done = ex.segment_stage(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
     return {"status": done.status.value, "n_slices": done.n_slices, "outcome": done.outcome.value, "sent": done.sent,
-            "internal": done.internal}
+            "internal": done.internal, "rtstructs_sent": done.rtstructs_sent}
 
 
 def finish_bucket(row: dict, settings: dict) -> dict:
@@ -151,7 +151,7 @@ class RayExecutor:
         with as_domain_errors():
             for r in records.iter_rows():
                 yield ex.VolumeDone(Status(r["status"]), int(r["n_slices"] or 0), Outcome(r["outcome"]),
-                                    bool(r["sent"]), bool(r.get("internal")))
+                                    int(r["sent"] or 0), int(r["rtstructs_sent"] or 0), bool(r.get("internal")))
 
     def finish_buckets(self, buckets: list[int], s: SegmentSettings):
         import ray

@@ -14,6 +14,7 @@ summaries, never a row per object or per volume. Outputs under
     slices/<volume_id>.parquet       per-slice masks (unet_core.io.mask_codec encoding)
     qc/<volume_id>.png               with --qc: montage with the mask outline
     seg/<volume_id>.dcm              with --dicom-seg: DICOM SEG on the source images (DICOM volumes)
+    rtstruct/<volume_id>.dcm         with --rtstruct: DICOM RT Structure Set on the source images (DICOM volumes)
     volumes/part-*.parquet           the volume table: one row per volume and per object set aside
     series_index/part-*.parquet      every object: what it is, which volume it went to, or why not
     records/ok|error/<volume_id>.parquet  completion records, written last
@@ -86,7 +87,8 @@ def _main(argv: list[str]) -> int:
     selection_rules(args, info)  # a rule that cannot be read fails here, before anything is listed (exit 2)
     args.input = dicomweb_inputs(args)
     if args.send_seg:
-        args.send_seg, args.dicom_seg = dicomweb.destination(args.send_seg), True
+        # --send-seg's meaning kept: a SEG, unless the run asks for RTSTRUCTs only
+        args.send_seg, args.dicom_seg = dicomweb.destination(args.send_seg), args.dicom_seg or not args.rtstruct
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     if args.sample is not None and not 0 < args.sample <= 1:

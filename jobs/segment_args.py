@@ -64,6 +64,10 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                    help="also write a DICOM SEG per DICOM volume (seg/<volume_id>.dcm), referencing the source "
                         "images; it carries the source's patient and study modules, as PACS need, even without "
                         "--keep-phi (the tables stay free of identifiers)")
+    p.add_argument("--rtstruct", action="store_true",
+                   help="also write a DICOM RT Structure Set per DICOM volume (rtstruct/<volume_id>.dcm): one ROI "
+                        "per label, closed planar contours on the source images, for radiotherapy planning "
+                        "systems; patient and study modules as for --dicom-seg")
     p.add_argument("--keep-phi", action="store_true", help="keep patient name, ID and birth date in the outputs")
     p.add_argument("--assume-modality", default=None, metavar="MODALITY",
                    help="the modality of inputs whose format does not say (NIfTI), e.g. CT: then the model's "
@@ -119,6 +123,7 @@ def settings_of(args, info, out: str, layout: Layout, lease: Lease | None = None
         modality="CT" if info.preprocess.modality == "CT" else None, limits=limits_from(args),
         largest_component=resolve_postprocess(info, args.largest_component).largest_component,
         fill_holes=args.fill_holes, tta=args.tta == "flip", qc=args.qc, dicom_seg=args.dicom_seg,
+        rtstruct=args.rtstruct,
         keep_phi=args.keep_phi, keep_localizers=args.keep_localizers, assume_modality=args.assume_modality,
         follow_symlinks=args.follow_symlinks, resume=not args.overwrite, prediction_attempts=args.prediction_attempts,
         partitions=layout.partitions, buckets=layout.buckets, inputs=tuple(layout.inputs),

@@ -37,6 +37,7 @@ def print_outcome(planned: Planned, done: Segmented, totals: TableCounts, summar
         print("  failures by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.by_error_type.items())))
     if sent is not None:
         sent.sent += done.sent
+        sent.rtstructs_sent += done.rtstructs_sent
         sent.already -= done.sent  # sent by this run's volume tasks, then found stored by the pass above
         report_sent(sent, planned.settings.send_seg)
     return Exit.SOME_FAILED if summary.volumes_failed or summary.segs_send_failed else Exit.OK

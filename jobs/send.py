@@ -1,12 +1,15 @@
-"""`unet send OUTPUT --to URL`: store an existing `unet segment` output's DICOM SEGs at a DICOMweb
-service (STOW-RS): every ok volume whose SEG is not stored there yet. Each row of the volume table
-records `sent` and `sent_to`, or `send_error`; running it again sends only what is still pending.
-A SEG sent again is the same instance (its UIDs are deterministic): the server keeps one copy.
+"""`unet send OUTPUT --to URL`: store an existing `unet segment` output's DICOM objects (SEGs and
+RTSTRUCTs) at a DICOMweb service (STOW-RS): every one of an ok volume not stored there yet, once it
+is checked to be the object its row names (unet_core/io/dicom/outgoing.py). Each row of the volume
+table records, per kind, `sent` and `sent_to` or `send_error` (SEG) and `rtstruct_sent` and
+`rtstruct_sent_to` or `rtstruct_send_error` (RTSTRUCT); running it again sends only what is still
+pending. An object sent again is the same instance (its UIDs are deterministic): the server keeps
+one copy.
 
 Credentials: DICOMWEB_TOKEN, or DICOMWEB_USER and DICOMWEB_PASSWORD, or DICOMWEB_SESSION_FACTORY
 (README, "Reading from and delivering to a PACS").
 
-Exit status: 0 when every SEG is stored, 3 when some could not be (their rows say why), 2 for a
+Exit status: 0 when every object is stored, 3 when some could not be (their rows say why), 2 for a
 usage error, 5 when the server cannot be reached or refuses the credentials (nothing sent).
 """
 from __future__ import annotations
@@ -34,7 +37,7 @@ from unet_core.segmentation.summary import RunSummary
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unet send", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("output", help="the --output of a `unet segment --dicom-seg` run (local or s3://)")
+    p.add_argument("output", help="the --output of a `unet segment --dicom-seg` or `--rtstruct` run (local or s3://)")
     p.add_argument("--to", required=True, metavar="URL", help="the DICOMweb service: dicomweb+https://host/dicom-web")
     add_dicomweb_args(p, sending_only=True)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def deliver_progress(buckets: int) -> Iterator[Callable[[SendCounts], None]]:
-    """Live progress over the table's parts while SEGs are sent: yields send_pending's callback."""
+    """Live progress over the table's parts while objects are sent: yields send_pending's callback."""
     with Progress("send", buckets, "table parts") as progress:
         parts = [0]
 
@@ -55,18 +58,19 @@ def deliver_progress(buckets: int) -> Iterator[Callable[[SendCounts], None]]:
 
 
 def deliver(out: str, buckets: int, dest: str, workers: int) -> SendCounts:
-    """Send every pending SEG of an output, with live progress over the table's parts."""
+    """Send every pending object (SEG, RTSTRUCT) of an output, with live progress over the table's parts."""
     with deliver_progress(buckets) as seen:
         return send_pending(out, buckets, dest, workers, seen)
 
 
 def report(counts: SendCounts, dest: str) -> None:
-    print(f"sent {counts.sent} SEGs to {dest}; {counts.already} there already"
+    rtstructs = f" and {counts.rtstructs_sent} RTSTRUCTs" if counts.rtstructs_sent else ""
+    print(f"sent {counts.sent - counts.rtstructs_sent} SEGs{rtstructs} to {dest}; {counts.already} there already"
           + (f"; {counts.failed} could not be sent" if counts.failed else ""))
     for vid, error in counts.errors:
         print(safe(f"  not sent: {vid}: {error}"))
     if counts.failed:
-        print("  their rows say why (send_error); run `unet send` or the segment job again to retry them")
+        print("  their rows say why (send_error, rtstruct_send_error); run `unet send` or the segment job again to retry them")
 
 
 def main(argv: list[str]) -> int:
@@ -86,8 +90,10 @@ def _main(argv: list[str]) -> int:
     with Lease(out, "unet send"):  # the table parts are rewritten: one writer per output
         counts = deliver(out, layout.buckets, dest, args.dicomweb_concurrency)
         summary = RunSummary.read(out)
-        if summary is not None and not summary.dicom_seg and not counts.sent + counts.already + counts.failed:
-            say(f"{out} was made without --dicom-seg: it has no SEGs to send (run unet segment --dicom-seg)")
+        if summary is not None and not (summary.dicom_seg or summary.rtstruct) \
+                and not counts.sent + counts.already + counts.failed:
+            say(f"{out} was made without --dicom-seg or --rtstruct: it has no DICOM objects to send "
+                "(run unet segment --dicom-seg or --rtstruct)")
     report(counts, dest)
     say(f"in {time.monotonic() - t:.0f}s")
     return Exit.SOME_FAILED if counts.failed else Exit.OK

@@ -85,6 +85,8 @@ def _main(argv: list[str]) -> int:
         lines.append(f"  selection: {summary.selection_line()}")
     if agg.not_selected:
         lines.append("  not selected, by rule: " + ", ".join(f"{k} {v:,}" for k, v in agg.not_selected.most_common()))
+    if agg.dicom_line():
+        lines.append(f"  DICOM objects: {agg.dicom_line()}")
     if agg.delivery_line():
         lines.append(f"  delivery: {agg.delivery_line()}")
     if agg.by_error_type:

@@ -59,9 +59,10 @@ SEGMENT_OUTPUT = OutputKind(
      "plan": re.compile(rf"plan/{PART}"), "records": re.compile(rf"records/(?:ok|error)/{VOLUME_ID}\.parquet"),
      "masks": re.compile(rf"masks/{VOLUME_ID}\.nii\.gz"), "slices": re.compile(rf"slices/{VOLUME_ID}\.parquet"),
      "qc": re.compile(rf"qc/{VOLUME_ID}\.png"), "seg": re.compile(rf"seg/{VOLUME_ID}\.dcm"),
+     "rtstruct": re.compile(rf"rtstruct/{VOLUME_ID}\.dcm"),
      "report": re.compile(r"report/[a-z0-9_]+\.png")},
     ("layout.json", "summary.json", "report.html", "evaluation.parquet", "plan.parquet"),
-    ("series_index", "volumes", "plan", "records", "masks", "slices", "qc", "seg"))
+    ("series_index", "volumes", "plan", "records", "masks", "slices", "qc", "seg", "rtstruct"))
 # Case ids are sanitised names ([A-Za-z0-9_.-]); Ray Data names the shards it writes.
 PREPARE_OUTPUT = OutputKind(
     "unet prepare", "manifest.json",

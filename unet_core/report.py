@@ -47,6 +47,7 @@ TABLES = (  # what the report links, once each, and how to read it
     (Folder.MASKS, "masks, <volume_id>.nii.gz on the source grid"),
     (Folder.SLICES, "per-slice masks, <volume_id>.parquet"),
     (Folder.SEG, "DICOM SEG, <volume_id>.dcm"),
+    (Folder.RTSTRUCT, "DICOM RT Structure Sets, <volume_id>.dcm"),
     (Folder.QC, "QC montages, <volume_id>.png"),
 )
 GALLERY = 60
@@ -91,6 +92,16 @@ class VolumeAggregates:
     gallery_total: int = 0
     delivered: Counter = field(default_factory=Counter)  # DICOMweb service -> SEGs stored there
     send_failed: int = 0  # SEGs whose last attempt to store failed (send_error)
+    rtstructs_delivered: Counter = field(default_factory=Counter)  # DICOMweb service -> RTSTRUCTs stored there
+    rtstruct_send_failed: int = 0  # RTSTRUCTs whose last attempt to store failed (rtstruct_send_error)
+    segs: int = 0  # ok volumes with a DICOM SEG (seg_uri)
+    rtstructs: int = 0  # ok volumes with an RT Structure Set (rtstruct_uri)
+
+    def dicom_line(self) -> str:
+        """The DICOM objects the output holds (--dicom-seg, --rtstruct), in one line; "" when none."""
+        if not self.segs and not self.rtstructs:
+            return ""
+        return f"{self.segs:,} SEGs, {self.rtstructs:,} RTSTRUCTs"
 
     @property
     def by_status(self) -> Counter:
@@ -105,12 +116,16 @@ class VolumeAggregates:
         return self.counts.not_selected
 
     def delivery_line(self) -> str:
-        """Where the SEGs went (--send-seg, unet send), in one line; "" when none was sent."""
-        if not self.delivered and not self.send_failed:
+        """Where the SEGs and RTSTRUCTs went (--send, unet send), in one line; "" when none was sent."""
+        if not (self.delivered or self.send_failed or self.rtstructs_delivered or self.rtstruct_send_failed):
             return ""
         parts = [f"{n:,} SEGs stored at {dest}" for dest, n in self.delivered.most_common()]
+        parts += [f"{n:,} RTSTRUCTs stored at {dest}" for dest, n in self.rtstructs_delivered.most_common()]
         if self.send_failed:
             parts.append(f"{self.send_failed:,} could not be sent (send_error; a re-run or unet send retries them)")
+        if self.rtstruct_send_failed:
+            parts.append(f"{self.rtstruct_send_failed:,} RTSTRUCTs could not be sent (rtstruct_send_error; a re-run "
+                         "or unet send retries them)")
         return "; ".join(parts)
 
     def add(self, rows: list[VolumeRecord]) -> None:
@@ -121,10 +136,16 @@ class VolumeAggregates:
                 self._failure(r)
             if r.status != Status.OK:
                 continue
+            self.segs += bool(r.seg_uri)
+            self.rtstructs += bool(r.rtstruct_uri)
             if r.sent:
                 self.delivered[r.sent_to or "?"] += 1
             elif r.send_error:
                 self.send_failed += 1
+            if r.rtstruct_sent:
+                self.rtstructs_delivered[r.rtstruct_sent_to or "?"] += 1
+            elif r.rtstruct_send_error:
+                self.rtstruct_send_failed += 1
             if r.finished:
                 minute, second = r.finished[:16], r.finished[:19]
                 self.per_minute[minute] += 1
@@ -280,7 +301,7 @@ def segment_report(out: str, summary: RunSummary) -> str:
         written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         by_status=sorted(agg.by_status.items()), by_error_type=agg.by_error_type.most_common(),
         not_selected=agg.not_selected.most_common(), selection=summary.selection_line(),
-        delivery=agg.delivery_line(),
+        delivery=agg.delivery_line(), dicom=agg.dicom_line(),
         failures=failure_groups, failures_not_listed=failures_not_listed, plots=_Plots(plots), slowest=slowest,
         gallery=[{"volume_id": v, "href": relative(out, u)} for v, u in agg.gallery],
         gallery_more=agg.gallery_total > len(agg.gallery), gallery_total=agg.gallery_total, links=links,

@@ -1,16 +1,25 @@
-"""Delivering DICOM SEGs to a PACS over DICOMweb (STOW-RS), once each, resumably.
+"""Delivering a volume's DICOM objects (SEG, RTSTRUCT) to a PACS over DICOMweb (STOW-RS), once
+each, resumably.
 
-    send_record(rec, dest)            -> the record with `sent` (and `sent_to`) or `send_error`
-    send_pending(out, dest, workers)  -> every ok volume of an output whose SEG is not stored at
+    send_record(rec, dest, out)       -> the record with each pending kind stored (its `sent` and
+                                         `sent_to` columns) or refused (its `send_error`)
+    send_pending(out, dest, workers)  -> every ok volume of an output with an object not stored at
                                          `dest` yet: stored, and its table row updated
 
-A SEG's UIDs are a function of its volume, its inputs' fingerprint and the model
-(unet_core.io.dicom.seg), so sending it again stores the same instance: the server keeps one copy.
-A volume redone because its inputs changed has a new SEG, sent once. Table parts are rewritten
-whole (write then publish), one part at a time; the output's lease keeps other writers out.
+The volume table records delivery per kind (`Kind`): `sent` / `sent_to` / `send_error` for the SEG
+(as before RTSTRUCTs existed), `rtstruct_sent` / `rtstruct_sent_to` / `rtstruct_send_error` for
+the RTSTRUCT. Before a file goes out, `outgoing.outgoing` checks it is the object its row means
+(under `<output>/seg|rtstruct/`, its SOP Class, its deterministic SOP Instance UID, the row's
+study and source series); a refusal is that kind's send error, and nothing is sent.
+
+An object's UIDs are a function of its volume, its inputs' fingerprint and the model, so sending it
+again stores the same instance: the server keeps one copy. A volume redone because its inputs
+changed has new objects, sent once. Table parts are rewritten whole (write then publish), one part
+at a time; the output's lease keeps other writers out.
 """
 from __future__ import annotations
 
+import enum
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -18,67 +27,131 @@ from typing import Callable
 
 from unet_core.errors import ItemFailure, StorageError
 from unet_core.io import dicomweb, storage
+from unet_core.io.dicom import outgoing
 from unet_core.segmentation.records import RowKind, Status, VolumeRecord
 from unet_core.segmentation.store import OutputStore
 
 MAX_ERRORS_SHOWN = 10
 
 
+class Kind(enum.StrEnum):
+    """A kind of DICOM object a volume may have, named as its folder under the output."""
+
+    SEG = "seg"
+    RTSTRUCT = "rtstruct"
+
+    @property
+    def columns(self) -> tuple[str, str, str, str]:
+        """(file, sent, sent_to, send_error): its columns of the volume table."""
+        return _COLUMNS[self]
+
+    @property
+    def label(self) -> str:
+        return "SEG" if self == Kind.SEG else "RTSTRUCT"
+
+    def instance_uid(self, rec: VolumeRecord) -> str:
+        rule = outgoing.seg_instance_uid if self == Kind.SEG else outgoing.rtstruct_instance_uid
+        return rule(rec.volume_id, rec.fingerprint, rec.model_identity)
+
+
+_COLUMNS = {Kind.SEG: ("seg_uri", "sent", "sent_to", "send_error"),
+            Kind.RTSTRUCT: ("rtstruct_uri", "rtstruct_sent", "rtstruct_sent_to", "rtstruct_send_error")}
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def send_record(rec: VolumeRecord, dest: str, data: bytes | None = None) -> VolumeRecord:
-    """Store `rec`'s SEG at `dest` (its bytes, or read from `seg_uri`); never raises."""
+def expected_of(rec: VolumeRecord, kind: Kind, study_uid: str = "") -> outgoing.Expected:
+    """What the row says its object of `kind` is (`study_uid`: when the row predates that column)."""
+    return outgoing.Expected(kind.instance_uid(rec), rec.study_uid or study_uid, rec.series_uid,
+                             outgoing.FOLDER_CLASSES[kind.value])
+
+
+def send_one(rec: VolumeRecord, dest: str, out: str, kind: Kind, study_uid: str = "") -> VolumeRecord:
+    """Store `rec`'s object of `kind` at `dest` once `outgoing` accepts it; never raises."""
+    file_col, sent_col, to_col, error_col = kind.columns
+    uri = getattr(rec, file_col)
     try:
-        dicomweb.store(dest, data if data is not None else storage.read_bytes(rec.seg_uri))
-        return replace(rec, sent=_now(), sent_to=dest, send_error="")
-    except Exception as exc:  # noqa: BLE001 - one SEG, not the job: its row says why
-        failure = ItemFailure.of(rec.seg_uri, exc, "sending the SEG")
-        error = failure.error if isinstance(exc, StorageError) else f"{rec.seg_uri}: not stored at {dest}: " \
-            + failure.error
-        return replace(rec, sent="", sent_to="", send_error=error)
+        outgoing.deliverable_folder(out, uri)  # a file outside seg/ and rtstruct/ is not even read
+        data = storage.read_bytes(uri)
+        expected = expected_of(rec, kind, study_uid)
+        outgoing.outgoing(out, uri, data, expected)
+        dicomweb.store(dest, data, expected=[expected.sop_instance_uid])
+        return replace(rec, **{sent_col: _now(), to_col: dest, error_col: ""})
+    except Exception as exc:  # noqa: BLE001 - one object, not the job: its row says why
+        failure = ItemFailure.of(uri, exc, f"sending the {kind.label}")
+        error = failure.error if isinstance(exc, (StorageError, outgoing.OutgoingObjectError)) \
+            else f"{uri}: not stored at {dest}: " + failure.error
+        return replace(rec, **{sent_col: "", to_col: "", error_col: error})
 
 
-def is_pending(rec: VolumeRecord, dest: str) -> bool:
-    """An ok row with a SEG that is not stored at `dest`."""
-    return rec.status == Status.OK and bool(rec.seg_uri) and not (rec.sent and rec.sent_to == dest)
+def is_pending(rec: VolumeRecord, dest: str, kind: Kind = Kind.SEG) -> bool:
+    """An ok row with an object of `kind` that is not stored at `dest`."""
+    file_col, sent_col, to_col, _ = kind.columns
+    return rec.status == Status.OK and bool(getattr(rec, file_col)) and not (
+        getattr(rec, sent_col) and getattr(rec, to_col) == dest)
+
+
+def send_record(rec: VolumeRecord, dest: str, out: str, study_uid: str = "") -> VolumeRecord:
+    """Every pending object of `rec` stored at `dest` (each kind's columns say how it went)."""
+    for kind in Kind:
+        if is_pending(rec, dest, kind):
+            rec = send_one(rec, dest, out, kind, study_uid)
+    return rec
 
 
 @dataclass
 class SendCounts:
+    """DICOM objects (SEGs and RTSTRUCTs together; `rtstructs_sent` of them RTSTRUCTs)."""
+
     sent: int = 0  # stored now
-    failed: int = 0  # tried now and refused or failed (send_error)
+    failed: int = 0  # tried now and refused or failed (send_error, rtstruct_send_error)
     already: int = 0  # stored at this destination before
-    without_seg: int = 0  # ok volumes with no SEG (NIfTI inputs, or made without --dicom-seg)
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (volume id, send_error), a few
+    without_seg: int = 0  # ok volumes with no DICOM object (NIfTI inputs, or made without --dicom-seg / --rtstruct)
+    rtstructs_sent: int = 0  # of `sent`, RT Structure Sets
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (volume id, send error), a few
 
     def add(self, other: "SendCounts") -> None:
         self.sent, self.failed = self.sent + other.sent, self.failed + other.failed
         self.already, self.without_seg = self.already + other.already, self.without_seg + other.without_seg
+        self.rtstructs_sent += other.rtstructs_sent
         self.errors = (self.errors + other.errors)[:MAX_ERRORS_SHOWN]
 
 
+def _legacy_studies(store: OutputStore) -> dict[str, str]:
+    """volume id -> study UID from the series index, for rows written before the study_uid column."""
+    return {r.volume_id: r.study_uid for r in store.series_index() if r.volume_id and r.study_uid}
+
+
 def send_part(out: str, bucket: int, dest: str) -> SendCounts:
-    """Send the pending SEGs of one volume-table part; the part is rewritten when any row changed."""
+    """Send the pending objects of one volume-table part; the part is rewritten when any row changed."""
     store = OutputStore(out)
     rows, counts, changed = store.read_volumes(bucket), SendCounts(), False
+    studies: dict[str, str] | None = None
     for i, row in enumerate(rows):
         if row.status != Status.OK or row.kind != RowKind.VOLUME:
             continue
-        if not row.seg_uri:
+        kinds = [k for k in Kind if getattr(row, k.columns[0])]
+        if not kinds:
             counts.without_seg += 1
-        elif not is_pending(row, dest):
-            counts.already += 1
-        else:
-            rec = send_record(row, dest)
-            rows[i], changed = rec, True
-            if rec.send_error:
+            continue
+        for kind in kinds:
+            if not is_pending(row, dest, kind):
+                counts.already += 1
+                continue
+            if not row.study_uid and studies is None:
+                studies = _legacy_studies(store)
+            row = send_one(row, dest, out, kind, (studies or {}).get(row.volume_id, ""))
+            rows[i], changed = row, True
+            error = getattr(row, kind.columns[3])
+            if error:
                 counts.failed += 1
                 if len(counts.errors) < MAX_ERRORS_SHOWN:
-                    counts.errors.append((rec.volume_id, rec.send_error))
+                    counts.errors.append((row.volume_id, error))
             else:
                 counts.sent += 1
+                counts.rtstructs_sent += kind == Kind.RTSTRUCT
     if changed:
         store.write_volumes(bucket, rows)
     return counts
@@ -86,7 +159,7 @@ def send_part(out: str, bucket: int, dest: str) -> SendCounts:
 
 def send_pending(out: str, buckets: int, dest: str, workers: int = 4,
                  progress: Callable[[SendCounts], None] | None = None) -> SendCounts:
-    """Every pending SEG of an output, `workers` parts at a time (each one request at a time: at
+    """Every pending object of an output, `workers` parts at a time (each one request at a time: at
     most `workers` requests in flight at the server)."""
     total = SendCounts()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

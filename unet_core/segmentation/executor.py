@@ -42,7 +42,8 @@ class VolumeDone:
     status: Status
     n_slices: int
     outcome: Outcome
-    sent: bool  # its SEG was stored at --send-seg's service by this task
+    sent: int  # its DICOM objects (SEG, RTSTRUCT) stored at --send's service by this task
+    rtstructs_sent: int = 0  # of `sent`, its RTSTRUCT
     internal: bool = False  # segmented now and failed with an unexpected exception (error_type internal)
 
 
@@ -76,8 +77,9 @@ def volumes_stage(bucket: int, s: SegmentSettings) -> list[PlannedVolume]:
 
 def segment_stage(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> VolumeDone:
     rec, outcome = segment_volume(planned, s, predict)
-    return VolumeDone(rec.status, rec.n_slices, outcome, outcome == Outcome.DONE and bool(rec.sent),
-                      outcome == Outcome.DONE and rec.error_type == ErrorType.INTERNAL)
+    now = outcome == Outcome.DONE
+    return VolumeDone(rec.status, rec.n_slices, outcome, int(now and bool(rec.sent)) + int(now and bool(rec.rtstruct_sent)),
+                      int(now and bool(rec.rtstruct_sent)), now and rec.error_type == ErrorType.INTERNAL)
 
 
 def finish_stage(bucket: int, s: SegmentSettings) -> TableCounts:

@@ -189,6 +189,7 @@ class VolumeRecord(Record):
     format: Format
     series_uid: str
     status: Status
+    study_uid: str = ""  # the source's study (from its headers): a SEG or RTSTRUCT sent must join it
     error: str = ""
     error_type: ErrorType = ErrorType.NONE
     fingerprint: str = ""
@@ -198,6 +199,8 @@ class VolumeRecord(Record):
     qc_uri: str = ""
     seg_uri: str = ""  # the DICOM SEG (--dicom-seg)
     seg_skipped: str = ""  # why a volume has no SEG although one was asked for
+    rtstruct_uri: str = ""  # the DICOM RT Structure Set (--rtstruct)
+    rtstruct_skipped: str = ""  # why a volume has no RTSTRUCT although one was asked for (or what it left out)
     n_slices: int = 0
     mask_voxels: int = 0
     mask_volume_ml: float = 0.0
@@ -219,9 +222,12 @@ class VolumeRecord(Record):
     keep_phi: bool = False  # made with --keep-phi: its metadata may hold patient name, ID and birth date
     selection_facts: str = ""  # JSON of selection.VolumeFacts: what the selection rules are decided on
     text_rules: str = ""  # digest of the free-text patterns its facts' matches were made with
-    sent: str = ""  # --send-seg / unet send: when its SEG was stored at `sent_to` (UTC, ISO 8601)
+    sent: str = ""  # --send / unet send: when its SEG was stored at `sent_to` (UTC, ISO 8601)
     sent_to: str = ""  # the DICOMweb service it was stored at (never holds credentials)
     send_error: str = ""  # why the last attempt to store it failed; the next run or `unet send` retries
+    rtstruct_sent: str = ""  # --send / unet send: when its RTSTRUCT was stored at `rtstruct_sent_to`
+    rtstruct_sent_to: str = ""
+    rtstruct_send_error: str = ""  # as send_error, for the RTSTRUCT
     kind: RowKind = RowKind.VOLUME
     rule: Rule = Rule.NONE  # what left a not_selected volume out
 

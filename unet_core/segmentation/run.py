@@ -10,7 +10,7 @@ is here; jobs/segment.py parses arguments, starts Ray and prints.
                                             (one_per_study, --limit) applied, the buckets to segment
     run.segment(planned, on_volume)         Segmented: volumes done, resumed, failed, slices
     run.finish(planned)                     the table parts written; stale parts and the plan gone
-    run.deliver(planned, workers, progress) SEGs not stored yet sent (--send-seg)
+    run.deliver(planned, workers, progress) SEGs and RTSTRUCTs not stored yet sent (--send)
     summarise(...)                          the RunSummary of the run
 
 The driver holds counters and one small summary per bucket, never a row per object or volume.
@@ -111,7 +111,8 @@ class Segmented:
     slices: int = 0
     failed: int = 0
     internal: int = 0  # failed now with an unexpected exception (error_type internal)
-    sent: int = 0  # SEGs stored by the volume tasks (--send-seg)
+    sent: int = 0  # SEGs and RTSTRUCTs stored by the volume tasks (--send)
+    rtstructs_sent: int = 0  # of `sent`, RTSTRUCTs
     predictor_wait: float = 0.0  # start-up of the predictors the planning did not hide
     seconds: float = 0.0  # from the wait for the predictors to the last volume
     started: float = 0.0  # time.perf_counter() when the wait began
@@ -127,6 +128,7 @@ class Segmented:
         self.failed += v.status != Status.OK
         self.internal += v.internal
         self.sent += v.sent
+        self.rtstructs_sent += v.rtstructs_sent
 
     def looks_like_a_bug(self) -> bool:
         """Whether the breaker trips: many internal errors, and most of what was segmented now."""
@@ -240,7 +242,7 @@ class SegmentRun:
 
     def deliver(self, planned: Planned, workers: int,
                 progress: Callable[[SendCounts], None] | None = None) -> SendCounts | None:
-        """SEGs not stored yet at --send-seg's service (sent inline as written: these failed then,
+        """SEGs and RTSTRUCTs not stored yet at --send's service (sent inline as written: these failed then,
         or are an earlier run's); None when the run sends nothing."""
         dest = planned.settings.send_seg
         if not dest:
@@ -268,6 +270,6 @@ def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: Send
         resumed_from_records=done.resumed, retried_complete=done.retried, slices_now=done.slices,
         slices_per_second=done.slices / max(done.seconds, 1e-9), scan_seconds=planned.seconds,
         predictor_wait_seconds=done.predictor_wait, pipeline_seconds=done.seconds, total_seconds=total_seconds,
-        predictors_started=pool.started, predictors_live=pool.live, dicom_seg=s.dicom_seg, qc=s.qc,
+        predictors_started=pool.started, predictors_live=pool.live, dicom_seg=s.dicom_seg, rtstruct=s.rtstruct, qc=s.qc,
         keep_phi=s.keep_phi, sent_to=s.send_seg, segs_sent=done.sent + (sent.sent if sent else 0),
         segs_send_failed=sent.failed if sent else 0)

@@ -33,6 +33,7 @@ class SegmentSettings:
     tta: bool = False  # --tta flip: the 4 mirrored passes of each slice, averaged
     qc: bool = False
     dicom_seg: bool = False  # a DICOM SEG per DICOM volume (seg/<volume id>.dcm)
+    rtstruct: bool = False  # a DICOM RT Structure Set per DICOM volume (rtstruct/<volume id>.dcm)
     keep_phi: bool = False
     keep_localizers: bool = False  # segment localizer / scout images too (unet_core.io.dicom.is_localizer)
     follow_symlinks: bool = False
@@ -45,7 +46,7 @@ class SegmentSettings:
     sample: float | None = None  # --sample: this fraction of the selected volumes (by volume id hash)
     limit: int | None = None  # --limit: at most this many of the selected volumes (by volume id hash)
     seed: int = 0  # of --sample and --limit
-    send_seg: str = ""  # --send-seg: a DICOMweb service each SEG is stored at (STOW-RS) once written
+    send_seg: str = ""  # --send (--send-seg): a DICOMweb service each SEG and RTSTRUCT is stored at (STOW-RS) once written
     run_id: str = ""  # this run's, in its completion records: a record of this run is a retried task's
     lease_token: str = ""  # the run's lease (io/lease.py): checked before each delete, part rewrite and send
 
@@ -72,14 +73,21 @@ class SegmentSettings:
 
     def made_as_asked(self, rec: VolumeRecord) -> bool:
         """Whether a volume's earlier ok row was made as this run asks: every output it asks for
-        (a run that adds --qc or --dicom-seg redoes the volumes without them), and the same privacy
+        (a run that adds --qc, --dicom-seg or --rtstruct redoes the volumes without them), and the same privacy
         setting (a run with or without --keep-phi redoes the rows made the other way: identifiers
         never survive dropping it)."""
         if bool(rec.keep_phi) != self.keep_phi:
             return False
         if self.qc and not rec.qc_uri:
             return False
+        if self.rtstruct and not rec.rtstruct_uri and not rec.rtstruct_skipped:
+            return False
         return not (self.dicom_seg and not rec.seg_uri and not rec.seg_skipped)
+
+    @property
+    def keep_sources(self) -> bool:
+        """Whether a DICOM volume's source datasets are kept (header only): a SEG or an RTSTRUCT references them."""
+        return self.dicom_seg or self.rtstruct
 
     def __post_init__(self) -> None:
         if self.prediction_attempts < 1 or self.partitions < 1 or self.buckets < 1:

@@ -20,6 +20,7 @@ from unet_core.errors import ErrorType, InputError, ItemFailure
 from unet_core.inference import PostProcess, finish_volume, prepare_volume, qc_montage_png, volume_stats
 from unet_core.io import storage
 from unet_core.io.dicom.grouping import VolumeMembers
+from unet_core.io.dicom.rtstruct import RtstructSkipped, build_rtstruct, rtstruct_bytes
 from unet_core.io.dicom.seg import SegIdentity, SegSkipped, build_seg, seg_bytes, software_version
 from unet_core.io.dicom.series import SourceFrames, read_series_with_sources
 from unet_core.io.lease import LeaseLost
@@ -81,7 +82,7 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
         else:
             group = VolumeMembers(planned.volume_id, planned.series_uid, members_from_json(planned.members))
             volume, sources = read_series_with_sources(group, read_objects(group.uris, s.limits), s.limits,
-                                                       s.keep_phi, keep_sources=s.dicom_seg)
+                                                       s.keep_phi, keep_sources=s.keep_sources)
         # The model's modality check applies wherever the modality is known (not to a NIfTI
         # volume unless one is assumed).
         if s.modality and volume.modality is not None and volume.modality not in (s.modality, "OT"):
@@ -99,7 +100,15 @@ def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
                         model_identity=s.model_identity, model_registry=s.model_registry,
                         model_version=s.model_version, model_run_id=s.model_run_id,
                         keep_phi=s.keep_phi, selection_facts=planned.facts,
-                        text_rules=s.rules.text_digest(), **kw)
+                        text_rules=s.rules.text_digest(), study_uid=_study_uid(planned), **kw)
+
+
+def _study_uid(planned: PlannedVolume) -> str:
+    """The volume's study, as its members' headers say (NIfTI and set-aside: "")."""
+    if planned.format == Format.NIFTI or not planned.members:
+        return ""
+    members = members_from_json(planned.members)
+    return members[0].study_uid if members else ""
 
 
 def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:
@@ -150,9 +159,11 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
                 rec.qc_uri = qc_uri
             if s.dicom_seg:
                 rec.seg_uri, rec.seg_skipped = write_seg(labels, sources, rec, s)
-            if s.send_seg and rec.seg_uri:  # a failed send keeps the volume ok: its row says, and a re-run sends
+            if s.rtstruct:
+                rec.rtstruct_uri, rec.rtstruct_skipped = write_rtstruct(labels, sources, rec, s)
+            if s.send_seg:  # a failed send keeps the volume ok: its row says, and a re-run sends
                 store.check_lease()
-                rec = send_record(rec, s.send_seg)
+                rec = send_record(rec, s.send_seg, s.output)
         except LeaseLost:
             raise
         except Exception as exc:  # noqa: BLE001 - the stage's guard: one volume, not the job
@@ -167,7 +178,7 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
         failure = ItemFailure.of(rec.source, exc, "recording the result")
         return _failed(rec, ItemFailure(f"{rec.source}: the result could not be recorded: {failure.error}",
                                         ErrorType.NOT_RECORDED),
-                       mask_uri="", slices_uri="", qc_uri="", seg_uri=""), Outcome.UNRECORDED
+                       mask_uri="", slices_uri="", qc_uri="", seg_uri="", rtstruct_uri=""), Outcome.UNRECORDED
     return rec, Outcome.DONE
 
 
@@ -195,3 +206,26 @@ def write_seg(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecor
     note = (f"written; left empty or out for values not valid for their VR: {', '.join(sorted(repaired))}"
             if repaired else "")
     return uri, note
+
+
+def write_rtstruct(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecord,
+                   s: SegmentSettings) -> tuple[str, str]:
+    """Write the volume's DICOM RT Structure Set: (rtstruct uri, what it left out or "") or ("",
+    why there is none). RtstructSkipped is a reason, any other failure is the item failure's text
+    (never the library's own, which may quote a source value), as for the SEG."""
+
+    if sources is None and rec.format != Format.NIFTI:
+        return "", "no source images were kept"
+    info = BundleInfo.from_json(s.bundle_info)
+    try:
+        rt = build_rtstruct(labels, sources, info.label_names, info.segment_codes,
+                            SegIdentity(s.model_name, s.model_identity, software_version()), rec.volume_id,
+                            rec.fingerprint)
+        data = rtstruct_bytes(rt.dataset)
+    except RtstructSkipped as exc:
+        return "", str(exc)
+    except Exception as exc:  # noqa: BLE001 - a library's text may quote a source value: its type only
+        return "", ItemFailure.of(rec.source, exc, "building the RTSTRUCT").error
+    uri = OutputStore(s.output).output_uri(VolumeOutput.RTSTRUCT, rec.volume_id)
+    storage.write_bytes(uri, data)
+    return uri, rt.note()

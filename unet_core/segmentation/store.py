@@ -8,7 +8,7 @@ output. It reads and writes typed records (records.py), never loose rows.
     <output>/plan/part-BBBBB.parquet              PlannedVolume of a bucket with volumes to segment,
                                                   while a run is under way (gone once its part is written)
     <output>/records/ok|error/<volume_id>.parquet completion records, the unit of exactly-once
-    <output>/masks|slices|qc|seg/<volume_id>.*    per-volume outputs (VolumeOutput)
+    <output>/masks|slices|qc|seg|rtstruct/<volume_id>.*  per-volume outputs (VolumeOutput)
     <output>/summary.json, plan.parquet, report.html, report/*.png
 
 Rows written by an earlier layout version are brought to this one as they are read
@@ -54,6 +54,7 @@ class Folder(enum.StrEnum):
     SLICES = "slices"
     QC = "qc"
     SEG = "seg"
+    RTSTRUCT = "rtstruct"
 
 
 class VolumeOutput(enum.Enum):
@@ -63,6 +64,7 @@ class VolumeOutput(enum.Enum):
     SLICES = (Folder.SLICES, ".parquet")
     QC = (Folder.QC, ".png")
     SEG = (Folder.SEG, ".dcm")
+    RTSTRUCT = (Folder.RTSTRUCT, ".dcm")
 
 
 @dataclass(frozen=True)

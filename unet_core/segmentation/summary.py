@@ -56,13 +56,15 @@ class RunSummary:
     predictors_live: int = 0
     # what the output was made with
     dicom_seg: bool = False
+    rtstruct: bool = False
     qc: bool = False
     keep_phi: bool = False
     selection: dict = field(default_factory=dict)  # the selection rules (the bundle's, then --select's)
     sample: float | None = None
     limit: int | None = None
     seed: int = 0
-    # delivery (--send-seg): SEGs stored at `sent_to` by this run, and those that failed (send_error)
+    # delivery (--send): DICOM objects (SEGs and RTSTRUCTs, despite the names) stored at `sent_to` by
+    # this run, and those that failed (send_error, rtstruct_send_error)
     sent_to: str = ""
     segs_sent: int = 0
     segs_send_failed: int = 0
@@ -72,7 +74,8 @@ class RunSummary:
         tables = ("the tables' metadata column holds patient name, ID and birth date (--keep-phi)" if self.keep_phi
                   else "tables, reports and logs hold no patient name, ID or birth date")
         seg = "; seg/ carries the patient and study modules (DICOM SEG)" if self.dicom_seg else ""
-        return tables + seg
+        rt = "; rtstruct/ carries the patient and study modules (RTSTRUCT)" if self.rtstruct else ""
+        return tables + seg + rt
 
     def selection_line(self) -> str:
         """The rules the output was made with, in one line."""

@@ -16,7 +16,8 @@ service account's credentials, two pure checks say it is the object the row mean
 Both raise `OutgoingObjectError` (an input error of that volume's row: its `send_error`), naming
 the file and what did not match, never a header value that could identify a patient.
 `outgoing(output, file_uri, data, expected)` runs both; `seg_instance_uid(volume_id, fingerprint,
-model_identity)` is the SOP Instance UID the row's SEG must have (the rule of seg.py, not a copy).
+model_identity)` is the SOP Instance UID the row's SEG must have (the rule of seg.py, not a copy),
+`rtstruct_instance_uid(...)` its RTSTRUCT's (rtstruct.py's rule).
 """
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ def seg_instance_uid(volume_id: str, fingerprint: str, model_identity: str) -> s
     from unet_core.io.dicom import seg
 
     return seg._uid(volume_id, fingerprint, model_identity, "instance")  # noqa: SLF001 - the one rule, reused
+
+
+def rtstruct_instance_uid(volume_id: str, fingerprint: str, model_identity: str) -> str:
+    """The deterministic SOP Instance UID `build_rtstruct` gives a volume's RT Structure Set."""
+    from unet_core.io.dicom import rtstruct
+
+    return rtstruct._uid(volume_id, fingerprint, model_identity, rtstruct.NAMESPACE, "instance")  # noqa: SLF001
 
 
 def _refuse(uri: str, why: str) -> OutgoingObjectError:

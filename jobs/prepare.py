@@ -51,7 +51,7 @@ FORMAT_VERSION = 1
 # The recipe `unet prepare` uses when --recipe is not given. Issue #30 makes "native" the default
 # once training on patches and sliding-window inference are merged; until then "seed" keeps
 # prepare -> train -> segment whole.
-DEFAULT_RECIPE = "seed"
+DEFAULT_RECIPE = "native"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,3 +103,24 @@ def test_send_stores_both_kinds_once_and_unet_send_refuses_an_edited_row(pacs, a
     assert not row.sent and "not sent" in row.send_error and "does not lie under" in row.send_error
     assert f"not sent: {edited.volume_id}" in said
     assert len(pacs.get("/instances")) == stored
+
+
+def test_unet_send_delivers_an_outputs_rtstructs_and_the_pacs_gives_back_the_same_objects(pacs, archive, phantom_bundle,
+                                                                                           ray_local, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert segment.main(["--input", archive, "--model", phantom_bundle, "--output", out, "--batch-size", "8",
+                         "--rtstruct"]) == Exit.OK  # no --send: `unet send` delivers afterwards
+    rows = _ok(out)
+    assert len(rows) == 2 and all(r.rtstruct_uri and not r.rtstruct_sent for r in rows)
+    capsys.readouterr()
+    assert send.main([out, "--to", pacs.dicomweb]) == Exit.OK
+    assert "sent 0 SEGs and 2 RTSTRUCTs" in capsys.readouterr().out
+    rows = _ok(out)
+    assert all(r.rtstruct_sent and r.rtstruct_sent_to == pacs.dicomweb for r in rows)
+    stored = {ds.SOPInstanceUID: ds for ds in pacs.datasets_of_modality("RTSTRUCT")}
+    for r in rows:  # what the PACS gives back is the object written, element for element
+        mine = pydicom.dcmread(r.rtstruct_uri)
+        assert stored[mine.SOPInstanceUID].to_json_dict() == mine.to_json_dict()  # its body; the PACS may redo the meta header
+    capsys.readouterr()
+    assert send.main([out, "--to", pacs.dicomweb]) == Exit.OK  # nothing new
+    assert "sent 0 SEGs to" in capsys.readouterr().out

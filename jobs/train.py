@@ -148,7 +148,11 @@ def _main(argv: list[str]) -> int:
 
 def plan_run(args: argparse.Namespace, check_run: bool = True) -> TrainRun:
     """Every check that needs no Ray: the prepared data, the model, the step plan, the run's name
-    (a run that exists needs --resume; --resume needs one), and a writable output."""
+    (a run that exists needs --resume; --resume needs one), and a writable output. Local paths
+    become absolute: Ray Train's workers (and Tune's trials) run in folders of their own."""
+    for name in ("data", "output", "storage", "initial_weights"):
+        if getattr(args, name, None):
+            setattr(args, name, storage.absolute(getattr(args, name)))
     manifest = read_prepared(args.data)
     pre = manifest["preprocess"]
     # Label names: the command line's, else those the prepared data carries (dataset.json's).

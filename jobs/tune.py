@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from jobs import train
@@ -112,12 +113,14 @@ def _main(argv: list[str]) -> int:
     tune_path = storage.join(output, TUNE_FOLDER)
     fs, path = storage.resolve(tune_path)
     trainable = ray.tune.with_resources(
-        _trial_function(fixed, dims, output, tracking, parent.run_id), {"CPU": CPU_PER_TRIAL_DRIVER})
+        _trial_function(fixed, dims, output, tracking, parent.run_id, os.getcwd()), {"CPU": CPU_PER_TRIAL_DRIVER})
     if ray.tune.Tuner.can_restore(f"{path}/search", storage_filesystem=fs):
         say(f"resuming the search in {output}")
         tuner = ray.tune.Tuner.restore(f"{path}/search", trainable, resume_errored=True, storage_filesystem=fs)
     else:
-        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=args.epochs, grace_period=1,
+        # max_t past the last epoch: a trial that runs all its epochs ends by itself and writes its
+        # bundle; Tune stopping it at max_t would kill it before the bundle is written.
+        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=args.epochs + 1, grace_period=1,
                                    reduction_factor=2) if args.scheduler == "asha" else FIFOScheduler())
         tuner = ray.tune.Tuner(
             trainable, param_space={d.option: _domain(d) for d in dims},
@@ -145,11 +148,15 @@ def _main(argv: list[str]) -> int:
 
 
 def _trial_function(fixed: list[str], dims: list[Dimension], output: str, tracking: TrackingConfig,
-                    parent_run_id: str | None):
+                    parent_run_id: str | None, launched_in: str):
     def trial(config: dict) -> None:
         import ray.tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        # Tune starts a trial in a folder of its own: relative paths of the command line (--data,
+        # --config, --initial-weights) mean the folder the search was started in.
+        if os.path.isdir(launched_in):
+            os.chdir(launched_in)
         trial_id = ray.tune.get_context().get_trial_id()
         argv = fixed + trial_flags(dims, config) + ["--output", f"{output}/trials/{trial_id}",
                                                     "--storage", f"{output}/trials.runs", "--run-name", trial_id]
@@ -194,7 +201,7 @@ def _row(result, metric: str, output: str) -> TrialRow:
     bundle = f"{output}/trials/{trial_id}"
     has_bundle = storage.exists(storage.join(bundle, "bundle.json"))
     if result.error is not None:
-        status, error = TrialStatus.FAILED, (str(result.error).strip().splitlines() or ["failed"])[0][:300]
+        status, error = TrialStatus.FAILED, _reason(result.error)
     elif has_bundle:
         status, error = TrialStatus.FINISHED, None
     else:  # no error and no bundle: the scheduler stopped it
@@ -202,6 +209,14 @@ def _row(result, metric: str, output: str) -> TrialRow:
     return TrialRow(trial_id=trial_id, params=dict(result.config or {}), best_metric=best_of(curve), epochs=len(curve),
                     status=status, seconds=float(metrics.get("time_total_s") or 0.0),
                     bundle=bundle if has_bundle else None, curve=curve, error=error)
+
+
+def _reason(error: BaseException) -> str:
+    """The trial's own error (Ray wraps it: RayTaskError.cause), its last line, without colour codes."""
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).strip().splitlines() if line.strip()]
+    text = f"{type(cause).__name__}: {lines[-1]}" if lines else type(cause).__name__
+    return text[:300]
 
 
 def _publish(rows: list[TrialRow], output: str, args, dims: list[Dimension], parent: Tracker) -> None:

@@ -189,7 +189,7 @@ def test_a_refused_output_fails_the_job_at_once_with_the_storage_exit_status(tmp
                        "--output", "s3://no-such-bucket-here/out", env=job_env())
     assert rc == 5, out
     assert "s3://no-such-bucket-here/out: the output cannot be written" in out and ".tmp-probe-" in out
-    assert "bucket does not exist" in out and "planning:" not in out
+    assert "bucket not found" in out and "planning:" not in out
 
 
 def test_local_outputs_follow_the_umask_or_are_private(tmp_path, monkeypatch):

@@ -68,7 +68,9 @@ def test_a_resumed_training_continues_its_mlflow_run(prepared, mlflow_tracking, 
     assert run.data.params["option.epochs"] == "1"  # a run's params are those it started with
 
 
-def test_a_server_stopped_during_training_costs_one_warning_and_the_bundle_is_written(prepared, tmp_path):
+def test_a_server_stopped_during_training_costs_one_warning_and_the_bundle_is_written(prepared, mlflow_tracking,
+                                                                                    tmp_path):
+    # a server of its own (this test stops it); the session's fixture says whether one can run here
     with mlflow_server.MlflowServer(str(tmp_path / "mlflow")) as server:
         output = str(tmp_path / "model")
         proc = start_unet("train", "--data", prepared, "--output", output, "--workers", "1", "--epochs", "3",
@@ -98,14 +100,20 @@ def test_a_server_stopped_during_training_costs_one_warning_and_the_bundle_is_wr
     assert "Traceback" not in out
 
 
-def test_a_search_of_four_trials_with_asha(prepared, mlflow_tracking, tmp_path):
+def test_a_search_of_four_trials_with_asha(prepared, mlflow_tracking, tmp_path, ray_local):
+    import ray
+
+    # The search attaches to the session's Ray: with two local instances on one machine, Ray
+    # Train's placement-group cleaner cannot tell which is its own (docs/design.md, "Search").
+    address = ray.get_runtime_context().gcs_address
     space = tmp_path / "space.yaml"
     space.write_text("learning-rate: {loguniform: [3.0e-4, 3.0e-3]}\nbase-filters: {choice: [4, 8]}\n")
     output = str(tmp_path / "search")
     proc = start_unet("tune", "--data", prepared, "--output", output, "--space", str(space), "--trials", "4",
                       "--scheduler", "asha", "--max-concurrent", "2", "--workers", "1", "--epochs", "3",
                       "--depth", "3", "--batch-size", "4", "--loss", "bce_dice", "--batch-norm", "--dropout", "0.1",
-                      "--tracking-uri", mlflow_tracking.uri, "--experiment", "search", env=job_env())
+                      "--tracking-uri", mlflow_tracking.uri, "--experiment", "search", "--address", address,
+                      env=job_env(RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token")))
     out, _ = proc.communicate(timeout=3000)
     assert proc.returncode == 0, out
     table = pq.ParquetFile(os.path.join(output, "trials.parquet")).read().to_pylist()

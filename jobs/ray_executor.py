@@ -3,17 +3,18 @@ interface; each function here unpacks a Ray batch or row and calls one stage fun
 
     plan_buckets      listing partitions -> map_batches(scan) on a task pool -> groupby(bucket)
                       (the task-based sort shuffle) -> map_groups(merge) -> one row per bucket
-    segment_volumes   buckets -> flat_map(volumes of their plans) -> repartition -> map(segment)
+    segment_volumes   buckets -> map_batches(volumes of their plans) -> repartition -> map(segment)
                       with at most `in flight` tasks, each predicting on the pooled predictor actors
-    finish_buckets    buckets -> map(finish)
+    finish_buckets    buckets -> map_batches(finish)
 
-Settings cross to the workers as `to_dict(settings)` and are rebuilt there (`from_dict`).
+Settings cross to the workers as `to_dict(settings)` and are rebuilt there (`settings_of`), where
+their storage settings (retries, file mode) become the worker's before the stage runs.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from jobs.predictors import Predictors, predict_with
@@ -56,12 +57,19 @@ def as_domain_errors() -> Iterator[None]:
 
 
 # ---- stage wiring (each body is a stage function of executor.py) ------------------------------------
+def settings_of(cfg: dict) -> SegmentSettings:
+    """The run's settings, rebuilt in a worker; its storage settings made the worker's."""
+    s = from_dict(SegmentSettings, cfg)
+    s.storage.apply()
+    return s
+
+
 def scan_partitions(batch: dict, settings: dict, roots: list[str]):
     """A block of listing partitions -> their volume fragments (the scan counts ride on each
     partition's first fragment: records.Fragment)."""
     import pyarrow as pa
 
-    s = from_dict(SegmentSettings, settings)
+    s = settings_of(settings)
     frags = []
     for partition, units_json in zip(batch["partition"], batch["units"], strict=True):
         work = ex.PartitionWork(int(partition), tuple(planning.Unit(u, r) for u, r in json.loads(units_json)))
@@ -74,23 +82,34 @@ def merge_bucket(group, settings: dict):
     import pyarrow as pa
 
     frags = [Fragment.from_row(r) for r in group.to_pylist()]
-    return pa.Table.from_pylist([asdict(ex.merge_stage(frags, from_dict(SegmentSettings, settings)))])
+    summary = ex.merge_stage(frags, settings_of(settings))
+    return pa.Table.from_pylist([summary.to_row()], schema=BucketSummary.arrow_schema())
 
 
-def plan_to_segment(row: dict, settings: dict) -> list[dict]:
-    return [p.to_row() for p in ex.volumes_stage(int(row["bucket"]), from_dict(SegmentSettings, settings))]
+def plans_to_segment(batch: dict, settings: dict):
+    """A block of planned buckets -> their volumes to segment, in PlannedVolume's schema (members,
+    record and facts as nested columns, never inferred from the first rows)."""
+    import pyarrow as pa
+
+    s = settings_of(settings)
+    rows = [p.to_row() for b in batch["bucket"] for p in ex.volumes_stage(int(b), s)]
+    return pa.Table.from_pylist(rows, schema=PlannedVolume.arrow_schema())
 
 
 def segment_row(row: dict, settings: dict, pool) -> dict:
-    s = from_dict(SegmentSettings, settings)
+    s = settings_of(settings)
     done = ex.segment_stage(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
     return {"status": done.status.value, "n_slices": done.n_slices, "outcome": done.outcome.value, "sent": done.sent,
             "internal": done.internal, "rtstructs_sent": done.rtstructs_sent}
 
 
-def finish_bucket(row: dict, settings: dict) -> dict:
-    counts = ex.finish_stage(int(row["bucket"]), from_dict(SegmentSettings, settings))
-    return {"bucket": row["bucket"], "counts": counts.to_json()}
+def finish_buckets(batch: dict, settings: dict):
+    """A block of segmented buckets -> their table parts written, and their counts (TableCounts rows)."""
+    import pyarrow as pa
+
+    s = settings_of(settings)
+    rows = [ex.finish_stage(int(b), s).to_row() for b in batch["bucket"]]
+    return pa.Table.from_pylist(rows, schema=TableCounts.arrow_schema())
 
 
 @dataclass
@@ -135,7 +154,7 @@ class RayExecutor:
                      .map_groups(merge_bucket, fn_kwargs={"settings": cfg}, batch_format="pyarrow"))
         with as_domain_errors():
             for r in summaries.iter_rows():
-                yield BucketSummary(**r)
+                yield BucketSummary.from_row(dict(r))
 
     def segment_volumes(self, buckets: list[int], s: SegmentSettings, volumes: int):
         import ray
@@ -144,7 +163,7 @@ class RayExecutor:
         in_flight = sizing.volume_slots(self.in_flight, self.on_cluster, self.slots(), volumes)
         in_flight = self.web_cap(in_flight or 0) or None
         todo = (ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=len(buckets))
-                .flat_map(plan_to_segment, fn_kwargs={"settings": cfg})
+                .map_batches(plans_to_segment, fn_kwargs={"settings": cfg}, batch_size=1)
                 .repartition(sizing.segment_blocks(volumes, in_flight or int(ray.cluster_resources().get("CPU", 1)))))
         records = todo.map(segment_row, fn_kwargs={"settings": cfg, "pool": self.predictors.pool}, num_cpus=1,
                            compute=ray.data.TaskPoolStrategy(size=in_flight))
@@ -157,6 +176,6 @@ class RayExecutor:
         import ray
 
         with as_domain_errors():
-            for r in ray.data.from_items([{"bucket": b} for b in buckets]).map(
-                    finish_bucket, fn_kwargs={"settings": to_dict(s)}).iter_rows():
-                yield TableCounts.from_json(r["counts"])
+            for r in ray.data.from_items([{"bucket": b} for b in buckets]).map_batches(
+                    finish_buckets, fn_kwargs={"settings": to_dict(s)}, batch_size=1).iter_rows():
+                yield TableCounts.from_row(dict(r))

@@ -118,7 +118,7 @@ def settings_of(args, info, out: str, layout: Layout, lease: Lease | None = None
     """The run's settings; `lease` (held) gives the token its tasks check before each write; `model`
     is the model as the user named it (a models:/ reference) when args.model is its local copy."""
     return SegmentSettings(
-        output=out, bundle_info=info.to_json(), **model_of(model or args.model, info),
+        output=out, bundle_info=info, **model_of(model or args.model, info),
         threshold=args.threshold if args.threshold is not None else info.threshold,
         modality="CT" if info.preprocess.modality == "CT" else None, limits=limits_from(args),
         largest_component=resolve_postprocess(info, args.largest_component).largest_component,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import json
 import shutil
 import signal
 import tempfile
@@ -53,7 +52,6 @@ from unet_core.segmentation.records import (
     Action,
     Status,
     VolumeRecord,
-    members_from_json,
 )
 from unet_core.segmentation.stages import segment_volume
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
@@ -65,7 +63,7 @@ GOOD_SERIES = dicom_series(Phantom.random(1), _SPEC, seed=1)[0]
 MUTATED_SERIES = dicom_series(Phantom.random(2), _SPEC, seed=2)[0]
 GOOD_NIFTI = nifti_case(Phantom.random(3), np.diag([6.0, 6.0, 8.0, 1.0]), (16, 16, N_SLICES), seed=3)[0]
 MUTATED_NIFTI = gunzip(nifti_case(Phantom.random(4), np.diag([6.0, 6.0, 8.0, 1.0]), (16, 16, N_SLICES), seed=4)[0])
-BUNDLE_INFO = BundleInfo(PreprocessConfig(input_size=16)).to_json()
+BUNDLE_INFO = BundleInfo(PreprocessConfig(input_size=16))
 
 
 def predict(x: np.ndarray):
@@ -106,7 +104,7 @@ def run_case(files: dict[str, bytes]) -> tuple[dict[str, VolumeRecord], dict[str
                 if p.action == Action.SEGMENT:
                     records.append(segment_volume(p, s, predict)[0])
                 else:
-                    records.append(VolumeRecord.from_row(json.loads(p.record)))
+                    records.append(p.record)
         # no internal error, anywhere
         internal = [r.reason for r in rows if r.error_type == "internal"] + \
                    [r.error for r in records if r.error_type == "internal"]
@@ -115,7 +113,7 @@ def run_case(files: dict[str, bytes]) -> tuple[dict[str, VolumeRecord], dict[str
         assert {r.object_uri for r in rows} == {str(root / "in" / n) for n in inputs}
         placed = Counter()
         for p in planned:
-            members = members_from_json(p.members)  # a volume (segmented, or its error found at planning)
+            members = p.members  # a volume (segmented, or its error found at planning)
             placed.update([m.uri for m in members] if members else [p.source])
         assert placed == Counter(r.uri for r in rows), (placed, [r.uri for r in rows])
         assert len({p.volume_id for p in planned}) == len(planned), [p.volume_id for p in planned]

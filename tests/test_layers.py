@@ -43,7 +43,7 @@ root = pathlib.Path(sys.argv[1])
 for name, data in dicom_series(Phantom.random(1), SeriesSpec(rows=16, columns=16, n_slices=4), seed=1)[0]:
     (root / "in").mkdir(parents=True, exist_ok=True)
     (root / "in" / name).write_bytes(data)
-s = SegmentSettings(output=str(root / "out"), bundle_info=BundleInfo(PreprocessConfig(input_size=16)).to_json(),
+s = SegmentSettings(output=str(root / "out"), bundle_info=BundleInfo(PreprocessConfig(input_size=16)),
                     model_name="m", model_identity="id", threshold=0.5, buckets=1, resume=False)
 rows, _, _ = planning.scan_partition([planning.Unit(str(root / "in"), True)], [], s.limits, False, ())
 (p,) = planning.merge_bucket(planning.fragments_of(rows, 1), {}, s)

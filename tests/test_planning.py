@@ -2,11 +2,12 @@
 across listing partitions, the change rule, and the typed rows."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import replace
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 
@@ -18,16 +19,17 @@ from unet_core.segmentation.layout import Layout, bucket_of, choose_counts, part
 from unet_core.segmentation.records import (
     Action,
     Format,
+    Fragment,
     ObjectKind,
     ObjectRow,
     PlannedVolume,
     RowKind,
     Status,
     VolumeRecord,
-    members_from_json,
     rows_from_bytes,
     table_bytes,
 )
+from unet_core.segmentation.selection import VolumeFacts
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series
 
 LIMITS = segment_settings().limits
@@ -203,7 +205,7 @@ def test_a_series_split_across_partitions_is_one_volume(tmp_path):
     assert len(a) == len(b) == 1 and a[0].volume_id == b[0].volume_id and a[0].bucket == b[0].bucket
     (p,) = planning.merge_bucket(a + b, {}, _settings())
     assert p.action == Action.SEGMENT and p.format == Format.DICOM
-    assert sorted(m.uri for m in members_from_json(p.members)) == sorted(r.uri for r in rows)
+    assert sorted(m.uri for m in p.members) == sorted(r.uri for r in rows)
     assert p.source == str(tmp_path / "s") + "/"
 
 
@@ -213,8 +215,8 @@ def test_copies_of_an_instance_are_set_aside(tmp_path):
                                "object_uri": str(tmp_path / "resent.dcm"), "size": rows[0].size - 10})
     planned = planning.merge_bucket(planning.fragments_of(rows + [copy], 4), {}, _settings())
     by_action = {p.action: p for p in planned}
-    assert len(members_from_json(by_action[Action.SEGMENT].members)) == 3
-    aside = json.loads(by_action[Action.SET_ASIDE].record)
+    assert len(by_action[Action.SEGMENT].members) == 3
+    aside = by_action[Action.SET_ASIDE].record.to_row()
     assert aside["status"] == "skipped" and aside["error_type"] == "duplicate_instance"
     assert aside["source"].endswith("resent.dcm")
 
@@ -231,10 +233,10 @@ def test_the_change_rule(tmp_path):
         return q
 
     assert plan(rows, done).action == Action.CARRY  # unchanged: carried over
-    carried = json.loads(plan(rows, done).record)
+    carried = plan(rows, done).record.to_row()
     assert {k: v for k, v in carried.items() if k != "selection_facts"} == {
         k: v for k, v in done.to_row().items() if k != "selection_facts"}
-    assert json.loads(carried["selection_facts"])["n_slices"] == len(rows)  # made from the members, kept
+    assert carried["selection_facts"]["n_slices"] == len(rows)  # made from the members, kept
     assert plan(rows, replace(done, status=Status.ERROR)).action == Action.SEGMENT  # failed last time: again
     assert plan(rows, done, model_identity="id-2").action == Action.SEGMENT  # another model
     replaced = [ObjectRow.from_row({**rows[0].to_row(), "object_version": "new"}), *rows[1:]]
@@ -254,7 +256,7 @@ def test_objects_set_aside_become_rows_with_reasons(tmp_path):
     (tmp_path / "notes.txt").write_bytes(b"not dicom at all")
     rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path), True)], [], LIMITS, False, ())
     (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings())
-    record = json.loads(p.record)
+    record = p.record.to_row()
     assert p.action == Action.SET_ASIDE and record["status"] == "error" and record["error_type"] == "not_dicom"
     assert record["volume_id"].startswith("obj-") and record["source"].endswith("notes.txt")
     assert p.kind == RowKind.SET_ASIDE and record["kind"] == RowKind.SET_ASIDE
@@ -268,16 +270,16 @@ def test_unchanged_fragments_travel_without_members(tmp_path):
     whole = planning.fragments_of(rows, 4)
     halves = planning.fragments_of(rows[:2], 4, 1, {r.uri for r in rows}) + planning.fragments_of(
         rows[2:], 4, 2, {r.uri for r in rows})
-    assert all(f.members == "" for f in halves)
+    assert all(f.members is None for f in halves)
     assert planning.combine(f.fingerprint for f in halves) == whole[0].fingerprint  # split-independent
     (p,) = planning.merge_bucket(whole, {}, s)
     done = VolumeRecord(volume_id=p.volume_id, source=p.source, format=Format.DICOM, series_uid=p.series_uid,
                         status=Status.OK, fingerprint=p.fingerprint, model_identity="id-1")
     (carried,) = planning.merge_bucket(halves, {p.volume_id: done}, s)  # no loader needed
-    assert carried.action == Action.CARRY and json.loads(carried.record) == done.to_row()
+    assert carried.action == Action.CARRY and carried.record.to_row() == done.to_row()
     (wants_seg,) = planning.merge_bucket(halves, {p.volume_id: done}, _settings(dicom_seg=True),
                                          lambda part, vid: rows[:2] if part == 1 else rows[2:])
-    assert wants_seg.action == Action.SEGMENT and len(members_from_json(wants_seg.members)) == 4
+    assert wants_seg.action == Action.SEGMENT and len(wants_seg.members) == 4
 
     asked = []
 
@@ -287,10 +289,10 @@ def test_unchanged_fragments_travel_without_members(tmp_path):
 
     (again,) = planning.merge_bucket(halves, {p.volume_id: replace(done, status=Status.ERROR)}, s, load)
     assert again.action == Action.SEGMENT and sorted(asked) == [1, 2]
-    assert sorted(m.uri for m in members_from_json(again.members)) == sorted(r.uri for r in rows)
+    assert sorted(m.uri for m in again.members) == sorted(r.uri for r in rows)
     gone = planning.fragments_of(rows[:3], 4, 1, {r.uri for r in rows})  # a slice deleted
     (shrunk,) = planning.merge_bucket(gone, {p.volume_id: done}, s, lambda part, vid: rows[:3])
-    assert shrunk.action == Action.SEGMENT and len(members_from_json(shrunk.members)) == 3
+    assert shrunk.action == Action.SEGMENT and len(shrunk.members) == 3
 
 
 # ---- typed rows ------------------------------------------------------------------------------------
@@ -298,8 +300,22 @@ def test_rows_round_trip_through_parquet(tmp_path):
     rows = _rows(tmp_path, "s", n=2)
     back = [ObjectRow.from_row(r) for r in rows_from_bytes(table_bytes(ObjectRow, [r.to_row() for r in rows]))]
     assert back == rows and isinstance(back[0].orientation, tuple) and back[0].kind is ObjectKind.IMAGE
-    p = PlannedVolume("v", 1, Action.CARRY, "f", Format.NIFTI, "s", "", "[]", "{}")
-    assert PlannedVolume.from_row(p.to_row()) == p
+    facts = VolumeFacts(modality="CT", image_type=("ORIGINAL", "PRIMARY"), slice_thickness=1.5, n_slices=2,
+                        pixel_spacing=(0.5, 0.5), contrast=None)
+    rec = VolumeRecord("v", "s", Format.DICOM, "1.2", Status.OK, selection_facts=facts, n_objects=2)
+    planned = [PlannedVolume("v", 1, Action.SEGMENT, "f", Format.DICOM, "s", "1.2", tuple(rows), facts=facts),
+               PlannedVolume("w", 1, Action.CARRY, "f", Format.NIFTI, "s", "", record=rec, facts=facts),
+               PlannedVolume("x", 1, Action.SET_ASIDE, "f", Format.NIFTI, "s", "")]
+    # members, record and facts are nested Arrow columns (a list of structs, structs), not JSON text
+    data = table_bytes(PlannedVolume, [p.to_row() for p in planned])
+    schema = pq.read_schema(pa.BufferReader(data))
+    assert pa.types.is_list(schema.field("members").type) and pa.types.is_struct(schema.field("record").type)
+    assert pa.types.is_struct(schema.field("facts").type)
+    back = [PlannedVolume.from_row(r) for r in rows_from_bytes(data)]
+    assert back == planned and isinstance(back[0].members[0], ObjectRow) and back[1].record.selection_facts == facts
+    assert back[0].members[0].kind is ObjectKind.IMAGE and back[1].facts.image_type == ("ORIGINAL", "PRIMARY")
+    frags = planning.fragments_of(rows, 4)
+    assert [Fragment.from_row(r) for r in rows_from_bytes(table_bytes(Fragment, [f.to_row() for f in frags]))] == frags
     assert [f.name for f in VolumeRecord.arrow_schema()][:5] == ["volume_id", "source", "format", "series_uid", "status"]
     with pytest.raises(ValueError, match="unknown fields"):
         VolumeRecord.from_row({"volume_id": "v", "nonsense": 1})
@@ -323,7 +339,7 @@ def test_localizers_are_skipped_unless_kept(tmp_path):
     planned = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1))
     by_action = {a: [p for p in planned if p.action == a] for a in Action}
     assert [p.series_uid for p in by_action[Action.SEGMENT]] == [uid]
-    aside = [json.loads(p.record) for p in by_action[Action.SET_ASIDE]]
+    aside = [p.record.to_row() for p in by_action[Action.SET_ASIDE]]
     assert len(aside) == 4 and {r["status"] for r in aside} == {"skipped"} and {r["error_type"] for r in aside} == {"localizer"}
     assert any("ImageType ORIGINAL\\PRIMARY\\LOCALIZER" in r["error"] for r in aside)
     kept = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1, keep_localizers=True))
@@ -336,7 +352,7 @@ def test_the_volume_budget_is_checked_from_headers_before_pixels(tmp_path, monke
     rows = _rows(tmp_path, "s", n=4)  # 4 slices of the factory's size
     need = 4 * rows[0].rows * rows[0].columns * 4
     (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(limits=Limits(max_volume_bytes=need - 1)))
-    rec = json.loads(p.record)
+    rec = p.record.to_row()
     assert p.action == Action.SET_ASIDE and rec["status"] == "error" and rec["error_type"] == "resource_limit"
     assert f"need {need} bytes" in rec["error"] and "--max-volume-bytes" in rec["error"]
     (ok,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(
@@ -360,13 +376,13 @@ def test_a_single_slice_split_from_a_larger_volume_is_a_localizer(tmp_path):
     for buckets in (1, 7, 64):
         frags = planning.fragments_of(rows, buckets)
         assert len({f.bucket for f in frags if f.volume_id.startswith("dcm-") and f.bucket is not None
-                    and uid in f.members}) == 1  # both volumes of the series in one bucket
+                    and any(m.series_uid == uid for m in f.members or ())}) == 1  # both volumes of the series in one bucket
         planned = [p for b in sorted({f.bucket for f in frags})
                    for p in planning.merge_bucket([f for f in frags if f.bucket == b], {}, _settings(buckets=buckets))]
-        segmented = sorted((p.series_uid, len(json.loads(p.members))) for p in planned if p.action == Action.SEGMENT)
+        segmented = sorted((p.series_uid, len(p.members)) for p in planned if p.action == Action.SEGMENT)
         lone_uid = pydicom.dcmread(lone[0]).SeriesInstanceUID
         assert segmented == sorted([(uid, 4), (lone_uid, 1)])
-        (aside,) = [json.loads(p.record) for p in planned if p.action == Action.SET_ASIDE]
+        (aside,) = [p.record.to_row() for p in planned if p.action == Action.SET_ASIDE]
         assert aside["status"] == "skipped" and aside["error_type"] == "localizer" and aside["source"] == scout[0]
         assert "split from the 4-slice volume" in aside["error"]
     kept = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1, keep_localizers=True))
@@ -391,7 +407,7 @@ def test_planning_guards_each_volume(tmp_path, monkeypatch):
     monkeypatch.setattr(planning, "group_series", fails_for_b)
     planned = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1))
     assert [p.action for p in planned if p.action == Action.SEGMENT] == [Action.SEGMENT]
-    aside = [json.loads(p.record) for p in planned if p.action == Action.SET_ASIDE]
+    aside = [p.record.to_row() for p in planned if p.action == Action.SET_ASIDE]
     assert sorted(r["source"] for r in aside) == sorted(bad)
     assert {r["error_type"] for r in aside} == {"internal"} and all(
         "(RuntimeError" in r["error"] and "boom" not in r["error"] for r in aside)
@@ -411,7 +427,7 @@ def test_copies_of_an_instance_with_other_pixels_are_a_conflict_naming_both(tmp_
     ds.save_as(tmp_path / "s" / "other_pixels.dcm")
     rows, _, _ = planning.scan_partition([planning.Unit(str(tmp_path / "s"), True)], [], LIMITS, False, ())
     planned = planning.merge_bucket(planning.fragments_of(rows, 1), {}, _settings(buckets=1))
-    records = [json.loads(p.record) for p in planned if p.action == Action.SET_ASIDE]
+    records = [p.record.to_row() for p in planned if p.action == Action.SET_ASIDE]
     (conflict,) = [r for r in records if r["error_type"] == "conflicting_instances"]
     assert conflict["status"] == "error" and conflict["volume_id"].startswith("dcm-")
     assert os.path.basename(paths[1]) in conflict["error"] and "other_pixels.dcm" in conflict["error"]
@@ -431,7 +447,7 @@ def test_a_volume_whose_objects_hold_more_than_the_budget_is_an_error_row(tmp_pa
     from unet_core.config import Limits
 
     (p,) = planning.merge_bucket(planning.fragments_of(rows, 4), {}, _settings(limits=Limits(max_volume_bytes=held - 1)))
-    record = json.loads(p.record)
+    record = p.record.to_row()
     assert p.action == Action.SET_ASIDE and record["error_type"] == "resource_limit" and "objects hold" in record["error"]
 
 

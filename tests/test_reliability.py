@@ -227,7 +227,7 @@ def test_a_record_that_cannot_be_written_is_an_error_row_not_a_crash(tmp_path):
     assert "could not be recorded" in rec.error and "records/error/dcm-0123.parquet" in rec.error
     blocked.joinpath("records").unlink()
     planned = PlannedVolume(volume_id="dcm-0123", bucket=0, action=Action.SEGMENT, fingerprint="f" * 16,
-                            format=Format.DICOM, source="s3://archive/series/", series_uid="1.2", members="[]", record="")
+                            format=Format.DICOM, source="s3://archive/series/", series_uid="1.2")
     counts = write_part(0, [planned], s)
     (r,) = read_volume_table(str(blocked))
     assert r["volume_id"] == "dcm-0123" and r["status"] == "error" and r["error_type"] == ErrorType.NOT_RECORDED

@@ -54,8 +54,8 @@ def outcome(root: str, series, s: SegmentSettings, previous: dict | None = None)
     for p in plan(root, s, previous):
         if p.kind != RowKind.VOLUME:
             continue
-        rec = json.loads(p.record) if p.record else {}
-        out[role[p.series_uid]] = (p.action, rec.get("status", ""), rec.get("error", ""))
+        rec = p.record
+        out[role[p.series_uid]] = (p.action, rec.status if rec else "", rec.error if rec else "")
     return out
 
 
@@ -184,14 +184,14 @@ def test_a_changed_rule_on_a_rerun_redoes_only_the_differences(studies):
                                status=Status.OK, fingerprint=p.fingerprint, n_objects=1, model_identity="id-1",
                                selection_facts=p.facts)
         else:
-            rec = VolumeRecord.from_stored(json.loads(p.record))
+            rec = p.record
         rows[p.volume_id] = rec
     second = _settings({"orientation": "any", "slice_thickness_mm": [0, 3]})
     after = {p.volume_id: p for p in plan(root, second, rows)}
     for vid, p in after.items():
         if p.kind != RowKind.VOLUME:
             continue
-        f = VolumeFacts.from_json(p.facts)
+        f = p.facts
         was_ok = rows[vid].status == Status.OK
         now = (f.slice_thickness or 0) <= 3
         if was_ok and now:
@@ -199,7 +199,7 @@ def test_a_changed_rule_on_a_rerun_redoes_only_the_differences(studies):
         elif now:
             assert p.action == Action.SEGMENT, vid  # newly selected (the reformats)
         else:
-            assert p.action == Action.SET_ASIDE and "slice_thickness" in json.loads(p.record)["error"]
+            assert p.action == Action.SET_ASIDE and "slice_thickness" in p.record.to_row()["error"]
 
 
 def test_rules_are_checked_when_read():

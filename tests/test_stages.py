@@ -110,3 +110,36 @@ def test_error_kinds_are_separate_classes_with_their_exit_status():
     assert run_main(lambda argv: Exit.SOME_FAILED, []) == 3
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         run_main(raising(ZeroDivisionError()), [])
+
+
+def test_storage_settings_reach_a_worker_in_the_run_settings_not_its_environment(tmp_path, monkeypatch):
+    """Retries and --private-outputs travel in SegmentSettings.storage: a worker that rebuilds the
+    settings (ray_executor.settings_of, as every Ray stage does) uses them, whatever its environment."""
+    import json
+
+    from jobs import ray_executor
+    from unet_core.config import to_dict
+    from unet_core.io import dicomweb, storage
+    from unet_core.io.process_settings import StorageSettings
+
+    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 6)
+    monkeypatch.setattr(dicomweb, "RETRY_ATTEMPTS", 6)
+    monkeypatch.setattr(storage, "PRIVATE_OUTPUTS", None)
+    # on the driver, the environment (and --private-outputs, which sets it) are the defaults
+    monkeypatch.setenv(storage.PRIVATE_OUTPUTS_ENV, "1")
+    assert segment_settings().storage == StorageSettings(6, 6, private_outputs=True)
+    monkeypatch.delenv(storage.PRIVATE_OUTPUTS_ENV)
+    assert StorageSettings.of_process() == StorageSettings(6, 6, private_outputs=False)
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.dcm").write_bytes(b"not DICOM")
+    s = segment_settings(str(tmp_path / "out"), buckets=1, storage=StorageSettings(2, 3, private_outputs=True))
+    cfg = to_dict(s)  # what crosses to a worker, whose environment says nothing
+    frags = ray_executor.scan_partitions({"partition": [0], "units": [json.dumps([[str(tmp_path / "in") + "/", True]])]},
+                                         cfg, [str(tmp_path / "in")])
+    assert frags.num_rows == 1
+    assert (storage.RETRY_ATTEMPTS, dicomweb.RETRY_ATTEMPTS) == (2, 3)
+    part = OutputStore(s.output).index_part_uri(0)
+    assert os.stat(part).st_mode & 0o777 == 0o600  # written private although no variable said so
+    with pytest.raises(ConfigError, match="retries must be >= 1"):
+        StorageSettings(retries=0)

@@ -18,7 +18,7 @@ from unet_core.segmentation.store import OutputStore
 from unet_core.segmentation.summary import RunSummary
 from unet_core.segmentation.tables import TableCounts
 
-BUNDLE_INFO = BundleInfo(PreprocessConfig(input_size=16)).to_json()
+BUNDLE_INFO = BundleInfo(PreprocessConfig(input_size=16))
 
 
 def segment_settings(output: str = "o", **kw) -> SegmentSettings:

@@ -45,7 +45,7 @@ from unet_core.io.dicomweb_auth import AUTH_ENV, check_transport, session_for
 
 T = TypeVar("T")
 SCHEMES = ("dicomweb+https://", "dicomweb+http://")
-RETRY_ATTEMPTS = int(os.environ.get("UNET_DICOMWEB_RETRIES", "6"))
+RETRY_ATTEMPTS = int(os.environ.get("UNET_DICOMWEB_RETRIES", "6"))  # a job's workers: from its settings (process_settings)
 RETRY_BASE_SECONDS = 0.5
 MAX_RETRY_AFTER = 60.0  # a Retry-After longer than this is waited this long, then asked again
 MAX_METADATA_BYTES = 512 * 2**20  # one series' metadata (about 10 KB per instance)

@@ -42,7 +42,7 @@ from unet_core.errors import ITEM_ERRORS, ConfigError, NotFoundError, ResourceLi
 
 T = TypeVar("T")
 
-RETRY_ATTEMPTS = int(os.environ.get("UNET_STORAGE_RETRIES", "6"))
+RETRY_ATTEMPTS = int(os.environ.get("UNET_STORAGE_RETRIES", "6"))  # a job's workers: from its settings (process_settings)
 RETRY_BASE_SECONDS = 0.25
 
 
@@ -346,12 +346,19 @@ def open_random_access(uri: str):
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 PRIVATE_OUTPUTS_ENV = "UNET_PRIVATE_OUTPUTS"  # "1": outputs readable by their owner only (--private-outputs)
+# Set from a job's own settings in each of its processes (process_settings.StorageSettings.apply);
+# None: the variable above decides (a process no job's settings reached).
+PRIVATE_OUTPUTS: bool | None = None
+
+
+def private_outputs() -> bool:
+    return PRIVATE_OUTPUTS if PRIVATE_OUTPUTS is not None else os.environ.get(PRIVATE_OUTPUTS_ENV) == "1"
 
 
 def output_mode() -> int:
     """The mode of a written local file: as the umask allows (0644 under the usual 022), or 0600
     with --private-outputs. The temporary file is 0600 until it is complete."""
-    return 0o600 if os.environ.get(PRIVATE_OUTPUTS_ENV) == "1" else 0o666 & ~_UMASK
+    return 0o600 if private_outputs() else 0o666 & ~_UMASK
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -14,11 +14,14 @@ from dataclasses import asdict, dataclass
 
 # 2: fragments routed to buckets by DICOM series (planning.bucket_key); 3: NIfTI ids are hashes;
 # 4: the volume table's `kind` and `rule` columns (a set-aside object was known by its "obj-" id, a
-# not_selected row's rule by its message), `format` an enum.
-LAYOUT_VERSION = 4
-# Versions a re-run reuses as they are: 3 has the same partitioning and ids; its rows gain their
-# kind and rule as they are read (records.VolumeRecord.from_stored).
-READABLE_VERSIONS = (3, 4)
+# not_selected row's rule by its message), `format` an enum; 5: nested columns instead of JSON text
+# (the volume table's `selection_facts` a struct; the plan's members, record and facts a list of
+# structs and structs).
+LAYOUT_VERSION = 5
+# Versions a re-run reuses as they are: 3 and 4 have the same partitioning and ids; their rows gain
+# their kind and rule (3) and typed selection facts (3, 4) as they are read
+# (records.VolumeRecord.from_stored), and their parts are rewritten as a run passes them.
+READABLE_VERSIONS = (3, 4, 5)
 TARGET_UNITS = 256  # listing units wanted for parallel listing (fan-out stops at that many)
 MAX_FANOUT_DEPTH = 4
 MAX_PARTITIONS = 1024

@@ -14,7 +14,6 @@ its members) or the model differs from its last ok row; otherwise that row is ca
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -48,8 +47,6 @@ from unet_core.segmentation.records import (
     RowKind,
     Status,
     VolumeRecord,
-    members_from_json,
-    members_json,
 )
 from unet_core.segmentation.scanning import scan_dicomweb, scan_object
 from unet_core.segmentation.selection import SelectionRules
@@ -231,7 +228,7 @@ def fragments_of(rows: list[ObjectRow], buckets: int, partition: int = 0,
         by_volume[r.volume_id].append(r)
     return [Fragment(volume_id=vid, bucket=bucket_of(bucket_key(members[0]), buckets), partition=partition,
                      fingerprint=fingerprint(members),
-                     members="" if all(m.object_uri in reused for m in members) else members_json(members))
+                     members=None if all(m.object_uri in reused for m in members) else tuple(members))
             for vid, members in sorted(by_volume.items())]
 
 
@@ -265,7 +262,7 @@ def _set_aside(row: ObjectRow, s: SegmentSettings, bucket: int) -> PlannedVolume
     rec = set_aside_record(row, s)
     return PlannedVolume(volume_id=rec.volume_id, bucket=bucket, action=Action.SET_ASIDE,
                          fingerprint=rec.fingerprint, format=row.format, source=row.uri, series_uid=row.series_uid,
-                         members="[]", record=json.dumps(rec.to_row()), kind=RowKind.SET_ASIDE)
+                         record=rec, kind=RowKind.SET_ASIDE)
 
 
 def _common_prefix(uris: list[str]) -> str:
@@ -288,14 +285,14 @@ def carries(prev: VolumeRecord | None, fingerprint: str, s: SegmentSettings) -> 
     return prev.status == Status.OK and prev.model_identity == s.model_identity and s.made_as_asked(prev)
 
 
-def _carry(prev: VolumeRecord, bucket: int, facts: str | None = None, text_rules: str = "") -> PlannedVolume:
+def _carry(prev: VolumeRecord, bucket: int, facts: selection.VolumeFacts | None = None,
+           text_rules: str = "") -> PlannedVolume:
     """The last run's row, as it is; with `facts`, those (made now from the members) replace its own."""
     if facts is not None:
         prev = replace(prev, selection_facts=facts, text_rules=text_rules)
     return PlannedVolume(volume_id=prev.volume_id, bucket=bucket, action=Action.CARRY,
                          fingerprint=prev.fingerprint, format=prev.format, source=prev.source,
-                         series_uid=prev.series_uid, members="[]", record=json.dumps(prev.to_row()),
-                         facts=prev.selection_facts or "", kind=prev.kind)
+                         series_uid=prev.series_uid, record=prev, facts=prev.selection_facts, kind=prev.kind)
 
 
 def _plan(members: VolumeMembers, fmt: Format, source: str, previous: dict[str, VolumeRecord], s: SegmentSettings,
@@ -306,8 +303,8 @@ def _plan(members: VolumeMembers, fmt: Format, source: str, previous: dict[str, 
     if carries(prev, fp, s) and prev is not None and prev.kind == RowKind.VOLUME:
         return _carry(prev, bucket, facts, s.rules.text_digest())
     return PlannedVolume(volume_id=members.volume_id, bucket=bucket, action=Action.SEGMENT, fingerprint=fp,
-                         format=fmt, source=source, series_uid=members.series_uid, members=members_json(members.headers),
-                         record="", facts=facts)
+                         format=fmt, source=source, series_uid=members.series_uid, members=tuple(members.headers),
+                         facts=facts)
 
 
 MemberLoader = Callable[[int, str], list[ObjectRow]]  # (partition, volume id) -> its rows there
@@ -331,7 +328,7 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, VolumeRecord
     selecting = s.selecting
     for vid, frags in sorted(by_volume.items()):
         prev = previous.get(vid)
-        unread = all(not f.members for f in frags)
+        unread = all(f.members is None for f in frags)
         fp = combine(f.fingerprint for f in frags) if unread else ""
         stored = choosing.stored_facts(prev, s) if unread and selecting else None
         # Carried unread: an ok row (selection is decided again from its stored facts), or a row
@@ -344,8 +341,8 @@ def merge_bucket(fragments: Iterable[Fragment], previous: dict[str, VolumeRecord
             continue
         members: list[ObjectRow] = []
         for f in frags:
-            if f.members:
-                members += members_from_json(f.members)
+            if f.members is not None:
+                members += f.members
             elif load_members is not None:
                 members += load_members(f.partition, vid)
             else:
@@ -413,4 +410,4 @@ def _volume_error(p: PlannedVolume, g: VolumeMembers, s: SegmentSettings, error_
         volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid, status=Status.ERROR,
         error=message, error_type=error_type, fingerprint=p.fingerprint,
         n_objects=len(g.headers), model=s.model_name, model_identity=s.model_identity)
-    return replace(p, action=Action.SET_ASIDE, members=members_json(g.headers), record=json.dumps(rec.to_row()))
+    return replace(p, action=Action.SET_ASIDE, members=tuple(g.headers), record=rec)

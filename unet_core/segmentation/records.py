@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import io
-import json
 import types
 import typing
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from unet_core.errors import ErrorType
 from unet_core.io.dicom.header import DicomHeader, ObjectKind
-from unet_core.segmentation.selection import Rule, rule_of
+from unet_core.segmentation.selection import Rule, VolumeFacts, rule_of
 
 R = TypeVar("R", bound="Record")
 SET_ASIDE_PREFIX = "obj-"  # the id of an object set aside: "obj-" + a hash of its URI (never read back)
@@ -50,30 +50,96 @@ class Format(enum.StrEnum):
     ZIP = "zip"
 
 
-def _arrow_type(hint: Any):
-    import pyarrow as pa
-
+def _optional_inner(hint: Any) -> Any | None:
+    """X of `X | None` (None: not an optional hint)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _arrow_type(inner)
+        return inner
+    return None
+
+
+def _items_of(hint: Any) -> Any | None:
+    """X of `tuple[X, ...]`, `tuple[X, X]` or `list[X]` (None: not a sequence hint)."""
     if typing.get_origin(hint) in (tuple, list):
-        return pa.list_(pa.float64())
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return args[0] if args else float
+    return None
+
+
+def _arrow_type(hint: Any):
+    """The Arrow type of a field's hint: scalars as themselves, enums as their string value,
+    sequences as lists, a Counter as map<string, int64>, a dataclass as a struct of its fields."""
+    import pyarrow as pa
+
+    if (inner := _optional_inner(hint)) is not None:
+        return _arrow_type(inner)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return pa.string()
+    if (item := _items_of(hint)) is not None:
+        return pa.list_(_arrow_type(item))
+    if hint is Counter or typing.get_origin(hint) is Counter:
+        return pa.map_(pa.string(), pa.int64())
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return pa.struct([pa.field(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(hint)])
     return {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}[hint]
 
 
 def _converter(hint: Any):
-    """How a Parquet / JSON value becomes the field's Python value (None: as it is)."""
+    """How a Parquet / Arrow value (`to_pylist`'s) becomes the field's Python value (None: as it is).
+    A value that already has the field's type is kept."""
+    if (inner := _optional_inner(hint)) is not None:
+        convert = _converter(inner)
+        return None if convert is None else (lambda v: None if v is None else convert(v))
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if args and typing.get_origin(args[0]) is tuple:
-            return lambda v: None if v is None else tuple(map(float, v))
+    if (item := _items_of(hint)) is not None:
+        each = _converter(item)
+        if typing.get_origin(hint) is list:
+            return None if each is None else (lambda v: [each(x) for x in v])
+        return (lambda v: tuple(v)) if each is None else (lambda v: tuple(each(x) for x in v))
+    if hint is Counter or typing.get_origin(hint) is Counter:
+        return lambda v: Counter(dict(v))  # a map reads back as (key, value) pairs
+    if dataclasses.is_dataclass(hint):
+        build = hint.from_row if issubclass(hint, Record) else _builder(hint)
+        return lambda v: v if isinstance(v, hint) else build(v)
     return None
 
 
+def _builder(cls: type):
+    """`from_row` for a dataclass that is not a Record (selection.VolumeFacts): its known fields
+    converted, fields of another version left out."""
+    hints = typing.get_type_hints(cls)
+    converters = {f.name: _converter(hints[f.name]) for f in dataclasses.fields(cls)}
+
+    def build(row: dict):
+        kwargs = {}
+        for name, value in row.items():
+            if name in converters:
+                convert = converters[name]
+                kwargs[name] = value if convert is None or value is None else convert(value)
+        return cls(**kwargs)
+
+    return build
+
+
+def _plain(v: Any) -> Any:
+    """A field's value as Arrow takes it: enums as their value, tuples as lists, dataclasses as
+    dicts of plain values."""
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, Record):
+        return v.to_row()
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    return v
+
+
 class Record:
-    """Mixin: `to_row()` gives plain Python values (enums as their value, tuples as lists);
+    """Mixin: `to_row()` gives plain Python values (enums as their value, tuples as lists, nested
+    records and dataclasses as dicts);
     `from_row()` rebuilds the dataclass and refuses unknown keys; `arrow_schema()` is the one
     Parquet schema of the type. Field facts are worked out once per class."""
 
@@ -89,11 +155,7 @@ class Record:
         return cls._fields  # type: ignore[return-value]
 
     def to_row(self) -> dict:
-        out = {}
-        for name in self._field_converters():
-            v = getattr(self, name)
-            out[name] = v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
-        return out
+        return {name: _plain(getattr(self, name)) for name in self._field_converters()}
 
     @classmethod
     def from_row(cls: type[R], row: dict) -> R:
@@ -123,10 +185,7 @@ class Record:
             hints = typing.get_type_hints(cls)
             fields = []
             for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-                hint = hints[f.name]
-                if isinstance(hint, type) and issubclass(hint, enum.Enum):
-                    hint = str
-                fields.append(pa.field(f.name, _arrow_type(hint)))
+                fields.append(pa.field(f.name, _arrow_type(hints[f.name])))
             cls._schema = pa.schema(fields)
         return cls._schema
 
@@ -148,16 +207,16 @@ class ObjectRow(DicomHeader, Record):
 @dataclass
 class Fragment(Record):
     """The members of one volume (or one set-aside object) found in one listing partition.
-    `members` is the JSON list of their ObjectRow rows, or "" when every one of them was unchanged
-    since the last run (then they are in the partition's series_index part, for the rare volume
-    that needs them); `fingerprint` is their part of the volume's fingerprint; `bucket` routes the
+    `members` are their ObjectRows (an Arrow list of structs), or None when every one of them was
+    unchanged since the last run (then they are in the partition's series_index part, for the rare
+    volume that needs them); `fingerprint` is their part of the volume's fingerprint; `bucket` routes the
     fragment to the merge task that also holds the volume's previous table row. The partition's
     scan counts ride on its first fragment (zeros on the others): every listed object forms at
     least one row, so a partition that listed anything has a first fragment."""
 
     volume_id: str
     bucket: int
-    members: str
+    members: tuple[ObjectRow, ...] | None
     partition: int = 0
     fingerprint: str = ""
     listed: int = 0  # stored objects listed in the partition
@@ -174,9 +233,9 @@ class PlannedVolume(Record):
     format: Format
     source: str
     series_uid: str
-    members: str  # JSON list of ObjectRow rows, in volume order (SEGMENT, and a volume's error found at planning)
-    record: str  # JSON of the VolumeRecord (CARRY, SET_ASIDE); "" for SEGMENT
-    facts: str = ""  # JSON of the volume's selection.VolumeFacts ("" for objects set aside)
+    members: tuple[ObjectRow, ...] = ()  # in volume order (SEGMENT, and a volume's error found at planning)
+    record: VolumeRecord | None = None  # its table row (CARRY, SET_ASIDE); None for SEGMENT
+    facts: VolumeFacts | None = None  # what the selection rules decide on (None for objects set aside)
     kind: RowKind = RowKind.VOLUME
 
 
@@ -220,7 +279,7 @@ class VolumeRecord(Record):
     metadata: str = "{}"
     finished: str = ""
     keep_phi: bool = False  # made with --keep-phi: its metadata may hold patient name, ID and birth date
-    selection_facts: str = ""  # JSON of selection.VolumeFacts: what the selection rules are decided on
+    selection_facts: VolumeFacts | None = None  # what the selection rules are decided on (a struct column)
     text_rules: str = ""  # digest of the free-text patterns its facts' matches were made with
     sent: str = ""  # --send / unet send: when its SEG was stored at `sent_to` (UTC, ISO 8601)
     sent_to: str = ""  # the DICOMweb service it was stored at (never holds credentials)
@@ -235,9 +294,13 @@ class VolumeRecord(Record):
     def from_stored(cls, row: dict) -> VolumeRecord:
         """A row of a stored table or record, of this layout version or an earlier one: columns
         it does not know are left out, missing ones take their defaults; a layout-3 row (no `kind`
-        column) gets its kind from its id and its rule from its message."""
+        column) gets its kind from its id and its rule from its message; a row of layout 3 or 4 has
+        its selection facts as JSON text."""
         fields = cls._field_converters()
         known = {k: v for k, v in row.items() if k in fields}
+        facts = known.get("selection_facts")
+        if isinstance(facts, str):
+            known["selection_facts"] = VolumeFacts.from_json(facts) if facts else None
         if "kind" not in row:
             vid = str(row.get("volume_id") or "")
             known["kind"] = RowKind.SET_ASIDE if vid.startswith(SET_ASIDE_PREFIX) else RowKind.VOLUME
@@ -269,14 +332,6 @@ def rows_from_bytes(data: bytes) -> list[dict]:
     return pq.ParquetFile(pa.BufferReader(data)).read().to_pylist()
 
 
-def members_json(rows: list[ObjectRow]) -> str:
-    return json.dumps([r.to_row() for r in rows], separators=(",", ":"))
-
-
-def members_from_json(text: str) -> list[ObjectRow]:
-    return [ObjectRow.from_row(r) for r in json.loads(text)]
-
-
 __all__ = ["Action", "ErrorType", "Format", "Fragment", "ObjectKind", "ObjectRow",
-           "PlannedVolume", "Record", "RowKind", "Rule", "SET_ASIDE_PREFIX", "Status", "VolumeRecord", "members_from_json", "members_json",
+           "PlannedVolume", "Record", "RowKind", "Rule", "SET_ASIDE_PREFIX", "Status", "VolumeRecord",
            "rows_from_bytes", "table_bytes"]

@@ -174,11 +174,11 @@ class SegmentRun:
         planned = Planned(s, layout)
         counts: dict[int, TableCounts] = {}
         todo: dict[int, int] = {}
-        found: dict[int, dict] = {}
+        found: dict[int, choosing.Contenders] = {}
         for b in self.executor.plan_buckets(work, s, roots):  # one per bucket: bounded by the layout
             self._add(planned, b)
-            counts[b.bucket], todo[b.bucket] = TableCounts.from_json(b.counts), b.todo
-            found[b.bucket] = b.contenders_dict()
+            counts[b.bucket], todo[b.bucket] = b.counts, b.todo
+            found[b.bucket] = b.contenders
         if not planned.listed:
             raise InputError(f"no objects under {', '.join(s.inputs)}")
         for bucket, demotion in choosing.decide(s, found).items():

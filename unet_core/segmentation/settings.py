@@ -7,9 +7,11 @@ import functools
 import json
 from dataclasses import dataclass, field
 
+from unet_core.bundle import BundleInfo
 from unet_core.config import Limits
 from unet_core.errors import ConfigError
 from unet_core.io.lease import Fence
+from unet_core.io.process_settings import StorageSettings
 from unet_core.segmentation.records import VolumeRecord
 from unet_core.segmentation.selection import SelectionRules
 from unet_core.segmentation.store import OutputStore
@@ -18,7 +20,7 @@ from unet_core.segmentation.store import OutputStore
 @dataclass(frozen=True)
 class SegmentSettings:
     output: str  # output prefix (local or s3://), without a trailing "/"
-    bundle_info: str  # the bundle's bundle.json text: preprocessing, labels, threshold
+    bundle_info: BundleInfo  # the bundle's bundle.json: preprocessing, labels, segment codes
     model_name: str
     model_identity: str
     threshold: float
@@ -49,6 +51,9 @@ class SegmentSettings:
     send_seg: str = ""  # --send (--send-seg): a DICOMweb service each SEG and RTSTRUCT is stored at (STOW-RS) once written
     run_id: str = ""  # this run's, in its completion records: a record of this run is a retried task's
     lease_token: str = ""  # the run's lease (io/lease.py): checked before each delete, part rewrite and send
+    # Retries and file mode of every storage and DICOMweb call of the run, in each of its processes
+    # (applied by a worker before its stage): the driver's, by default (its flags and environment).
+    storage: StorageSettings = field(default_factory=StorageSettings.of_process)
 
     @property
     def fence(self) -> Fence | None:

@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-from unet_core.bundle import BundleInfo
 from unet_core.errors import ErrorType, InputError, ItemFailure
 from unet_core.inference import PostProcess, finish_volume, prepare_volume, qc_montage_png, volume_stats
 from unet_core.io import storage
@@ -28,7 +27,7 @@ from unet_core.io.mask_codec import slices_table_bytes
 from unet_core.io.nifti import mask_to_nifti_bytes, read_nifti
 from unet_core.io.volumes import read_object, read_objects
 from unet_core.segmentation.delivery import send_record
-from unet_core.segmentation.records import Format, PlannedVolume, Status, VolumeRecord, members_from_json
+from unet_core.segmentation.records import Format, PlannedVolume, Status, VolumeRecord
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.store import OutputStore, VolumeOutput
 from unet_core.volume import Volume
@@ -74,13 +73,13 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
     t = time.perf_counter()
     sources = None
     try:
-        info = BundleInfo.from_json(s.bundle_info)
+        info = s.bundle_info
         if planned.format == Format.NIFTI:
             volume = read_nifti(read_object(planned.source, s.limits), planned.source, s.limits,
                                 volume_id=planned.volume_id)
             volume.modality = volume.modality or s.assume_modality
         else:
-            group = VolumeMembers(planned.volume_id, planned.series_uid, members_from_json(planned.members))
+            group = VolumeMembers(planned.volume_id, planned.series_uid, list(planned.members))
             volume, sources = read_series_with_sources(group, read_objects(group.uris, s.limits), s.limits,
                                                        s.keep_phi, keep_sources=s.keep_sources)
         # The model's modality check applies wherever the modality is known (not to a NIfTI
@@ -96,7 +95,7 @@ def decode_volume(planned: PlannedVolume, s: SegmentSettings) -> Decoded:
 def _record(planned: PlannedVolume, s: SegmentSettings, **kw) -> VolumeRecord:
     return VolumeRecord(volume_id=planned.volume_id, source=planned.source, format=planned.format,
                         series_uid=planned.series_uid, fingerprint=planned.fingerprint,
-                        n_objects=len(json.loads(planned.members)), model=s.model_name,
+                        n_objects=len(planned.members), model=s.model_name,
                         model_identity=s.model_identity, model_registry=s.model_registry,
                         model_version=s.model_version, model_run_id=s.model_run_id,
                         keep_phi=s.keep_phi, selection_facts=planned.facts,
@@ -107,8 +106,7 @@ def _study_uid(planned: PlannedVolume) -> str:
     """The volume's study, as its members' headers say (NIfTI and set-aside: "")."""
     if planned.format == Format.NIFTI or not planned.members:
         return ""
-    members = members_from_json(planned.members)
-    return members[0].study_uid if members else ""
+    return planned.members[0].study_uid
 
 
 def segment_volume(planned: PlannedVolume, s: SegmentSettings, predict: Predict) -> tuple[VolumeRecord, Outcome]:
@@ -145,7 +143,7 @@ def finish_and_write(rec: VolumeRecord, volume: Volume | None, prob: np.ndarray 
     if rec.status == Status.OK and volume is not None:
         try:
             labels = finish_volume(np.asarray(prob), volume, s.threshold, PostProcess(s.largest_component, s.fill_holes),
-                                   preprocess=BundleInfo.from_json(s.bundle_info).preprocess, tta=s.tta)
+                                   preprocess=s.bundle_info.preprocess, tta=s.tta)
             stats = volume_stats(labels, volume)
             mask_uri = store.output_uri(VolumeOutput.MASK, vid)
             storage.write_bytes(mask_uri, mask_to_nifti_bytes(labels, volume))
@@ -189,7 +187,7 @@ def write_seg(labels: np.ndarray, sources: SourceFrames | None, rec: VolumeRecor
     if sources is None:
         return "", ("NIfTI input has no DICOM source images to reference" if rec.format == Format.NIFTI
                     else "no source images were kept")
-    info = BundleInfo.from_json(s.bundle_info)
+    info = s.bundle_info
     repaired: set[str] = set()
     try:
         seg = build_seg(labels, sources, info.label_names, info.segment_codes,
@@ -216,7 +214,7 @@ def write_rtstruct(labels: np.ndarray, sources: SourceFrames | None, rec: Volume
 
     if sources is None and rec.format != Format.NIFTI:
         return "", "no source images were kept"
-    info = BundleInfo.from_json(s.bundle_info)
+    info = s.bundle_info
     try:
         rt = build_rtstruct(labels, sources, info.label_names, info.segment_codes,
                             SegIdentity(s.model_name, s.model_identity, software_version()), rec.volume_id,

@@ -151,7 +151,8 @@ class OutputStore:
 
     def outdated(self, bucket: int) -> bool:
         """Whether a volume-table part was written by an earlier layout version (it lacks a column
-        of this one): rewritten when a run passes it, even unchanged."""
+        of this one, or holds one as another type: JSON text where this one has a struct): rewritten
+        when a run passes it, even unchanged."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -159,8 +160,12 @@ class OutputStore:
             data = storage.read_bytes(self.volume_part_uri(bucket))
         except NotFoundError:
             return False
-        names = set(pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names)
-        return not set(VolumeRecord.arrow_schema().names) <= names
+        stored = pq.ParquetFile(pa.BufferReader(data)).schema_arrow
+        for f in VolumeRecord.arrow_schema():
+            i = stored.get_field_index(f.name)
+            if i < 0 or not stored.field(i).type.equals(f.type):
+                return True
+        return False
 
     def delete_volumes(self, bucket: int) -> None:
         self.check_lease()

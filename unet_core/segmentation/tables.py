@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import enum
 import io
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -31,9 +30,10 @@ MAX_FAILURES_SHOWN = 20
 
 
 @dataclass
-class TableCounts:
+class TableCounts(Record):
     """The counts of volume-table rows: the one aggregation that the job's summary, `unet status`,
-    the report and --plan-only count rows by (`add_row`); parts add up (`add`)."""
+    the report and --plan-only count rows by (`add_row`); parts add up (`add`). Between processes it
+    is a row of its own Arrow schema (Counters as maps)."""
 
     by_status: Counter = field(default_factory=Counter)
     by_error_type: Counter = field(default_factory=Counter)
@@ -57,21 +57,12 @@ class TableCounts:
         self.parts_written += other.parts_written
         self.not_selected.update(other.not_selected)
 
-    def to_json(self) -> str:
-        return json.dumps({"by_status": self.by_status, "by_error_type": self.by_error_type,
-                           "failures": self.failures, "parts_written": self.parts_written,
-                           "not_selected": self.not_selected})
-
-    @classmethod
-    def from_json(cls, text: str) -> "TableCounts":
-        d = json.loads(text)
-        return cls(Counter(d["by_status"]), Counter(d["by_error_type"]), [tuple(x) for x in d["failures"]],
-                   d["parts_written"], Counter(d.get("not_selected", {})))
-
 
 def _row_of(p: PlannedVolume, s: SegmentSettings) -> VolumeRecord:
     if p.action != Action.SEGMENT:
-        return VolumeRecord.from_stored(json.loads(p.record))
+        if p.record is None:
+            raise ValueError(f"{p.volume_id}: a planned {p.action.value} row without its record")
+        return p.record
     rec = OutputStore(s.output).read_record(p.volume_id, p.fingerprint)
     if rec is None:
         rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid,
@@ -92,7 +83,7 @@ def count_rows(rows: list[VolumeRecord]) -> TableCounts:
 def _identity(row: VolumeRecord) -> tuple:
     """What makes a table row another one: a part whose rows all keep it is not rewritten (a
     layout-3 part, which lacks the kind and rule columns, always is)."""
-    return (row.volume_id, row.fingerprint, row.status, row.error, row.selection_facts or "", row.kind, row.rule)
+    return (row.volume_id, row.fingerprint, row.status, row.error, row.selection_facts, row.kind, row.rule)
 
 
 def _table_order(r: VolumeRecord) -> tuple:
@@ -127,20 +118,17 @@ def settle_bucket(bucket: int, planned: list[PlannedVolume], s: SegmentSettings)
 
 
 @dataclass
-class BucketSummary:
+class BucketSummary(Record):
     """What planning one volume bucket tells the driver: volumes to segment, the counts of the
     rows already settled, and the scan counts of the partitions whose first fragments it holds."""
 
     bucket: int
     todo: int
-    counts: str  # TableCounts JSON
+    counts: TableCounts
     listed: int = 0
     reused: int = 0
     scanned: int = 0
-    contenders: str = "{}"  # choosing.contenders JSON: what one_per_study and --limit decide on
-
-    def contenders_dict(self) -> dict:
-        return json.loads(self.contenders)
+    contenders: choosing.Contenders = field(default_factory=choosing.Contenders)  # for one_per_study and --limit
 
 
 def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> BucketSummary:
@@ -148,11 +136,10 @@ def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> B
 
     previous = {r.volume_id: r for r in OutputStore(s.output).read_volumes(bucket)}
     planned = planning.merge_bucket(fragments, previous, s, IndexParts(s.output))
-    found = choosing.contenders(planned, s) if s.selecting else {}
+    found = choosing.contenders(planned, s) if s.selecting else choosing.Contenders()
     counts, todo = settle_bucket(bucket, planned, s)
-    return BucketSummary(bucket, todo, counts.to_json(), *(sum(getattr(f, k) for f in fragments)
-                                                           for k in ("listed", "reused", "scanned")),
-                         contenders=json.dumps(found))
+    return BucketSummary(bucket, todo, counts, *(sum(getattr(f, k) for f in fragments)
+                                                 for k in ("listed", "reused", "scanned")), contenders=found)
 
 
 def demote_bucket(bucket: int, d: choosing.Demotion, s: SegmentSettings) -> tuple[TableCounts, int]:
@@ -257,8 +244,7 @@ class PlanTotals:
             self.rows.add_row(rec)
 
 
-def _plan_row(rec: VolumeRecord, plan: Plan, facts: str) -> PlanRow:
-    f = selection.VolumeFacts.from_json(facts) if facts else None
+def _plan_row(rec: VolumeRecord, plan: Plan, f: selection.VolumeFacts | None) -> PlanRow:
     return PlanRow(volume_id=rec.volume_id, source=rec.source, study_uid=f.study_uid if f else "", format=rec.format,
                    plan=plan, reason=rec.error if plan not in (Plan.SEGMENT, Plan.DONE) else "",
                    n_slices=f.n_slices if f else 0, estimated_bytes=f.decoded_bytes if f else 0, rule=rec.rule)
@@ -280,11 +266,11 @@ def plan_rows(out: str, bucket: int, pending: bool) -> list[tuple[PlanRow, Volum
                 rec = VolumeRecord(volume_id=p.volume_id, source=p.source, format=p.format, series_uid=p.series_uid,
                                    status=Status.OK)
                 rows.append((_plan_row(rec, Plan.SEGMENT, p.facts), None))
-            elif p.kind == RowKind.VOLUME:
-                rec = VolumeRecord.from_stored(json.loads(p.record))
+            elif p.kind == RowKind.VOLUME and p.record is not None:
+                rec = p.record
                 rows.append((_plan_row(rec, _plan_of(rec), p.facts), rec))
     else:
-        rows = [(_plan_row(r, _plan_of(r), r.selection_facts or ""), r) for r in store.read_volumes(bucket)
+        rows = [(_plan_row(r, _plan_of(r), r.selection_facts), r) for r in store.read_volumes(bucket)
                 if r.kind == RowKind.VOLUME]
     return rows
 

@@ -103,17 +103,29 @@ def test_the_run_wide_choices_leave_volumes_out_with_their_rule(studies, tmp_pat
     assert {r.rule for r in _rows(tmp_path / "limited") if r.not_selected} == {Rule.LIMIT}
 
 
-def _as_layout_3(out) -> None:
-    """Rewrite an output as the previous layout wrote it: layout.json version 3, and volume-table
-    parts without the `kind` and `rule` columns (a set-aside object known by its "obj-" id, a
-    not_selected row's rule only in its message)."""
+def _json_facts(table: pa.Table) -> pa.Table:
+    """The `selection_facts` struct column as layouts 3 and 4 wrote it: JSON text ("" for none)."""
+    rows = table.to_pylist()
+    for r in rows:
+        f = r["selection_facts"]
+        r["selection_facts"] = "" if f is None else json.dumps(f, separators=(",", ":"))
+    i = table.schema.get_field_index("selection_facts")
+    return pa.Table.from_pylist(rows, schema=table.schema.set(i, pa.field("selection_facts", pa.string())))
+
+
+def _as_layout(out, version: int) -> None:
+    """Rewrite an output as an earlier layout wrote it: layout.json's version, the volume-table parts
+    and completion records with their selection facts as JSON text (4, 3), and without the `kind`
+    and `rule` columns (3: a set-aside object known by its "obj-" id, a not_selected row's rule only
+    in its message)."""
     layout = Layout.from_json((out / "layout.json").read_text())
-    (out / "layout.json").write_text(json.dumps({**json.loads(layout.to_json()), "version": 3}))
-    for part in (out / "volumes").glob("*.parquet"):
-        table = pq.read_table(part)
-        old = table.drop_columns(["kind", "rule"])
+    (out / "layout.json").write_text(json.dumps({**json.loads(layout.to_json()), "version": version}))
+    for part in [*(out / "volumes").glob("*.parquet"), *(out / "records").glob("*/*.parquet")]:
+        table = _json_facts(pq.read_table(part))
+        if version == 3:
+            table = table.drop_columns(["kind", "rule"])
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(old.to_pylist()), buf)
+        pq.write_table(table, buf)
         part.write_bytes(buf.getvalue())
 
 
@@ -122,7 +134,7 @@ def test_an_output_of_layout_3_is_read_and_rerun(studies, tmp_path, capsys):
     made = serial_run([str(root)], str(out), rules={"one_per_study": "most_slices"})
     before = _rows(out)
     agg_before = aggregate_volume_table(str(out))
-    _as_layout_3(out)
+    _as_layout(out, 3)
     assert all("kind" not in pq.read_schema(p).names for p in (out / "volumes").glob("*.parquet"))
 
     assert _rows(out) == before  # kind and rule recovered from the id and the message
@@ -139,6 +151,46 @@ def test_an_output_of_layout_3_is_read_and_rerun(studies, tmp_path, capsys):
     assert OutputStore(str(out)).read_layout().version == LAYOUT_VERSION
     assert all("kind" in pq.read_schema(p).names for p in (out / "volumes").glob("*.parquet"))  # brought up
     assert _rows(out) == before
+
+
+_USER_COLUMNS = ["volume_id", "status", "error", "error_type", "source", "mask_uri", "slices_uri", "kind", "rule"]
+
+
+def _as_users_read_it(out) -> "pd.DataFrame":  # noqa: F821 - pandas, imported by pyarrow's to_pandas
+    """The volume table as an analyst opens it: the folder as one dataset, in pandas."""
+    import pyarrow.dataset as ds
+
+    frame = ds.dataset(str(out / "volumes"), format="parquet").to_table().to_pandas()
+    return frame.sort_values("volume_id").reset_index(drop=True)
+
+
+def test_an_output_of_layout_4_is_read_and_rerun_and_its_user_columns_stay(studies, tmp_path, capsys):
+    root, out = _archive(studies, tmp_path), tmp_path / "out"
+    made = serial_run([str(root)], str(out), rules={"one_per_study": "most_slices"})
+    before = _rows(out)
+    assert any(r.selection_facts is not None for r in before)
+    _as_layout(out, 4)
+    assert all(pq.read_schema(p).field("selection_facts").type == pa.string()
+               for p in (out / "volumes").glob("*.parquet"))
+    old = _as_users_read_it(out)
+
+    assert _rows(out) == before  # the facts' JSON text read into VolumeFacts
+    assert aggregate_volume_table(str(out)).not_selected == {"one_per_study": made.summary.volumes_not_selected}
+    assert status.main([str(out)]) == Exit.SOME_FAILED  # notes.txt is no DICOM
+    assert f"not selected, by rule: one_per_study {made.summary.volumes_not_selected}" in capsys.readouterr().out
+
+    rerun = serial_run([str(root)], str(out), rules={"one_per_study": "most_slices"})
+    assert rerun.done.segmented == 0 and rerun.planned.scanned == 0  # the layout was reused, nothing redone
+    assert OutputStore(str(out)).read_layout().version == LAYOUT_VERSION == 5
+    for p in (out / "volumes").glob("*.parquet"):  # every part passed was brought up: facts a struct now
+        assert pa.types.is_struct(pq.read_schema(p).field("selection_facts").type)
+    assert _rows(out) == before
+    # what a user reads of the table (ids, statuses, reasons, URIs) is the same, column for column
+    new = _as_users_read_it(out)
+    assert new[_USER_COLUMNS].equals(old[_USER_COLUMNS])
+    assert all(new[c].map(type).eq(str).all() for c in _USER_COLUMNS)
+    facts = new[new.kind == "volume"].selection_facts
+    assert all(isinstance(f, dict) and f["n_slices"] > 0 for f in facts)  # a nested column, not text
 
 
 def test_a_volume_whose_prediction_fails_is_an_error_row_and_redone_next_run(studies, tmp_path):

@@ -1,9 +1,11 @@
-"""`unet segment` choosing what to segment, run in-process on the session's Ray with the analytic
-bundle: rules from the bundle and from --select, --plan-only, a re-run with other rules, --limit,
-and what `unet status` says."""
+"""`unet segment` choosing what to segment: rules from the bundle and from --select, a re-run with
+other rules, --limit and --sample, asked of the run on the serial executor in this process (the
+choices are the run's, whatever executes it); --plan-only and what `unet status` says through the
+job on the session's Ray with the analytic bundle (no model started for a plan)."""
 from __future__ import annotations
 
-import json
+import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,9 +14,10 @@ import yaml
 
 from jobs import segment, status
 from jobs.exits import Exit
-from unet_core.io import storage
+from jobs.segment_args import selection_rules
+from tests.support.segment_run import BUNDLE_INFO, serial_plan, serial_run
 from unet_core.segmentation.summary import RunSummary
-from unet_core.segmentation.tables import read_volume_table
+from unet_core.segmentation.tables import read_volume_table, write_plan_table
 from unet_core.synthetic_studies import write_studies
 
 CHEST = {"modality": ["CT"], "image_type_includes": ["ORIGINAL"], "image_type_excludes": ["LOCALIZER", "DERIVED"],
@@ -49,27 +52,31 @@ def _select_file(tmp_path: Path, rules: dict) -> str:
     return str(path)
 
 
-def test_rules_from_select_then_a_rerun_with_other_rules_redoes_only_the_differences(
-        archive, tmp_path, ray_local, phantom_bundle):
+def _rules(tmp_path: Path, select: dict | None, bundle_rules: dict | None = None) -> dict:
+    """The run's rules as the job makes them: the bundle's input_rules, --select's file over them."""
+    args = argparse.Namespace(select=_select_file(tmp_path, select) if select is not None else None)
+    return selection_rules(args, replace(BUNDLE_INFO, input_rules=bundle_rules or {})).to_dict()
+
+
+def test_rules_from_select_then_a_rerun_with_other_rules_redoes_only_the_differences(archive, tmp_path):
     root, roles = archive
     out = str(tmp_path / "out")
-    assert _run("--input", root, "--model", phantom_bundle, "--output", out,
-                "--select", _select_file(tmp_path, {"orientation": "axial", "slice_thickness_mm": [0, 3]})) == Exit.OK
+    first_run = serial_run([root], out, rules=_rules(tmp_path, {"orientation": "axial", "slice_thickness_mm": [0, 3]}))
     first = _roles(out, roles)
     assert {k: sorted(s for s, _, _ in v) for k, v in first.items()} == {
         "thin": ["ok", "ok"], "lung": ["ok", "ok"], "thick": ["skipped", "skipped"], "coronal": ["skipped", "skipped"],
         "mip": ["skipped", "skipped"]}
     assert all("slice_thickness 5 mm not in [0, 3]" in e for _, _, e in first["thick"])
     assert all("orientation coronal" in e for _, _, e in first["coronal"])
-    summary = RunSummary.read(out)
+    summary = first_run.summary
     assert summary.volumes_not_selected == 6 and summary.not_selected_by_rule == {"slice_thickness": 4,
                                                                                   "orientation": 2}
+    assert RunSummary.read(out) == summary
     masks_before = {p.name: p.stat().st_mtime_ns for p in Path(out, "masks").iterdir()}
 
     # other rules: the coronal reformats (3 mm) now count; the lung kernel no longer does
-    assert _run("--input", root, "--model", phantom_bundle, "--output", out, "--select",
-                _select_file(tmp_path, {"slice_thickness_mm": [0, 3], "convolution_kernel": "^B3"})) == Exit.OK
-    again = RunSummary.read(out)
+    other = _rules(tmp_path, {"slice_thickness_mm": [0, 3], "convolution_kernel": "^B3"})
+    again = serial_run([root], out, rules=other).summary
     assert again.segmented_now == 2 and again.headers_read > 0  # a new free-text pattern: headers read again
     second = _roles(out, roles)
     assert [s for s, _, _ in second["coronal"]] == ["ok", "ok"]
@@ -79,31 +86,26 @@ def test_rules_from_select_then_a_rerun_with_other_rules_redoes_only_the_differe
     assert all(kept[n] == masks_before[n] for n in kept), (kept, masks_before)  # the thin series were not redone
 
     # the same rules again: nothing is read or redone
-    assert _run("--input", root, "--model", phantom_bundle, "--output", out, "--select",
-                _select_file(tmp_path, {"slice_thickness_mm": [0, 3], "convolution_kernel": "^B3"})) == Exit.OK
-    third = RunSummary.read(out)
+    third = serial_run([root], out, rules=other).summary
     assert third.segmented_now == 0 and third.headers_read == 0
 
 
-def test_bundle_rules_apply_and_select_overrides_them_key_by_key(archive, tmp_path, ray_local, phantom_bundle):
+def test_bundle_rules_apply_and_select_overrides_them_key_by_key(archive, tmp_path):
     root, roles = archive
-    bundle = str(tmp_path / "bundle")
-    for e in storage.list_files(phantom_bundle):
-        storage.write_bytes(bundle + e.uri[len(phantom_bundle):], storage.read_bytes(e.uri))
-    info = json.loads(storage.read_bytes(f"{bundle}/bundle.json"))
-    info["input_rules"] = CHEST
-    storage.write_bytes(f"{bundle}/bundle.json", json.dumps(info).encode())
     out = str(tmp_path / "out")
-    assert _run("--input", root, "--model", bundle, "--output", out, "--plan-only") == Exit.OK
-    plan = pq.read_table(f"{out}/plan.parquet").to_pylist()
-    to_segment = [r for r in plan if r["plan"] == "segment"]
+
+    def plan(rules: dict) -> list[dict]:
+        _, planned = serial_plan([root], out, rules=rules)
+        write_plan_table(out, planned.layout.buckets, set(planned.pending_buckets))  # --plan-only's table
+        return pq.read_table(f"{out}/plan.parquet").to_pylist()
+
+    plan_rows = plan(_rules(tmp_path, None, CHEST))
+    to_segment = [r for r in plan_rows if r["plan"] == "segment"]
     assert sorted(roles[v] for v in _series_of(out, to_segment)) == ["thin", "thin"]
     # --select replaces the bundle's orientation and one_per_study, keeps the rest
-    assert _run("--input", root, "--model", bundle, "--output", out, "--plan-only", "--select",
-                _select_file(tmp_path, {"orientation": "any", "image_type_includes": [], "image_type_excludes": [],
-                                        "one_per_study": "all"})) == 0
-    plan = pq.read_table(f"{out}/plan.parquet").to_pylist()
-    chosen = sorted(roles[v] for v in _series_of(out, [r for r in plan if r["plan"] == "segment"]))
+    plan_rows = plan(_rules(tmp_path, {"orientation": "any", "image_type_includes": [], "image_type_excludes": [],
+                                       "one_per_study": "all"}, CHEST))
+    chosen = sorted(roles[v] for v in _series_of(out, [r for r in plan_rows if r["plan"] == "segment"]))
     assert chosen == ["coronal", "coronal", "thin", "thin"]  # the lung kernel and 5 / 10 mm still out
 
 
@@ -153,16 +155,18 @@ def test_plan_only_loads_no_model_writes_no_mask_and_a_run_then_carries_it_out(
     assert "2 ok, 0 failed, 8 not selected" in said and "not selected, by rule:" in said
 
 
-def test_limit_and_sample_are_the_same_volumes_on_every_run(archive, tmp_path, ray_local, phantom_bundle):
+def test_limit_and_sample_are_the_same_volumes_on_every_run(archive, tmp_path):
     root, _ = archive
     picks = []
     for run in range(2):
         out = str(tmp_path / f"out{run}")
-        assert _run("--input", root, "--model", phantom_bundle, "--output", out, "--limit", "3", "--seed", "5") == 0
+        serial_run([root], out, limit=3, seed=5)
         rows = read_volume_table(out)
         picks.append(sorted(r["volume_id"] for r in rows if r["status"] == "ok"))
         assert sum("beyond the --limit 3 (seed 5)" in r["error"] for r in rows) == 10 - 3
     assert len(picks[0]) == 3 and picks[0] == picks[1]
     # the rest of the archive is segmented by a run without the limit; the three are not redone
-    assert _run("--input", root, "--model", phantom_bundle, "--output", str(tmp_path / "out0")) == Exit.OK
-    assert RunSummary.read(str(tmp_path / "out0")).segmented_now == 7
+    assert serial_run([root], str(tmp_path / "out0")).summary.segmented_now == 7
+    sampled = [sorted(r["volume_id"] for r in read_volume_table(str(tmp_path / f"s{run}")) if r["status"] == "ok")
+               for run in range(2) if serial_run([root], str(tmp_path / f"s{run}"), sample=0.5, seed=5)]
+    assert sampled[0] == sampled[1] and 0 < len(sampled[0]) < 10

@@ -10,6 +10,7 @@ import numpy as np
 
 from unet_core.bundle import BundleInfo
 from unet_core.config import PreprocessConfig
+from unet_core.io import storage
 from unet_core.segmentation.delivery import SendCounts
 from unet_core.segmentation.executor import SerialExecutor
 from unet_core.segmentation.run import Planned, Pool, Segmented, SegmentRun, open_output, summarise
@@ -48,9 +49,11 @@ class RunResult:
 
 def serial_plan(inputs: list[str], out: str, overwrite: bool = False, predict=bright,
                 **kw) -> tuple[SegmentRun, Planned]:
-    """Open the output and plan, as `unet segment` (and --plan-only) does, in this process."""
+    """Open the output and plan, as `unet segment` (and --plan-only) does, in this process (local
+    paths made absolute first, as the job makes them)."""
+    out = storage.absolute(out)
     store = OutputStore(out)
-    ins = tuple(inputs)
+    ins = tuple(storage.absolute(i) for i in inputs)
     opened = open_output(store, ins, overwrite)
     run = SegmentRun(store, SerialExecutor(predict))
     units, layout = run.layout(ins, opened.layout, kw.get("follow_symlinks", False))

@@ -13,6 +13,7 @@ import pytest
 
 from jobs import evaluate, segment
 from jobs.predictors import no_predictor_left
+from tests.support.segment_run import serial_run
 from unet_core.io import read_volume, storage
 from unet_core.io.mask_codec import decode_mask
 from unet_core.segmentation.tables import read_series_index, read_volume_table
@@ -98,7 +99,7 @@ def test_no_patient_identifiers_in_outputs(first_run):
             assert b"DOE^JANE" not in data and b"MRN12345" not in data, entry.uri
 
 
-def test_rerun_skips_and_overwrite_redoes(archive, first_run, phantom_bundle):
+def test_a_rerun_on_ray_skips_what_is_done_and_leaves_no_predictor(archive, first_run, phantom_bundle):
     root, _, n_good = archive
     out, _ = first_run
     before = {r["volume_id"]: r["finished"] for r in _table(out) if r["status"] == "ok"}
@@ -115,26 +116,32 @@ def test_rerun_skips_and_overwrite_redoes(archive, first_run, phantom_bundle):
     rows = _table(out)
     assert len({r["volume_id"] for r in rows}) == len(rows)  # nothing duplicated
     assert {r["volume_id"]: r["finished"] for r in rows if r["status"] == "ok"} == before
-    assert segment.main(["--input", root, "--model", phantom_bundle, "--output", out, "--overwrite"]) == segment.EXIT_SOME_FAILED
-    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
-    assert summary["segmented_now"] == n_good + len(failed_volumes)
+    # --overwrite redoing everything is the run's own decision: asked on the serial executor
+    # (test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks, tests/test_segment_safety.py)
 
 
-def test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks(archive, first_run, phantom_bundle):
+@pytest.fixture(scope="module")
+def local_archive(tmp_path_factory):
+    """The demo archive in a local folder: (archive root, good volume count)."""
+    root = tmp_path_factory.mktemp("demo")
+    demo = write_demo_archive(str(root / "archive"), str(root / "truth"))
+    return demo.root, demo.good_volumes
+
+
+def test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks(local_archive, tmp_path):
     """A re-run with --dicom-seg redoes the volumes that have no SEG yet; each SEG, read back with
     highdicom, puts the same labels on the source grid as the NIfTI mask; NIfTI inputs say why they
-    have none; a further re-run carries everything over; only the SEGs hold patient identity."""
+    have none; a further re-run carries everything over; only the SEGs hold patient identity. The
+    run's bookkeeping on the serial executor (the Ray executor runs the same stages: above)."""
     import pydicom
 
     from support.seg_check import iod_problems, labels_on_grid, read_seg
 
-    root, _, n_good = archive
-    out, _ = first_run
-    args = ["--input", root, "--model", phantom_bundle, "--output", out, "--dicom-seg"]
-    assert segment.main(args) == segment.EXIT_SOME_FAILED
-    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    root, n_good = local_archive
+    out = str(tmp_path / "out")
+    serial_run([root], out, qc=True)
     n_failed = len([r for r in _table(out) if r["status"] == "error" and not r["volume_id"].startswith("obj-")])
-    assert summary["segmented_now"] == n_good + n_failed
+    assert serial_run([root], out, dicom_seg=True).summary.segmented_now == n_good + n_failed
     ok = [r for r in _table(out) if r["status"] == "ok"]
     dicom = [r for r in ok if r["format"] == "dicom"]
     assert len(dicom) >= 3 and len(ok) == n_good
@@ -155,13 +162,10 @@ def test_dicom_seg_added_by_a_rerun_matches_the_nifti_masks(archive, first_run, 
         if entry.uri.endswith((".parquet", ".json")):
             assert b"DOE^JANE" not in storage.read_bytes(entry.uri), entry.uri
 
-    assert segment.main(args) == segment.EXIT_SOME_FAILED
-    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
-    assert summary["segmented_now"] == n_failed  # SEGs present: carried over
+    assert serial_run([root], out, dicom_seg=True).summary.segmented_now == n_failed  # SEGs present: carried over
 
     uid = pydicom.dcmread(io.BytesIO(storage.read_bytes(dicom[0]["seg_uri"]))).SOPInstanceUID
-    assert segment.main(args + ["--overwrite"]) == segment.EXIT_SOME_FAILED
-    assert json.loads(storage.read_bytes(f"{out}/summary.json"))["segmented_now"] == n_good + n_failed
+    assert serial_run([root], out, overwrite=True, dicom_seg=True).summary.segmented_now == n_good + n_failed
     assert sorted(e.uri for e in storage.list_files(f"{out}/seg")) == sorted(segs)  # replaced, not added
     # the same volume and model give the same SEG UIDs: a PACS replaces the object, no duplicate
     assert pydicom.dcmread(io.BytesIO(storage.read_bytes(dicom[0]["seg_uri"]))).SOPInstanceUID == uid

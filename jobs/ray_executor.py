@@ -7,7 +7,7 @@ interface; each function here unpacks a Ray batch or row and calls one stage fun
                       with at most `in flight` tasks, each predicting on the pooled predictor actors
     finish_buckets    buckets -> map_batches(finish)
 
-Settings cross to the workers as `to_dict(settings)` and are rebuilt there (`settings_of`), where
+Settings cross to the workers as `to_dict(settings)` and are rebuilt there (`worker_settings`), where
 their storage settings (retries, file mode) become the worker's before the stage runs.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def as_domain_errors() -> Iterator[None]:
 
 
 # ---- stage wiring (each body is a stage function of executor.py) ------------------------------------
-def settings_of(cfg: dict) -> SegmentSettings:
+def worker_settings(cfg: dict) -> SegmentSettings:
     """The run's settings, rebuilt in a worker; its storage settings made the worker's."""
     s = from_dict(SegmentSettings, cfg)
     s.storage.apply()
@@ -69,7 +69,7 @@ def scan_partitions(batch: dict, settings: dict, roots: list[str]):
     partition's first fragment: records.Fragment)."""
     import pyarrow as pa
 
-    s = settings_of(settings)
+    s = worker_settings(settings)
     frags = []
     for partition, units_json in zip(batch["partition"], batch["units"], strict=True):
         work = ex.PartitionWork(int(partition), tuple(planning.Unit(u, r) for u, r in json.loads(units_json)))
@@ -82,7 +82,7 @@ def merge_bucket(group, settings: dict):
     import pyarrow as pa
 
     frags = [Fragment.from_row(r) for r in group.to_pylist()]
-    summary = ex.merge_stage(frags, settings_of(settings))
+    summary = ex.merge_stage(frags, worker_settings(settings))
     return pa.Table.from_pylist([summary.to_row()], schema=BucketSummary.arrow_schema())
 
 
@@ -91,13 +91,13 @@ def plans_to_segment(batch: dict, settings: dict):
     record and facts as nested columns, never inferred from the first rows)."""
     import pyarrow as pa
 
-    s = settings_of(settings)
+    s = worker_settings(settings)
     rows = [p.to_row() for b in batch["bucket"] for p in ex.volumes_stage(int(b), s)]
     return pa.Table.from_pylist(rows, schema=PlannedVolume.arrow_schema())
 
 
 def segment_row(row: dict, settings: dict, pool) -> dict:
-    s = settings_of(settings)
+    s = worker_settings(settings)
     done = ex.segment_stage(PlannedVolume.from_row(row), s, predict_with(pool, s.prediction_attempts))
     return {"status": done.status.value, "n_slices": done.n_slices, "outcome": done.outcome.value, "sent": done.sent,
             "internal": done.internal, "rtstructs_sent": done.rtstructs_sent}
@@ -107,7 +107,7 @@ def finish_buckets(batch: dict, settings: dict):
     """A block of segmented buckets -> their table parts written, and their counts (TableCounts rows)."""
     import pyarrow as pa
 
-    s = settings_of(settings)
+    s = worker_settings(settings)
     rows = [ex.finish_stage(int(b), s).to_row() for b in batch["bucket"]]
     return pa.Table.from_pylist(rows, schema=TableCounts.arrow_schema())
 

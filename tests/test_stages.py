@@ -114,7 +114,7 @@ def test_error_kinds_are_separate_classes_with_their_exit_status():
 
 def test_storage_settings_reach_a_worker_in_the_run_settings_not_its_environment(tmp_path, monkeypatch):
     """Retries and --private-outputs travel in SegmentSettings.storage: a worker that rebuilds the
-    settings (ray_executor.settings_of, as every Ray stage does) uses them, whatever its environment."""
+    settings (ray_executor.worker_settings, as every Ray stage does) uses them, whatever its environment."""
     import json
 
     from jobs import ray_executor

@@ -123,15 +123,20 @@ def _builder(cls: type):
     return build
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(v: Any) -> Any:
     """A field's value as Arrow takes it: enums as their value, tuples as lists, dataclasses as
-    dicts of plain values."""
+    dicts of plain values. (Called for every field of every member row: scalars leave first.)"""
+    if type(v) in _SCALARS:
+        return v
     if isinstance(v, enum.Enum):
         return v.value
     if isinstance(v, Record):
         return v.to_row()
     if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
+        return [x if type(x) in _SCALARS else _plain(x) for x in v]
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
     return v
@@ -146,6 +151,7 @@ class Record:
     _schema: ClassVar[Any] = None
     _fields: ClassVar[dict[str, Any] | None] = None
     _converted: ClassVar[list | None] = None
+    _row_spec: ClassVar[list | None] = None
 
     @classmethod
     def _field_converters(cls) -> dict[str, Any]:
@@ -155,7 +161,11 @@ class Record:
         return cls._fields  # type: ignore[return-value]
 
     def to_row(self) -> dict:
-        return {name: _plain(getattr(self, name)) for name in self._field_converters()}
+        cls = type(self)
+        if cls.__dict__.get("_row_spec") is None:  # (name, whether its value needs _plain), once per class
+            cls._row_spec = [(n, c is not None) for n, c in cls._field_converters().items()]
+        d = self.__dict__
+        return {n: _plain(d[n]) if nested else d[n] for n, nested in cls._row_spec}
 
     @classmethod
     def from_row(cls: type[R], row: dict) -> R:

@@ -10,14 +10,10 @@ import pytest
 
 from jobs import prepare
 from jobs.exits import Exit
+from tests.support.tree import digest
 from unet_core.errors import ConfigError
 from unet_core.synthetic import write_training_set
 from unet_core.training.cases import discover_cases
-
-
-def _digest(root) -> dict[str, str]:
-    return {os.path.relpath(os.path.join(f, n), root): hashlib.sha256(open(os.path.join(f, n), "rb").read()).hexdigest()
-            for f, _, names in os.walk(root) for n in names}
 
 
 def _args(out, images, masks, *extra):
@@ -30,19 +26,19 @@ def test_inputs_inside_the_output_survive_overwrite(tmp_path, ray_local):
     write_training_set(str(out / "raw"), 3, size=32, n_slices=6, seed=0)
     (out / "notes").mkdir()
     (out / "notes" / "readme.txt").write_bytes(b"mine")
-    before = {k: v for k, v in _digest(out).items()}
+    before = {k: v for k, v in digest(out).items()}
     args = _args(out, out / "raw" / "images", out / "raw" / "masks")
     assert prepare.main(args) == Exit.USAGE  # notes/ is neither an input nor this tool's
     os.remove(out / "notes" / "readme.txt")
     os.rmdir(out / "notes")
-    before = _digest(out)
+    before = digest(out)
     assert prepare.main(args) == Exit.OK
-    shards = {k for k in _digest(out) if k.startswith("slices/") and k.endswith(".parquet")}
+    shards = {k for k in digest(out) if k.startswith("slices/") and k.endswith(".parquet")}
     assert shards
     assert prepare.main(args) == Exit.USAGE  # already prepared: --overwrite needed
     (out / "slices" / "keep_me.txt").write_bytes(b"not a shard")
     assert prepare.main([*args, "--overwrite"]) == Exit.OK
-    after = _digest(out)
+    after = digest(out)
     assert {k: after[k] for k in before} == before  # every input byte for byte
     assert after["slices/keep_me.txt"] == hashlib.sha256(b"not a shard").hexdigest()
     assert (out / "manifest.json").exists()

@@ -68,6 +68,19 @@ class VolumeOutput(enum.Enum):
 
 
 @dataclass(frozen=True)
+class VolumePart:
+    """A volume-table part as read: its rows, and whether it lacks a column of this layout."""
+
+    rows: list[VolumeRecord]
+    outdated: bool
+
+
+def index_rows(data: bytes) -> list[ObjectRow]:
+    """The rows of a series_index part's bytes (`OutputStore.read_index_bytes`)."""
+    return [ObjectRow.from_row(r) for r in rows_from_bytes(data)]
+
+
+@dataclass(frozen=True)
 class OutputStore:
     """One output prefix (local or s3://, without a trailing "/"). With a `fence` (the run's lease
     token), every write and delete first checks that the run still holds the output's lease: one
@@ -118,11 +131,16 @@ class OutputStore:
 
     def read_index(self, partition: int) -> list[ObjectRow]:
         """The last run's rows of one listing partition ([] when there is none)."""
+        data = self.read_index_bytes(partition)
+        return [] if data is None else index_rows(data)
+
+    def read_index_bytes(self, partition: int) -> bytes | None:
+        """One listing partition's series_index part as stored (None when there is none): a re-run
+        reads the few columns its join needs from it, and its rows only when something changed."""
         try:
-            data = storage.read_bytes(self.index_part_uri(partition))
+            return storage.read_bytes(self.index_part_uri(partition))
         except NotFoundError:
-            return []
-        return [ObjectRow.from_row(r) for r in rows_from_bytes(data)]
+            return None
 
     def write_index(self, partition: int, rows: list[ObjectRow]) -> None:
         self.check_lease()
@@ -138,11 +156,21 @@ class OutputStore:
 
     def read_volumes(self, bucket: int) -> list[VolumeRecord]:
         """The last run's rows of one volume-table part ([] when there is none)."""
+        return self.read_volume_part(bucket).rows
+
+    def read_volume_part(self, bucket: int) -> VolumePart:
+        """One volume-table part's rows and whether an earlier layout wrote it, from one read (a
+        re-run's planning reads each part once)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         try:
             data = storage.read_bytes(self.volume_part_uri(bucket))
         except NotFoundError:
-            return []
-        return [VolumeRecord.from_stored(r) for r in rows_from_bytes(data)]
+            return VolumePart([], False)
+        table = pq.ParquetFile(pa.BufferReader(data)).read()
+        return VolumePart([VolumeRecord.from_stored(r) for r in table.to_pylist()],
+                          not set(VolumeRecord.arrow_schema().names) <= set(table.schema.names))
 
     def write_volumes(self, bucket: int, records: list[VolumeRecord]) -> None:
         """One volume-table part, whole (write, then publish)."""

@@ -207,7 +207,7 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
     (partitions_reuse.py); its rows are read only when an object is new, changed or gone."""
     store = s.store()
     stored = store.read_index_bytes(partition)
-    entries = list(_listed(units, s.follow_symlinks, roots, _output_names(s.output, tuple(s.inputs))))
+    entries = list(_listed(units, s.follow_symlinks, roots, _output_names(s.output, tuple(s.inputs), s.run_id)))
     cols = partitions_reuse.stored_columns(stored) if stored is not None else None
     if cols is not None:
         frags = partitions_reuse.unchanged_fragments(entries, cols, s.rules.text_digest(), s.buckets, partition)
@@ -237,9 +237,9 @@ def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...
 
 
 @functools.lru_cache(maxsize=8)
-def _output_names(output: str, inputs: tuple[str, ...]) -> OutputNames:
-    """The output as the inputs' listings spell it: resolved once per process and run's settings,
-    not once per partition (it resolves real paths)."""
+def _output_names(output: str, inputs: tuple[str, ...], run_id: str) -> OutputNames:
+    """The output as the inputs' listings spell it: resolved once per process and run (`run_id`
+    in the key: a worker that serves a later run resolves again), not once per partition."""
     return OutputNames.of(output, inputs)
 
 

@@ -4,7 +4,8 @@
 Each listing partition is one series_index part and each bucket one volume-table part, so a
 re-run with nothing new reads partitions + buckets small Parquet files and pays a fixed cost
 (open, schema, a task's share) per file; a first run wants enough of them to keep every slot
-busy. The rule (docs/benchmarks.md, "Archive scale", measured it):
+busy. The rule (docs/design.md, "Output layout"; its effect measured in docs/benchmarks.md,
+"Archive scale"):
 
     partitions = ceil(units / UNITS_PER_PARTITION), at least PARTITIONS_PER_SLOT per task slot,
                  at most one per unit and MAX_PARTITIONS

@@ -15,7 +15,7 @@ from tests.support.segment_run import segment_settings
 from unet_core.io import listing, storage
 from unet_core.ownership import OutputNames
 from unet_core.segmentation import planning, scanning
-from unet_core.segmentation.layout import Layout, bucket_of, choose_counts, partition_of
+from unet_core.segmentation.layout import Layout, bucket_of, partition_of
 from unet_core.segmentation.records import (
     Action,
     Format,
@@ -126,8 +126,7 @@ def test_fan_out_is_repeatable_and_leaves_flat_folders_whole(tmp_path):
     assert len({partition_of(u.key, 7) for u in units}) > 1
 
 
-def test_counts_and_layout_round_trip():
-    assert choose_counts(1) == (1, 4) and choose_counts(10_000) == (1024, 256)
+def test_layout_round_trip():
     layout = Layout(("s3://b/a",), 2, 16, 8)
     assert Layout.from_json(layout.to_json()) == layout
     assert bucket_of("dcm-x", 8) == bucket_of("dcm-x", 8) and 0 <= bucket_of("dcm-x", 8) < 8

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale-objects", type=int, default=20_000, help="objects of the small archive (the large one has 10x)")
     c.add_argument("--scale-series-slices", type=int, default=50, help="objects (32x32 slices) per series")
     c.add_argument("--scale-factor", type=int, default=10)
+    c.add_argument("--scale-s3-objects", type=int, default=0,
+                   help="also count the S3 requests of a first run and a re-run of this many objects on moto's server")
     q = p.add_argument_group("select")
     q.add_argument("--select-objects", type=int, default=20_000, help="objects of the archive (136 per study)")
     z = p.add_argument_group("zip")

@@ -75,21 +75,23 @@ class PeakRSS:
         return self.peak
 
 
-def run_segment(archive: str, bundle: str, out: str, extra: tuple[str, ...] = ()) -> dict:
-    """`unet segment` as its own process: wall time, the driver's peak RSS, its summary."""
+def run_segment(archive: str, bundle: str, out: str, extra: tuple[str, ...] = (), log: str | None = None) -> dict:
+    """`unet segment` as its own process: wall time, the driver's peak RSS, its summary (its output
+    goes to `log`, by default beside a local output)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "jobs.cli", "segment", "--input", archive, "--model", bundle, "--output", out,
            "--batch-size", "64", *extra]
     t = time.perf_counter()
-    with open(out.rstrip("/") + ".log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log = log or out.rstrip("/") + ".log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
         rss = PeakRSS(proc.pid)
         rc = proc.wait()
     wall = time.perf_counter() - t
     peak = rss.stop()
     if rc not in (0, 3):
-        raise RuntimeError(f"unet segment exited {rc}; see {out}.log")
+        raise RuntimeError(f"unet segment exited {rc}; see {log}")
     return {"wall_s": wall, "driver_peak_rss": peak, **asdict(RunSummary.read(out))}
 
 
@@ -108,9 +110,19 @@ def _one(work: str, n_series: int, slices: int, bundle: str) -> dict:
 
 
 def run(args, work: str) -> dict:
+    """The local archives (unless --scale-objects 0), then the S3 requests with --scale-s3-objects."""
     os.makedirs(work, exist_ok=True)
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, SLICE, 8)
+    out = _local(args, work, bundle) if args.scale_objects else {}
+    if args.scale_s3_objects:
+        from jobs.bench import scale_s3
+
+        out["s3"] = scale_s3.run(args, os.path.join(work, "s3"), bundle)
+    return out
+
+
+def _local(args, work: str, bundle: str) -> dict:
     slices = args.scale_series_slices
     sizes = [args.scale_objects, args.scale_objects * args.scale_factor]
     runs = {n: _one(os.path.join(work, f"n{n}"), n // slices, slices, bundle) for n in sizes}

@@ -208,6 +208,16 @@ def iter_objects(prefix: str, recursive: bool = True, follow_symlinks: bool = Fa
         for entry in _scandir(folder):
             if is_hidden(entry.name):
                 continue
+            if not entry.is_symlink():  # the common case, from one lstat (the rules below give the same)
+                found = _plain(entry)
+                if isinstance(found, ObjectEntry):
+                    yield found
+                elif found is _FOLDER and recursive:
+                    real = os.path.join(real_folder, entry.name)
+                    if real not in seen:
+                        seen.add(real)
+                        subdirs.append((entry.path, real))
+                continue
             if _is_dir(entry, follow_symlinks):
                 if not recursive:
                     continue
@@ -230,6 +240,28 @@ def iter_objects(prefix: str, recursive: bool = True, follow_symlinks: bool = Fa
                 except FileNotFoundError:
                     yield ObjectEntry(storage.local_uri(entry.path), 0, "dangling")  # reading it names the problem
         stack.extend(sorted(subdirs, reverse=True))
+
+
+_FOLDER = object()
+
+
+def _plain(entry: os.DirEntry) -> ObjectEntry | object | None:
+    """An entry that is no symlink, from its one lstat: a file (its ObjectEntry), a FIFO, socket or
+    device (listed, never read), a folder (_FOLDER), or None (gone since the folder was read, or
+    of another type)."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return None
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return ObjectEntry(storage.local_uri(entry.path), int(st.st_size), str(st.st_mtime_ns))
+    if stat.S_ISDIR(mode):
+        return _FOLDER
+    for test, what in _SPECIAL:
+        if test(mode):
+            return ObjectEntry(storage.local_uri(entry.path), 0, "special", skip=f"{what}: not read")
+    return None
 
 
 def real_roots(prefixes: list[str]) -> tuple[str, ...]:

@@ -2,6 +2,8 @@
 this process (for tests, a debugger, a laptop without Ray).
 
     Executor.ready()                      the predictors can take work (a run with volumes to segment)
+    Executor.slots()                      task slots (CPUs not held by predictors): a first run's
+                                          layout is sized to them (partitions.py)
     Executor.plan_buckets(work, s)        map `scan_stage` over the listing partitions, group the
                                           fragments by volume bucket, map `merge_stage` over the
                                           buckets -> one BucketSummary per bucket holding rows
@@ -51,6 +53,8 @@ class Executor(Protocol):
     def ready(self) -> None:
         """Block until the predictors can take work (called once, before the first volume)."""
 
+    def slots(self) -> int: ...
+
     def plan_buckets(self, work: list[PartitionWork], s: SegmentSettings,
                      roots: tuple[str, ...]) -> Iterable[BucketSummary]: ...
 
@@ -95,6 +99,9 @@ class SerialExecutor:
 
     def ready(self) -> None:
         return None
+
+    def slots(self) -> int:
+        return 1  # one item after another
 
     def plan_buckets(self, work: list[PartitionWork], s: SegmentSettings,
                      roots: tuple[str, ...]) -> Iterator[BucketSummary]:

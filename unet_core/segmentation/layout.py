@@ -24,7 +24,6 @@ LAYOUT_VERSION = 5
 READABLE_VERSIONS = (3, 4, 5)
 TARGET_UNITS = 256  # listing units wanted for parallel listing (fan-out stops at that many)
 MAX_FANOUT_DEPTH = 4
-MAX_PARTITIONS = 1024
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,3 @@ def partition_of(unit: str, partitions: int) -> int:
 
 def bucket_of(volume_id: str, buckets: int) -> int:
     return stable_hash(volume_id) % buckets
-
-
-def choose_counts(n_units: int) -> tuple[int, int]:
-    """(partitions, buckets) for a first run: a partition per listing unit, up to MAX_PARTITIONS;
-    as many volume-table buckets, at least 4 (so that the merge runs in parallel) and at most 256."""
-    partitions = max(1, min(n_units, MAX_PARTITIONS))
-    return partitions, max(4, min(256, partitions))

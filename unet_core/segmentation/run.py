@@ -24,10 +24,10 @@ from typing import Callable
 from unet_core import ownership
 from unet_core.errors import InputError, InternalError
 from unet_core.io import listing
-from unet_core.segmentation import choosing, planning
+from unet_core.segmentation import choosing, partitions, planning
 from unet_core.segmentation.delivery import SendCounts, send_pending
 from unet_core.segmentation.executor import Executor, PartitionWork, VolumeDone
-from unet_core.segmentation.layout import Layout, choose_counts, partition_of
+from unet_core.segmentation.layout import Layout, partition_of
 from unet_core.segmentation.records import Status
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import Outcome
@@ -150,12 +150,14 @@ class SegmentRun:
     def layout(self, inputs: tuple[str, ...], layout: Layout | None,
                follow_symlinks: bool) -> tuple[list[planning.Unit], Layout]:
         """The listing units (fanned out to the last run's depth when it is reused) and the layout;
-        a first run's layout is written now."""
+        a first run's layout is written now, its counts sized to the units and the executor's task
+        slots (partitions.py)."""
         units, depth = planning.fan_out(list(inputs), layout.depth if layout else None, follow_symlinks)
         if not units:
             raise InputError(f"no objects under {', '.join(inputs)}")
         if layout is None:
-            layout = Layout(inputs, depth, *choose_counts(len(units)))
+            counts = partitions.choose_counts(len(units), self.executor.slots())
+            layout = Layout(inputs, depth, counts.partitions, counts.buckets)
             self.store.write_layout(layout)
         return units, layout
 

@@ -68,6 +68,30 @@ class VolumeOutput(enum.Enum):
 
 
 @dataclass(frozen=True)
+class VolumePart:
+    """A volume-table part as read: its rows, and whether it lacks a column of this layout."""
+
+    rows: list[VolumeRecord]
+    outdated: bool
+
+
+def _outdated(stored) -> bool:
+    """Whether a volume-table part's schema is an earlier layout's: it lacks a column of this one,
+    or holds one as another type (JSON text where this one has a struct). Such a part is rewritten
+    when a run passes it, even unchanged."""
+    for f in VolumeRecord.arrow_schema():
+        i = stored.get_field_index(f.name)
+        if i < 0 or not stored.field(i).type.equals(f.type):
+            return True
+    return False
+
+
+def index_rows(data: bytes) -> list[ObjectRow]:
+    """The rows of a series_index part's bytes (`OutputStore.read_index_bytes`)."""
+    return [ObjectRow.from_row(r) for r in rows_from_bytes(data)]
+
+
+@dataclass(frozen=True)
 class OutputStore:
     """One output prefix (local or s3://, without a trailing "/"). With a `fence` (the run's lease
     token), every write and delete first checks that the run still holds the output's lease: one
@@ -118,11 +142,16 @@ class OutputStore:
 
     def read_index(self, partition: int) -> list[ObjectRow]:
         """The last run's rows of one listing partition ([] when there is none)."""
+        data = self.read_index_bytes(partition)
+        return [] if data is None else index_rows(data)
+
+    def read_index_bytes(self, partition: int) -> bytes | None:
+        """One listing partition's series_index part as stored (None when there is none): a re-run
+        reads the few columns its join needs from it, and its rows only when something changed."""
         try:
-            data = storage.read_bytes(self.index_part_uri(partition))
+            return storage.read_bytes(self.index_part_uri(partition))
         except NotFoundError:
-            return []
-        return [ObjectRow.from_row(r) for r in rows_from_bytes(data)]
+            return None
 
     def write_index(self, partition: int, rows: list[ObjectRow]) -> None:
         self.check_lease()
@@ -138,34 +167,25 @@ class OutputStore:
 
     def read_volumes(self, bucket: int) -> list[VolumeRecord]:
         """The last run's rows of one volume-table part ([] when there is none)."""
-        try:
-            data = storage.read_bytes(self.volume_part_uri(bucket))
-        except NotFoundError:
-            return []
-        return [VolumeRecord.from_stored(r) for r in rows_from_bytes(data)]
+        return self.read_volume_part(bucket).rows
 
-    def write_volumes(self, bucket: int, records: list[VolumeRecord]) -> None:
-        """One volume-table part, whole (write, then publish)."""
-        self.check_lease()
-        storage.write_bytes(self.volume_part_uri(bucket), table_bytes(VolumeRecord, [r.to_row() for r in records]))
-
-    def outdated(self, bucket: int) -> bool:
-        """Whether a volume-table part was written by an earlier layout version (it lacks a column
-        of this one, or holds one as another type: JSON text where this one has a struct): rewritten
-        when a run passes it, even unchanged."""
+    def read_volume_part(self, bucket: int) -> VolumePart:
+        """One volume-table part's rows and whether an earlier layout wrote it, from one read (a
+        re-run's planning reads each part once)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             data = storage.read_bytes(self.volume_part_uri(bucket))
         except NotFoundError:
-            return False
-        stored = pq.ParquetFile(pa.BufferReader(data)).schema_arrow
-        for f in VolumeRecord.arrow_schema():
-            i = stored.get_field_index(f.name)
-            if i < 0 or not stored.field(i).type.equals(f.type):
-                return True
-        return False
+            return VolumePart([], False)
+        table = pq.ParquetFile(pa.BufferReader(data)).read()
+        return VolumePart([VolumeRecord.from_stored(r) for r in table.to_pylist()], _outdated(table.schema))
+
+    def write_volumes(self, bucket: int, records: list[VolumeRecord]) -> None:
+        """One volume-table part, whole (write, then publish)."""
+        self.check_lease()
+        storage.write_bytes(self.volume_part_uri(bucket), table_bytes(VolumeRecord, [r.to_row() for r in records]))
 
     def delete_volumes(self, bucket: int) -> None:
         self.check_lease()

@@ -24,7 +24,7 @@ from unet_core.segmentation.records import (
 )
 from unet_core.segmentation.selection import Rule
 from unet_core.segmentation.settings import SegmentSettings
-from unet_core.segmentation.store import OutputStore
+from unet_core.segmentation.store import OutputStore, VolumePart
 
 MAX_FAILURES_SHOWN = 20
 
@@ -90,15 +90,18 @@ def _table_order(r: VolumeRecord) -> tuple:
     return r.status != Status.OK, r.volume_id
 
 
-def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> TableCounts:
+def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings,
+               part: VolumePart | None = None) -> TableCounts:
     """Write the volume-table part of `bucket` (ok rows first, then by volume id); a part whose
-    rows are all carried over unchanged is left as it is."""
+    rows are all carried over unchanged is left as it is. `part`: the stored part, when the
+    caller read it already."""
     store = s.store()
     rows = sorted((_row_of(p, s) for p in planned), key=_table_order)
     counts = count_rows(rows)
-    previous = store.read_volumes(bucket)
+    part = store.read_volume_part(bucket) if part is None else part
+    previous = part.rows
     unchanged = (all(p.action != Action.SEGMENT for p in planned) and
-                 [_identity(r) for r in previous] == [_identity(r) for r in rows] and not store.outdated(bucket))
+                 [_identity(r) for r in previous] == [_identity(r) for r in rows] and not part.outdated)
     if not unchanged:
         if rows or previous:
             store.write_volumes(bucket, rows)
@@ -106,13 +109,14 @@ def write_part(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) ->
     return counts
 
 
-def settle_bucket(bucket: int, planned: list[PlannedVolume], s: SegmentSettings) -> tuple[TableCounts, int]:
+def settle_bucket(bucket: int, planned: list[PlannedVolume], s: SegmentSettings,
+                  part: VolumePart | None = None) -> tuple[TableCounts, int]:
     """After planning: a bucket with nothing to segment gets its table part now; one with volumes
     to segment keeps its plan (in storage, not in any process) until `finish_bucket`. Returns
     (counts so far, volumes to segment)."""
     todo = sum(p.action == Action.SEGMENT for p in planned)
     if not todo:
-        return write_part(bucket, planned, s), 0
+        return write_part(bucket, planned, s, part), 0
     s.store().write_plan(bucket, planned)
     return TableCounts(), todo
 
@@ -134,10 +138,11 @@ class BucketSummary(Record):
 def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> BucketSummary:
     """All fragments of one volume bucket -> its plan (kept in storage) and its summary."""
 
-    previous = {r.volume_id: r for r in OutputStore(s.output).read_volumes(bucket)}
+    part = OutputStore(s.output).read_volume_part(bucket)  # read once: the merge and the part's rewrite
+    previous = {r.volume_id: r for r in part.rows}
     planned = planning.merge_bucket(fragments, previous, s, IndexParts(s.output))
     found = choosing.contenders(planned, s) if s.selecting else choosing.Contenders()
-    counts, todo = settle_bucket(bucket, planned, s)
+    counts, todo = settle_bucket(bucket, planned, s, part)
     return BucketSummary(bucket, todo, counts, *(sum(getattr(f, k) for f in fragments)
                                                  for k in ("listed", "reused", "scanned")), contenders=found)
 

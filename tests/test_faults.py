@@ -250,7 +250,8 @@ def _node_running(nodes, marker: str):
 def _one_lost_node_line(log: str) -> None:
     lost = [line for line in log.splitlines() if line.startswith("lost node ")]
     assert len(lost) == 1 and re.match(r"lost node [\d.]+ \(node [0-9a-f]{8}\): ", lost[0]), log[-4000:]
-    for noise in ("marked dead", "state dump", "(raylet)", "Traceback", "WorkerCrashedError", "NodeDiedError"):
+    for noise in ("marked dead", "state dump", "(raylet)", "Traceback", "WorkerCrashedError", "NodeDiedError",
+                  "Raylet is terminated", "lines of the Raylet logs"):
         assert noise not in log, (noise, log[-4000:])
 
 
@@ -270,6 +271,31 @@ def test_segment_on_three_nodes_survives_losing_one_and_says_it_in_one_line(arch
     assert rc == 0, log[-4000:]
     _one_lost_node_line(log)
     _check_complete(out, reference)  # every volume exactly once, masks as undisturbed
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_a_crashed_raylets_log_tail_is_held_back_in_quiet_mode_and_shown_with_v(archive, bundle, reference, tmp_path,
+                                                                                verbose):
+    """Only the raylet of a node dies: its agents publish "Raylet is terminated ... Last 20 lines of
+    the Raylet logs" to the driver. Quiet: the one `lost node` line; -v: Ray's notice too."""
+    from support.raycluster import ray_head, worker_nodes
+
+    out = str(tmp_path / "out")
+    token = secrets.token_hex(32)
+    with ray_head(token=token, num_cpus=2) as head, worker_nodes(head, 2, num_cpus=2) as nodes:
+        proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
+                     "--address", head.gcs, "--decode-concurrency", "1", *(["-v"] if verbose else []),
+                     env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
+        victim = _wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
+        assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
+        victim.kill_raylet()
+        rc, log = _finish(proc)
+    assert rc == 0, log[-4000:]
+    _check_complete(out, reference)
+    if verbose:
+        assert "Raylet is terminated" in log and "lines of the Raylet logs" in log, log[-4000:]
+    else:
+        _one_lost_node_line(log)
 
 
 def test_training_on_three_nodes_survives_losing_one_and_says_it_in_one_line(prepared, tmp_path):

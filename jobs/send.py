@@ -10,7 +10,8 @@ Credentials: DICOMWEB_TOKEN, or DICOMWEB_USER and DICOMWEB_PASSWORD, or DICOMWEB
 (README, "Reading from and delivering to a PACS").
 
 Exit status: 0 when every object is stored, 3 when some could not be (their rows say why), 2 for a
-usage error, 5 when the server cannot be reached or refuses the credentials (nothing sent).
+usage error (2 also when another run took the output over: it stops at its next object, LeaseLost),
+5 when the server cannot be reached or refuses the credentials (nothing sent).
 """
 from __future__ import annotations
 
@@ -57,10 +58,11 @@ def deliver_progress(buckets: int) -> Iterator[Callable[[SendCounts], None]]:
         yield seen
 
 
-def deliver(out: str, buckets: int, dest: str, workers: int) -> SendCounts:
-    """Send every pending object (SEG, RTSTRUCT) of an output, with live progress over the table's parts."""
+def deliver(out: str, buckets: int, dest: str, workers: int, lease: Lease) -> SendCounts:
+    """Send every pending object (SEG, RTSTRUCT) of an output, with live progress over the table's
+    parts; the lease is checked before each object sent and each part rewritten (LeaseLost stops it)."""
     with deliver_progress(buckets) as seen:
-        return send_pending(out, buckets, dest, workers, seen)
+        return send_pending(out, buckets, dest, workers, seen, check=lease.check)
 
 
 def report(counts: SendCounts, dest: str) -> None:
@@ -87,8 +89,11 @@ def _main(argv: list[str]) -> int:
         raise ConfigError(f"{out} holds no finished `unet segment` run (no layout.json)")
     apply_dicomweb_args(args, [dest])
     t = time.monotonic()
-    with Lease(out, "unet send"):  # the table parts are rewritten: one writer per output
-        counts = deliver(out, layout.buckets, dest, args.dicomweb_concurrency)
+    # The table parts are rewritten: one writer per output. confirm_seconds=0: every check reads the
+    # lease back (one small read beside each STOW request), so that a run taken over stops at its
+    # next object, not after its next heartbeat.
+    with Lease(out, "unet send", confirm_seconds=0) as lease:
+        counts = deliver(out, layout.buckets, dest, args.dicomweb_concurrency, lease)
         summary = RunSummary.read(out)
         if summary is not None and not (summary.dicom_seg or summary.rtstruct) \
                 and not counts.sent + counts.already + counts.failed:

@@ -6,6 +6,10 @@ table records, per kind, `sent` and `sent_to` or `send_error` (SEG) and `rtstruc
 pending. An object sent again is the same instance (its UIDs are deterministic): the server keeps
 one copy.
 
+--config FILE.yaml|json holds option values (output, to, dicomweb_concurrency, ca_bundle,
+insecure_http, verbose), checked as the command line's; the command line wins. A site's PACS
+settings can live there, out of the shell history.
+
 Credentials: DICOMWEB_TOKEN, or DICOMWEB_USER and DICOMWEB_PASSWORD, or DICOMWEB_SESSION_FACTORY
 (README, "Reading from and delivering to a PACS").
 
@@ -22,7 +26,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from jobs.exits import Exit, run_main
-from jobs.options import add_dicomweb_args, apply_dicomweb_args
+from jobs.options import add_dicomweb_args, apply_dicomweb_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import safe, say
 from jobs.progress import Progress
@@ -41,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the --output of a `unet segment --dicom-seg` or `--rtstruct` run (local or s3://)")
     p.add_argument("--to", required=True, metavar="URL", help="the DICOMweb service: dicomweb+https://host/dicom-web")
     add_dicomweb_args(p, sending_only=True)
+    p.add_argument("--config", help="JSON/YAML file of option values (the command line wins)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -80,7 +85,7 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
     out = storage.absolute(args.output)
     dest = dicomweb.destination(args.to)

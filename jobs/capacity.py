@@ -11,7 +11,7 @@ a 0-CPU head and adds nodes on demand (cluster/rayjob-segment.yaml), so waiting 
 
 Private API: whether an autoscaler runs is read from the GCS's internal key-value store, as
 `ray status` and the dashboard read it (`ray.experimental.internal_kv`, autoscaler v1's
-`__autoscaling_status` report and autoscaler v2's enabled flag). tests/test_capacity.py checks these
+`__autoscaling_status` report with its node types, autoscaler v2's enabled flag). tests/test_capacity.py checks these
 names against the pinned Ray version.
 """
 from __future__ import annotations
@@ -36,21 +36,24 @@ class CpuNeed:
 
 
 def autoscaling() -> bool:
-    """Whether an autoscaler serves the attached cluster (v2 enabled, or a v1 monitor reporting an
-    autoscaler). False for `ray start` clusters and a job's own local instance."""
+    """Whether an autoscaler that can add nodes serves the attached cluster: v2 enabled, or a v1
+    monitor reporting node types of a cluster config. A `ray start` head (and a job's own local
+    instance) runs the v1 monitor too, with Ray's read-only provider, which only reports the nodes
+    there are, each under an anonymous type "node_<node id>": that is no autoscaler."""
     import ray._private.ray_constants as ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
     from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
     if is_autoscaler_v2(fetch_from_server=True):
         return True
     status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    if not status:
-        return False
     try:
-        return "autoscaler_report" in json.loads(status)
+        report = json.loads(status).get("autoscaler_report") if status else None
     except ValueError:
-        return False
+        report = None
+    types = (report or {}).get("node_type_mapping") or {}
+    return any(kind != format_readonly_node_type(node) for node, kind in types.items())
 
 
 def require_cpus(need: CpuNeed) -> None:

@@ -25,13 +25,16 @@ def test_the_private_ray_api_capacity_reads_is_where_it_was():
     import ray
     import ray._private.ray_constants as ray_constants
     from ray.autoscaler._private import monitor
+    from ray.autoscaler._private.util import format_readonly_node_type
     from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get  # noqa: F401
 
     assert ray.__version__ == "2.60.0", "the pinned Ray changed: check jobs/capacity.py against it, then this pin"
     assert ray_constants.DEBUG_AUTOSCALING_STATUS == "__autoscaling_status"
     assert "fetch_from_server" in inspect.signature(is_autoscaler_v2).parameters
-    assert 'status["autoscaler_report"]' in inspect.getsource(monitor)  # only when an autoscaler runs
+    assert 'status["autoscaler_report"]' in inspect.getsource(monitor)
+    assert monitor.BASE_READONLY_CONFIG["provider"]["type"] == "readonly"  # what a `ray start` head runs
+    assert format_readonly_node_type("ab12") == "node_ab12"  # its nodes' anonymous types
 
 
 def test_a_local_instance_without_the_cpus_a_job_needs_is_refused_at_once(ray_local, tmp_path):

@@ -145,14 +145,18 @@ class Node:
         self.proc.wait(timeout=30)
 
     def kill_raylet(self) -> None:
-        """SIGKILL the node's raylet alone (a crashed raylet, or the OOM killer's choice): its agents
-        outlive it long enough to tell every driver, with the tail of its log."""
+        """SIGKILL the node's raylet (a crash, or the OOM killer's choice) on a node that nothing
+        supervises (`ray start` without --block has exited; here its --block process goes first,
+        since it would SIGKILL the node's other processes a second later): the raylet's agents
+        outlive it and tell every driver, with the tail of its log."""
         import psutil
 
         raylets = [p for p in psutil.Process(self.proc.pid).children(recursive=True)
                    if os.path.basename((p.cmdline() or [""])[0]) == "raylet"]
         if not raylets:
             raise RuntimeError(f"no raylet under the node's process {self.proc.pid}")
+        self.proc.kill()
+        self.proc.wait(timeout=30)
         for p in raylets:
             p.kill()
 

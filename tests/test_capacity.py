@@ -75,5 +75,5 @@ def test_segment_attached_to_a_one_cpu_head_says_why_it_cannot_run_instead_of_wa
     assert rc == Exit.USAGE, log[-3000:]
     assert "has 1 CPU and no autoscaler" in log and "needs at least 2" in log, log[-3000:]
     assert "1 for each of the 1 predictor actor (--min-predictors)" in log
-    assert took < 120, took  # it used to wait until killed
+    assert took < 240, took  # it used to wait until killed (a loaded machine starts Ray and TensorFlow slowly)
     assert not (tmp_path / "out" / ".unet-lease.json").exists()  # released

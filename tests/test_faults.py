@@ -273,6 +273,14 @@ def test_segment_on_three_nodes_survives_losing_one_and_says_it_in_one_line(arch
     _check_complete(out, reference)  # every volume exactly once, masks as undisturbed
 
 
+def _published_raylet_notice(temp_dir: str) -> bool:
+    """Whether a node's dashboard agent logged the "Raylet is terminated" notice it publishes to drivers."""
+    for path in Path(temp_dir).glob("session_*/logs/dashboard_agent*.log"):
+        if "Raylet is terminated" in path.read_text(errors="replace"):
+            return True
+    return False
+
+
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
 def test_a_crashed_raylets_log_tail_is_held_back_in_quiet_mode_and_shown_with_v(archive, bundle, reference, tmp_path,
                                                                                 verbose):
@@ -289,6 +297,10 @@ def test_a_crashed_raylets_log_tail_is_held_back_in_quiet_mode_and_shown_with_v(
         victim = _wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
         assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
         victim.kill_raylet()
+        # The node's dashboard agent notices and publishes the notice (its own log says so); the job
+        # must still be running then, or its output proves nothing either way.
+        _wait_for(lambda: _published_raylet_notice(head.temp_dir), 120, "the dead raylet's notice", proc)
+        assert proc.poll() is None, "the run ended before the notice was published; make the archive larger"
         rc, log = _finish(proc)
     assert rc == 0, log[-4000:]
     _check_complete(out, reference)

@@ -170,7 +170,7 @@ class Predictors:
         low, num_gpus = self._args[4], self._args[6]
         if num_gpus:
             return CpuNeed(1, "1 for the tasks that read and decode volumes; the predictors run on GPUs")
-        return CpuNeed(low + 1, f"1 for each of the {low} predictor actor{'s' if low != 1 else ''} (--min-predictors) "
+        return CpuNeed(low + 1, f"1 for each of the {low} predictor actor{'s' if low != 1 else ''} (--min-predictors, --concurrency) "
                                 "and 1 for the tasks that read and decode volumes")
 
     def ready(self) -> None:

@@ -50,7 +50,7 @@ def test_a_local_instance_without_the_cpus_a_job_needs_is_refused_at_once(ray_lo
     assert time.monotonic() - started < 10 and predictors.pool is None  # no actor was asked for
     said = str(refused.value)
     assert f"has {have:g} CPUs and no autoscaler" in said and f"needs at least {have + 1:g}" in said
-    assert f"1 for each of the {int(have)} predictor actors (--min-predictors)" in said
+    assert f"1 for each of the {int(have)} predictor actors (--min-predictors, --concurrency)" in said
     assert Predictors("b", 4, "float32", False, 2, 2, 1.0).cpu_need() == CpuNeed(
         1, "1 for the tasks that read and decode volumes; the predictors run on GPUs")
 
@@ -74,6 +74,6 @@ def test_segment_attached_to_a_one_cpu_head_says_why_it_cannot_run_instead_of_wa
         took = time.monotonic() - started
     assert rc == Exit.USAGE, log[-3000:]
     assert "has 1 CPU and no autoscaler" in log and "needs at least 2" in log, log[-3000:]
-    assert "1 for each of the 1 predictor actor (--min-predictors)" in log
+    assert "1 for each of the 1 predictor actor (--min-predictors, --concurrency)" in log
     assert took < 240, took  # it used to wait until killed (a loaded machine starts Ray and TensorFlow slowly)
     assert not (tmp_path / "out" / ".unet-lease.json").exists()  # released

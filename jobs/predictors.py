@@ -20,6 +20,7 @@ import time
 import numpy as np
 import psutil
 
+from jobs.capacity import CpuNeed, require_cpus
 from jobs.output import log
 from unet_core.errors import ConfigError
 from unet_core.inference import SlicePredictor
@@ -160,8 +161,17 @@ class Predictors:
 
     def start(self):
         if self.pool is None:
+            require_cpus(self.cpu_need())  # a cluster that can never hold them is said now, not waited on
             self.pool = start_pool(*self._args)
         return self.pool
+
+    def cpu_need(self) -> CpuNeed:
+        """CPU predictors hold one CPU each; the volume and scan tasks need one more at the least."""
+        low, num_gpus = self._args[4], self._args[6]
+        if num_gpus:
+            return CpuNeed(1, "1 for the tasks that read and decode volumes; the predictors run on GPUs")
+        return CpuNeed(low + 1, f"1 for each of the {low} predictor actor{'s' if low != 1 else ''} (--min-predictors, --concurrency) "
+                                "and 1 for the tasks that read and decode volumes")
 
     def ready(self) -> None:
         """Block until the first predictors have loaded the model; a bundle that cannot serve is a

@@ -24,7 +24,11 @@ NODE_LOSS_PATTERNS = re.compile(
     r"marked dead|node (?:it was running on )?is dead|node died|has been marked dead|missed too many heartbeats"
     r"|worker died|worker unexpectedly exits|was killed|system error|raylet (?:has )?died|state.dump"
     r"|the actor died|actor .* is dead|ActorDiedError|NodeDiedError|RayletDiedError|WorkerCrashedError"
-    r"|Node ID: |node_id=",
+    r"|Node ID: |node_id="
+    # The notice a dead node's agents publish to every driver (ray/_private/process_watcher.py,
+    # report_raylet_error_logs): "Raylet is terminated. ... Last 20 lines of the Raylet logs:" and
+    # those 20 lines, one message; each of the node's two agents sends it.
+    r"|Raylet is terminated|lines of the Raylet logs",
     re.IGNORECASE,
 )
 

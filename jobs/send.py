@@ -6,11 +6,16 @@ table records, per kind, `sent` and `sent_to` or `send_error` (SEG) and `rtstruc
 pending. An object sent again is the same instance (its UIDs are deterministic): the server keeps
 one copy.
 
+--config FILE.yaml|json holds option values (output, to, dicomweb_concurrency, ca_bundle,
+insecure_http, verbose), checked as the command line's; the command line wins. A site's PACS
+settings can live there, out of the shell history.
+
 Credentials: DICOMWEB_TOKEN, or DICOMWEB_USER and DICOMWEB_PASSWORD, or DICOMWEB_SESSION_FACTORY
 (README, "Reading from and delivering to a PACS").
 
 Exit status: 0 when every object is stored, 3 when some could not be (their rows say why), 2 for a
-usage error, 5 when the server cannot be reached or refuses the credentials (nothing sent).
+usage error (2 also when another run took the output over: it stops at its next object, LeaseLost),
+5 when the server cannot be reached or refuses the credentials (nothing sent).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from jobs.exits import Exit, run_main
-from jobs.options import add_dicomweb_args, apply_dicomweb_args
+from jobs.options import add_dicomweb_args, apply_dicomweb_args, parse_with_config
 from jobs.output import configure as configure_output
 from jobs.output import safe, say
 from jobs.progress import Progress
@@ -40,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the --output of a `unet segment --dicom-seg` or `--rtstruct` run (local or s3://)")
     p.add_argument("--to", required=True, metavar="URL", help="the DICOMweb service: dicomweb+https://host/dicom-web")
     add_dicomweb_args(p, sending_only=True)
+    p.add_argument("--config", help="JSON/YAML file of option values (the command line wins)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -57,10 +63,11 @@ def deliver_progress(buckets: int) -> Iterator[Callable[[SendCounts], None]]:
         yield seen
 
 
-def deliver(out: str, buckets: int, dest: str, workers: int) -> SendCounts:
-    """Send every pending object (SEG, RTSTRUCT) of an output, with live progress over the table's parts."""
+def deliver(out: str, buckets: int, dest: str, workers: int, lease: Lease) -> SendCounts:
+    """Send every pending object (SEG, RTSTRUCT) of an output, with live progress over the table's
+    parts; the lease is checked before each object sent and each part rewritten (LeaseLost stops it)."""
     with deliver_progress(buckets) as seen:
-        return send_pending(out, buckets, dest, workers, seen)
+        return send_pending(out, buckets, dest, workers, seen, check=lease.check)
 
 
 def report(counts: SendCounts, dest: str) -> None:
@@ -78,7 +85,7 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
     out = storage.absolute(args.output)
     dest = dicomweb.destination(args.to)
@@ -87,8 +94,11 @@ def _main(argv: list[str]) -> int:
         raise ConfigError(f"{out} holds no finished `unet segment` run (no layout.json)")
     apply_dicomweb_args(args, [dest])
     t = time.monotonic()
-    with Lease(out, "unet send"):  # the table parts are rewritten: one writer per output
-        counts = deliver(out, layout.buckets, dest, args.dicomweb_concurrency)
+    # The table parts are rewritten: one writer per output. confirm_seconds=0: every check reads the
+    # lease back (one small read beside each STOW request), so that a run taken over stops at its
+    # next object, not after its next heartbeat.
+    with Lease(out, "unet send", confirm_seconds=0) as lease:
+        counts = deliver(out, layout.buckets, dest, args.dicomweb_concurrency, lease)
         summary = RunSummary.read(out)
         if summary is not None and not (summary.dicom_seg or summary.rtstruct) \
                 and not counts.sent + counts.already + counts.failed:

@@ -24,6 +24,9 @@ from unet_core.segmentation.summary import RunSummary
 RECORDS_COUNTED = 10_000  # completion records of an interrupted run, counted up to this many
 
 
+# No --config here (unlike segment and send): its only values are the output and a bundle, paths a
+# user types to ask one question, and the file a segment run was configured with holds keys status
+# has no use for (input, selection, limits), which --config would have to refuse as unknown.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unet status", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

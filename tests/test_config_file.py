@@ -125,7 +125,27 @@ def _one_valid_token(action: argparse.Action) -> tuple[list[str], object]:
 
 
 def test_the_jobs_that_take_a_config_file():
-    assert {"prepare", "train", "segment", "evaluate", "demo"} <= set(JOBS_WITH_CONFIG)
+    assert {"prepare", "train", "segment", "evaluate", "demo", "send"} <= set(JOBS_WITH_CONFIG)
+    assert "status" not in JOBS_WITH_CONFIG  # jobs/status.py says why
+
+
+def test_send_reads_its_pacs_settings_from_the_file_and_refuses_what_the_command_line_would(tmp_path, capsys):
+    from jobs import send
+
+    path = _file(tmp_path, {"to": "dicomweb+https://pacs.example/dicom-web", "dicomweb-concurrency": 2,
+                            "insecure_http": True})
+    args = parse_with_config(send.build_parser(), ["out", "--config", path])
+    assert (args.output, args.to, args.dicomweb_concurrency, args.insecure_http) == \
+        ("out", "dicomweb+https://pacs.example/dicom-web", 2, True)
+    args = parse_with_config(send.build_parser(), ["out", "--config", path, "--to", "dicomweb+https://b/dicom-web"])
+    assert args.to == "dicomweb+https://b/dicom-web"  # the command line wins
+    for bad, problem in (({"dicomweb_concurrency": "four"}, "--dicomweb-concurrency: invalid int value: 'four'"),
+                         ({"insecure_http": "yes"}, "--insecure-http is an on/off option"),
+                         ({"send": "dicomweb+https://p/dicom-web"}, "unknown keys")):  # segment's name for --to
+        bad_path = _file(tmp_path, {"to": "dicomweb+https://p/dicom-web", **bad}, "bad.yaml")
+        with pytest.raises(SystemExit) as exit_:  # before the output is read or the server asked
+            send.main(["out", "--config", bad_path])
+        assert exit_.value.code == 2 and problem in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("job", sorted(JOBS_WITH_CONFIG))
@@ -137,11 +157,11 @@ def test_every_option_of_every_job_reads_from_the_file_as_from_the_command_line(
     argv: list[str] = []
     values: dict[str, object] = {}
     for action in parser._actions:
-        if action.dest in ("help", "config") or not action.option_strings:
+        if action.dest in ("help", "config"):
             continue
         tokens, value = _one_valid_token(action)
-        argv += [max(action.option_strings, key=len), *tokens]
-        values[action.dest] = value
+        argv += [max(action.option_strings, key=len), *tokens] if action.option_strings else tokens
+        values[action.dest] = value  # a positional (send's OUTPUT) may come from the file too
     from_cli = JOBS_WITH_CONFIG[job].build_parser().parse_args(argv)
     from_file = parse_with_config(JOBS_WITH_CONFIG[job].build_parser(), ["--config", _file(tmp_path, values)])
     assert vars(from_file) | {"config": None} == vars(from_cli) | {"config": None}

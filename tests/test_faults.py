@@ -17,6 +17,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -250,7 +251,8 @@ def _node_running(nodes, marker: str):
 def _one_lost_node_line(log: str) -> None:
     lost = [line for line in log.splitlines() if line.startswith("lost node ")]
     assert len(lost) == 1 and re.match(r"lost node [\d.]+ \(node [0-9a-f]{8}\): ", lost[0]), log[-4000:]
-    for noise in ("marked dead", "state dump", "(raylet)", "Traceback", "WorkerCrashedError", "NodeDiedError"):
+    for noise in ("marked dead", "state dump", "(raylet)", "Traceback", "WorkerCrashedError", "NodeDiedError",
+                  "Raylet is terminated", "lines of the Raylet logs"):
         assert noise not in log, (noise, log[-4000:])
 
 
@@ -270,6 +272,75 @@ def test_segment_on_three_nodes_survives_losing_one_and_says_it_in_one_line(arch
     assert rc == 0, log[-4000:]
     _one_lost_node_line(log)
     _check_complete(out, reference)  # every volume exactly once, masks as undisturbed
+
+
+def _published_raylet_notice(temp_dir: str) -> bool:
+    """Whether a node's dashboard agent logged the "Raylet is terminated" notice it publishes to drivers."""
+    for path in Path(temp_dir).glob("session_*/logs/dashboard_agent*.log"):
+        if "Raylet is terminated" in path.read_text(errors="replace"):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("verbose", [False], ids=["quiet"])  # -v: the next test (see docs/reliability.md)
+def test_a_crashed_raylets_log_tail_is_held_back_in_quiet_mode_and_shown_with_v(archive, bundle, reference, tmp_path,
+                                                                                verbose):
+    """Only the raylet of a node dies: its agents publish "Raylet is terminated ... Last 20 lines of
+    the Raylet logs" to the driver. Quiet: the one `lost node` line; -v: Ray's notice too."""
+    from support.raycluster import ray_head, worker_nodes
+
+    out = str(tmp_path / "out")
+    token = secrets.token_hex(32)
+    with ray_head(token=token, num_cpus=2) as head, worker_nodes(head, 2, num_cpus=2) as nodes:
+        proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
+                     "--address", head.gcs, "--decode-concurrency", "1", *(["-v"] if verbose else []),
+                     env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
+        victim = _wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
+        assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
+        victim.kill_raylet()
+        # The node's dashboard agent notices and publishes the notice (its own log says so); the job
+        # must still be running then, or its output proves nothing either way.
+        _wait_for(lambda: _published_raylet_notice(head.temp_dir), 120, "the dead raylet's notice", proc)
+        assert proc.poll() is None, "the run ended before the notice was published; make the archive larger"
+        rc, log = _finish(proc)
+    assert rc == 0, log[-4000:]
+    _check_complete(out, reference)
+    if verbose:
+        assert "Raylet is terminated" in log and "lines of the Raylet logs" in log, log[-4000:]
+    else:
+        _one_lost_node_line(log)
+
+
+_DRIVER = """
+import sys, time
+from jobs.output import configure
+from jobs.runtime import init_ray
+configure({verbose})
+init_ray(sys.argv[1], verbose={verbose})
+print("driver up", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_driver_attached_by_init_ray_shows_a_dead_raylets_notice_only_with_v(tmp_path):
+    """The jobs' own attachment (jobs/runtime.py init_ray: log_to_driver, the quieting, NodeWatch),
+    two drivers on one loopback cluster, one quiet and one -v, while a node's raylet dies."""
+    from support.raycluster import ray_head, worker_nodes
+
+    token = secrets.token_hex(32)
+    with ray_head(token=token, num_cpus=1) as head, worker_nodes(head, 1, num_cpus=1) as nodes:
+        env = {**_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token), "PYTHONPATH": str(Path(__file__).parents[1])}
+        drivers = {v: subprocess.Popen([sys.executable, "-c", _DRIVER.format(verbose=v), head.gcs, "90"], env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                   for v in (False, True)}
+        time.sleep(20)  # both attached (they say "driver up" first; read once they end)
+        nodes[0].kill_raylet()
+        _wait_for(lambda: _published_raylet_notice(head.temp_dir), 60, "the dead raylet's notice")
+        said = {v: d.communicate(timeout=300)[0] for v, d in drivers.items()}
+    for v, out in said.items():
+        assert "driver up" in out and out.count("lost node ") == 1, (v, out[-3000:])
+    assert "Raylet is terminated" not in said[False] and "lines of the Raylet logs" not in said[False], said[False]
+    assert "Raylet is terminated" in said[True] and "lines of the Raylet logs" in said[True], said[True][-3000:]
 
 
 def test_training_on_three_nodes_survives_losing_one_and_says_it_in_one_line(prepared, tmp_path):

@@ -124,6 +124,42 @@ def test_the_private_ray_api_the_quieting_patches_is_where_it_was():
         ray_worker.print_to_stdstream = saved
 
 
+def test_quiet_mode_holds_back_a_dead_nodes_raylet_log_tail_and_verbose_shows_it(tmp_path):
+    """The notice a lost node's agents publish to the driver, as the pinned Ray writes it (its own
+    report_raylet_error_logs on a raylet.out that ends without SIGTERM): quiet drops it whole (jobs/nodes.py
+    says one line instead), -v prints it."""
+    import ray._private.worker as ray_worker
+    from ray._private import process_watcher
+
+    from jobs import quieting
+
+    (tmp_path / "raylet.out").write_text("".join(f"[2026-12-06 08:00:{i:02d}] raylet line {i}\n" for i in range(30)))
+
+    class Publisher:  # the GCS client's one call that report_raylet_error_logs makes
+        messages: list[str] = []
+
+        def publish_error(self, key, error_type, message, job_id, timeout):
+            self.messages.append(message)
+
+    process_watcher.report_raylet_error_logs(str(tmp_path), Publisher())
+    (message,) = Publisher.messages
+    assert message.startswith("Raylet is terminated") and message.count("raylet line") == 20
+    # as listen_error_messages hands it to print_to_stdstream on the driver
+    data = {"lines": [message], "pid": "raylet", "is_err": False}
+    printed = []
+    saved = ray_worker.print_to_stdstream
+    try:
+        ray_worker.print_to_stdstream = lambda data, ignore_prefix: printed.append(data)
+        quieting.drop_raylet_noise(verbose=False)
+        ray_worker.print_to_stdstream(data, False)
+        assert printed == []
+        quieting.drop_raylet_noise(verbose=True)
+        ray_worker.print_to_stdstream(data, False)
+        assert printed == [data]
+    finally:
+        ray_worker.print_to_stdstream = saved
+
+
 def test_printed_text_never_carries_control_characters():
     from jobs.output import SafeFormatter, safe
 

@@ -144,6 +144,22 @@ class Node:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
 
+    def kill_raylet(self) -> None:
+        """SIGKILL the node's raylet (a crash, or the OOM killer's choice) on a node that nothing
+        supervises (`ray start` without --block has exited; here its --block process goes first,
+        since it would SIGKILL the node's other processes a second later): the raylet's agents
+        outlive it and tell every driver, with the tail of its log."""
+        import psutil
+
+        raylets = [p for p in psutil.Process(self.proc.pid).children(recursive=True)
+                   if os.path.basename((p.cmdline() or [""])[0]) == "raylet"]
+        if not raylets:
+            raise RuntimeError(f"no raylet under the node's process {self.proc.pid}")
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        for p in raylets:
+            p.kill()
+
 
 def _alive_nodes(head: Head) -> int:
     out = subprocess.run([sys.executable, "-c", "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
@@ -180,6 +196,5 @@ def worker_nodes(head: Head, count: int, num_cpus: int = 1, resources: str | Non
                 time.sleep(1.0)
         yield nodes
     finally:
-        for n in nodes:
-            if n.proc.poll() is None:
-                n.kill()
+        for n in nodes:  # the whole process group, also of a node whose `ray start` already exited
+            n.kill()

@@ -3,7 +3,8 @@ each, resumably.
 
     send_record(rec, dest, out)       -> the record with each pending kind stored (its `sent` and
                                          `sent_to` columns) or refused (its `send_error`)
-    send_pending(out, dest, workers)  -> every ok volume of an output with an object not stored at
+    send_pending(out, dest, workers, check=lease.check)
+                                      -> every ok volume of an output with an object not stored at
                                          `dest` yet: stored, and its table row updated
 
 The volume table records delivery per kind (`Kind`): `sent` / `sent_to` / `send_error` for the SEG
@@ -15,7 +16,10 @@ study and source series); a refusal is that kind's send error, and nothing is se
 An object's UIDs are a function of its volume, its inputs' fingerprint and the model, so sending it
 again stores the same instance: the server keeps one copy. A volume redone because its inputs
 changed has new objects, sent once. Table parts are rewritten whole (write then publish), one part
-at a time; the output's lease keeps other writers out.
+at a time; the output's lease keeps other writers out. With `check` (the lease's fence), it is called
+before each object is sent and before each part is rewritten: a run that lost the output raises
+LeaseLost there and sends and rewrites nothing more (an object sent just before is the same
+instance when the new holder sends it again).
 """
 from __future__ import annotations
 
@@ -124,8 +128,17 @@ def _legacy_studies(store: OutputStore) -> dict[str, str]:
     return {r.volume_id: r.study_uid for r in store.series_index() if r.volume_id and r.study_uid}
 
 
-def send_part(out: str, bucket: int, dest: str) -> SendCounts:
-    """Send the pending objects of one volume-table part; the part is rewritten when any row changed."""
+Check = Callable[[], None]  # raises LeaseLost when the run no longer holds the output
+
+
+def _no_check() -> None:
+    return None
+
+
+def send_part(out: str, bucket: int, dest: str, check: Check = _no_check) -> SendCounts:
+    """Send the pending objects of one volume-table part; the part is rewritten when any row changed.
+    `check()` runs before each send and before the rewrite (outside send_one's guard: a lost lease
+    stops the part, it is not that object's send error)."""
     store = OutputStore(out)
     rows, counts, changed = store.read_volumes(bucket), SendCounts(), False
     studies: dict[str, str] | None = None
@@ -142,6 +155,7 @@ def send_part(out: str, bucket: int, dest: str) -> SendCounts:
                 continue
             if not row.study_uid and studies is None:
                 studies = _legacy_studies(store)
+            check()
             row = send_one(row, dest, out, kind, (studies or {}).get(row.volume_id, ""))
             rows[i], changed = row, True
             error = getattr(row, kind.columns[3])
@@ -153,18 +167,25 @@ def send_part(out: str, bucket: int, dest: str) -> SendCounts:
                 counts.sent += 1
                 counts.rtstructs_sent += kind == Kind.RTSTRUCT
     if changed:
+        check()
         store.write_volumes(bucket, rows)
     return counts
 
 
 def send_pending(out: str, buckets: int, dest: str, workers: int = 4,
-                 progress: Callable[[SendCounts], None] | None = None) -> SendCounts:
+                 progress: Callable[[SendCounts], None] | None = None, check: Check = _no_check) -> SendCounts:
     """Every pending object of an output, `workers` parts at a time (each one request at a time: at
-    most `workers` requests in flight at the server)."""
+    most `workers` requests in flight at the server). The first part that raises (LeaseLost, a
+    storage error) stops the rest: parts not started are cancelled, and the error is raised here."""
     total = SendCounts()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for counts in pool.map(lambda b: send_part(out, b, dest), range(buckets)):
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        for counts in pool.map(lambda b: send_part(out, b, dest, check), range(buckets)):
             total.add(counts)
             if progress is not None:
                 progress(total)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return total

@@ -250,7 +250,8 @@ class SegmentRun:
         if not dest:
             return None
         planned.settings.check_lease()  # delivery rewrites table parts and sends: only while the run holds the output
-        return send_pending(self.store.root, planned.layout.buckets, dest, workers, progress)
+        return send_pending(self.store.root, planned.layout.buckets, dest, workers, progress,
+                            check=planned.settings.check_lease)  # and before each object and part rewrite
 
 
 def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: SendCounts | None, pool: Pool,

@@ -216,7 +216,14 @@ class SelectionRules:
 
 def _search(pattern: str | None, text: str) -> bool | None:
     """Whether `pattern` is found anywhere in `text` (re.search's meaning), in linear time."""
-    return None if pattern is None else _compiled(pattern).search(text or "") is not None
+    return None if pattern is None else _found(pattern, text or "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _found(pattern: str, text: str) -> bool:
+    """Asked once per object scanned, of the few texts a series repeats in every object (a kernel,
+    a description): each pair is searched once (the re2 wrapper costs more per call than re's)."""
+    return _compiled(pattern).search(text) is not None
 
 
 @functools.lru_cache(maxsize=16)

@@ -27,6 +27,7 @@ from jobs.prepare import read_fingerprint, read_prepared
 from jobs.progress import Timer
 from jobs.quieting import import_tensorflow
 from jobs.runtime import init_ray
+from jobs.train_postprocess import postprocessing_on_validation
 from jobs.train_progress import EventBox, TrainWatcher
 from jobs.train_worker import train_loop_per_worker
 from unet_core.bundle import INFO_FILE, MODEL_FILE, BundleInfo, bundle_identity, save_bundle
@@ -34,6 +35,7 @@ from unet_core.config import AugmentConfig, ModelConfig, PreprocessConfig, Train
 from unet_core.errors import ConfigError, JobError, NotFoundError
 from unet_core.io import storage
 from unet_core.plots import training_curves_png
+from unet_core.recipe.postprocess import describe as describe_postprocessing
 from unet_core.report import training_report_html
 from unet_core.tracking import BUNDLE_ARTIFACT, DEFAULT_EXPERIMENT, Tracker, TrackingConfig, display_uri, require_client
 from unet_core.training.loop import LoopConfig
@@ -269,6 +271,8 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
     print(f"trained {len(t['history'])} epochs in {timer.seconds:.0f}s"
           f"{' (stopped early)' if t['stopped_early'] else ''}: best val Dice {t['best_val_dice']:.4f} at epoch "
           f"{t['best_epoch'] + 1}; {t['slices_per_second']:.1f} slices/s; bundle -> {run.output}")
+    if info.postprocessing:
+        print(describe_postprocessing(info.postprocessing))
     if tracking.uri:
         if tracker.lost:
             print(f"tracking was lost ({tracker.lost}); the bundle is complete at {run.output}")
@@ -362,6 +366,7 @@ def write_bundle(checkpoint, output: str, model_cfg: ModelConfig, preprocess: di
     info = BundleInfo(preprocess=from_dict(PreprocessConfig, preprocess), model=model_cfg, threshold=threshold,
                       label_names=labels, training=training, name=storage.basename(output),
                       fingerprint=fingerprint or {})
+    info.postprocessing = postprocessing_on_validation(model, info, meta.get("data"))  # before bundle.json
 
     extra = {"curves.png": training_curves_png(history, title=storage.basename(output)),
              "history.json": json.dumps(history, indent=1).encode(),

@@ -1,5 +1,6 @@
-"""`unet bench quality --quality-quick`: the task, both recipes' plans and ceilings, and the seed
-recipe prepared, trained and segmented end to end through the CLI's functions."""
+"""`unet bench quality --quality-quick`: the task, both recipes' plans and ceilings, and both recipes
+prepared, trained (the post-processing decision recorded) and segmented end to end through the
+CLI's functions, with and without --tta flip."""
 from __future__ import annotations
 
 import json
@@ -24,7 +25,12 @@ def test_quick_quality_bench_measures_both_recipes(tmp_path):
     assert min(r["task"]["train_spacings"]) <= native["plan"]["target_spacing"] <= 0.8
     # the held-out case (0.6 mm, 107 px) loses more at 64 x 64 than at about 0.8 mm (80 px)
     assert 0.5 < seed["ceiling"]["dice"] < native["ceiling"]["dice"] < 1.0
-    run = seed["runs"][0]
-    assert run["train_slices_per_s"] > 0 and run["segment_plain_slices_per_s"] > 0
-    assert 0.0 <= run["dice"] <= 1.0
-    assert "quality task:" in out and "ceiling Dice" in out
+    for recipe in (seed, native):
+        [run] = recipe["runs"]
+        assert "error" not in run and run["train_slices_per_s"] > 0
+        for name in ("plain", "tta"):
+            assert run[f"segment_{name}_slices_per_s"] > 0 and run[f"infer_{name}_slices_per_s"] > 0
+        assert 0.0 <= run["dice"] <= 1.0 and 0.0 <= run["dice_tta"] <= 1.0
+        assert isinstance(run["largest_component"], bool)  # unet train decided on the validation cases
+        assert recipe["dice_mean"] == run["dice"] and recipe["dice_spread"] == 0.0
+    assert "quality task:" in out and "ceiling Dice" in out and "not run" not in out

@@ -7,6 +7,13 @@ then brings its probabilities back to the source grid linearly and thresholds th
 or takes the argmax (labels), as `unet segment` does. The ceiling mask is that round trip of the
 truth; its Dice against the truth is what no model of that recipe can beat.
 
+That ceiling is not an upper bound. A model's probabilities are soft where its training labels
+were ambiguous (a thin shell half inside a coarse pixel), and soft probabilities taken back
+linearly recover thin structures that hard labels lose: on `unet bench quality` a trained seed
+recipe model beat it (docs/benchmarks.md). `coverage_ceiling_labels` is the other bound a recipe's
+grid sets: a model that predicts, in each model pixel, the fraction of it the structure covers
+(area-weighted down, then back as segment does). Both are printed by the bench.
+
 Axes: labels (n, H, W) canonical slices, spacing (mm along H, mm along W).
 """
 from __future__ import annotations
@@ -37,4 +44,28 @@ def ceiling_labels(labels: np.ndarray, spacing: tuple[float, float], pre: Prepro
     return np.argmax(resize_linear(onehot, (h, w)), axis=1).astype(np.uint8)
 
 
-__all__ = ["ceiling_labels", "model_grid"]
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64: the fraction of output pixel i covered by input pixel j, both grids
+    spanning the same extent (half-pixel centres, as `resize_linear`); rows sum to 1."""
+    e_in, e_out = np.linspace(0.0, 1.0, n_in + 1), np.linspace(0.0, 1.0, n_out + 1)
+    overlap = np.minimum(e_in[None, 1:], e_out[1:, None]) - np.maximum(e_in[None, :-1], e_out[:-1, None])
+    return np.clip(overlap, 0.0, None) * n_out
+
+
+def coverage_ceiling_labels(labels: np.ndarray, spacing: tuple[float, float], pre: PreprocessConfig) -> np.ndarray:
+    """(n, H, W) uint8 labels 0..K -> (n, H, W) uint8: each class's covered fraction of every
+    model pixel, taken back linearly, thresholded at 0.5 (binary) or argmax (labels)."""
+    h, w = labels.shape[1:]
+    gh, gw = model_grid((h, w), spacing, pre)
+    rows, cols = area_weights(h, gh), area_weights(w, gw)
+    k = int(labels.max())
+    classes = [1] if k <= 1 else list(range(k + 1))
+    fractions = np.stack([np.einsum("ih,nhw,jw->nij", rows, (labels == c).astype(np.float64), cols)
+                          for c in classes], axis=1).astype(np.float32)  # (n, classes, H', W')
+    back = resize_linear(fractions, (h, w))
+    if k <= 1:
+        return (back[:, 0] > 0.5).astype(np.uint8)
+    return np.argmax(back, axis=1).astype(np.uint8)
+
+
+__all__ = ["area_weights", "ceiling_labels", "coverage_ceiling_labels", "model_grid"]

@@ -2,7 +2,9 @@
 raises Dice on the validation cases and no class gets worse (nnU-Net's rule).
 
     decide_postprocessing(cases, n_labels)  -> PostprocessDecision (its to_dict() is the bundle's
-                                               `postprocessing`), called by `unet train`
+                                               `postprocessing`), called by `unet train` through
+                                               unet_core/training/postprocess_decision.py
+    describe(postprocessing)                -> the decision in one line
     resolve_postprocess(info, choice, fill_holes) -> PostProcess for `unet segment
                                                --largest-component auto|on|off`
 
@@ -49,6 +51,22 @@ class PostprocessDecision:
                 "labels": list(range(1, len(self.plain) + 1)),
                 "val_dice": {"plain": list(self.plain), "largest_component": list(self.with_largest)},
                 "rule": "largest component kept only if the mean Dice rises and no label's falls"}
+
+
+def describe(postprocessing: dict) -> str:
+    """One line for `unet train`'s summary from a bundle's `postprocessing` (PostprocessDecision.to_dict)."""
+    cases = int(postprocessing.get("cases", 0))
+    if not cases:
+        return "post-processing: no 3D validation case to decide on; the largest component stays off"
+    dice = postprocessing["val_dice"]
+    plain, largest = _fmt(dice["plain"]), _fmt(dice["largest_component"])
+    verdict = "kept" if postprocessing["largest_component"] else "not kept"
+    return (f"post-processing: largest component {verdict} (validation Dice per label {plain} without, {largest} "
+            f"with, over {cases} case{'s' if cases != 1 else ''}); `unet segment --largest-component auto` follows it")
+
+
+def _fmt(values: list[float | None]) -> str:
+    return "/".join("-" if v is None else f"{v:.4f}" for v in values)
 
 
 def dice_per_label(pred: np.ndarray, truth: np.ndarray, n_labels: int) -> np.ndarray:

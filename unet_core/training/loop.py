@@ -156,9 +156,9 @@ def run_training(host: Host, cfg: LoopConfig) -> None:
             stack.callback(writer.close)  # before the folder goes
         train_rows, val_rows = host.rows("train"), host.rows("val")
         patch = cfg.model.input_size if cfg.recipe == NATIVE else None
-        host.progress(Sized(world, train_cfg.batch_size * world, plan.steps_per_epoch, start_epoch))
         if start_epoch:
             host.progress(Resumed(start_epoch))
+        host.progress(Sized(world, train_cfg.batch_size * world, plan.steps_per_epoch, start_epoch))
         for epoch in range(start_epoch, train_cfg.epochs):
             t0 = last_told = time.perf_counter()
             total = None

@@ -229,6 +229,7 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
         ScalingConfig,
     )
     from ray.train.tensorflow import TensorflowTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     args, plan, workers = run.args, run.plan, run.args.workers
     total_cpus = float(ray.cluster_resources().get("CPU", 0))
@@ -250,7 +251,9 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
                    "cache_gb_per_worker": args.cache_gb_per_worker}
 
     tracker = _open_tracker(run, tracking, resources, quiet)
-    box = ray.remote(num_cpus=0)(EventBox).remote()
+    # On this process's node: an EventBox on a node that is lost would take every later event with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    box = ray.remote(num_cpus=0)(EventBox).options(scheduling_strategy=here).remote()
     loop_config["progress"] = box
     trainer = TensorflowTrainer(
         train_loop_per_worker, train_loop_config=loop_config,

@@ -64,6 +64,7 @@ class TrainWatcher(Ticker):
         if isinstance(e, Sized):
             if self.elastic_max and e.world != self.world:
                 self._close_progress()
+                self._epoch = None  # the next step starts a display of its own
                 self._print(size_line(e.world, self.elastic_max, e.global_batch, e.steps_per_epoch,
                                       first=self.world is None))
             self.world = e.world

@@ -72,6 +72,14 @@ def _watched(events, elastic_max: int) -> list[str]:
     return stream.getvalue().splitlines()
 
 
+def test_a_size_line_in_the_middle_of_an_epoch_leaves_the_step_display_working():
+    from unet_core.training.events import StepDone
+
+    lines = _watched([Sized(2, 8, 16, 1), StepDone(1, 3, 16), Sized(1, 4, 32, 1), StepDone(1, 5, 32),
+                      StepDone(1, 9, 32)], elastic_max=2)
+    assert "went on with 1 worker (of up to 2): global batch 4, 32 steps per epoch" in lines
+
+
 def test_an_elastic_run_says_its_size_at_the_start_and_at_each_change_only():
     events = [Sized(2, 8, 16, 0), Resumed(3), Sized(1, 4, 32, 3), Resumed(4), Sized(1, 4, 32, 4), Resumed(5),
               Sized(2, 8, 16, 5)]

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -279,13 +278,11 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
                 result = trainer.fit()
             else:
                 with wait:
-                    result = trainer.fit()
-    except BaseException as exc:  # Ray raises TrainingFailedError / WorkerGroupError; a give-up SIGINT
-        if wait is not None and wait.error is not None:
-            tracker.close("KILLED")
-            raise wait.error from None
-        if not isinstance(exc, Exception):
-            raise
+                    result = _fit_unless_given_up(trainer, wait)
+    except WaitedTooLong:
+        tracker.close("KILLED")
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray raises TrainingFailedError / WorkerGroupError
         tracker.close("FAILED")
         raise JobError(f"training run {run.run_name!r} failed after {args.max_failures} restart(s): {exc}\n"
                        f"its checkpoints are in {run.storage_uri}/{run.run_name}; fix the cause and re-run with "
@@ -321,13 +318,37 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
 
 def _cluster_wait(run: TrainRun, resources: dict, quiet: bool) -> ClusterWait | None:
     """The waiting line and --max-wait, for a run of its own (`unet tune`'s trials wait in Tune's
-    queue). Giving up sends this process SIGINT: Ray Train's own handler, installed by `fit()` in
-    the main thread, aborts the run (its workers and placement group go) and `fit()` returns."""
-    if quiet or threading.current_thread() is not threading.main_thread():
+    queue)."""
+    if quiet:
         return None
     need = WorkerNeed(run.args.workers, resources)
-    return ClusterWait(need, run.args.max_wait, f"{run.storage_uri}/{run.run_name}",
-                       on_give_up=lambda: os.kill(os.getpid(), signal.SIGINT))
+    return ClusterWait(need, run.args.max_wait, f"{run.storage_uri}/{run.run_name}", on_give_up=lambda: None)
+
+
+def _fit_unless_given_up(trainer, wait: ClusterWait):
+    """`trainer.fit()`, or WaitedTooLong once the wait gives up. With --max-wait, `fit()` runs in a
+    thread of its own and this one watches: Ray Train's controller does not take its abort while it
+    waits for a placement group (seen here: the abort call hung for minutes), so the job ends by
+    itself, and Ray ends the run's controller, workers and placement group with the job."""
+    if not wait.max_wait:
+        return trainer.fit()
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread as it is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True, name="unet-train-fit")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+        if wait.error is not None:
+            raise wait.error
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _tracking_file(run: TrainRun) -> str:

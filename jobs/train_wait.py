@@ -7,8 +7,8 @@ says one line every UNET_PROGRESS_INTERVAL seconds:
 
     waiting for 2 workers (2 CPUs each): the cluster has 1 of 3 CPUs and 0 of 0 GPUs free; waited 30s
 
-and with `--max-wait S`, once the wait reaches S seconds, gives up: `on_give_up` is called once
-(jobs/train.py aborts the Ray Train run) and the job ends with exit status 5.
+and with `--max-wait S`, once the wait reaches S seconds, gives up: `error` is set, `on_give_up`
+is called once, and jobs/train.py ends the job with exit status 5.
 
     WorkerNeed          what one run's worker group takes (a WorkerRange, resources per worker)
     is_placed(...)      whether a placement group table holds the run's group, placed

@@ -2,7 +2,11 @@
 
 TensorflowTrainer runs `--workers` workers (each `--gpus-per-worker` GPUs, `--cpus-per-worker`
 CPUs) with MultiWorkerMirroredStrategy and the custom distributed step; global batch = per-worker
-batch x workers. Every epoch reports metrics and a checkpoint to `--storage` (local or s3://);
+batch x workers. `--workers MIN-MAX` is elastic: the run starts with what the cluster has (at
+least MIN), goes on from its last checkpoint with fewer workers when a node is lost and with more
+when nodes come back, and says its size each time. A run waiting for its workers says so;
+`--max-wait S` ends it (exit 5) when they do not come within S seconds. Every epoch reports
+metrics and a checkpoint to `--storage` (local or s3://);
 `--resume` continues a run from its latest checkpoint (epoch, optimizer, callbacks), and
 `--max-failures` restarts a run whose worker died, from that checkpoint, without a human.
 The result is a model bundle at `--output`.
@@ -16,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 
 from jobs.exits import Exit, run_main
@@ -29,6 +34,7 @@ from jobs.quieting import import_tensorflow
 from jobs.runtime import init_ray
 from jobs.train_postprocess import postprocessing_on_validation
 from jobs.train_progress import EventBox, TrainWatcher
+from jobs.train_wait import ClusterWait, WaitedTooLong, WorkerNeed
 from jobs.train_worker import train_loop_per_worker
 from unet_core.bundle import INFO_FILE, MODEL_FILE, BundleInfo, bundle_identity, save_bundle
 from unet_core.config import AugmentConfig, ModelConfig, PreprocessConfig, TrainConfig, from_dict, to_dict
@@ -39,7 +45,7 @@ from unet_core.recipe.postprocess import describe as describe_postprocessing
 from unet_core.report import training_report_html
 from unet_core.tracking import BUNDLE_ARTIFACT, DEFAULT_EXPERIMENT, Tracker, TrackingConfig, display_uri, require_client
 from unet_core.training.loop import LoopConfig
-from unet_core.training.plan import StepPlan, cpu_reservation, local_cpus, training_summary
+from unet_core.training.plan import StepPlan, WorkerRange, cpu_reservation, local_cpus, training_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run --run-name from its latest checkpoint")
     p.add_argument("--config", help="JSON/YAML file of option values")
     s = p.add_argument_group("scaling")
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--workers", default="2", metavar="N|MIN-MAX",
+                   help="N workers, or MIN-MAX: elastic, the run goes on with what the cluster has (at least MIN) "
+                        "and grows again up to MAX; global batch and steps per epoch follow the number of workers")
+    s.add_argument("--max-wait", type=float, default=None, metavar="S",
+                   help="end the run (exit 5) when the cluster cannot give it its workers (MIN of MIN-MAX) within S "
+                        "seconds, at the start or after a lost node (default: wait, saying so)")
     s.add_argument("--gpus-per-worker", type=float, default=0)
     s.add_argument("--cpus-per-worker", type=float, default=1)
     s.add_argument("--memory-per-worker", type=float, default=None, help="GiB reserved per worker")
@@ -127,7 +138,12 @@ class TrainRun:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    return parse_with_config(parser, argv)
+    """The options, with --workers as a WorkerRange (a bad value is a usage error, exit 2)."""
+    args = parse_with_config(parser, argv)
+    args.workers = WorkerRange.parse(args.workers)
+    if args.max_wait is not None and args.max_wait <= 0:
+        raise ConfigError(f"--max-wait {args.max_wait:g}: a number of seconds above 0")
+    return args
 
 
 def tracking_config(args: argparse.Namespace) -> TrackingConfig:
@@ -144,7 +160,11 @@ def _main(argv: list[str]) -> int:
     tracking = tracking_config(args)
     run = plan_run(args)
     start_ray(args, run)
-    fit_and_write(run, tracking=tracking)
+    try:
+        fit_and_write(run, tracking=tracking)
+    except WaitedTooLong as exc:
+        log.error("%s", exc)
+        return Exit.STORAGE  # 5: a service the run needs (here the cluster's CPUs / GPUs) is not there
     return Exit.OK
 
 
@@ -173,7 +193,8 @@ def plan_run(args: argparse.Namespace, check_run: bool = True) -> TrainRun:
                             xla=args.xla)
     augment_cfg = AugmentConfig(enabled=not args.no_augment)
     n_train, n_val = manifest["counts"]["train"], manifest["counts"]["val"]
-    plan = StepPlan.for_run(n_train, n_val, args.workers, args.batch_size)
+    # The plan of the largest group: a smaller one has more steps and the same batch, so it fits too.
+    plan = StepPlan.for_run(n_train, n_val, args.workers.max, args.batch_size)
 
     output = args.output.rstrip("/")
     storage_uri = (args.storage or f"{output}.runs").rstrip("/")
@@ -190,7 +211,7 @@ def plan_run(args: argparse.Namespace, check_run: bool = True) -> TrainRun:
 
 
 def start_ray(args: argparse.Namespace, run: TrainRun) -> None:
-    init_ray(args.address, args.num_cpus or local_cpus(args.workers, args.cpus_per_worker, os.cpu_count() or 1),
+    init_ray(args.address, args.num_cpus or local_cpus(args.workers.max, args.cpus_per_worker, os.cpu_count() or 1),
              verbose=args.verbose)
     import_tensorflow(args.verbose)  # quietly, before Ray Train's TensorFlow integration imports it
 
@@ -209,10 +230,11 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
         ScalingConfig,
     )
     from ray.train.tensorflow import TensorflowTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    args, plan = run.args, run.plan
+    args, plan, workers = run.args, run.plan, run.args.workers
     total_cpus = float(ray.cluster_resources().get("CPU", 0))
-    reserve = cpu_reservation(args.workers, args.cpus_per_worker, total_cpus)
+    reserve = cpu_reservation(workers.max, args.cpus_per_worker, total_cpus)
     if reserve != args.cpus_per_worker:
         log.info("reserving %.2f CPUs per worker (of %g) so that Ray Data keeps CPU for input", reserve, total_cpus)
     resources = {"CPU": reserve}
@@ -224,16 +246,21 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
     loop = LoopConfig(model=run.model_cfg, train=run.train_cfg, plan=plan, augment=run.augment_cfg,
                       recipe=run.pre.get("recipe", "seed"), threads=int(args.cpus_per_worker),
                       initial_weights=args.initial_weights, transfer=args.transfer,
-                      freeze_encoder=args.freeze_encoder)
+                      freeze_encoder=args.freeze_encoder, n_train=run.manifest["counts"]["train"],
+                      n_val=run.manifest["counts"]["val"])
     loop_config = {"loop": to_dict(loop), "data": storage.join(args.data, "slices"),
                    "cache_gb_per_worker": args.cache_gb_per_worker}
 
     tracker = _open_tracker(run, tracking, resources, quiet)
-    box = ray.remote(num_cpus=0)(EventBox).remote()
+    # On this process's node: an EventBox on a node that is lost would take every later event with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    box = ray.remote(num_cpus=0)(EventBox).options(scheduling_strategy=here).remote()
     loop_config["progress"] = box
     trainer = TensorflowTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.gpus_per_worker > 0,
+        # (min, max): Ray Train's elastic scaling policy (docs/design.md, "Elastic training").
+        scaling_config=ScalingConfig(num_workers=(workers.min, workers.max) if workers.elastic else workers.min,
+                                     use_gpu=args.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=run.run_name, storage_path=run_path, storage_filesystem=run_fs,
                              failure_config=FailureConfig(max_failures=args.max_failures),
@@ -241,13 +268,22 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
     )
     n_train, n_val = run.manifest["counts"]["train"], run.manifest["counts"]["val"]
     if not quiet:
-        say(f"training on {n_train:,} train / {n_val:,} val slices: {args.workers} workers x batch "
-            f"{args.batch_size}, {plan.steps_per_epoch} steps per epoch, up to {args.epochs} epochs")
+        steps = "steps per epoch as the workers" if workers.elastic else f"{plan.steps_per_epoch} steps per epoch"
+        say(f"training on {n_train:,} train / {n_val:,} val slices: {workers} workers x batch "
+            f"{args.batch_size}, {steps}, up to {args.epochs} epochs")
     timer = Timer()
     on_epoch = (lambda e: tracker.log_metrics(e.metrics, e.epoch)) if tracker.active else None
+    wait = _cluster_wait(run, resources, quiet)
     try:
-        with TrainWatcher(box, on_epoch=on_epoch, quiet=quiet):
-            result = trainer.fit()
+        with TrainWatcher(box, on_epoch=on_epoch, quiet=quiet, elastic_max=workers.max if workers.elastic else 0):
+            if wait is None:
+                result = trainer.fit()
+            else:
+                with wait:
+                    result = _fit_unless_given_up(trainer, wait)
+    except WaitedTooLong:
+        tracker.close("KILLED")
+        raise
     except Exception as exc:  # noqa: BLE001 - Ray raises TrainingFailedError / WorkerGroupError
         tracker.close("FAILED")
         raise JobError(f"training run {run.run_name!r} failed after {args.max_failures} restart(s): {exc}\n"
@@ -259,7 +295,8 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
 
     info = write_bundle(result.checkpoint, run.output, run.model_cfg, run.pre, args.threshold, run.labels,
                         read_fingerprint(args.data),
-                        {"train": to_dict(run.train_cfg), "augment": to_dict(run.augment_cfg), "workers": args.workers,
+                        {"train": to_dict(run.train_cfg), "augment": to_dict(run.augment_cfg),
+                         "workers": str(workers) if workers.elastic else workers.min,
                          "data": args.data, "data_identity": run.manifest["identity"],
                          "run": f"{run.storage_uri}/{run.run_name}"})
     version = _log_bundle(run, tracker, tracking)
@@ -281,6 +318,41 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
                   f"{display_uri(tracking.uri)}" + (f"; registered as models:/{tracking.register_model}/{version}"
                                                      if version else ""))
     return info
+
+
+def _cluster_wait(run: TrainRun, resources: dict, quiet: bool) -> ClusterWait | None:
+    """The waiting line and --max-wait, for a run of its own (`unet tune`'s trials wait in Tune's
+    queue)."""
+    if quiet:
+        return None
+    need = WorkerNeed(run.args.workers, resources)
+    return ClusterWait(need, run.args.max_wait, f"{run.storage_uri}/{run.run_name}", on_give_up=lambda: None)
+
+
+def _fit_unless_given_up(trainer, wait: ClusterWait):
+    """`trainer.fit()`, or WaitedTooLong once the wait gives up. With --max-wait, `fit()` runs in a
+    thread of its own and this one watches: Ray Train's controller does not take its abort while it
+    waits for a placement group (seen here: the abort call hung for minutes), so the job ends by
+    itself, and Ray ends the run's controller, workers and placement group with the job."""
+    if not wait.max_wait:
+        return trainer.fit()
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread as it is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True, name="unet-train-fit")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+        if wait.error is not None:
+            raise wait.error
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _tracking_file(run: TrainRun) -> str:

@@ -2,7 +2,8 @@
 
     EventBox        a Ray actor's body: rank 0 puts TrainEvents, the driver takes them
     TrainWatcher    a Ticker: a step progress display per epoch, one line per epoch, and
-                    learning-rate changes, early stopping and resumption said once
+                    learning-rate changes, early stopping and resumption said once; an elastic
+                    run's size when it starts and each time it goes on at another size
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 from typing import Callable
 
 from jobs.progress import Progress, Ticker
-from unet_core.training.events import EpochDone, Resumed, StepDone, TrainEvent
+from unet_core.training.events import EpochDone, Resumed, Sized, StepDone, TrainEvent
+from unet_core.training.plan import size_line
 
 
 class EventBox:
@@ -41,10 +43,13 @@ class TrainWatcher(Ticker):
     """Drains an EventBox from a thread while `trainer.fit()` blocks: a step progress display per
     epoch, one line per epoch, and learning-rate changes, early stopping and resumption said once."""
 
-    def __init__(self, box, stream=None, on_epoch: Callable[[EpochDone], None] | None = None, quiet: bool = False):
+    def __init__(self, box, stream=None, on_epoch: Callable[[EpochDone], None] | None = None, quiet: bool = False,
+                 elastic_max: int = 0):
         super().__init__()
         self.box, self.stream = box, stream or sys.stderr
         self.on_epoch, self.quiet = on_epoch, quiet  # on_epoch: e.g. tracking each epoch as it ends
+        self.elastic_max = elastic_max  # --workers MIN-MAX: MAX (0: a fixed number of workers)
+        self.world: int | None = None  # the size of the last worker group seen
         self.epochs_seen: list[EpochDone] = []
         self._progress: Progress | None = None
         self._epoch = None
@@ -56,7 +61,14 @@ class TrainWatcher(Ticker):
                 self.on_epoch(e)
         if self.quiet:
             return
-        if isinstance(e, Resumed):
+        if isinstance(e, Sized):
+            if self.elastic_max and e.world != self.world:
+                self._close_progress()
+                self._epoch = None  # the next step starts a display of its own
+                self._print(size_line(e.world, self.elastic_max, e.global_batch, e.steps_per_epoch,
+                                      first=self.world is None))
+            self.world = e.world
+        elif isinstance(e, Resumed):
             self._print(f"resumed from the last checkpoint: epoch {e.epoch + 1}")
         elif isinstance(e, StepDone):
             if self._epoch != e.epoch:

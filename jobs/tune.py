@@ -16,19 +16,24 @@ resumes: finished trials are kept, unfinished ones run again from their checkpoi
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
+import socket
 import sys
 
 from jobs import train
 from jobs.exits import Exit, run_main
 from jobs.options import load_config_file
 from jobs.output import configure as configure_output
-from jobs.output import log, say
+from jobs.output import log, say, worker_env
 from jobs.progress import Timer
+from jobs.quieting import quiet_ray_data
+from jobs.runtime import cluster_address, job_settings_env
 from unet_core.errors import ConfigError, JobError
 from unet_core.io import storage
 from unet_core.tracking import Tracker, TrackingConfig
+from unet_core.training.plan import local_cpus
 from unet_core.tuning import Dimension, Kind, option_specs, parse_space, trial_flags
 from unet_core.tuning_results import (
     TrialRow,
@@ -101,7 +106,7 @@ def _main(argv: list[str]) -> int:
     # Every trial is checked as `unet train` would check it, before anything starts.
     probe = train.plan_run(train.parse_args(train.build_parser(), fixed + _sample_flags(dims) + [
         "--output", f"{output}/trials/probe"]), check_run=False)
-    train.start_ray(args, probe)
+    _start_ray(args, probe)
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -145,6 +150,40 @@ def _main(argv: list[str]) -> int:
     if best is None:
         raise JobError(f"no trial finished with a bundle; see {output}/report.html and {output}/trials.parquet")
     return Exit.OK if not counts[TrialStatus.FAILED] else Exit.PARTIAL
+
+
+def _start_ray(args: argparse.Namespace, probe: train.TrainRun) -> None:
+    """The search's Ray: the cluster of --address, or a local instance whose address every one of
+    its processes knows. A trial ASHA stops is killed with its Ray Train controller, and Ray
+    Train's PlacementGroupCleaner (an actor of that instance) then removes the trial's worker
+    placement group, after asking the state API whether the controller is dead. Without an
+    address the state API looks for "the" Ray instance of the machine and fails where two run
+    ("Found multiple active Ray instances"), and a local instance started without its API server
+    has no state API at all: the group would stay and later trials wait for its CPUs for ever. So:
+    the GCS port is chosen here (RAY_GCS_SERVER_PORT), RAY_ADDRESS names it in every worker's
+    environment, and the API server runs on a free port (docs/design.md, "Search")."""
+    if not cluster_address(args.address):
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        address = f"{ray.util.get_node_ip_address()}:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ray.init(address="local", num_cpus=args.num_cpus or local_cpus(
+                         args.workers.max, args.cpus_per_worker, os.cpu_count() or 1),
+                     include_dashboard=None, dashboard_port=0,  # the API server alone, on a free port
+                     runtime_env={"env_vars": {**worker_env(args.verbose), **job_settings_env(),
+                                               "RAY_ADDRESS": address}},
+                     log_to_driver=args.verbose, logging_level=logging.INFO if args.verbose else logging.ERROR)
+        finally:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        if ray.get_runtime_context().gcs_address != address:
+            say(f"the search's Ray instance is at {ray.get_runtime_context().gcs_address}, not {address}: a trial "
+                "stopped early may keep its workers' CPUs")
+        quiet_ray_data(args.verbose)
+    train.start_ray(args, probe)  # attaches to --address; imports TensorFlow quietly
 
 
 def _trial_function(fixed: list[str], dims: list[Dimension], output: str, tracking: TrackingConfig,

@@ -28,20 +28,25 @@ def run(args, work: str) -> dict:
               str(args.train_epochs), "--no-augment", "--early-stopping-patience", "1000"]
     if args.address:
         common += ["--address", args.address]
-    runs = {}
-    variants = [("ray", [])]
+    order = [("ray", [])]
     if args.train_tracking_uri:  # the same run, tracked: params, every epoch's metrics, the bundle as artifacts
-        variants.append(("ray_tracked", ["--tracking-uri", args.train_tracking_uri, "--experiment", "unet-bench"]))
-    for label, extra in variants:
-        out = os.path.join(bundle, label)
+        tracked = ("ray_tracked", ["--tracking-uri", args.train_tracking_uri, "--experiment", "unet-bench"])
+        order = [("ray", []), tracked, tracked, ("ray", [])]  # A B B A: a drift of the machine's load cancels out
+    load_before = os.getloadavg()[0]
+    measured: dict[str, list[dict]] = {}
+    for i, (label, extra) in enumerate(order):
+        out = os.path.join(bundle, f"{label}_{i}")
         t = time.perf_counter()
         train.main(["--data", prepared, "--output", out, "--workers", "1", "--cpus-per-worker", str(os.cpu_count()),
                     *common, *extra])
         wall = time.perf_counter() - t
         history = json.load(open(os.path.join(out, "history.json")))
         steady = history[1:]
-        runs[label] = {"steady_slices_per_s": float(np.mean([h["slices_per_second"] for h in steady])),
-                       "first_epoch_s": history[0]["epoch_seconds"], "wall_s": wall}
+        measured.setdefault(label, []).append({
+            "steady_slices_per_s": float(np.mean([h["slices_per_second"] for h in steady])),
+            "first_epoch_s": history[0]["epoch_seconds"], "wall_s": wall})
+    runs = {label: {key: float(np.mean([r[key] for r in rs])) for key in rs[0]} for label, rs in measured.items()}
+    load = (load_before + os.getloadavg()[0]) / 2
 
     # (b) the seed's way: one process, arrays in memory, model.fit.
 
@@ -82,7 +87,13 @@ def run(args, work: str) -> dict:
     if "ray_tracked" in runs:
         tracked = runs["ray_tracked"]["steady_slices_per_s"]
         out["tracking_overhead"] = 1 - tracked / runs["ray"]["steady_slices_per_s"]
+        out["runs"] = measured
         print(f"  (a) tracked in MLflow                   {tracked:7.1f} slices/s: {tracked / runs['ray']['steady_slices_per_s']:.2f}x "
               f"untracked; wall {runs['ray_tracked']['wall_s']:.0f}s against {runs['ray']['wall_s']:.0f}s")
+        print("      runs in order (untracked, tracked, tracked, untracked): " + ", ".join(
+            f"{r['steady_slices_per_s']:.1f}" for r in (measured["ray"][0], *measured["ray_tracked"], measured["ray"][1]))
+            + " slices/s")
+    out["load_average"] = load
+    print(f"  machine load average (1 min) during the runs: {load:.1f} on {os.cpu_count()} CPUs")
     print(f"  first epoch (Ray start, tracing): {runs['ray']['first_epoch_s']:.1f}s")
     return out

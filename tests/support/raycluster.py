@@ -165,7 +165,9 @@ def _alive_nodes(head: Head) -> int:
     out = subprocess.run([sys.executable, "-c", "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
                           "print(sum(1 for n in ray.nodes() if n['Alive']))", head.gcs],
                          env={**head.env}, capture_output=True, text=True, timeout=60)
-    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+    # The last line that is a number: a raylet's log line can follow the count on a busy machine.
+    counts = [line for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
+    return int(counts[-1]) if counts else 0
 
 
 @contextlib.contextmanager

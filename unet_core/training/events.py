@@ -1,7 +1,8 @@
 """What a training run tells about itself, as typed records.
 
 Live events go from rank 0 to the driver while the run goes on (jobs/train_progress.py shows
-them): `StepDone` within an epoch, `EpochDone` at its end, `Resumed` when a run continues from a
+them): `Sized` when a worker group starts (its world size, global batch and steps per epoch),
+`StepDone` within an epoch, `EpochDone` at its end, `Resumed` when a run continues from a
 checkpoint. The run's history keeps `HistoryEvent`s (resumption, early stopping) in its
 checkpoints and in the bundle's training summary, as JSON objects with an "event" key.
 """
@@ -15,6 +16,16 @@ from dataclasses import asdict, dataclass, field
 @dataclass(frozen=True)
 class Resumed:
     epoch: int  # the first epoch of the continued run (0-based)
+
+
+@dataclass(frozen=True)
+class Sized:
+    """A worker group started: an elastic run (--workers MIN-MAX) may start at any size in range."""
+
+    world: int  # workers in this group
+    global_batch: int  # per-worker batch x world
+    steps_per_epoch: int
+    epoch: int  # the first epoch this group runs (0-based)
 
 
 @dataclass(frozen=True)
@@ -35,12 +46,13 @@ class EpochDone:
     best_value: float
 
 
-TrainEvent = Resumed | StepDone | EpochDone
+TrainEvent = Sized | Resumed | StepDone | EpochDone
 
 
 class HistoryKind(enum.StrEnum):
     RESUMED = "resumed"
     EARLY_STOPPING = "early_stopping"
+    RESIZED = "resized"  # an elastic run went on from a checkpoint with another number of workers
 
 
 @dataclass(frozen=True)
@@ -48,9 +60,10 @@ class HistoryEvent:
     """One entry of a run's history ("events" in bundle.json)."""
 
     event: HistoryKind
-    epoch: int  # resumed: the first epoch run again; early stopping: the last epoch run
+    epoch: int  # resumed, resized: the first epoch run again; early stopping: the last epoch run
     best_epoch: int | None = None
     time: float = field(default_factory=time.time)
+    workers: int | None = None  # resized: the new number of workers
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if v is not None}
@@ -63,4 +76,4 @@ class HistoryEvent:
     def from_json(cls, d: dict) -> HistoryEvent:
         kind = HistoryKind(d["event"])
         epoch = d.get("from_epoch", d.get("epoch", 0)) if kind == HistoryKind.RESUMED else d.get("epoch", 0)
-        return cls(kind, int(epoch), d.get("best_epoch"), float(d.get("time", 0.0)))
+        return cls(kind, int(epoch), d.get("best_epoch"), float(d.get("time", 0.0)), d.get("workers"))

@@ -9,7 +9,9 @@
 
 Every worker runs exactly `plan.steps_per_epoch` steps (docs/design.md, fact 3: unequal step
 counts hang the collectives), and takes the same callback decisions, because every metric it
-sees is reduced across all workers.
+sees is reduced across all workers. The plan is made for the world size the worker group has
+(`plan_for`): an elastic run (--workers MIN-MAX) that goes on with fewer or more workers keeps
+the per-worker batch, so its global batch and steps per epoch follow the world size.
 
 A seeded run repeats bit for bit (issue #30): the data order is a function of (seed, epoch, rank,
 world) and the rows' content (unet_core/training/rows.py), patches and augmentation draw from
@@ -30,7 +32,7 @@ import numpy as np
 from unet_core.config import AugmentConfig, ModelConfig, TrainConfig
 from unet_core.io import storage
 from unet_core.training.callbacks import CallbackState, end_of_epoch
-from unet_core.training.events import EpochDone, HistoryEvent, HistoryKind, Resumed, StepDone, TrainEvent
+from unet_core.training.events import EpochDone, HistoryEvent, HistoryKind, Resumed, Sized, StepDone, TrainEvent
 from unet_core.training.patches import sample_patches
 from unet_core.training.plan import StepPlan
 from unet_core.training.rows import WorkerRows, epoch_order
@@ -51,6 +53,17 @@ class LoopConfig:
     initial_weights: str | None = None  # a bundle, .keras or .weights.h5 (local or s3://)
     transfer: str = "full"
     freeze_encoder: bool = False
+    # The prepared slices' counts: with them, each worker group plans for its own world size.
+    n_train: int = 0
+    n_val: int = 0
+
+
+def plan_for(cfg: LoopConfig, world: int) -> StepPlan:
+    """The step plan of a worker group of `world` workers: `StepPlan.for_run` over the counts (the
+    same plan the driver made for a fixed --workers N), or `cfg.plan` when no counts are given."""
+    if cfg.n_train:
+        return StepPlan.for_run(cfg.n_train, cfg.n_val, world, cfg.train.batch_size)
+    return cfg.plan
 
 
 class Host(Protocol):
@@ -116,6 +129,7 @@ def run_training(host: Host, cfg: LoopConfig) -> None:
     callbacks = CallbackState(learning_rate=train_cfg.learning_rate)
     best_weights = model.get_weights()
     start_epoch, history = 0, []
+    plan = plan_for(cfg, world)
     with contextlib.ExitStack() as stack:
         tb_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tb-"))  # removed at the end (issue #32)
         with host.resume_folder() as folder:
@@ -127,6 +141,8 @@ def run_training(host: Host, cfg: LoopConfig) -> None:
                 set_learning_rate(optimizer, callbacks.learning_rate)
                 history = [HistoryEvent.from_json(e) for e in info.get("events", [])]
                 history.append(HistoryEvent(HistoryKind.RESUMED, start_epoch))
+                if int(info.get("world_size", world)) != world:  # optimizer and callbacks carry over as they are
+                    history.append(HistoryEvent(HistoryKind.RESIZED, start_epoch, workers=world))
         if callbacks.stopped_early:
             start_epoch = train_cfg.epochs  # the restored run had already finished
 
@@ -140,9 +156,9 @@ def run_training(host: Host, cfg: LoopConfig) -> None:
             stack.callback(writer.close)  # before the folder goes
         train_rows, val_rows = host.rows("train"), host.rows("val")
         patch = cfg.model.input_size if cfg.recipe == NATIVE else None
-        plan = cfg.plan
         if start_epoch:
             host.progress(Resumed(start_epoch))
+        host.progress(Sized(world, train_cfg.batch_size * world, plan.steps_per_epoch, start_epoch))
         for epoch in range(start_epoch, train_cfg.epochs):
             t0 = last_told = time.perf_counter()
             total = None

@@ -2,6 +2,8 @@
 
     StepPlan.for_run(...)   equal steps for every worker (docs/design.md, "Facts", 3: unequal step
                             counts hang the collectives), and the validation batches
+    WorkerRange             --workers N or MIN-MAX (elastic: the run goes on with what the cluster has)
+    size_line(...)          the line a run says when it starts or goes on at another size
     local_cpus(...)         logical CPUs of a local Ray instance for a run
     cpu_reservation(...)    CPUs each worker reserves, leaving Ray Data one for input
     training_summary(...)   the bundle's summary of a finished run (best epoch, speed, history)
@@ -14,6 +16,35 @@ from dataclasses import dataclass
 from unet_core.errors import ConfigError
 
 INPUT_CPUS = 1.0  # what Ray Data keeps for reading shards; less was seen to hang the run
+
+
+@dataclass(frozen=True)
+class WorkerRange:
+    """How many data-parallel workers a run takes: `fixed` (min == max) or elastic (min < max)."""
+
+    min: int
+    max: int
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerRange:
+        """"N" or "MIN-MAX" with 1 <= MIN <= MAX; ConfigError naming the value otherwise."""
+        low, dash, high = str(text).strip().partition("-")
+        try:
+            lo, hi = int(low), int(high) if dash else int(low)
+        except ValueError:
+            raise ConfigError(f"--workers {text!r}: a number of workers (2) or a range MIN-MAX (1-8)") from None
+        if lo < 1:
+            raise ConfigError(f"--workers {text!r}: at least 1 worker")
+        if lo > hi:
+            raise ConfigError(f"--workers {text!r}: MIN is more than MAX")
+        return cls(lo, hi)
+
+    @property
+    def elastic(self) -> bool:
+        return self.min < self.max
+
+    def __str__(self) -> str:
+        return f"{self.min}-{self.max}" if self.elastic else str(self.min)
 
 
 @dataclass(frozen=True)
@@ -33,6 +64,14 @@ class StepPlan:
         if val_batch < 1:
             raise ConfigError(f"{n_val} validation slices for {workers} workers: prepare with a larger --val-fraction")
         return cls(steps, val_batch, n_val // (workers * val_batch))
+
+
+def size_line(world: int, most: int, global_batch: int, steps_per_epoch: int, first: bool) -> str:
+    """What an elastic run says when it starts, and each time it goes on at another size:
+    "went on with 1 worker (of up to 2): global batch 8, 12 steps per epoch"."""
+    verb = "started with" if first else "went on with"
+    return (f"{verb} {world} worker{'s' if world != 1 else ''} (of up to {most}): global batch "
+            f"{global_batch}, {steps_per_epoch} steps per epoch")
 
 
 def local_cpus(workers: int, cpus_per_worker: float, machine_cpus: int) -> int:

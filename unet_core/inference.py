@@ -105,12 +105,14 @@ class StageSeconds:
     benchmark reads; None, the default, times nothing). `preprocess`: normalise, resample to the
     model grid, cut tiles, cast to float16; `stitch`: un-mirror and Gaussian stitching;
     `resample_back`: probabilities to the canonical slice grid; `labels`: threshold / argmax,
-    post-processing and reorientation to the source grid."""
+    post-processing and reorientation to the source grid. With `cpu`, the same steps' CPU seconds
+    of this process (`time.process_time`: what a loaded machine changes least) go there too."""
 
     preprocess: float = 0.0
     stitch: float = 0.0
     resample_back: float = 0.0
     labels: float = 0.0
+    cpu: StageSeconds | None = None
 
 
 @contextmanager
@@ -118,11 +120,13 @@ def _timed(seconds: StageSeconds | None, step: str) -> Iterator[None]:
     if seconds is None:
         yield
         return
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         setattr(seconds, step, getattr(seconds, step) + time.perf_counter() - t)
+        if seconds.cpu is not None:
+            setattr(seconds.cpu, step, getattr(seconds.cpu, step) + time.process_time() - c)
 
 
 def prepare_volume(volume: Volume, preprocess: PreprocessConfig, tta: bool = False,
@@ -184,7 +188,10 @@ class SlicePredictor:
     """Loads a bundle once; `predict(x)` maps (n, size, size, C) model input to float16
     (n, size, size, K) probabilities, and `__call__(batch)` does so for every volume of a batch
     dict (batch["x"] -> batch["prob"]). Slices are fed in fixed-size mini-batches (the last one
-    padded) so the compiled function is traced once.
+    padded) so the compiled function is traced once. The rows of one call (a volume's: every tile
+    of every slice, slice-major) fill each mini-batch across slice boundaries; only a call's last
+    one is padded, so a volume wastes fewer than `batch_size` rows of model work (`batches` and
+    `rows` count what was fed).
     """
 
     def __init__(self, bundle_uri: str, batch_size: int = 16, precision: str = "float32", xla: bool = False):
@@ -199,13 +206,15 @@ class SlicePredictor:
         self.batch_size = batch_size
         self._predict = tf.function(lambda x: self.model(x, training=False), jit_compile=xla)
         self.model_seconds = 0.0
+        self.batches = 0  # mini-batches fed; rows / (batches x batch_size) is how full they were
+        self.rows = 0
 
     def warm_up(self) -> None:
         """Trace the compiled function once on zeros, before the first real volume arrives."""
         _, height, width, channels = self.model.input_shape
         size = self.info.preprocess.input_size
         self.predict(np.zeros((1, height or size, width or size, channels), np.float32))
-        self.model_seconds = 0.0
+        self.model_seconds, self.batches, self.rows = 0.0, 0, 0
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -220,6 +229,7 @@ class SlicePredictor:
             t = time.perf_counter()
             pred = self._predict(tf.constant(chunk)).numpy()
             self.model_seconds += time.perf_counter() - t
+            self.batches, self.rows = self.batches + 1, self.rows + n
             out.append(pred[:n].astype(np.float16))
         return np.concatenate(out) if out else np.zeros((0,), np.float16)
 

@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seg-slices", type=int, default=48)
     s.add_argument("--seg-size", type=int, default=128, help="model input size")
     s.add_argument("--seg-filters", type=int, default=16)
+    s.add_argument("--seg-recipes-only", action="store_true",
+                   help="only the seed-against-native recipe comparison (512 x 512 CT at 0.7 mm; no archive, no Ray)")
+    s.add_argument("--recipe-filters", type=int, default=64, help="base filters of the recipe comparison's network")
+    s.add_argument("--recipe-slices", type=int, default=16,
+                   help="slices of each of its 2 volumes (a multiple of --recipe-batch keeps the seed's batches full)")
+    s.add_argument("--recipe-batch", type=int, default=16, help="the predictor's batch size in it")
+    s.add_argument("--recipe-tta", action="store_true", help="also native + --tta flip (4x the native's model work)")
     c = p.add_argument_group("scale")
     c.add_argument("--scale-objects", type=int, default=20_000, help="objects of the small archive (the large one has 10x)")
     c.add_argument("--scale-series-slices", type=int, default=50, help="objects (32x32 slices) per series")

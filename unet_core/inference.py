@@ -167,21 +167,24 @@ def iter_model_input(volume: Volume, preprocess: PreprocessConfig, tta: bool = F
         return
     with _timed(seconds, "preprocess"):
         normalised = normalise(slices, preprocess)
-    per = plan.rows_per_slice
+    per, layout = plan.rows_per_slice, plan.layout
     for ks in plan.chunks(max_rows):
-        with _timed(seconds, "preprocess"):
-            x = slices_at_target(normalised, plan.target, preprocess.context_slices, ks)
-            target = out[ks.start * per:ks.stop * per] if out is not None else None
-            # Padding as in training: the normalised value of the slice's minimum (its background).
-            # Cut straight to float16 (the one cast the rows get), into `out` when there is no TTA.
-            tiles = sliding.extract_tiles(x, plan.layout, x.min(axis=(1, 2, 3)), np.float16,
-                                          out=None if tta else target)
-            if tta:
-                tiles = sliding.mirrored(tiles, plan.layout.tiles_per_slice)
-                if target is not None:
-                    target[...] = tiles
-                    tiles = target
-        yield ks, tiles
+        rows = out[ks.start * per:ks.stop * per] if out is not None else \
+            np.empty((len(ks) * per, layout.patch, layout.patch, preprocess.channels), np.float16)
+        for a in range(ks.start, ks.stop, CACHE_SLICES):  # a few slices at a time: temporaries in cache
+            run = range(a, min(ks.stop, a + CACHE_SLICES))
+            with _timed(seconds, "preprocess"):
+                x = slices_at_target(normalised, plan.target, preprocess.context_slices, run)
+                dest = rows[(run.start - ks.start) * per:(run.stop - ks.start) * per]
+                # Padding as in training: the normalised value of the slice's minimum (its
+                # background). Cut straight to float16 (the one cast the rows get) into the rows.
+                pad = x.min(axis=(1, 2, 3))
+                if tta:
+                    dest[...] = sliding.mirrored(sliding.extract_tiles(x, layout, pad, np.float16),
+                                                 layout.tiles_per_slice)
+                else:
+                    sliding.extract_tiles(x, layout, pad, np.float16, out=dest)
+        yield ks, rows
 
 
 class SlicePredictor:

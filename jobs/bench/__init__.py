@@ -3,7 +3,8 @@
     unet bench io       header-scan objects/s and full-decode slices/s on one core (DICOM CT series)
     unet bench train    (a) the full Ray Train pipeline with one worker vs (b) a plain single-process
                         Keras `model.fit` over in-memory arrays (the seed's way), same data and model
-    unet bench segment  `unet segment` end to end against its stages alone and a naive loop
+    unet bench segment  `unet segment` end to end against its stages alone and a naive loop; the seed
+                        recipe against the native one on 512 x 512 CT (--seg-recipes-only: that alone)
     unet bench scale    `unet segment` on archives of N and 10N small objects: driver memory, time
                         per object, re-runs with nothing new and with 1% new series
     unet bench zip      the same archive as a folder and as one zip, locally and on S3 (moto's

@@ -9,6 +9,7 @@ import pytest
 from unet_core.config import PreprocessConfig
 from unet_core.inference import (
     CACHE_SLICES,
+    INPUT_SLICES,
     PostProcess,
     StageSeconds,
     finish_slices,
@@ -118,6 +119,10 @@ def test_stage_seconds_time_every_step_and_change_nothing(recipe):
     x = prepare_volume(volume, pre, seconds=seconds)
     np.testing.assert_array_equal(x, prepare_volume(volume, pre))
     np.testing.assert_array_equal(np.concatenate([r for _, r in iter_model_input(volume, pre, max_rows=7)]), x)
+    if recipe == "native":  # made INPUT_SLICES at a time within a run: the same rows as one slice at a time
+        big = _volume(INPUT_SLICES + 3)
+        one_by_one = [r for _, r in iter_model_input(big, pre, tta=True, max_rows=1)]
+        np.testing.assert_array_equal(np.concatenate(one_by_one), prepare_volume(big, pre, tta=True))
     labels = finish_volume(_model(x), volume, 0.5, PostProcess(), preprocess=pre, seconds=seconds)
     np.testing.assert_array_equal(labels, finish_volume(_model(x), volume, 0.5, PostProcess(), preprocess=pre))
     assert labels.any() and not labels.all()

@@ -50,9 +50,12 @@ from unet_core.recipe.resample import in_plane_spacing, resample_slices, target_
 from unet_core.volume import Volume
 
 MAX_CHUNK_ROWS = 1024  # model-input rows per run of slices: 128 MiB of float16 at 256 x 256
-# Slices resampled and stitched together: their float32 temporaries (a few MB) stay in the CPU's
-# cache instead of faulting in fresh pages for a whole run; the results are the same, slice by slice.
+# Slices resampled and stitched together (CACHE_SLICES), resampled and cut into tiles together
+# (INPUT_SLICES): their float32 temporaries stay a few MB, in the CPU's cache, instead of fresh
+# pages for a whole run; the results are the same, slice by slice. Measured best on this machine's
+# CPU (docs/benchmarks.md, sliding-window section).
 CACHE_SLICES = 4
+INPUT_SLICES = 16
 
 
 @dataclass(frozen=True)
@@ -171,8 +174,8 @@ def iter_model_input(volume: Volume, preprocess: PreprocessConfig, tta: bool = F
     for ks in plan.chunks(max_rows):
         rows = out[ks.start * per:ks.stop * per] if out is not None else \
             np.empty((len(ks) * per, layout.patch, layout.patch, preprocess.channels), np.float16)
-        for a in range(ks.start, ks.stop, CACHE_SLICES):  # a few slices at a time: temporaries in cache
-            run = range(a, min(ks.stop, a + CACHE_SLICES))
+        for a in range(ks.start, ks.stop, INPUT_SLICES):  # a few slices at a time: temporaries in cache
+            run = range(a, min(ks.stop, a + INPUT_SLICES))
             with _timed(seconds, "preprocess"):
                 x = slices_at_target(normalised, plan.target, preprocess.context_slices, run)
                 dest = rows[(run.start - ks.start) * per:(run.stop - ks.start) * per]

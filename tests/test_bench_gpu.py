@@ -29,3 +29,7 @@ def test_dry_run_goes_through_every_gpu_section(tmp_path):
     assert sorted(r["multi_gpu"]["images_per_s"]) == ["1", "2"]  # a Ray Train run with 1 and with 2 GPU workers
     assert r["end_to_end"]["volumes"] == 2 and r["end_to_end"]["slices_per_s"] > 0
     assert "DRY RUN on CPU" in out and "141 img/s" in out and "0.7%" in out
+    rec = r["recipes"]  # the recipe comparison, at toy sizes with 9 tiles a slice like the real case
+    assert rec["native"]["tiles_per_slice"] == 9 and rec["seed"]["rows_per_slice"] == 1
+    assert rec["case"]["precision"] == "mixed_float16" and rec["native"]["ratio_to_seed"] > 0
+    assert "source slices/s" in out

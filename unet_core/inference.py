@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,12 @@ from unet_core.recipe.resample import in_plane_spacing, resample_slices, target_
 from unet_core.volume import Volume
 
 MAX_CHUNK_ROWS = 1024  # model-input rows per run of slices: 128 MiB of float16 at 256 x 256
+# Slices resampled and stitched together (CACHE_SLICES), resampled and cut into tiles together
+# (INPUT_SLICES): their float32 temporaries stay a few MB, in the CPU's cache, instead of fresh
+# pages for a whole run; the results are the same, slice by slice. Measured best on this machine's
+# CPU (docs/benchmarks.md, sliding-window section).
+CACHE_SLICES = 4
+INPUT_SLICES = 16
 
 
 @dataclass(frozen=True)
@@ -95,45 +102,102 @@ def _canonical_slices(volume: Volume) -> np.ndarray:
     return np.moveaxis(canonical, 2, 0)  # (n, I, J)
 
 
-def prepare_volume(volume: Volume, preprocess: PreprocessConfig, tta: bool = False) -> np.ndarray:
+@dataclass
+class StageSeconds:
+    """Wall seconds of each host-side step of inference, summed over the calls given it (what a
+    benchmark reads; None, the default, times nothing). `preprocess`: normalise, resample to the
+    model grid, cut tiles, cast to float16; `stitch`: un-mirror and Gaussian stitching;
+    `resample_back`: probabilities to the canonical slice grid; `labels`: threshold / argmax,
+    post-processing and reorientation to the source grid. With `cpu`, the same steps' CPU seconds
+    of this process (`time.process_time`: what a loaded machine changes least) go there too."""
+
+    preprocess: float = 0.0
+    stitch: float = 0.0
+    resample_back: float = 0.0
+    labels: float = 0.0
+    cpu: StageSeconds | None = None
+
+
+@contextmanager
+def _timed(seconds: StageSeconds | None, step: str) -> Iterator[None]:
+    if seconds is None:
+        yield
+        return
+    t, c = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        setattr(seconds, step, getattr(seconds, step) + time.perf_counter() - t)
+        if seconds.cpu is not None:
+            setattr(seconds.cpu, step, getattr(seconds.cpu, step) + time.process_time() - c)
+
+
+def prepare_volume(volume: Volume, preprocess: PreprocessConfig, tta: bool = False,
+                   seconds: StageSeconds | None = None) -> np.ndarray:
     """(rows, size, size, channels) float16 model input of the canonical axial slices: one row per
     slice (recipe seed), or every tile of every slice (recipe native); with `tta`, each slice's
-    rows under the four mirrors. See the module's docstring for the order and the size."""
+    rows under the four mirrors. See the module's docstring for the order and the size. The native
+    rows are written run by run into the one array returned (no concatenation copy)."""
     if preprocess.recipe != "native":
-        x = slices_to_model_input(_canonical_slices(volume), preprocess)
-        return (sliding.mirrored(x, 1) if tta else x).astype(np.float16)
-    parts = [x for _, x in iter_model_input(volume, preprocess, tta)]
-    return np.concatenate(parts) if parts else np.zeros((0, preprocess.input_size, preprocess.input_size,
-                                                         preprocess.channels), np.float16)
+        with _timed(seconds, "preprocess"):
+            x = slices_to_model_input(_canonical_slices(volume), preprocess)
+            return (sliding.mirrored(x, 1) if tta else x).astype(np.float16)
+    plan = sliding_plan(volume, preprocess, tta)
+    out = np.empty((plan.rows, preprocess.input_size, preprocess.input_size, preprocess.channels), np.float16)
+    for _ in iter_model_input(volume, preprocess, tta, out=out, seconds=seconds):
+        pass
+    return out
 
 
 def iter_model_input(volume: Volume, preprocess: PreprocessConfig, tta: bool = False,
-                     max_rows: int = MAX_CHUNK_ROWS) -> Iterator[tuple[range, np.ndarray]]:
+                     max_rows: int = MAX_CHUNK_ROWS, *, out: np.ndarray | None = None,
+                     seconds: StageSeconds | None = None) -> Iterator[tuple[range, np.ndarray]]:
     """(slices, float16 rows) a run of canonical slices at a time, at most `max_rows` rows each
     (one slice's rows at least); their concatenation is `prepare_volume`. Voxels are normalised
-    once for the whole volume (a per-image normalisation sees the whole image)."""
+    once for the whole volume (a per-image normalisation sees the whole image). With `out` (the
+    whole volume's (rows, size, size, channels) float16, native recipe), each run is written into
+    it and the rows yielded are views of it."""
     plan = sliding_plan(volume, preprocess, tta)
     slices = _canonical_slices(volume)
     if plan.layout is None:  # the seed's rows are small (model size): made at once, as before
-        x = slices_to_model_input(slices, preprocess)
+        with _timed(seconds, "preprocess"):
+            x = slices_to_model_input(slices, preprocess)
         for ks in plan.chunks(max_rows):
-            rows = x[ks.start:ks.stop]
-            yield ks, (sliding.mirrored(rows, 1) if tta else rows).astype(np.float16)
+            with _timed(seconds, "preprocess"):
+                rows = x[ks.start:ks.stop]
+                rows = (sliding.mirrored(rows, 1) if tta else rows).astype(np.float16)
+            yield ks, rows
         return
-    normalised = normalise(slices, preprocess)
+    with _timed(seconds, "preprocess"):
+        normalised = normalise(slices, preprocess)
+    per, layout = plan.rows_per_slice, plan.layout
     for ks in plan.chunks(max_rows):
-        x = slices_at_target(normalised, plan.target, preprocess.context_slices, ks)
-        # Padding as in training: the normalised value of the slice's minimum (its background).
-        tiles = sliding.extract_tiles(x, plan.layout, x.min(axis=(1, 2, 3)))
-        tiles = sliding.mirrored(tiles, plan.layout.tiles_per_slice) if tta else tiles
-        yield ks, tiles.astype(np.float16)
+        rows = out[ks.start * per:ks.stop * per] if out is not None else \
+            np.empty((len(ks) * per, layout.patch, layout.patch, preprocess.channels), np.float16)
+        for a in range(ks.start, ks.stop, INPUT_SLICES):  # a few slices at a time: temporaries in cache
+            run = range(a, min(ks.stop, a + INPUT_SLICES))
+            with _timed(seconds, "preprocess"):
+                x = slices_at_target(normalised, plan.target, preprocess.context_slices, run)
+                dest = rows[(run.start - ks.start) * per:(run.stop - ks.start) * per]
+                # Padding as in training: the normalised value of the slice's minimum (its
+                # background). Cut straight to float16 (the one cast the rows get) into the rows.
+                pad = x.min(axis=(1, 2, 3))
+                if tta:
+                    dest[...] = sliding.mirrored(sliding.extract_tiles(x, layout, pad, np.float16),
+                                                 layout.tiles_per_slice)
+                else:
+                    sliding.extract_tiles(x, layout, pad, np.float16, out=dest)
+        yield ks, rows
 
 
 class SlicePredictor:
     """Loads a bundle once; `predict(x)` maps (n, size, size, C) model input to float16
     (n, size, size, K) probabilities, and `__call__(batch)` does so for every volume of a batch
     dict (batch["x"] -> batch["prob"]). Slices are fed in fixed-size mini-batches (the last one
-    padded) so the compiled function is traced once.
+    padded) so the compiled function is traced once. The rows of one call (a volume's: every tile
+    of every slice, slice-major) fill each mini-batch across slice boundaries; only a call's last
+    one is padded, so a volume wastes fewer than `batch_size` rows of model work (`batches` and
+    `rows` count what was fed).
     """
 
     def __init__(self, bundle_uri: str, batch_size: int = 16, precision: str = "float32", xla: bool = False):
@@ -148,13 +212,15 @@ class SlicePredictor:
         self.batch_size = batch_size
         self._predict = tf.function(lambda x: self.model(x, training=False), jit_compile=xla)
         self.model_seconds = 0.0
+        self.batches = 0  # mini-batches fed; rows / (batches x batch_size) is how full they were
+        self.rows = 0
 
     def warm_up(self) -> None:
         """Trace the compiled function once on zeros, before the first real volume arrives."""
         _, height, width, channels = self.model.input_shape
         size = self.info.preprocess.input_size
         self.predict(np.zeros((1, height or size, width or size, channels), np.float32))
-        self.model_seconds = 0.0
+        self.model_seconds, self.batches, self.rows = 0.0, 0, 0
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -169,6 +235,7 @@ class SlicePredictor:
             t = time.perf_counter()
             pred = self._predict(tf.constant(chunk)).numpy()
             self.model_seconds += time.perf_counter() - t
+            self.batches, self.rows = self.batches + 1, self.rows + n
             out.append(pred[:n].astype(np.float16))
         return np.concatenate(out) if out else np.zeros((0,), np.float16)
 
@@ -207,7 +274,8 @@ def postprocess(labels: np.ndarray, cfg: PostProcess) -> np.ndarray:
 
 
 def finish_volume(prob: np.ndarray, volume: Volume, threshold: float, post: PostProcess, *,
-                  preprocess: PreprocessConfig | None = None, tta: bool = False) -> np.ndarray:
+                  preprocess: PreprocessConfig | None = None, tta: bool = False,
+                  seconds: StageSeconds | None = None) -> np.ndarray:
     """Model-output rows of a volume (as `prepare_volume` made them) -> uint8 labels on the source
     grid. Probabilities are taken to the canonical slice grid linearly (un-mirrored and averaged
     with `tta`; stitched for recipe native), thresholded (argmax for several classes),
@@ -222,24 +290,39 @@ def finish_volume(prob: np.ndarray, volume: Volume, threshold: float, post: Post
     labels = np.empty((*plan.source, plan.n_slices), np.uint8)
     per = plan.rows_per_slice
     for ks in plan.chunks():
-        labels[:, :, ks.start:ks.stop] = finish_slices(prob[ks.start * per:ks.stop * per], plan, threshold)
-    return labels_to_source(labels, volume, post)
+        labels[:, :, ks.start:ks.stop] = finish_slices(prob[ks.start * per:ks.stop * per], plan, threshold, seconds)
+    with _timed(seconds, "labels"):
+        return labels_to_source(labels, volume, post)
 
 
-def finish_slices(prob: np.ndarray, plan: SlidingPlan, threshold: float) -> np.ndarray:
+def finish_slices(prob: np.ndarray, plan: SlidingPlan, threshold: float,
+                  seconds: StageSeconds | None = None) -> np.ndarray:
     """The model-output rows of a run of slices -> (I, J, n) uint8 canonical labels."""
     n = prob.shape[0] // plan.rows_per_slice
     if plan.layout is None:
         if plan.tta:
-            prob = sliding.unmirrored_mean(prob, 1)
+            with _timed(seconds, "stitch"):
+                prob = sliding.unmirrored_mean(prob, 1)
         labels = np.empty((n, *plan.source), np.uint8)
         for k in range(n):  # slice by slice keeps the float32 working set small
-            labels[k] = probabilities_to_labels(probabilities_to_grid(prob[k:k + 1].astype(np.float32), plan.source),
-                                                threshold)[0]
+            with _timed(seconds, "resample_back"):
+                on_grid = probabilities_to_grid(prob[k:k + 1].astype(np.float32), plan.source)
+            with _timed(seconds, "labels"):
+                labels[k] = probabilities_to_labels(on_grid, threshold)[0]
         return np.moveaxis(labels, 0, 2)
-    tiles = sliding.unmirrored_mean(prob, plan.layout.tiles_per_slice) if plan.tta else prob
-    on_target = sliding.stitch(tiles, plan.layout)
-    return np.moveaxis(probabilities_to_labels(resample_slices(on_target, plan.source), threshold), 0, 2)
+    labels = np.empty((n, *plan.source), np.uint8)
+    per = plan.rows_per_slice
+    for a in range(0, n, CACHE_SLICES):  # a few slices at a time: the float32 temporaries stay in cache
+        b = min(n, a + CACHE_SLICES)
+        with _timed(seconds, "stitch"):
+            rows = prob[a * per:b * per]
+            tiles = sliding.unmirrored_mean(rows, plan.layout.tiles_per_slice) if plan.tta else rows
+            on_target = sliding.stitch(tiles, plan.layout)
+        with _timed(seconds, "resample_back"):
+            on_source = resample_slices(on_target, plan.source)
+        with _timed(seconds, "labels"):
+            labels[a:b] = probabilities_to_labels(on_source, threshold)
+    return np.moveaxis(labels, 0, 2)
 
 
 def labels_to_source(labels: np.ndarray, volume: Volume, post: PostProcess) -> np.ndarray:

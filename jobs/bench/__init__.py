@@ -3,7 +3,8 @@
     unet bench io       header-scan objects/s and full-decode slices/s on one core (DICOM CT series)
     unet bench train    (a) the full Ray Train pipeline with one worker vs (b) a plain single-process
                         Keras `model.fit` over in-memory arrays (the seed's way), same data and model
-    unet bench segment  `unet segment` end to end against its stages alone and a naive loop
+    unet bench segment  `unet segment` end to end against its stages alone and a naive loop; the seed
+                        recipe against the native one on 512 x 512 CT (--seg-recipes-only: that alone)
     unet bench scale    `unet segment` on archives of N and 10N small objects: driver memory, time
                         per object, re-runs with nothing new and with 1% new series
     unet bench zip      the same archive as a folder and as one zip, locally and on S3 (moto's
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seg-slices", type=int, default=48)
     s.add_argument("--seg-size", type=int, default=128, help="model input size")
     s.add_argument("--seg-filters", type=int, default=16)
+    s.add_argument("--seg-recipes-only", action="store_true",
+                   help="only the seed-against-native recipe comparison (512 x 512 CT at 0.7 mm; no archive, no Ray)")
+    s.add_argument("--recipe-filters", type=int, default=64, help="base filters of the recipe comparison's network")
+    s.add_argument("--recipe-slices", type=int, default=16,
+                   help="slices of each of its 2 volumes (a multiple of --recipe-batch keeps the seed's batches full)")
+    s.add_argument("--recipe-batch", type=int, default=16, help="the predictor's batch size in it")
+    s.add_argument("--recipe-tta", action="store_true", help="also native + --tta flip (4x the native's model work)")
     c = p.add_argument_group("scale")
     c.add_argument("--scale-objects", type=int, default=20_000, help="objects of the small archive (the large one has 10x)")
     c.add_argument("--scale-series-slices", type=int, default=50, help="objects (32x32 slices) per series")

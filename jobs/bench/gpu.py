@@ -7,6 +7,10 @@
                  (mixed_float16 + XLA): images/s and scaling efficiency
     end to end   `unet segment --num-gpus 1` on a synthetic CT archive: slices/s, with GPU
                  utilisation sampled through nvidia-smi every 0.5 s
+    recipes      `unet bench segment`'s recipe comparison on one GPU (mixed_float16, batch 64):
+                 the seed recipe (each 512 x 512 slice at 0.7 mm resized to 256) against the
+                 native one (256 x 256 tiles at 0.8 mm, 9 a slice), source slices/s side by side,
+                 the model's share and the host's (issue #30's target: native >= 0.5x the seed)
 
 Published figures are printed beside its own, with their input sizes. Without a GPU it says so in
 one line and exits 0. `--gpu-dry-run` runs every section on CPU at toy sizes through the same code
@@ -21,11 +25,13 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 
 from jobs import prepare, segment, train
 from jobs.bench.common import make_bundle, write_ct_archive
+from jobs.bench.segment import RecipeCase, compare_recipes, print_recipes
 from jobs.progress import Ticker
 from jobs.quieting import import_tensorflow
 from jobs.runtime import init_ray
@@ -129,6 +135,7 @@ def single_device_main(params: str) -> None:
         "infer_float32": inference_rate(p["bundle"], p["ibatch"], "float32", 4),
         "infer_mixed": inference_rate(p["bundle"], p["ibatch"], "mixed_float16", 4),
     }
+    out["recipes"] = compare_recipes(RecipeCase(**p["recipes"]), os.path.join(p["work"], "recipes"))
     print(json.dumps(out))
 
 
@@ -186,8 +193,11 @@ def run(args, work: str) -> dict:
     # Ray Train workers and predictors need the same GPUs.
     bundle = os.path.join(work, "bundle")
     make_bundle(bundle, size, filters)
+    # The recipe comparison at a GPU's sizes, or a dry run's toy analogue (9 tiles a slice too).
+    recipes = RecipeCase(batch=ibatch, slices=64, precision="mixed_float16") if not dry else \
+        RecipeCase(rows=64, size=32, filters=4, slices=4, batch=4, precision="mixed_float16")
     params = {"size": size, "filters": filters, "batch": batch, "ibatch": ibatch, "steps": steps, "xla": not dry,
-              "bundle": bundle}
+              "bundle": bundle, "recipes": asdict(recipes), "work": work}
     child = subprocess.run([sys.executable, "-c", "import sys; from jobs.bench.gpu import single_device_main; "
                             "single_device_main(sys.argv[1])", json.dumps(params)], capture_output=True, text=True)
     if child.returncode != 0:
@@ -216,6 +226,7 @@ def run(args, work: str) -> dict:
           f"{out['train_mixed_xla']:8.1f} img/s   ({out['train_mixed_xla'] / out['train_float32']:.2f}x)")
     print(f"    inference, batch {ibatch:<3}  float32 {out['infer_float32']:8.1f} sl/s    mixed_float16 "
           f"{out['infer_mixed']:8.1f} sl/s    ({out['infer_mixed'] / out['infer_float32']:.2f}x)")
+    print_recipes(out["recipes"])
     m = out["multi_gpu"]
     print("  Ray Train, one GPU per worker (mixed_float16" + ("" if dry else " + XLA") + ")")
     for workers, rate in m["images_per_s"].items():

@@ -7,10 +7,12 @@ On one archive of DICOM CT series (written here) and one model bundle:
                   other; the model stage runs in a fresh process as in a predictor actor (import
                   TensorFlow, load and trace the model, then predict the in-memory inputs)
   naive loop      the seed's way: one file at a time, one `model.predict` per slice, then write
-  recipes         in one process, the same volumes and the same network: the seed recipe (each
-                  slice resized to the input size) against the native recipe (sliding-window
-                  tiles of that size at the target spacing, Gaussian stitching), with and without
-                  --tta flip: source slices/s through prepare -> model -> finish, and the ratios
+  recipes         in one process, the comparison a user makes (RecipeCase): 512 x 512 CT at 0.7 mm,
+                  the seed recipe at its default input (256) against the native recipe at its
+                  default patch (256 at 0.8 mm: 3 x 3 tiles a slice), one network of the default
+                  size, through prepare_volume -> SlicePredictor -> finish_volume -> NIfTI:
+                  source slices/s, the ratio, tiles a slice, how full the batches were, and the
+                  wall and CPU seconds of each step (`--seg-recipes-only` runs this alone)
 It prints orchestration efficiency = (sum of the stage times alone) / (end-to-end time) for the
 archive and for one 4x larger, the speed-up over the naive loop, and the peak memory summed over
 all Ray processes for both archives.
@@ -22,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -31,7 +33,14 @@ from jobs.bench.common import RayMemorySampler, make_bundle, write_ct_archive
 from jobs.predictors import no_predictor_left
 from jobs.runtime import init_ray
 from unet_core.bundle import load_bundle, read_info
-from unet_core.inference import PostProcess, SlicePredictor, finish_volume, prepare_volume, sliding_plan
+from unet_core.inference import (
+    PostProcess,
+    SlicePredictor,
+    StageSeconds,
+    finish_volume,
+    prepare_volume,
+    sliding_plan,
+)
 from unet_core.io import mask_to_nifti_bytes, read_volume, storage
 from unet_core.io.dicom.grouping import group_series
 from unet_core.io.dicom.header import scan_header
@@ -40,9 +49,10 @@ from unet_core.io.dicom.seg import SegIdentity, build_seg, seg_bytes, software_v
 from unet_core.io.dicom.series import read_series_with_sources
 from unet_core.io.orientation import canonical_grid, from_canonical
 from unet_core.preprocessing import probabilities_to_grid, probabilities_to_labels
-from unet_core.recipe.resample import in_plane_spacing
 from unet_core.segmentation.sizing import local_cpus
 from unet_core.segmentation.summary import RunSummary
+from unet_core.synthetic import Phantom, phantom_volume
+from unet_core.volume import Volume
 
 
 def _model_stage(bundle: str, inputs: str, outputs: str) -> None:
@@ -141,7 +151,23 @@ def _end_to_end(archive: str, bundle: str, out: str, concurrency: int) -> dict:
     return {**summary, "peak_ray_rss_bytes": mem.peak, "peak_by_process_gib": {k: round(v / 1024**3, 2) for k, v in sorted(mem.parts.items())}}
 
 
-RECIPE_SERIES = 4  # volumes of the recipe comparison (native + TTA runs 4x the native's tiles)
+@dataclass(frozen=True)
+class RecipeCase:
+    """The comparison a user makes: CT slices as scanners write them (512 x 512 at 0.7 mm), the seed
+    recipe at its default input (each slice resized to 256) against the native recipe at its
+    default patch (256 x 256 tiles at the target spacing, 50 % overlap), one network of the default
+    size (64 base filters, depth 4) with random weights (speed does not depend on them)."""
+
+    rows: int = 512  # source slice pixels (square)
+    spacing: float = 0.7  # source in-plane mm
+    target_spacing: float = 0.8  # the native plan's (the training median of such data)
+    size: int = 256  # seed input = native patch
+    filters: int = 64
+    volumes: int = 2  # separate predict calls, as the job's volume tasks make them
+    slices: int = 16  # per volume: a multiple of the batch, so that the seed's batches are full too
+    batch: int = 16
+    precision: str = "float32"
+    tta: bool = False  # also native + --tta flip (4x the native's model rows)
 
 
 def _native_bundle(seed_bundle: str, path: str, target_spacing: float) -> str:
@@ -154,56 +180,104 @@ def _native_bundle(seed_bundle: str, path: str, target_spacing: float) -> str:
     return path
 
 
-def _recipes(archive: str, bundle: str, scratch: str, size: int) -> dict:
-    """Seed against native (at the archive's own spacing, the plan's median for such data, and at
-    the spacing where a slice is one tile) and native + TTA, on the same volumes, in one process:
-    prepare -> predict -> finish per volume, timed by stage."""
-    folders = sorted({os.path.dirname(e.uri) for e in storage.list_files(archive)})[:RECIPE_SERIES]
-    volumes = [read_volume(f) for f in folders]
-    spacing = in_plane_spacing(canonical_grid(volumes[0].affine, volumes[0].shape)[1])[0]
-    one_tile = spacing * canonical_grid(volumes[0].affine, volumes[0].shape)[0][0] / size
-    native = _native_bundle(bundle, os.path.join(scratch, "native"), spacing)
-    coarse = _native_bundle(bundle, os.path.join(scratch, "native-one-tile"), one_tile)
-    variants = (("seed", bundle, False), (f"native at {spacing:.2f} mm", native, False),
-                (f"native at {spacing:.2f} mm + TTA", native, True), (f"native at {one_tile:.2f} mm", coarse, False))
-    n_slices = sum(v.shape[2] for v in volumes)
-    out = {}
-    for label, uri, tta in variants:
-        predictor = SlicePredictor(uri, batch_size=16)
-        predictor.warm_up()
-        pre = predictor.info.preprocess
-        times = {"prepare_s": 0.0, "model_s": 0.0, "finish_s": 0.0}
-        rows = 0
-        for v in volumes:
-            t = time.perf_counter()
-            x = prepare_volume(v, pre, tta=tta)
-            times["prepare_s"] += time.perf_counter() - t
-            t = time.perf_counter()
-            prob = predictor.predict(x)
-            times["model_s"] += time.perf_counter() - t
-            t = time.perf_counter()
-            finish_volume(prob, v, predictor.info.threshold, PostProcess(), preprocess=pre, tta=tta)
-            times["finish_s"] += time.perf_counter() - t
-            rows += len(x)
-        total = sum(times.values())
-        out[label] = {**times, "rows_per_slice": rows / n_slices, "slices_per_s": n_slices / total,
-                      "rows_per_s_in_model": rows / times["model_s"],
-                      "tiles_per_slice": sliding_plan(volumes[0], pre).rows_per_slice}
-    base = out["seed"]["slices_per_s"]
-    for r in out.values():
-        r["ratio_to_seed"] = r["slices_per_s"] / base
-    out["volumes"], out["slices"] = len(volumes), n_slices
+HOST_STEPS = ("preprocess", "stitch", "resample_back", "labels")
+STEPS = ("preprocess", "model", "stitch", "resample_back", "labels", "write")
+
+
+def _recipe_volumes(case: RecipeCase) -> list[Volume]:
+    """`case.volumes` phantom CTs of (rows, rows, slices) at case.spacing, 2.5 mm slices."""
+    out = []
+    for k in range(case.volumes):
+        shape = (case.rows, case.rows, case.slices)
+        affine = np.diag([case.spacing, case.spacing, 2.5, 1.0])
+        affine[:3, 3] = [-(case.rows - 1) * case.spacing / 2, -(case.rows - 1) * case.spacing / 2,
+                         -40.0 - (case.slices - 1) * 2.5 / 2]  # through the phantom's organ
+        hu, _ = phantom_volume(Phantom.random(k), affine, shape, seed=k)
+        out.append(Volume(hu, affine, f"recipe-{k}", modality="CT"))
     return out
 
 
-def print_recipes(r: dict, size: int, filters: int) -> None:
-    print(f"  recipes, same network ({filters} base filters, input / patch {size}), {r['volumes']} volumes, "
-          f"{r['slices']} source slices, in one process (prepare -> model -> finish):")
+def compare_recipes(case: RecipeCase, work: str) -> dict:
+    """Seed and native side by side in one process, on the same volumes and network, through the
+    segment job's code path: prepare_volume -> SlicePredictor.predict -> finish_volume -> the NIfTI
+    mask written. Per variant: wall and CPU seconds of each step, source slices/s, model rows per
+    slice, how full the predictor's batches were; the ratios to the seed."""
+
+    bundle = os.path.join(work, "seed")
+    make_bundle(bundle, case.size, case.filters)
+    native = _native_bundle(bundle, os.path.join(work, "native"), case.target_spacing)
+    volumes = _recipe_volumes(case)
+    variants = [("seed", bundle, False), ("native", native, False)] + ([("native + TTA", native, True)] if case.tta else [])
+    n_slices = sum(v.shape[2] for v in volumes)
+    load = os.getloadavg()
+    out: dict = {"case": asdict(case), "slices": n_slices}
+    for label, uri, tta in variants:
+        predictor = SlicePredictor(uri, batch_size=case.batch, precision=case.precision)
+        predictor.warm_up()
+        pre = predictor.info.preprocess
+        wall, cpu = StageSeconds(cpu=StageSeconds()), {"model": 0.0, "write": 0.0}
+        extra = {"model": 0.0, "write": 0.0}
+        for v in volumes:
+            x = prepare_volume(v, pre, tta=tta, seconds=wall)
+            t, c = time.perf_counter(), time.process_time()
+            prob = predictor.predict(x)
+            extra["model"] += time.perf_counter() - t
+            cpu["model"] += time.process_time() - c
+            labels = finish_volume(prob, v, predictor.info.threshold, PostProcess(), preprocess=pre, tta=tta,
+                                   seconds=wall)
+            t, c = time.perf_counter(), time.process_time()
+            storage.write_bytes(os.path.join(work, f"{label}-{v.volume_id}.nii.gz"), mask_to_nifti_bytes(labels, v))
+            extra["write"] += time.perf_counter() - t
+            cpu["write"] += time.process_time() - c
+        wall_s = {**{k: getattr(wall, k) for k in HOST_STEPS}, **extra}
+        cpu_s = {**{k: getattr(wall.cpu, k) for k in HOST_STEPS}, **cpu}
+        plan = sliding_plan(volumes[0], pre, tta)
+        out[label] = {
+            "wall_s": wall_s, "cpu_s": cpu_s, "rows": predictor.rows,
+            "rows_per_slice": plan.rows_per_slice,
+            "tiles_per_slice": plan.layout.tiles_per_slice if plan.layout else 1,
+            "model_grid": list(plan.target),
+            "batch_fill": predictor.rows / max(1, predictor.batches * case.batch),
+            "slices_per_s": n_slices / sum(wall_s.values()),
+            "slices_per_cpu_s": n_slices / sum(cpu_s.values()),
+            "model_ms_per_row": 1e3 * wall_s["model"] / predictor.rows,
+            "host_ms_per_slice": 1e3 * sum(wall_s[k] for k in STEPS if k != "model") / n_slices,
+            "host_cpu_ms_per_slice": 1e3 * sum(cpu_s[k] for k in STEPS if k != "model") / n_slices,
+        }
+        del predictor
+    for label, _, _ in variants:
+        r = out[label]
+        r["ratio_to_seed"] = r["slices_per_s"] / out["seed"]["slices_per_s"]
+        r["cpu_ratio_to_seed"] = r["slices_per_cpu_s"] / out["seed"]["slices_per_cpu_s"]
+        r["model_only_ratio_to_seed"] = (out["seed"]["wall_s"]["model"] / r["wall_s"]["model"])
+    out["load_average"] = [load, os.getloadavg()]
+    return out
+
+
+def print_recipes(r: dict) -> None:
+    c = r["case"]
+    print(f"  recipes side by side, one process (prepare_volume -> predictor -> finish_volume -> NIfTI): "
+          f"{c['volumes']} volumes x {c['slices']} slices of {c['rows']} x {c['rows']} at {c['spacing']} mm "
+          f"({r['slices']} source slices); one network of {c['filters']} base filters (depth 4), batch {c['batch']}, "
+          f"{c['precision']}; seed input {c['size']}, native patch {c['size']} at {c['target_spacing']} mm")
+    print(f"    load average {r['load_average'][0][0]:.1f} at the start, {r['load_average'][1][0]:.1f} at the end")
     for label, v in r.items():
-        if isinstance(v, dict):
-            print(f"    {label:<28}{v['slices_per_s']:7.1f} source slices/s  {v['ratio_to_seed']:5.2f}x the seed's  "
-                  f"({v['rows_per_slice']:.0f} model rows a slice, {v['rows_per_s_in_model']:.0f} rows/s in the model; "
-                  f"prepare {v['prepare_s']:.1f}s, model {v['model_s']:.1f}s, finish {v['finish_s']:.1f}s)")
+        if not (isinstance(v, dict) and "wall_s" in v):
+            continue
+        w, cpu = v["wall_s"], v["cpu_s"]
+        print(f"    {label:<13}{v['slices_per_s']:7.2f} source slices/s {v['ratio_to_seed']:5.2f}x the seed "
+              f"(CPU time: {v['cpu_ratio_to_seed']:.2f}x; model alone {v['model_only_ratio_to_seed']:.2f}x)  "
+              f"{v['tiles_per_slice']} tile(s) a slice on a {v['model_grid'][0]} x {v['model_grid'][1]} grid, "
+              f"{v['rows_per_slice']} model rows a slice, batches {v['batch_fill']:.0%} full")
+        print("      wall s  " + ", ".join(f"{k} {w[k]:.2f}" for k in STEPS)
+              + f"  | model {v['model_ms_per_row']:.0f} ms a row; the rest {v['host_ms_per_slice']:.1f} ms a slice "
+              f"({v['host_cpu_ms_per_slice']:.1f} CPU ms)")
+        print("      CPU s   " + ", ".join(f"{k} {cpu[k]:.2f}" for k in STEPS))
+
+
+def case_from_args(args) -> RecipeCase:
+    return RecipeCase(filters=args.recipe_filters, slices=args.recipe_slices, batch=args.recipe_batch,
+                      tta=args.recipe_tta)
 
 
 STAGES = ("scan_s", "decode_s", "model_s", "write_s")
@@ -215,6 +289,11 @@ def _efficiency(e2e: dict, alone: dict) -> float:
 
 
 def run(args, work: str) -> dict:
+    if args.seg_recipes_only:  # no archive, no Ray: the recipe comparison alone
+        recipes = compare_recipes(case_from_args(args), os.path.join(work, "recipes"))
+        print("segment")
+        print_recipes(recipes)
+        return {"recipes": recipes}
     series, rows, slices = args.seg_series, 256, args.seg_slices
     size, filters = args.seg_size, args.seg_filters
     small, large = os.path.join(work, "archive"), os.path.join(work, "archive4x")
@@ -230,7 +309,7 @@ def run(args, work: str) -> dict:
     alone = _stages_alone(small, bundle, os.path.join(work, "scratch"))
     alone_large = _stages_alone(large, bundle, os.path.join(work, "scratch4x"))
     naive = _naive_loop(small, bundle, os.path.join(work, "scratch-naive"))
-    recipes = _recipes(small, bundle, os.path.join(work, "scratch-recipes"), size)
+    recipes = compare_recipes(case_from_args(args), os.path.join(work, "recipes"))
 
     out = {"archive": f"{series} CT series of {slices} x {rows}x{rows} slices; model {filters} base filters at {size}"}
     for tag, e, a in (("", e2e, alone), ("4x_", e2e_large, alone_large)):
@@ -264,5 +343,5 @@ def run(args, work: str) -> dict:
     print(f"  peak memory, all Ray processes: {out['peak_rss_gib']:.2f} GiB; 4x archive {out['peak_rss_4x_gib']:.2f} GiB; "
           f"growth {out['memory_growth_4x']:.2f}x (target < 1.25)")
     print(f"    at the peak: {out['peak_by_process_gib']}; 4x archive {out['4x_peak_by_process_gib']}")
-    print_recipes(recipes, size, filters)
+    print_recipes(recipes)
     return out

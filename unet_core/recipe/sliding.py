@@ -99,37 +99,51 @@ def pad_slices(slices: np.ndarray, layout: TileLayout, value: float | np.ndarray
     return out
 
 
-def extract_tiles(slices: np.ndarray, layout: TileLayout, pad_value: float | np.ndarray) -> np.ndarray:
-    """(n, H, W, C) slices -> (n * T, patch, patch, C) float32 tiles, slice-major (`pad_slices`
-    for the value)."""
+def extract_tiles(slices: np.ndarray, layout: TileLayout, pad_value: float | np.ndarray,
+                  dtype: np.dtype | type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
+    """(n, H, W, C) slices -> (n * T, patch, patch, C) tiles of `dtype` (float32, or float16 for the
+    model's input: the one cast the rows get), slice-major (`pad_slices` for the value). Written
+    straight into `out` when given (a view of a larger array: no copy of the rows afterwards).
+    One vectorised copy per tile position, over all n slices at once."""
     x = pad_slices(slices, layout, pad_value)
     si, sj = layout.starts
-    p = layout.patch
-    win = np.lib.stride_tricks.sliding_window_view(x, (p, p), axis=(1, 2))  # (n, H'-p+1, W'-p+1, C, p, p)
-    tiles = win[:, si[:, None], sj[None, :]]  # (n, ti, tj, C, p, p): a copy of the tiles only
-    return np.ascontiguousarray(np.moveaxis(tiles, 3, -1)).reshape(-1, p, p, x.shape[3])
+    p, n, c = layout.patch, x.shape[0], x.shape[3]
+    t = len(si) * len(sj)
+    if out is None:
+        out = np.empty((n * t, p, p, c), dtype)
+    elif out.shape != (n * t, p, p, c):
+        raise ConfigError(f"tile buffer {out.shape} does not fit {n} slices of {t} tiles of {p} x {p} x {c}")
+    grid = out.reshape(n, t, p, p, c)
+    for a, (i, j) in enumerate((int(i), int(j)) for i in si for j in sj):
+        grid[:, a] = x[:, i:i + p, j:j + p]  # the cast to out's dtype happens in this copy
+    return out
 
 
 def stitch(tiles: np.ndarray, layout: TileLayout) -> np.ndarray:
     """(n * T, patch, patch, K) tile predictions -> (n, H, W, K) float32 on the slice grid: the
     Gaussian-weighted mean of every tile covering a pixel, the padding cropped off. Vectorised over
-    the n slices; one accumulation per tile position."""
+    the n slices; one accumulation per tile position, through one reused float32 buffer."""
     p, t = layout.patch, layout.tiles_per_slice
     if tiles.ndim != 4 or tiles.shape[1:3] != (p, p) or tiles.shape[0] % t:
         raise ConfigError(f"tile predictions {tiles.shape} do not fit {t} tiles of {p} x {p} per slice")
     n, k = tiles.shape[0] // t, tiles.shape[3]
     acc = np.zeros((n, *layout.padded, k), np.float32)
     grid = tiles.reshape(n, t, p, p, k)
+    weighted = np.empty((n, p, p, k), np.float32)
     for a, ((i, j), weight) in enumerate(_tile_weights(layout)):
-        acc[:, i:i + p, j:j + p] += grid[:, a].astype(np.float32) * weight[None, :, :, None]
+        # float32(tile) * weight, as a cast then a product: the same numbers as astype() would give
+        np.multiply(grid[:, a], weight[None, :, :, None], out=weighted, dtype=np.float32)
+        acc[:, i:i + p, j:j + p] += weighted
     (oi, oj), (h, wd) = layout.offset, layout.shape
     return acc[:, oi:oi + h, oj:oj + wd]
 
 
-def _tile_weights(layout: TileLayout) -> list[tuple[tuple[int, int], np.ndarray]]:
+@lru_cache(maxsize=16)
+def _tile_weights(layout: TileLayout) -> tuple[tuple[tuple[int, int], np.ndarray], ...]:
     """((i, j), (p, p) float32 weights) per tile position: the Gaussian map divided by the sum of
     the maps over every tile covering each pixel. Normalised before, not after, accumulating: a
-    pixel under one tile gets weight w / w = 1 exactly, so its prediction passes unchanged."""
+    pixel under one tile gets weight w / w = 1 exactly, so its prediction passes unchanged.
+    Computed once per layout (a volume's runs of slices, and its volumes, share one)."""
     p = layout.patch
     w = _gaussian_map(p, SIGMA_FRACTION)
     si, sj = layout.starts
@@ -137,7 +151,12 @@ def _tile_weights(layout: TileLayout) -> list[tuple[tuple[int, int], np.ndarray]
     norm = np.zeros(layout.padded, np.float32)
     for i, j in positions:
         norm[i:i + p, j:j + p] += w
-    return [((i, j), w / norm[i:i + p, j:j + p]) for i, j in positions]
+    out = []
+    for i, j in positions:
+        weight = w / norm[i:i + p, j:j + p]
+        weight.setflags(write=False)
+        out.append(((i, j), weight))
+    return tuple(out)
 
 
 def mirrored(x: np.ndarray, tiles_per_slice: int) -> np.ndarray:

@@ -22,6 +22,7 @@ class Exit(IntEnum):
     SOME_FAILED = 3  # some items failed; every other item is written
     STOPPED = 4  # the job was stopped (`unet submit --stop`)
     STORAGE = 5  # the object store is unavailable or refuses the output
+    UNAVAILABLE = 5  # a service the job needs is not there: the store, or within --max-wait a training's workers
     INTERRUPTED = 130  # Ctrl-C; completed work is kept
 
 

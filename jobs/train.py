@@ -164,7 +164,7 @@ def _main(argv: list[str]) -> int:
         fit_and_write(run, tracking=tracking)
     except WaitedTooLong as exc:
         log.error("%s", exc)
-        return Exit.STORAGE  # 5: a service the run needs (here the cluster's CPUs / GPUs) is not there
+        return Exit.UNAVAILABLE  # 5: the cluster cannot give the run its workers within --max-wait
     return Exit.OK
 
 

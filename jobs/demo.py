@@ -55,7 +55,7 @@ def _main(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     configure_output(args.verbose)
     out = args.output.rstrip("/")
-    j = lambda *p: storage.join(out, *p)  # noqa: E731
+    j = lambda *p: storage.join(out, *p)
     timer = Timer()
     ray_args = ["--address", args.address] if args.address else []
     clear_output(out)  # before Ray starts: a prefix that is not the demo's is refused (exit 2)

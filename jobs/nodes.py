@@ -46,7 +46,7 @@ class NodeWatch:
             time.sleep(self.every)
             try:
                 self._poll()
-            except Exception:  # noqa: BLE001 - Ray shut down, or the head is gone: the job says so itself
+            except Exception:  # Ray shut down, or the head is gone: the job says so itself
                 log.debug("node watch stopped", exc_info=True)
                 return
 
@@ -83,7 +83,7 @@ def failed_tasks(node_id: str) -> int | None:
         tasks = list_tasks(filters=[("node_id", "=", node_id), ("state", "=", "FAILED")], limit=10_000,
                            raise_on_missing_output=False, timeout=10)
         return len(tasks)
-    except Exception:  # noqa: BLE001 - the count is a courtesy; the line is said without it
+    except Exception:  # the count is a courtesy; the line is said without it
         log.debug("could not count the failed tasks of node %s", node_id, exc_info=True)
         return None
 
@@ -107,5 +107,5 @@ def check_before_the_summary() -> None:
         return
     try:
         _CURRENT._poll()
-    except Exception:  # noqa: BLE001 - the summary goes on without it
+    except Exception:  # the summary goes on without it
         log.debug("the last node check failed", exc_info=True)

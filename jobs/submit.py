@@ -331,7 +331,7 @@ def stream_logs(client, job_id: str) -> bool:
     try:
         asyncio.run(follow())
         return True
-    except Exception as exc:  # websocket refused by a proxy, dropped connection, ...
+    except Exception as exc:  # noqa: BLE001 - websocket refused by a proxy, dropped connection, ...
         log.warning("log streaming stopped (%s); polling the job's status instead", first_line(exc))
         return False
 

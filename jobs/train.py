@@ -284,7 +284,7 @@ def fit_and_write(run: TrainRun, *, tracking: TrackingConfig, callbacks: list | 
     except WaitedTooLong:
         tracker.close("KILLED")
         raise
-    except Exception as exc:  # noqa: BLE001 - Ray raises TrainingFailedError / WorkerGroupError
+    except Exception as exc:  # Ray raises TrainingFailedError / WorkerGroupError
         tracker.close("FAILED")
         raise JobError(f"training run {run.run_name!r} failed after {args.max_failures} restart(s): {exc}\n"
                        f"its checkpoints are in {run.storage_uri}/{run.run_name}; fix the cause and re-run with "

@@ -21,11 +21,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from support.dicom_factory import write_series  # noqa: E402
-from unet_core.bundle import BundleInfo  # noqa: E402
-from unet_core.inference import PostProcess, finish_volume, prepare_volume, segment_in_runs  # noqa: E402
-from unet_core.io import read_volume  # noqa: E402
-from unet_core.synthetic import SeriesSpec  # noqa: E402
+from support.dicom_factory import write_series
+from unet_core.bundle import BundleInfo
+from unet_core.inference import PostProcess, finish_volume, prepare_volume, segment_in_runs
+from unet_core.io import read_volume
+from unet_core.synthetic import SeriesSpec
 
 # bundle.json as `unet train` wrote it before the native recipe (format 1, none of its keys).
 OLD_BUNDLE = {

@@ -133,7 +133,7 @@ def load_bundle(uri: str) -> tuple[keras.Model, BundleInfo]:
             import keras
 
             model = keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InputError(f"{uri}: {MODEL_FILE} cannot be loaded ({exc})", uri=uri) from exc
     _check_model_fits(model, info)
     return model, info

@@ -52,7 +52,7 @@ class MlflowServer:
     def start(self, timeout: float = 120.0) -> MlflowServer:
         os.makedirs(self.folder, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))}
-        self.log = open(os.path.join(self.folder, "server.log"), "ab")  # noqa: SIM115 - closed in stop()
+        self.log = open(os.path.join(self.folder, "server.log"), "ab")  # closed in stop()
         self.proc = subprocess.Popen(
             [self.command, "server", "--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db",
              "--artifacts-destination", os.path.join(self.folder, "artifacts"), "--host", "127.0.0.1",

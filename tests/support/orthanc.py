@@ -11,7 +11,7 @@ import subprocess
 import requests
 
 from jobs.bench import orthanc as launcher
-from jobs.bench.orthanc import PASSWORD, USER, installed  # noqa: F401 - the tests' credentials
+from jobs.bench.orthanc import PASSWORD, USER, installed  # the tests' credentials
 
 __all__ = ["PASSWORD", "USER", "Orthanc", "ensure_installed"]
 

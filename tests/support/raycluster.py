@@ -184,7 +184,7 @@ def worker_nodes(head: Head, count: int, num_cpus: int = 1, resources: str | Non
             for option, port in ports.items():
                 cmd += [option, str(port)]
             log_path = Path(head.temp_dir) / f"node-{i}.log"
-            log = open(log_path, "wb")  # noqa: SIM115 - the node's output, kept for a failing test
+            log = open(log_path, "wb")  # the node's output, kept for a failing test
             node = Node(subprocess.Popen(cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True), log_path)
             nodes.append(node)

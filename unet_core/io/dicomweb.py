@@ -163,7 +163,7 @@ def client(root: str):
 
 
 def _session(root: str):
-    return client(root)._session  # noqa: SLF001 - the session it was given (session_for)
+    return client(root)._session  # the session it was given (session_for)
 
 
 def _retry_after(exc: BaseException) -> float | None:

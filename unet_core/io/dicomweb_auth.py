@@ -38,7 +38,7 @@ def session_for(root: str):
         module, _, name = factory.partition(":")
         try:
             session = getattr(importlib.import_module(module), name)(root)
-        except Exception as exc:  # noqa: BLE001 - a plug point of the user's: say which and why
+        except Exception as exc:  # a plug point of the user's: say which and why
             raise ConfigError(f"DICOMWEB_SESSION_FACTORY={factory} failed: {type(exc).__name__}: {exc}") from exc
     else:
         session = requests.Session()

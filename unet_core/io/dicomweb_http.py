@@ -381,7 +381,7 @@ def _from_json(body: bytes, uri: str) -> StoreAnswer:
 
 def _from_xml(body: bytes, uri: str) -> StoreAnswer:
     try:
-        root = ElementTree.fromstring(body)  # noqa: S314 - a few KB, bounded by the answer's limit
+        root = ElementTree.fromstring(body)  # a few KB, bounded by the answer's limit
     except ElementTree.ParseError:
         raise StorageError(f"{uri}: the DICOMweb server's STOW-RS answer is not valid XML", uri=uri) from None
 

@@ -81,7 +81,7 @@ def _header(raw: bytes, uri: str):
     cls = nib.Nifti2Header if size == 540 or int.from_bytes(raw[:4], "big") == 540 else nib.Nifti1Header
     try:
         hdr = cls.from_fileobj(io.BytesIO(raw[: cls.sizeof_hdr]), check=True)
-    except Exception as exc:  # noqa: BLE001 - nibabel raises HeaderDataError and friends
+    except Exception as exc:  # nibabel raises HeaderDataError and friends
         raise InvalidVolumeError(f"{uri}: not a valid NIfTI header ({library_error(exc)})", uri=uri) from exc
     offset = float(hdr["vox_offset"])
     if not (np.isfinite(offset) and 0 <= offset < 2**40):
@@ -145,7 +145,7 @@ def read_nifti(data: bytes, uri: str, limits: Limits | None = None, volume_id: s
     try:
         img = cls.from_bytes(raw)
         voxels = np.asarray(img.get_fdata(dtype=np.float32)).reshape(dims)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InvalidVolumeError(f"{uri}: NIfTI data cannot be read ({library_error(exc)})", uri=uri) from exc
     bad = int(np.count_nonzero(~np.isfinite(voxels)))
     if bad:

@@ -266,7 +266,7 @@ def with_retry(fn: Callable[[], T], uri: str, action: str, attempts: int | None 
     for attempt in range(attempts):
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:  # classified below
             if isinstance(exc, ITEM_ERRORS):  # already ours (a budget, a refusal): never retried
                 raise
             if attempt + 1 < attempts and diagnose(exc, uri).failure is Failure.TRANSIENT:
@@ -338,7 +338,7 @@ def open_random_access(uri: str):
     order fetches the directory and then a few large ranges, never the whole object per member)."""
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
-        return with_retry(lambda: open(path, "rb"), uri, "open")  # noqa: SIM115 - closed by the caller
+        return with_retry(lambda: open(path, "rb"), uri, "open")  # closed by the caller
     return io.BufferedReader(with_retry(lambda: fs.open_input_file(path), uri, "open"), buffer_size=RANGE_BYTES)
 
 

@@ -164,7 +164,7 @@ def _dataset_of(meta: dict, uri: str):
             if tag.upper() in HEADER_TAGS and not (isinstance(e, dict) and any(k in e for k in _BULK))}
     try:
         return pydicom.Dataset.from_json(kept)
-    except Exception as exc:  # noqa: BLE001 - the server's JSON is input: name the object, not the value
+    except Exception as exc:  # the server's JSON is input: name the object, not the value
         raise UnreadableFileError(f"{uri}: the server's metadata of this instance cannot be read "
                                   f"({type(exc).__name__})", uri=uri) from exc
 

@@ -49,14 +49,14 @@ def seg_instance_uid(volume_id: str, fingerprint: str, model_identity: str) -> s
     """The deterministic SOP Instance UID `build_seg` gives a volume's SEG (from its row's fields)."""
     from unet_core.io.dicom import seg
 
-    return seg._uid(volume_id, fingerprint, model_identity, "instance")  # noqa: SLF001 - the one rule, reused
+    return seg._uid(volume_id, fingerprint, model_identity, "instance")  # the one rule, reused
 
 
 def rtstruct_instance_uid(volume_id: str, fingerprint: str, model_identity: str) -> str:
     """The deterministic SOP Instance UID `build_rtstruct` gives a volume's RT Structure Set."""
     from unet_core.io.dicom import rtstruct
 
-    return rtstruct._uid(volume_id, fingerprint, model_identity, rtstruct.NAMESPACE, "instance")  # noqa: SLF001
+    return rtstruct._uid(volume_id, fingerprint, model_identity, rtstruct.NAMESPACE, "instance")
 
 
 def _refuse(uri: str, why: str) -> OutgoingObjectError:

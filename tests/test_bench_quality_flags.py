@@ -16,13 +16,15 @@ def test_defaults_run_both_recipes_with_their_seeds_and_the_bench_network():
     args = _args()
     assert _recipes(args) == ["seed", "native"]
     assert {r: _seeds(args, r) for r in ("seed", "native")} == {r: list(range(n)) for r, n in DEFAULT_SEEDS.items()}
-    assert network_flags(args.quality_norm) == NETWORK
+    assert network_flags(args.quality_norm, args.quality_head_conv_filters) == NETWORK
 
 
 def test_one_recipe_chosen_seeds_and_a_norm():
     args = _args("--quality-recipes", "native", "--quality-seed-list", "2,0", "--quality-norm", "batch")
+    assert NETWORK[:2] == ("--norm", "batch")
     assert _recipes(args) == ["native"] and _seeds(args, "native") == [2, 0]
-    assert network_flags(args.quality_norm) == ("--norm", "batch")
+    assert network_flags(args.quality_norm) == ("--norm", "batch", *NETWORK[2:])
+    assert network_flags("instance", 2) == ("--norm", "instance", "--head-conv-filters", "2")
     assert _seeds(_args("--quality-seeds", "2"), "native") == [0, 1]
 
 

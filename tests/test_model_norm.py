@@ -56,6 +56,14 @@ def test_the_train_flags_reach_the_model_config(argv, norm):
     args = build_parser().parse_args(["--data", "d", "--output", "o", *argv])
     # the same keywords jobs/train.py's plan_run passes
     assert ModelConfig(batch_norm=args.batch_norm, norm=args.norm).norm is norm
+    assert args.head_conv_filters == ModelConfig().head_conv_filters
+
+
+def test_head_conv_filters_is_a_train_flag():
+    args = build_parser().parse_args(["--data", "d", "--output", "o", "--head-conv-filters", "0"])
+    model = build_unet(ModelConfig(**SMALL, head_conv_filters=args.head_conv_filters))
+    assert "head_conv" not in {layer.name for layer in model.layers}
+    assert model.get_layer("head").input.shape[-1] == SMALL["base_filters"]  # the last decoder block's features
 
 
 def test_the_layers_follow_the_norm():

@@ -22,7 +22,8 @@ The default (DEFAULT, DEFAULT_SIZE, ...) is the size docs/benchmarks.md reports:
 seed recipe over 1 (bounded by its ceiling whatever the seed); it trains both recipes to
 convergence on 2 CPU cores. `--quality-quick` is a small size for a test (a 64 mm field, 2 epochs).
 One recipe, chosen seeds or another normalisation run alone with `--quality-recipes native`,
-`--quality-seed-list 2` and `--quality-norm {none,batch,instance}` (each run is the default's own).
+`--quality-seed-list 2`, `--quality-norm {none,batch,instance}` and `--quality-head-conv-filters N`
+(each run is the default's own).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ RECIPES = ("seed", "native")
 # The one network both recipes train, beside --quality-filters: the seed's U-Net with batch
 # normalisation. Without it the seed recipe's whole slices (2% foreground) drove the network dead in
 # its first epoch (every output 0.0, validation Dice 0.0002 for 50 epochs; docs/benchmarks.md).
-NETWORK = ("--batch-norm",)
+NETWORK = ("--norm", "batch")
 
 
 def run(args, work: str) -> dict:
@@ -62,7 +63,7 @@ def run(args, work: str) -> dict:
     epochs = args.quality_epochs or (2 if args.quality_quick else DEFAULT_EPOCHS)
     recipes = _recipes(args)
     seeds = {recipe: _seeds(args, recipe) for recipe in recipes}
-    network = network_flags(args.quality_norm)
+    network = network_flags(args.quality_norm, args.quality_head_conv_filters)
     os.makedirs(work, exist_ok=True)
     data = os.path.join(work, "task")
     heldout = write_quality_task(data, task)
@@ -78,9 +79,15 @@ def run(args, work: str) -> dict:
     return results
 
 
-def network_flags(norm: str | None) -> tuple[str, ...]:
-    """`unet train`'s network flags for the bench: NETWORK, or `--norm NORM` when one is asked."""
-    return NETWORK if norm is None else ("--norm", norm)
+def network_flags(norm: str | None, head_conv_filters: int | None = None) -> tuple[str, ...]:
+    """`unet train`'s network flags for the bench: NETWORK, with `--norm` / `--head-conv-filters`
+    replaced when asked."""
+    flags = dict(zip(NETWORK[::2], NETWORK[1::2], strict=True))
+    if norm is not None:
+        flags["--norm"] = norm
+    if head_conv_filters is not None:
+        flags["--head-conv-filters"] = str(head_conv_filters)
+    return tuple(x for pair in flags.items() for x in pair)
 
 
 def _recipes(args) -> list[str]:

@@ -64,6 +64,8 @@ def test_head_conv_filters_is_a_train_flag():
     model = build_unet(ModelConfig(**SMALL, head_conv_filters=args.head_conv_filters))
     assert "head_conv" not in {layer.name for layer in model.layers}
     assert model.get_layer("head").input.shape[-1] == SMALL["base_filters"]  # the last decoder block's features
+    with pytest.raises(ConfigError, match="head_conv_filters must be >= 0"):
+        ModelConfig(head_conv_filters=-1)
 
 
 def test_the_layers_follow_the_norm():

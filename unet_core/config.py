@@ -79,6 +79,9 @@ class ModelConfig:
             raise ConfigError("depth, base_filters and input_channels must be positive")
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.head_conv_filters < 0:
+            raise ConfigError(f"head_conv_filters must be >= 0 (0: no convolution before the head), "
+                              f"got {self.head_conv_filters}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.input_size % (2**self.depth):

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--depth", type=int, default=m.depth)
     a.add_argument("--dropout", type=float, default=m.dropout)
     a.add_argument("--batch-norm", action="store_true")
+    a.add_argument("--norm", default="none", choices=["none", "batch", "instance"], help="--batch-norm is --norm batch")
+    a.add_argument("--head-conv-filters", type=int, default=m.head_conv_filters, help="the seed's 3x3 conv before the head; 0: none")
     a.add_argument("--upsampling", default=m.upsampling, choices=["upsample_conv", "transpose"])
     a.add_argument("--num-classes", type=int, default=None, help="default: 1 for binary shards, else from --label-names")
     a.add_argument("--label-names", default=None, help="comma-separated, background first (multi-class)")
@@ -185,7 +187,8 @@ def plan_run(args: argparse.Namespace, check_run: bool = True) -> TrainRun:
     labels = labels or (["background", "foreground"] if num_classes == 1 else [f"label_{i}" for i in range(num_classes)])
     model_cfg = ModelConfig(input_size=pre["input_size"], input_channels=1 + 2 * pre["context_slices"],
                             num_classes=num_classes, base_filters=args.base_filters, depth=args.depth,
-                            dropout=args.dropout, batch_norm=args.batch_norm, upsampling=args.upsampling)
+                            dropout=args.dropout, batch_norm=args.batch_norm, upsampling=args.upsampling,
+                            norm=args.norm, head_conv_filters=args.head_conv_filters)
     train_cfg = TrainConfig(batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate,
                             loss=args.loss, early_stopping_patience=args.early_stopping_patience,
                             reduce_lr_patience=args.reduce_lr_patience, reduce_lr_factor=args.reduce_lr_factor,

@@ -6,6 +6,7 @@ them with `from_dict`, so a misspelt key fails at once and a default lives in ex
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import types
 import typing
@@ -30,6 +31,18 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 
 
+class Norm(enum.StrEnum):
+    """Normalisation after each 3x3 convolution of the U-Net."""
+
+    NONE = "none"  # the seed's network: convolution with bias, then ReLU
+    # running statistics: training normalises with the batch's, inference with averages gathered
+    # over training batches (foreground-oversampled patches, for the native recipe)
+    BATCH = "batch"
+    # per sample and channel over the image (nnU-Net's choice): training and inference normalise
+    # alike, no running statistics and no state shared between replicas
+    INSTANCE = "instance"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The U-Net. Defaults reproduce the seed network exactly (31,031,685 parameters at 256x256x1)."""
@@ -40,11 +53,24 @@ class ModelConfig:
     base_filters: int = 64
     depth: int = 4  # number of 2x2 poolings
     dropout: float = 0.5  # after the two deepest levels, as in the seed
+    # kept for bundles and commands from before `norm`: True means norm "batch" (and is set to
+    # norm == "batch" whichever of the two was given)
     batch_norm: bool = False
     upsampling: str = "upsample_conv"  # "upsample_conv" (seed 1) | "transpose" (seed 2)
     head_conv_filters: int = 2  # the seed's extra 3x3 conv before the 1x1 head; 0 disables
+    norm: Norm = Norm.NONE
 
     def __post_init__(self) -> None:
+        try:
+            norm = Norm(self.norm)
+        except ValueError:
+            raise ConfigError(f"norm must be one of {[n.value for n in Norm]}, got {self.norm!r}") from None
+        if self.batch_norm and norm is Norm.INSTANCE:
+            raise ConfigError("batch_norm (--batch-norm) and norm 'instance' contradict each other: give one")
+        if self.batch_norm:
+            norm = Norm.BATCH
+        object.__setattr__(self, "norm", norm)
+        object.__setattr__(self, "batch_norm", norm is Norm.BATCH)
         if self.upsampling not in ("upsample_conv", "transpose"):
             raise ConfigError(
                 f"upsampling must be 'upsample_conv' or 'transpose', got {self.upsampling!r}"
@@ -53,6 +79,9 @@ class ModelConfig:
             raise ConfigError("depth, base_filters and input_channels must be positive")
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.head_conv_filters < 0:
+            raise ConfigError(f"head_conv_filters must be >= 0 (0: no convolution before the head), "
+                              f"got {self.head_conv_filters}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.input_size % (2**self.depth):
@@ -215,6 +244,7 @@ __all__ = [
     "AugmentConfig",
     "Limits",
     "ModelConfig",
+    "Norm",
     "PreprocessConfig",
     "TrainConfig",
     "from_dict",

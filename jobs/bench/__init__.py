@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quality-seeds", type=int, default=None, help="training seeds per recipe (default: native 3, seed 1; quick 1)")
     q.add_argument("--quality-filters", type=int, default=16, help="base filters of the one network both recipes train")
     q.add_argument("--quality-batch", type=int, default=8)
+    q.add_argument("--quality-recipes", default="seed,native", help="which recipes to run (comma-separated)")
+    q.add_argument("--quality-seed-list", default=None, help="training seeds to run, e.g. 2 or 0,1 (instead of --quality-seeds)")
+    q.add_argument("--quality-norm", default=None, choices=["none", "batch", "instance"],
+                   help="the one network's normalisation (default: the bench's NETWORK)")
+    q.add_argument("--quality-head-conv-filters", type=int, default=None,
+                   help="the one network's 3x3 conv before the head (default: the bench's NETWORK)")
     g = p.add_argument_group("gpu")
     g.add_argument("--gpu-dry-run", action="store_true",
                    help="run every section on CPU at toy sizes, GPUs declared to a local Ray (tests the code, not the GPU)")

@@ -13,18 +13,24 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from unet_core.config import ModelConfig
+from unet_core.config import ModelConfig, Norm
 
 _CONV = dict(padding="same", kernel_initializer="he_normal")
 
 
-def _conv_block(x, filters: int, name: str, batch_norm: bool):
+def _conv_block(x, filters: int, name: str, norm: Norm):
     for n in (1, 2):
-        if batch_norm:
+        if norm is Norm.BATCH:
             x = layers.Conv2D(filters, 3, use_bias=False, name=f"{name}_conv{n}", **_CONV)(x)
             # Synchronised across replicas: identical statistics on every worker (and better
             # estimates from small per-worker batches); a plain BatchNormalization outside tf.distribute.
             x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn{n}")(x)
+            x = layers.Activation("relu", name=f"{name}_relu{n}")(x)
+        elif norm is Norm.INSTANCE:
+            x = layers.Conv2D(filters, 3, use_bias=False, name=f"{name}_conv{n}", **_CONV)(x)
+            # One group per channel is instance normalisation: each sample's own statistics over
+            # (height, width), the same in training and inference, nothing shared across replicas.
+            x = layers.GroupNormalization(groups=-1, name=f"{name}_in{n}")(x)
             x = layers.Activation("relu", name=f"{name}_relu{n}")(x)
         else:
             x = layers.Conv2D(filters, 3, activation="relu", name=f"{name}_conv{n}", **_CONV)(x)
@@ -35,6 +41,8 @@ def build_unet(cfg: ModelConfig | None = None) -> keras.Model:
     """Build the U-Net. Input (batch, size, size, channels) float32 in [0, 1]; output
     (batch, size, size, 1) sigmoid probabilities, or (batch, size, size, K) softmax for K classes.
 
+    `cfg.norm` puts batch normalisation (`{name}_bn{n}`) or instance normalisation (`{name}_in{n}`)
+    between each 3x3 convolution (then without bias) and its ReLU.
     The output layer is float32 even under a mixed-precision policy, so losses stay stable.
     """
     cfg = cfg or ModelConfig()
@@ -43,12 +51,12 @@ def build_unet(cfg: ModelConfig | None = None) -> keras.Model:
     skips = []
     # The seed applies dropout to the two deepest levels: the last encoder level and the bottleneck.
     for level in range(cfg.depth):
-        x = _conv_block(x, cfg.base_filters * 2**level, f"enc{level}", cfg.batch_norm)
+        x = _conv_block(x, cfg.base_filters * 2**level, f"enc{level}", cfg.norm)
         if level == cfg.depth - 1 and cfg.dropout > 0:
             x = layers.Dropout(cfg.dropout, name=f"enc{level}_dropout")(x)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
-    x = _conv_block(x, cfg.base_filters * 2**cfg.depth, "bottleneck", cfg.batch_norm)
+    x = _conv_block(x, cfg.base_filters * 2**cfg.depth, "bottleneck", cfg.norm)
     if cfg.dropout > 0:
         x = layers.Dropout(cfg.dropout, name="bottleneck_dropout")(x)
 
@@ -60,7 +68,7 @@ def build_unet(cfg: ModelConfig | None = None) -> keras.Model:
             x = layers.UpSampling2D(2, name=f"dec{level}_upsample")(x)
             x = layers.Conv2D(filters, 2, activation="relu", name=f"dec{level}_up", **_CONV)(x)
         x = layers.Concatenate(axis=-1, name=f"dec{level}_concat")([skips[level], x])
-        x = _conv_block(x, filters, f"dec{level}", cfg.batch_norm)
+        x = _conv_block(x, filters, f"dec{level}", cfg.norm)
 
     if cfg.head_conv_filters:
         x = layers.Conv2D(

@@ -57,10 +57,11 @@ def test_rayjob_pins_ray_names_the_image_and_has_a_real_entrypoint(path):
 def test_training_manifest_has_a_gpu_for_every_worker():
     doc = yaml.safe_load((CLUSTER / "rayjob-train.yaml").read_text())
     argv = shlex.split(doc["spec"]["entrypoint"])
-    args = importlib.import_module("jobs.train").build_parser().parse_args(argv[2:])
+    train = importlib.import_module("jobs.train")
+    args = train.parse_args(train.build_parser(), argv[2:])  # --workers becomes a WorkerRange there
     (gpu,) = [g for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
     gpus = gpu["minReplicas"] * int(gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-    assert args.workers * args.gpus_per_worker == gpus
+    assert not args.workers.elastic and args.workers.max * args.gpus_per_worker == gpus
     assert args.storage.startswith("s3://")  # checkpoints on more than one node need shared storage
 
 

@@ -27,3 +27,17 @@ def test_in_process_planning_runs_the_rules_in_alternating_order_on_fresh_output
     assert without.cpu_s > 0 and with_rules.cpu_s > 0
     # one_per_study: thinnest keeps one volume per study; without rules every volume is planned
     assert with_rules.todo == 1 < without.todo
+
+
+def test_planning_deletes_only_the_output_it_made_itself(tmp_path):
+    """--workdir may hold a user's folders, even ones named as the bench's were: planning makes a
+    folder of its own under it and removes that one only."""
+    archive = str(tmp_path / "archive")
+    selecting.write_archive(archive, 1)
+    work = tmp_path / "work"
+    for name in ("warm-with", "in-process-without", "plan-mine"):
+        (work / name).mkdir(parents=True)
+        (work / name / "keep.txt").write_text("the user's")
+    assert selecting.plan_in_process(archive, str(work), selecting.CHEST).todo == 1
+    assert sorted(os.listdir(work)) == ["in-process-without", "plan-mine", "warm-with"]
+    assert all((work / n / "keep.txt").read_text() == "the user's" for n in os.listdir(work))

@@ -24,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -86,17 +87,27 @@ def plan_only(archive: str, bundle: str, out: str, select: str | None) -> dict:
     return {"wall_s": wall, "planning_s": int(m.group(2)) if m else None, "printed": done.stdout}
 
 
-def plan_in_process(archive: str, out: str, rules: dict | None) -> Planning:
-    """Plan `archive` into a fresh `out` as `unet segment --plan-only` does (open, list, scan,
-    group, choose), on the serial executor in this process: no Ray, no model (none is loaded to plan)."""
-    shutil.rmtree(out, ignore_errors=True)
+def plan_in_process(archive: str, parent: str, rules: dict | None) -> Planning:
+    """Plan `archive` into a fresh output as `unet segment --plan-only` does (open, list, scan,
+    group, choose), on the serial executor in this process: no Ray, no model (none is loaded to plan).
+    The output is a new folder made under `parent` for this run, removed after it: nothing the
+    bench did not make itself is ever deleted, whatever --workdir holds."""
+    os.makedirs(parent, exist_ok=True)
+    out = tempfile.mkdtemp(prefix="plan-", dir=parent)
+    try:
+        return _plan(archive, out, rules)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # the folder mkdtemp made above, and only it
+
+
+def _plan(archive: str, out: str, rules: dict | None) -> Planning:
     store = OutputStore(out)
     cpu, wall = time.process_time(), time.perf_counter()
     opened = open_output(store, (archive,), False)
     run = SegmentRun(store, SerialExecutor(predict=None))
     units, layout = run.layout((archive,), opened.layout, False)
     settings = SegmentSettings(
-        output=out, bundle_info=BundleInfo(PreprocessConfig(input_size=SIZE)).to_json(), model_name="bench",
+        output=out, bundle_info=BundleInfo(PreprocessConfig(input_size=SIZE)), model_name="bench",
         model_identity="bench", threshold=0.5, modality="CT", partitions=layout.partitions, buckets=layout.buckets,
         inputs=tuple(layout.inputs), selection=json.dumps(SelectionRules.from_dict(rules).to_dict()))
     planned = run.plan(units, settings, layout)
@@ -108,11 +119,11 @@ def paired(archive: str, work: str, rules: dict, pairs: int = PAIRS) -> dict[str
     each (imports, first allocations): a drift of the machine over the run falls on both sides."""
     runs: dict[str, list[Planning]] = {"without": [], "with": []}
     order = [("without", None), ("with", rules)]
-    for name, r in order:
-        plan_in_process(archive, os.path.join(work, f"warm-{name}"), r)
+    for _, r in order:
+        plan_in_process(archive, work, r)
     for i in range(pairs):
         for name, r in order if i % 2 == 0 else order[::-1]:
-            runs[name].append(plan_in_process(archive, os.path.join(work, f"in-process-{name}"), r))
+            runs[name].append(plan_in_process(archive, work, r))
     return runs
 
 

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from support.bundles import SMALL_MODEL, tiny_bundle
-from support.jobrun import finish, job_env, start_unet
+from support.jobrun import finish, job_env, session_processes, start_unet, wait_for
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
@@ -103,30 +102,6 @@ def _key(row: dict) -> str:
     return row["source"].split("/archive", 1)[1]
 
 
-def _processes(marker: str, root_pid: int) -> list[psutil.Process]:
-    """Processes of the run started as `root_pid` (its whole session) whose title holds `marker`."""
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if marker in " ".join(p.info["cmdline"] or []) and os.getsid(p.pid) == root_pid:
-                found.append(p)
-        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            continue
-    return found
-
-
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run ended (rc {proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _done(out: str) -> int:
     folder = Path(out) / "records" / "ok"
     return len(list(folder.glob("*.parquet"))) if folder.is_dir() else 0
@@ -135,8 +110,8 @@ def _done(out: str) -> int:
 def test_segment_survives_a_killed_predictor_worker(archive, bundle, reference, tmp_path):
     out = str(tmp_path / "out")
     proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4")
-    _wait_for(lambda: _done(out) >= 1, 300, "the first volume", proc)
-    (actor,) = _wait_for(lambda: _processes("PredictorServer", proc.pid), 60, "the predictor actor", proc)
+    wait_for(lambda: _done(out) >= 1, 300, "the first volume", proc)
+    (actor,) = wait_for(lambda: session_processes("PredictorServer", proc.pid), 60, "the predictor actor", proc)
     assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
     actor.kill()
     rc, log = _finish(proc)
@@ -162,7 +137,7 @@ def _sigint_then_rerun(archive: str, bundle: str, reference, out: str) -> None:
     # once, the other eight could finish within the 0.2 s it takes to see the second.
     proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
                  "--decode-concurrency", "1")
-    _wait_for(lambda: _done(out) >= 2, 300, "two volumes", proc)
+    wait_for(lambda: _done(out) >= 2, 300, "two volumes", proc)
     assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the interrupt; make the archive larger"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
     rc, log = _finish(proc, timeout=120)
@@ -194,7 +169,7 @@ def test_s3_outage_is_retried_and_a_persistent_failure_is_one_volume_error(archi
         out = f"{root}/out"
         proc = _unet("segment", "--input", f"{root}/archive", "--model", f"{root}/bundle", "--output", out,
                      "--batch-size", "4", env=env)
-        _wait_for(lambda: _count(out) >= 1, 300, "the first volume", proc)
+        wait_for(lambda: _count(out) >= 1, 300, "the first volume", proc)
         proxy.down = True
         time.sleep(3.0)
         proxy.down = False
@@ -224,9 +199,9 @@ def test_training_survives_a_killed_worker(prepared, tmp_path):
     proc = _unet("train", "--data", prepared, "--output", output, "--workers", "2", "--epochs", "12",
                  "--max-failures", "2", *SMALL_MODEL)
     runs = Path(f"{output}.runs")
-    _wait_for(lambda: list(runs.rglob("checkpoint_*")), 600, "the first checkpoint", proc)
+    wait_for(lambda: list(runs.rglob("checkpoint_*")), 600, "the first checkpoint", proc)
     time.sleep(2.0)  # into the next epoch
-    workers = _wait_for(lambda: _processes("RayTrainWorker", proc.pid), 60, "the training workers", proc)
+    workers = wait_for(lambda: session_processes("RayTrainWorker", proc.pid), 60, "the training workers", proc)
     workers[-1].kill()
     rc, log = _finish(proc)
     assert rc == 0, log[-4000:]
@@ -243,7 +218,7 @@ def test_training_survives_a_killed_worker(prepared, tmp_path):
 def _node_running(nodes, marker: str):
     """The first worker node that hosts a process whose title holds `marker` (a task, an actor)."""
     for node in nodes:
-        if node.proc.poll() is None and _processes(marker, node.proc.pid):
+        if node.proc.poll() is None and session_processes(marker, node.proc.pid):
             return node
     return None
 
@@ -265,7 +240,7 @@ def test_segment_on_three_nodes_survives_losing_one_and_says_it_in_one_line(arch
         proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
                      "--address", head.gcs, "--decode-concurrency", "1",
                      env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
-        victim = _wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
+        victim = wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
         assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
         victim.kill()
         rc, log = _finish(proc)
@@ -295,12 +270,12 @@ def test_a_crashed_raylets_log_tail_is_held_back_in_quiet_mode_and_shown_with_v(
         proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
                      "--address", head.gcs, "--decode-concurrency", "1", *(["-v"] if verbose else []),
                      env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
-        victim = _wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
+        victim = wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
         assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
         victim.kill_raylet()
         # The node's dashboard agent notices and publishes the notice (its own log says so); the job
         # must still be running then, or its output proves nothing either way.
-        _wait_for(lambda: _published_raylet_notice(head.temp_dir), 120, "the dead raylet's notice", proc)
+        wait_for(lambda: _published_raylet_notice(head.temp_dir), 120, "the dead raylet's notice", proc)
         assert proc.poll() is None, "the run ended before the notice was published; make the archive larger"
         rc, log = _finish(proc)
     assert rc == 0, log[-4000:]
@@ -335,7 +310,7 @@ def test_a_driver_attached_by_init_ray_shows_a_dead_raylets_notice_only_with_v(t
                    for v in (False, True)}
         time.sleep(20)  # both attached (they say "driver up" first; read once they end)
         nodes[0].kill_raylet()
-        _wait_for(lambda: _published_raylet_notice(head.temp_dir), 60, "the dead raylet's notice")
+        wait_for(lambda: _published_raylet_notice(head.temp_dir), 60, "the dead raylet's notice")
         said = {v: d.communicate(timeout=300)[0] for v, d in drivers.items()}
     for v, out in said.items():
         assert "driver up" in out and out.count("lost node ") == 1, (v, out[-3000:])
@@ -354,8 +329,8 @@ def test_training_on_three_nodes_survives_losing_one_and_says_it_in_one_line(pre
                      "--max-failures", "2", "--address", head.gcs, *SMALL_MODEL,
                      env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
         runs = Path(f"{output}.runs")
-        _wait_for(lambda: list(runs.rglob("checkpoint_*")), 600, "the first checkpoint", proc)
-        victim = _wait_for(lambda: _node_running(nodes, "RayTrainWorker"), 120, "a training worker on a worker node",
+        wait_for(lambda: list(runs.rglob("checkpoint_*")), 600, "the first checkpoint", proc)
+        victim = wait_for(lambda: _node_running(nodes, "RayTrainWorker"), 120, "a training worker on a worker node",
                            proc)
         victim.kill()
         rc, log = _finish(proc)

@@ -9,42 +9,15 @@ import json
 import os
 import re
 import secrets
-import subprocess
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from support.bundles import SMALL_MODEL
-from support.jobrun import finish, job_env, start_unet
+from support.jobrun import finish, job_env, session_processes, start_unet, wait_for
 from unet_core.io import storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def _processes(marker: str, root_pid: int) -> list[psutil.Process]:
-    """Processes of the session started as `root_pid` whose command line holds `marker`."""
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if marker in " ".join(p.info["cmdline"] or []) and os.getsid(p.pid) == root_pid:
-                found.append(p)
-        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            continue
-    return found
-
-
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended (rc {proc.returncode}) before {what}:\n{proc.stdout.read()[-4000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _train_and_lose_a_node(prepared: str, output: str, *options: str) -> tuple[int, str]:
@@ -58,9 +31,9 @@ def _train_and_lose_a_node(prepared: str, output: str, *options: str) -> tuple[i
                           "--max-failures", "2", "--address", head.gcs, *SMALL_MODEL, *options,
                           env=job_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, UNET_PROGRESS_INTERVAL="5"))
         runs = Path(f"{output}.runs")
-        _wait_for(lambda: list(runs.rglob("checkpoint_*")), 900, "the first checkpoint", proc)
-        victim = _wait_for(lambda: next((n for n in nodes if n.proc.poll() is None
-                                         and _processes("RayTrainWorker", n.proc.pid)), None),
+        wait_for(lambda: list(runs.rglob("checkpoint_*")), 900, "the first checkpoint", proc)
+        victim = wait_for(lambda: next((n for n in nodes if n.proc.poll() is None
+                                         and session_processes("RayTrainWorker", n.proc.pid)), None),
                            120, "a training worker on a worker node", proc)
         victim.kill()
         return finish(proc, timeout=1800)

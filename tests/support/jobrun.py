@@ -29,3 +29,34 @@ def finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
 
 def run_unet(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> tuple[int, str]:
     return finish(start_unet(*args, env=env), timeout)
+
+
+def session_processes(marker: str, root_pid: int) -> list:
+    """Processes of the run started as `root_pid` (its whole session) whose command line holds
+    `marker` (psutil.Process objects)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []) and os.getsid(p.pid) == root_pid:
+                found.append(p)
+        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.2):
+    """`predicate()`'s first true value within `timeout` seconds; fails naming `what`, and with the
+    run's last output if `proc` ends first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before {what}:\n{proc.stdout.read()[-4000:]}")
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from jobs.train import build_parser
+from support.squares import squares
 from unet_core.bundle import BundleInfo, load_bundle, save_bundle
 from unet_core.config import AugmentConfig, ModelConfig, Norm, PreprocessConfig, TrainConfig, from_dict, to_dict
 from unet_core.errors import ConfigError
@@ -97,14 +98,6 @@ def test_instance_norm_normalises_each_slice_alike_in_training_and_inference():
     assert np.abs(batch(x, training=True).numpy() - batch(x, training=False).numpy()).max() > 1e-3
 
 
-def _data() -> tuple[tf.Tensor, tf.Tensor]:
-    rng = np.random.default_rng(0)
-    y = np.zeros((8, 32, 32, 1), np.float32)
-    for i in range(8):
-        r, c = rng.integers(4, 18, 2)
-        y[i, r:r + 10, c:c + 10] = 1
-    x = (y * 0.6 + 0.2 + rng.normal(0, 0.05, y.shape)).astype(np.float32)
-    return tf.constant(x), tf.constant(y)
 
 
 def test_instance_norm_trains_and_its_bundle_reloads_with_identical_predictions(tmp_path):
@@ -114,7 +107,7 @@ def test_instance_norm_trains_and_its_bundle_reloads_with_identical_predictions(
     train_cfg = TrainConfig(learning_rate=3e-3)
     steps = DistributedSteps(model, make_optimizer(train_cfg), get_loss("bce_dice", 1), tf.distribute.get_strategy(),
                              8, 1, AugmentConfig(enabled=False))
-    x, y = _data()
+    x, y = squares()
     losses = [scores(accumulate(None, steps.train_step(x, y, tf.constant([0, i], tf.int64))))["loss"]
               for i in range(30)]
     assert losses[-1] < 0.85 * losses[0], losses

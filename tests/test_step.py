@@ -7,21 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.squares import squares
 from unet_core.config import AugmentConfig, ModelConfig, TrainConfig
 from unet_core.model import build_unet
 from unet_core.model.losses import get_loss
 from unet_core.training.state import make_optimizer, set_precision
 from unet_core.training.step import DistributedSteps, accumulate, scores
-
-
-def _data():
-    rng = np.random.default_rng(0)
-    y = np.zeros((8, 32, 32, 1), np.float32)
-    for i in range(8):
-        r, c = rng.integers(4, 18, 2)
-        y[i, r:r + 10, c:c + 10] = 1
-    x = (y * 0.6 + 0.2 + rng.normal(0, 0.05, y.shape)).astype(np.float32)
-    return tf.constant(x), tf.constant(y)
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +31,7 @@ def test_step_learns_under_each_switch(precision, xla):
     optimizer = make_optimizer(cfg)
     steps = DistributedSteps(model, optimizer, get_loss("bce_dice", 1), tf.distribute.get_strategy(), 8, 1,
                              AugmentConfig(enabled=False), jit_compile=xla)
-    x, y = _data()
+    x, y = squares()
     losses = []
     for i in range(30):
         losses.append(scores(accumulate(None, steps.train_step(x, y, tf.constant([0, i], tf.int64))))["loss"])

@@ -111,7 +111,8 @@ def test_a_rerun_with_nothing_new_reads_only_what_it_must(s3_server, work_bucket
     index = {k: n for k, n in gets.items() if k.startswith("noop/out/series_index/")}
     volumes = {k: n for k, n in gets.items() if k.startswith("noop/out/volumes/")}
     assert len(index) == len(list(storage.list_files(f"{out}/series_index"))) and set(index.values()) == {1}
-    assert len(volumes) == layout.buckets and set(volumes.values()) == {1}  # each part once, not three times
+    # each part once, not three times (a bucket the volume ids' hashes left empty has no part)
+    assert len(volumes) == len(list(storage.list_files(f"{out}/volumes"))) and set(volumes.values()) == {1}
     assert built == []  # the join read the index's columns, not its rows
 
     # one object changed: its partition's rows are read whole (and only its)

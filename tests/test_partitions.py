@@ -74,6 +74,33 @@ def test_the_unchanged_path_gives_the_fragments_of_the_rows(tmp_path):
     assert partitions_reuse.unchanged_fragments(entries, cols, "other patterns", 7, 3) is None
 
 
+def test_a_rerun_with_nothing_new_is_planned_without_the_executor(tmp_path):
+    """plan_unchanged gives the executor's plan when no partition changed, with no executor at all;
+    a new object makes it give up (None) with nothing written, and the executor plans."""
+    root, out = str(tmp_path / "in"), str(tmp_path / "out")
+    for i in range(9):
+        _series(root, f"s{i:02d}", seed=i, n=2)
+    first = serial_run([root], out)
+    assert first.summary.segmented_now == 9
+    run, here = serial_plan([root], out, unchanged=True)
+    _, there = serial_plan([root], out)
+    assert here is not None and there is not None
+    assert (here.listed, here.reused, here.scanned, here.todo) == (there.listed, there.reused, there.scanned, 0) \
+        == (18, 18, 0, 0)
+    assert here.totals == there.totals and here.seen == there.seen
+    again = run.finish(here)  # nothing pending: no executor needed either
+    assert again.parts_written == 0 and sum(again.by_status.values()) == 9
+
+    store = OutputStore(out)
+    before = {f.uri: storage.read_bytes(f.uri) for f in storage.list_files(f"{out}/series_index")}
+    storage.write_bytes(f"{root}/s03/new.dcm", storage.read_bytes(next(iter(storage.list_files(f"{root}/s03"))).uri))
+    _, gave_up = serial_plan([root], out, unchanged=True)
+    assert gave_up is None
+    assert {f.uri: storage.read_bytes(f.uri) for f in storage.list_files(f"{out}/series_index")} == before
+    assert not any(store.has_plan(b) for b in range(store.read_layout().buckets))
+    assert serial_run([root], out).summary.headers_read == 1
+
+
 def _gets(requests: list[str], bucket: str) -> Counter:
     """Object GETs (not listings) by key, as the server saw them."""
     keys = [r.split(" ")[1].split("?")[0] for r in requests if r.startswith("GET ") and "list-type" not in r]

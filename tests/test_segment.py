@@ -200,3 +200,31 @@ def test_multiclass_bundle_gives_label_maps(tmp_path, ray_local):
     slices = pq.read_table(row["slices_uri"]).to_pylist()
     assert "uint8" in {s["mask_encoding"] for s in slices}
     np.testing.assert_array_equal(np.stack([decode_mask(s) for s in slices], axis=-1), mask)
+
+
+def test_a_rerun_with_nothing_new_starts_no_cluster(tmp_path, ray_local, monkeypatch):
+    """A re-run over an archive that did not change is planned in the job's own process
+    (SegmentRun.plan_unchanged) and finishes with no Ray instance and no predictor (a changed
+    partition sends planning to the executor: tests/test_partitions.py)."""
+    from support.bundles import tiny_bundle
+    from unet_core.synthetic import Phantom, nifti_case
+
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        image, _ = nifti_case(Phantom.random(i), np.diag([12.0, 12.0, 20.0, 1.0]), (32, 32, 4))
+        (tmp_path / "in" / f"case{i}.nii.gz").write_bytes(image)
+    bundle = tiny_bundle(str(tmp_path / "bundle"))
+    out = str(tmp_path / "out")
+    args = ["--input", str(tmp_path / "in"), "--model", bundle, "--output", out]
+    assert segment.main(args) == 0
+
+    def no_cluster(*a, **k):
+        raise AssertionError("a re-run with nothing new started Ray")
+
+    with monkeypatch.context() as m:
+        m.setattr(segment, "init_ray", no_cluster)
+        m.setattr(segment, "Predictors", no_cluster)
+        assert segment.main(args) == 0
+    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    assert (summary["segmented_now"], summary["headers_read"], summary["headers_unchanged"]) == (0, 0, 2)
+    assert summary["volumes_ok"] == 2 and summary["predictors_started"] == 0

@@ -47,19 +47,20 @@ class RunResult:
     sent: SendCounts | None
 
 
-def serial_plan(inputs: list[str], out: str, overwrite: bool = False, predict=bright,
-                **kw) -> tuple[SegmentRun, Planned]:
+def serial_plan(inputs: list[str], out: str, overwrite: bool = False, predict=bright, unchanged: bool = False,
+                **kw) -> tuple[SegmentRun, Planned | None]:
     """Open the output and plan, as `unet segment` (and --plan-only) does, in this process (local
-    paths made absolute first, as the job makes them)."""
+    paths made absolute first, as the job makes them). `unchanged`: a re-run's plan_unchanged
+    (None when a partition changed) instead of plan."""
     out = storage.absolute(out)
     store = OutputStore(out)
     ins = tuple(storage.absolute(i) for i in inputs)
     opened = open_output(store, ins, overwrite)
-    run = SegmentRun(store, SerialExecutor(predict))
+    run = SegmentRun(store, None if unchanged else SerialExecutor(predict))  # plan_unchanged needs none
     units, layout = run.layout(ins, opened.layout, kw.get("follow_symlinks", False))
     s = segment_settings(out, **{"partitions": layout.partitions, "buckets": layout.buckets, "inputs": layout.inputs,
                                  "resume": not overwrite, **kw})
-    return run, run.plan(units, s, layout)
+    return run, (run.plan_unchanged if unchanged else run.plan)(units, s, layout)
 
 
 def serial_run(inputs: list[str], out: str, overwrite: bool = False, predict=bright, **kw) -> RunResult:

@@ -204,12 +204,10 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
     (partitions_reuse.py); its rows are read only when an object is new, changed or gone."""
     store = s.store()
     stored = store.read_index_bytes(partition)
-    entries = list(_listed(units, s.follow_symlinks, roots, _output_names(s.output, tuple(s.inputs), s.run_id)))
-    cols = partitions_reuse.stored_columns(stored) if stored is not None else None
-    if cols is not None:
-        frags = partitions_reuse.unchanged_fragments(entries, cols, s.rules.text_digest(), s.buckets, partition)
-        if frags is not None:
-            return frags, ScanCounts(listed=len(entries), reused=len(entries))
+    entries = _partition_entries(units, s, roots)
+    frags = _partition_unchanged(partition, entries, stored, s)
+    if frags is not None:
+        return frags, ScanCounts(listed=len(entries), reused=len(entries))
     previous = index_rows(stored) if stored is not None else []
     rows, counts, reused = join_entries(entries, previous, s.limits, s.rules)
     if counts.scanned or len(rows) != len(previous):
@@ -221,6 +219,30 @@ def index_partition(partition: int, units: list[Unit], s: SegmentSettings,
     if frags:
         frags[0] = replace(frags[0], listed=counts.listed, reused=counts.reused, scanned=counts.scanned)
     return frags, counts
+
+
+def reuse_partition(partition: int, units: list[Unit], s: SegmentSettings,
+                    roots: tuple[str, ...]) -> list[Fragment] | None:
+    """One listing partition of a re-run when nothing in it changed: index_partition's fast path
+    alone (nothing written, no header read). None when an object is new, changed or gone, or the
+    part is of an older layout: then index_partition does the whole work."""
+    return _partition_unchanged(partition, _partition_entries(units, s, roots), s.store().read_index_bytes(partition), s)
+
+
+def _partition_entries(units: list[Unit], s: SegmentSettings, roots: tuple[str, ...]) -> list[listing.ObjectEntry]:
+    return list(_listed(units, s.follow_symlinks, roots, _output_names(s.output, tuple(s.inputs), s.run_id)))
+
+
+def _partition_unchanged(partition: int, entries: list[listing.ObjectEntry], stored: bytes | None,
+               s: SegmentSettings) -> list[Fragment] | None:
+    """The partition's fragments when its listing is exactly the last run's objects, unchanged
+    (partitions_reuse.py); [] for a partition with neither objects nor a part."""
+    if stored is None:
+        return None if entries else []
+    cols = partitions_reuse.stored_columns(stored)
+    if cols is None:
+        return None
+    return partitions_reuse.unchanged_fragments(entries, cols, s.rules.text_digest(), s.buckets, partition)
 
 
 def _entries(units: Iterable[Unit], follow_symlinks: bool, roots: tuple[str, ...]) -> Iterator[listing.ObjectEntry]:

@@ -8,6 +8,8 @@ is here; jobs/segment.py parses arguments, starts Ray and prints.
     run.layout(inputs, layout, follow)      listing units and the layout (written on a first run)
     run.plan(units, settings)               Planned: counts per bucket, the run-wide choices
                                             (one_per_study, --limit) applied, the buckets to segment
+    run.plan_unchanged(units, settings)     the same plan made here without the executor, when no
+                                            listing partition changed; else None
     run.segment(planned, on_volume)         Segmented: volumes done, resumed, failed, slices
     run.finish(planned)                     the table parts written; stale parts and the plan gone
     run.deliver(planned, workers, progress) SEGs and RTSTRUCTs not stored yet sent (--send)
@@ -17,18 +19,19 @@ The driver holds counters and one small summary per bucket, never a row per obje
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from unet_core import ownership
-from unet_core.errors import InputError, InternalError
+from unet_core.errors import InputError, InternalError, StorageError
 from unet_core.io import listing
 from unet_core.segmentation import choosing, partitions, planning
 from unet_core.segmentation.delivery import SendCounts, send_pending
-from unet_core.segmentation.executor import Executor, PartitionWork, VolumeDone
+from unet_core.segmentation.executor import Executor, PartitionWork, VolumeDone, merge_stage
 from unet_core.segmentation.layout import Layout, partition_of
-from unet_core.segmentation.records import Status
+from unet_core.segmentation.records import Fragment, Status
 from unet_core.segmentation.settings import SegmentSettings
 from unet_core.segmentation.stages import Outcome
 from unet_core.segmentation.store import Folder, OutputStore
@@ -44,6 +47,8 @@ REUSED_FOLDERS = (Folder.SERIES_INDEX.value, Folder.VOLUMES.value, Folder.PLAN.v
 # regression fails every volume the same way and should not be written up as N bad volumes.
 BREAKER_INTERNAL_ROWS = 20
 BREAKER_FRACTION = 0.5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,7 +149,10 @@ class Pool:
 
 
 class SegmentRun:
-    def __init__(self, store: OutputStore, executor: Executor):
+    """`executor` runs the work that fans out; it may be set later (None until then): a re-run
+    planned by `plan_unchanged` with nothing to segment never needs one."""
+
+    def __init__(self, store: OutputStore, executor: Executor | None = None):
         self.store, self.executor = store, executor
 
     def layout(self, inputs: tuple[str, ...], layout: Layout | None,
@@ -156,7 +164,7 @@ class SegmentRun:
         if not units:
             raise InputError(f"no objects under {', '.join(inputs)}")
         if layout is None:
-            counts = partitions.choose_counts(len(units), self.executor.slots())
+            counts = partitions.choose_counts(len(units), self._executor().slots())
             layout = Layout(inputs, depth, counts.partitions, counts.buckets)
             self.store.write_layout(layout)
         return units, layout
@@ -169,15 +177,42 @@ class SegmentRun:
         time.perf_counter() value; default: now)."""
         t = time.perf_counter() if started is None else started
         roots = tuple(listing.real_roots(list(s.inputs)))
-        by_partition: dict[int, list[planning.Unit]] = {}
-        for u in units:
-            by_partition.setdefault(partition_of(u.key, layout.partitions), []).append(u)
-        work = [PartitionWork(p, tuple(by_partition.get(p, ()))) for p in range(layout.partitions)]
+        return self._planned(self._executor().plan_buckets(_work(units, layout), s, roots), s, layout, t)
+
+    def plan_unchanged(self, units: list[planning.Unit], s: SegmentSettings, layout: Layout,
+                       started: float | None = None) -> Planned | None:
+        """A re-run's plan made in this process, without the executor, when no listing partition
+        changed since the last run: each partition's listing checked against the join's columns of
+        its series_index part (planning.reuse_partition), then every bucket merged and planned as
+        `plan` would. None as soon as a partition holds a new, changed or gone object, or cannot be
+        listed or read now: then `plan` does the work on the executor (nothing was written).
+
+        The common re-run (a nightly run over an archive that did not change) then costs a listing
+        and a few small Parquet reads per partition, with no cluster started (docs/design.md,
+        "A re-run with nothing new")."""
+        t = time.perf_counter() if started is None else started
+        roots = tuple(listing.real_roots(list(s.inputs)))
+        by_bucket: dict[int, list[Fragment]] = {}
+        for w in _work(units, layout):
+            try:
+                frags = planning.reuse_partition(w.partition, list(w.units), s, roots)
+            except StorageError as e:  # the executor's tasks list it again, with their retries
+                log.debug("partition %d: %s; planned on the executor", w.partition, e)
+                return None
+            if frags is None:
+                log.debug("partition %d changed since the last run; planned on the executor", w.partition)
+                return None
+            for f in frags:
+                by_bucket.setdefault(f.bucket, []).append(f)
+        return self._planned((merge_stage(by_bucket[b], s) for b in sorted(by_bucket)), s, layout, t)
+
+    def _planned(self, buckets: Iterable[BucketSummary], s: SegmentSettings, layout: Layout, t: float) -> Planned:
+        """Planned from one BucketSummary per bucket holding rows, with the run-wide choices applied."""
         planned = Planned(s, layout)
         counts: dict[int, TableCounts] = {}
         todo: dict[int, int] = {}
         found: dict[int, choosing.Contenders] = {}
-        for b in self.executor.plan_buckets(work, s, roots):  # one per bucket: bounded by the layout
+        for b in buckets:  # one per bucket: bounded by the layout
             self._add(planned, b)
             counts[b.bucket], todo[b.bucket] = b.counts, b.todo
             found[b.bucket] = b.contenders
@@ -191,6 +226,11 @@ class SegmentRun:
         planned.seconds = time.perf_counter() - t
         return planned
 
+    def _executor(self) -> Executor:
+        if self.executor is None:
+            raise InternalError("the segment run needs its executor here, and none was given")
+        return self.executor
+
     @staticmethod
     def _add(planned: Planned, b: BucketSummary) -> None:
         planned.listed += b.listed
@@ -203,7 +243,7 @@ class SegmentRun:
         that `segment` fills (the wait counted)."""
         done = Segmented(started=time.perf_counter())
         if planned.todo:
-            self.executor.ready()
+            self._executor().ready()
             done.predictor_wait = time.perf_counter() - done.started
         return done
 
@@ -214,7 +254,7 @@ class SegmentRun:
         done = done if done is not None else self.ready(planned)
         if not planned.todo:
             return done
-        for v in self.executor.segment_volumes(planned.pending_buckets, planned.settings, planned.todo):
+        for v in self._executor().segment_volumes(planned.pending_buckets, planned.settings, planned.todo):
             done.add(v)
             if done.looks_like_a_bug():
                 raise InternalError(
@@ -233,7 +273,7 @@ class SegmentRun:
         totals = TableCounts()
         totals.add(planned.totals)
         if planned.pending:
-            for c in self.executor.finish_buckets(planned.pending_buckets, planned.settings):
+            for c in self._executor().finish_buckets(planned.pending_buckets, planned.settings):
                 totals.add(c)
         store = planned.settings.store()  # fenced by the run's lease
         for b in set(range(planned.layout.buckets)) - planned.seen:
@@ -252,6 +292,14 @@ class SegmentRun:
         planned.settings.check_lease()  # delivery rewrites table parts and sends: only while the run holds the output
         return send_pending(self.store.root, planned.layout.buckets, dest, workers, progress,
                             check=planned.settings.check_lease)  # and before each object and part rewrite
+
+
+def _work(units: list[planning.Unit], layout: Layout) -> list[PartitionWork]:
+    """Every listing partition of the layout with the units routed to it (layout.partition_of)."""
+    by_partition: dict[int, list[planning.Unit]] = {}
+    for u in units:
+        by_partition.setdefault(partition_of(u.key, layout.partitions), []).append(u)
+    return [PartitionWork(p, tuple(by_partition.get(p, ()))) for p in range(layout.partitions)]
 
 
 def summarise(planned: Planned, done: Segmented, totals: TableCounts, sent: SendCounts | None, pool: Pool,

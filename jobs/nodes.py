@@ -78,9 +78,13 @@ def failed_tasks(node_id: str) -> int | None:
     """Task attempts that failed on the node (Ray retries tasks and restarts actors elsewhere), from
     Ray's state API; None where it does not answer."""
     try:
+        import ray
         from ray.util.state import list_tasks
 
-        tasks = list_tasks(filters=[("node_id", "=", node_id), ("state", "=", "FAILED")], limit=10_000,
+        # the job's own cluster by its address: without one, the state API refuses to choose when
+        # another Ray instance runs on this machine ("Found multiple active Ray instances")
+        tasks = list_tasks(address=ray.get_runtime_context().gcs_address,
+                           filters=[("node_id", "=", node_id), ("state", "=", "FAILED")], limit=10_000,
                            raise_on_missing_output=False, timeout=10)
         return len(tasks)
     except Exception:  # the count is a courtesy; the line is said without it

@@ -188,11 +188,12 @@ def _demote_in_plan(store: OutputStore, bucket: int, plan, d: choosing.Demotion,
         return None
     if out:  # else the plan stands as it is
         demoted = choosing.demote([PlannedVolume.from_row(r) for r in plan.take(out).to_pylist()], d.why, s, d.beyond)
-        left = sorted(set(range(plan.num_rows)) - set(out))
-        merged = pa.concat_tables([plan.take(left), pa.Table.from_pylist([p.to_row() for p in demoted],
-                                                                        schema=plan.schema)])
-        place = {i: n for n, i in enumerate(left + out)}  # a plan row's place in `merged`
-        store.write_plan_arrow(bucket, merged.take([place[i] for i in range(plan.num_rows)]).combine_chunks())
+        new = pa.Table.from_pylist([p.to_row() for p in demoted], schema=plan.schema)
+        pieces, start = [], 0  # the plan's rows in order: slices of it (no copy) around the new rows
+        for k, i in enumerate(out):
+            pieces += [plan.slice(start, i - start), new.slice(k, 1)]
+            start = i + 1
+        store.write_plan_arrow(bucket, pa.concat_tables([*pieces, plan.slice(start)]))
     return todo
 
 

@@ -5,6 +5,7 @@
     contenders(planned, s)          per bucket: what the run-wide choices need of its volumes
     decide(s, contenders)           at the driver: one_per_study across the archive (the series of
                                     a study may sit in several buckets) and --limit
+    left_out(volume id, action, ...) whether those choices leave one planned volume out, and why
     demote(planned | rows, reasons) the volumes those choices leave out, as not_selected rows
 
 What the driver holds for `decide` is one small tuple per selected volume (never per object):
@@ -170,16 +171,23 @@ def not_selected_record(rec: VolumeRecord, why: Why, facts: VolumeFacts | None, 
         model=s.model_name, model_identity=s.model_identity, selection_facts=facts, text_rules=s.rules.text_digest())
 
 
+def left_out(volume_id: str, action: Action, why: dict[str, Why], s: SegmentSettings,
+             beyond: float | None = None) -> Why | None:
+    """Why the run-wide choices leave a planned volume out: named in `why`, or a volume to segment
+    ranked above `beyond` (--limit); None when they keep it."""
+    reason = why.get(volume_id)
+    if reason is None and beyond is not None and action == Action.SEGMENT and (
+            selection.sample_rank(volume_id, s.seed) > beyond):
+        reason = Why(Rule.LIMIT, f"beyond the --limit {s.limit} (seed {s.seed})")
+    return reason
+
+
 def demote(planned: list[PlannedVolume], why: dict[str, Why], s: SegmentSettings,
            beyond: float | None = None) -> list[PlannedVolume]:
-    """Planned volumes with those named in `why`, and those to segment ranked above `beyond`
-    (--limit), turned into not_selected rows (set aside)."""
+    """Planned volumes with those `left_out` turned into not_selected rows (set aside)."""
     out = []
     for p in planned:
-        reason = why.get(p.volume_id)
-        if reason is None and beyond is not None and p.action == Action.SEGMENT and (
-                selection.sample_rank(p.volume_id, s.seed) > beyond):
-            reason = Why(Rule.LIMIT, f"beyond the --limit {s.limit} (seed {s.seed})")
+        reason = left_out(p.volume_id, p.action, why, s, beyond)
         if reason is None:
             out.append(p)
             continue

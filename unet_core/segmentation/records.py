@@ -326,10 +326,16 @@ class VolumeRecord(Record):
 def table_bytes(cls: type[Record], rows: list[dict]) -> bytes:
     """Parquet bytes (zstd) of rows of one record type, in its schema."""
     import pyarrow as pa
+
+    return arrow_bytes(pa.Table.from_pylist(rows, schema=cls.arrow_schema()))
+
+
+def arrow_bytes(table) -> bytes:
+    """Parquet bytes (zstd) of an Arrow table (`table_bytes`'s writer, for rows kept as Arrow)."""
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=cls.arrow_schema()), buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
 
 
@@ -344,4 +350,4 @@ def rows_from_bytes(data: bytes) -> list[dict]:
 
 __all__ = ["Action", "ErrorType", "Format", "Fragment", "ObjectKind", "ObjectRow",
            "PlannedVolume", "Record", "RowKind", "Rule", "SET_ASIDE_PREFIX", "Status", "VolumeRecord",
-           "rows_from_bytes", "table_bytes"]
+           "arrow_bytes", "rows_from_bytes", "table_bytes"]

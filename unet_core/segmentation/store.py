@@ -30,6 +30,7 @@ from unet_core.segmentation.records import (
     PlannedVolume,
     Status,
     VolumeRecord,
+    arrow_bytes,
     rows_from_bytes,
     table_bytes,
 )
@@ -226,6 +227,20 @@ class OutputStore:
     def write_plan(self, bucket: int, planned: list[PlannedVolume]) -> None:
         self.check_lease()
         storage.write_bytes(self.plan_part_uri(bucket), table_bytes(PlannedVolume, [p.to_row() for p in planned]))
+
+    def read_plan_arrow(self, bucket: int):
+        """One bucket's plan as an Arrow table in PlannedVolume's schema, its rows left as Arrow
+        values (the run-wide choices rewrite a few rows of a plan: tables.demote_bucket)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(pa.BufferReader(storage.read_bytes(self.plan_part_uri(bucket)))).read()
+        return table.cast(PlannedVolume.arrow_schema())
+
+    def write_plan_arrow(self, bucket: int, table) -> None:
+        """A plan part from an Arrow table in PlannedVolume's schema (whole: write, then publish)."""
+        self.check_lease()
+        storage.write_bytes(self.plan_part_uri(bucket), arrow_bytes(table))
 
     def delete_plan(self, bucket: int) -> None:
         self.check_lease()

@@ -23,7 +23,7 @@
 Results go to docs/benchmarks.md with the command. `--check` (io, zip, select) compares each
 measured ratio with its target (jobs/bench/common.py: TARGETS), prints both, and exits 3 when one
 falls short; `--quick` sizes a bench to run in about a minute (CI runs `unet bench io --check
---quick`, and the same for zip; select's is not in CI yet: docs/benchmarks.md).
+--quick`, and the same for zip and select: .ci/run).
 """
 from __future__ import annotations
 

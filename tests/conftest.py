@@ -83,7 +83,9 @@ def ray_local(s3_server):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING")
+        # "local": a new instance of the session's own, never a `ray start --head` found on the machine
+        # (with one there, ray.init() would attach to it and refuse num_cpus), as jobs/runtime.py does
+        ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

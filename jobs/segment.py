@@ -21,8 +21,8 @@ summaries, never a row per object or per volume. Outputs under
     layout.json, summary.json
 A re-run reads the headers of new or changed objects only, and segments only volumes that are new,
 changed (an object added, replaced or removed) or failed last time; --overwrite redoes everything.
-A re-run is first planned in this process (SegmentRun.plan_unchanged): when no listing partition
-changed it needs no planning on Ray, and when nothing is to be segmented no Ray instance starts.
+A re-run is first planned in this process (SegmentRun.plan_unchanged): when nothing changed and
+nothing is to be segmented, no Ray instance starts.
 Exit status: 0 when every volume succeeded, 3 when some failed (all others still written), 2 for a
 usage error.
 """
@@ -120,34 +120,30 @@ def _main(argv: list[str]) -> int:
             say(f"left {opened.left} objects in the output's folders that this tool did not write (-v lists them)")
         log.debug("removed %d objects of earlier runs", opened.removed)
         run = SegmentRun(store)
-        planned = None
-        if opened.layout is not None:  # a re-run: planned here, with no cluster, when nothing changed
+        if opened.layout is not None:  # a re-run with nothing to do is planned here and starts no cluster
             units, layout = run.layout(inputs, opened.layout, args.follow_symlinks)
             settings = settings_of(args, info, out, layout, lease, model)
             say_planning(inputs, units, layout)
             planned = run.plan_unchanged(units, settings, layout, started=timer.start)
             if planned is not None:
                 say_planned(planned)
-                if args.plan_only:
-                    return plan_only(planned, out, high)
-                if not planned.todo:
-                    return finish(args, run, planned, Segmented(), Pool(), timer)
+                return plan_only(planned, out, high) if args.plan_only else \
+                    finish(args, run, planned, Segmented(), Pool(), timer)
         init_ray(args.address, args.num_cpus or sizing.local_cpus(os.cpu_count() or 1, low, args.num_gpus),
                  verbose=args.verbose)
         with Predictors(args.model, args.batch_size, args.precision, args.xla, low, high, args.num_gpus) as pool:
-            if planned is not None or (opened.layout is None and not args.plan_only):
-                pool.start()  # the predictors load while the archive is listed and scanned (a first run)
+            if opened.layout is None and not args.plan_only:
+                pool.start()  # a first run: the predictors load while the archive is listed and scanned
             run.executor = RayExecutor(pool, low, args.num_gpus, args.decode_concurrency,
                                        cluster_address(args.address) is not None, lambda n: web_cap(args, n))
-            if planned is None:
-                if opened.layout is None:
-                    units, layout = run.layout(inputs, None, args.follow_symlinks)
-                    settings = settings_of(args, info, out, layout, lease, model)
-                    say_planning(inputs, units, layout)
-                planned = run.plan(units, settings, layout, started=timer.start)
-                say_planned(planned)
-                if args.plan_only:  # no model is loaded
-                    return plan_only(planned, out, high)
+            if opened.layout is None:
+                units, layout = run.layout(inputs, None, args.follow_symlinks)
+                settings = settings_of(args, info, out, layout, lease, model)
+                say_planning(inputs, units, layout)
+            planned = run.plan(units, settings, layout, started=timer.start)
+            say_planned(planned)
+            if args.plan_only:  # no model is loaded
+                return plan_only(planned, out, high)
             done, used = Segmented(), Pool()
             if planned.todo:
                 ready = run.ready(planned)

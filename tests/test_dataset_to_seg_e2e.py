@@ -22,6 +22,7 @@ import pytest
 from jobs import prepare, segment, train
 from support.seg_check import iod_problems
 from unet_core.io import read_volume
+from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import DEMO_SERIES, Phantom, dicom_series, nifti_case
 
 pytestmark = pytest.mark.e2e
@@ -100,16 +101,18 @@ def test_native_recipe_end_to_end_is_at_least_the_seed_recipe(training_set, ray_
         assert train.main(["--data", prepared, "--output", bundle, *budget]) == 0
         info = json.loads(open(os.path.join(bundle, "bundle.json")).read())
         assert info["postprocessing"]["cases"] == len(manifest["cases"]["val"]) == 2
-        scores = []
-        for case in manifest["cases"]["val"]:
-            folder = tmp_path / f"{recipe}-in-{case}"
-            folder.mkdir()
+        folder, out = tmp_path / f"{recipe}-in", str(tmp_path / f"{recipe}-out")
+        folder.mkdir()
+        for case in manifest["cases"]["val"]:  # one run over both cases: the source of each mask is its row's
             (folder / f"{case}.nii.gz").write_bytes(open_s3(f"{training_set}/images/{case}.nii.gz"))
-            out = str(tmp_path / f"{recipe}-out-{case}")
-            assert segment.main(["--input", str(folder), "--model", bundle, "--output", out]) == 0
-            [mask] = glob.glob(os.path.join(out, "masks", "*.nii.gz"))
+        assert segment.main(["--input", str(folder), "--model", bundle, "--output", out]) == 0
+        rows = read_volume_table(out)
+        assert sorted(os.path.basename(r["source"]) for r in rows) == sorted(f"{c}.nii.gz" for c in manifest["cases"]["val"])
+        scores = []
+        for r in rows:
+            case = os.path.basename(r["source"]).removesuffix(".nii.gz")
             truth = read_volume(f"{training_set}/masks/{case}.nii.gz").voxels == 1
-            scores.append(_dice(read_volume(mask).voxels > 0, truth))
+            scores.append(_dice(read_volume(r["mask_uri"]).voxels > 0, truth))
         dices[recipe] = float(np.mean(scores))
     print(f"validation Dice, the same budget: {dices}")  # shown with -s or -rP
     assert dices["native"] > 0.7, dices  # it learned the organ

@@ -4,12 +4,15 @@ series_index row built (partitions_reuse.py). Requests are counted at a real S3 
 loopback, through a recording proxy)."""
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 from support.faultproxy import FaultProxy
 from support.segment_run import segment_settings, serial_plan, serial_run
+from unet_core.errors import NotFoundError
 from unet_core.io import listing, storage
 from unet_core.segmentation import partitions, partitions_reuse, planning
+from unet_core.segmentation import run as run_module
 from unet_core.segmentation import store as store_module
 from unet_core.segmentation.partitions import Counts, choose_counts
 from unet_core.segmentation.store import OutputStore
@@ -74,9 +77,10 @@ def test_the_unchanged_path_gives_the_fragments_of_the_rows(tmp_path):
     assert partitions_reuse.unchanged_fragments(entries, cols, "other patterns", 7, 3) is None
 
 
-def test_a_rerun_with_nothing_new_is_planned_without_the_executor(tmp_path):
-    """plan_unchanged gives the executor's plan when no partition changed, with no executor at all;
-    a new object makes it give up (None) with nothing written, and the executor plans."""
+def test_a_rerun_with_nothing_new_is_planned_without_the_executor(tmp_path, monkeypatch):
+    """plan_unchanged gives the executor's plan when nothing changed, with no executor at all; a
+    volume to segment, an output above the size limit or a new object make it give up (None) with
+    nothing written, and the executor plans."""
     root, out = str(tmp_path / "in"), str(tmp_path / "out")
     for i in range(9):
         _series(root, f"s{i:02d}", seed=i, n=2)
@@ -92,11 +96,28 @@ def test_a_rerun_with_nothing_new_is_planned_without_the_executor(tmp_path):
     assert again.parts_written == 0 and sum(again.by_status.values()) == 9
 
     store = OutputStore(out)
-    before = {f.uri: storage.read_bytes(f.uri) for f in storage.list_files(f"{out}/series_index")}
+
+    def written() -> dict[str, bytes]:
+        found = {}
+        for folder in ("series_index", "volumes", "plan"):
+            with contextlib.suppress(NotFoundError):  # no plan folder once a run is finished
+                found |= {f.uri: storage.read_bytes(f.uri) for f in storage.list_files(f"{out}/{folder}")}
+        return found
+
+    before = written()
+    assert any("/series_index/" in u for u in before) and any("/volumes/" in u for u in before)  # not vacuous
+    # a volume to segment (here: every one, --qc asked for now) is left to the executor, nothing written
+    assert serial_plan([root], out, unchanged=True, qc=True)[1] is None
+    assert written() == before
+    # an output larger than the driver should hold is not tried
+    monkeypatch.setattr(run_module, "QUICK_PLAN_MAX_OBJECTS", 17)
+    assert serial_plan([root], out, unchanged=True)[1] is None
+    monkeypatch.setattr(run_module, "QUICK_PLAN_MAX_OBJECTS", 18)
+    assert serial_plan([root], out, unchanged=True)[1] is not None
+    # a new object: left to the executor, which scans it alone
     storage.write_bytes(f"{root}/s03/new.dcm", storage.read_bytes(next(iter(storage.list_files(f"{root}/s03"))).uri))
-    _, gave_up = serial_plan([root], out, unchanged=True)
-    assert gave_up is None
-    assert {f.uri: storage.read_bytes(f.uri) for f in storage.list_files(f"{out}/series_index")} == before
+    assert serial_plan([root], out, unchanged=True)[1] is None
+    assert written() == before
     assert not any(store.has_plan(b) for b in range(store.read_layout().buckets))
     assert serial_run([root], out).summary.headers_read == 1
 

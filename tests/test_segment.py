@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -224,6 +225,7 @@ def test_a_rerun_with_nothing_new_starts_no_cluster(tmp_path, ray_local, monkeyp
     with monkeypatch.context() as m:
         m.setattr(segment, "init_ray", no_cluster)
         m.setattr(segment, "Predictors", no_cluster)
+        m.setitem(sys.modules, "ray", None)  # and no `import ray` on its way (it raises ImportError now)
         assert segment.main(args) == 0
     summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
     assert (summary["segmented_now"], summary["headers_read"], summary["headers_unchanged"]) == (0, 0, 2)

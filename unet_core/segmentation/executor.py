@@ -69,9 +69,10 @@ def scan_stage(work: PartitionWork, s: SegmentSettings, roots: tuple[str, ...]) 
     return planning.index_partition(work.partition, list(work.units), s, roots)[0]
 
 
-def merge_stage(fragments: list[Fragment], s: SegmentSettings) -> BucketSummary:
+def merge_stage(fragments: list[Fragment], s: SegmentSettings,
+                load_members: planning.MemberLoader | None = None) -> BucketSummary:
     """Every fragment of one volume bucket -> its plan (kept in the store) and its summary."""
-    return plan_bucket(fragments[0].bucket, fragments, s)
+    return plan_bucket(fragments[0].bucket, fragments, s, load_members)
 
 
 def volumes_stage(bucket: int, s: SegmentSettings) -> list[PlannedVolume]:

@@ -8,8 +8,8 @@ is here; jobs/segment.py parses arguments, starts Ray and prints.
     run.layout(inputs, layout, follow)      listing units and the layout (written on a first run)
     run.plan(units, settings)               Planned: counts per bucket, the run-wide choices
                                             (one_per_study, --limit) applied, the buckets to segment
-    run.plan_unchanged(units, settings)     the same plan made here without the executor, when no
-                                            listing partition changed; else None
+    run.plan_unchanged(units, settings)     the same plan made here without the executor, when
+                                            nothing changed and nothing is to be segmented; else None
     run.segment(planned, on_volume)         Segmented: volumes done, resumed, failed, slices
     run.finish(planned)                     the table parts written; stale parts and the plan gone
     run.deliver(planned, workers, progress) SEGs and RTSTRUCTs not stored yet sent (--send)
@@ -47,6 +47,9 @@ REUSED_FOLDERS = (Folder.SERIES_INDEX.value, Folder.VOLUMES.value, Folder.PLAN.v
 # regression fails every volume the same way and should not be written up as N bad volumes.
 BREAKER_INTERNAL_ROWS = 20
 BREAKER_FRACTION = 0.5
+# plan_unchanged is tried on outputs whose last run listed at most this many objects: the driver
+# then holds at most this many fragments (about 310 bytes each: one per volume and partition).
+QUICK_PLAN_MAX_OBJECTS = 500_000
 
 log = logging.getLogger(__name__)
 
@@ -181,30 +184,41 @@ class SegmentRun:
 
     def plan_unchanged(self, units: list[planning.Unit], s: SegmentSettings, layout: Layout,
                        started: float | None = None) -> Planned | None:
-        """A re-run's plan made in this process, without the executor, when no listing partition
-        changed since the last run: each partition's listing checked against the join's columns of
-        its series_index part (planning.reuse_partition), then every bucket merged and planned as
-        `plan` would. None as soon as a partition holds a new, changed or gone object, or cannot be
-        listed or read now: then `plan` does the work on the executor (nothing was written).
+        """A re-run's plan made in this process, without the executor, when nothing is to be done:
+        each partition's listing checked against the join's columns of its series_index part
+        (planning.reuse_partition), then every bucket merged as `plan` would, so a plan it gives
+        has nothing to segment. None, having written nothing the executor's planning would not
+        write as well, as soon as a partition holds a new, changed or gone object or cannot be listed or
+        read now, or a volume is to be segmented (a failure retried, a model or output option
+        changed): then `plan` does the work on the executor. Outputs whose last run listed more
+        than QUICK_PLAN_MAX_OBJECTS objects are not tried: the driver would hold a fragment per
+        volume of all of them, and list serially what the executor lists in parallel.
 
         The common re-run (a nightly run over an archive that did not change) then costs a listing
         and a few small Parquet reads per partition, with no cluster started (docs/design.md,
         "A re-run with nothing new")."""
         t = time.perf_counter() if started is None else started
+        last = RunSummary.read(s.output)
+        if last is None or last.objects_listed > QUICK_PLAN_MAX_OBJECTS:
+            return None
         roots = tuple(listing.real_roots(list(s.inputs)))
         by_bucket: dict[int, list[Fragment]] = {}
         for w in _work(units, layout):
             try:
                 frags = planning.reuse_partition(w.partition, list(w.units), s, roots)
             except StorageError as e:  # the executor's tasks list it again, with their retries
-                log.debug("partition %d: %s; planned on the executor", w.partition, e)
+                log.info("planning on the cluster: partition %d could not be listed here (%s)", w.partition, e)
                 return None
             if frags is None:
-                log.debug("partition %d changed since the last run; planned on the executor", w.partition)
+                log.info("planning on the cluster: partition %d holds new, changed or removed objects", w.partition)
                 return None
             for f in frags:
                 by_bucket.setdefault(f.bucket, []).append(f)
-        return self._planned((merge_stage(by_bucket[b], s) for b in sorted(by_bucket)), s, layout, t)
+        try:
+            return self._planned((merge_stage(by_bucket[b], s, _segmenting) for b in sorted(by_bucket)), s, layout, t)
+        except _Segmenting as e:
+            log.info("planning on the cluster: %s is to be segmented", e)
+            return None
 
     def _planned(self, buckets: Iterable[BucketSummary], s: SegmentSettings, layout: Layout, t: float) -> Planned:
         """Planned from one BucketSummary per bucket holding rows, with the run-wide choices applied."""
@@ -292,6 +306,15 @@ class SegmentRun:
         planned.settings.check_lease()  # delivery rewrites table parts and sends: only while the run holds the output
         return send_pending(self.store.root, planned.layout.buckets, dest, workers, progress,
                             check=planned.settings.check_lease)  # and before each object and part rewrite
+
+
+class _Segmenting(Exception):
+    """A volume of an unchanged listing is to be segmented: plan_unchanged leaves the plan to the
+    executor (raised where its members would be loaded, before its bucket writes anything)."""
+
+
+def _segmenting(partition: int, volume_id: str) -> list:
+    raise _Segmenting(volume_id)
 
 
 def _work(units: list[planning.Unit], layout: Layout) -> list[PartitionWork]:

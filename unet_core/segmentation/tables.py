@@ -135,12 +135,15 @@ class BucketSummary(Record):
     contenders: choosing.Contenders = field(default_factory=choosing.Contenders)  # for one_per_study and --limit
 
 
-def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings) -> BucketSummary:
-    """All fragments of one volume bucket -> its plan (kept in storage) and its summary."""
+def plan_bucket(bucket: int, fragments: list[Fragment], s: SegmentSettings,
+                load_members: planning.MemberLoader | None = None) -> BucketSummary:
+    """All fragments of one volume bucket -> its plan (kept in storage) and its summary.
+    `load_members` fetches the members of a volume to segment that came without them (default:
+    from the series_index parts); nothing is written before it is called."""
 
     part = OutputStore(s.output).read_volume_part(bucket)  # read once: the merge and the part's rewrite
     previous = {r.volume_id: r for r in part.rows}
-    planned = planning.merge_bucket(fragments, previous, s, IndexParts(s.output))
+    planned = planning.merge_bucket(fragments, previous, s, load_members or IndexParts(s.output))
     found = choosing.contenders(planned, s) if s.selecting else choosing.Contenders()
     counts, todo = settle_bucket(bucket, planned, s, part)
     return BucketSummary(bucket, todo, counts, *(sum(getattr(f, k) for f in fragments)

@@ -220,6 +220,7 @@ def test_an_s3_error_reading_the_lease_is_never_taken_for_none(s3_server, monkey
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)  # retried as any storage read: fewer, for a short test
         _Failing.asked.clear()
         with pytest.raises(StorageError, match=r"the lease could not be read \(InternalError\); nothing was changed"):
             Lease("s3://bucket/out", "unet segment").acquire()
@@ -227,6 +228,27 @@ def test_an_s3_error_reading_the_lease_is_never_taken_for_none(s3_server, monkey
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_short_outage_of_the_store_does_not_fail_a_lease_check(s3_server, work_bucket, monkeypatch):
+    """Every volume task reads the lease before it writes (Fence.check): a store that drops its
+    connections for a second is retried like any read, not a failed job (CI once saw a 3-second
+    outage end a run with exit 1 through this read)."""
+    from support.faultproxy import FaultProxy
+
+    with Lease(f"s3://{work_bucket}/blip/out", "unet segment") as held, \
+            FaultProxy(int(s3_server.rsplit(":", 1)[1])) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        fence = held.fence()
+        proxy.down = True
+        back = threading.Timer(1.0, lambda: setattr(proxy, "down", False))
+        back.start()
+        try:
+            fence.check()  # retried through the outage: the lease is still this run's
+        finally:
+            back.cancel()
+        assert proxy.failed > 0 and not proxy.down
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
 
 
 def test_a_run_whose_lease_was_taken_over_fails_its_next_check(store):

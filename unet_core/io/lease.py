@@ -121,13 +121,22 @@ class _S3Lease:
     def read(self, age: bool = True) -> Seen | None:
         """None only when S3 says there is no such key; any other failure raises StorageError. The
         age comes with the answer, so `age` changes nothing here."""
-        try:
-            got = _s3_client().get_object(Bucket=self.bucket, Key=self.key)
-            body = got["Body"].read()
-        except _S3_ERRORS as exc:  # only "no such key" means no lease
-            if _code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise self._fail(exc, "read") from None
+        def get() -> tuple[dict, bytes] | None:
+            try:
+                got = _s3_client(attempts=1).get_object(Bucket=self.bucket, Key=self.key)
+                return got, got["Body"].read()
+            except _S3_ERRORS as exc:  # only "no such key" means no lease
+                if _code(exc) in ("NoSuchKey", "404"):
+                    return None
+                raise
+
+        # A read changes nothing, so a dropped connection or a 503 is retried like any storage read
+        # (storage.with_retry's classification and attempts): a short outage of the store must not
+        # stop a run whose every task reads the lease before it writes (Fence.check).
+        answer = storage.with_retry(get, self.uri, "read", classify=lambda exc, uri, action: self._fail(exc, action))
+        if answer is None:
+            return None
+        got, body = answer
         info = LeaseInfo.from_json(body, self.uri)
         date = got["ResponseMetadata"]["HTTPHeaders"].get("date")
         if date:  # the store's clock: its answer's Date against the object's LastModified (both its own)
@@ -467,18 +476,20 @@ def _code(exc: Exception) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(endpoint: str | None, region: str):
+def _client(endpoint: str | None, region: str, attempts: int):
     import boto3
     from botocore.config import Config
 
     return boto3.client("s3", endpoint_url=endpoint, region_name=region,
-                        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
+                        config=Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=5,
                                       read_timeout=30))
 
 
-def _s3_client():
+def _s3_client(attempts: int = 3):
+    """botocore's own retries for the conditional writes; reads pass 1 (storage.with_retry retries
+    them, and one layer of retries is enough)."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return _client(storage.s3_endpoint(), region)
+    return _client(storage.s3_endpoint(), region, attempts)
 
 
 def _user() -> str:

@@ -75,6 +75,18 @@ def merge_stage(fragments: list[Fragment], s: SegmentSettings,
     return plan_bucket(fragments[0].bucket, fragments, s, load_members)
 
 
+def merge_by_bucket(partitions: Iterable[list[Fragment]], s: SegmentSettings,
+                    load_members: planning.MemberLoader | None = None) -> Iterator[BucketSummary]:
+    """Every partition's fragments grouped by volume bucket in this process, then `merge_stage`
+    per bucket in bucket order (every partition is read before the first merge)."""
+    by_bucket: dict[int, list[Fragment]] = defaultdict(list)
+    for fragments in partitions:
+        for f in fragments:
+            by_bucket[f.bucket].append(f)
+    for bucket in sorted(by_bucket):
+        yield merge_stage(by_bucket[bucket], s, load_members)
+
+
 def volumes_stage(bucket: int, s: SegmentSettings) -> list[PlannedVolume]:
     """The volumes to segment of one planned bucket."""
     return OutputStore(s.output).read_plan(bucket, Action.SEGMENT)
@@ -106,12 +118,7 @@ class SerialExecutor:
 
     def plan_buckets(self, work: list[PartitionWork], s: SegmentSettings,
                      roots: tuple[str, ...]) -> Iterator[BucketSummary]:
-        by_bucket: dict[int, list[Fragment]] = defaultdict(list)
-        for w in work:
-            for f in scan_stage(w, s, roots):
-                by_bucket[f.bucket].append(f)
-        for bucket in sorted(by_bucket):
-            yield merge_stage(by_bucket[bucket], s)
+        return merge_by_bucket((scan_stage(w, s, roots) for w in work), s)
 
     def segment_volumes(self, buckets: list[int], s: SegmentSettings, volumes: int) -> Iterator[VolumeDone]:
         for bucket in buckets:

@@ -234,7 +234,7 @@ def _partition_entries(units: list[Unit], s: SegmentSettings, roots: tuple[str, 
 
 
 def _partition_unchanged(partition: int, entries: list[listing.ObjectEntry], stored: bytes | None,
-               s: SegmentSettings) -> list[Fragment] | None:
+                         s: SegmentSettings) -> list[Fragment] | None:
     """The partition's fragments when its listing is exactly the last run's objects, unchanged
     (partitions_reuse.py); [] for a partition with neither objects nor a part."""
     if stored is None:

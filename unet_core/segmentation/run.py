@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from unet_core import ownership
 from unet_core.errors import InputError, InternalError, StorageError
 from unet_core.io import listing
 from unet_core.segmentation import choosing, partitions, planning
 from unet_core.segmentation.delivery import SendCounts, send_pending
-from unet_core.segmentation.executor import Executor, PartitionWork, VolumeDone, merge_stage
+from unet_core.segmentation.executor import Executor, PartitionWork, VolumeDone, merge_by_bucket
 from unet_core.segmentation.layout import Layout, partition_of
 from unet_core.segmentation.records import Fragment, Status
 from unet_core.segmentation.settings import SegmentSettings
@@ -202,22 +202,10 @@ class SegmentRun:
         if last is None or last.objects_listed > QUICK_PLAN_MAX_OBJECTS:
             return None
         roots = tuple(listing.real_roots(list(s.inputs)))
-        by_bucket: dict[int, list[Fragment]] = {}
-        for w in _work(units, layout):
-            try:
-                frags = planning.reuse_partition(w.partition, list(w.units), s, roots)
-            except StorageError as e:  # the executor's tasks list it again, with their retries
-                log.info("planning on the cluster: partition %d could not be listed here (%s)", w.partition, e)
-                return None
-            if frags is None:
-                log.info("planning on the cluster: partition %d holds new, changed or removed objects", w.partition)
-                return None
-            for f in frags:
-                by_bucket.setdefault(f.bucket, []).append(f)
         try:
-            return self._planned((merge_stage(by_bucket[b], s, _segmenting) for b in sorted(by_bucket)), s, layout, t)
-        except _Segmenting as e:
-            log.info("planning on the cluster: %s is to be segmented", e)
+            return self._planned(merge_by_bucket(_reused(_work(units, layout), s, roots), s, _segmenting), s, layout, t)
+        except _GiveUp as e:
+            log.info("planning on the cluster: %s", e)
             return None
 
     def _planned(self, buckets: Iterable[BucketSummary], s: SegmentSettings, layout: Layout, t: float) -> Planned:
@@ -308,13 +296,26 @@ class SegmentRun:
                             check=planned.settings.check_lease)  # and before each object and part rewrite
 
 
-class _Segmenting(Exception):
-    """A volume of an unchanged listing is to be segmented: plan_unchanged leaves the plan to the
-    executor (raised where its members would be loaded, before its bucket writes anything)."""
+class _GiveUp(Exception):
+    """plan_unchanged leaves the plan to the executor (raised before anything is written)."""
+
+
+def _reused(work: list[PartitionWork], s: SegmentSettings, roots: tuple[str, ...]) -> Iterator[list[Fragment]]:
+    """Each partition's fragments as the last run's rows give them; _GiveUp at the first that changed."""
+    for w in work:
+        try:
+            frags = planning.reuse_partition(w.partition, list(w.units), s, roots)
+        except StorageError as e:  # the executor's tasks list it again, with their retries
+            raise _GiveUp(f"partition {w.partition} could not be listed here ({e})") from None
+        if frags is None:
+            raise _GiveUp(f"partition {w.partition} holds new, changed or removed objects")
+        yield frags
 
 
 def _segmenting(partition: int, volume_id: str) -> list:
-    raise _Segmenting(volume_id)
+    """The member loader of plan_unchanged: a volume of an unchanged listing is to be segmented
+    (raised where its members would be loaded, before its bucket writes anything)."""
+    raise _GiveUp(f"{volume_id} is to be segmented")
 
 
 def _work(units: list[planning.Unit], layout: Layout) -> list[PartitionWork]:

@@ -249,6 +249,21 @@ def test_temporaries_are_swept_only_where_the_job_writes(tmp_path):
     assert os.path.exists(outside / ".tmp-theirs")
 
 
+def test_overwrite_of_an_output_named_by_a_relative_path_removes_what_it_named(tmp_path, monkeypatch):
+    """An output named by a relative path (`make demo`'s `demo-output`): the listing names what it
+    finds by absolute path, and names cut at the relative path's length were no names this tool
+    gives, so a second run left every object of the first in place, with a warning each."""
+    monkeypatch.chdir(tmp_path)
+    ours, theirs = [f"masks/{VID}.nii.gz", "volumes/part-00001.parquet"], ["masks/truth.nii.gz"]
+    _tree(tmp_path / "out", ours)
+    assert not check_output("out")  # an interrupted first run's objects: its own, not foreign
+    _tree(tmp_path / "out", theirs)
+    assert sorted(ownership.owned_objects("out")) == sorted(str(tmp_path / "out" / n) for n in ours)
+    removed, left = delete_owned("out", ownership.OVERWRITE_FOLDERS)
+    assert (removed, left) == (2, 1)
+    assert not (tmp_path / "out/volumes").exists() and (tmp_path / "out/masks/truth.nii.gz").exists()
+
+
 def test_the_demos_names():
     assert ownership.DEMO_OUTPUT.owns("demo.json") and ownership.DEMO_OUTPUT.owns("model.runs/run/ckpt/x")
     for name in ("labelled/images/case_000.nii.gz", "segmented/layout.json", "pictures/a.png"):

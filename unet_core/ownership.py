@@ -164,6 +164,7 @@ def check_output(output: str, kind: OutputKind = SEGMENT_OUTPUT, inputs: tuple[s
     job names (an interrupted first run) or the job's own inputs; anything else is refused, naming
     a few of the objects found. With its marker the prefix is this job's. Returns whether the
     marker is there. An own folder that is a symbolic link is refused (check_own_folders)."""
+    output = storage.absolute(output)  # as the listing names what it finds (relative names were cut wrong)
     check_own_folders(output, kind)
     if storage.exists(storage.join(output, kind.marker)):
         return True
@@ -185,6 +186,7 @@ def check_output(output: str, kind: OutputKind = SEGMENT_OUTPUT, inputs: tuple[s
 
 def owned_objects(output: str, kind: OutputKind = SEGMENT_OUTPUT) -> Iterator[str]:
     """URIs of the objects this job names in its own folders of the output, streamed."""
+    output = storage.absolute(output)  # as the listing names what it finds
     for folder in kind.overwrite:
         prefix = storage.join(output, folder)
         for uri in _objects(prefix):
@@ -198,6 +200,7 @@ def delete_owned(output: str, folders: tuple[str, ...], kind: OutputKind = SEGME
     and is logged. Returns (removed, left). An own folder that is a symbolic link is refused before
     anything is removed (check_own_folders). `check` runs before each removal: the run's
     `Lease.check`, which raises LeaseLost once another run holds the output."""
+    output = storage.absolute(output)  # as the listing names what it finds
     check_own_folders(output, kind)
     removed = left = 0
     for folder in folders:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from support.bundles import SMALL_MODEL, tiny_bundle
-from support.jobrun import finish, job_env, session_processes, start_unet, wait_for
+from support.jobrun import committed_checkpoints, finish, job_env, session_processes, start_unet, wait_for
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
@@ -199,7 +199,7 @@ def test_training_survives_a_killed_worker(prepared, tmp_path):
     proc = _unet("train", "--data", prepared, "--output", output, "--workers", "2", "--epochs", "12",
                  "--max-failures", "2", *SMALL_MODEL)
     runs = Path(f"{output}.runs")
-    wait_for(lambda: list(runs.rglob("checkpoint_*")), 600, "the first checkpoint", proc)
+    wait_for(lambda: committed_checkpoints(runs), 600, "the first registered checkpoint", proc)
     time.sleep(2.0)  # into the next epoch
     workers = wait_for(lambda: session_processes("RayTrainWorker", proc.pid), 60, "the training workers", proc)
     workers[-1].kill()
@@ -329,7 +329,7 @@ def test_training_on_three_nodes_survives_losing_one_and_says_it_in_one_line(pre
                      "--max-failures", "2", "--address", head.gcs, *SMALL_MODEL,
                      env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
         runs = Path(f"{output}.runs")
-        wait_for(lambda: list(runs.rglob("checkpoint_*")), 600, "the first checkpoint", proc)
+        wait_for(lambda: committed_checkpoints(runs), 600, "the first registered checkpoint", proc)
         victim = wait_for(lambda: _node_running(nodes, "RayTrainWorker"), 120, "a training worker on a worker node",
                            proc)
         victim.kill()

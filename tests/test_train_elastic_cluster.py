@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from support.bundles import SMALL_MODEL
-from support.jobrun import finish, job_env, session_processes, start_unet, wait_for
+from support.jobrun import committed_checkpoints, finish, job_env, session_processes, start_unet, wait_for
 from unet_core.io import storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -31,7 +31,7 @@ def _train_and_lose_a_node(prepared: str, output: str, *options: str) -> tuple[i
                           "--max-failures", "2", "--address", head.gcs, *SMALL_MODEL, *options,
                           env=job_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, UNET_PROGRESS_INTERVAL="5"))
         runs = Path(f"{output}.runs")
-        wait_for(lambda: list(runs.rglob("checkpoint_*")), 900, "the first checkpoint", proc)
+        wait_for(lambda: committed_checkpoints(runs), 900, "the first registered checkpoint", proc)
         victim = wait_for(lambda: next((n for n in nodes if n.proc.poll() is None
                                          and session_processes("RayTrainWorker", n.proc.pid)), None),
                            120, "a training worker on a worker node", proc)

@@ -46,6 +46,22 @@ def session_processes(marker: str, root_pid: int) -> list:
     return found
 
 
+def committed_checkpoints(runs: Path) -> list[str]:
+    """The checkpoints Ray Train has registered below a training's run folder (`<output>.runs`):
+    the ones its checkpoint manager lists in the snapshot it writes once every worker's report of
+    that checkpoint has reached it. A `checkpoint_*` folder appears earlier, while the report is on
+    its way: a worker lost then restarts the run from the checkpoint before, or from scratch."""
+    import json
+
+    found = []
+    for snapshot in runs.rglob("checkpoint_manager_snapshot.json"):
+        try:
+            found += [r["checkpoint_dir_name"] for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+        except (OSError, ValueError, KeyError, TypeError):  # being written
+            continue
+    return found
+
+
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.2):
     """`predicate()`'s first true value within `timeout` seconds; fails naming `what`, and with the
     run's last output if `proc` ends first."""

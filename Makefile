@@ -9,6 +9,17 @@ STAMP  := $(VENV)/.installed-stamp
 MLFLOW_VENV ?= .venv-mlflow
 MLFLOW_SERVER_VERSION ?= 3.17.2
 PYTEST_ARGS ?=
+# pytest-xdist workers, each given whole test files (--dist loadfile: a file's module fixtures are
+# made once). The e2e and slow tiers spend a third and a half of their time waiting on other
+# processes (Ray heads starting, nodes declared dead, servers), which a second worker fills on a
+# 2-core machine; the default tier runs serially unless asked (`make test WORKERS=2`, as .ci/run does).
+# WORKERS=0 runs a tier in one process.
+WORKERS ?=
+TIER_WORKERS ?= 2
+xdist = $(if $(filter-out 0 1,$(1)),-n $(1) --dist loadfile)
+# The e2e tier runs the fuzzer at its profile's hundreds of cases; .ci/run leaves them to the slow
+# tier's thousands.
+E2E_MARKS ?= (e2e or fuzz) and not slow
 
 .PHONY: install lint test test-e2e test-slow test-all demo bench bench-gpu clean mlflow-server
 
@@ -34,13 +45,13 @@ lint: $(STAMP)
 # the demo, training to convergence) and the fuzzer at hundreds; slow kills processes and nodes
 # and runs the fuzzer at thousands. `.ci/run` runs all three.
 test: $(STAMP)
-	HYPOTHESIS_PROFILE=default $(PY) -m pytest $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=default $(PY) -m pytest $(call xdist,$(WORKERS)) $(PYTEST_ARGS)
 
 test-e2e: $(STAMP) $(MLFLOW_VENV)/bin/mlflow
-	HYPOTHESIS_PROFILE=e2e $(PY) -m pytest -m '(e2e or fuzz) and not slow' --timeout 1800 $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=e2e $(PY) -m pytest -m '$(E2E_MARKS)' $(call xdist,$(or $(WORKERS),$(TIER_WORKERS))) --timeout 1800 $(PYTEST_ARGS)
 
 test-slow: $(STAMP) $(MLFLOW_VENV)/bin/mlflow
-	HYPOTHESIS_PROFILE=slow $(PY) -m pytest -m 'slow or fuzz' --timeout 3600 $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=slow $(PY) -m pytest -m 'slow or fuzz' $(call xdist,$(or $(WORKERS),$(TIER_WORKERS))) --timeout 3600 $(PYTEST_ARGS)
 
 test-all: test test-e2e test-slow
 

@@ -1,19 +1,16 @@
 """Faults survived, with real processes and real kills (marked slow; `make test-all` runs them).
 
 - a Ray worker (the predictor actor) killed in the middle of `unet segment`;
-- a Ray Train worker killed mid-epoch: training restarts from the last checkpoint and finishes;
 - the S3 endpoint failing for a while, and one object failing for good;
 - `unet segment` interrupted with SIGINT halfway and run again.
-Each segment run is checked for the same things: every volume exactly once in every output, no
+Training's faults are in test_faults_training.py. Each segment run is checked for the same things: every volume exactly once in every output, no
 temporary or partial object, masks equal to those of an undisturbed run.
 """
 from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -26,8 +23,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from support.bundles import SMALL_MODEL, tiny_bundle
-from support.jobrun import committed_checkpoints, finish, job_env, session_processes, start_unet, wait_for
+from support.bundles import tiny_bundle
+from support.jobrun import finish, job_env, session_processes, start_unet, wait_for
 from unet_core.io import storage
 from unet_core.segmentation.tables import read_volume_table
 from unet_core.synthetic import Phantom, SeriesSpec, dicom_series, nifti_case
@@ -192,47 +189,11 @@ def _count(out: str) -> int:
         return 0
 
 
-def test_training_survives_a_killed_worker(prepared, tmp_path):
-    """Kill one Ray Train worker mid-epoch: the run restarts from its last checkpoint, finishes,
-    writes the bundle, and the bundle's history records the restart."""
-    output = str(tmp_path / "model")
-    proc = _unet("train", "--data", prepared, "--output", output, "--workers", "2", "--epochs", "12",
-                 "--max-failures", "2", *SMALL_MODEL)
-    runs = Path(f"{output}.runs")
-    wait_for(lambda: committed_checkpoints(runs), 600, "the first registered checkpoint", proc)
-    time.sleep(2.0)  # into the next epoch
-    workers = wait_for(lambda: session_processes("RayTrainWorker", proc.pid), 60, "the training workers", proc)
-    workers[-1].kill()
-    rc, log = _finish(proc)
-    assert rc == 0, log[-4000:]
-    training = json.loads(storage.read_bytes(f"{output}/bundle.json"))["training"]
-    resumed = [e for e in training["events"] if e["event"] == "resumed"]
-    assert resumed and resumed[0]["from_epoch"] >= 1, training["events"]
-    epochs = [h["epoch"] for h in training["history"]]
-    assert epochs == list(range(len(epochs))) and len(epochs) >= resumed[0]["from_epoch"]  # none lost or repeated
-
-
 # ---- a lost node: several `ray start` nodes on loopback, one killed mid-run ---------------------
 
 
-def _node_running(nodes, marker: str):
-    """The first worker node that hosts a process whose title holds `marker` (a task, an actor)."""
-    for node in nodes:
-        if node.proc.poll() is None and session_processes(marker, node.proc.pid):
-            return node
-    return None
-
-
-def _one_lost_node_line(log: str) -> None:
-    lost = [line for line in log.splitlines() if line.startswith("lost node ")]
-    assert len(lost) == 1 and re.match(r"lost node [\d.]+ \(node [0-9a-f]{8}\): ", lost[0]), log[-4000:]
-    for noise in ("marked dead", "state dump", "(raylet)", "Traceback", "WorkerCrashedError", "NodeDiedError",
-                  "Raylet is terminated", "lines of the Raylet logs"):
-        assert noise not in log, (noise, log[-4000:])
-
-
 def test_segment_on_three_nodes_survives_losing_one_and_says_it_in_one_line(archive, bundle, reference, tmp_path):
-    from support.raycluster import ray_head, worker_nodes
+    from support.raycluster import node_running, one_lost_node_line, ray_head, worker_nodes
 
     out = str(tmp_path / "out")
     token = secrets.token_hex(32)  # token authentication, as a cluster runs
@@ -240,12 +201,12 @@ def test_segment_on_three_nodes_survives_losing_one_and_says_it_in_one_line(arch
         proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
                      "--address", head.gcs, "--decode-concurrency", "1",
                      env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
-        victim = wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
+        victim = wait_for(lambda: node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
         assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
         victim.kill()
         rc, log = _finish(proc)
     assert rc == 0, log[-4000:]
-    _one_lost_node_line(log)
+    one_lost_node_line(log)
     _check_complete(out, reference)  # every volume exactly once, masks as undisturbed
 
 
@@ -262,7 +223,7 @@ def test_a_crashed_raylets_log_tail_is_held_back_in_quiet_mode_and_shown_with_v(
                                                                                 verbose):
     """Only the raylet of a node dies: its agents publish "Raylet is terminated ... Last 20 lines of
     the Raylet logs" to the driver. Quiet: the one `lost node` line; -v: Ray's notice too."""
-    from support.raycluster import ray_head, worker_nodes
+    from support.raycluster import node_running, one_lost_node_line, ray_head, worker_nodes
 
     out = str(tmp_path / "out")
     token = secrets.token_hex(32)
@@ -270,7 +231,7 @@ def test_a_crashed_raylets_log_tail_is_held_back_in_quiet_mode_and_shown_with_v(
         proc = _unet("segment", "--input", archive, "--model", bundle, "--output", out, "--batch-size", "4",
                      "--address", head.gcs, "--decode-concurrency", "1", *(["-v"] if verbose else []),
                      env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
-        victim = wait_for(lambda: _node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
+        victim = wait_for(lambda: node_running(nodes, "ray::"), 300, "a task on a worker node", proc)
         assert _done(out) < N_SERIES + N_NIFTI, "the run finished before the kill; make the archive larger"
         victim.kill_raylet()
         # The node's dashboard agent notices and publishes the notice (its own log says so); the job
@@ -283,7 +244,7 @@ def test_a_crashed_raylets_log_tail_is_held_back_in_quiet_mode_and_shown_with_v(
     if verbose:
         assert "Raylet is terminated" in log and "lines of the Raylet logs" in log, log[-4000:]
     else:
-        _one_lost_node_line(log)
+        one_lost_node_line(log)
 
 
 _DRIVER = """
@@ -316,28 +277,3 @@ def test_a_driver_attached_by_init_ray_shows_a_dead_raylets_notice_only_with_v(t
         assert "driver up" in out and out.count("lost node ") == 1, (v, out[-3000:])
     assert "Raylet is terminated" not in said[False] and "lines of the Raylet logs" not in said[False], said[False]
     assert "Raylet is terminated" in said[True] and "lines of the Raylet logs" in said[True], said[True][-3000:]
-
-
-def test_training_on_three_nodes_survives_losing_one_and_says_it_in_one_line(prepared, tmp_path):
-    from support.raycluster import ray_head, worker_nodes
-
-    output = str(tmp_path / "model")
-    token = secrets.token_hex(32)
-    # One CPU on the head: at least one of the two training workers lands on a worker node.
-    with ray_head(token=token, num_cpus=1) as head, worker_nodes(head, 2, num_cpus=2) as nodes:
-        proc = _unet("train", "--data", prepared, "--output", output, "--workers", "2", "--epochs", "12",
-                     "--max-failures", "2", "--address", head.gcs, *SMALL_MODEL,
-                     env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
-        runs = Path(f"{output}.runs")
-        wait_for(lambda: committed_checkpoints(runs), 600, "the first registered checkpoint", proc)
-        victim = wait_for(lambda: _node_running(nodes, "RayTrainWorker"), 120, "a training worker on a worker node",
-                           proc)
-        victim.kill()
-        rc, log = _finish(proc)
-    assert rc == 0, log[-4000:]
-    _one_lost_node_line(log)
-    training = json.loads(storage.read_bytes(f"{output}/bundle.json"))["training"]
-    resumed = [e for e in training["events"] if e["event"] == "resumed"]
-    assert resumed, training["events"]
-    epochs = [h["epoch"] for h in training["history"]]
-    assert epochs == list(range(len(epochs)))  # none lost or repeated

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from support.bundles import SMALL_MODEL
-from support.jobrun import committed_checkpoints, finish, job_env, session_processes, start_unet, wait_for
+from support.jobrun import committed_checkpoints, finish, job_env, start_unet, wait_for
 from unet_core.io import storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def _train_and_lose_a_node(prepared: str, output: str, *options: str) -> tuple[int, str]:
     """`unet train` attached to a fresh 3-node cluster; one worker node (with a training worker on
     it) is killed once the first checkpoint is written."""
-    from support.raycluster import ray_head, worker_nodes
+    from support.raycluster import node_running, ray_head, worker_nodes
 
     token = secrets.token_hex(32)
     with ray_head(token=token, num_cpus=1) as head, worker_nodes(head, 2, num_cpus=2) as nodes:
@@ -32,9 +32,8 @@ def _train_and_lose_a_node(prepared: str, output: str, *options: str) -> tuple[i
                           env=job_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, UNET_PROGRESS_INTERVAL="5"))
         runs = Path(f"{output}.runs")
         wait_for(lambda: committed_checkpoints(runs), 900, "the first registered checkpoint", proc)
-        victim = wait_for(lambda: next((n for n in nodes if n.proc.poll() is None
-                                         and session_processes("RayTrainWorker", n.proc.pid)), None),
-                           120, "a training worker on a worker node", proc)
+        victim = wait_for(lambda: node_running(nodes, "RayTrainWorker"), 120, "a training worker on a worker node",
+                          proc)
         victim.kill()
         return finish(proc, timeout=1800)
 

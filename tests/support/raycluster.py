@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -200,3 +201,22 @@ def worker_nodes(head: Head, count: int, num_cpus: int = 1, resources: str | Non
     finally:
         for n in nodes:  # the whole process group, also of a node whose `ray start` already exited
             n.kill()
+
+
+def node_running(nodes: list[Node], marker: str) -> Node | None:
+    """The first live worker node that hosts a process whose title holds `marker` (a task, an actor)."""
+    from support.jobrun import session_processes
+
+    for node in nodes:
+        if node.proc.poll() is None and session_processes(marker, node.proc.pid):
+            return node
+    return None
+
+
+def one_lost_node_line(log: str) -> None:
+    """A job's output says a node was lost in exactly one line, and none of Ray's own noise about it."""
+    lost = [line for line in log.splitlines() if line.startswith("lost node ")]
+    assert len(lost) == 1 and re.match(r"lost node [\d.]+ \(node [0-9a-f]{8}\): ", lost[0]), log[-4000:]
+    for noise in ("marked dead", "state dump", "(raylet)", "Traceback", "WorkerCrashedError", "NodeDiedError",
+                  "Raylet is terminated", "lines of the Raylet logs"):
+        assert noise not in log, (noise, log[-4000:])

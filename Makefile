@@ -10,10 +10,11 @@ MLFLOW_VENV ?= .venv-mlflow
 MLFLOW_SERVER_VERSION ?= 3.17.2
 PYTEST_ARGS ?=
 # pytest-xdist workers, each given whole test files (--dist loadfile: a file's module fixtures are
-# made once), longest first (tests/conftest.py: LONGEST_FIRST). The e2e and slow tiers spend a third and a half of their time waiting on other
-# processes (Ray heads starting, nodes declared dead, servers), which a second worker fills on a
-# 2-core machine; the default tier runs serially unless asked (`make test WORKERS=2`, as .ci/run does).
-# WORKERS=0 runs a tier in one process.
+# made once), longest first (tests/conftest.py: LONGEST_FIRST). The e2e and slow tiers spend a
+# third and a half of their time waiting on other processes (Ray heads starting, nodes declared
+# dead, servers), which a second worker fills on a 2-core machine (docs/benchmarks.md, "CI time").
+# The default tier runs serially unless asked (`make test WORKERS=2`, as .ci/run does);
+# WORKERS=0 runs any tier in one process.
 WORKERS ?=
 TIER_WORKERS ?= 2
 xdist = $(if $(filter-out 0 1,$(1)),-n $(1) --dist loadfile --no-loadscope-reorder)

@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.jobrun import session_processes
+
 PORT_OPTIONS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
                 "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
                 "--node-manager-port", "--object-manager-port")
@@ -205,8 +207,6 @@ def worker_nodes(head: Head, count: int, num_cpus: int = 1, resources: str | Non
 
 def node_running(nodes: list[Node], marker: str) -> Node | None:
     """The first live worker node that hosts a process whose title holds `marker` (a task, an actor)."""
-    from support.jobrun import session_processes
-
     for node in nodes:
         if node.proc.poll() is None and session_processes(marker, node.proc.pid):
             return node
